@@ -1,0 +1,11 @@
+//! Tollway's vocabulary: the canonical chat request, response and stream events that every inbound
+//! API is converted into and every provider is converted from, normalised usage, classified provider
+//! errors, and the `Provider` trait. No IO and no serde derive live here.
+
+pub mod error;
+pub mod provider;
+pub mod types;
+
+pub use error::{ErrorKind, ProviderError, Retry};
+pub use provider::{BoxFuture, Capabilities, EventStream, Provider, ProviderInfo};
+pub use types::*;

@@ -1,0 +1,97 @@
+//! The `Provider` trait every upstream client implements, and the capabilities a deployment has.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::Stream;
+
+use crate::error::ProviderError;
+use crate::types::{
+    ApiFamily, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ResponseFormat,
+    StreamEvent,
+};
+
+/// A streamed answer: canonical events, ending after `Finish` (and the last `Usage`), or with an
+/// `Err` item when the upstream fails mid-stream. Dropping it cancels the upstream request.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, ProviderError>> + Send>>;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a deployment can do. Requests that need more are refused with a 400 naming the feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub tools: bool,
+    pub vision: bool,
+    /// `response_format: json_object`.
+    pub json_mode: bool,
+    /// `response_format: json_schema` (structured output).
+    pub json_schema: bool,
+    /// Reports usage at the end of a stream when asked (OpenAI `stream_options.include_usage`).
+    pub stream_usage: bool,
+    pub embeddings: bool,
+}
+
+impl Capabilities {
+    /// Everything on: the OpenAI API as documented.
+    pub const ALL: Capabilities = Capabilities {
+        tools: true,
+        vision: true,
+        json_mode: true,
+        json_schema: true,
+        stream_usage: true,
+        embeddings: true,
+    };
+
+    /// The first feature `req` needs that these capabilities lack, named for an error message.
+    pub fn missing_for(&self, req: &ChatRequest) -> Option<&'static str> {
+        if !self.tools && req.uses_tools() {
+            return Some("tool use");
+        }
+        if !self.vision && req.has_images() {
+            return Some("image input");
+        }
+        match req.response_format {
+            Some(ResponseFormat::JsonObject) if !self.json_mode => {
+                return Some("response_format json_object")
+            }
+            Some(ResponseFormat::JsonSchema { .. }) if !self.json_schema => {
+                return Some("response_format json_schema")
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+/// Who a provider client is, for headers, logs and errors.
+#[derive(Debug, Clone)]
+pub struct ProviderInfo {
+    /// The provider account's name in the config (e.g. `openai`, `anthropic-eu`).
+    pub name: String,
+    /// The wire format it speaks.
+    pub family: ApiFamily,
+}
+
+/// An upstream account that answers chat requests. `req.model` is already the upstream model id.
+pub trait Provider: Send + Sync {
+    fn info(&self) -> &ProviderInfo;
+
+    fn chat(&self, req: ChatRequest) -> BoxFuture<'_, Result<ChatResponse, ProviderError>>;
+
+    /// Starts a streamed answer. Resolves once the upstream has accepted the request (its status
+    /// and headers arrived), so that errors before the first byte can still be retried elsewhere.
+    fn chat_stream(&self, req: ChatRequest) -> BoxFuture<'_, Result<EventStream, ProviderError>>;
+
+    fn embeddings(
+        &self,
+        req: EmbeddingsRequest,
+    ) -> BoxFuture<'_, Result<EmbeddingsResponse, ProviderError>> {
+        let name = self.info().name.clone();
+        Box::pin(async move {
+            Err(ProviderError::unsupported(
+                "embeddings",
+                &format!("{name}/{}", req.model),
+            ))
+        })
+    }
+}

@@ -1,0 +1,234 @@
+//! Provider accounts as the config file spells them: `kind` picks the variant; unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tollway_core::{ApiFamily, Provider};
+
+use crate::http::HttpProvider;
+
+/// A secret string (an API key). Its `Debug` never shows the value, so it cannot reach a log by
+/// accident; read it with [`Secret::expose`].
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// `none` or empty: the upstream takes no key (local servers).
+    pub fn is_none(&self) -> bool {
+        self.0.is_empty() || self.0 == "none"
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_none() { "<none>" } else { "<redacted>" })
+    }
+}
+
+/// Timeouts for one provider account, in milliseconds in the config file.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect.
+    pub connect_ms: u64,
+    /// From sending the request to the response's status and headers.
+    pub first_byte_ms: u64,
+    /// Longest silence between two chunks of a streamed answer.
+    pub idle_ms: u64,
+    /// The whole request, body included.
+    pub total_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_ms: 5_000,
+            first_byte_ms: 120_000,
+            idle_ms: 60_000,
+            total_ms: 600_000,
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms)
+    }
+    pub fn first_byte(&self) -> Duration {
+        Duration::from_millis(self.first_byte_ms)
+    }
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms)
+    }
+    pub fn total(&self) -> Duration {
+        Duration::from_millis(self.total_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiConfig {
+    /// `none` for servers that take no key.
+    #[serde(default)]
+    pub api_key: Secret,
+    /// Defaults to `https://api.openai.com/v1`; any OpenAI-compatible server's base URL works.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// OpenAI organization id header.
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// Extra headers on every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AnthropicConfig {
+    #[serde(default)]
+    pub api_key: Secret,
+    /// Defaults to `https://api.anthropic.com`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The `anthropic-version` header; defaults to `2023-06-01`.
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// Which wire format a simulated provider speaks.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MockFormat {
+    #[default]
+    Openai,
+    Anthropic,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MockConfig {
+    #[serde(default)]
+    pub format: MockFormat,
+}
+
+/// One provider account.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ProviderConfig {
+    /// OpenAI itself.
+    Openai(OpenAiConfig),
+    /// Any server speaking OpenAI Chat Completions (vLLM, Ollama, llama.cpp, Mistral, Groq,
+    /// DeepSeek, Together ...); `base_url` is required.
+    OpenaiCompatible(OpenAiConfig),
+    Anthropic(AnthropicConfig),
+    /// A simulated provider (tollway-mock, run inside the gateway): for demos and trying configs.
+    /// The gateway resolves it to one of the other kinds with the simulator's address.
+    Mock(MockConfig),
+}
+
+impl ProviderConfig {
+    pub fn family(&self) -> ApiFamily {
+        match self {
+            ProviderConfig::Openai(_) | ProviderConfig::OpenaiCompatible(_) => ApiFamily::OpenAi,
+            ProviderConfig::Anthropic(_) => ApiFamily::Anthropic,
+            ProviderConfig::Mock(m) => match m.format {
+                MockFormat::Openai => ApiFamily::OpenAi,
+                MockFormat::Anthropic => ApiFamily::Anthropic,
+            },
+        }
+    }
+
+    /// Problems a config check should report (beyond what deserialisation caught).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let check_url = |url: &Option<String>, required: bool, out: &mut Vec<String>| match url {
+            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                out.push(format!("base_url `{u}` must start with http:// or https://"))
+            }
+            None if required => out.push("base_url is required for this kind".to_string()),
+            _ => {}
+        };
+        match self {
+            ProviderConfig::Openai(c) => check_url(&c.base_url, false, &mut out),
+            ProviderConfig::OpenaiCompatible(c) => check_url(&c.base_url, true, &mut out),
+            ProviderConfig::Anthropic(c) => check_url(&c.base_url, false, &mut out),
+            ProviderConfig::Mock(_) => {}
+        }
+        out
+    }
+
+    /// Builds the client. `name` is the account's name in the config. A `Mock` entry must have been
+    /// resolved to a real kind first (see `resolve_mock`); building one directly is an error.
+    pub fn build(&self, name: &str) -> Result<Arc<dyn Provider>, String> {
+        let p = match self {
+            ProviderConfig::Openai(c) | ProviderConfig::OpenaiCompatible(c) => {
+                HttpProvider::openai(name, c)?
+            }
+            ProviderConfig::Anthropic(c) => HttpProvider::anthropic(name, c)?,
+            ProviderConfig::Mock(_) => {
+                return Err(format!(
+                    "provider `{name}`: a mock provider needs the simulator's address"
+                ))
+            }
+        };
+        Ok(Arc::new(p))
+    }
+
+    /// The config of a real kind pointing at a running simulator at `base` (`http://host:port`).
+    pub fn resolve_mock(&self, base: &str) -> Option<ProviderConfig> {
+        let ProviderConfig::Mock(m) = self else {
+            return None;
+        };
+        Some(match m.format {
+            MockFormat::Openai => ProviderConfig::OpenaiCompatible(OpenAiConfig {
+                api_key: Secret::new("none"),
+                base_url: Some(format!("{base}/v1")),
+                organization: None,
+                headers: BTreeMap::new(),
+                timeouts: Timeouts::default(),
+            }),
+            MockFormat::Anthropic => ProviderConfig::Anthropic(AnthropicConfig {
+                api_key: Secret::new("mock"),
+                base_url: Some(base.to_string()),
+                version: None,
+                headers: BTreeMap::new(),
+                timeouts: Timeouts::default(),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = ProviderConfig::Openai(OpenAiConfig {
+            api_key: Secret::new("sk-live-very-secret"),
+            base_url: None,
+            organization: None,
+            headers: BTreeMap::new(),
+            timeouts: Timeouts::default(),
+        });
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("very-secret"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+}

@@ -1,0 +1,386 @@
+//! The HTTP edge: the OpenAI- and Anthropic-compatible handlers, authentication, bounded body
+//! reads, and every error rendered in the caller's API shape with the `x-tollway-*` headers.
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use subtle::ConstantTimeEq;
+use tollway_core::{ApiFamily, ErrorKind, EventStream, ProviderError};
+use tollway_protocol::{anthropic, openai};
+
+use crate::gateway::{self, Outcome};
+use crate::server::AppState;
+
+pub const H_REQUEST_ID: &str = "x-tollway-request-id";
+pub const H_MODEL: &str = "x-tollway-model";
+pub const H_PROVIDER: &str = "x-tollway-provider";
+pub const H_ATTEMPTS: &str = "x-tollway-attempts";
+
+fn new_request_id() -> String {
+    format!("req_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// An error on its way to the client, in the caller's API shape.
+pub struct ApiError {
+    pub family: ApiFamily,
+    pub err: ProviderError,
+    pub request_id: String,
+    pub outcome: Option<Outcome>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = match self.family {
+            ApiFamily::OpenAi => openai::encode_error(&self.err),
+            ApiFamily::Anthropic => anthropic::encode_error(&self.err),
+        };
+        // Anthropic clients know 529 as "overloaded"; OpenAI clients expect 503.
+        let status = match (self.family, self.err.kind) {
+            (ApiFamily::Anthropic, ErrorKind::Overloaded) => 529,
+            _ => self.err.http_status(),
+        };
+        let mut resp = Response::new(Body::from(body));
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let h = resp.headers_mut();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        if let Some(secs) = self.err.retry_after_secs() {
+            h.insert("retry-after", HeaderValue::from(secs));
+        }
+        if status == 401 {
+            h.insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        set_ids(h, &self.request_id, self.outcome.as_ref());
+        resp
+    }
+}
+
+fn set_ids(h: &mut HeaderMap, request_id: &str, outcome: Option<&Outcome>) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(H_REQUEST_ID, v);
+    }
+    if let Some(o) = outcome {
+        h.insert(H_ATTEMPTS, HeaderValue::from(o.attempts));
+        if let Some(d) = &o.deployment {
+            if let Ok(v) = HeaderValue::from_str(&d.label) {
+                h.insert(H_MODEL, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&d.provider_name) {
+                h.insert(H_PROVIDER, v);
+            }
+        }
+    }
+}
+
+/// The client's key from `Authorization: Bearer` or `x-api-key`.
+fn client_key(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(v) = headers.get("authorization") {
+        let v = v.as_bytes();
+        let prefix = b"bearer ";
+        if v.len() > prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix) {
+            return Some(trim_ascii(&v[prefix.len()..]));
+        }
+    }
+    headers.get("x-api-key").map(|v| trim_ascii(v.as_bytes()))
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end.max(start)]
+}
+
+/// Checks the client's key against the master key in constant time (for keys of equal length).
+pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), ProviderError> {
+    let rt = state.runtime();
+    let Some(master) = rt.master_key() else {
+        return Ok(());
+    };
+    let Some(given) = client_key(headers) else {
+        return Err(ProviderError::new(
+            ErrorKind::Authentication,
+            "Missing API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`.",
+        ));
+    };
+    if bool::from(given.ct_eq(master.expose().as_bytes())) {
+        Ok(())
+    } else {
+        Err(ProviderError::new(
+            ErrorKind::Authentication,
+            "Invalid API key.",
+        ))
+    }
+}
+
+/// Reads the body up to the configured limit: 413 beyond it.
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ProviderError> {
+    let limit = state.runtime().config.server.max_body_bytes;
+    let too_large = || {
+        ProviderError::new(
+            ErrorKind::RequestTooLarge,
+            format!("Request body is larger than the limit of {limit} bytes."),
+        )
+    };
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            // Over the limit, or the client went away while sending.
+            let mut source: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(s) = source {
+                if s.to_string().contains("length limit") {
+                    return Err(too_large());
+                }
+                source = s.source();
+            }
+            Err(ProviderError::invalid(format!(
+                "Could not read the request body: {e}"
+            )))
+        }
+    }
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    chat(state, ApiFamily::OpenAi, headers, body).await
+}
+
+pub async fn messages(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    chat(state, ApiFamily::Anthropic, headers, body).await
+}
+
+async fn chat(state: AppState, family: ApiFamily, headers: HeaderMap, body: Body) -> Response {
+    let request_id = new_request_id();
+    let fail = |err: ProviderError, outcome: Option<Outcome>| {
+        ApiError {
+            family,
+            err,
+            request_id: request_id.clone(),
+            outcome,
+        }
+        .into_response()
+    };
+    if let Err(e) = authenticate(&state, &headers) {
+        return fail(e, None);
+    }
+    let bytes = match read_body(&state, &headers, body).await {
+        Ok(b) => b,
+        Err(e) => return fail(e, None),
+    };
+    let decoded = match family {
+        ApiFamily::OpenAi => openai::decode_request(&bytes),
+        ApiFamily::Anthropic => anthropic::decode_request(&bytes),
+    };
+    let req = match decoded {
+        Ok(r) => r,
+        Err(e) => return fail(e, None),
+    };
+    // Hold the runtime for the whole request: a reload swaps in a new one without disturbing it.
+    let rt = state.runtime();
+    let mut outcome = Outcome::default();
+    if req.stream {
+        let include_usage = req.include_usage;
+        match gateway::chat_stream(&rt, req, &mut outcome).await {
+            Ok(stream) => {
+                let mut resp = sse_response(family, include_usage, stream);
+                set_ids(resp.headers_mut(), &request_id, Some(&outcome));
+                resp
+            }
+            Err(e) => fail(e, Some(outcome)),
+        }
+    } else {
+        match gateway::chat(&rt, req, &mut outcome).await {
+            Ok(answer) => {
+                let body = match family {
+                    ApiFamily::OpenAi => openai::encode_response(&answer),
+                    ApiFamily::Anthropic => anthropic::encode_response(&answer),
+                };
+                let mut resp = Response::new(Body::from(body));
+                resp.headers_mut()
+                    .insert("content-type", HeaderValue::from_static("application/json"));
+                set_ids(resp.headers_mut(), &request_id, Some(&outcome));
+                resp
+            }
+            Err(e) => fail(e, Some(outcome)),
+        }
+    }
+}
+
+enum Encoder {
+    OpenAi(openai::StreamEncoder),
+    Anthropic(anthropic::StreamEncoder),
+}
+
+struct SseState {
+    upstream: EventStream,
+    encoder: Encoder,
+    done: bool,
+}
+
+/// The client's SSE body: each upstream event is encoded and sent as soon as it arrives. When the
+/// client goes away, hyper drops this body, which drops the upstream stream and cancels it.
+fn sse_response(family: ApiFamily, include_usage: bool, upstream: EventStream) -> Response {
+    let encoder = match family {
+        ApiFamily::OpenAi => Encoder::OpenAi(openai::StreamEncoder::new(include_usage)),
+        ApiFamily::Anthropic => Encoder::Anthropic(anthropic::StreamEncoder::new(include_usage)),
+    };
+    let state = SseState {
+        upstream,
+        encoder,
+        done: false,
+    };
+    let body = futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if s.done {
+                return None;
+            }
+            let mut out = Vec::new();
+            match s.upstream.next().await {
+                Some(Ok(ev)) => match &mut s.encoder {
+                    Encoder::OpenAi(e) => e.push(&ev, &mut out),
+                    Encoder::Anthropic(e) => e.push(&ev, &mut out),
+                },
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "upstream stream failed after the first byte");
+                    match &mut s.encoder {
+                        Encoder::OpenAi(e) => e.error(&err, &mut out),
+                        Encoder::Anthropic(e) => e.error(&err, &mut out),
+                    }
+                    s.done = true;
+                }
+                None => {
+                    match &mut s.encoder {
+                        Encoder::OpenAi(e) => e.finish(&mut out),
+                        Encoder::Anthropic(e) => e.finish(&mut out),
+                    }
+                    s.done = true;
+                }
+            }
+            if !out.is_empty() {
+                return Some((Ok::<_, Infallible>(Bytes::from(out)), s));
+            }
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(body));
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("text/event-stream"));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+fn family_of_headers(headers: &HeaderMap) -> ApiFamily {
+    if headers.contains_key("anthropic-version") {
+        ApiFamily::Anthropic
+    } else {
+        ApiFamily::OpenAi
+    }
+}
+
+/// `GET /v1/models`: OpenAI's list shape, or Anthropic's when the client sends `anthropic-version`.
+pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let request_id = new_request_id();
+    let family = family_of_headers(&headers);
+    if let Err(err) = authenticate(&state, &headers) {
+        return ApiError {
+            family,
+            err,
+            request_id,
+            outcome: None,
+        }
+        .into_response();
+    }
+    let rt = state.runtime();
+    let created = state.started_unix;
+    let body = match family {
+        ApiFamily::OpenAi => serde_json::json!({
+            "object": "list",
+            "data": rt.model_names().iter().map(|m| serde_json::json!({
+                "id": m, "object": "model", "created": created, "owned_by": "tollway",
+            })).collect::<Vec<_>>(),
+        }),
+        ApiFamily::Anthropic => {
+            let data: Vec<serde_json::Value> = rt
+                .model_names()
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "type": "model", "id": m, "display_name": m,
+                        "created_at": "1970-01-01T00:00:00Z",
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "data": data,
+                "has_more": false,
+                "first_id": rt.model_names().first(),
+                "last_id": rt.model_names().last(),
+            })
+        }
+    };
+    let mut resp = axum::Json(body).into_response();
+    set_ids(resp.headers_mut(), &request_id, None);
+    resp
+}
+
+pub async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining() {
+        let mut r = axum::Json(serde_json::json!({"status": "draining"})).into_response();
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return r;
+    }
+    axum::Json(serde_json::json!({"status": "ready"})).into_response()
+}
+
+/// Any other path: 404 in the shape of the API the path looks like.
+pub async fn not_found(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let family = if uri.path().starts_with("/v1/messages") {
+        ApiFamily::Anthropic
+    } else {
+        family_of_headers(&headers)
+    };
+    ApiError {
+        family,
+        err: ProviderError::new(
+            ErrorKind::NotFound,
+            format!("Unknown request URL: {method} {}", uri.path()),
+        ),
+        request_id: new_request_id(),
+        outcome: None,
+    }
+    .into_response()
+}
+
+/// A wrong method on a known path.
+pub fn method_not_allowed(family: ApiFamily, method: &Method, path: &str) -> Response {
+    let mut r = ApiError {
+        family,
+        err: ProviderError::invalid(format!("Method {method} is not allowed on {path}.")),
+        request_id: new_request_id(),
+        outcome: None,
+    }
+    .into_response();
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
+}

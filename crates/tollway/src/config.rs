@@ -1,0 +1,879 @@
+//! Configuration in two phases: the YAML is read into raw serde values section by section (unknown
+//! keys are errors), `${ENV}` references are substituted from an injectable environment, and a pure
+//! validation turns it into a typed [`Config`], collecting every error with its place in the file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml::Value;
+use tollway_core::{ApiFamily, Capabilities};
+use tollway_providers::{AnthropicConfig, OpenAiConfig, ProviderConfig, Secret, Timeouts};
+
+/// Default body limit for requests: 32 MiB (a few base64 images fit; a runaway upload does not).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage_url: String,
+    pub shared_state_url: Option<String>,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// `None`: no authentication (only allowed on a loopback address).
+    pub master_key: Option<Secret>,
+    pub max_body_bytes: usize,
+    /// How long a graceful shutdown waits for in-flight requests and streams.
+    pub shutdown_timeout: Duration,
+    /// Upstream attempts per request, across deployments and fallbacks.
+    pub max_attempts: u32,
+    /// Clients may name `provider/model` directly, besides the configured public names.
+    pub direct_models: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub deployments: Vec<DeploymentConfig>,
+    /// Public model names tried, in order, when every deployment failed retriably.
+    pub fallbacks: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeploymentConfig {
+    pub provider: String,
+    pub model: String,
+    pub capabilities: Capabilities,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending value, e.g. `models.gpt.deployments[0].provider`.
+    pub path: String,
+    /// 1-based line in the file, when it could be found.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.path.is_empty()) {
+            (Some(l), false) => write!(f, "line {l}: {}: {}", self.path, self.message),
+            (Some(l), true) => write!(f, "line {l}: {}", self.message),
+            (None, false) => write!(f, "{}: {}", self.path, self.message),
+            (None, true) => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Where `${VAR}` references are looked up. Tests pass a map; the binary passes the process env.
+pub trait EnvSource {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl EnvSource for BTreeMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        BTreeMap::get(self, name).cloned()
+    }
+}
+
+// ---------------------------------------------------------------- raw (phase 1)
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    master_key: Option<Secret>,
+    #[serde(default)]
+    max_body_bytes: Option<usize>,
+    #[serde(default)]
+    shutdown_timeout_secs: Option<u64>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    direct_models: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUrl {
+    url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    #[serde(default)]
+    strategy: Option<String>,
+    deployments: Vec<RawDeployment>,
+    #[serde(default)]
+    fallbacks: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    provider: String,
+    model: String,
+    #[serde(default)]
+    capabilities: Option<RawCapabilities>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCapabilities {
+    tools: Option<bool>,
+    vision: Option<bool>,
+    json_mode: Option<bool>,
+    json_schema: Option<bool>,
+    stream_usage: Option<bool>,
+    embeddings: Option<bool>,
+}
+
+const SECTIONS: &[&str] = &[
+    "server",
+    "storage",
+    "shared_state",
+    "providers",
+    "models",
+    "routers",
+    "prices",
+    "keys",
+    "teams",
+    "budgets",
+];
+const NOT_YET: &[&str] = &["routers", "prices", "keys", "teams", "budgets"];
+
+/// Default capabilities of a provider kind (a deployment may narrow or widen them).
+pub fn default_capabilities(p: &ProviderConfig) -> Capabilities {
+    match p.family() {
+        ApiFamily::OpenAi => Capabilities::ALL,
+        ApiFamily::Anthropic => Capabilities {
+            tools: true,
+            vision: true,
+            json_mode: false,
+            json_schema: false,
+            stream_usage: true,
+            embeddings: false,
+        },
+    }
+}
+
+struct Collector<'a> {
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Collector<'_> {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        let line = locate(self.text, &path);
+        self.errors.push(ConfigError {
+            path,
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// Deserializes one value, recording its error (with the path inside it) on failure.
+    fn parse<T: DeserializeOwned>(&mut self, base: &str, v: Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let path = if inner == "." || inner.is_empty() {
+                    base.to_string()
+                } else if inner.starts_with('[') {
+                    format!("{base}{inner}")
+                } else {
+                    format!("{base}.{inner}")
+                };
+                self.push(path, e.into_inner().to_string());
+                None
+            }
+        }
+    }
+}
+
+/// Parses and validates a config file's text. Returns every error found, each with its place.
+pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>> {
+    let mut c = Collector {
+        text,
+        errors: Vec::new(),
+    };
+    let root: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(vec![ConfigError {
+                path: String::new(),
+                line: e.location().map(|l| l.line()),
+                message: format!("not valid YAML: {e}"),
+            }])
+        }
+    };
+    let mut root = match root {
+        Value::Mapping(m) => m,
+        Value::Null => serde_yaml::Mapping::new(),
+        _ => {
+            return Err(vec![ConfigError {
+                path: String::new(),
+                line: Some(1),
+                message: "the config must be a mapping of sections (server, providers, models ...)"
+                    .into(),
+            }])
+        }
+    };
+
+    // ${ENV} substitution, everywhere a string is.
+    for (k, v) in root.iter_mut() {
+        let key = k.as_str().unwrap_or_default().to_string();
+        substitute(v, &key, env, &mut c);
+    }
+
+    let mut sections: BTreeMap<String, Value> = BTreeMap::new();
+    for (k, v) in root {
+        let Some(key) = k.as_str().map(str::to_string) else {
+            c.push("", "section names must be strings");
+            continue;
+        };
+        if !SECTIONS.contains(&key.as_str()) {
+            c.push(
+                key.clone(),
+                format!(
+                    "unknown section `{key}` (expected one of: {})",
+                    SECTIONS.join(", ")
+                ),
+            );
+            continue;
+        }
+        if NOT_YET.contains(&key.as_str()) {
+            c.push(
+                key.clone(),
+                format!("`{key}` is not supported by this version of tollway yet"),
+            );
+            continue;
+        }
+        sections.insert(key, v);
+    }
+
+    let server = parse_server(sections.remove("server"), &mut c);
+    let storage_url = match sections.remove("storage") {
+        None | Some(Value::Null) => "sqlite://tollway.db".to_string(),
+        Some(v) => match c.parse::<RawUrl>("storage", v) {
+            Some(u) if u.url.starts_with("sqlite:") || u.url.starts_with("postgres") => u.url,
+            Some(u) => {
+                c.push(
+                    "storage.url",
+                    format!(
+                        "`{}` is not a storage URL (sqlite://FILE or postgres://...)",
+                        redact_url(&u.url)
+                    ),
+                );
+                String::new()
+            }
+            None => String::new(),
+        },
+    };
+    let shared_state_url = match sections.remove("shared_state") {
+        None | Some(Value::Null) => None,
+        Some(v) => match c.parse::<RawUrl>("shared_state", v) {
+            Some(u) if u.url.starts_with("redis://") || u.url.starts_with("rediss://") => {
+                Some(u.url)
+            }
+            Some(u) => {
+                c.push(
+                    "shared_state.url",
+                    format!("`{}` is not a redis:// URL", redact_url(&u.url)),
+                );
+                None
+            }
+            None => None,
+        },
+    };
+
+    let mut providers = BTreeMap::new();
+    for (name, v) in entries(sections.remove("providers"), "providers", &mut c) {
+        let base = format!("providers.{name}");
+        if let Some(p) = c.parse::<ProviderConfig>(&base, v) {
+            for problem in p.problems() {
+                c.push(base.clone(), problem);
+            }
+            providers.insert(name, p);
+        }
+    }
+
+    let mut models = BTreeMap::new();
+    let raw_models = entries(sections.remove("models"), "models", &mut c);
+    let model_names: Vec<String> = raw_models.iter().map(|(n, _)| n.clone()).collect();
+    for (name, v) in raw_models {
+        let base = format!("models.{name}");
+        let Some(raw) = c.parse::<RawModel>(&base, v) else {
+            continue;
+        };
+        if let Some(s) = &raw.strategy {
+            if s != "failover" {
+                c.push(
+                    format!("{base}.strategy"),
+                    format!("strategy `{s}` is not supported by this version (supported: failover)"),
+                );
+            }
+        }
+        if raw.deployments.is_empty() {
+            c.push(
+                format!("{base}.deployments"),
+                "a model needs at least one deployment",
+            );
+        }
+        let mut deployments = Vec::new();
+        for (i, d) in raw.deployments.into_iter().enumerate() {
+            let dpath = format!("{base}.deployments[{i}]");
+            let Some(p) = providers.get(&d.provider) else {
+                // An entry that failed to parse was already reported; don't pile on.
+                if !c
+                    .errors
+                    .iter()
+                    .any(|e| e.path.starts_with(&format!("providers.{}", d.provider)))
+                {
+                    c.push(
+                        format!("{dpath}.provider"),
+                        format!("unknown provider `{}`", d.provider),
+                    );
+                }
+                continue;
+            };
+            if d.model.trim().is_empty() {
+                c.push(format!("{dpath}.model"), "the model id must not be empty");
+            }
+            let mut caps = default_capabilities(p);
+            if let Some(o) = d.capabilities {
+                caps.tools = o.tools.unwrap_or(caps.tools);
+                caps.vision = o.vision.unwrap_or(caps.vision);
+                caps.json_mode = o.json_mode.unwrap_or(caps.json_mode);
+                caps.json_schema = o.json_schema.unwrap_or(caps.json_schema);
+                caps.stream_usage = o.stream_usage.unwrap_or(caps.stream_usage);
+                caps.embeddings = o.embeddings.unwrap_or(caps.embeddings);
+            }
+            deployments.push(DeploymentConfig {
+                provider: d.provider,
+                model: d.model,
+                capabilities: caps,
+            });
+        }
+        for (i, f) in raw.fallbacks.iter().enumerate() {
+            if !model_names.contains(f) {
+                c.push(
+                    format!("{base}.fallbacks[{i}]"),
+                    format!("unknown model `{f}`"),
+                );
+            } else if f == &name {
+                c.push(
+                    format!("{base}.fallbacks[{i}]"),
+                    "a model cannot fall back to itself",
+                );
+            }
+        }
+        models.insert(
+            name,
+            ModelConfig {
+                deployments,
+                fallbacks: raw.fallbacks,
+            },
+        );
+    }
+
+    if c.errors.is_empty() {
+        if let Some(server) = server {
+            if server.master_key.is_none() && !server.listen.ip().is_loopback() {
+                c.push(
+                    "server.master_key",
+                    format!(
+                        "a master key is required when listening on a non-loopback address ({})",
+                        server.listen
+                    ),
+                );
+            } else {
+                return Ok(Config {
+                    server,
+                    storage_url,
+                    shared_state_url,
+                    providers,
+                    models,
+                });
+            }
+        }
+    }
+    c.errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+    Err(c.errors)
+}
+
+fn parse_server(v: Option<Value>, c: &mut Collector<'_>) -> Option<ServerConfig> {
+    let raw = match v {
+        None | Some(Value::Null) => RawServer {
+            listen: None,
+            master_key: None,
+            max_body_bytes: None,
+            shutdown_timeout_secs: None,
+            max_attempts: None,
+            direct_models: None,
+        },
+        Some(v) => c.parse::<RawServer>("server", v)?,
+    };
+    let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:4000");
+    let listen = match listen.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            c.push(
+                "server.listen",
+                format!("`{listen}` is not an address like 127.0.0.1:4000"),
+            );
+            return None;
+        }
+    };
+    let master_key = match raw.master_key {
+        Some(k) if k.expose().trim().is_empty() => {
+            c.push("server.master_key", "the master key must not be empty");
+            return None;
+        }
+        Some(k) if k.expose().len() < 8 => {
+            c.push(
+                "server.master_key",
+                "the master key is too short (8 characters at least)",
+            );
+            return None;
+        }
+        k => k,
+    };
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if max_body_bytes < 1024 {
+        c.push("server.max_body_bytes", "must be at least 1024");
+    }
+    let max_attempts = raw.max_attempts.unwrap_or(3);
+    if max_attempts == 0 {
+        c.push("server.max_attempts", "must be at least 1");
+    }
+    Some(ServerConfig {
+        listen,
+        master_key,
+        max_body_bytes,
+        shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_secs.unwrap_or(30)),
+        max_attempts: max_attempts.max(1),
+        direct_models: raw.direct_models.unwrap_or(false),
+    })
+}
+
+/// The entries of a `name: {...}` section, in file order.
+fn entries(v: Option<Value>, section: &str, c: &mut Collector<'_>) -> Vec<(String, Value)> {
+    match v {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Mapping(m)) => m
+            .into_iter()
+            .filter_map(|(k, v)| match k.as_str() {
+                Some(k) => Some((k.to_string(), v)),
+                None => {
+                    c.push(section, "entry names must be strings");
+                    None
+                }
+            })
+            .collect(),
+        Some(_) => {
+            c.push(section, "expected a mapping of names to entries");
+            Vec::new()
+        }
+    }
+}
+
+/// Replaces `${VAR}` (and `${VAR:-default}`) in every string below `v`.
+fn substitute(v: &mut Value, path: &str, env: &dyn EnvSource, c: &mut Collector<'_>) {
+    match v {
+        Value::String(s) if s.contains("${") => match expand(s, env) {
+            Ok(new) => *s = new,
+            Err(var) => c.push(
+                path.to_string(),
+                format!("environment variable {var} is not set"),
+            ),
+        },
+        Value::Mapping(m) => {
+            for (k, v) in m.iter_mut() {
+                let key = k.as_str().unwrap_or_default();
+                substitute(v, &format!("{path}.{key}"), env, c);
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                substitute(v, &format!("{path}[{i}]"), env, c);
+            }
+        }
+        Value::Tagged(t) => substitute(&mut t.value, path, env, c),
+        _ => {}
+    }
+}
+
+fn expand(s: &str, env: &dyn EnvSource) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        match (env.get(name), default) {
+            (Some(v), _) if !v.is_empty() || default.is_none() => out.push_str(&v),
+            (_, Some(d)) => out.push_str(d),
+            (None, None) => return Err(name.to_string()),
+            (Some(v), None) => out.push_str(&v),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Hides a password in a URL (`postgres://u:SECRET@h/db` → `postgres://u:***@h/db`).
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((creds, host)) = rest.split_once('@') {
+            if let Some((user, _)) = creds.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    url.to_string()
+}
+
+/// Finds the 1-based line of a dotted path (`a.b[2].c`) in block- or flow-style YAML text.
+/// A heuristic over the text, good for error messages: falls back to the nearest ancestor found.
+pub fn locate(text: &str, path: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut pos = 0usize; // line index to search from
+    let mut found: Option<usize> = None;
+    let mut parent_indent: isize = -1;
+    for seg in split_path(path) {
+        match seg {
+            Seg::Key(k) => {
+                let mut hit = None;
+                for (i, line) in lines.iter().enumerate().skip(pos) {
+                    let content = strip_comment(line);
+                    let indent = content.len() - content.trim_start().len();
+                    let same_line = Some(i) == found;
+                    if !same_line && (indent as isize) <= parent_indent && !content.trim().is_empty()
+                    {
+                        break; // left the parent's block
+                    }
+                    if has_key(content, k) {
+                        hit = Some((i, indent));
+                        break;
+                    }
+                }
+                let Some((i, indent)) = hit else { break };
+                found = Some(i);
+                pos = i;
+                parent_indent = indent as isize;
+            }
+            Seg::Index(n) => {
+                let mut count = 0usize;
+                let mut hit = None;
+                let mut item_indent: Option<usize> = None;
+                for (i, line) in lines.iter().enumerate().skip(pos + 1) {
+                    let content = strip_comment(line);
+                    let trimmed = content.trim_start();
+                    if trimmed.is_empty() {
+                        continue;
+                    }
+                    let indent = content.len() - trimmed.len();
+                    if (indent as isize) < parent_indent
+                        || (indent as isize == parent_indent && !trimmed.starts_with('-'))
+                    {
+                        break;
+                    }
+                    if trimmed.starts_with("- ") || trimmed == "-" {
+                        let ii = *item_indent.get_or_insert(indent);
+                        if indent == ii {
+                            if count == n {
+                                hit = Some((i, indent));
+                                break;
+                            }
+                            count += 1;
+                        }
+                    }
+                }
+                let Some((i, indent)) = hit else { break };
+                found = Some(i);
+                pos = i;
+                parent_indent = indent as isize;
+            }
+        }
+    }
+    found.map(|i| i + 1)
+}
+
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn split_path(path: &str) -> Vec<Seg<'_>> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        let mut rest = part;
+        if let Some(b) = rest.find('[') {
+            if b > 0 {
+                out.push(Seg::Key(&rest[..b]));
+            }
+            rest = &rest[b..];
+            while let Some(stripped) = rest.strip_prefix('[') {
+                let Some(end) = stripped.find(']') else { break };
+                if let Ok(n) = stripped[..end].parse() {
+                    out.push(Seg::Index(n));
+                }
+                rest = &stripped[end + 1..];
+            }
+        } else if !rest.is_empty() {
+            out.push(Seg::Key(rest));
+        }
+    }
+    out
+}
+
+fn strip_comment(line: &str) -> &str {
+    match line.find(" #") {
+        Some(i) => &line[..i],
+        None if line.trim_start().starts_with('#') => "",
+        None => line,
+    }
+}
+
+fn has_key(line: &str, key: &str) -> bool {
+    let mut from = 0;
+    while let Some(i) = line[from..].find(key) {
+        let at = from + i;
+        let before = line[..at].chars().last();
+        let after = &line[at + key.len()..];
+        let before_ok = matches!(before, None | Some(' ' | '{' | ',' | '-' | '"' | '\''));
+        let after = after.trim_start_matches(['"', '\'']);
+        if before_ok && after.starts_with(':') {
+            return true;
+        }
+        from = at + key.len();
+    }
+    false
+}
+
+/// The configuration `tollway serve` uses without a file: providers from the usual environment
+/// variables, public names `provider/model` (and bare names routed by their well-known prefix).
+pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Config, String> {
+    let mut providers = BTreeMap::new();
+    if let Some(key) = env.get("OPENAI_API_KEY").filter(|k| !k.is_empty()) {
+        providers.insert(
+            "openai".to_string(),
+            ProviderConfig::Openai(OpenAiConfig {
+                api_key: Secret::new(key),
+                base_url: env.get("OPENAI_BASE_URL").filter(|u| !u.is_empty()),
+                organization: env.get("OPENAI_ORG_ID").filter(|u| !u.is_empty()),
+                headers: BTreeMap::new(),
+                timeouts: Timeouts::default(),
+            }),
+        );
+    }
+    if let Some(key) = env.get("ANTHROPIC_API_KEY").filter(|k| !k.is_empty()) {
+        providers.insert(
+            "anthropic".to_string(),
+            ProviderConfig::Anthropic(AnthropicConfig {
+                api_key: Secret::new(key),
+                base_url: env.get("ANTHROPIC_BASE_URL").filter(|u| !u.is_empty()),
+                version: None,
+                headers: BTreeMap::new(),
+                timeouts: Timeouts::default(),
+            }),
+        );
+    }
+    let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4000)));
+    let master_key = env
+        .get("TOLLWAY_MASTER_KEY")
+        .filter(|k| !k.is_empty())
+        .map(Secret::new);
+    if master_key.is_none() && !listen.ip().is_loopback() {
+        return Err(format!(
+            "set TOLLWAY_MASTER_KEY: a master key is required when listening on {listen}"
+        ));
+    }
+    Ok(Config {
+        server: ServerConfig {
+            listen,
+            master_key,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            shutdown_timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            direct_models: true,
+        },
+        storage_url: "sqlite://tollway.db".into(),
+        shared_state_url: None,
+        providers,
+        models: BTreeMap::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const GOOD: &str = r#"
+server:
+  listen: 127.0.0.1:4000
+  master_key: ${TOLLWAY_MASTER_KEY}
+providers:
+  openai:      { kind: openai, api_key: "${OPENAI_API_KEY}" }
+  anthropic:   { kind: anthropic, api_key: "${ANTHROPIC_API_KEY}" }
+  local:       { kind: openai-compatible, base_url: "http://127.0.0.1:8000/v1", api_key: none }
+models:
+  sonnet:
+    deployments:
+      - { provider: anthropic, model: claude-sonnet-4-5 }
+    fallbacks: [gpt]
+  gpt:
+    deployments: [{ provider: openai, model: gpt-4.1 }]
+  mini:
+    deployments:
+      - provider: local
+        model: llama
+        capabilities: { vision: false }
+"#;
+
+    #[test]
+    fn a_good_config_parses() {
+        let e = env(&[
+            ("TOLLWAY_MASTER_KEY", "sk-master-123"),
+            ("OPENAI_API_KEY", "sk-o"),
+            ("ANTHROPIC_API_KEY", "sk-a"),
+        ]);
+        let c = parse(GOOD, &e).unwrap();
+        assert_eq!(
+            c.server.master_key.as_ref().map(|k| k.expose()),
+            Some("sk-master-123")
+        );
+        assert_eq!(c.models["sonnet"].fallbacks, vec!["gpt".to_string()]);
+        assert!(!c.models["mini"].deployments[0].capabilities.vision);
+        assert!(!c.models["sonnet"].deployments[0].capabilities.json_schema);
+        assert_eq!(c.storage_url, "sqlite://tollway.db");
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_line() {
+        let text = r#"server:
+  listen: nowhere
+  colour: blue
+providers:
+  openai: { kind: openai, api_key: "${MISSING_KEY}" }
+  weird: { kind: carrier-pigeon }
+  local:
+    kind: openai-compatible
+    api_key: none
+models:
+  a:
+    deployments:
+      - provider: openai
+        model: gpt-4.1
+      - provider: nobody
+        model: x
+    fallbacks: [zzz]
+  b:
+    deployments: 5
+"#;
+        let errs = parse(text, &env(&[])).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let all = shown.join("\n");
+        assert!(all.contains("line 3: server: unknown field `colour`"), "{all}");
+        assert!(
+            all.contains("line 5: providers.openai.api_key: environment variable MISSING_KEY is not set"),
+            "{all}"
+        );
+        assert!(all.contains("line 6: providers.weird: unknown variant `carrier-pigeon`"), "{all}");
+        assert!(all.contains("line 7: providers.local: base_url is required"), "{all}");
+        assert!(
+            all.contains("line 15: models.a.deployments[1].provider: unknown provider `nobody`"),
+            "{all}"
+        );
+        assert!(all.contains("line 17: models.a.fallbacks[0]: unknown model `zzz`"), "{all}");
+        assert!(all.contains("line 19: models.b.deployments: invalid type"), "{all}");
+        // server.listen is reported even though other sections failed too
+        let e = parse("server:\n  listen: nowhere\n", &env(&[])).unwrap_err();
+        assert_eq!(e[0].line, Some(2));
+        assert!(e[0].message.contains("`nowhere`"));
+    }
+
+    #[test]
+    fn unknown_and_unsupported_sections_are_errors() {
+        let errs = parse("providerz: {}\nrouters: {}\n", &env(&[])).unwrap_err();
+        assert_eq!(errs.len(), 2);
+        assert!(errs[0].message.contains("unknown section `providerz`"));
+        assert!(errs[1].message.contains("not supported"));
+    }
+
+    #[test]
+    fn env_defaults_and_syntax_errors() {
+        assert_eq!(expand("a${X:-b}c", &env(&[])).unwrap(), "abc");
+        assert_eq!(expand("${X}", &env(&[("X", "1")])).unwrap(), "1");
+        assert_eq!(expand("${X}", &env(&[])).unwrap_err(), "X");
+        let e = parse("server: [\n", &env(&[])).unwrap_err();
+        assert!(e[0].message.starts_with("not valid YAML"));
+        assert!(e[0].line.is_some());
+    }
+
+    #[test]
+    fn a_non_loopback_listener_needs_a_master_key() {
+        let e = parse("server: { listen: 0.0.0.0:4000 }\n", &env(&[])).unwrap_err();
+        assert!(e[0].message.contains("master key is required"));
+    }
+
+    #[test]
+    fn env_mode_takes_the_usual_variables() {
+        let c = from_env(
+            &env(&[("OPENAI_API_KEY", "sk-x"), ("ANTHROPIC_API_KEY", "sk-y")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.providers.len(), 2);
+        assert!(c.server.direct_models);
+        assert!(from_env(&env(&[]), Some("0.0.0.0:1".parse().unwrap())).is_err());
+    }
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h/db"),
+            "postgres://u:***@h/db".to_string()
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! Tollway, an LLM gateway: the HTTP edge (`api`, `server`), configuration (`config`), the runtime
+//! built from it (`runtime`), the request path (`gateway`) and the command line (`cli`).
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod runtime;
+pub mod server;
+
+pub use runtime::Runtime;
+pub use server::{app, serve, AppState};

@@ -1,0 +1,199 @@
+//! Starts a mock upstream and a gateway in-process on ephemeral ports; helpers to call them.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tollway::config::{self, ProcessEnv};
+use tollway::{AppState, Runtime};
+use tollway_mock::MockServer;
+
+pub const MASTER: &str = "sk-test-master-0001";
+pub const OAI_KEY: &str = "sk-upstream-openai-secret";
+pub const ANT_KEY: &str = "sk-upstream-anthropic-secret";
+
+pub struct Env {
+    pub mock: MockServer,
+    pub url: String,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    pub done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn config_text(mock: &str) -> String {
+    format!(
+        r#"
+server:
+  master_key: {MASTER}
+  max_body_bytes: 65536
+  shutdown_timeout_secs: 5
+providers:
+  oai: {{ kind: openai-compatible, base_url: "{mock}/v1", api_key: {OAI_KEY} }}
+  ant: {{ kind: anthropic, base_url: "{mock}", api_key: {ANT_KEY} }}
+  oai-quick: {{ kind: openai-compatible, base_url: "{mock}/v1", api_key: x, timeouts: {{ first_byte_ms: 300, idle_ms: 300 }} }}
+  dead: {{ kind: openai-compatible, base_url: "http://127.0.0.1:9/v1", api_key: x, timeouts: {{ connect_ms: 500 }} }}
+models:
+  gpt: {{ deployments: [{{ provider: oai, model: gpt-4.1 }}] }}
+  claude: {{ deployments: [{{ provider: ant, model: claude-sonnet-4-5 }}] }}
+  claude-noimg: {{ deployments: [{{ provider: ant, model: claude-haiku, capabilities: {{ vision: false }} }}] }}
+  flaky:
+    deployments:
+      - {{ provider: oai, model: "gpt-down?fault=500" }}
+      - {{ provider: ant, model: claude-backup }}
+  unreachable:
+    deployments: [{{ provider: dead, model: gpt-4.1 }}]
+    fallbacks: [gpt]
+  hangs: {{ deployments: [{{ provider: oai-quick, model: "gpt-hang?fault=hang" }}] }}
+  stalls: {{ deployments: [{{ provider: oai-quick, model: "gpt-stall?ttft_ms=0&tpt_ms=2000&tokens=5" }}] }}
+"#
+    )
+}
+
+pub async fn start() -> Env {
+    let mock = MockServer::start().await;
+    let text = config_text(&mock.url());
+    let cfg = match config::parse(&text, &ProcessEnv) {
+        Ok(c) => c,
+        Err(errs) => panic!("test config invalid: {errs:?}"),
+    };
+    let rt = Runtime::build(cfg).await.expect("runtime");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(tollway::serve(listener, AppState::new(rt), async move {
+        let _ = rx.await;
+    }));
+    Env {
+        mock,
+        url: format!("http://{addr}"),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("client"),
+        stop: Some(tx),
+        done: Some(done),
+    }
+}
+
+impl Env {
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(MASTER)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .header("x-api-key", MASTER)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn openai(&self, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = self.post("/v1/chat/completions", body).await;
+        split(r).await
+    }
+
+    pub async fn anthropic(&self, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = self
+            .http
+            .post(format!("{}/v1/messages", self.url))
+            .header("x-api-key", MASTER)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        split(r).await
+    }
+
+    /// The last request the mock received, parsed.
+    pub async fn last_upstream(&self) -> Value {
+        let all: Value = self
+            .http
+            .get(format!("{}/_mock/requests", self.mock.url()))
+            .send()
+            .await
+            .expect("mock")
+            .json()
+            .await
+            .expect("json");
+        all.as_array()
+            .and_then(|a| a.last())
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    pub async fn mock_stats(&self) -> Value {
+        self.http
+            .get(format!("{}/_mock/stats", self.mock.url()))
+            .send()
+            .await
+            .expect("mock")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    pub async fn healthy(&self) -> bool {
+        match self.http.get(format!("{}/healthz", self.url)).send().await {
+            Ok(r) => r.status() == 200,
+            Err(_) => false,
+        }
+    }
+}
+
+pub async fn split(r: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Value) {
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.expect("body");
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, v)
+}
+
+/// Parses an SSE body into (event name, data) pairs.
+pub fn sse(body: &str) -> Vec<(Option<String>, String)> {
+    let mut out = Vec::new();
+    for block in body.split("\n\n") {
+        let mut event = None;
+        let mut data = Vec::new();
+        for line in block.lines() {
+            if let Some(e) = line.strip_prefix("event:") {
+                event = Some(e.trim().to_string());
+            } else if let Some(d) = line.strip_prefix("data:") {
+                data.push(d.trim_start().to_string());
+            }
+        }
+        if event.is_some() || !data.is_empty() {
+            out.push((event, data.join("\n")));
+        }
+    }
+    out
+}
+
+pub fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}

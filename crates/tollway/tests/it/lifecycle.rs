@@ -1,0 +1,134 @@
+//! The real binaries: start-up line, `tollway check`, and graceful shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{config_text, MASTER};
+
+fn spawn_listening(cmd: &mut Command, marker: &str) -> (Child, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("the process exited before listening")
+            .expect("read");
+        if let Some(url) = line.strip_prefix(marker) {
+            let url = url.trim().to_string();
+            // keep draining stdout so the child never blocks on a full pipe
+            std::thread::spawn(move || for _ in lines {});
+            return (child, url);
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_stream_finish_then_exits_zero() {
+    let (mut mock, mock_url) = spawn_listening(
+        Command::new(mock_bin()).args(["--listen", "127.0.0.1:0"]),
+        "tollway-mock listening on ",
+    );
+    let dir = std::env::temp_dir().join(format!("tollway-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let cfg = dir.join("gw.yaml");
+    std::fs::File::create(&cfg)
+        .and_then(|mut f| f.write_all(config_text(&mock_url).as_bytes()))
+        .expect("write config");
+    let (mut gw, gw_url) = spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_tollway"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&cfg),
+        "tollway listening on ",
+    );
+    let http = reqwest::Client::new();
+    let mut r = http
+        .post(format!("{gw_url}/v1/chat/completions"))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "gpt", "stream": true,
+            "messages": [{"role": "user", "content": "hi [mock tpt_ms=30 tokens=30]"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.expect("chunk");
+    assert!(first.is_some());
+    // SIGTERM while the stream is in flight
+    let status = Command::new("kill")
+        .args(["-TERM", &gw.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut rest = String::new();
+    while let Some(c) = r.chunk().await.expect("the stream finishes cleanly") {
+        rest.push_str(&String::from_utf8_lossy(&c));
+    }
+    assert!(rest.contains("[DONE]"), "the in-flight stream completed: {rest}");
+    // new connections are refused once draining is over; the process exits 0
+    let mut code = None;
+    for _ in 0..100 {
+        if let Some(s) = gw.try_wait().expect("wait") {
+            code = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = mock.kill();
+    let _ = mock.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code.map(|c| c.code()), Some(Some(0)), "tollway exits 0 after SIGTERM");
+}
+
+/// `tollway-mock` sits next to `tollway` in the target directory (cargo builds both for the
+/// workspace's default members; `cargo build --bins` guarantees it).
+fn mock_bin() -> std::path::PathBuf {
+    let gw = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tollway"));
+    let path = gw.with_file_name("tollway-mock");
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--bin", "tollway-mock"])
+            .status()
+            .expect("cargo build tollway-mock");
+        assert!(status.success());
+    }
+    path
+}
+
+#[test]
+fn check_reports_every_error_with_its_line_and_exits_1() {
+    let dir = std::env::temp_dir().join(format!("tollway-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "server:\n  listen: nowhere\nproviders:\n  p: { kind: openai, colour: red }\nmodels:\n  m:\n    deployments: [{ provider: ghost, model: x }]\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_tollway"))
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(":line 2: server.listen"), "{text}");
+    assert!(text.contains(":line 4: providers.p: unknown field `colour`"), "{text}");
+    assert!(text.contains(":line 7: models.m.deployments[0].provider: unknown provider `ghost`"), "{text}");
+    assert!(text.contains("3 error(s)"), "{text}");
+
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_tollway"))
+        .args(["check", "--config"])
+        .arg(&demo)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,6 @@
+//! Integration tests: the gateway and tollway-mock on ephemeral loopback ports, driven over HTTP.
+
+mod bad_input;
+mod harness;
+mod lifecycle;
+mod translate;

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# THE test command: formatting, lints, Rust tests, then the Python SDK conformance suite.
+# Works on a clean clone, non-interactively (CI=true, no stdin). Needs: cargo (with rustfmt, clippy),
+# python3 (3.11) with venv. PostgreSQL and Redis are not needed.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  # --no-tests=pass: a crate without tests is not an error.
+  cargo nextest run --workspace --no-tests=pass
+else
+  cargo test --workspace
+fi
+
+step "cargo build --bins"
+cargo build --bins
+
+step "Python environment (.venv)"
+REQ="tests/conformance/requirements.txt"
+CONSTRAINTS="tests/conformance/constraints.txt"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+STAMP="$VENV/.requirements.sha256"
+want="$( (cat "$REQ" "$CONSTRAINTS"; "$PY" --version 2>&1) | sha256sum | cut -d' ' -f1)"
+if [[ ! -x "$VENV/bin/python" || ! -f "$STAMP" || "$(cat "$STAMP")" != "$want" ]]; then
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$REQ" -c "$CONSTRAINTS"
+  echo "$want" >"$STAMP"
+else
+  echo "reusing $VENV (requirements unchanged)"
+fi
+
+step "conformance suite (official OpenAI and Anthropic SDKs against target/debug/tollway)"
+export TOLLWAY_BIN_DIR="${TOLLWAY_BIN_DIR:-$ROOT/target/debug}"
+"$VENV/bin/python" -m pytest tests/conformance -q -p no:cacheprovider
