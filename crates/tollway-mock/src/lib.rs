@@ -1,1 +1,334 @@
-//! placeholder
+//! tollway-mock: an upstream simulator that answers in the providers' own wire formats —
+//! OpenAI Chat Completions and Embeddings, Anthropic Messages — deterministically, with knobs
+//! for latency, length, tool calls, usage and faults. It shares no code with the gateway's
+//! protocol crates, so tests of the gateway against it check the gateway's translations
+//! against an independent reading of the API references.
+//!
+//! # Routes
+//! | route | answers |
+//! | --- | --- |
+//! | `POST /v1/chat/completions` | OpenAI chat completion, or SSE chunks with `stream: true` (`stream_options.include_usage` adds the usage chunk) |
+//! | `POST /v1/embeddings` | OpenAI embeddings: deterministic unit vectors from a hash of each input (`dimensions`, default 1536; `encoding_format` `float` or `base64`) |
+//! | `POST /v1/messages` | Anthropic message, or SSE events with `stream: true` (`anthropic-version` header required) |
+//! | `GET /v1/models` | OpenAI model list |
+//! | `GET /_mock/stats` | `{"requests", "by_path", "streams_started", "streams_completed", "streams_aborted", "in_flight"}` |
+//! | `GET /_mock/requests` | the last ≤1000 provider-API requests, oldest first: `[{"path", "headers", "body"}]` |
+//! | `POST /_mock/reset` | clears the stats and the request log (204) |
+//!
+//! Any other path: 404 in OpenAI's error shape. Any API key is accepted.
+//!
+//! # Knobs
+//! Per request, in the model name's query (`gpt-4.1?ttft_ms=200&tokens=50`) or in a directive
+//! anywhere in the text of the last user message, `[mock tokens=5 fault=429]`; the directive
+//! wins. Unknown knobs are ignored. The `model` echoed back is the name without its query.
+//!
+//! | knob | effect |
+//! | --- | --- |
+//! | `ttft_ms=N` | wait N ms before the first token (non-streaming: before answering) |
+//! | `tpt_ms=N` | wait N ms between tokens (non-streaming: the answer comes after ttft + tpt × tokens) |
+//! | `tokens=N` | reply with N tokens (`lorem ipsum dolor ...`); without it a fixed 12-token sentence |
+//! | `echo=1` | reply with the last user message's text exactly (directive included), in word pieces |
+//! | `tool=NAME` / `tool=1` | call tool NAME / the first tool offered |
+//! | `tools=N` | make N parallel calls (the first N tools, or the last tool again) |
+//! | `cached=N` | OpenAI `prompt_tokens_details.cached_tokens=N` (inside `prompt_tokens`); Anthropic `cache_read_input_tokens=N` (outside `input_tokens`) |
+//! | `cache_write=N` | Anthropic `cache_creation_input_tokens=N` |
+//! | `reasoning=N` | OpenAI `reasoning_tokens=N` (inside `completion_tokens`); Anthropic a leading `thinking` block of N tokens with a signature |
+//! | `stop=1` | when the request has stop sequences, end early on the first one (`stop` / `stop_sequence`) |
+//! | `fault=429\|500\|503\|529\|400\|401\|403\|404` | that status with the provider's error body; `retry_after=S` adds `retry-after` |
+//! | `fault=malformed` | 200 with a body that is not JSON (streams: a broken `data:` line after `after` tokens) |
+//! | `fault=reset` | the connection is cut (streams: after `after=N` tokens, default 0; the client sees a body error) |
+//! | `fault=hang` | never answers |
+//! | `fault=error_event` | streams: an in-stream error event after `after` tokens, then the end (non-streaming: a 500) |
+//!
+//! A request forcing a tool (OpenAI `tool_choice: "required"` or a named function; Anthropic
+//! `tool_choice` `any` or `tool`) gets a tool call without any knob. When the last message is a
+//! tool result, the reply is text quoting the result, so tool loops end.
+//!
+//! Tokens: a reply token is one word piece (one content delta when streaming); prompt tokens
+//! are estimated as ceil(chars / 4) per text part, 4 per message, 85 per image.
+//! `max_tokens` (or `max_completion_tokens`) cuts the reply with `length` / `max_tokens`.
+
+mod anthropic;
+mod gen;
+mod knobs;
+mod openai;
+
+use std::collections::VecDeque;
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+pub use knobs::{Fault, Knobs};
+
+/// Requests kept in the log for `GET /_mock/requests`.
+const LOG_CAP: usize = 1000;
+
+/// Request bodies above this size are refused (base64 images can be large).
+const BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// A mock server running in the background on an ephemeral loopback port.
+/// Dropping it stops accepting connections (its task is aborted).
+pub struct MockServer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockServer {
+    /// Binds `127.0.0.1:0` and serves in a background task.
+    pub async fn start() -> std::io::Result<MockServer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = serve(listener, std::future::pending()).await;
+        });
+        Ok(MockServer { addr, task })
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves the mock on `listener` until `shutdown` completes, then lets open requests finish
+/// for up to two seconds.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    };
+    let server = axum::serve(listener, app())
+        .with_graceful_shutdown(signal)
+        .into_future();
+    let deadline = async move {
+        if rx.wait_for(|stopped| *stopped).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    tokio::select! {
+        r = server => r,
+        () = deadline => Ok(()),
+    }
+}
+
+/// The mock's router, with fresh state.
+pub fn app() -> Router {
+    let shared = Arc::new(Shared::default());
+    Router::new()
+        .route("/v1/chat/completions", post(openai::chat))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/models", get(openai::models))
+        .route("/_mock/stats", get(stats))
+        .route("/_mock/requests", get(requests))
+        .route("/_mock/reset", post(reset))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(shared)
+}
+
+/// The provider-API routes, for counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    Chat = 0,
+    Embeddings = 1,
+    Messages = 2,
+    Models = 3,
+}
+
+impl Route {
+    const ALL: [Route; 4] = [Route::Chat, Route::Embeddings, Route::Messages, Route::Models];
+
+    fn path(self) -> &'static str {
+        match self {
+            Route::Chat => "/v1/chat/completions",
+            Route::Embeddings => "/v1/embeddings",
+            Route::Messages => "/v1/messages",
+            Route::Models => "/v1/models",
+        }
+    }
+}
+
+struct LogEntry {
+    route: Route,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+/// State shared by all requests of one `app()`.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// Per-request sequence number, for ids; never reset.
+    seq: AtomicU64,
+    requests: AtomicU64,
+    by_path: [AtomicU64; 4],
+    streams_started: AtomicU64,
+    streams_completed: AtomicU64,
+    streams_aborted: AtomicU64,
+    in_flight: AtomicI64,
+    log: Mutex<VecDeque<LogEntry>>,
+}
+
+impl Shared {
+    /// Counts and logs a provider-API request; the guard keeps it in flight until dropped.
+    fn begin(self: &Arc<Self>, route: Route, headers: &HeaderMap, body: &Bytes) -> (InFlight, u64) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.by_path[route as usize].fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let headers = headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let entry = LogEntry {
+            route,
+            headers,
+            body: body.clone(),
+        };
+        if let Ok(mut log) = self.log.lock() {
+            if log.len() >= LOG_CAP {
+                log.pop_front();
+            }
+            log.push_back(entry);
+        }
+        (
+            InFlight {
+                shared: Arc::clone(self),
+            },
+            seq,
+        )
+    }
+
+    fn stream_started(&self) {
+        self.streams_started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn stream_finished(&self, completed: bool) {
+        let c = if completed {
+            &self.streams_completed
+        } else {
+            &self.streams_aborted
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps a request counted in `in_flight` until dropped (with the handler, or with the stream).
+pub(crate) struct InFlight {
+    shared: Arc<Shared>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn stats(State(s): State<Arc<Shared>>) -> Json<Value> {
+    let mut by_path = Map::new();
+    for r in Route::ALL {
+        let n = s.by_path[r as usize].load(Ordering::Relaxed);
+        if n > 0 {
+            by_path.insert(r.path().to_string(), n.into());
+        }
+    }
+    Json(json!({
+        "requests": s.requests.load(Ordering::Relaxed),
+        "by_path": by_path,
+        "streams_started": s.streams_started.load(Ordering::Relaxed),
+        "streams_completed": s.streams_completed.load(Ordering::Relaxed),
+        "streams_aborted": s.streams_aborted.load(Ordering::Relaxed),
+        "in_flight": s.in_flight.load(Ordering::Relaxed).max(0),
+    }))
+}
+
+async fn requests(State(s): State<Arc<Shared>>) -> Json<Value> {
+    let Ok(log) = s.log.lock() else {
+        return Json(Value::Array(Vec::new()));
+    };
+    let out = log
+        .iter()
+        .map(|e| {
+            let mut headers = Map::new();
+            for (k, v) in &e.headers {
+                match headers.get_mut(k) {
+                    Some(Value::String(prev)) => {
+                        prev.push_str(", ");
+                        prev.push_str(v);
+                    }
+                    _ => {
+                        headers.insert(k.clone(), Value::String(v.clone()));
+                    }
+                }
+            }
+            let body = if e.body.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&e.body).unwrap_or_else(|_| {
+                    Value::String(String::from_utf8_lossy(&e.body).into_owned())
+                })
+            };
+            json!({"path": e.route.path(), "headers": headers, "body": body})
+        })
+        .collect();
+    Json(Value::Array(out))
+}
+
+async fn reset(State(s): State<Arc<Shared>>) -> StatusCode {
+    for c in [
+        &s.requests,
+        &s.streams_started,
+        &s.streams_completed,
+        &s.streams_aborted,
+    ] {
+        c.store(0, Ordering::Relaxed);
+    }
+    for c in &s.by_path {
+        c.store(0, Ordering::Relaxed);
+    }
+    if let Ok(mut log) = s.log.lock() {
+        log.clear();
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    openai::error_response(
+        StatusCode::NOT_FOUND,
+        &format!("Invalid URL ({method} {})", uri.path()),
+        "invalid_request_error",
+        None,
+        None,
+    )
+    .into_response()
+}

@@ -177,9 +177,8 @@ impl ProviderConfig {
     /// resolved to a real kind first (see `resolve_mock`); building one directly is an error.
     pub fn build(&self, name: &str) -> Result<Arc<dyn Provider>, String> {
         let p = match self {
-            ProviderConfig::Openai(c) | ProviderConfig::OpenaiCompatible(c) => {
-                HttpProvider::openai(name, c)?
-            }
+            ProviderConfig::Openai(c) => HttpProvider::openai(name, c, false)?,
+            ProviderConfig::OpenaiCompatible(c) => HttpProvider::openai(name, c, true)?,
             ProviderConfig::Anthropic(c) => HttpProvider::anthropic(name, c)?,
             ProviderConfig::Mock(_) => {
                 return Err(format!(

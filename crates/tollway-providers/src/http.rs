@@ -29,6 +29,7 @@ pub struct HttpProvider {
     chat_url: String,
     headers: HeaderMap,
     timeouts: Timeouts,
+    dialect: openai::Dialect,
 }
 
 fn header_map(pairs: &[(String, String)], provider: &str) -> Result<HeaderMap, String> {
@@ -57,7 +58,9 @@ fn client(timeouts: &Timeouts) -> Result<reqwest::Client, String> {
 }
 
 impl HttpProvider {
-    pub fn openai(name: &str, c: &OpenAiConfig) -> Result<Self, String> {
+    /// `compatible`: an OpenAI-compatible server rather than OpenAI itself (spells `max_tokens`
+    /// the older way, which every such server knows).
+    pub fn openai(name: &str, c: &OpenAiConfig, compatible: bool) -> Result<Self, String> {
         let base = c
             .base_url
             .as_deref()
@@ -83,6 +86,9 @@ impl HttpProvider {
             chat_url: format!("{base}/chat/completions"),
             headers: header_map(&pairs, name)?,
             timeouts: c.timeouts,
+            dialect: openai::Dialect {
+                legacy_max_tokens: compatible,
+            },
         })
     }
 
@@ -110,6 +116,7 @@ impl HttpProvider {
             chat_url: format!("{base}/v1/messages"),
             headers: header_map(&pairs, name)?,
             timeouts: c.timeouts,
+            dialect: openai::Dialect::default(),
         })
     }
 
@@ -120,7 +127,7 @@ impl HttpProvider {
     fn encode(&self, req: &ChatRequest) -> Result<Vec<u8>, ProviderError> {
         let label = self.label(&req.model);
         match self.info.family {
-            ApiFamily::OpenAi => openai::encode_request(req, &label),
+            ApiFamily::OpenAi => openai::encode_request(req, &label, self.dialect),
             ApiFamily::Anthropic => anthropic::encode_request(req, &label),
         }
     }

@@ -44,7 +44,10 @@ impl Runtime {
             let caps = default_capabilities(pc);
             let built = if matches!(pc, ProviderConfig::Mock(_)) {
                 if mock.is_none() {
-                    mock = Some(tollway_mock::MockServer::start().await);
+                    let server = tollway_mock::MockServer::start().await.map_err(|e| {
+                        format!("provider `{name}`: could not start the simulator: {e}")
+                    })?;
+                    mock = Some(server);
                 }
                 let base = mock.as_ref().map(|m| m.url()).unwrap_or_default();
                 match pc.resolve_mock(&base) {

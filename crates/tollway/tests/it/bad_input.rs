@@ -19,7 +19,7 @@ async fn bad_requests_get_clear_errors_in_both_shapes() {
     let env = start().await;
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         ("malformed json", b"{\"model\": \"gpt\", ".to_vec(), 400, "JSON"),
-        ("not an object", b"[1,2,3]".to_vec(), 400, "invalid type"),
+        ("not an object", b"[1,2,3]".to_vec(), 400, "expected a JSON object"),
         ("wrong type", br#"{"model":"gpt","messages":5,"max_tokens":5}"#.to_vec(), 400, "messages"),
         ("wrong nested type", br#"{"model":"gpt","max_tokens":5,"messages":[{"role":"user","content":5}]}"#.to_vec(), 400, "messages[0]"),
         ("wrong scalar type", br#"{"model":"gpt","max_tokens":"many","messages":[{"role":"user","content":"x"}]}"#.to_vec(), 400, "max_tokens"),

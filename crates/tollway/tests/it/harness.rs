@@ -59,7 +59,7 @@ models:
 }
 
 pub async fn start() -> Env {
-    let mock = MockServer::start().await;
+    let mock = MockServer::start().await.expect("mock");
     let text = config_text(&mock.url());
     let cfg = match config::parse(&text, &ProcessEnv) {
         Ok(c) => c,

@@ -1,0 +1,551 @@
+//! Format-independent generation: the reply's token pieces, tool-call arguments from JSON
+//! schemas, token estimates, and the timed SSE body with its abort-detecting guard.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::{Map, Value};
+
+use crate::knobs::{Fault, Knobs};
+
+/// The fixed reply (12 tokens) when no knob says otherwise.
+const DEFAULT_REPLY: [&str; 12] = [
+    "Hello!",
+    " This",
+    " is",
+    " a",
+    " deterministic",
+    " reply",
+    " from",
+    " the",
+    " tollway",
+    " mock",
+    " upstream",
+    " server.",
+];
+
+/// Cycled for `tokens=N` and for thinking text.
+const LOREM: [&str; 16] = [
+    " lorem",
+    " ipsum",
+    " dolor",
+    " sit",
+    " amet",
+    " consectetur",
+    " adipiscing",
+    " elit",
+    " sed",
+    " do",
+    " eiusmod",
+    " tempor",
+    " incididunt",
+    " ut",
+    " labore",
+    " et",
+];
+
+pub type Piece = Cow<'static, str>;
+
+/// `n` lorem tokens, the first without its leading space.
+pub fn lorem(n: usize) -> Vec<Piece> {
+    (0..n)
+        .map(|i| {
+            let w = LOREM[i % LOREM.len()];
+            Cow::Borrowed(if i == 0 { &w[1..] } else { w })
+        })
+        .collect()
+}
+
+/// The plain reply: the fixed sentence, or `tokens` lorem tokens.
+pub fn reply(knobs: &Knobs) -> Vec<Piece> {
+    match knobs.tokens {
+        Some(n) => lorem(n),
+        None => DEFAULT_REPLY.iter().map(|s| Cow::Borrowed(*s)).collect(),
+    }
+}
+
+/// Splits `text` into word pieces (whitespace leads the next piece) on char boundaries;
+/// the pieces concatenate back to `text` exactly.
+pub fn words(text: &str) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut prev_space = true;
+    for (i, c) in text.char_indices() {
+        let space = c.is_whitespace();
+        if space && !prev_space && i > start {
+            out.push(Cow::Owned(text[start..i].to_string()));
+            start = i;
+        }
+        prev_space = space;
+    }
+    if start < text.len() {
+        out.push(Cow::Owned(text[start..].to_string()));
+    }
+    out
+}
+
+/// Splits `s` into at least 3 pieces (fewer only if it has fewer chars), at most ~12 chars each.
+pub fn json_pieces(s: &str) -> Vec<String> {
+    let chars: Vec<(usize, char)> = s.char_indices().collect();
+    let n = chars.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let per = n.div_ceil(3).clamp(1, 12);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let start = chars[i].0;
+        let end = chars.get(i + per).map_or(s.len(), |(b, _)| *b);
+        out.push(s[start..end].to_string());
+        i += per;
+    }
+    out
+}
+
+/// Rough token count of a text: a token per 4 chars, rounded up.
+pub fn text_tokens(s: &str) -> u64 {
+    (s.chars().count() as u64).div_ceil(4)
+}
+
+/// Tokens charged for an image part.
+pub const IMAGE_TOKENS: u64 = 85;
+
+/// Arguments for a tool, generated from its JSON schema.
+pub fn args_from_schema(schema: Option<&Value>) -> Value {
+    let mut out = Map::new();
+    if let Some(props) = schema
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+    {
+        for (name, prop) in props {
+            out.insert(name.clone(), value_for(name, prop));
+        }
+    }
+    Value::Object(out)
+}
+
+fn value_for(name: &str, prop: &Value) -> Value {
+    if let Some(first) = prop
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+    {
+        return first.clone();
+    }
+    if let Some(c) = prop.get("const") {
+        return c.clone();
+    }
+    let ty = match prop.get("type") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null"),
+        _ if prop.get("properties").is_some() => "object",
+        _ => "string",
+    };
+    match ty {
+        "number" | "integer" => Value::from(1),
+        "boolean" => Value::Bool(true),
+        "array" => Value::Array(Vec::new()),
+        "object" => Value::Object(Map::new()),
+        "null" => Value::Null,
+        _ => {
+            let n = name.to_ascii_lowercase();
+            if n.contains("city") || n.contains("location") {
+                Value::from("Paris")
+            } else {
+                Value::from("example")
+            }
+        }
+    }
+}
+
+/// One tool call the mock decided to make.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub id: String,
+    pub name: String,
+    pub input: Value,
+    /// `input` serialised compactly.
+    pub arguments: String,
+}
+
+impl Call {
+    pub fn tokens(&self) -> u64 {
+        text_tokens(&self.arguments) + text_tokens(&self.name) + 4
+    }
+}
+
+/// A tool offered by the request: name and schema.
+pub struct ToolDef<'a> {
+    pub name: &'a str,
+    pub schema: Option<&'a Value>,
+}
+
+/// Which tool calls to make, given the knobs and what the request forces.
+/// `forced`: `Some(None)` = "some tool" (required/any), `Some(Some(name))` = that tool.
+pub fn choose_calls(
+    knobs: &Knobs,
+    tools: &[ToolDef<'_>],
+    forced: Option<Option<&str>>,
+    none: bool,
+    id_prefix: &str,
+    seq: u64,
+) -> Vec<Call> {
+    if none {
+        return Vec::new();
+    }
+    let count = knobs.tools.unwrap_or(1);
+    let wanted = knobs.tools.is_some_and(|n| n > 0) || knobs.tool.is_some() || forced.is_some();
+    if !wanted || count == 0 {
+        return Vec::new();
+    }
+    let named = match (&knobs.tool, forced) {
+        (_, Some(Some(name))) => Some(name),
+        (Some(t), _) if t != "1" && t != "true" => Some(t.as_str()),
+        _ => None,
+    };
+    let mut picks: Vec<(&str, Option<&Value>)> = Vec::new();
+    for i in 0..count {
+        match named {
+            Some(name) => {
+                let schema = tools.iter().find(|t| t.name == name).and_then(|t| t.schema);
+                picks.push((name, schema));
+            }
+            None => {
+                if tools.is_empty() {
+                    return Vec::new();
+                }
+                let t = &tools[i.min(tools.len() - 1)];
+                picks.push((t.name, t.schema));
+            }
+        }
+    }
+    picks
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, schema))| {
+            let input = args_from_schema(schema);
+            let arguments = input.to_string();
+            Call {
+                id: format!("{id_prefix}{seq:016x}{i:04}"),
+                name: name.to_string(),
+                input,
+                arguments,
+            }
+        })
+        .collect()
+}
+
+/// Why the reply ended, independent of the wire format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    Stop,
+    Length,
+    ToolCalls,
+    StopSequence(String),
+}
+
+/// Truncates `pieces` for `max_tokens` / a stop sequence and says why the reply ended.
+pub fn finish_text(
+    pieces: &mut Vec<Piece>,
+    knobs: &Knobs,
+    stop_sequences: &[String],
+    max_tokens: Option<u64>,
+) -> Finish {
+    if knobs.stop {
+        if let Some(seq) = stop_sequences.iter().find(|s| !s.is_empty()) {
+            let keep = pieces.len().div_ceil(2).max(1).min(pieces.len());
+            pieces.truncate(keep);
+            if max_tokens.is_none_or(|m| keep as u64 <= m) {
+                return Finish::StopSequence(seq.clone());
+            }
+        }
+    }
+    if let Some(max) = max_tokens {
+        if pieces.len() as u64 > max {
+            pieces.truncate(max as usize);
+            return Finish::Length;
+        }
+    }
+    Finish::Stop
+}
+
+// ---- timed SSE bodies ----
+
+/// One step of a streamed body.
+enum Step {
+    Data(Bytes),
+    Sleep(Duration),
+    /// Abort the body with an error: hyper cuts the connection without the final chunk.
+    Cut,
+}
+
+/// Builds a body as data and pauses; consecutive data without pauses is coalesced into one write.
+#[derive(Default)]
+pub struct Script {
+    steps: VecDeque<Step>,
+    buf: BytesMut,
+}
+
+impl Script {
+    pub fn data(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+
+    /// One SSE event with an `event:` line (Anthropic style).
+    pub fn event(&mut self, name: &str, data: &Value) {
+        self.data(b"event: ");
+        self.data(name.as_bytes());
+        self.data(b"\ndata: ");
+        self.json_line(data);
+    }
+
+    /// One `data:` event (OpenAI style).
+    pub fn data_event(&mut self, data: &Value) {
+        self.data(b"data: ");
+        self.json_line(data);
+    }
+
+    fn json_line(&mut self, data: &Value) {
+        use bytes::BufMut;
+        // Serialising a Value into memory cannot fail.
+        let _ = serde_json::to_writer((&mut self.buf).writer(), data);
+        self.data(b"\n\n");
+    }
+
+    pub fn sleep(&mut self, d: Duration) {
+        if d.is_zero() {
+            return;
+        }
+        self.flush();
+        self.steps.push_back(Step::Sleep(d));
+    }
+
+    pub fn cut(&mut self) {
+        self.flush();
+        self.steps.push_back(Step::Cut);
+    }
+
+    fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            let b = std::mem::take(&mut self.buf).freeze();
+            self.steps.push_back(Step::Data(b));
+        }
+    }
+
+    /// The body, counting the stream in the stats until it ends or the client goes away.
+    pub fn into_body(mut self, guard: crate::InFlight) -> axum::body::Body {
+        self.flush();
+        guard.shared.stream_started();
+        let state = StreamState {
+            steps: self.steps,
+            guard: StreamGuard {
+                flight: guard,
+                done: false,
+            },
+        };
+        let stream = futures_util::stream::unfold(state, |mut st| async move {
+            loop {
+                match st.steps.pop_front() {
+                    Some(Step::Sleep(d)) => tokio::time::sleep(d).await,
+                    Some(Step::Data(b)) => return Some((Ok(b), st)),
+                    Some(Step::Cut) => {
+                        st.steps.clear();
+                        st.guard.complete();
+                        let e = std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "tollway-mock: injected connection reset",
+                        );
+                        return Some((Err(e), st));
+                    }
+                    None => {
+                        st.guard.complete();
+                        return None;
+                    }
+                }
+            }
+        });
+        axum::body::Body::from_stream(stream)
+    }
+}
+
+struct StreamState {
+    steps: VecDeque<Step>,
+    guard: StreamGuard,
+}
+
+/// Counts the stream as completed when it ran to its end, as aborted when dropped before.
+struct StreamGuard {
+    flight: crate::InFlight,
+    done: bool,
+}
+
+impl StreamGuard {
+    fn complete(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.flight.shared.stream_finished(true);
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.flight.shared.stream_finished(false);
+        }
+    }
+}
+
+/// Paces a stream's tokens (ttft before the first, tpt between) and fires its in-stream fault
+/// (`malformed`, `reset`, `error_event`) once `after` tokens went out.
+pub struct Gate {
+    fault: Option<Fault>,
+    after: usize,
+    emitted: usize,
+    first: bool,
+    ttft: Duration,
+    tpt: Duration,
+}
+
+impl Gate {
+    pub fn new(k: &Knobs) -> Gate {
+        let fault = match &k.fault {
+            Some(f @ (Fault::Malformed | Fault::Reset | Fault::ErrorEvent)) => Some(f.clone()),
+            _ => None,
+        };
+        Gate {
+            fault,
+            after: k.after,
+            emitted: 0,
+            first: true,
+            ttft: k.ttft,
+            tpt: k.tpt,
+        }
+    }
+
+    /// Call before writing a token: sleeps as due, and returns the fault to inject instead.
+    #[must_use]
+    pub fn token(&mut self, script: &mut Script) -> Option<Fault> {
+        script.sleep(if self.first { self.ttft } else { self.tpt });
+        self.first = false;
+        if self.fault.is_some() && self.emitted >= self.after {
+            return self.fault.take();
+        }
+        self.emitted += 1;
+        None
+    }
+
+    /// Call after the last token: the fault still pending (the reply was shorter than `after`).
+    #[must_use]
+    pub fn end(&mut self, script: &mut Script) -> Option<Fault> {
+        if self.first {
+            script.sleep(self.ttft);
+            self.first = false;
+        }
+        self.fault.take()
+    }
+}
+
+/// Sleeps for the non-streaming delay: ttft plus tpt per output token.
+pub async fn answer_delay(knobs: &Knobs, tokens: u64) {
+    let total = knobs.ttft + knobs.tpt.saturating_mul(tokens.min(u32::MAX as u64) as u32);
+    if !total.is_zero() {
+        tokio::time::sleep(total).await;
+    }
+}
+
+/// `fault=hang`: wait until the client goes away (the handler future is dropped).
+pub async fn hang() -> ! {
+    std::future::pending::<()>().await;
+    unreachable!("pending never completes")
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A deterministic pseudo-signature for thinking blocks (base64 alphabet).
+pub fn signature(seq: u64) -> String {
+    let mut out = String::with_capacity(88);
+    let mut x = seq ^ 0x9e37_79b9_7f4a_7c15;
+    const ALPHA: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    out.push_str("Eq");
+    for _ in 0..86 {
+        x = splitmix(x);
+        out.push(ALPHA[(x % 64) as usize] as char);
+    }
+    out
+}
+
+pub fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn words_round_trip() {
+        let s = "héllo  wörld, ça va? 日本語 ok";
+        let w = words(s);
+        assert!(w.len() >= 4);
+        assert_eq!(w.concat(), s);
+        assert!(words("").is_empty());
+    }
+
+    #[test]
+    fn json_pieces_at_least_three() {
+        for s in ["{}", "{\"a\":1}", "{\"city\":\"Paris\",\"unit\":\"celsius\",\"x\":[]}"] {
+            let p = json_pieces(s);
+            assert_eq!(p.concat(), s);
+            assert!(p.len() >= 3 || s.chars().count() < 3, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn schema_args() {
+        let schema = json!({"type": "object", "properties": {
+            "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "f"]},
+            "days": {"type": "integer"}, "exact": {"type": "boolean"}, "tags": {"type": "array"},
+            "opts": {"type": "object"}, "note": {"type": ["string", "null"]}, "ratio": {"type": "number"}}});
+        assert_eq!(
+            args_from_schema(Some(&schema)),
+            json!({"city": "Paris", "unit": "celsius", "days": 1, "exact": true, "tags": [],
+                   "opts": {}, "note": "example", "ratio": 1})
+        );
+        assert_eq!(args_from_schema(None), json!({}));
+    }
+
+    #[test]
+    fn truncation() {
+        let k = Knobs::default();
+        let mut p = lorem(10);
+        assert_eq!(finish_text(&mut p, &k, &[], Some(4)), Finish::Length);
+        assert_eq!(p.len(), 4);
+        let mut p = lorem(10);
+        assert_eq!(finish_text(&mut p, &k, &["x".into()], Some(40)), Finish::Stop);
+        let k = Knobs { stop: true, ..Knobs::default() };
+        let mut p = lorem(10);
+        assert_eq!(
+            finish_text(&mut p, &k, &["END".into()], None),
+            Finish::StopSequence("END".into())
+        );
+        assert_eq!(p.len(), 5);
+    }
+}

@@ -1,0 +1,1085 @@
+//! Anthropic Messages: requests, answers, stream events and errors, to and from canonical form.
+//!
+//! Reference: <https://docs.anthropic.com/en/api/messages> and
+//! <https://docs.anthropic.com/en/docs/build-with-claude/streaming>. Anthropic's `input_tokens`
+//! already excludes cache reads and writes, as canonical usage does.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use tollway_core::{
+    ApiFamily, ChatRequest, ChatResponse, ErrorKind, Extra, ImageSource, Message, Part,
+    ProviderError, ResponseFormat, Role, StopReason, StreamEvent, ToolCall, ToolChoice, ToolDef,
+    ToolResult, Usage,
+};
+
+use crate::json::{self, count, index, invalid_value, missing, wrong_type, Obj};
+use crate::openai::fallback_message;
+use crate::sse::{write_event, SseEvent};
+
+/// `max_tokens` is required by Anthropic; clients of other APIs may leave it out.
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+// ------------------------------------------------------------------------------------------------
+// Inbound request
+// ------------------------------------------------------------------------------------------------
+
+/// Decodes a client's `POST /v1/messages` body.
+pub fn decode_request(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
+    let mut o = Obj::new(json::parse_object(bytes)?, "");
+    let model = o.req_str("model")?;
+    let raw_messages = o.array("messages")?.ok_or_else(|| missing("messages"))?;
+    let max_tokens = o.u32("max_tokens")?.ok_or_else(|| missing("max_tokens"))?;
+    if max_tokens == 0 {
+        return Err(invalid_value("max_tokens", "must be at least 1"));
+    }
+    if raw_messages.is_empty() {
+        return Err(invalid_value("messages", "at least one message is required"));
+    }
+    let mut messages = Vec::with_capacity(raw_messages.len() + 1);
+    match o.take("system") {
+        None => {}
+        Some(Value::String(s)) => messages.push(Message::text(Role::System, s)),
+        Some(Value::Array(blocks)) => {
+            let mut content = Vec::new();
+            for (i, b) in blocks.into_iter().enumerate() {
+                let mut b = Obj::from_value(b, index("system", i))?;
+                let ty = b.req_str("type")?;
+                if ty != "text" {
+                    return Err(invalid_value(
+                        &b.path_of("type"),
+                        format!("system blocks must be `text`, got `{ty}`"),
+                    ));
+                }
+                content.push(Part::Text {
+                    text: b.req_str("text")?,
+                    cache_control: b.take("cache_control"),
+                });
+            }
+            messages.push(Message {
+                role: Role::System,
+                content,
+            });
+        }
+        Some(other) => {
+            return Err(wrong_type("system", "a string or an array of text blocks", &other))
+        }
+    }
+    for (i, m) in raw_messages.into_iter().enumerate() {
+        decode_message(m, &index("messages", i), &mut messages)?;
+    }
+    let temperature = o.f64("temperature")?;
+    let top_p = o.f64("top_p")?;
+    let top_k = o.u32("top_k")?;
+    let stop = match o.array("stop_sequences")? {
+        None => Vec::new(),
+        Some(a) => a
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s),
+                other => Err(wrong_type(&index("stop_sequences", i), "a string", &other)),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let stream = o.bool("stream")?.unwrap_or(false);
+    let mut tools = Vec::new();
+    let mut server_tools = Vec::new();
+    if let Some(a) = o.array("tools")? {
+        for (i, t) in a.into_iter().enumerate() {
+            let path = index("tools", i);
+            let is_custom = match t.get("type") {
+                None | Some(Value::Null) => true,
+                Some(Value::String(s)) => s == "custom",
+                Some(other) => return Err(wrong_type(&json::join(&path, "type"), "a string", other)),
+            };
+            if !is_custom {
+                server_tools.push(t);
+                continue;
+            }
+            let mut t = Obj::from_value(t, path)?;
+            t.map.remove("type");
+            t.map.remove("cache_control");
+            let name = t.req_str("name")?;
+            let description = t.str("description")?;
+            let parameters = match t.take("input_schema") {
+                None => return Err(missing(&t.path_of("input_schema"))),
+                Some(p @ Value::Object(_)) => p,
+                Some(other) => {
+                    return Err(wrong_type(&t.path_of("input_schema"), "an object", &other))
+                }
+            };
+            let strict = t.bool("strict")?;
+            tools.push(ToolDef {
+                name,
+                description,
+                parameters,
+                strict,
+            });
+        }
+    }
+    let mut parallel_tool_calls = None;
+    let tool_choice = match o.obj("tool_choice")? {
+        None => None,
+        Some(mut tc) => {
+            let ty = tc.req_str("type")?;
+            if let Some(d) = tc.bool("disable_parallel_tool_use")? {
+                parallel_tool_calls = Some(!d);
+            }
+            Some(match ty.as_str() {
+                "auto" => ToolChoice::Auto,
+                "any" => ToolChoice::Required,
+                "none" => ToolChoice::None,
+                "tool" => ToolChoice::Tool(tc.req_str("name")?),
+                other => {
+                    return Err(invalid_value(
+                        "tool_choice.type",
+                        format!("expected `auto`, `any`, `tool` or `none`, got `{other}`"),
+                    ))
+                }
+            })
+        }
+    };
+    let mut user = None;
+    if let Some(mut md) = o.obj("metadata")? {
+        user = md.str("user_id")?;
+    }
+    let mut fields = o.into_rest();
+    if !server_tools.is_empty() {
+        fields.insert("tools".into(), Value::Array(server_tools));
+    }
+    Ok(ChatRequest {
+        model,
+        messages,
+        max_tokens: Some(max_tokens),
+        temperature,
+        top_p,
+        top_k,
+        stop,
+        stream,
+        include_usage: true,
+        tools,
+        tool_choice,
+        parallel_tool_calls,
+        response_format: None,
+        user,
+        extra: Extra {
+            family: ApiFamily::Anthropic,
+            fields,
+        },
+    })
+}
+
+fn decode_message(v: Value, path: &str, out: &mut Vec<Message>) -> Result<(), ProviderError> {
+    let mut m = Obj::from_value(v, path.to_string())?;
+    let role = match m.req_str("role")?.as_str() {
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        other => {
+            return Err(invalid_value(
+                &m.path_of("role"),
+                format!("unknown role `{other}` (expected user or assistant; put system prompts in `system`)"),
+            ))
+        }
+    };
+    let cpath = m.path_of("content");
+    let content = match m.require("content")? {
+        Value::String(s) => vec![Part::text(s)],
+        Value::Array(blocks) => {
+            let mut parts = Vec::with_capacity(blocks.len());
+            for (i, b) in blocks.into_iter().enumerate() {
+                parts.push(decode_block(b, &index(&cpath, i), role)?);
+            }
+            parts
+        }
+        other => return Err(wrong_type(&cpath, "a string or an array of content blocks", &other)),
+    };
+    if role == Role::User && content.iter().any(|p| matches!(p, Part::ToolResult(_))) {
+        // Canonically, tool results are a `Tool` turn; the rest of the user turn follows it.
+        let (results, rest): (Vec<Part>, Vec<Part>) = content
+            .into_iter()
+            .partition(|p| matches!(p, Part::ToolResult(_)));
+        out.push(Message {
+            role: Role::Tool,
+            content: results,
+        });
+        if !rest.is_empty() {
+            out.push(Message {
+                role: Role::User,
+                content: rest,
+            });
+        }
+    } else {
+        out.push(Message { role, content });
+    }
+    Ok(())
+}
+
+fn decode_image(b: &mut Obj) -> Result<ImageSource, ProviderError> {
+    let mut src = b.obj("source")?.ok_or_else(|| missing(&b.path_of("source")))?;
+    match src.req_str("type")?.as_str() {
+        "base64" => Ok(ImageSource::Base64 {
+            media_type: src.req_str("media_type")?,
+            data: src.req_str("data")?,
+        }),
+        "url" => Ok(ImageSource::Url(src.req_str("url")?)),
+        other => Err(invalid_value(
+            &src.path_of("type"),
+            format!("image sources of type `{other}` are not supported (use base64 or url)"),
+        )),
+    }
+}
+
+fn decode_block(v: Value, path: &str, role: Role) -> Result<Part, ProviderError> {
+    let mut b = Obj::from_value(v, path.to_string())?;
+    let ty = b.req_str("type")?;
+    Ok(match ty.as_str() {
+        "text" => Part::Text {
+            text: b.req_str("text")?,
+            cache_control: b.take("cache_control"),
+        },
+        "image" => Part::Image(decode_image(&mut b)?),
+        "tool_use" if role == Role::Assistant => {
+            let id = b.req_str("id")?;
+            let name = b.req_str("name")?;
+            let input = b.take("input").unwrap_or_else(|| json!({}));
+            Part::ToolCall(ToolCall {
+                id,
+                name,
+                arguments: input.to_string(),
+            })
+        }
+        "tool_result" if role == Role::User => {
+            let tool_call_id = b.req_str("tool_use_id")?;
+            let is_error = b.bool("is_error")?.unwrap_or(false);
+            let cpath = b.path_of("content");
+            let content = match b.take("content") {
+                None => Vec::new(),
+                Some(Value::String(s)) => vec![Part::text(s)],
+                Some(Value::Array(items)) => {
+                    let mut parts = Vec::new();
+                    for (i, item) in items.into_iter().enumerate() {
+                        let mut ib = Obj::from_value(item, index(&cpath, i))?;
+                        match ib.req_str("type")?.as_str() {
+                            "text" => parts.push(Part::text(ib.req_str("text")?)),
+                            "image" => parts.push(Part::Image(decode_image(&mut ib)?)),
+                            other => {
+                                return Err(invalid_value(
+                                    &ib.path_of("type"),
+                                    format!("tool result blocks of type `{other}` are not supported"),
+                                ))
+                            }
+                        }
+                    }
+                    parts
+                }
+                Some(other) => {
+                    return Err(wrong_type(&cpath, "a string or an array of blocks", &other))
+                }
+            };
+            Part::ToolResult(ToolResult {
+                tool_call_id,
+                content,
+                is_error,
+            })
+        }
+        "thinking" if role == Role::Assistant => Part::Thinking {
+            text: b.str("thinking")?.unwrap_or_default(),
+            signature: b.str("signature")?,
+        },
+        other => {
+            return Err(invalid_value(
+                &b.path_of("type"),
+                format!("content blocks of type `{other}` are not supported in {} messages",
+                    if role == Role::User { "user" } else { "assistant" }),
+            ))
+        }
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Outbound request
+// ------------------------------------------------------------------------------------------------
+
+/// Fields of an OpenAI request an Anthropic target can do without (nothing observable changes).
+const HARMLESS_FROM_OPENAI: &[&str] = &[
+    "store",
+    "metadata",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+    "n",
+];
+
+fn image_block(src: &ImageSource) -> Value {
+    match src {
+        ImageSource::Base64 { media_type, data } => json!({
+            "type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}
+        }),
+        ImageSource::Url(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+    }
+}
+
+fn text_block(text: &str, cache_control: &Option<Value>) -> Value {
+    let mut b = Map::new();
+    b.insert("type".into(), json!("text"));
+    b.insert("text".into(), Value::String(text.to_string()));
+    if let Some(cc) = cache_control {
+        b.insert("cache_control".into(), cc.clone());
+    }
+    Value::Object(b)
+}
+
+/// Whether an OpenAI-only field set to this value asks for nothing (off, zero, empty).
+fn is_off(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::String(_) | Value::Bool(true) => false,
+    }
+}
+
+fn encode_block(p: &Part, label: &str) -> Result<Option<Value>, ProviderError> {
+    Ok(Some(match p {
+        Part::Text {
+            text,
+            cache_control,
+        } => {
+            if text.is_empty() {
+                // Anthropic rejects empty text blocks.
+                return Ok(None);
+            }
+            text_block(text, cache_control)
+        }
+        Part::Image(src) => image_block(src),
+        Part::ToolCall(c) => {
+            let input: Value = if c.arguments.trim().is_empty() {
+                json!({})
+            } else {
+                serde_json::from_str(&c.arguments).map_err(|_| {
+                    ProviderError::invalid(format!(
+                        "the arguments of tool call `{}` are not valid JSON, which {label} requires",
+                        c.id
+                    ))
+                })?
+            };
+            if !input.is_object() {
+                return Err(ProviderError::invalid(format!(
+                    "the arguments of tool call `{}` must be a JSON object for {label}",
+                    c.id
+                )));
+            }
+            json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input})
+        }
+        Part::ToolResult(r) => {
+            let mut b = Map::new();
+            b.insert("type".into(), json!("tool_result"));
+            b.insert("tool_use_id".into(), Value::String(r.tool_call_id.clone()));
+            let simple = r.content.iter().all(|p| matches!(p, Part::Text { cache_control: None, .. }));
+            if simple {
+                b.insert("content".into(), Value::String(r.text()));
+            } else {
+                let mut items = Vec::new();
+                for p in &r.content {
+                    if let Some(v) = encode_block(p, label)? {
+                        items.push(v);
+                    }
+                }
+                b.insert("content".into(), Value::Array(items));
+            }
+            if r.is_error {
+                b.insert("is_error".into(), Value::Bool(true));
+            }
+            Value::Object(b)
+        }
+        Part::Thinking { text, signature } => match signature {
+            Some(sig) => json!({"type": "thinking", "thinking": text, "signature": sig}),
+            // Reasoning from another vendor cannot be verified by Anthropic; it is not needed.
+            None => return Ok(None),
+        },
+    }))
+}
+
+/// Encodes a canonical request for an Anthropic upstream. `label` (`provider/model`) names the
+/// target in errors.
+pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, ProviderError> {
+    let mut body = Map::new();
+    body.insert("model".into(), Value::String(req.model.clone()));
+    body.insert(
+        "max_tokens".into(),
+        json!(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
+    );
+    let mut system: Vec<Value> = Vec::new();
+    let mut messages: Vec<Value> = Vec::new();
+    let mut last_role: Option<&'static str> = None;
+    for m in &req.messages {
+        if m.role == Role::System {
+            for p in &m.content {
+                match p {
+                    Part::Text {
+                        text,
+                        cache_control,
+                    } => system.push(text_block(text, cache_control)),
+                    _ => {
+                        return Err(ProviderError::unsupported(
+                            "non-text content in system messages",
+                            label,
+                        ))
+                    }
+                }
+            }
+            continue;
+        }
+        let role = if m.role == Role::Assistant {
+            "assistant"
+        } else {
+            "user"
+        };
+        let mut blocks = Vec::with_capacity(m.content.len());
+        for p in &m.content {
+            if let Some(b) = encode_block(p, label)? {
+                blocks.push(b);
+            }
+        }
+        if blocks.is_empty() {
+            continue;
+        }
+        // Anthropic wants alternating turns: consecutive turns of one role are merged.
+        if last_role == Some(role) {
+            if let Some(Value::Array(prev)) = messages
+                .last_mut()
+                .and_then(|m| m.get_mut("content"))
+            {
+                prev.extend(blocks);
+                continue;
+            }
+        }
+        last_role = Some(role);
+        messages.push(json!({"role": role, "content": blocks}));
+    }
+    if !system.is_empty() {
+        let plain = system.iter().all(|b| b.get("cache_control").is_none());
+        let v = if plain && system.len() == 1 {
+            system
+                .pop()
+                .and_then(|mut b| b.get_mut("text").map(Value::take))
+                .unwrap_or_default()
+        } else {
+            Value::Array(system)
+        };
+        body.insert("system".into(), v);
+    }
+    body.insert("messages".into(), Value::Array(messages));
+    if let Some(t) = req.temperature {
+        body.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = req.top_p {
+        body.insert("top_p".into(), json!(p));
+    }
+    if let Some(k) = req.top_k {
+        body.insert("top_k".into(), json!(k));
+    }
+    if !req.stop.is_empty() {
+        body.insert("stop_sequences".into(), json!(req.stop));
+    }
+    if req.stream {
+        body.insert("stream".into(), Value::Bool(true));
+    }
+    let mut tools: Vec<Value> = req
+        .tools
+        .iter()
+        .map(|t| {
+            let mut o = Map::new();
+            o.insert("name".into(), Value::String(t.name.clone()));
+            if let Some(d) = &t.description {
+                o.insert("description".into(), Value::String(d.clone()));
+            }
+            o.insert("input_schema".into(), t.parameters.clone());
+            Value::Object(o)
+        })
+        .collect();
+    let mut tool_choice = req.tool_choice.as_ref().map(|tc| match tc {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::None => json!({"type": "none"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::Tool(name) => json!({"type": "tool", "name": name}),
+    });
+    if req.parallel_tool_calls == Some(false) && !req.tools.is_empty() {
+        let tc = tool_choice.get_or_insert_with(|| json!({"type": "auto"}));
+        if let Some(o) = tc.as_object_mut() {
+            if o.get("type").and_then(Value::as_str) != Some("none") {
+                o.insert("disable_parallel_tool_use".into(), Value::Bool(true));
+            }
+        }
+    }
+    match &req.response_format {
+        None | Some(ResponseFormat::Text) => {}
+        Some(ResponseFormat::JsonObject) => {
+            return Err(ProviderError::unsupported("response_format json_object", label)
+                .with_param("response_format"))
+        }
+        Some(ResponseFormat::JsonSchema { .. }) => {
+            return Err(ProviderError::unsupported("response_format json_schema", label)
+                .with_param("response_format"))
+        }
+    }
+    if let Some(u) = &req.user {
+        body.insert("metadata".into(), json!({"user_id": u}));
+    }
+    match req.extra.family {
+        ApiFamily::Anthropic => {
+            for (k, v) in &req.extra.fields {
+                if k == "tools" {
+                    if let Value::Array(server) = v {
+                        tools.extend(server.iter().cloned());
+                    }
+                } else if !body.contains_key(k) {
+                    body.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        ApiFamily::OpenAi => {
+            for (k, v) in &req.extra.fields {
+                if HARMLESS_FROM_OPENAI.contains(&k.as_str()) || is_off(v) {
+                    continue;
+                }
+                return Err(ProviderError::unsupported(
+                    &format!("the OpenAI parameter `{k}`"),
+                    label,
+                )
+                .with_param(k.clone()));
+            }
+        }
+    }
+    if !tools.is_empty() {
+        body.insert("tools".into(), Value::Array(tools));
+    }
+    if let Some(tc) = tool_choice {
+        if !req.tools.is_empty() {
+            body.insert("tool_choice".into(), tc);
+        }
+    }
+    serde_json::to_vec(&Value::Object(body))
+        .map_err(|e| ProviderError::internal(format!("could not encode the request: {e}")))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Answers
+// ------------------------------------------------------------------------------------------------
+
+fn stop_reason_str(r: &StopReason) -> String {
+    match r {
+        StopReason::EndTurn => "end_turn".into(),
+        StopReason::MaxTokens => "max_tokens".into(),
+        StopReason::StopSequence => "stop_sequence".into(),
+        StopReason::ToolUse => "tool_use".into(),
+        StopReason::ContentFilter => "refusal".into(),
+        StopReason::Other(s) => s.clone(),
+    }
+}
+
+fn stop_reason(s: &str) -> StopReason {
+    match s {
+        "end_turn" => StopReason::EndTurn,
+        "max_tokens" => StopReason::MaxTokens,
+        "stop_sequence" => StopReason::StopSequence,
+        "tool_use" => StopReason::ToolUse,
+        other => StopReason::Other(other.to_string()),
+    }
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cache_creation_input_tokens": u.cache_write_tokens,
+        "cache_read_input_tokens": u.cache_read_tokens,
+    })
+}
+
+fn decode_usage(v: &Value) -> Usage {
+    Usage {
+        input_tokens: count(v.get("input_tokens")),
+        output_tokens: count(v.get("output_tokens")),
+        cache_read_tokens: count(v.get("cache_read_input_tokens")),
+        cache_write_tokens: count(v.get("cache_creation_input_tokens")),
+        reasoning_tokens: 0,
+    }
+}
+
+/// A tool call's arguments as the `input` object Anthropic clients expect. Arguments that are not
+/// a JSON object (a model's mistake) are kept whole under `_raw_arguments` rather than lost.
+fn tool_input(arguments: &str) -> Value {
+    if arguments.trim().is_empty() {
+        return json!({});
+    }
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => json!({"_raw_arguments": arguments}),
+    }
+}
+
+fn message_id(id: &str) -> String {
+    if id.is_empty() {
+        "msg_tollway".to_string()
+    } else {
+        id.to_string()
+    }
+}
+
+/// Encodes a canonical answer as a Messages `message` object for an Anthropic client.
+pub fn encode_response(r: &ChatResponse) -> Vec<u8> {
+    let content: Vec<Value> = r
+        .content
+        .iter()
+        .filter_map(|p| match p {
+            Part::Text { text, .. } => Some(json!({"type": "text", "text": text})),
+            Part::ToolCall(c) => Some(json!({
+                "type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(&c.arguments)
+            })),
+            Part::Thinking { text, signature } => Some(json!({
+                "type": "thinking", "thinking": text, "signature": signature.clone().unwrap_or_default()
+            })),
+            Part::Image(_) | Part::ToolResult(_) => None,
+        })
+        .collect();
+    let v = json!({
+        "id": message_id(&r.id),
+        "type": "message",
+        "role": "assistant",
+        "model": r.model,
+        "content": content,
+        "stop_reason": stop_reason_str(&r.stop_reason),
+        "stop_sequence": r.stop_sequence,
+        "usage": usage_json(&r.usage),
+    });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+fn bad_answer(msg: impl Into<String>) -> ProviderError {
+    ProviderError::new(ErrorKind::InvalidResponse, msg)
+}
+
+/// Decodes an Anthropic upstream's `message` answer.
+pub fn decode_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
+    let v = json::parse_upstream(bytes, "an answer")?;
+    let blocks = v
+        .get("content")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad_answer("the provider's answer has no content"))?;
+    let mut content = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => content.push(Part::text(
+                b.get("text").and_then(Value::as_str).unwrap_or_default(),
+            )),
+            Some("tool_use") => content.push(Part::ToolCall(ToolCall {
+                id: b.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+                name: b.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                arguments: b.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+            })),
+            Some("thinking") => content.push(Part::Thinking {
+                text: b.get("thinking").and_then(Value::as_str).unwrap_or_default().to_string(),
+                signature: b.get("signature").and_then(Value::as_str).map(str::to_string),
+            }),
+            // Redacted thinking and server-tool blocks have no canonical form yet.
+            _ => {}
+        }
+    }
+    Ok(ChatResponse {
+        id: v.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+        model: v.get("model").and_then(Value::as_str).unwrap_or_default().to_string(),
+        content,
+        stop_reason: v
+            .get("stop_reason")
+            .and_then(Value::as_str)
+            .map(stop_reason)
+            .unwrap_or(StopReason::EndTurn),
+        stop_sequence: v
+            .get("stop_sequence")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        usage: v.get("usage").map(decode_usage).unwrap_or_default(),
+        created: json::now_unix(),
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Errors
+// ------------------------------------------------------------------------------------------------
+
+fn error_type(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidRequest => "invalid_request_error",
+        ErrorKind::Authentication => "authentication_error",
+        ErrorKind::PermissionDenied => "permission_error",
+        ErrorKind::NotFound => "not_found_error",
+        ErrorKind::RequestTooLarge => "request_too_large",
+        ErrorKind::RateLimited => "rate_limit_error",
+        ErrorKind::Overloaded => "overloaded_error",
+        ErrorKind::Timeout => "timeout_error",
+        ErrorKind::Upstream
+        | ErrorKind::UpstreamConfig
+        | ErrorKind::Connection
+        | ErrorKind::InvalidResponse
+        | ErrorKind::Internal => "api_error",
+    }
+}
+
+fn error_json(e: &ProviderError) -> Value {
+    json!({"type": "error", "error": {"type": error_type(e.kind), "message": e.message}})
+}
+
+/// The body of an error answer in Anthropic's shape.
+pub fn encode_error(e: &ProviderError) -> Vec<u8> {
+    serde_json::to_vec(&error_json(e)).unwrap_or_default()
+}
+
+/// Classifies an Anthropic upstream's error answer.
+pub fn decode_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> ProviderError {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|v| v.pointer("/error/message"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| fallback_message(status, body));
+    ProviderError::from_upstream_status(status, message, retry_after)
+}
+
+fn stream_error(v: &Value) -> ProviderError {
+    let message = v
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("the provider reported an error mid-stream")
+        .to_string();
+    let kind = match v.pointer("/error/type").and_then(Value::as_str) {
+        Some("overloaded_error") => ErrorKind::Overloaded,
+        Some("rate_limit_error") => ErrorKind::RateLimited,
+        Some("invalid_request_error") => ErrorKind::InvalidRequest,
+        Some("timeout_error") => ErrorKind::Timeout,
+        _ => ErrorKind::Upstream,
+    };
+    ProviderError::new(kind, message)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Streams
+// ------------------------------------------------------------------------------------------------
+
+/// Turns an Anthropic upstream's stream events into canonical events.
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    started: bool,
+    finished: bool,
+    done: bool,
+}
+
+impl StreamDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn feed(&mut self, ev: &SseEvent) -> Result<Vec<StreamEvent>, ProviderError> {
+        let mut out = Vec::new();
+        if self.done || ev.data.trim().is_empty() {
+            return Ok(out);
+        }
+        let v: Value = serde_json::from_str(&ev.data).map_err(|e| {
+            bad_answer(format!("the provider sent a stream event that is not valid JSON: {e}"))
+        })?;
+        let ty = v
+            .get("type")
+            .and_then(Value::as_str)
+            .or(ev.event.as_deref())
+            .unwrap_or_default();
+        let index = || v.get("index").and_then(Value::as_u64).unwrap_or(0) as u32;
+        match ty {
+            "message_start" => {
+                let m = v.get("message");
+                self.started = true;
+                out.push(StreamEvent::Start {
+                    id: m
+                        .and_then(|m| m.get("id"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    model: m
+                        .and_then(|m| m.get("model"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    usage: m
+                        .and_then(|m| m.get("usage"))
+                        .map(decode_usage)
+                        .unwrap_or_default(),
+                });
+            }
+            "content_block_start" => {
+                let b = v.get("content_block");
+                match b.and_then(|b| b.get("type")).and_then(Value::as_str) {
+                    Some("tool_use") => out.push(StreamEvent::ToolCallStart {
+                        index: index(),
+                        id: b
+                            .and_then(|b| b.get("id"))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                        name: b
+                            .and_then(|b| b.get("name"))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                    }),
+                    Some("text") => {
+                        if let Some(t) = b.and_then(|b| b.get("text")).and_then(Value::as_str) {
+                            if !t.is_empty() {
+                                out.push(StreamEvent::TextDelta {
+                                    index: index(),
+                                    text: t.to_string(),
+                                });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "content_block_delta" => {
+                let d = v.get("delta");
+                let field = |k: &str| {
+                    d.and_then(|d| d.get(k))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                match d.and_then(|d| d.get("type")).and_then(Value::as_str) {
+                    Some("text_delta") => out.push(StreamEvent::TextDelta {
+                        index: index(),
+                        text: field("text"),
+                    }),
+                    Some("input_json_delta") => {
+                        let piece = field("partial_json");
+                        if !piece.is_empty() {
+                            out.push(StreamEvent::ToolCallDelta {
+                                index: index(),
+                                arguments: piece,
+                            });
+                        }
+                    }
+                    Some("thinking_delta") => out.push(StreamEvent::ThinkingDelta {
+                        index: index(),
+                        text: field("thinking"),
+                    }),
+                    Some("signature_delta") => out.push(StreamEvent::ThinkingSignature {
+                        index: index(),
+                        signature: field("signature"),
+                    }),
+                    _ => {}
+                }
+            }
+            "content_block_stop" => out.push(StreamEvent::BlockStop { index: index() }),
+            "message_delta" => {
+                if let Some(u) = v.get("usage") {
+                    out.push(StreamEvent::Usage(decode_usage(u)));
+                }
+                let d = v.get("delta");
+                if let Some(sr) = d.and_then(|d| d.get("stop_reason")).and_then(Value::as_str) {
+                    self.finished = true;
+                    out.push(StreamEvent::Finish {
+                        stop_reason: stop_reason(sr),
+                        stop_sequence: d
+                            .and_then(|d| d.get("stop_sequence"))
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                    });
+                }
+            }
+            "message_stop" => self.done = true,
+            "error" => return Err(stream_error(&v)),
+            _ => {} // ping and event types added later
+        }
+        Ok(out)
+    }
+
+    pub fn finish(&mut self) -> Result<Vec<StreamEvent>, ProviderError> {
+        if self.finished {
+            Ok(Vec::new())
+        } else {
+            Err(bad_answer(
+                "the provider's stream ended before it finished the answer",
+            ))
+        }
+    }
+}
+
+/// Writes canonical events as Anthropic stream events for an Anthropic client.
+#[derive(Debug, Default)]
+pub struct StreamEncoder {
+    started: bool,
+    /// Canonical block index → the client's block index (Anthropic clients need 0, 1, 2 ...).
+    blocks: HashMap<u32, u32>,
+    /// The client's open block.
+    open: Option<u32>,
+    usage: Usage,
+    stop: Option<(StopReason, Option<String>)>,
+    ended: bool,
+}
+
+impl StreamEncoder {
+    /// `include_usage` is an OpenAI notion; Anthropic streams always carry usage.
+    pub fn new(_include_usage: bool) -> Self {
+        Self::default()
+    }
+
+    fn event(out: &mut Vec<u8>, name: &str, v: &Value) {
+        write_event(out, Some(name), &v.to_string());
+    }
+
+    fn start(&mut self, id: &str, model: &str, out: &mut Vec<u8>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let usage = usage_json(&self.usage);
+        Self::event(
+            out,
+            "message_start",
+            &json!({"type": "message_start", "message": {
+                "id": message_id(id), "type": "message", "role": "assistant", "model": model,
+                "content": [], "stop_reason": null, "stop_sequence": null, "usage": usage,
+            }}),
+        );
+        Self::event(out, "ping", &json!({"type": "ping"}));
+    }
+
+    fn close_open(&mut self, out: &mut Vec<u8>) {
+        if let Some(i) = self.open.take() {
+            Self::event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": i}),
+            );
+        }
+    }
+
+    /// The client's index for canonical block `index`, opening it with `start` if it is new.
+    fn block(&mut self, index: u32, start: impl FnOnce() -> Value, out: &mut Vec<u8>) -> u32 {
+        self.start("", "", out);
+        if let Some(&i) = self.blocks.get(&index) {
+            return i;
+        }
+        self.close_open(out);
+        let i = self.blocks.len() as u32;
+        self.blocks.insert(index, i);
+        self.open = Some(i);
+        Self::event(
+            out,
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": i, "content_block": start()}),
+        );
+        i
+    }
+
+    fn delta(out: &mut Vec<u8>, i: u32, delta: Value) {
+        Self::event(
+            out,
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": i, "delta": delta}),
+        );
+    }
+
+    pub fn push(&mut self, ev: &StreamEvent, out: &mut Vec<u8>) {
+        match ev {
+            StreamEvent::Start { id, model, usage } => {
+                self.usage.merge(usage);
+                self.start(id, model, out);
+            }
+            StreamEvent::TextDelta { index, text } => {
+                let i = self.block(*index, || json!({"type": "text", "text": ""}), out);
+                Self::delta(out, i, json!({"type": "text_delta", "text": text}));
+            }
+            StreamEvent::ThinkingDelta { index, text } => {
+                let i = self.block(
+                    *index,
+                    || json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    out,
+                );
+                Self::delta(out, i, json!({"type": "thinking_delta", "thinking": text}));
+            }
+            StreamEvent::ThinkingSignature { index, signature } => {
+                let i = self.block(
+                    *index,
+                    || json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    out,
+                );
+                Self::delta(out, i, json!({"type": "signature_delta", "signature": signature}));
+            }
+            StreamEvent::ToolCallStart { index, id, name } => {
+                self.block(
+                    *index,
+                    || json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                    out,
+                );
+            }
+            StreamEvent::ToolCallDelta { index, arguments } => {
+                let i = self.block(
+                    *index,
+                    || json!({"type": "tool_use", "id": "", "name": "", "input": {}}),
+                    out,
+                );
+                Self::delta(
+                    out,
+                    i,
+                    json!({"type": "input_json_delta", "partial_json": arguments}),
+                );
+            }
+            StreamEvent::BlockStop { index } => {
+                if let Some(&i) = self.blocks.get(index) {
+                    if self.open == Some(i) {
+                        self.close_open(out);
+                    }
+                }
+            }
+            StreamEvent::Finish {
+                stop_reason,
+                stop_sequence,
+            } => self.stop = Some((stop_reason.clone(), stop_sequence.clone())),
+            StreamEvent::Usage(u) => self.usage.merge(u),
+        }
+    }
+
+    /// The upstream finished: `message_delta` (stop reason and final usage) and `message_stop`.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.start("", "", out);
+        self.close_open(out);
+        let (reason, seq) = self.stop.take().unwrap_or((StopReason::EndTurn, None));
+        Self::event(
+            out,
+            "message_delta",
+            &json!({"type": "message_delta",
+                "delta": {"stop_reason": stop_reason_str(&reason), "stop_sequence": seq},
+                "usage": usage_json(&self.usage)}),
+        );
+        Self::event(out, "message_stop", &json!({"type": "message_stop"}));
+    }
+
+    /// The upstream failed mid-stream: an `error` event, as Anthropic sends one.
+    pub fn error(&mut self, e: &ProviderError, out: &mut Vec<u8>) {
+        self.ended = true;
+        Self::event(out, "error", &error_json(e));
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
+#[cfg(test)]
+mod tests;

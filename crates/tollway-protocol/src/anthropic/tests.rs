@@ -1,0 +1,274 @@
+use serde_json::json;
+
+use super::*;
+use crate::sse::SseParser;
+
+fn req(v: Value) -> Result<ChatRequest, ProviderError> {
+    decode_request(v.to_string().as_bytes())
+}
+
+fn body(r: &ChatRequest) -> Value {
+    serde_json::from_slice(&encode_request(r, "ant/claude").unwrap()).unwrap()
+}
+
+#[test]
+fn decodes_and_reencodes_the_same_request() {
+    let input = json!({
+        "model": "claude-sonnet-4-5", "max_tokens": 100, "temperature": 0.5, "top_k": 5,
+        "stop_sequences": ["END"], "stream": true,
+        "system": [{"type": "text", "text": "sys", "cache_control": {"type": "ephemeral"}}],
+        "metadata": {"user_id": "u1"},
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "tools": [{"name": "f", "description": "d", "input_schema": {"type": "object"}},
+                  {"type": "web_search_20250305", "name": "web_search", "max_uses": 1}],
+        "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "look"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA"}}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}
+        ]
+    });
+    let r = req(input.clone()).unwrap();
+    assert_eq!(r.max_tokens, Some(100));
+    assert_eq!(r.tool_choice, Some(ToolChoice::Required));
+    assert_eq!(r.parallel_tool_calls, Some(false));
+    assert_eq!(r.user.as_deref(), Some("u1"));
+    assert_eq!(r.tools.len(), 1);
+    assert_eq!(r.messages[3].role, Role::Tool);
+    let b = body(&r);
+    for key in ["model", "max_tokens", "temperature", "top_k", "stop_sequences", "stream", "system",
+        "metadata", "thinking", "tools", "tool_choice", "messages"] {
+        assert_eq!(b[key], input[key], "{key}");
+    }
+}
+
+#[test]
+fn errors_name_the_field() {
+    let ok_msgs = json!([{"role": "user", "content": "x"}]);
+    let cases = [
+        (json!({"model": "m", "messages": ok_msgs}), "`max_tokens`"),
+        (json!({"model": "m", "max_tokens": 0, "messages": ok_msgs}), "`max_tokens`"),
+        (json!({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}), "`messages[0].role`"),
+        (json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text"}]}]}), "`messages[0].content[0].text`"),
+        (json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}), "document"),
+        (json!({"model": "m", "max_tokens": 5, "messages": ok_msgs, "system": 3}), "`system`"),
+        (json!({"model": "m", "max_tokens": 5, "messages": ok_msgs, "tools": [{"name": "f"}]}), "`tools[0].input_schema`"),
+        (json!({"model": "m", "max_tokens": 5, "messages": ok_msgs, "tool_choice": {"type": "maybe"}}), "tool_choice"),
+    ];
+    for (v, needle) in cases {
+        let e = req(v.clone()).unwrap_err();
+        assert!(e.message.contains(needle), "{v}: {}", e.message);
+    }
+}
+
+#[test]
+fn openai_requests_translate() {
+    let r = crate::openai::decode_request(
+        json!({"model": "gpt", "user": "u", "store": true, "parallel_tool_calls": false,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "tool_choice": "required",
+            "messages": [
+                {"role": "system", "content": "a"}, {"role": "developer", "content": "b"},
+                {"role": "user", "content": [{"type": "text", "text": "q"},
+                    {"type": "image_url", "image_url": {"url": "https://x/i.png"}}]},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}},
+                    {"id": "c2", "type": "function", "function": {"name": "f", "arguments": ""}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "r1"},
+                {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "r2"}]},
+                {"role": "user", "content": "more"}
+            ]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let b = body(&r);
+    assert_eq!(b["max_tokens"], DEFAULT_MAX_TOKENS);
+    assert_eq!(b["system"], json!([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]));
+    assert_eq!(b["metadata"], json!({"user_id": "u"}));
+    assert_eq!(b["tool_choice"], json!({"type": "any", "disable_parallel_tool_use": true}));
+    assert_eq!(b["tools"], json!([{"name": "f", "input_schema": {"type": "object"}}]));
+    assert_eq!(
+        b["messages"],
+        json!([
+            {"role": "user", "content": [{"type": "text", "text": "q"},
+                {"type": "image", "source": {"type": "url", "url": "https://x/i.png"}}]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "c1", "name": "f", "input": {"a": 1}},
+                {"type": "tool_use", "id": "c2", "name": "f", "input": {}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "c1", "content": "r1"},
+                {"type": "tool_result", "tool_use_id": "c2", "content": "r2"},
+                {"type": "text", "text": "more"}]}
+        ])
+    );
+}
+
+#[test]
+fn what_anthropic_cannot_do_is_refused_by_name() {
+    let base = json!({"model": "gpt", "messages": [{"role": "user", "content": "x"}]});
+    let with = |k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        crate::openai::decode_request(b.to_string().as_bytes()).unwrap()
+    };
+    let e = encode_request(&with("response_format", json!({"type": "json_object"})), "ant/claude").unwrap_err();
+    assert!(e.message.contains("json_object") && e.message.contains("ant/claude"), "{}", e.message);
+    let e = encode_request(&with("logprobs", json!(true)), "ant/claude").unwrap_err();
+    assert!(e.message.contains("logprobs"), "{}", e.message);
+    assert!(encode_request(&with("logprobs", json!(false)), "ant/claude").is_ok());
+    assert!(encode_request(&with("frequency_penalty", json!(0)), "ant/claude").is_ok());
+    let e = encode_request(&with("seed", json!(1)), "ant/claude").unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("seed"));
+    let bad_args = crate::openai::decode_request(
+        json!({"model": "g", "messages": [{"role": "assistant", "content": null,
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    assert!(encode_request(&bad_args, "ant/claude").unwrap_err().message.contains("not valid JSON"));
+}
+
+#[test]
+fn answers_round_trip() {
+    let upstream = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+        "content": [{"type": "thinking", "thinking": "t", "signature": "sig"}, {"type": "text", "text": "hi"},
+            {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": 1}}],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 3, "cache_read_input_tokens": 7}});
+    let r = decode_response(upstream.to_string().as_bytes()).unwrap();
+    assert_eq!(r.usage, Usage { input_tokens: 10, output_tokens: 5, cache_read_tokens: 7, cache_write_tokens: 3, reasoning_tokens: 0 });
+    assert_eq!(r.stop_reason, StopReason::ToolUse);
+    let back: Value = serde_json::from_slice(&encode_response(&r)).unwrap();
+    assert_eq!(back["content"], upstream["content"]);
+    assert_eq!(back["usage"], upstream["usage"]);
+    assert_eq!(back["stop_reason"], "tool_use");
+    // invalid tool arguments from another vendor's model are kept, not lost
+    assert_eq!(tool_input("[1]"), json!({"_raw_arguments": "[1]"}));
+}
+
+#[test]
+fn errors_decode_and_encode() {
+    let e = decode_error(529, br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#, None);
+    assert_eq!(e.kind, ErrorKind::Overloaded);
+    assert_eq!(e.message, "Overloaded");
+    let v: Value = serde_json::from_slice(&encode_error(&ProviderError::new(ErrorKind::RateLimited, "wait"))).unwrap();
+    assert_eq!(v, json!({"type": "error", "error": {"type": "rate_limit_error", "message": "wait"}}));
+}
+
+const STREAM: &str = r#"event: message_start
+data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"output_tokens":1,"cache_read_input_tokens":4}}}
+
+event: content_block_start
+data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}
+
+event: ping
+data: {"type": "ping"}
+
+event: content_block_delta
+data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}
+
+event: content_block_stop
+data: {"type":"content_block_stop","index":0}
+
+event: content_block_start
+data: {"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}
+
+event: content_block_delta
+data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":""}}
+
+event: content_block_delta
+data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\": 1}"}}
+
+event: content_block_stop
+data: {"type":"content_block_stop","index":1}
+
+event: message_delta
+data: {"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":15}}
+
+event: message_stop
+data: {"type":"message_stop"}
+
+"#;
+
+fn decode_stream(text: &str) -> Result<Vec<StreamEvent>, ProviderError> {
+    let mut p = SseParser::new();
+    let mut d = StreamDecoder::new();
+    let mut out = Vec::new();
+    for ev in p.push(text.as_bytes())? {
+        out.extend(d.feed(&ev)?);
+    }
+    out.extend(d.finish()?);
+    Ok(out)
+}
+
+#[test]
+fn upstream_streams_decode() {
+    let events = decode_stream(STREAM).unwrap();
+    assert_eq!(
+        events,
+        vec![
+            StreamEvent::Start { id: "msg_1".into(), model: "claude".into(),
+                usage: Usage { input_tokens: 25, output_tokens: 1, cache_read_tokens: 4, ..Usage::default() } },
+            StreamEvent::TextDelta { index: 0, text: "Hello".into() },
+            StreamEvent::BlockStop { index: 0 },
+            StreamEvent::ToolCallStart { index: 1, id: "toolu_1".into(), name: "f".into() },
+            StreamEvent::ToolCallDelta { index: 1, arguments: "{\"a\": 1}".into() },
+            StreamEvent::BlockStop { index: 1 },
+            StreamEvent::Usage(Usage { output_tokens: 15, ..Usage::default() }),
+            StreamEvent::Finish { stop_reason: StopReason::ToolUse, stop_sequence: None },
+        ]
+    );
+    let cut = &STREAM[..STREAM.find("event: message_delta").unwrap()];
+    assert!(decode_stream(cut).is_err());
+    let err = format!("{cut}event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}}}\n\n");
+    assert_eq!(decode_stream(&err).unwrap_err().kind, ErrorKind::Overloaded);
+}
+
+#[test]
+fn client_streams_have_every_event_in_order_and_decode_back() {
+    let events = decode_stream(STREAM).unwrap();
+    let mut enc = StreamEncoder::new(false);
+    let mut out = Vec::new();
+    for ev in &events {
+        enc.push(ev, &mut out);
+    }
+    enc.finish(&mut out);
+    let text = String::from_utf8(out).unwrap();
+    let names: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(
+        names,
+        ["message_start", "ping", "content_block_start", "content_block_delta", "content_block_stop",
+         "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+    );
+    assert_eq!(decode_stream(&text).unwrap(), {
+        // the re-encoded stream carries the final usage whole in message_delta
+        let mut e = events.clone();
+        e[6] = StreamEvent::Usage(Usage { input_tokens: 25, output_tokens: 15, cache_read_tokens: 4, ..Usage::default() });
+        e[0] = StreamEvent::Start { id: "msg_1".into(), model: "claude".into(),
+            usage: Usage { input_tokens: 25, output_tokens: 1, cache_read_tokens: 4, ..Usage::default() } };
+        e
+    });
+    // OpenAI-style upstream: text blocks start without an explicit start event; indices compact
+    let mut enc = StreamEncoder::new(false);
+    let mut out = Vec::new();
+    for ev in [
+        StreamEvent::Start { id: "c".into(), model: "g".into(), usage: Usage::default() },
+        StreamEvent::TextDelta { index: 3, text: "a".into() },
+        StreamEvent::ToolCallStart { index: 7, id: "call".into(), name: "f".into() },
+        StreamEvent::Finish { stop_reason: StopReason::ToolUse, stop_sequence: None },
+    ] {
+        enc.push(&ev, &mut out);
+    }
+    enc.finish(&mut out);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains(r#""index":0,"type":"content_block_start""#) || text.contains(r#""content_block_start","index":0"#) || text.contains(r#""index":0"#));
+    let back = decode_stream(&text).unwrap();
+    assert!(back.contains(&StreamEvent::TextDelta { index: 0, text: "a".into() }), "{back:?}");
+    assert!(back.contains(&StreamEvent::ToolCallStart { index: 1, id: "call".into(), name: "f".into() }));
+    let mut out = Vec::new();
+    enc.error(&ProviderError::new(ErrorKind::Overloaded, "busy"), &mut out);
+    assert!(String::from_utf8(out).unwrap().starts_with("event: error\n"));
+}

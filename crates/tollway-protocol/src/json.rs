@@ -1,0 +1,249 @@
+//! Path-aware reading of JSON request bodies: every type error names the field it is about
+//! (`messages[2].content`), so clients learn exactly what to fix.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use tollway_core::ProviderError;
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Parses a request body that must be a JSON object, with clear errors for bad UTF-8, bad JSON and
+/// a body of the wrong type.
+pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ProviderError> {
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(ProviderError::invalid(format!(
+            "Request body is not valid UTF-8 (invalid byte at offset {}).",
+            e.valid_up_to()
+        )));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ProviderError::invalid(
+            "Request body is empty: expected a JSON object.",
+        ));
+    }
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ProviderError::invalid(format!("Request body is not valid JSON: {e}.")))?;
+    match v {
+        Value::Object(m) => Ok(m),
+        other => Err(ProviderError::invalid(format!(
+            "Invalid type for the request body: expected a JSON object, got {}.",
+            type_name(&other)
+        ))),
+    }
+}
+
+/// Parses an upstream's JSON answer (no path needed: the upstream, not the client, is at fault).
+pub fn parse_upstream(bytes: &[u8], what: &str) -> Result<Value, ProviderError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ProviderError::new(
+            tollway_core::ErrorKind::InvalidResponse,
+            format!("the provider sent {what} that is not valid JSON: {e}"),
+        )
+    })
+}
+
+pub fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+pub fn wrong_type(path: &str, expected: &str, got: &Value) -> ProviderError {
+    ProviderError::invalid(format!(
+        "Invalid type for `{path}`: expected {expected}, got {}.",
+        type_name(got)
+    ))
+    .with_param(path)
+}
+
+pub fn invalid_value(path: &str, problem: impl std::fmt::Display) -> ProviderError {
+    ProviderError::invalid(format!("Invalid value for `{path}`: {problem}.")).with_param(path)
+}
+
+pub fn missing(path: &str) -> ProviderError {
+    ProviderError::invalid(format!("Missing required field `{path}`.")).with_param(path)
+}
+
+pub fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+pub fn index(parent: &str, i: usize) -> String {
+    format!("{parent}[{i}]")
+}
+
+/// A JSON object being taken apart field by field. Fields are removed as they are read, so what
+/// remains at the end is exactly the set of fields the reader did not understand.
+pub struct Obj {
+    pub map: Map<String, Value>,
+    pub path: String,
+}
+
+impl Obj {
+    pub fn new(map: Map<String, Value>, path: impl Into<String>) -> Self {
+        Obj {
+            map,
+            path: path.into(),
+        }
+    }
+
+    /// Reads `v` (found at `path`) as an object.
+    pub fn from_value(v: Value, path: String) -> Result<Self, ProviderError> {
+        match v {
+            Value::Object(map) => Ok(Obj { map, path }),
+            other => Err(wrong_type(&path, "an object", &other)),
+        }
+    }
+
+    pub fn path_of(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+
+    /// The field, or `None` when absent or `null`.
+    pub fn take(&mut self, key: &str) -> Option<Value> {
+        match self.map.remove(key) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    pub fn require(&mut self, key: &str) -> Result<Value, ProviderError> {
+        self.take(key).ok_or_else(|| missing(&self.path_of(key)))
+    }
+
+    pub fn str(&mut self, key: &str) -> Result<Option<String>, ProviderError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(wrong_type(&self.path_of(key), "a string", &other)),
+        }
+    }
+
+    pub fn req_str(&mut self, key: &str) -> Result<String, ProviderError> {
+        self.str(key)?.ok_or_else(|| missing(&self.path_of(key)))
+    }
+
+    pub fn bool(&mut self, key: &str) -> Result<Option<bool>, ProviderError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(other) => Err(wrong_type(&self.path_of(key), "a boolean", &other)),
+        }
+    }
+
+    pub fn f64(&mut self, key: &str) -> Result<Option<f64>, ProviderError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(other) => Err(wrong_type(&self.path_of(key), "a number", &other)),
+        }
+    }
+
+    pub fn u32(&mut self, key: &str) -> Result<Option<u32>, ProviderError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(v) if v <= u64::from(u32::MAX) => Ok(Some(v as u32)),
+                _ => Err(invalid_value(
+                    &self.path_of(key),
+                    format!("expected a non-negative integer, got {n}"),
+                )),
+            },
+            Some(other) => Err(wrong_type(&self.path_of(key), "an integer", &other)),
+        }
+    }
+
+    pub fn array(&mut self, key: &str) -> Result<Option<Vec<Value>>, ProviderError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => Ok(Some(a)),
+            Some(other) => Err(wrong_type(&self.path_of(key), "an array", &other)),
+        }
+    }
+
+    pub fn obj(&mut self, key: &str) -> Result<Option<Obj>, ProviderError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => Obj::from_value(v, self.path_of(key)).map(Some),
+        }
+    }
+
+    /// A string or an array of strings (OpenAI `stop`).
+    pub fn strings(&mut self, key: &str) -> Result<Vec<String>, ProviderError> {
+        match self.take(key) {
+            None => Ok(Vec::new()),
+            Some(Value::String(s)) => Ok(vec![s]),
+            Some(Value::Array(a)) => {
+                let path = self.path_of(key);
+                a.into_iter()
+                    .enumerate()
+                    .map(|(i, v)| match v {
+                        Value::String(s) => Ok(s),
+                        other => Err(wrong_type(&index(&path, i), "a string", &other)),
+                    })
+                    .collect()
+            }
+            Some(other) => Err(wrong_type(
+                &self.path_of(key),
+                "a string or an array of strings",
+                &other,
+            )),
+        }
+    }
+
+    pub fn into_rest(self) -> Map<String, Value> {
+        self.map
+    }
+}
+
+/// A number from a JSON value, as an unsigned integer (upstream usage counters).
+pub fn count(v: Option<&Value>) -> u64 {
+    v.and_then(Value::as_u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_checked_in_order_utf8_json_object() {
+        let e = parse_object(b"{\"a\":\"\xff\"}").unwrap_err();
+        assert!(e.message.contains("UTF-8"), "{}", e.message);
+        let e = parse_object(b"{\"a\":").unwrap_err();
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        let e = parse_object(b"  ").unwrap_err();
+        assert!(e.message.contains("empty"), "{}", e.message);
+        let e = parse_object(b"[1]").unwrap_err();
+        assert!(e.message.contains("expected a JSON object, got an array"));
+        assert!(parse_object(b"{}").is_ok());
+    }
+
+    #[test]
+    fn field_errors_name_the_path() {
+        let map = parse_object(br#"{"n": -1, "s": 5, "o": {"x": true}}"#).unwrap();
+        let mut o = Obj::new(map, "");
+        assert!(o.u32("n").unwrap_err().message.contains("`n`"));
+        let e = o.str("s").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("s"));
+        let mut inner = o.obj("o").unwrap().unwrap();
+        let e = inner.str("x").unwrap_err();
+        assert!(e.message.contains("`o.x`"), "{}", e.message);
+        assert!(e.message.contains("got a boolean"));
+        assert!(o.req_str("absent").unwrap_err().message.contains("Missing"));
+    }
+}

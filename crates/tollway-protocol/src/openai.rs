@@ -1,0 +1,1073 @@
+//! OpenAI Chat Completions: requests, answers, stream chunks and errors, to and from canonical form.
+//!
+//! Reference: <https://platform.openai.com/docs/api-reference/chat>. Usage is normalised on the
+//! way in (`prompt_tokens` includes cached tokens; canonical `input_tokens` does not).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use tollway_core::{
+    ApiFamily, ChatRequest, ChatResponse, ErrorKind, Extra, ImageSource, Message, Part,
+    ProviderError, ResponseFormat, Role, StopReason, StreamEvent, ToolCall, ToolChoice, ToolDef,
+    ToolResult, Usage,
+};
+
+use crate::json::{self, count, index, invalid_value, missing, wrong_type, Obj};
+use crate::sse::{write_event, SseEvent};
+
+// ------------------------------------------------------------------------------------------------
+// Inbound request
+// ------------------------------------------------------------------------------------------------
+
+/// Decodes a client's `POST /v1/chat/completions` body.
+pub fn decode_request(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
+    let mut o = Obj::new(json::parse_object(bytes)?, "");
+    let model = o.req_str("model")?;
+    let raw_messages = o.array("messages")?.ok_or_else(|| missing("messages"))?;
+    if raw_messages.is_empty() {
+        return Err(invalid_value("messages", "at least one message is required"));
+    }
+    let mut messages = Vec::with_capacity(raw_messages.len());
+    for (i, m) in raw_messages.into_iter().enumerate() {
+        decode_message(m, &index("messages", i), &mut messages)?;
+    }
+    let max_completion = o.u32("max_completion_tokens")?;
+    let max_tokens = max_completion.or(o.u32("max_tokens")?);
+    if max_completion.is_some() {
+        o.map.remove("max_tokens");
+    }
+    let temperature = o.f64("temperature")?;
+    let top_p = o.f64("top_p")?;
+    let top_k = o.u32("top_k")?;
+    let stop = o.strings("stop")?;
+    let stream = o.bool("stream")?.unwrap_or(false);
+    let include_usage = match o.obj("stream_options")? {
+        Some(mut so) => so.bool("include_usage")?.unwrap_or(false),
+        None => false,
+    };
+    let tools = match o.array("tools")? {
+        None => Vec::new(),
+        Some(a) => a
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| decode_tool(t, &index("tools", i)))
+            .collect::<Result<_, _>>()?,
+    };
+    let tool_choice = match o.take("tool_choice") {
+        None => None,
+        Some(v) => Some(decode_tool_choice(v)?),
+    };
+    let parallel_tool_calls = o.bool("parallel_tool_calls")?;
+    let response_format = match o.obj("response_format")? {
+        None => None,
+        Some(rf) => Some(decode_response_format(rf)?),
+    };
+    let user = o.str("user")?;
+    if let Some(n) = o.map.get("n") {
+        if n.as_u64().is_some_and(|n| n > 1) {
+            return Err(invalid_value(
+                "n",
+                "Tollway returns one choice per request; send n: 1 or leave it out",
+            ));
+        }
+    }
+    Ok(ChatRequest {
+        model,
+        messages,
+        max_tokens,
+        temperature,
+        top_p,
+        top_k,
+        stop,
+        stream,
+        include_usage,
+        tools,
+        tool_choice,
+        parallel_tool_calls,
+        response_format,
+        user,
+        extra: Extra {
+            family: ApiFamily::OpenAi,
+            fields: o.into_rest(),
+        },
+    })
+}
+
+fn decode_message(v: Value, path: &str, out: &mut Vec<Message>) -> Result<(), ProviderError> {
+    let mut m = Obj::from_value(v, path.to_string())?;
+    let role = m.req_str("role")?;
+    match role.as_str() {
+        "system" | "developer" | "user" => {
+            let content = match m.take("content") {
+                None => return Err(missing(&m.path_of("content"))),
+                Some(c) => decode_content(c, &m.path_of("content"), role != "user")?,
+            };
+            let role = if role == "user" {
+                Role::User
+            } else {
+                Role::System
+            };
+            out.push(Message { role, content });
+        }
+        "assistant" => {
+            let mut content = match m.take("content") {
+                None => Vec::new(),
+                Some(c) => decode_content(c, &m.path_of("content"), true)?,
+            };
+            if let Some(r) = m.str("refusal")? {
+                if content.is_empty() {
+                    content.push(Part::text(r));
+                }
+            }
+            if let Some(calls) = m.array("tool_calls")? {
+                let calls_path = m.path_of("tool_calls");
+                for (i, c) in calls.into_iter().enumerate() {
+                    let mut c = Obj::from_value(c, index(&calls_path, i))?;
+                    let id = c.req_str("id")?;
+                    if let Some(t) = c.str("type")? {
+                        if t != "function" {
+                            return Err(invalid_value(
+                                &c.path_of("type"),
+                                format!("only `function` tool calls are supported, got `{t}`"),
+                            ));
+                        }
+                    }
+                    let mut f = c.obj("function")?.ok_or_else(|| missing(&c.path_of("function")))?;
+                    let name = f.req_str("name")?;
+                    let arguments = f.str("arguments")?.unwrap_or_default();
+                    content.push(Part::ToolCall(ToolCall {
+                        id,
+                        name,
+                        arguments,
+                    }));
+                }
+            }
+            if m.map.contains_key("function_call") {
+                return Err(invalid_value(
+                    &m.path_of("function_call"),
+                    "the deprecated `function_call` is not supported; use `tool_calls`",
+                ));
+            }
+            out.push(Message {
+                role: Role::Assistant,
+                content,
+            });
+        }
+        "tool" => {
+            let tool_call_id = m.req_str("tool_call_id")?;
+            let content = match m.take("content") {
+                None => Vec::new(),
+                Some(c) => decode_content(c, &m.path_of("content"), true)?,
+            };
+            let result = Part::ToolResult(ToolResult {
+                tool_call_id,
+                content,
+                is_error: false,
+            });
+            // Consecutive tool messages answer one assistant turn: keep them in one message.
+            match out.last_mut() {
+                Some(prev) if prev.role == Role::Tool => prev.content.push(result),
+                _ => out.push(Message {
+                    role: Role::Tool,
+                    content: vec![result],
+                }),
+            }
+        }
+        "function" => {
+            return Err(invalid_value(
+                &m.path_of("role"),
+                "the deprecated `function` role is not supported; use `tool` messages",
+            ))
+        }
+        other => {
+            return Err(invalid_value(
+                &m.path_of("role"),
+                format!(
+                    "unknown role `{other}` (expected system, developer, user, assistant or tool)"
+                ),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Message content: a string or an array of parts. `text_only`: images are not allowed here.
+fn decode_content(v: Value, path: &str, text_only: bool) -> Result<Vec<Part>, ProviderError> {
+    match v {
+        Value::String(s) => Ok(vec![Part::text(s)]),
+        Value::Array(parts) => {
+            let mut out = Vec::with_capacity(parts.len());
+            for (i, p) in parts.into_iter().enumerate() {
+                let ppath = index(path, i);
+                let mut p = Obj::from_value(p, ppath)?;
+                let ty = p.req_str("type")?;
+                match ty.as_str() {
+                    "text" => out.push(Part::text(p.req_str("text")?)),
+                    "refusal" => out.push(Part::text(p.req_str("refusal")?)),
+                    "image_url" if !text_only => {
+                        let url = match p.require("image_url")? {
+                            Value::String(s) => s,
+                            other => {
+                                let mut io = Obj::from_value(other, p.path_of("image_url"))?;
+                                io.req_str("url")?
+                            }
+                        };
+                        out.push(Part::Image(ImageSource::from_url(&url)));
+                    }
+                    other => {
+                        return Err(invalid_value(
+                            &p.path_of("type"),
+                            format!("content parts of type `{other}` are not supported here"),
+                        ))
+                    }
+                }
+            }
+            Ok(out)
+        }
+        other => Err(wrong_type(path, "a string or an array of content parts", &other)),
+    }
+}
+
+fn decode_tool(v: Value, path: &str) -> Result<ToolDef, ProviderError> {
+    let mut t = Obj::from_value(v, path.to_string())?;
+    let ty = t.str("type")?.unwrap_or_else(|| "function".into());
+    if ty != "function" {
+        return Err(invalid_value(
+            &t.path_of("type"),
+            format!("only `function` tools are supported, got `{ty}`"),
+        ));
+    }
+    let mut f = t.obj("function")?.ok_or_else(|| missing(&t.path_of("function")))?;
+    let name = f.req_str("name")?;
+    let description = f.str("description")?;
+    let parameters = match f.take("parameters") {
+        None => json!({"type": "object", "properties": {}}),
+        Some(p @ Value::Object(_)) => p,
+        Some(other) => return Err(wrong_type(&f.path_of("parameters"), "an object", &other)),
+    };
+    let strict = f.bool("strict")?;
+    Ok(ToolDef {
+        name,
+        description,
+        parameters,
+        strict,
+    })
+}
+
+fn decode_tool_choice(v: Value) -> Result<ToolChoice, ProviderError> {
+    match v {
+        Value::String(s) => match s.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            other => Err(invalid_value(
+                "tool_choice",
+                format!("expected `auto`, `none`, `required` or an object, got `{other}`"),
+            )),
+        },
+        Value::Object(map) => {
+            let mut o = Obj::new(map, "tool_choice");
+            let mut f = o.obj("function")?.ok_or_else(|| missing("tool_choice.function"))?;
+            Ok(ToolChoice::Tool(f.req_str("name")?))
+        }
+        other => Err(wrong_type("tool_choice", "a string or an object", &other)),
+    }
+}
+
+fn decode_response_format(mut rf: Obj) -> Result<ResponseFormat, ProviderError> {
+    let ty = rf.req_str("type")?;
+    match ty.as_str() {
+        "text" => Ok(ResponseFormat::Text),
+        "json_object" => Ok(ResponseFormat::JsonObject),
+        "json_schema" => {
+            let mut js = rf
+                .obj("json_schema")?
+                .ok_or_else(|| missing("response_format.json_schema"))?;
+            Ok(ResponseFormat::JsonSchema {
+                name: js.req_str("name")?,
+                description: js.str("description")?,
+                schema: js.take("schema").unwrap_or_else(|| json!({})),
+                strict: js.bool("strict")?,
+            })
+        }
+        other => Err(invalid_value(
+            "response_format.type",
+            format!("expected `text`, `json_object` or `json_schema`, got `{other}`"),
+        )),
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Outbound request
+// ------------------------------------------------------------------------------------------------
+
+/// How an OpenAI-format upstream wants some fields spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Dialect {
+    /// Send `max_tokens` (what most OpenAI-compatible servers know) instead of
+    /// `max_completion_tokens` (what OpenAI's own newer models require).
+    pub legacy_max_tokens: bool,
+}
+
+/// Fields of an Anthropic request that an OpenAI-format target can do without: their absence
+/// changes nothing the client can observe in the answer.
+const HARMLESS_FROM_ANTHROPIC: &[&str] = &["metadata", "service_tier"];
+
+/// Encodes a canonical request for an OpenAI-format upstream. `label` (`provider/model`) names the
+/// target in errors.
+pub fn encode_request(
+    req: &ChatRequest,
+    label: &str,
+    dialect: Dialect,
+) -> Result<Vec<u8>, ProviderError> {
+    let mut body = Map::new();
+    body.insert("model".into(), Value::String(req.model.clone()));
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for m in &req.messages {
+        encode_message(m, label, &mut messages)?;
+    }
+    body.insert("messages".into(), Value::Array(messages));
+    if let Some(n) = req.max_tokens {
+        let key = if dialect.legacy_max_tokens {
+            "max_tokens"
+        } else {
+            "max_completion_tokens"
+        };
+        body.insert(key.into(), json!(n));
+    }
+    if let Some(t) = req.temperature {
+        body.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = req.top_p {
+        body.insert("top_p".into(), json!(p));
+    }
+    if let Some(k) = req.top_k {
+        body.insert("top_k".into(), json!(k));
+    }
+    if !req.stop.is_empty() {
+        body.insert("stop".into(), json!(req.stop));
+    }
+    if req.stream {
+        body.insert("stream".into(), Value::Bool(true));
+        // Always ask for usage: the gateway prices every request from it.
+        body.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    if !req.tools.is_empty() {
+        let tools: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|t| {
+                let mut f = Map::new();
+                f.insert("name".into(), Value::String(t.name.clone()));
+                if let Some(d) = &t.description {
+                    f.insert("description".into(), Value::String(d.clone()));
+                }
+                f.insert("parameters".into(), t.parameters.clone());
+                if let Some(s) = t.strict {
+                    f.insert("strict".into(), Value::Bool(s));
+                }
+                json!({"type": "function", "function": f})
+            })
+            .collect();
+        body.insert("tools".into(), Value::Array(tools));
+    }
+    if let Some(tc) = &req.tool_choice {
+        let v = match tc {
+            ToolChoice::Auto => json!("auto"),
+            ToolChoice::None => json!("none"),
+            ToolChoice::Required => json!("required"),
+            ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
+        };
+        body.insert("tool_choice".into(), v);
+    }
+    if let Some(p) = req.parallel_tool_calls {
+        if !req.tools.is_empty() {
+            body.insert("parallel_tool_calls".into(), Value::Bool(p));
+        }
+    }
+    if let Some(rf) = &req.response_format {
+        let v = match rf {
+            ResponseFormat::Text => json!({"type": "text"}),
+            ResponseFormat::JsonObject => json!({"type": "json_object"}),
+            ResponseFormat::JsonSchema {
+                name,
+                description,
+                schema,
+                strict,
+            } => {
+                let mut js = Map::new();
+                js.insert("name".into(), Value::String(name.clone()));
+                if let Some(d) = description {
+                    js.insert("description".into(), Value::String(d.clone()));
+                }
+                js.insert("schema".into(), schema.clone());
+                if let Some(s) = strict {
+                    js.insert("strict".into(), Value::Bool(*s));
+                }
+                json!({"type": "json_schema", "json_schema": js})
+            }
+        };
+        body.insert("response_format".into(), v);
+    }
+    if let Some(u) = &req.user {
+        body.insert("user".into(), Value::String(u.clone()));
+    }
+    match req.extra.family {
+        ApiFamily::OpenAi => {
+            for (k, v) in &req.extra.fields {
+                if !body.contains_key(k) && k != "stream_options" {
+                    body.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        ApiFamily::Anthropic => {
+            for (k, v) in &req.extra.fields {
+                if HARMLESS_FROM_ANTHROPIC.contains(&k.as_str()) {
+                    continue;
+                }
+                if k == "thinking" && v.get("type").and_then(Value::as_str) == Some("disabled") {
+                    continue;
+                }
+                let feature = match k.as_str() {
+                    "thinking" => "extended thinking (`thinking`)".to_string(),
+                    "tools" => "Anthropic server tools".to_string(),
+                    other => format!("the Anthropic parameter `{other}`"),
+                };
+                return Err(ProviderError::unsupported(&feature, label).with_param(k.clone()));
+            }
+        }
+    }
+    serde_json::to_vec(&Value::Object(body))
+        .map_err(|e| ProviderError::internal(format!("could not encode the request: {e}")))
+}
+
+fn text_or_parts(parts: &[Part], label: &str, images: bool) -> Result<Value, ProviderError> {
+    let texts: Vec<&str> = parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Text { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    let has_image = parts.iter().any(|p| matches!(p, Part::Image(_)));
+    if !has_image {
+        if texts.len() == 1 {
+            return Ok(Value::String(texts[0].to_string()));
+        }
+        if texts.is_empty() {
+            return Ok(Value::String(String::new()));
+        }
+    }
+    if has_image && !images {
+        return Err(ProviderError::unsupported("image input in this message", label));
+    }
+    let out: Vec<Value> = parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Text { text, .. } => Some(json!({"type": "text", "text": text})),
+            Part::Image(src) => Some(json!({"type": "image_url", "image_url": {"url": src.to_url()}})),
+            _ => None,
+        })
+        .collect();
+    Ok(Value::Array(out))
+}
+
+fn encode_message(m: &Message, label: &str, out: &mut Vec<Value>) -> Result<(), ProviderError> {
+    // Tool results travel as `tool` messages, whatever role carried them canonically.
+    let mut rest: Vec<Part> = Vec::new();
+    for p in &m.content {
+        match p {
+            Part::ToolResult(r) => {
+                if r.content.iter().any(|p| matches!(p, Part::Image(_))) {
+                    return Err(ProviderError::unsupported("images in tool results", label));
+                }
+                let mut text = r.text();
+                if r.is_error && !text.starts_with("Error") {
+                    text = format!("Error: {text}");
+                }
+                out.push(json!({"role": "tool", "tool_call_id": r.tool_call_id, "content": text}));
+            }
+            other => rest.push(other.clone()),
+        }
+    }
+    match m.role {
+        Role::Tool => {
+            // Anything beside the results (rare) becomes a user turn after them.
+            if rest.iter().any(|p| matches!(p, Part::Text { .. } | Part::Image(_))) {
+                out.push(json!({"role": "user", "content": text_or_parts(&rest, label, true)?}));
+            }
+        }
+        Role::System => {
+            out.push(json!({"role": "system", "content": text_or_parts(&rest, label, false)?}));
+        }
+        Role::User => {
+            let only_results = rest.is_empty() && !m.content.is_empty();
+            if !only_results {
+                out.push(json!({"role": "user", "content": text_or_parts(&rest, label, true)?}));
+            }
+        }
+        Role::Assistant => {
+            let mut text = String::new();
+            let mut calls = Vec::new();
+            for p in &rest {
+                match p {
+                    Part::Text { text: t, .. } => text.push_str(t),
+                    Part::ToolCall(c) => calls.push(json!({
+                        "id": c.id, "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments}
+                    })),
+                    Part::Image(_) => {
+                        return Err(ProviderError::unsupported(
+                            "images in assistant messages",
+                            label,
+                        ))
+                    }
+                    // OpenAI-format models cannot take prior reasoning back; it is not needed.
+                    Part::Thinking { .. } | Part::ToolResult(_) => {}
+                }
+            }
+            let mut msg = Map::new();
+            msg.insert("role".into(), json!("assistant"));
+            msg.insert(
+                "content".into(),
+                if text.is_empty() && !calls.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String(text)
+                },
+            );
+            if !calls.is_empty() {
+                msg.insert("tool_calls".into(), Value::Array(calls));
+            }
+            out.push(Value::Object(msg));
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------
+// Answers
+// ------------------------------------------------------------------------------------------------
+
+fn finish_reason(r: &StopReason) -> &'static str {
+    match r {
+        StopReason::EndTurn | StopReason::StopSequence => "stop",
+        StopReason::MaxTokens => "length",
+        StopReason::ToolUse => "tool_calls",
+        StopReason::ContentFilter => "content_filter",
+        StopReason::Other(s) if s == "refusal" => "content_filter",
+        StopReason::Other(_) => "stop",
+    }
+}
+
+fn stop_reason(s: &str) -> StopReason {
+    match s {
+        "stop" => StopReason::EndTurn,
+        "length" => StopReason::MaxTokens,
+        "tool_calls" | "function_call" => StopReason::ToolUse,
+        "content_filter" => StopReason::ContentFilter,
+        other => StopReason::Other(other.to_string()),
+    }
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens(),
+        "completion_tokens": u.output_tokens,
+        "total_tokens": u.total_tokens(),
+        "prompt_tokens_details": {"cached_tokens": u.cache_read_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": u.reasoning_tokens, "audio_tokens": 0,
+            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0
+        }
+    })
+}
+
+fn decode_usage(v: &Value) -> Usage {
+    let prompt = count(v.get("prompt_tokens"));
+    let cached = count(v.pointer("/prompt_tokens_details/cached_tokens")).min(prompt);
+    Usage {
+        input_tokens: prompt - cached,
+        output_tokens: count(v.get("completion_tokens")),
+        cache_read_tokens: cached,
+        cache_write_tokens: 0,
+        reasoning_tokens: count(v.pointer("/completion_tokens_details/reasoning_tokens")),
+    }
+}
+
+/// Encodes a canonical answer as a `chat.completion` object for an OpenAI client.
+pub fn encode_response(r: &ChatResponse) -> Vec<u8> {
+    let text = r.text();
+    let calls: Vec<Value> = r
+        .content
+        .iter()
+        .filter_map(|p| match p {
+            Part::ToolCall(c) => Some(json!({
+                "id": c.id, "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments}
+            })),
+            _ => None,
+        })
+        .collect();
+    let mut message = Map::new();
+    message.insert("role".into(), json!("assistant"));
+    message.insert(
+        "content".into(),
+        if text.is_empty() && !calls.is_empty() {
+            Value::Null
+        } else {
+            Value::String(text)
+        },
+    );
+    message.insert("refusal".into(), Value::Null);
+    if !calls.is_empty() {
+        message.insert("tool_calls".into(), Value::Array(calls));
+    }
+    message.insert("annotations".into(), json!([]));
+    let v = json!({
+        "id": r.id,
+        "object": "chat.completion",
+        "created": r.created,
+        "model": r.model,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "logprobs": null,
+            "finish_reason": finish_reason(&r.stop_reason),
+        }],
+        "usage": usage_json(&r.usage),
+        "system_fingerprint": null,
+    });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+fn bad_answer(msg: impl Into<String>) -> ProviderError {
+    ProviderError::new(ErrorKind::InvalidResponse, msg)
+}
+
+/// Decodes an OpenAI-format upstream's `chat.completion` answer.
+pub fn decode_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
+    let v = json::parse_upstream(bytes, "an answer")?;
+    let choice = v
+        .pointer("/choices/0")
+        .ok_or_else(|| bad_answer("the provider's answer has no choices"))?;
+    let msg = choice
+        .get("message")
+        .ok_or_else(|| bad_answer("the provider's answer has no message"))?;
+    let mut content = Vec::new();
+    if let Some(r) = msg.get("reasoning_content").and_then(Value::as_str) {
+        if !r.is_empty() {
+            content.push(Part::Thinking {
+                text: r.to_string(),
+                signature: None,
+            });
+        }
+    }
+    if let Some(t) = msg.get("content").and_then(Value::as_str) {
+        if !t.is_empty() {
+            content.push(Part::text(t));
+        }
+    }
+    if let Some(r) = msg.get("refusal").and_then(Value::as_str) {
+        content.push(Part::text(r));
+    }
+    if let Some(calls) = msg.get("tool_calls").and_then(Value::as_array) {
+        for c in calls {
+            let f = c.get("function");
+            content.push(Part::ToolCall(ToolCall {
+                id: c.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+                name: f
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                arguments: f
+                    .and_then(|f| f.get("arguments"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            }));
+        }
+    }
+    let stop = match choice.get("finish_reason").and_then(Value::as_str) {
+        Some(s) => stop_reason(s),
+        None => StopReason::EndTurn,
+    };
+    Ok(ChatResponse {
+        id: v
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        model: v
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        content,
+        stop_reason: stop,
+        stop_sequence: None,
+        usage: v.get("usage").map(decode_usage).unwrap_or_default(),
+        created: v
+            .get("created")
+            .and_then(Value::as_u64)
+            .unwrap_or_else(json::now_unix),
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Errors
+// ------------------------------------------------------------------------------------------------
+
+/// The `type` and `code` an OpenAI client sees for each kind of error.
+fn error_type_code(kind: ErrorKind) -> (&'static str, Option<&'static str>) {
+    match kind {
+        ErrorKind::InvalidRequest => ("invalid_request_error", None),
+        ErrorKind::Authentication => ("invalid_request_error", Some("invalid_api_key")),
+        ErrorKind::PermissionDenied => ("permission_error", Some("permission_denied")),
+        ErrorKind::NotFound => ("invalid_request_error", Some("not_found")),
+        ErrorKind::RequestTooLarge => ("invalid_request_error", Some("request_too_large")),
+        ErrorKind::RateLimited => ("rate_limit_error", Some("rate_limit_exceeded")),
+        ErrorKind::Overloaded => ("server_error", Some("overloaded")),
+        ErrorKind::Upstream | ErrorKind::UpstreamConfig => ("server_error", Some("upstream_error")),
+        ErrorKind::Timeout => ("server_error", Some("timeout")),
+        ErrorKind::Connection => ("server_error", Some("upstream_unreachable")),
+        ErrorKind::InvalidResponse => ("server_error", Some("invalid_upstream_response")),
+        ErrorKind::Internal => ("server_error", Some("internal_error")),
+    }
+}
+
+fn error_json(e: &ProviderError) -> Value {
+    let (ty, code) = error_type_code(e.kind);
+    json!({"error": {"message": e.message, "type": ty, "param": e.param, "code": code}})
+}
+
+/// The body of an error answer in OpenAI's shape.
+pub fn encode_error(e: &ProviderError) -> Vec<u8> {
+    serde_json::to_vec(&error_json(e)).unwrap_or_default()
+}
+
+/// Classifies an OpenAI-format upstream's error answer.
+pub fn decode_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> ProviderError {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let err = parsed.as_ref().and_then(|v| v.get("error"));
+    let message = err
+        .and_then(|e| match e {
+            Value::String(s) => Some(s.clone()),
+            e => e.get("message").and_then(Value::as_str).map(str::to_string),
+        })
+        .unwrap_or_else(|| fallback_message(status, body));
+    let mut e = ProviderError::from_upstream_status(status, message, retry_after);
+    if let Some(p) = err.and_then(|e| e.get("param")).and_then(Value::as_str) {
+        e.param = Some(p.to_string());
+    }
+    e
+}
+
+/// A message for an error body the upstream did not shape as documented.
+pub(crate) fn fallback_message(status: u16, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+    let text = text.trim();
+    if text.is_empty() {
+        format!("the provider answered HTTP {status}")
+    } else {
+        format!("the provider answered HTTP {status}: {text}")
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Streams
+// ------------------------------------------------------------------------------------------------
+
+/// Turns an OpenAI-format upstream's `chat.completion.chunk` events into canonical events.
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    started: bool,
+    /// The canonical index of the open block, and whether it is text (true) or thinking (false).
+    open: Option<(u32, BlockKind)>,
+    next_index: u32,
+    /// OpenAI tool-call index → canonical block index.
+    tools: HashMap<u64, u32>,
+    finished: bool,
+    done: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockKind {
+    Text,
+    Thinking,
+    Tool,
+}
+
+impl StreamDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn block(&mut self, kind: BlockKind, out: &mut Vec<StreamEvent>) -> u32 {
+        if let Some((i, k)) = self.open {
+            if k == kind && kind != BlockKind::Tool {
+                return i;
+            }
+            out.push(StreamEvent::BlockStop { index: i });
+        }
+        let i = self.next_index;
+        self.next_index += 1;
+        self.open = Some((i, kind));
+        i
+    }
+
+    pub fn feed(&mut self, ev: &SseEvent) -> Result<Vec<StreamEvent>, ProviderError> {
+        let mut out = Vec::new();
+        if self.done {
+            return Ok(out);
+        }
+        let data = ev.data.trim();
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(out);
+        }
+        if data.is_empty() {
+            return Ok(out);
+        }
+        let v: Value = serde_json::from_str(data).map_err(|e| {
+            bad_answer(format!("the provider sent a stream chunk that is not valid JSON: {e}"))
+        })?;
+        if let Some(err) = v.get("error") {
+            let message = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("the provider reported an error mid-stream")
+                .to_string();
+            let kind = match err.get("type").and_then(Value::as_str) {
+                Some("rate_limit_error" | "rate_limit_exceeded") => ErrorKind::RateLimited,
+                Some("invalid_request_error") => ErrorKind::InvalidRequest,
+                _ => ErrorKind::Upstream,
+            };
+            return Err(ProviderError::new(kind, message));
+        }
+        if !self.started {
+            self.started = true;
+            out.push(StreamEvent::Start {
+                id: v.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+                model: v
+                    .get("model")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                usage: Usage::default(),
+            });
+        }
+        if let Some(choice) = v.pointer("/choices/0") {
+            if let Some(delta) = choice.get("delta") {
+                if let Some(t) = delta.get("reasoning_content").and_then(Value::as_str) {
+                    if !t.is_empty() {
+                        let index = self.block(BlockKind::Thinking, &mut out);
+                        out.push(StreamEvent::ThinkingDelta {
+                            index,
+                            text: t.to_string(),
+                        });
+                    }
+                }
+                if let Some(t) = delta.get("content").and_then(Value::as_str) {
+                    if !t.is_empty() {
+                        let index = self.block(BlockKind::Text, &mut out);
+                        out.push(StreamEvent::TextDelta {
+                            index,
+                            text: t.to_string(),
+                        });
+                    }
+                }
+                if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+                    for (pos, c) in calls.iter().enumerate() {
+                        let oi = c.get("index").and_then(Value::as_u64).unwrap_or(pos as u64);
+                        let f = c.get("function");
+                        let index = match self.tools.get(&oi) {
+                            Some(&i) => i,
+                            None => {
+                                let i = self.block(BlockKind::Tool, &mut out);
+                                self.tools.insert(oi, i);
+                                out.push(StreamEvent::ToolCallStart {
+                                    index: i,
+                                    id: c.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+                                    name: f
+                                        .and_then(|f| f.get("name"))
+                                        .and_then(Value::as_str)
+                                        .unwrap_or_default()
+                                        .to_string(),
+                                });
+                                i
+                            }
+                        };
+                        if let Some(a) = f.and_then(|f| f.get("arguments")).and_then(Value::as_str) {
+                            if !a.is_empty() {
+                                out.push(StreamEvent::ToolCallDelta {
+                                    index,
+                                    arguments: a.to_string(),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(fr) = choice.get("finish_reason").and_then(Value::as_str) {
+                if let Some((i, _)) = self.open.take() {
+                    out.push(StreamEvent::BlockStop { index: i });
+                }
+                self.finished = true;
+                out.push(StreamEvent::Finish {
+                    stop_reason: stop_reason(fr),
+                    stop_sequence: None,
+                });
+            }
+        }
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            out.push(StreamEvent::Usage(decode_usage(u)));
+        }
+        Ok(out)
+    }
+
+    /// The upstream's body ended. A stream that never said why it finished was cut short.
+    pub fn finish(&mut self) -> Result<Vec<StreamEvent>, ProviderError> {
+        if self.finished {
+            Ok(Vec::new())
+        } else {
+            Err(bad_answer(
+                "the provider's stream ended before it finished the answer",
+            ))
+        }
+    }
+}
+
+/// Writes canonical events as `chat.completion.chunk` SSE events for an OpenAI client.
+#[derive(Debug)]
+pub struct StreamEncoder {
+    include_usage: bool,
+    id: String,
+    model: String,
+    created: u64,
+    started: bool,
+    usage: Usage,
+    /// Canonical block index → OpenAI tool-call index.
+    tools: HashMap<u32, u32>,
+    finished: bool,
+}
+
+impl StreamEncoder {
+    pub fn new(include_usage: bool) -> Self {
+        StreamEncoder {
+            include_usage,
+            id: String::new(),
+            model: String::new(),
+            created: json::now_unix(),
+            started: false,
+            usage: Usage::default(),
+            tools: HashMap::new(),
+            finished: false,
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>, out: &mut Vec<u8>) {
+        let mut v = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        if self.include_usage {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("usage".into(), Value::Null);
+            }
+        }
+        write_event(out, None, &v.to_string());
+    }
+
+    fn ensure_started(&mut self, out: &mut Vec<u8>) {
+        if !self.started {
+            self.started = true;
+            if self.id.is_empty() {
+                self.id = "chatcmpl-tollway".into();
+            }
+            self.chunk(json!({"role": "assistant", "content": "", "refusal": null}), None, out);
+        }
+    }
+
+    pub fn push(&mut self, ev: &StreamEvent, out: &mut Vec<u8>) {
+        match ev {
+            StreamEvent::Start { id, model, usage } => {
+                self.id.clone_from(id);
+                self.model.clone_from(model);
+                self.usage.merge(usage);
+                self.ensure_started(out);
+            }
+            StreamEvent::TextDelta { text, .. } => {
+                self.ensure_started(out);
+                self.chunk(json!({"content": text}), None, out);
+            }
+            StreamEvent::ThinkingDelta { .. } | StreamEvent::ThinkingSignature { .. } => {}
+            StreamEvent::ToolCallStart { index, id, name } => {
+                self.ensure_started(out);
+                let n = self.tools.len() as u32;
+                self.tools.insert(*index, n);
+                self.chunk(
+                    json!({"tool_calls": [{"index": n, "id": id, "type": "function",
+                        "function": {"name": name, "arguments": ""}}]}),
+                    None,
+                    out,
+                );
+            }
+            StreamEvent::ToolCallDelta { index, arguments } => {
+                self.ensure_started(out);
+                let n = self.tools.get(index).copied().unwrap_or(0);
+                self.chunk(
+                    json!({"tool_calls": [{"index": n, "function": {"arguments": arguments}}]}),
+                    None,
+                    out,
+                );
+            }
+            StreamEvent::BlockStop { .. } => {}
+            StreamEvent::Finish { stop_reason, .. } => {
+                self.ensure_started(out);
+                if !self.finished {
+                    self.finished = true;
+                    self.chunk(json!({}), Some(finish_reason(stop_reason)), out);
+                }
+            }
+            StreamEvent::Usage(u) => self.usage.merge(u),
+        }
+    }
+
+    /// The upstream finished: the usage chunk (when asked for) and `[DONE]`.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.ensure_started(out);
+        if self.include_usage {
+            let v = json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "system_fingerprint": null,
+                "choices": [],
+                "usage": usage_json(&self.usage),
+            });
+            write_event(out, None, &v.to_string());
+        }
+        write_event(out, None, "[DONE]");
+    }
+
+    /// The upstream failed mid-stream: an error chunk, which OpenAI's SDKs raise as an error.
+    pub fn error(&mut self, e: &ProviderError, out: &mut Vec<u8>) {
+        write_event(out, None, &error_json(e).to_string());
+    }
+
+    /// Usage gathered so far (for the ledger).
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,277 @@
+use serde_json::json;
+
+use super::*;
+use crate::sse::SseParser;
+
+fn req(v: Value) -> Result<ChatRequest, ProviderError> {
+    decode_request(v.to_string().as_bytes())
+}
+
+fn body(r: &ChatRequest, dialect: Dialect) -> Value {
+    serde_json::from_slice(&encode_request(r, "up/model", dialect).unwrap()).unwrap()
+}
+
+#[test]
+fn decodes_every_carried_field() {
+    let r = req(json!({
+        "model": "gpt", "max_completion_tokens": 50, "temperature": 0.2, "top_p": 0.9,
+        "stop": "END", "stream": true, "stream_options": {"include_usage": true},
+        "tools": [{"type": "function", "function": {"name": "f", "description": "d",
+                   "parameters": {"type": "object"}, "strict": true}}],
+        "tool_choice": {"type": "function", "function": {"name": "f"}},
+        "parallel_tool_calls": false,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}, "strict": true}},
+        "user": "u1", "seed": 7,
+        "messages": [
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "look"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}},
+                {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}}]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "r1"}
+        ]
+    }))
+    .unwrap();
+    assert_eq!(r.max_tokens, Some(50));
+    assert_eq!(r.stop, vec!["END"]);
+    assert!(r.stream && r.include_usage);
+    assert_eq!(r.tool_choice, Some(ToolChoice::Tool("f".into())));
+    assert_eq!(r.parallel_tool_calls, Some(false));
+    assert!(matches!(r.response_format, Some(ResponseFormat::JsonSchema { strict: Some(true), .. })));
+    assert_eq!(r.user.as_deref(), Some("u1"));
+    assert_eq!(r.extra.fields.get("seed"), Some(&json!(7)));
+    assert_eq!(r.messages[0].role, Role::System);
+    assert_eq!(
+        r.messages[1].content[1],
+        Part::Image(ImageSource::Base64 { media_type: "image/png".into(), data: "AAA".into() })
+    );
+    assert_eq!(r.messages[1].content[2], Part::Image(ImageSource::Url("https://x/y.png".into())));
+    assert_eq!(
+        r.messages[2].content,
+        vec![Part::ToolCall(ToolCall { id: "c1".into(), name: "f".into(), arguments: "{\"a\":1}".into() })]
+    );
+    assert_eq!(r.messages[3].role, Role::Tool);
+}
+
+#[test]
+fn errors_name_the_field() {
+    let cases = [
+        (json!({"messages": []}), "`model`"),
+        (json!({"model": "m"}), "`messages`"),
+        (json!({"model": "m", "messages": []}), "at least one"),
+        (json!({"model": "m", "messages": [{"role": "user", "content": 5}]}), "`messages[0].content`"),
+        (json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}), "`messages[0].role`"),
+        (json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}), "`max_tokens`"),
+        (json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}), "`temperature`"),
+        (json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}), "input_audio"),
+        (json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 3}), "`n`"),
+        (json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}), "`messages[0].tool_call_id`"),
+    ];
+    for (v, needle) in cases {
+        let e = req(v.clone()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidRequest);
+        assert!(e.message.contains(needle), "{v}: {}", e.message);
+    }
+}
+
+#[test]
+fn encodes_for_openai_and_compatible_servers() {
+    let mut r = req(json!({"model": "gpt", "max_tokens": 9, "stream": true, "seed": 3,
+        "stream_options": {"include_usage": false},
+        "messages": [{"role": "user", "content": "hi"}]}))
+    .unwrap();
+    r.model = "gpt-4.1".into();
+    let b = body(&r, Dialect::default());
+    assert_eq!(b["model"], "gpt-4.1");
+    assert_eq!(b["max_completion_tokens"], 9);
+    assert!(b.get("max_tokens").is_none());
+    assert_eq!(b["stream_options"]["include_usage"], true, "usage is always requested");
+    assert_eq!(b["seed"], 3, "unknown fields pass through to the same API family");
+    assert_eq!(b["messages"], json!([{"role": "user", "content": "hi"}]));
+    let b = body(&r, Dialect { legacy_max_tokens: true });
+    assert_eq!(b["max_tokens"], 9);
+}
+
+#[test]
+fn anthropic_requests_translate_and_unsupported_fields_are_refused() {
+    let r = crate::anthropic::decode_request(
+        json!({"model": "c", "max_tokens": 10, "system": "sys",
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": "s"},
+                    {"type": "text", "text": "calling"},
+                    {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok", "is_error": true},
+                    {"type": "text", "text": "and?"}]}
+            ]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let b = body(&r, Dialect::default());
+    assert_eq!(
+        b["messages"],
+        json!([
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "calling", "tool_calls": [
+                {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+            {"role": "tool", "tool_call_id": "t1", "content": "Error: ok"},
+            {"role": "user", "content": "and?"}
+        ])
+    );
+    let mut thinking = r.clone();
+    thinking
+        .extra
+        .fields
+        .insert("thinking".into(), json!({"type": "enabled", "budget_tokens": 2000}));
+    let e = encode_request(&thinking, "oai/gpt-4.1", Dialect::default()).unwrap_err();
+    assert!(e.message.contains("thinking") && e.message.contains("oai/gpt-4.1"), "{}", e.message);
+    thinking.extra.fields.insert("thinking".into(), json!({"type": "disabled"}));
+    assert!(encode_request(&thinking, "oai/gpt-4.1", Dialect::default()).is_ok());
+}
+
+#[test]
+fn answers_decode_with_normalised_usage() {
+    let r = decode_response(
+        json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 5, "model": "gpt-4.1",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+                "content": "x", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+                "prompt_tokens_details": {"cached_tokens": 60}, "completion_tokens_details": {"reasoning_tokens": 5}}})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.stop_reason, StopReason::ToolUse);
+    assert_eq!(r.usage, Usage { input_tokens: 40, output_tokens: 20, cache_read_tokens: 60, cache_write_tokens: 0, reasoning_tokens: 5 });
+    assert_eq!(r.content.len(), 2);
+    let back: Value = serde_json::from_slice(&encode_response(&r)).unwrap();
+    assert_eq!(back["usage"]["prompt_tokens"], 100);
+    assert_eq!(back["usage"]["prompt_tokens_details"]["cached_tokens"], 60);
+    assert_eq!(back["choices"][0]["finish_reason"], "tool_calls");
+    assert!(decode_response(b"{\"choices\": [").is_err());
+    assert!(decode_response(b"{}").is_err());
+}
+
+#[test]
+fn errors_decode_and_encode() {
+    let e = decode_error(
+        429,
+        br#"{"error": {"message": "slow down", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}"#,
+        Some(Duration::from_secs(2)),
+    );
+    assert_eq!(e.kind, ErrorKind::RateLimited);
+    assert_eq!(e.message, "slow down");
+    assert_eq!(e.retry_after_secs(), Some(2));
+    let e = decode_error(502, b"<html>bad gateway</html>", None);
+    assert!(e.message.contains("502") && e.message.contains("bad gateway"));
+    let v: Value = serde_json::from_slice(&encode_error(&ProviderError::invalid("nope").with_param("x"))).unwrap();
+    assert_eq!(v, json!({"error": {"message": "nope", "type": "invalid_request_error", "param": "x", "code": null}}));
+}
+
+fn decode_stream(text: &str) -> Result<Vec<StreamEvent>, ProviderError> {
+    let mut p = SseParser::new();
+    let mut d = StreamDecoder::new();
+    let mut out = Vec::new();
+    for ev in p.push(text.as_bytes())? {
+        out.extend(d.feed(&ev)?);
+    }
+    out.extend(d.finish()?);
+    Ok(out)
+}
+
+#[test]
+fn upstream_streams_decode_text_tools_and_usage() {
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    let mut text = String::new();
+    text += &chunk(json!({"role": "assistant", "content": ""}), Value::Null);
+    text += &chunk(json!({"content": "Hel"}), Value::Null);
+    text += &chunk(json!({"content": "lo"}), Value::Null);
+    text += &chunk(json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}]}), Value::Null);
+    text += &chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\""}}]}), Value::Null);
+    text += &chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}), Value::Null);
+    text += &chunk(json!({}), json!("tool_calls"));
+    text += &format!("data: {}\n\n", json!({"id": "c1", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 2}}}));
+    text += "data: [DONE]\n\n";
+    let events = decode_stream(&text).unwrap();
+    assert_eq!(
+        events,
+        vec![
+            StreamEvent::Start { id: "c1".into(), model: "m".into(), usage: Usage::default() },
+            StreamEvent::TextDelta { index: 0, text: "Hel".into() },
+            StreamEvent::TextDelta { index: 0, text: "lo".into() },
+            StreamEvent::BlockStop { index: 0 },
+            StreamEvent::ToolCallStart { index: 1, id: "call_1".into(), name: "f".into() },
+            StreamEvent::ToolCallDelta { index: 1, arguments: "{\"a\"".into() },
+            StreamEvent::ToolCallDelta { index: 1, arguments: ":1}".into() },
+            StreamEvent::BlockStop { index: 1 },
+            StreamEvent::Finish { stop_reason: StopReason::ToolUse, stop_sequence: None },
+            StreamEvent::Usage(Usage { input_tokens: 7, output_tokens: 4, cache_read_tokens: 2, ..Usage::default() }),
+        ]
+    );
+    // cut short: no finish_reason
+    let cut = chunk(json!({"content": "Hel"}), Value::Null);
+    assert!(decode_stream(&cut).unwrap_err().message.contains("ended before"));
+    // an error chunk mid-stream
+    let err = cut + "data: {\"error\": {\"message\": \"boom\", \"type\": \"server_error\"}}\n\n";
+    assert_eq!(decode_stream(&err).unwrap_err().message, "boom");
+    assert!(decode_stream("data: {nope\n\n").is_err());
+}
+
+#[test]
+fn client_streams_encode_and_decode_back() {
+    let events = vec![
+        StreamEvent::Start { id: "msg_1".into(), model: "claude".into(), usage: Usage { input_tokens: 5, ..Usage::default() } },
+        StreamEvent::ThinkingDelta { index: 0, text: "hmm".into() },
+        StreamEvent::BlockStop { index: 0 },
+        StreamEvent::TextDelta { index: 1, text: "Hi".into() },
+        StreamEvent::BlockStop { index: 1 },
+        StreamEvent::ToolCallStart { index: 2, id: "t1".into(), name: "f".into() },
+        StreamEvent::ToolCallDelta { index: 2, arguments: "{}".into() },
+        StreamEvent::BlockStop { index: 2 },
+        StreamEvent::Finish { stop_reason: StopReason::ToolUse, stop_sequence: None },
+        StreamEvent::Usage(Usage { output_tokens: 3, ..Usage::default() }),
+    ];
+    let mut enc = StreamEncoder::new(true);
+    let mut out = Vec::new();
+    for ev in &events {
+        enc.push(ev, &mut out);
+    }
+    enc.finish(&mut out);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    let chunks: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|b| b.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == "msg_1"));
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["prompt_tokens"], 5);
+    assert_eq!(last["usage"]["completion_tokens"], 3);
+    let back = decode_stream(&text).unwrap();
+    assert!(back.contains(&StreamEvent::TextDelta { index: 0, text: "Hi".into() }), "{back:?}");
+    assert!(back.contains(&StreamEvent::ToolCallStart { index: 1, id: "t1".into(), name: "f".into() }));
+    // without include_usage: no usage chunk, no usage field
+    let mut enc = StreamEncoder::new(false);
+    let mut out = Vec::new();
+    enc.push(&events[0], &mut out);
+    enc.finish(&mut out);
+    assert!(!String::from_utf8(out).unwrap().contains("usage"));
+    // an error mid-stream is an error chunk
+    let mut out = Vec::new();
+    enc.error(&ProviderError::new(ErrorKind::Timeout, "slow"), &mut out);
+    let v: Value = serde_json::from_str(String::from_utf8(out).unwrap().trim().trim_start_matches("data: ")).unwrap();
+    assert_eq!(v["error"]["message"], "slow");
+}

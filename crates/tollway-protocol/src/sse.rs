@@ -1,0 +1,209 @@
+//! Server-sent events: an incremental parser for upstream streams (bytes arrive in arbitrary
+//! pieces) and the writer for the streams Tollway sends its clients.
+//!
+//! The parser follows the HTML living standard's event-stream rules: lines end in LF, CRLF or CR;
+//! `event:` names the event, `data:` lines are joined with LF, `:` starts a comment, `id:` and
+//! `retry:` are ignored, and a blank line dispatches the event. A line longer than
+//! [`MAX_LINE`] is an error rather than unbounded memory.
+
+use tollway_core::{ErrorKind, ProviderError};
+
+/// Longest SSE line accepted from an upstream (a single streamed chunk is far smaller).
+pub const MAX_LINE: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+#[derive(Debug, Default)]
+pub struct SseParser {
+    /// Bytes of the current, incomplete line.
+    line: Vec<u8>,
+    /// The previous chunk ended in CR: an LF at the start of the next one belongs to it.
+    after_cr: bool,
+    event: Option<String>,
+    data: String,
+    has_data: bool,
+}
+
+fn bad(msg: impl Into<String>) -> ProviderError {
+    ProviderError::new(ErrorKind::InvalidResponse, msg)
+}
+
+impl SseParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next bytes; returns the events they complete.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, ProviderError> {
+        let mut out = Vec::new();
+        let mut rest = chunk;
+        if self.after_cr {
+            self.after_cr = false;
+            if let Some(b'\n') = rest.first() {
+                rest = &rest[1..];
+            }
+        }
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            let (head, tail) = rest.split_at(pos);
+            self.line.extend_from_slice(head);
+            let cr = tail[0] == b'\r';
+            rest = &tail[1..];
+            if cr {
+                match rest.first() {
+                    Some(b'\n') => rest = &rest[1..],
+                    None => self.after_cr = true,
+                    _ => {}
+                }
+            }
+            let line = std::mem::take(&mut self.line);
+            if let Some(ev) = self.line_done(&line)? {
+                out.push(ev);
+            }
+            self.line = line;
+            self.line.clear();
+        }
+        if self.line.len() + rest.len() > MAX_LINE {
+            return Err(bad(format!(
+                "the provider sent a stream line longer than {MAX_LINE} bytes"
+            )));
+        }
+        self.line.extend_from_slice(rest);
+        Ok(out)
+    }
+
+    /// The stream ended: a final event not followed by a blank line is still delivered.
+    pub fn finish(&mut self) -> Result<Option<SseEvent>, ProviderError> {
+        if !self.line.is_empty() {
+            let line = std::mem::take(&mut self.line);
+            self.line_done(&line)?;
+        }
+        Ok(self.dispatch())
+    }
+
+    fn dispatch(&mut self) -> Option<SseEvent> {
+        if !self.has_data && self.event.is_none() {
+            return None;
+        }
+        self.has_data = false;
+        Some(SseEvent {
+            event: self.event.take(),
+            data: std::mem::take(&mut self.data),
+        })
+    }
+
+    fn line_done(&mut self, line: &[u8]) -> Result<Option<SseEvent>, ProviderError> {
+        if line.is_empty() {
+            return Ok(self.dispatch());
+        }
+        let line = std::str::from_utf8(line)
+            .map_err(|_| bad("the provider sent a stream line that is not valid UTF-8"))?;
+        if line.starts_with(':') {
+            return Ok(None);
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => self.event = Some(value.to_string()),
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+}
+
+/// Appends one event: `event: NAME` (when given), `data: ...` (one line per line of `data`), blank line.
+pub fn write_event(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
+    if let Some(name) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+    }
+    for line in data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(p.push(c).unwrap());
+        }
+        out.extend(p.finish().unwrap());
+        out
+    }
+
+    fn ev(event: Option<&str>, data: &str) -> SseEvent {
+        SseEvent {
+            event: event.map(str::to_string),
+            data: data.to_string(),
+        }
+    }
+
+    #[test]
+    fn events_split_anywhere_parse_the_same() {
+        let text = b"event: message_start\ndata: {\"a\":1}\n\n: comment\ndata: x\ndata: y\n\ndata: [DONE]\n\n";
+        let whole = all(&[text]);
+        assert_eq!(
+            whole,
+            vec![
+                ev(Some("message_start"), "{\"a\":1}"),
+                ev(None, "x\ny"),
+                ev(None, "[DONE]")
+            ]
+        );
+        for split in 0..text.len() {
+            let (a, b) = text.split_at(split);
+            assert_eq!(all(&[a, b]), whole, "split at {split}");
+        }
+        let bytes: Vec<&[u8]> = text.chunks(1).collect();
+        assert_eq!(all(&bytes), whole);
+    }
+
+    #[test]
+    fn crlf_and_cr_line_endings() {
+        assert_eq!(
+            all(&[b"data: a\r", b"\n\r\ndata:b\r\rdata: c"]),
+            vec![ev(None, "a"), ev(None, "b"), ev(None, "c")]
+        );
+    }
+
+    #[test]
+    fn overlong_lines_and_bad_utf8_are_errors() {
+        let mut p = SseParser::new();
+        let big = vec![b'a'; MAX_LINE + 1];
+        assert!(p.push(&big).is_err());
+        let mut p = SseParser::new();
+        assert!(p.push(b"data: \xff\n\n").is_err());
+    }
+
+    #[test]
+    fn writer_round_trips() {
+        let mut out = Vec::new();
+        write_event(&mut out, Some("ping"), "{\"type\": \"ping\"}");
+        write_event(&mut out, None, "two\nlines");
+        assert_eq!(
+            all(&[&out]),
+            vec![ev(Some("ping"), "{\"type\": \"ping\"}"), ev(None, "two\nlines")]
+        );
+    }
+}
