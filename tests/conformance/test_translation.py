@@ -184,8 +184,9 @@ def test_anthropic_sdk_sampling_params_carried(ant, mock, model):
         model=model,
         max_tokens=77,
         stop_sequences=["END", "STOP"],
-        temperature=0.25,
-        top_p=0.5,
+        # anthropic 2.x no longer takes sampling parameters as arguments; older clients and raw
+        # HTTP callers still send them, and the gateway carries them.
+        extra_body={"temperature": 0.25, "top_p": 0.5},
         messages=[{"role": "user", "content": "Count."}],
     )
     up = mock.last_body(UPSTREAM_KIND[model])
@@ -234,17 +235,44 @@ def test_response_format_json_schema_to_openai_upstream(oai, mock):
     assert up.get("response_format") == JSON_SCHEMA_FORMAT
 
 
-def test_response_format_json_schema_to_anthropic_upstream_refused(oai, mock):
+def test_response_format_json_schema_to_anthropic_upstream(oai, mock):
+    """json_schema reaches an Anthropic model as its structured-output ``output_config.format``."""
+    oai.chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "Weather in Oslo as JSON."}], response_format=JSON_SCHEMA_FORMAT
+    )
+    up = mock.last_body("anthropic")
+    assert up["output_config"]["format"] == {"type": "json_schema", "schema": JSON_SCHEMA_FORMAT["json_schema"]["schema"]}
+
+
+def test_response_format_json_object_to_anthropic_upstream_refused(oai, mock):
     before = mock.stats()["requests"]
     with pytest.raises(openai.BadRequestError) as ei:
         oai.chat.completions.create(
             model="claude",
             messages=[{"role": "user", "content": "Weather in Oslo as JSON."}],
-            response_format=JSON_SCHEMA_FORMAT,
+            response_format={"type": "json_object"},
         )
     assert ei.value.status_code == 400
-    assert_names(ei.value.message, [("response_format", "json_schema", "structured output"), ("claude",)])
+    assert_names(ei.value.message, [("response_format", "json_object"), ("claude",)])
     assert mock.stats()["requests"] == before, "the request was sent upstream anyway"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_anthropic_sdk_structured_output_and_effort_carried(ant, mock, model):
+    schema = JSON_SCHEMA_FORMAT["json_schema"]["schema"]
+    ant.messages.create(
+        model=model,
+        max_tokens=50,
+        output_config={"effort": "low", "format": {"type": "json_schema", "schema": schema}},
+        messages=[{"role": "user", "content": "Weather in Oslo as JSON."}],
+    )
+    up = mock.last_body(UPSTREAM_KIND[model])
+    if UPSTREAM_KIND[model] == "anthropic":
+        assert up["output_config"] == {"format": {"type": "json_schema", "schema": schema}, "effort": "low"}
+    else:
+        assert up["response_format"]["type"] == "json_schema"
+        assert up["response_format"]["json_schema"]["schema"] == schema
+        assert up["reasoning_effort"] == "low"
 
 
 # ------------------------------------------------------------------ (g) cached tokens

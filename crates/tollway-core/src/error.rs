@@ -197,7 +197,11 @@ mod tests {
         assert_eq!(e.http_status(), 400);
 
         let e = ProviderError::from_upstream_status(401, "bad key", None);
-        assert_eq!(e.http_status(), 502, "the gateway's own key, not the client's");
+        assert_eq!(
+            e.http_status(),
+            502,
+            "the gateway's own key, not the client's"
+        );
         assert!(e.is_retriable());
 
         assert_eq!(

@@ -327,8 +327,11 @@ impl Script {
         self.steps.push_back(Step::Sleep(d));
     }
 
+    /// Cuts the connection. A short pause first lets hyper flush what was written, so the
+    /// client sees the data and then a broken body (hyper drops its buffer on a body error).
     pub fn cut(&mut self) {
         self.flush();
+        self.steps.push_back(Step::Sleep(Duration::from_millis(20)));
         self.steps.push_back(Step::Cut);
     }
 
@@ -511,7 +514,11 @@ mod tests {
 
     #[test]
     fn json_pieces_at_least_three() {
-        for s in ["{}", "{\"a\":1}", "{\"city\":\"Paris\",\"unit\":\"celsius\",\"x\":[]}"] {
+        for s in [
+            "{}",
+            "{\"a\":1}",
+            "{\"city\":\"Paris\",\"unit\":\"celsius\",\"x\":[]}",
+        ] {
             let p = json_pieces(s);
             assert_eq!(p.concat(), s);
             assert!(p.len() >= 3 || s.chars().count() < 3, "{p:?}");
@@ -539,8 +546,14 @@ mod tests {
         assert_eq!(finish_text(&mut p, &k, &[], Some(4)), Finish::Length);
         assert_eq!(p.len(), 4);
         let mut p = lorem(10);
-        assert_eq!(finish_text(&mut p, &k, &["x".into()], Some(40)), Finish::Stop);
-        let k = Knobs { stop: true, ..Knobs::default() };
+        assert_eq!(
+            finish_text(&mut p, &k, &["x".into()], Some(40)),
+            Finish::Stop
+        );
+        let k = Knobs {
+            stop: true,
+            ..Knobs::default()
+        };
         let mut p = lorem(10);
         assert_eq!(
             finish_text(&mut p, &k, &["END".into()], None),

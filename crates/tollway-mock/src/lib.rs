@@ -162,7 +162,12 @@ pub(crate) enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 4] = [Route::Chat, Route::Embeddings, Route::Messages, Route::Models];
+    const ALL: [Route; 4] = [
+        Route::Chat,
+        Route::Embeddings,
+        Route::Messages,
+        Route::Models,
+    ];
 
     fn path(self) -> &'static str {
         match self {

@@ -26,7 +26,10 @@ pub struct ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.status, Json(self.body)).into_response();
-        if let Some(ra) = self.retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        if let Some(ra) = self
+            .retry_after
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+        {
             r.headers_mut().insert(header::RETRY_AFTER, ra);
         }
         r
@@ -243,7 +246,7 @@ fn validate_chat(req: &Value) -> Result<ChatReq<'_>, ApiError> {
             && m.get("tool_calls")
                 .and_then(Value::as_array)
                 .is_some_and(|a| !a.is_empty());
-        if content.is_null() && !(role == "assistant") {
+        if content.is_null() && role != "assistant" {
             return Err(missing(&format!("{p}.content")));
         }
         let (text, t) = content_text(content, &format!("{p}.content"), role)?;
@@ -313,7 +316,10 @@ fn validate_chat(req: &Value) -> Result<ChatReq<'_>, ApiError> {
             let typ = t.get("type").and_then(Value::as_str);
             if typ != Some("function") {
                 return Err(invalid(
-                    format!("Invalid value: '{}'. Supported values are: 'function' and 'custom'.", typ.unwrap_or("")),
+                    format!(
+                        "Invalid value: '{}'. Supported values are: 'function' and 'custom'.",
+                        typ.unwrap_or("")
+                    ),
                     Some(&format!("tools[{i}].type")),
                     Some("invalid_value"),
                 ));
@@ -447,14 +453,7 @@ pub async fn chat(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes)
             finish,
         }
     } else {
-        let calls = gen::choose_calls(
-            &knobs,
-            &r.tools,
-            r.forced,
-            r.tool_choice_none,
-            "call_",
-            seq,
-        );
+        let calls = gen::choose_calls(&knobs, &r.tools, r.forced, r.tool_choice_none, "call_", seq);
         if calls.is_empty() {
             let mut pieces = if knobs.echo {
                 gen::words(r.last_user_text.as_deref().unwrap_or(""))
@@ -503,7 +502,8 @@ pub async fn chat(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes)
         } else {
             Value::Null
         };
-        let mut message = json!({"role": "assistant", "content": content, "refusal": null, "annotations": []});
+        let mut message =
+            json!({"role": "assistant", "content": content, "refusal": null, "annotations": []});
         if !answer.calls.is_empty() {
             message["tool_calls"] = answer
                 .calls
@@ -558,7 +558,8 @@ fn stream_script(
         }
         c
     };
-    let inject = |script: &mut Script, fault: Fault| match fault {
+    let inject = |script: &mut Script, fault: Fault| {
+        match fault {
         Fault::Malformed => script.data(
             format!("data: {{\"id\":\"{id}\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\n\n")
                 .as_bytes(),
@@ -567,6 +568,7 @@ fn stream_script(
         _ => script.data_event(&json!({"error": {
             "message": "The server had an error while processing your request. Sorry about that!",
             "type": "server_error", "param": null, "code": null}})),
+    }
     };
     let mut script = Script::default();
     let mut gate = Gate::new(knobs);
@@ -721,12 +723,13 @@ pub async fn embeddings(State(s): State<Arc<Shared>>, headers: HeaderMap, body: 
     let knobs = Knobs::from_request(model, inputs.last().map(String::as_str));
     match &knobs.fault {
         Some(Fault::Status(code)) => {
-            return fault_error(*code, base_model(model), knobs.retry_after.clone())
-                .into_response()
+            return fault_error(*code, base_model(model), knobs.retry_after.clone()).into_response()
         }
         Some(Fault::Hang) => gen::hang().await,
         Some(Fault::Malformed) => {
-            return json_stream(axum::body::Body::from("{\"object\": \"list\", \"data\": [{"))
+            return json_stream(axum::body::Body::from(
+                "{\"object\": \"list\", \"data\": [{",
+            ))
         }
         Some(Fault::Reset) => {
             let mut script = Script::default();

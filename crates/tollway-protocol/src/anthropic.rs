@@ -35,7 +35,10 @@ pub fn decode_request(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
         return Err(invalid_value("max_tokens", "must be at least 1"));
     }
     if raw_messages.is_empty() {
-        return Err(invalid_value("messages", "at least one message is required"));
+        return Err(invalid_value(
+            "messages",
+            "at least one message is required",
+        ));
     }
     let mut messages = Vec::with_capacity(raw_messages.len() + 1);
     match o.take("system") {
@@ -63,7 +66,11 @@ pub fn decode_request(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
             });
         }
         Some(other) => {
-            return Err(wrong_type("system", "a string or an array of text blocks", &other))
+            return Err(wrong_type(
+                "system",
+                "a string or an array of text blocks",
+                &other,
+            ))
         }
     }
     for (i, m) in raw_messages.into_iter().enumerate() {
@@ -92,7 +99,9 @@ pub fn decode_request(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
             let is_custom = match t.get("type") {
                 None | Some(Value::Null) => true,
                 Some(Value::String(s)) => s == "custom",
-                Some(other) => return Err(wrong_type(&json::join(&path, "type"), "a string", other)),
+                Some(other) => {
+                    return Err(wrong_type(&json::join(&path, "type"), "a string", other))
+                }
             };
             if !is_custom {
                 server_tools.push(t);
@@ -145,6 +154,31 @@ pub fn decode_request(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
     if let Some(mut md) = o.obj("metadata")? {
         user = md.str("user_id")?;
     }
+    let mut response_format = None;
+    if let Some(mut oc) = o.obj("output_config")? {
+        if let Some(mut f) = oc.obj("format")? {
+            let ty = f.req_str("type")?;
+            if ty != "json_schema" {
+                return Err(invalid_value(
+                    "output_config.format.type",
+                    format!("expected `json_schema`, got `{ty}`"),
+                ));
+            }
+            let schema = f
+                .take("schema")
+                .ok_or_else(|| missing("output_config.format.schema"))?;
+            response_format = Some(ResponseFormat::JsonSchema {
+                name: "response".into(),
+                description: None,
+                schema,
+                strict: Some(true),
+            });
+        }
+        if !oc.map.is_empty() {
+            o.map
+                .insert("output_config".into(), Value::Object(oc.into_rest()));
+        }
+    }
     let mut fields = o.into_rest();
     if !server_tools.is_empty() {
         fields.insert("tools".into(), Value::Array(server_tools));
@@ -162,7 +196,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
         tools,
         tool_choice,
         parallel_tool_calls,
-        response_format: None,
+        response_format,
         user,
         extra: Extra {
             family: ApiFamily::Anthropic,
@@ -193,7 +227,13 @@ fn decode_message(v: Value, path: &str, out: &mut Vec<Message>) -> Result<(), Pr
             }
             parts
         }
-        other => return Err(wrong_type(&cpath, "a string or an array of content blocks", &other)),
+        other => {
+            return Err(wrong_type(
+                &cpath,
+                "a string or an array of content blocks",
+                &other,
+            ))
+        }
     };
     if role == Role::User && content.iter().any(|p| matches!(p, Part::ToolResult(_))) {
         // Canonically, tool results are a `Tool` turn; the rest of the user turn follows it.
@@ -217,7 +257,9 @@ fn decode_message(v: Value, path: &str, out: &mut Vec<Message>) -> Result<(), Pr
 }
 
 fn decode_image(b: &mut Obj) -> Result<ImageSource, ProviderError> {
-    let mut src = b.obj("source")?.ok_or_else(|| missing(&b.path_of("source")))?;
+    let mut src = b
+        .obj("source")?
+        .ok_or_else(|| missing(&b.path_of("source")))?;
     match src.req_str("type")?.as_str() {
         "base64" => Ok(ImageSource::Base64 {
             media_type: src.req_str("media_type")?,
@@ -267,7 +309,9 @@ fn decode_block(v: Value, path: &str, role: Role) -> Result<Part, ProviderError>
                             other => {
                                 return Err(invalid_value(
                                     &ib.path_of("type"),
-                                    format!("tool result blocks of type `{other}` are not supported"),
+                                    format!(
+                                        "tool result blocks of type `{other}` are not supported"
+                                    ),
                                 ))
                             }
                         }
@@ -291,8 +335,14 @@ fn decode_block(v: Value, path: &str, role: Role) -> Result<Part, ProviderError>
         other => {
             return Err(invalid_value(
                 &b.path_of("type"),
-                format!("content blocks of type `{other}` are not supported in {} messages",
-                    if role == Role::User { "user" } else { "assistant" }),
+                format!(
+                    "content blocks of type `{other}` are not supported in {} messages",
+                    if role == Role::User {
+                        "user"
+                    } else {
+                        "assistant"
+                    }
+                ),
             ))
         }
     })
@@ -378,7 +428,15 @@ fn encode_block(p: &Part, label: &str) -> Result<Option<Value>, ProviderError> {
             let mut b = Map::new();
             b.insert("type".into(), json!("tool_result"));
             b.insert("tool_use_id".into(), Value::String(r.tool_call_id.clone()));
-            let simple = r.content.iter().all(|p| matches!(p, Part::Text { cache_control: None, .. }));
+            let simple = r.content.iter().all(|p| {
+                matches!(
+                    p,
+                    Part::Text {
+                        cache_control: None,
+                        ..
+                    }
+                )
+            });
             if simple {
                 b.insert("content".into(), Value::String(r.text()));
             } else {
@@ -449,9 +507,7 @@ pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, Provide
         }
         // Anthropic wants alternating turns: consecutive turns of one role are merged.
         if last_role == Some(role) {
-            if let Some(Value::Array(prev)) = messages
-                .last_mut()
-                .and_then(|m| m.get_mut("content"))
+            if let Some(Value::Array(prev)) = messages.last_mut().and_then(|m| m.get_mut("content"))
             {
                 prev.extend(blocks);
                 continue;
@@ -515,15 +571,21 @@ pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, Provide
             }
         }
     }
+    let mut output_config = Map::new();
     match &req.response_format {
         None | Some(ResponseFormat::Text) => {}
         Some(ResponseFormat::JsonObject) => {
-            return Err(ProviderError::unsupported("response_format json_object", label)
-                .with_param("response_format"))
+            return Err(ProviderError::unsupported(
+                "response_format json_object (send a json_schema instead)",
+                label,
+            )
+            .with_param("response_format"))
         }
-        Some(ResponseFormat::JsonSchema { .. }) => {
-            return Err(ProviderError::unsupported("response_format json_schema", label)
-                .with_param("response_format"))
+        Some(ResponseFormat::JsonSchema { schema, .. }) => {
+            output_config.insert(
+                "format".into(),
+                json!({"type": "json_schema", "schema": schema}),
+            );
         }
     }
     if let Some(u) = &req.user {
@@ -536,6 +598,14 @@ pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, Provide
                     if let Value::Array(server) = v {
                         tools.extend(server.iter().cloned());
                     }
+                } else if k == "output_config" {
+                    if let Value::Object(extra) = v {
+                        for (ek, ev) in extra {
+                            output_config
+                                .entry(ek.clone())
+                                .or_insert_with(|| ev.clone());
+                        }
+                    }
                 } else if !body.contains_key(k) {
                     body.insert(k.clone(), v.clone());
                 }
@@ -546,6 +616,12 @@ pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, Provide
                 if HARMLESS_FROM_OPENAI.contains(&k.as_str()) || is_off(v) {
                     continue;
                 }
+                if k == "reasoning_effort" {
+                    if let Some(effort @ ("low" | "medium" | "high" | "xhigh")) = v.as_str() {
+                        output_config.insert("effort".into(), json!(effort));
+                        continue;
+                    }
+                }
                 return Err(ProviderError::unsupported(
                     &format!("the OpenAI parameter `{k}`"),
                     label,
@@ -553,6 +629,9 @@ pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, Provide
                 .with_param(k.clone()));
             }
         }
+    }
+    if !output_config.is_empty() {
+        body.insert("output_config".into(), Value::Object(output_config));
     }
     if !tools.is_empty() {
         body.insert("tools".into(), Value::Array(tools));
@@ -677,21 +756,47 @@ pub fn decode_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
                 b.get("text").and_then(Value::as_str).unwrap_or_default(),
             )),
             Some("tool_use") => content.push(Part::ToolCall(ToolCall {
-                id: b.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
-                name: b.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                arguments: b.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+                id: b
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                name: b
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                arguments: b
+                    .get("input")
+                    .map(Value::to_string)
+                    .unwrap_or_else(|| "{}".into()),
             })),
             Some("thinking") => content.push(Part::Thinking {
-                text: b.get("thinking").and_then(Value::as_str).unwrap_or_default().to_string(),
-                signature: b.get("signature").and_then(Value::as_str).map(str::to_string),
+                text: b
+                    .get("thinking")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                signature: b
+                    .get("signature")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
             }),
             // Redacted thinking and server-tool blocks have no canonical form yet.
             _ => {}
         }
     }
     Ok(ChatResponse {
-        id: v.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
-        model: v.get("model").and_then(Value::as_str).unwrap_or_default().to_string(),
+        id: v
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        model: v
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
         content,
         stop_reason: v
             .get("stop_reason")
@@ -789,7 +894,9 @@ impl StreamDecoder {
             return Ok(out);
         }
         let v: Value = serde_json::from_str(&ev.data).map_err(|e| {
-            bad_answer(format!("the provider sent a stream event that is not valid JSON: {e}"))
+            bad_answer(format!(
+                "the provider sent a stream event that is not valid JSON: {e}"
+            ))
         })?;
         let ty = v
             .get("type")
@@ -1015,7 +1122,11 @@ impl StreamEncoder {
                     || json!({"type": "thinking", "thinking": "", "signature": ""}),
                     out,
                 );
-                Self::delta(out, i, json!({"type": "signature_delta", "signature": signature}));
+                Self::delta(
+                    out,
+                    i,
+                    json!({"type": "signature_delta", "signature": signature}),
+                );
             }
             StreamEvent::ToolCallStart { index, id, name } => {
                 self.block(

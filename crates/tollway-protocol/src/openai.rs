@@ -26,7 +26,10 @@ pub fn decode_request(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
     let model = o.req_str("model")?;
     let raw_messages = o.array("messages")?.ok_or_else(|| missing("messages"))?;
     if raw_messages.is_empty() {
-        return Err(invalid_value("messages", "at least one message is required"));
+        return Err(invalid_value(
+            "messages",
+            "at least one message is required",
+        ));
     }
     let mut messages = Vec::with_capacity(raw_messages.len());
     for (i, m) in raw_messages.into_iter().enumerate() {
@@ -133,7 +136,9 @@ fn decode_message(v: Value, path: &str, out: &mut Vec<Message>) -> Result<(), Pr
                             ));
                         }
                     }
-                    let mut f = c.obj("function")?.ok_or_else(|| missing(&c.path_of("function")))?;
+                    let mut f = c
+                        .obj("function")?
+                        .ok_or_else(|| missing(&c.path_of("function")))?;
                     let name = f.req_str("name")?;
                     let arguments = f.str("arguments")?.unwrap_or_default();
                     content.push(Part::ToolCall(ToolCall {
@@ -225,7 +230,11 @@ fn decode_content(v: Value, path: &str, text_only: bool) -> Result<Vec<Part>, Pr
             }
             Ok(out)
         }
-        other => Err(wrong_type(path, "a string or an array of content parts", &other)),
+        other => Err(wrong_type(
+            path,
+            "a string or an array of content parts",
+            &other,
+        )),
     }
 }
 
@@ -238,7 +247,9 @@ fn decode_tool(v: Value, path: &str) -> Result<ToolDef, ProviderError> {
             format!("only `function` tools are supported, got `{ty}`"),
         ));
     }
-    let mut f = t.obj("function")?.ok_or_else(|| missing(&t.path_of("function")))?;
+    let mut f = t
+        .obj("function")?
+        .ok_or_else(|| missing(&t.path_of("function")))?;
     let name = f.req_str("name")?;
     let description = f.str("description")?;
     let parameters = match f.take("parameters") {
@@ -268,7 +279,9 @@ fn decode_tool_choice(v: Value) -> Result<ToolChoice, ProviderError> {
         },
         Value::Object(map) => {
             let mut o = Obj::new(map, "tool_choice");
-            let mut f = o.obj("function")?.ok_or_else(|| missing("tool_choice.function"))?;
+            let mut f = o
+                .obj("function")?
+                .ok_or_else(|| missing("tool_choice.function"))?;
             Ok(ToolChoice::Tool(f.req_str("name")?))
         }
         other => Err(wrong_type("tool_choice", "a string or an object", &other)),
@@ -312,7 +325,14 @@ pub struct Dialect {
 
 /// Fields of an Anthropic request that an OpenAI-format target can do without: their absence
 /// changes nothing the client can observe in the answer.
-const HARMLESS_FROM_ANTHROPIC: &[&str] = &["metadata", "service_tier"];
+const HARMLESS_FROM_ANTHROPIC: &[&str] = &[
+    "metadata",
+    "service_tier",
+    "cache_control",
+    "diagnostics",
+    "user_profile_id",
+    "workspace_id",
+];
 
 /// Encodes a canonical request for an OpenAI-format upstream. `label` (`provider/model`) names the
 /// target in errors.
@@ -429,6 +449,34 @@ pub fn encode_request(
                 if k == "thinking" && v.get("type").and_then(Value::as_str) == Some("disabled") {
                     continue;
                 }
+                if k == "speed" && v.as_str() == Some("standard") {
+                    continue;
+                }
+                if k == "output_config" {
+                    // `format` was decoded into `response_format`; `effort` has an equivalent.
+                    let mut rest = v.as_object().cloned().unwrap_or_default();
+                    if let Some(effort) = rest.remove("effort") {
+                        match effort.as_str() {
+                            Some(e @ ("low" | "medium" | "high" | "xhigh")) => {
+                                body.insert("reasoning_effort".into(), json!(e));
+                            }
+                            _ => {
+                                return Err(ProviderError::unsupported(
+                                    &format!("output_config.effort {effort}"),
+                                    label,
+                                )
+                                .with_param("output_config.effort"))
+                            }
+                        }
+                    }
+                    if let Some(other) = rest.keys().next() {
+                        return Err(ProviderError::unsupported(
+                            &format!("the Anthropic parameter `output_config.{other}`"),
+                            label,
+                        ));
+                    }
+                    continue;
+                }
                 let feature = match k.as_str() {
                     "thinking" => "extended thinking (`thinking`)".to_string(),
                     "tools" => "Anthropic server tools".to_string(),
@@ -460,13 +508,18 @@ fn text_or_parts(parts: &[Part], label: &str, images: bool) -> Result<Value, Pro
         }
     }
     if has_image && !images {
-        return Err(ProviderError::unsupported("image input in this message", label));
+        return Err(ProviderError::unsupported(
+            "image input in this message",
+            label,
+        ));
     }
     let out: Vec<Value> = parts
         .iter()
         .filter_map(|p| match p {
             Part::Text { text, .. } => Some(json!({"type": "text", "text": text})),
-            Part::Image(src) => Some(json!({"type": "image_url", "image_url": {"url": src.to_url()}})),
+            Part::Image(src) => {
+                Some(json!({"type": "image_url", "image_url": {"url": src.to_url()}}))
+            }
             _ => None,
         })
         .collect();
@@ -494,7 +547,10 @@ fn encode_message(m: &Message, label: &str, out: &mut Vec<Value>) -> Result<(), 
     match m.role {
         Role::Tool => {
             // Anything beside the results (rare) becomes a user turn after them.
-            if rest.iter().any(|p| matches!(p, Part::Text { .. } | Part::Image(_))) {
+            if rest
+                .iter()
+                .any(|p| matches!(p, Part::Text { .. } | Part::Image(_)))
+            {
                 out.push(json!({"role": "user", "content": text_or_parts(&rest, label, true)?}));
             }
         }
@@ -676,7 +732,11 @@ pub fn decode_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
         for c in calls {
             let f = c.get("function");
             content.push(Part::ToolCall(ToolCall {
-                id: c.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+                id: c
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
                 name: f
                     .and_then(|f| f.get("name"))
                     .and_then(Value::as_str)
@@ -832,7 +892,9 @@ impl StreamDecoder {
             return Ok(out);
         }
         let v: Value = serde_json::from_str(data).map_err(|e| {
-            bad_answer(format!("the provider sent a stream chunk that is not valid JSON: {e}"))
+            bad_answer(format!(
+                "the provider sent a stream chunk that is not valid JSON: {e}"
+            ))
         })?;
         if let Some(err) = v.get("error") {
             let message = err
@@ -850,7 +912,11 @@ impl StreamDecoder {
         if !self.started {
             self.started = true;
             out.push(StreamEvent::Start {
-                id: v.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+                id: v
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
                 model: v
                     .get("model")
                     .and_then(Value::as_str)
@@ -890,7 +956,11 @@ impl StreamDecoder {
                                 self.tools.insert(oi, i);
                                 out.push(StreamEvent::ToolCallStart {
                                     index: i,
-                                    id: c.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+                                    id: c
+                                        .get("id")
+                                        .and_then(Value::as_str)
+                                        .unwrap_or_default()
+                                        .to_string(),
                                     name: f
                                         .and_then(|f| f.get("name"))
                                         .and_then(Value::as_str)
@@ -900,7 +970,8 @@ impl StreamDecoder {
                                 i
                             }
                         };
-                        if let Some(a) = f.and_then(|f| f.get("arguments")).and_then(Value::as_str) {
+                        if let Some(a) = f.and_then(|f| f.get("arguments")).and_then(Value::as_str)
+                        {
                             if !a.is_empty() {
                                 out.push(StreamEvent::ToolCallDelta {
                                     index,
@@ -991,7 +1062,11 @@ impl StreamEncoder {
             if self.id.is_empty() {
                 self.id = "chatcmpl-tollway".into();
             }
-            self.chunk(json!({"role": "assistant", "content": "", "refusal": null}), None, out);
+            self.chunk(
+                json!({"role": "assistant", "content": "", "refusal": null}),
+                None,
+                out,
+            );
         }
     }
 

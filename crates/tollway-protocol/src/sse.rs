@@ -203,7 +203,10 @@ mod tests {
         write_event(&mut out, None, "two\nlines");
         assert_eq!(
             all(&[&out]),
-            vec![ev(Some("ping"), "{\"type\": \"ping\"}"), ev(None, "two\nlines")]
+            vec![
+                ev(Some("ping"), "{\"type\": \"ping\"}"),
+                ev(None, "two\nlines")
+            ]
         );
     }
 }

@@ -31,7 +31,11 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.is_none() { "<none>" } else { "<redacted>" })
+        f.write_str(if self.is_none() {
+            "<none>"
+        } else {
+            "<redacted>"
+        })
     }
 }
 
@@ -158,9 +162,9 @@ impl ProviderConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         let check_url = |url: &Option<String>, required: bool, out: &mut Vec<String>| match url {
-            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-                out.push(format!("base_url `{u}` must start with http:// or https://"))
-            }
+            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => out.push(
+                format!("base_url `{u}` must start with http:// or https://"),
+            ),
             None if required => out.push("base_url is required for this kind".to_string()),
             _ => {}
         };

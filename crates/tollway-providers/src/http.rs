@@ -37,8 +37,9 @@ fn header_map(pairs: &[(String, String)], provider: &str) -> Result<HeaderMap, S
     for (k, v) in pairs {
         let name = HeaderName::from_bytes(k.as_bytes())
             .map_err(|_| format!("provider `{provider}`: `{k}` is not a valid header name"))?;
-        let mut value = HeaderValue::from_str(v)
-            .map_err(|_| format!("provider `{provider}`: the value of header `{k}` is not valid"))?;
+        let mut value = HeaderValue::from_str(v).map_err(|_| {
+            format!("provider `{provider}`: the value of header `{k}` is not valid")
+        })?;
         if name == AUTHORIZATION || name.as_str() == "x-api-key" {
             value.set_sensitive(true);
         }
@@ -256,7 +257,10 @@ impl Provider for HttpProvider {
         })
     }
 
-    fn chat_stream(&self, mut req: ChatRequest) -> BoxFuture<'_, Result<EventStream, ProviderError>> {
+    fn chat_stream(
+        &self,
+        mut req: ChatRequest,
+    ) -> BoxFuture<'_, Result<EventStream, ProviderError>> {
         Box::pin(async move {
             req.stream = true;
             let body = self.encode(&req)?;

@@ -88,7 +88,10 @@ fn client_key(headers: &HeaderMap) -> Option<&[u8]> {
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
     let end = b
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
@@ -119,7 +122,11 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), Provide
 }
 
 /// Reads the body up to the configured limit: 413 beyond it.
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ProviderError> {
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ProviderError> {
     let limit = state.runtime().config.server.max_body_bytes;
     let too_large = || {
         ProviderError::new(
@@ -280,7 +287,10 @@ fn sse_response(family: ApiFamily, include_usage: bool, upstream: EventStream) -
     });
     let mut resp = Response::new(Body::from_stream(body));
     let h = resp.headers_mut();
-    h.insert("content-type", HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp

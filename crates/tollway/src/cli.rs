@@ -11,7 +11,11 @@ use crate::runtime::Runtime;
 use crate::server::{self, AppState};
 
 #[derive(Parser)]
-#[command(name = "tollway", version, about = "An LLM gateway: one OpenAI- and Anthropic-compatible endpoint in front of any provider")]
+#[command(
+    name = "tollway",
+    version,
+    about = "An LLM gateway: one OpenAI- and Anthropic-compatible endpoint in front of any provider"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,7 +53,10 @@ pub fn main() -> ExitCode {
             log_format,
         } => {
             init_logging(&log_format);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: could not start the async runtime: {e}");
@@ -77,7 +84,11 @@ fn init_logging(format: &str) {
     let registry = tracing_subscriber::registry().with(filter);
     if format == "json" {
         registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .init();
     } else {
         registry
@@ -119,7 +130,9 @@ fn check(path: &Path) -> ExitCode {
 
 async fn serve(path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let mut cfg = match path {
-        Some(p) => load(p).map_err(|errs| anyhow::anyhow!("invalid config:\n{}", errs.join("\n")))?,
+        Some(p) => {
+            load(p).map_err(|errs| anyhow::anyhow!("invalid config:\n{}", errs.join("\n")))?
+        }
         None => config::from_env(&ProcessEnv, listen).map_err(anyhow::Error::msg)?,
     };
     if let Some(addr) = listen {
@@ -132,7 +145,9 @@ async fn serve(path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Resul
         tracing::warn!("no master key configured: authentication is off (loopback only)");
     }
     if cfg.providers.is_empty() {
-        tracing::warn!("no providers configured: set OPENAI_API_KEY / ANTHROPIC_API_KEY or pass --config");
+        tracing::warn!(
+            "no providers configured: set OPENAI_API_KEY / ANTHROPIC_API_KEY or pass --config"
+        );
     }
     let addr = cfg.server.listen;
     let runtime = Runtime::build(cfg).await.map_err(anyhow::Error::msg)?;

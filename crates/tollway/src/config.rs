@@ -170,8 +170,9 @@ pub fn default_capabilities(p: &ProviderConfig) -> Capabilities {
         ApiFamily::Anthropic => Capabilities {
             tools: true,
             vision: true,
+            // Structured output by schema (`output_config.format`); no schema-less JSON mode.
             json_mode: false,
-            json_schema: false,
+            json_schema: true,
             stream_usage: true,
             embeddings: false,
         },
@@ -333,7 +334,9 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
             if s != "failover" {
                 c.push(
                     format!("{base}.strategy"),
-                    format!("strategy `{s}` is not supported by this version (supported: failover)"),
+                    format!(
+                        "strategy `{s}` is not supported by this version (supported: failover)"
+                    ),
                 );
             }
         }
@@ -581,7 +584,9 @@ pub fn locate(text: &str, path: &str) -> Option<usize> {
                     let content = strip_comment(line);
                     let indent = content.len() - content.trim_start().len();
                     let same_line = Some(i) == found;
-                    if !same_line && (indent as isize) <= parent_indent && !content.trim().is_empty()
+                    if !same_line
+                        && (indent as isize) <= parent_indent
+                        && !content.trim().is_empty()
                     {
                         break; // left the parent's block
                     }
@@ -785,7 +790,8 @@ models:
         );
         assert_eq!(c.models["sonnet"].fallbacks, vec!["gpt".to_string()]);
         assert!(!c.models["mini"].deployments[0].capabilities.vision);
-        assert!(!c.models["sonnet"].deployments[0].capabilities.json_schema);
+        assert!(c.models["sonnet"].deployments[0].capabilities.json_schema);
+        assert!(!c.models["sonnet"].deployments[0].capabilities.json_mode);
         assert_eq!(c.storage_url, "sqlite://tollway.db");
     }
 
@@ -814,19 +820,36 @@ models:
         let errs = parse(text, &env(&[])).unwrap_err();
         let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         let all = shown.join("\n");
-        assert!(all.contains("line 3: server: unknown field `colour`"), "{all}");
         assert!(
-            all.contains("line 5: providers.openai.api_key: environment variable MISSING_KEY is not set"),
+            all.contains("line 3: server.colour: unknown field `colour`"),
             "{all}"
         );
-        assert!(all.contains("line 6: providers.weird: unknown variant `carrier-pigeon`"), "{all}");
-        assert!(all.contains("line 7: providers.local: base_url is required"), "{all}");
+        assert!(
+            all.contains(
+                "line 5: providers.openai.api_key: environment variable MISSING_KEY is not set"
+            ),
+            "{all}"
+        );
+        assert!(
+            all.contains("line 6: providers.weird.kind: unknown variant `carrier-pigeon`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("line 7: providers.local: base_url is required"),
+            "{all}"
+        );
         assert!(
             all.contains("line 15: models.a.deployments[1].provider: unknown provider `nobody`"),
             "{all}"
         );
-        assert!(all.contains("line 17: models.a.fallbacks[0]: unknown model `zzz`"), "{all}");
-        assert!(all.contains("line 19: models.b.deployments: invalid type"), "{all}");
+        assert!(
+            all.contains("line 17: models.a.fallbacks[0]: unknown model `zzz`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("line 19: models.b.deployments: invalid type"),
+            "{all}"
+        );
         // server.listen is reported even though other sections failed too
         let e = parse("server:\n  listen: nowhere\n", &env(&[])).unwrap_err();
         assert_eq!(e[0].line, Some(2));

@@ -17,10 +17,7 @@ pub struct Outcome {
 }
 
 /// The deployments of `req.model` able to serve `req`; a 400 naming the feature and model when none is.
-fn candidates(
-    rt: &Runtime,
-    req: &ChatRequest,
-) -> Result<Vec<Arc<Deployment>>, ProviderError> {
+fn candidates(rt: &Runtime, req: &ChatRequest) -> Result<Vec<Arc<Deployment>>, ProviderError> {
     let plan = rt.plan(&req.model)?;
     let mut missing = None;
     let able: Vec<Arc<Deployment>> = plan

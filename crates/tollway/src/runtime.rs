@@ -52,7 +52,9 @@ impl Runtime {
                 let base = mock.as_ref().map(|m| m.url()).unwrap_or_default();
                 match pc.resolve_mock(&base) {
                     Some(real) => real.build(name)?,
-                    None => return Err(format!("provider `{name}`: could not start the simulator")),
+                    None => {
+                        return Err(format!("provider `{name}`: could not start the simulator"))
+                    }
                 }
             } else {
                 pc.build(name)?
@@ -65,10 +67,7 @@ impl Runtime {
             let mut deployments = Vec::new();
             for d in &mc.deployments {
                 let Some((p, _)) = providers.get(&d.provider) else {
-                    return Err(format!(
-                        "model `{name}`: unknown provider `{}`",
-                        d.provider
-                    ));
+                    return Err(format!("model `{name}`: unknown provider `{}`", d.provider));
                 };
                 deployments.push(Arc::new(Deployment {
                     provider: p.clone(),

@@ -3,6 +3,7 @@
 //! and lets in-flight requests and streams finish within the configured bound.
 
 use std::future::Future;
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -54,8 +55,14 @@ impl AppState {
     }
 }
 
-fn with_405(route: MethodRouter<AppState>, family: ApiFamily, path: &'static str) -> MethodRouter<AppState> {
-    route.fallback(move |method: Method| async move { api::method_not_allowed(family, &method, path) })
+fn with_405(
+    route: MethodRouter<AppState>,
+    family: ApiFamily,
+    path: &'static str,
+) -> MethodRouter<AppState> {
+    route.fallback(
+        move |method: Method| async move { api::method_not_allowed(family, &method, path) },
+    )
 }
 
 /// The whole HTTP application.
@@ -63,7 +70,11 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route(
             "/v1/chat/completions",
-            with_405(post(api::chat_completions), ApiFamily::OpenAi, "/v1/chat/completions"),
+            with_405(
+                post(api::chat_completions),
+                ApiFamily::OpenAi,
+                "/v1/chat/completions",
+            ),
         )
         .route(
             "/v1/messages",
@@ -73,7 +84,12 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .fallback(|req: Request| async move {
-            api::not_found(req.method().clone(), req.uri().clone(), req.headers().clone()).await
+            api::not_found(
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().clone(),
+            )
+            .await
         })
         .with_state(state)
 }

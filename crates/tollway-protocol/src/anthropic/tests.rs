@@ -37,8 +37,20 @@ fn decodes_and_reencodes_the_same_request() {
     assert_eq!(r.tools.len(), 1);
     assert_eq!(r.messages[3].role, Role::Tool);
     let b = body(&r);
-    for key in ["model", "max_tokens", "temperature", "top_k", "stop_sequences", "stream", "system",
-        "metadata", "thinking", "tools", "tool_choice", "messages"] {
+    for key in [
+        "model",
+        "max_tokens",
+        "temperature",
+        "top_k",
+        "stop_sequences",
+        "stream",
+        "system",
+        "metadata",
+        "thinking",
+        "tools",
+        "tool_choice",
+        "messages",
+    ] {
         assert_eq!(b[key], input[key], "{key}");
     }
 }
@@ -48,13 +60,34 @@ fn errors_name_the_field() {
     let ok_msgs = json!([{"role": "user", "content": "x"}]);
     let cases = [
         (json!({"model": "m", "messages": ok_msgs}), "`max_tokens`"),
-        (json!({"model": "m", "max_tokens": 0, "messages": ok_msgs}), "`max_tokens`"),
-        (json!({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}), "`messages[0].role`"),
-        (json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text"}]}]}), "`messages[0].content[0].text`"),
-        (json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}), "document"),
-        (json!({"model": "m", "max_tokens": 5, "messages": ok_msgs, "system": 3}), "`system`"),
-        (json!({"model": "m", "max_tokens": 5, "messages": ok_msgs, "tools": [{"name": "f"}]}), "`tools[0].input_schema`"),
-        (json!({"model": "m", "max_tokens": 5, "messages": ok_msgs, "tool_choice": {"type": "maybe"}}), "tool_choice"),
+        (
+            json!({"model": "m", "max_tokens": 0, "messages": ok_msgs}),
+            "`max_tokens`",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}),
+            "`messages[0].role`",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text"}]}]}),
+            "`messages[0].content[0].text`",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}),
+            "document",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 5, "messages": ok_msgs, "system": 3}),
+            "`system`",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 5, "messages": ok_msgs, "tools": [{"name": "f"}]}),
+            "`tools[0].input_schema`",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 5, "messages": ok_msgs, "tool_choice": {"type": "maybe"}}),
+            "tool_choice",
+        ),
     ];
     for (v, needle) in cases {
         let e = req(v.clone()).unwrap_err();
@@ -85,10 +118,19 @@ fn openai_requests_translate() {
     .unwrap();
     let b = body(&r);
     assert_eq!(b["max_tokens"], DEFAULT_MAX_TOKENS);
-    assert_eq!(b["system"], json!([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]));
+    assert_eq!(
+        b["system"],
+        json!([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}])
+    );
     assert_eq!(b["metadata"], json!({"user_id": "u"}));
-    assert_eq!(b["tool_choice"], json!({"type": "any", "disable_parallel_tool_use": true}));
-    assert_eq!(b["tools"], json!([{"name": "f", "input_schema": {"type": "object"}}]));
+    assert_eq!(
+        b["tool_choice"],
+        json!({"type": "any", "disable_parallel_tool_use": true})
+    );
+    assert_eq!(
+        b["tools"],
+        json!([{"name": "f", "input_schema": {"type": "object"}}])
+    );
     assert_eq!(
         b["messages"],
         json!([
@@ -113,8 +155,16 @@ fn what_anthropic_cannot_do_is_refused_by_name() {
         b[k] = v;
         crate::openai::decode_request(b.to_string().as_bytes()).unwrap()
     };
-    let e = encode_request(&with("response_format", json!({"type": "json_object"})), "ant/claude").unwrap_err();
-    assert!(e.message.contains("json_object") && e.message.contains("ant/claude"), "{}", e.message);
+    let e = encode_request(
+        &with("response_format", json!({"type": "json_object"})),
+        "ant/claude",
+    )
+    .unwrap_err();
+    assert!(
+        e.message.contains("json_object") && e.message.contains("ant/claude"),
+        "{}",
+        e.message
+    );
     let e = encode_request(&with("logprobs", json!(true)), "ant/claude").unwrap_err();
     assert!(e.message.contains("logprobs"), "{}", e.message);
     assert!(encode_request(&with("logprobs", json!(false)), "ant/claude").is_ok());
@@ -128,7 +178,10 @@ fn what_anthropic_cannot_do_is_refused_by_name() {
         .as_bytes(),
     )
     .unwrap();
-    assert!(encode_request(&bad_args, "ant/claude").unwrap_err().message.contains("not valid JSON"));
+    assert!(encode_request(&bad_args, "ant/claude")
+        .unwrap_err()
+        .message
+        .contains("not valid JSON"));
 }
 
 #[test]
@@ -139,7 +192,16 @@ fn answers_round_trip() {
         "stop_reason": "tool_use", "stop_sequence": null,
         "usage": {"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 3, "cache_read_input_tokens": 7}});
     let r = decode_response(upstream.to_string().as_bytes()).unwrap();
-    assert_eq!(r.usage, Usage { input_tokens: 10, output_tokens: 5, cache_read_tokens: 7, cache_write_tokens: 3, reasoning_tokens: 0 });
+    assert_eq!(
+        r.usage,
+        Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            cache_read_tokens: 7,
+            cache_write_tokens: 3,
+            reasoning_tokens: 0
+        }
+    );
     assert_eq!(r.stop_reason, StopReason::ToolUse);
     let back: Value = serde_json::from_slice(&encode_response(&r)).unwrap();
     assert_eq!(back["content"], upstream["content"]);
@@ -151,11 +213,22 @@ fn answers_round_trip() {
 
 #[test]
 fn errors_decode_and_encode() {
-    let e = decode_error(529, br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#, None);
+    let e = decode_error(
+        529,
+        br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        None,
+    );
     assert_eq!(e.kind, ErrorKind::Overloaded);
     assert_eq!(e.message, "Overloaded");
-    let v: Value = serde_json::from_slice(&encode_error(&ProviderError::new(ErrorKind::RateLimited, "wait"))).unwrap();
-    assert_eq!(v, json!({"type": "error", "error": {"type": "rate_limit_error", "message": "wait"}}));
+    let v: Value = serde_json::from_slice(&encode_error(&ProviderError::new(
+        ErrorKind::RateLimited,
+        "wait",
+    )))
+    .unwrap();
+    assert_eq!(
+        v,
+        json!({"type": "error", "error": {"type": "rate_limit_error", "message": "wait"}})
+    );
 }
 
 const STREAM: &str = r#"event: message_start
@@ -210,15 +283,39 @@ fn upstream_streams_decode() {
     assert_eq!(
         events,
         vec![
-            StreamEvent::Start { id: "msg_1".into(), model: "claude".into(),
-                usage: Usage { input_tokens: 25, output_tokens: 1, cache_read_tokens: 4, ..Usage::default() } },
-            StreamEvent::TextDelta { index: 0, text: "Hello".into() },
+            StreamEvent::Start {
+                id: "msg_1".into(),
+                model: "claude".into(),
+                usage: Usage {
+                    input_tokens: 25,
+                    output_tokens: 1,
+                    cache_read_tokens: 4,
+                    ..Usage::default()
+                }
+            },
+            StreamEvent::TextDelta {
+                index: 0,
+                text: "Hello".into()
+            },
             StreamEvent::BlockStop { index: 0 },
-            StreamEvent::ToolCallStart { index: 1, id: "toolu_1".into(), name: "f".into() },
-            StreamEvent::ToolCallDelta { index: 1, arguments: "{\"a\": 1}".into() },
+            StreamEvent::ToolCallStart {
+                index: 1,
+                id: "toolu_1".into(),
+                name: "f".into()
+            },
+            StreamEvent::ToolCallDelta {
+                index: 1,
+                arguments: "{\"a\": 1}".into()
+            },
             StreamEvent::BlockStop { index: 1 },
-            StreamEvent::Usage(Usage { output_tokens: 15, ..Usage::default() }),
-            StreamEvent::Finish { stop_reason: StopReason::ToolUse, stop_sequence: None },
+            StreamEvent::Usage(Usage {
+                output_tokens: 15,
+                ..Usage::default()
+            }),
+            StreamEvent::Finish {
+                stop_reason: StopReason::ToolUse,
+                stop_sequence: None
+            },
         ]
     );
     let cut = &STREAM[..STREAM.find("event: message_delta").unwrap()];
@@ -237,38 +334,135 @@ fn client_streams_have_every_event_in_order_and_decode_back() {
     }
     enc.finish(&mut out);
     let text = String::from_utf8(out).unwrap();
-    let names: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
     assert_eq!(
         names,
-        ["message_start", "ping", "content_block_start", "content_block_delta", "content_block_stop",
-         "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+        [
+            "message_start",
+            "ping",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
     );
     assert_eq!(decode_stream(&text).unwrap(), {
         // the re-encoded stream carries the final usage whole in message_delta
         let mut e = events.clone();
-        e[6] = StreamEvent::Usage(Usage { input_tokens: 25, output_tokens: 15, cache_read_tokens: 4, ..Usage::default() });
-        e[0] = StreamEvent::Start { id: "msg_1".into(), model: "claude".into(),
-            usage: Usage { input_tokens: 25, output_tokens: 1, cache_read_tokens: 4, ..Usage::default() } };
+        e[6] = StreamEvent::Usage(Usage {
+            input_tokens: 25,
+            output_tokens: 15,
+            cache_read_tokens: 4,
+            ..Usage::default()
+        });
+        e[0] = StreamEvent::Start {
+            id: "msg_1".into(),
+            model: "claude".into(),
+            usage: Usage {
+                input_tokens: 25,
+                output_tokens: 1,
+                cache_read_tokens: 4,
+                ..Usage::default()
+            },
+        };
         e
     });
     // OpenAI-style upstream: text blocks start without an explicit start event; indices compact
     let mut enc = StreamEncoder::new(false);
     let mut out = Vec::new();
     for ev in [
-        StreamEvent::Start { id: "c".into(), model: "g".into(), usage: Usage::default() },
-        StreamEvent::TextDelta { index: 3, text: "a".into() },
-        StreamEvent::ToolCallStart { index: 7, id: "call".into(), name: "f".into() },
-        StreamEvent::Finish { stop_reason: StopReason::ToolUse, stop_sequence: None },
+        StreamEvent::Start {
+            id: "c".into(),
+            model: "g".into(),
+            usage: Usage::default(),
+        },
+        StreamEvent::TextDelta {
+            index: 3,
+            text: "a".into(),
+        },
+        StreamEvent::ToolCallStart {
+            index: 7,
+            id: "call".into(),
+            name: "f".into(),
+        },
+        StreamEvent::Finish {
+            stop_reason: StopReason::ToolUse,
+            stop_sequence: None,
+        },
     ] {
         enc.push(&ev, &mut out);
     }
     enc.finish(&mut out);
     let text = String::from_utf8(out).unwrap();
-    assert!(text.contains(r#""index":0,"type":"content_block_start""#) || text.contains(r#""content_block_start","index":0"#) || text.contains(r#""index":0"#));
+    assert!(
+        text.contains(r#""index":0,"type":"content_block_start""#)
+            || text.contains(r#""content_block_start","index":0"#)
+            || text.contains(r#""index":0"#)
+    );
     let back = decode_stream(&text).unwrap();
-    assert!(back.contains(&StreamEvent::TextDelta { index: 0, text: "a".into() }), "{back:?}");
-    assert!(back.contains(&StreamEvent::ToolCallStart { index: 1, id: "call".into(), name: "f".into() }));
+    assert!(
+        back.contains(&StreamEvent::TextDelta {
+            index: 0,
+            text: "a".into()
+        }),
+        "{back:?}"
+    );
+    assert!(back.contains(&StreamEvent::ToolCallStart {
+        index: 1,
+        id: "call".into(),
+        name: "f".into()
+    }));
     let mut out = Vec::new();
     enc.error(&ProviderError::new(ErrorKind::Overloaded, "busy"), &mut out);
-    assert!(String::from_utf8(out).unwrap().starts_with("event: error\n"));
+    assert!(String::from_utf8(out)
+        .unwrap()
+        .starts_with("event: error\n"));
+}
+
+#[test]
+fn structured_output_and_effort_cross_both_ways() {
+    let r = req(json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+        "output_config": {"effort": "high", "format": {"type": "json_schema", "schema": {"type": "object"}}},
+        "cache_control": {"type": "ephemeral"}}))
+    .unwrap();
+    assert!(matches!(
+        r.response_format,
+        Some(ResponseFormat::JsonSchema { .. })
+    ));
+    let same = body(&r);
+    assert_eq!(
+        same["output_config"],
+        json!({"format": {"type": "json_schema", "schema": {"type": "object"}}, "effort": "high"})
+    );
+    assert_eq!(same["cache_control"], json!({"type": "ephemeral"}));
+    let oai: Value = serde_json::from_slice(
+        &crate::openai::encode_request(&r, "oai/gpt", crate::openai::Dialect::default()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(oai["reasoning_effort"], "high");
+    assert_eq!(oai["response_format"]["type"], "json_schema");
+    assert_eq!(
+        oai["response_format"]["json_schema"]["schema"],
+        json!({"type": "object"})
+    );
+    // and back: an OpenAI json_schema request reaches Anthropic as output_config.format
+    let o = crate::openai::decode_request(
+        json!({"model": "g", "reasoning_effort": "low", "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}}})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let b = body(&o);
+    assert_eq!(
+        b["output_config"],
+        json!({"format": {"type": "json_schema", "schema": {"type": "object"}}, "effort": "low"})
+    );
 }

@@ -38,18 +38,34 @@ fn decodes_every_carried_field() {
     assert!(r.stream && r.include_usage);
     assert_eq!(r.tool_choice, Some(ToolChoice::Tool("f".into())));
     assert_eq!(r.parallel_tool_calls, Some(false));
-    assert!(matches!(r.response_format, Some(ResponseFormat::JsonSchema { strict: Some(true), .. })));
+    assert!(matches!(
+        r.response_format,
+        Some(ResponseFormat::JsonSchema {
+            strict: Some(true),
+            ..
+        })
+    ));
     assert_eq!(r.user.as_deref(), Some("u1"));
     assert_eq!(r.extra.fields.get("seed"), Some(&json!(7)));
     assert_eq!(r.messages[0].role, Role::System);
     assert_eq!(
         r.messages[1].content[1],
-        Part::Image(ImageSource::Base64 { media_type: "image/png".into(), data: "AAA".into() })
+        Part::Image(ImageSource::Base64 {
+            media_type: "image/png".into(),
+            data: "AAA".into()
+        })
     );
-    assert_eq!(r.messages[1].content[2], Part::Image(ImageSource::Url("https://x/y.png".into())));
+    assert_eq!(
+        r.messages[1].content[2],
+        Part::Image(ImageSource::Url("https://x/y.png".into()))
+    );
     assert_eq!(
         r.messages[2].content,
-        vec![Part::ToolCall(ToolCall { id: "c1".into(), name: "f".into(), arguments: "{\"a\":1}".into() })]
+        vec![Part::ToolCall(ToolCall {
+            id: "c1".into(),
+            name: "f".into(),
+            arguments: "{\"a\":1}".into()
+        })]
     );
     assert_eq!(r.messages[3].role, Role::Tool);
 }
@@ -60,13 +76,34 @@ fn errors_name_the_field() {
         (json!({"messages": []}), "`model`"),
         (json!({"model": "m"}), "`messages`"),
         (json!({"model": "m", "messages": []}), "at least one"),
-        (json!({"model": "m", "messages": [{"role": "user", "content": 5}]}), "`messages[0].content`"),
-        (json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}), "`messages[0].role`"),
-        (json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}), "`max_tokens`"),
-        (json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}), "`temperature`"),
-        (json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}), "input_audio"),
-        (json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 3}), "`n`"),
-        (json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}), "`messages[0].tool_call_id`"),
+        (
+            json!({"model": "m", "messages": [{"role": "user", "content": 5}]}),
+            "`messages[0].content`",
+        ),
+        (
+            json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}),
+            "`messages[0].role`",
+        ),
+        (
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}),
+            "`max_tokens`",
+        ),
+        (
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}),
+            "`temperature`",
+        ),
+        (
+            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+            "input_audio",
+        ),
+        (
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 3}),
+            "`n`",
+        ),
+        (
+            json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}),
+            "`messages[0].tool_call_id`",
+        ),
     ];
     for (v, needle) in cases {
         let e = req(v.clone()).unwrap_err();
@@ -77,19 +114,32 @@ fn errors_name_the_field() {
 
 #[test]
 fn encodes_for_openai_and_compatible_servers() {
-    let mut r = req(json!({"model": "gpt", "max_tokens": 9, "stream": true, "seed": 3,
+    let mut r = req(
+        json!({"model": "gpt", "max_tokens": 9, "stream": true, "seed": 3,
         "stream_options": {"include_usage": false},
-        "messages": [{"role": "user", "content": "hi"}]}))
+        "messages": [{"role": "user", "content": "hi"}]}),
+    )
     .unwrap();
     r.model = "gpt-4.1".into();
     let b = body(&r, Dialect::default());
     assert_eq!(b["model"], "gpt-4.1");
     assert_eq!(b["max_completion_tokens"], 9);
     assert!(b.get("max_tokens").is_none());
-    assert_eq!(b["stream_options"]["include_usage"], true, "usage is always requested");
-    assert_eq!(b["seed"], 3, "unknown fields pass through to the same API family");
+    assert_eq!(
+        b["stream_options"]["include_usage"], true,
+        "usage is always requested"
+    );
+    assert_eq!(
+        b["seed"], 3,
+        "unknown fields pass through to the same API family"
+    );
     assert_eq!(b["messages"], json!([{"role": "user", "content": "hi"}]));
-    let b = body(&r, Dialect { legacy_max_tokens: true });
+    let b = body(
+        &r,
+        Dialect {
+            legacy_max_tokens: true,
+        },
+    );
     assert_eq!(b["max_tokens"], 9);
 }
 
@@ -122,13 +172,20 @@ fn anthropic_requests_translate_and_unsupported_fields_are_refused() {
         ])
     );
     let mut thinking = r.clone();
+    thinking.extra.fields.insert(
+        "thinking".into(),
+        json!({"type": "enabled", "budget_tokens": 2000}),
+    );
+    let e = encode_request(&thinking, "oai/gpt-4.1", Dialect::default()).unwrap_err();
+    assert!(
+        e.message.contains("thinking") && e.message.contains("oai/gpt-4.1"),
+        "{}",
+        e.message
+    );
     thinking
         .extra
         .fields
-        .insert("thinking".into(), json!({"type": "enabled", "budget_tokens": 2000}));
-    let e = encode_request(&thinking, "oai/gpt-4.1", Dialect::default()).unwrap_err();
-    assert!(e.message.contains("thinking") && e.message.contains("oai/gpt-4.1"), "{}", e.message);
-    thinking.extra.fields.insert("thinking".into(), json!({"type": "disabled"}));
+        .insert("thinking".into(), json!({"type": "disabled"}));
     assert!(encode_request(&thinking, "oai/gpt-4.1", Dialect::default()).is_ok());
 }
 
@@ -145,7 +202,16 @@ fn answers_decode_with_normalised_usage() {
     )
     .unwrap();
     assert_eq!(r.stop_reason, StopReason::ToolUse);
-    assert_eq!(r.usage, Usage { input_tokens: 40, output_tokens: 20, cache_read_tokens: 60, cache_write_tokens: 0, reasoning_tokens: 5 });
+    assert_eq!(
+        r.usage,
+        Usage {
+            input_tokens: 40,
+            output_tokens: 20,
+            cache_read_tokens: 60,
+            cache_write_tokens: 0,
+            reasoning_tokens: 5
+        }
+    );
     assert_eq!(r.content.len(), 2);
     let back: Value = serde_json::from_slice(&encode_response(&r)).unwrap();
     assert_eq!(back["usage"]["prompt_tokens"], 100);
@@ -167,8 +233,14 @@ fn errors_decode_and_encode() {
     assert_eq!(e.retry_after_secs(), Some(2));
     let e = decode_error(502, b"<html>bad gateway</html>", None);
     assert!(e.message.contains("502") && e.message.contains("bad gateway"));
-    let v: Value = serde_json::from_slice(&encode_error(&ProviderError::invalid("nope").with_param("x"))).unwrap();
-    assert_eq!(v, json!({"error": {"message": "nope", "type": "invalid_request_error", "param": "x", "code": null}}));
+    let v: Value = serde_json::from_slice(&encode_error(
+        &ProviderError::invalid("nope").with_param("x"),
+    ))
+    .unwrap();
+    assert_eq!(
+        v,
+        json!({"error": {"message": "nope", "type": "invalid_request_error", "param": "x", "code": null}})
+    );
 }
 
 fn decode_stream(text: &str) -> Result<Vec<StreamEvent>, ProviderError> {
@@ -195,31 +267,74 @@ fn upstream_streams_decode_text_tools_and_usage() {
     text += &chunk(json!({"role": "assistant", "content": ""}), Value::Null);
     text += &chunk(json!({"content": "Hel"}), Value::Null);
     text += &chunk(json!({"content": "lo"}), Value::Null);
-    text += &chunk(json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}]}), Value::Null);
-    text += &chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\""}}]}), Value::Null);
-    text += &chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}), Value::Null);
+    text += &chunk(
+        json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}]}),
+        Value::Null,
+    );
+    text += &chunk(
+        json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\""}}]}),
+        Value::Null,
+    );
+    text += &chunk(
+        json!({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}),
+        Value::Null,
+    );
     text += &chunk(json!({}), json!("tool_calls"));
-    text += &format!("data: {}\n\n", json!({"id": "c1", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 2}}}));
+    text += &format!(
+        "data: {}\n\n",
+        json!({"id": "c1", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 2}}})
+    );
     text += "data: [DONE]\n\n";
     let events = decode_stream(&text).unwrap();
     assert_eq!(
         events,
         vec![
-            StreamEvent::Start { id: "c1".into(), model: "m".into(), usage: Usage::default() },
-            StreamEvent::TextDelta { index: 0, text: "Hel".into() },
-            StreamEvent::TextDelta { index: 0, text: "lo".into() },
+            StreamEvent::Start {
+                id: "c1".into(),
+                model: "m".into(),
+                usage: Usage::default()
+            },
+            StreamEvent::TextDelta {
+                index: 0,
+                text: "Hel".into()
+            },
+            StreamEvent::TextDelta {
+                index: 0,
+                text: "lo".into()
+            },
             StreamEvent::BlockStop { index: 0 },
-            StreamEvent::ToolCallStart { index: 1, id: "call_1".into(), name: "f".into() },
-            StreamEvent::ToolCallDelta { index: 1, arguments: "{\"a\"".into() },
-            StreamEvent::ToolCallDelta { index: 1, arguments: ":1}".into() },
+            StreamEvent::ToolCallStart {
+                index: 1,
+                id: "call_1".into(),
+                name: "f".into()
+            },
+            StreamEvent::ToolCallDelta {
+                index: 1,
+                arguments: "{\"a\"".into()
+            },
+            StreamEvent::ToolCallDelta {
+                index: 1,
+                arguments: ":1}".into()
+            },
             StreamEvent::BlockStop { index: 1 },
-            StreamEvent::Finish { stop_reason: StopReason::ToolUse, stop_sequence: None },
-            StreamEvent::Usage(Usage { input_tokens: 7, output_tokens: 4, cache_read_tokens: 2, ..Usage::default() }),
+            StreamEvent::Finish {
+                stop_reason: StopReason::ToolUse,
+                stop_sequence: None
+            },
+            StreamEvent::Usage(Usage {
+                input_tokens: 7,
+                output_tokens: 4,
+                cache_read_tokens: 2,
+                ..Usage::default()
+            }),
         ]
     );
     // cut short: no finish_reason
     let cut = chunk(json!({"content": "Hel"}), Value::Null);
-    assert!(decode_stream(&cut).unwrap_err().message.contains("ended before"));
+    assert!(decode_stream(&cut)
+        .unwrap_err()
+        .message
+        .contains("ended before"));
     // an error chunk mid-stream
     let err = cut + "data: {\"error\": {\"message\": \"boom\", \"type\": \"server_error\"}}\n\n";
     assert_eq!(decode_stream(&err).unwrap_err().message, "boom");
@@ -229,16 +344,42 @@ fn upstream_streams_decode_text_tools_and_usage() {
 #[test]
 fn client_streams_encode_and_decode_back() {
     let events = vec![
-        StreamEvent::Start { id: "msg_1".into(), model: "claude".into(), usage: Usage { input_tokens: 5, ..Usage::default() } },
-        StreamEvent::ThinkingDelta { index: 0, text: "hmm".into() },
+        StreamEvent::Start {
+            id: "msg_1".into(),
+            model: "claude".into(),
+            usage: Usage {
+                input_tokens: 5,
+                ..Usage::default()
+            },
+        },
+        StreamEvent::ThinkingDelta {
+            index: 0,
+            text: "hmm".into(),
+        },
         StreamEvent::BlockStop { index: 0 },
-        StreamEvent::TextDelta { index: 1, text: "Hi".into() },
+        StreamEvent::TextDelta {
+            index: 1,
+            text: "Hi".into(),
+        },
         StreamEvent::BlockStop { index: 1 },
-        StreamEvent::ToolCallStart { index: 2, id: "t1".into(), name: "f".into() },
-        StreamEvent::ToolCallDelta { index: 2, arguments: "{}".into() },
+        StreamEvent::ToolCallStart {
+            index: 2,
+            id: "t1".into(),
+            name: "f".into(),
+        },
+        StreamEvent::ToolCallDelta {
+            index: 2,
+            arguments: "{}".into(),
+        },
         StreamEvent::BlockStop { index: 2 },
-        StreamEvent::Finish { stop_reason: StopReason::ToolUse, stop_sequence: None },
-        StreamEvent::Usage(Usage { output_tokens: 3, ..Usage::default() }),
+        StreamEvent::Finish {
+            stop_reason: StopReason::ToolUse,
+            stop_sequence: None,
+        },
+        StreamEvent::Usage(Usage {
+            output_tokens: 3,
+            ..Usage::default()
+        }),
     ];
     let mut enc = StreamEncoder::new(true);
     let mut out = Vec::new();
@@ -255,14 +396,26 @@ fn client_streams_encode_and_decode_back() {
         .map(|d| serde_json::from_str(d).unwrap())
         .collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == "msg_1"));
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk" && c["id"] == "msg_1"));
     let last = chunks.last().unwrap();
     assert_eq!(last["choices"], json!([]));
     assert_eq!(last["usage"]["prompt_tokens"], 5);
     assert_eq!(last["usage"]["completion_tokens"], 3);
     let back = decode_stream(&text).unwrap();
-    assert!(back.contains(&StreamEvent::TextDelta { index: 0, text: "Hi".into() }), "{back:?}");
-    assert!(back.contains(&StreamEvent::ToolCallStart { index: 1, id: "t1".into(), name: "f".into() }));
+    assert!(
+        back.contains(&StreamEvent::TextDelta {
+            index: 0,
+            text: "Hi".into()
+        }),
+        "{back:?}"
+    );
+    assert!(back.contains(&StreamEvent::ToolCallStart {
+        index: 1,
+        id: "t1".into(),
+        name: "f".into()
+    }));
     // without include_usage: no usage chunk, no usage field
     let mut enc = StreamEncoder::new(false);
     let mut out = Vec::new();
@@ -272,6 +425,12 @@ fn client_streams_encode_and_decode_back() {
     // an error mid-stream is an error chunk
     let mut out = Vec::new();
     enc.error(&ProviderError::new(ErrorKind::Timeout, "slow"), &mut out);
-    let v: Value = serde_json::from_str(String::from_utf8(out).unwrap().trim().trim_start_matches("data: ")).unwrap();
+    let v: Value = serde_json::from_str(
+        String::from_utf8(out)
+            .unwrap()
+            .trim()
+            .trim_start_matches("data: "),
+    )
+    .unwrap();
     assert_eq!(v["error"]["message"], "slow");
 }

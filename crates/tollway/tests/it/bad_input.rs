@@ -6,12 +6,18 @@ use serde_json::{json, Value};
 use crate::harness::{split, start, MASTER};
 
 fn openai_msg(v: &Value) -> String {
-    v["error"]["message"].as_str().unwrap_or_default().to_string()
+    v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn anthropic_msg(v: &Value) -> String {
     assert_eq!(v["type"], "error", "{v}");
-    v["error"]["message"].as_str().unwrap_or_default().to_string()
+    v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[tokio::test]
@@ -38,7 +44,10 @@ async fn bad_requests_get_clear_errors_in_both_shapes() {
                 openai_msg(&v)
             };
             assert!(!msg.is_empty(), "{path} {name}: empty message");
-            assert!(msg.contains(needle), "{path} {name}: `{msg}` does not name `{needle}`");
+            assert!(
+                msg.contains(needle),
+                "{path} {name}: `{msg}` does not name `{needle}`"
+            );
         }
     }
     assert!(env.healthy().await);
@@ -48,8 +57,10 @@ async fn bad_requests_get_clear_errors_in_both_shapes() {
 async fn oversized_bodies_get_413() {
     let env = start().await;
     let big = "x".repeat(200_000);
-    let body = serde_json::to_vec(&json!({"model": "gpt", "messages": [{"role": "user", "content": big}]}))
-        .expect("json");
+    let body = serde_json::to_vec(
+        &json!({"model": "gpt", "messages": [{"role": "user", "content": big}]}),
+    )
+    .expect("json");
     let (status, _, v) = split(env.post_raw("/v1/chat/completions", body.clone()).await).await;
     assert_eq!(status, 413, "{v}");
     assert!(openai_msg(&v).contains("65536"));
@@ -57,12 +68,15 @@ async fn oversized_bodies_get_413() {
     assert_eq!(status, 413);
     assert_eq!(v["error"]["type"], "request_too_large");
     // chunked, without a content-length: still bounded
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..40).map(|_| Ok(vec![b' '; 4096])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..40).map(|_| Ok(vec![b' '; 4096])).collect();
     let r = env
         .http
         .post(format!("{}/v1/chat/completions", env.url))
         .bearer_auth(MASTER)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .expect("send");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{config_text, MASTER};
+use crate::harness::{config_text, start, MASTER};
 
 fn spawn_listening(cmd: &mut Command, marker: &str) -> (Child, String) {
     let mut child = cmd
@@ -14,13 +14,18 @@ fn spawn_listening(cmd: &mut Command, marker: &str) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
+    let Some(stdout) = child.stdout.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no stdout");
+    };
     let mut lines = BufReader::new(stdout).lines();
     loop {
-        let line = lines
-            .next()
-            .expect("the process exited before listening")
-            .expect("read");
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the process exited before listening");
+        };
         if let Some(url) = line.strip_prefix(marker) {
             let url = url.trim().to_string();
             // keep draining stdout so the child never blocks on a full pipe
@@ -70,7 +75,10 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits_zero() {
     while let Some(c) = r.chunk().await.expect("the stream finishes cleanly") {
         rest.push_str(&String::from_utf8_lossy(&c));
     }
-    assert!(rest.contains("[DONE]"), "the in-flight stream completed: {rest}");
+    assert!(
+        rest.contains("[DONE]"),
+        "the in-flight stream completed: {rest}"
+    );
     // new connections are refused once draining is over; the process exits 0
     let mut code = None;
     for _ in 0..100 {
@@ -83,7 +91,11 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits_zero() {
     let _ = mock.kill();
     let _ = mock.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(code.map(|c| c.code()), Some(Some(0)), "tollway exits 0 after SIGTERM");
+    assert_eq!(
+        code.map(|c| c.code()),
+        Some(Some(0)),
+        "tollway exits 0 after SIGTERM"
+    );
 }
 
 /// `tollway-mock` sits next to `tollway` in the target directory (cargo builds both for the
@@ -119,8 +131,14 @@ fn check_reports_every_error_with_its_line_and_exits_1() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains(":line 2: server.listen"), "{text}");
-    assert!(text.contains(":line 4: providers.p: unknown field `colour`"), "{text}");
-    assert!(text.contains(":line 7: models.m.deployments[0].provider: unknown provider `ghost`"), "{text}");
+    assert!(
+        text.contains(":line 4: providers.p: unknown field `colour`"),
+        "{text}"
+    );
+    assert!(
+        text.contains(":line 7: models.m.deployments[0].provider: unknown provider `ghost`"),
+        "{text}"
+    );
     assert!(text.contains("3 error(s)"), "{text}");
 
     let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo.yaml");
@@ -129,6 +147,38 @@ fn check_reports_every_error_with_its_line_and_exits_1() {
         .arg(&demo)
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// In-process: when the shutdown signal fires, a stream already under way still completes, new
+/// connections are refused, and `serve` returns cleanly.
+#[tokio::test]
+async fn shutdown_drains_in_flight_streams_in_process() {
+    let mut env = start().await;
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "gpt", "stream": true,
+                   "messages": [{"role": "user", "content": "hi [mock tpt_ms=20 tokens=15]"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    env.stop();
+    let body = r
+        .text()
+        .await
+        .expect("the stream finishes after shutdown began");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    let done = env.done.take().expect("server task");
+    let result = tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("serve returns after draining")
+        .expect("join");
+    assert!(result.is_ok(), "{result:?}");
+    assert!(!env.healthy().await, "the listener is closed");
 }
