@@ -13,6 +13,7 @@ use tollway_core::{ApiFamily, ErrorKind, EventStream, ProviderError};
 use tollway_protocol::{anthropic, openai};
 
 use crate::gateway::{self, Outcome};
+use crate::runtime::RouteOptions;
 use crate::server::AppState;
 
 pub const H_REQUEST_ID: &str = "x-tollway-request-id";
@@ -195,8 +196,12 @@ async fn chat(state: AppState, family: ApiFamily, headers: HeaderMap, body: Body
         ApiFamily::OpenAi => openai::decode_request(&bytes),
         ApiFamily::Anthropic => anthropic::decode_request(&bytes),
     };
-    let req = match decoded {
+    let mut req = match decoded {
         Ok(r) => r,
+        Err(e) => return fail(e, None),
+    };
+    let opts = match RouteOptions::take(&mut req.extra.fields) {
+        Ok(o) => o,
         Err(e) => return fail(e, None),
     };
     // Hold the runtime for the whole request: a reload swaps in a new one without disturbing it.
@@ -204,7 +209,7 @@ async fn chat(state: AppState, family: ApiFamily, headers: HeaderMap, body: Body
     let mut outcome = Outcome::default();
     if req.stream {
         let include_usage = req.include_usage;
-        match gateway::chat_stream(&rt, req, &mut outcome).await {
+        match gateway::chat_stream(&rt, req, &opts, &mut outcome).await {
             Ok(stream) => {
                 let mut resp = sse_response(family, include_usage, stream);
                 set_ids(resp.headers_mut(), &request_id, Some(&outcome));
@@ -213,7 +218,7 @@ async fn chat(state: AppState, family: ApiFamily, headers: HeaderMap, body: Body
             Err(e) => fail(e, Some(outcome)),
         }
     } else {
-        match gateway::chat(&rt, req, &mut outcome).await {
+        match gateway::chat(&rt, req, &opts, &mut outcome).await {
             Ok(answer) => {
                 let body = match family {
                     ApiFamily::OpenAi => openai::encode_response(&answer),
@@ -348,6 +353,27 @@ pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Respon
     let mut resp = axum::Json(body).into_response();
     set_ids(resp.headers_mut(), &request_id, None);
     resp
+}
+
+/// `GET /admin/health`: every deployment's circuit, cooldown, load and latency. Master key only.
+pub async fn admin_health(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(err) = authenticate_admin(&state, &headers) {
+        return ApiError {
+            family: ApiFamily::OpenAi,
+            err,
+            request_id: new_request_id(),
+            outcome: None,
+        }
+        .into_response();
+    }
+    let rt = state.runtime();
+    let deployments = rt.health().report(std::time::Instant::now());
+    axum::Json(serde_json::json!({ "deployments": deployments })).into_response()
+}
+
+/// The admin API needs the master key; with none configured (loopback only) it is open.
+pub fn authenticate_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ProviderError> {
+    authenticate(state, headers)
 }
 
 pub async fn healthz() -> impl IntoResponse {

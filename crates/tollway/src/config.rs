@@ -13,6 +13,8 @@ use serde_yaml::Value;
 use tollway_core::{ApiFamily, Capabilities};
 use tollway_providers::{AnthropicConfig, OpenAiConfig, ProviderConfig, Secret, Timeouts};
 
+use crate::routing::{HealthPolicy, Strategy};
+
 /// Default body limit for requests: 32 MiB (a few base64 images fit; a runaway upload does not).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
@@ -36,12 +38,16 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Upstream attempts per request, across deployments and fallbacks.
     pub max_attempts: u32,
+    /// No new attempt starts after this long since the request arrived.
+    pub retry_deadline: Duration,
     /// Clients may name `provider/model` directly, besides the configured public names.
     pub direct_models: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
+    pub strategy: Strategy,
+    pub health: HealthPolicy,
     pub deployments: Vec<DeploymentConfig>,
     /// Public model names tried, in order, when every deployment failed retriably.
     pub fallbacks: Vec<String>,
@@ -51,6 +57,8 @@ pub struct ModelConfig {
 pub struct DeploymentConfig {
     pub provider: String,
     pub model: String,
+    /// Share of traffic under the `weighted` strategy (relative to the group's other weights).
+    pub weight: u32,
     pub capabilities: Capabilities,
 }
 
@@ -110,6 +118,8 @@ struct RawServer {
     #[serde(default)]
     max_attempts: Option<u32>,
     #[serde(default)]
+    retry_deadline_secs: Option<u64>,
+    #[serde(default)]
     direct_models: Option<bool>,
 }
 
@@ -124,6 +134,14 @@ struct RawUrl {
 struct RawModel {
     #[serde(default)]
     strategy: Option<String>,
+    /// Consecutive failures that put a deployment in cooldown.
+    #[serde(default)]
+    allowed_fails: Option<u32>,
+    /// First cooldown in seconds (doubles on each re-open, up to `max_cooldown_secs`).
+    #[serde(default)]
+    cooldown_secs: Option<f64>,
+    #[serde(default)]
+    max_cooldown_secs: Option<f64>,
     deployments: Vec<RawDeployment>,
     #[serde(default)]
     fallbacks: Vec<String>,
@@ -134,6 +152,8 @@ struct RawModel {
 struct RawDeployment {
     provider: String,
     model: String,
+    #[serde(default)]
+    weight: Option<u32>,
     #[serde(default)]
     capabilities: Option<RawCapabilities>,
 }
@@ -330,14 +350,43 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
         let Some(raw) = c.parse::<RawModel>(&base, v) else {
             continue;
         };
-        if let Some(s) = &raw.strategy {
-            if s != "failover" {
+        let strategy = match &raw.strategy {
+            None => Strategy::default(),
+            Some(s) => Strategy::parse(s).unwrap_or_else(|| {
                 c.push(
                     format!("{base}.strategy"),
                     format!(
-                        "strategy `{s}` is not supported by this version (supported: failover)"
+                        "unknown strategy `{s}` (expected one of: {})",
+                        Strategy::NAMES
                     ),
                 );
+                Strategy::default()
+            }),
+        };
+        let mut health = HealthPolicy::default();
+        if let Some(n) = raw.allowed_fails {
+            if n == 0 {
+                c.push(format!("{base}.allowed_fails"), "must be at least 1");
+            }
+            health.allowed_fails = n.max(1);
+        }
+        for (key, value, slot) in [
+            ("cooldown_secs", raw.cooldown_secs, &mut health.cooldown),
+            (
+                "max_cooldown_secs",
+                raw.max_cooldown_secs,
+                &mut health.max_cooldown,
+            ),
+        ] {
+            if let Some(v) = value {
+                if v.is_finite() && (0.0..=86_400.0).contains(&v) {
+                    *slot = Duration::from_secs_f64(v);
+                } else {
+                    c.push(
+                        format!("{base}.{key}"),
+                        "must be between 0 and 86400 seconds",
+                    );
+                }
             }
         }
         if raw.deployments.is_empty() {
@@ -375,9 +424,13 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                 caps.stream_usage = o.stream_usage.unwrap_or(caps.stream_usage);
                 caps.embeddings = o.embeddings.unwrap_or(caps.embeddings);
             }
+            if d.weight == Some(0) {
+                c.push(format!("{dpath}.weight"), "must be at least 1");
+            }
             deployments.push(DeploymentConfig {
                 provider: d.provider,
                 model: d.model,
+                weight: d.weight.unwrap_or(1).max(1),
                 capabilities: caps,
             });
         }
@@ -397,6 +450,8 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
         models.insert(
             name,
             ModelConfig {
+                strategy,
+                health,
                 deployments,
                 fallbacks: raw.fallbacks,
             },
@@ -436,6 +491,7 @@ fn parse_server(v: Option<Value>, c: &mut Collector<'_>) -> Option<ServerConfig>
             max_body_bytes: None,
             shutdown_timeout_secs: None,
             max_attempts: None,
+            retry_deadline_secs: None,
             direct_models: None,
         },
         Some(v) => c.parse::<RawServer>("server", v)?,
@@ -479,6 +535,7 @@ fn parse_server(v: Option<Value>, c: &mut Collector<'_>) -> Option<ServerConfig>
         max_body_bytes,
         shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_secs.unwrap_or(30)),
         max_attempts: max_attempts.max(1),
+        retry_deadline: Duration::from_secs(raw.retry_deadline_secs.unwrap_or(60)),
         direct_models: raw.direct_models.unwrap_or(false),
     })
 }
@@ -734,6 +791,7 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_timeout: Duration::from_secs(30),
             max_attempts: 3,
+            retry_deadline: Duration::from_secs(60),
             direct_models: true,
         },
         storage_url: "sqlite://tollway.db".into(),

@@ -1,13 +1,18 @@
-//! The request path between the HTTP edge and the providers: plan the deployments for a model,
-//! refuse what no deployment can do, and try deployments in order until one answers — retrying
-//! only retriable failures, and for streams only before the first event reached the client.
+//! The request path between the HTTP edge and the providers: plan the deployments for a model
+//! (strategy, health, per-request options), refuse what no deployment can do, and try deployments
+//! until one answers — retrying only retriable failures, with backoff when the same deployment is
+//! tried again, within the attempt budget and the retry deadline, and for streams only before
+//! the first event reached the client. Every attempt's outcome feeds the deployment's health.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tollway_core::{ChatRequest, ChatResponse, EventStream, ProviderError};
+use serde_json::{Map, Value};
+use tollway_core::{ChatRequest, ChatResponse, ErrorKind, EventStream, ProviderError, Retry};
 
-use crate::runtime::{Deployment, Runtime};
+use crate::routing::{Admission, InFlight};
+use crate::runtime::{Deployment, RouteOptions, Runtime};
 
 /// What happened on the way: for the `x-tollway-*` headers and the log.
 #[derive(Default)]
@@ -16,11 +21,78 @@ pub struct Outcome {
     pub deployment: Option<Arc<Deployment>>,
 }
 
-/// The deployments of `req.model` able to serve `req`; a 400 naming the feature and model when none is.
-fn candidates(rt: &Runtime, req: &ChatRequest) -> Result<Vec<Arc<Deployment>>, ProviderError> {
-    let plan = rt.plan(&req.model)?;
+fn bad(param: &str, msg: impl std::fmt::Display) -> ProviderError {
+    ProviderError::invalid(format!("Invalid value for `{param}`: {msg}.")).with_param(param)
+}
+
+fn names(v: Value, param: &str) -> Result<Vec<String>, ProviderError> {
+    match v {
+        Value::Array(a) => a
+            .into_iter()
+            .map(|x| match x {
+                Value::String(s) => Ok(s),
+                _ => Err(bad(param, "expected an array of strings")),
+            })
+            .collect(),
+        _ => Err(bad(param, "expected an array of strings")),
+    }
+}
+
+impl RouteOptions {
+    /// Takes the routing extension fields (`models`, `provider`) out of a request's extra fields,
+    /// so that they are never forwarded upstream.
+    pub fn take(fields: &mut Map<String, Value>) -> Result<RouteOptions, ProviderError> {
+        let mut o = RouteOptions {
+            allow_fallbacks: true,
+            ..RouteOptions::default()
+        };
+        if let Some(v) = fields.remove("models") {
+            if !v.is_null() {
+                o.models = names(v, "models")?;
+            }
+        }
+        match fields.remove("provider") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(mut p)) => {
+                if let Some(v) = p.remove("order") {
+                    o.order = names(v, "provider.order")?;
+                }
+                if let Some(v) = p.remove("only") {
+                    o.only = Some(names(v, "provider.only")?);
+                }
+                if let Some(v) = p.remove("ignore") {
+                    o.ignore = names(v, "provider.ignore")?;
+                }
+                match p.remove("allow_fallbacks") {
+                    None | Some(Value::Null) => {}
+                    Some(Value::Bool(b)) => o.allow_fallbacks = b,
+                    Some(_) => return Err(bad("provider.allow_fallbacks", "expected a boolean")),
+                }
+                if let Some(k) = p.keys().next() {
+                    return Err(bad(
+                        "provider",
+                        format!(
+                            "unknown field `{k}` (expected order, only, ignore, allow_fallbacks)"
+                        ),
+                    ));
+                }
+            }
+            Some(_) => return Err(bad("provider", "expected an object")),
+        }
+        Ok(o)
+    }
+}
+
+/// The deployments able to serve `req`, in the order to try them.
+fn candidates(
+    rt: &Runtime,
+    req: &ChatRequest,
+    opts: &RouteOptions,
+) -> Result<Vec<Arc<Deployment>>, ProviderError> {
+    let plan = rt.plan(&req.model, opts)?;
     let mut missing = None;
     let able: Vec<Arc<Deployment>> = plan
+        .tries
         .into_iter()
         .filter(|d| match d.caps.missing_for(req) {
             None => true,
@@ -39,6 +111,9 @@ fn candidates(rt: &Runtime, req: &ChatRequest) -> Result<Vec<Arc<Deployment>>, P
             };
             return Err(ProviderError::unsupported(feature, &what));
         }
+        if let Some(wait) = plan.cooling {
+            return Err(Runtime::all_cooling(&req.model, wait));
+        }
     }
     Ok(able)
 }
@@ -49,74 +124,168 @@ fn for_deployment(req: &ChatRequest, d: &Deployment) -> ChatRequest {
     r
 }
 
-fn max_attempts(rt: &Runtime, n: usize) -> usize {
-    (rt.config.server.max_attempts as usize).min(n).max(1)
+/// Walks the plan: each deployment once, then (budget and deadline allowing) again from the
+/// start with exponential backoff and jitter, skipping deployments that cooled down meanwhile.
+struct Attempts {
+    plan: Vec<Arc<Deployment>>,
+    next: usize,
+    round: u32,
+    budget: u32,
+    deadline: Instant,
+}
+
+impl Attempts {
+    fn new(rt: &Runtime, plan: Vec<Arc<Deployment>>) -> Self {
+        Attempts {
+            plan,
+            next: 0,
+            round: 0,
+            budget: rt.config.server.max_attempts,
+            deadline: Instant::now() + rt.config.server.retry_deadline,
+        }
+    }
+
+    /// The next deployment to try and its in-flight guard, after any backoff; `None` when done.
+    async fn next(&mut self, last: Option<&ProviderError>) -> Option<(Arc<Deployment>, InFlight)> {
+        while self.budget > 0 && !self.plan.is_empty() {
+            if self.next >= self.plan.len() {
+                self.next = 0;
+                self.round += 1;
+                // Only deployments that are still admitted are worth waiting for.
+                let now = Instant::now();
+                if self
+                    .plan
+                    .iter()
+                    .all(|d| matches!(d.health.peek(now), Admission::No(_)))
+                {
+                    return None;
+                }
+                // Backoff before trying the same deployments again; honour Retry-After.
+                let base = Duration::from_millis(100).saturating_mul(1 << self.round.min(6));
+                let jitter = Duration::from_millis(fastrand::u64(0..=base.as_millis() as u64 / 2));
+                let mut wait = base + jitter;
+                if let Some(Retry::After(d)) = last.map(|e| e.retry) {
+                    wait = wait.max(d);
+                }
+                if Instant::now() + wait >= self.deadline {
+                    return None;
+                }
+                tokio::time::sleep(wait).await;
+            }
+            let d = self.plan[self.next].clone();
+            self.next += 1;
+            match d.health.admit(Instant::now()) {
+                Admission::Yes | Admission::Probe => {
+                    self.budget -= 1;
+                    let guard = d.health.start();
+                    return Some((d, guard));
+                }
+                Admission::No(_) => {
+                    if self
+                        .plan
+                        .iter()
+                        .all(|d| matches!(d.health.peek(Instant::now()), Admission::No(_)))
+                    {
+                        return None;
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+fn give_up(last: Option<ProviderError>, model: &str, rt: &Runtime) -> ProviderError {
+    match last {
+        Some(e) => e,
+        None => {
+            let wait = rt
+                .plan(model, &RouteOptions::default())
+                .ok()
+                .and_then(|p| p.cooling)
+                .unwrap_or(Duration::from_secs(1));
+            Runtime::all_cooling(model, wait)
+        }
+    }
 }
 
 pub async fn chat(
     rt: &Runtime,
     req: ChatRequest,
+    opts: &RouteOptions,
     out: &mut Outcome,
 ) -> Result<ChatResponse, ProviderError> {
-    let plan = candidates(rt, &req)?;
-    let limit = max_attempts(rt, plan.len());
-    let mut last = None;
-    for d in plan.into_iter().take(limit) {
+    let mut attempts = Attempts::new(rt, candidates(rt, &req, opts)?);
+    let mut last: Option<ProviderError> = None;
+    while let Some((d, _in_flight)) = attempts.next(last.as_ref()).await {
         out.attempts += 1;
         out.deployment = Some(d.clone());
+        let started = Instant::now();
         match d.provider.chat(for_deployment(&req, &d)).await {
-            Ok(resp) => return Ok(resp),
-            Err(e) if e.is_retriable() => {
+            Ok(resp) => {
+                d.health.success(started.elapsed());
+                return Ok(resp);
+            }
+            Err(e) => {
+                d.health.failure(&e, &d.policy, Instant::now());
+                if !e.is_retriable() {
+                    return Err(e);
+                }
                 tracing::warn!(deployment = %d.label, error = %e, "attempt failed, trying the next deployment");
                 last = Some(e);
             }
-            Err(e) => return Err(e),
         }
     }
-    Err(last.unwrap_or_else(|| ProviderError::internal("no deployment was tried")))
+    Err(give_up(last, &req.model, rt))
 }
 
 /// Starts a stream on the first deployment that accepts the request and produces a first event.
-/// The returned stream yields that first event again, then the rest.
+/// The returned stream yields that first event again, then the rest; it holds the deployment's
+/// in-flight count until it ends or the client goes away.
 pub async fn chat_stream(
     rt: &Runtime,
     req: ChatRequest,
+    opts: &RouteOptions,
     out: &mut Outcome,
 ) -> Result<EventStream, ProviderError> {
-    let plan = candidates(rt, &req)?;
-    let limit = max_attempts(rt, plan.len());
-    let mut last = None;
-    for d in plan.into_iter().take(limit) {
+    let mut attempts = Attempts::new(rt, candidates(rt, &req, opts)?);
+    let mut last: Option<ProviderError> = None;
+    while let Some((d, in_flight)) = attempts.next(last.as_ref()).await {
         out.attempts += 1;
         out.deployment = Some(d.clone());
-        let mut stream = match d.provider.chat_stream(for_deployment(&req, &d)).await {
-            Ok(s) => s,
-            Err(e) if e.is_retriable() => {
-                tracing::warn!(deployment = %d.label, error = %e, "attempt failed, trying the next deployment");
-                last = Some(e);
-                continue;
-            }
-            Err(e) => return Err(e),
+        let started = Instant::now();
+        let first = match d.provider.chat_stream(for_deployment(&req, &d)).await {
+            Ok(mut stream) => match stream.next().await {
+                Some(Ok(first)) => Ok((first, stream)),
+                Some(Err(e)) => Err(e),
+                None => Err(ProviderError::new(
+                    ErrorKind::InvalidResponse,
+                    format!("provider {} sent an empty stream", d.label),
+                )),
+            },
+            Err(e) => Err(e),
         };
-        // Nothing has reached the client yet: a failure before the first event can still move on.
-        match stream.next().await {
-            Some(Ok(first)) => {
-                let rest: EventStream =
-                    Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(stream));
-                return Ok(rest);
+        match first {
+            Ok((first, stream)) => {
+                // Nothing reached the client before this point; from here on, no failover.
+                d.health.success(started.elapsed());
+                let rest = futures_util::stream::once(async move { Ok(first) })
+                    .chain(stream)
+                    .map(move |item| {
+                        let _held = &in_flight;
+                        item
+                    });
+                return Ok(Box::pin(rest));
             }
-            Some(Err(e)) if e.is_retriable() => {
+            Err(e) => {
+                d.health.failure(&e, &d.policy, Instant::now());
+                if !e.is_retriable() {
+                    return Err(e);
+                }
                 tracing::warn!(deployment = %d.label, error = %e, "stream failed before its first event, trying the next deployment");
                 last = Some(e);
             }
-            Some(Err(e)) => return Err(e),
-            None => {
-                last = Some(ProviderError::new(
-                    tollway_core::ErrorKind::InvalidResponse,
-                    format!("provider {} sent an empty stream", d.label),
-                ));
-            }
         }
     }
-    Err(last.unwrap_or_else(|| ProviderError::internal("no deployment was tried")))
+    Err(give_up(last, &req.model, rt))
 }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod routing;
 pub mod runtime;
 pub mod server;
 

@@ -4,11 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tollway_core::{Capabilities, Provider, ProviderError};
+use tollway_core::{Capabilities, ErrorKind, Provider, ProviderError, Retry};
 use tollway_providers::{ProviderConfig, Secret};
 
 use crate::config::{default_capabilities, Config};
+use crate::routing::{self, Admission, Health, HealthPolicy, HealthRegistry, Strategy};
 
 /// One place a request can be sent: a provider account and the upstream model id.
 pub struct Deployment {
@@ -19,11 +21,40 @@ pub struct Deployment {
     pub caps: Capabilities,
     /// `provider/model`, for headers, logs and errors.
     pub label: String,
+    pub weight: u32,
+    /// Shared with every runtime that has this deployment (survives reloads).
+    pub health: Arc<Health>,
+    /// The circuit-breaker settings of the group this deployment was planned from.
+    pub policy: HealthPolicy,
 }
 
 struct Model {
+    strategy: Strategy,
     deployments: Vec<Arc<Deployment>>,
     fallbacks: Vec<String>,
+}
+
+/// Per-request routing control, from the optional body fields `models` and `provider`
+/// (shaped like OpenRouter's; see docs/config.md).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteOptions {
+    /// Public model names to fall back to, in order, after the requested one.
+    pub models: Vec<String>,
+    /// Provider accounts to try first, in this order.
+    pub order: Vec<String>,
+    /// Only these provider accounts.
+    pub only: Option<Vec<String>>,
+    /// Never these provider accounts.
+    pub ignore: Vec<String>,
+    /// `false`: no fallback groups, neither configured nor from `models`.
+    pub allow_fallbacks: bool,
+}
+
+/// The deployments to try for one request, in order.
+pub struct Plan {
+    pub tries: Vec<Arc<Deployment>>,
+    /// When deployments were left out because they are cooling down: the shortest remaining wait.
+    pub cooling: Option<Duration>,
 }
 
 pub struct Runtime {
@@ -34,10 +65,20 @@ pub struct Runtime {
     model_names: Vec<String>,
     /// The embedded simulator serving `kind: mock` providers; stopped when the runtime drops.
     _mock: Option<tollway_mock::MockServer>,
+    health: Arc<HealthRegistry>,
 }
 
 impl Runtime {
+    /// Builds a runtime with fresh health state.
     pub async fn build(config: Config) -> Result<Runtime, String> {
+        Self::build_with(config, Arc::new(HealthRegistry::default())).await
+    }
+
+    /// Builds a runtime that shares `health` (a reload keeps what the old runtime learnt).
+    pub async fn build_with(
+        config: Config,
+        health: Arc<HealthRegistry>,
+    ) -> Result<Runtime, String> {
         let mut mock = None;
         let mut providers = HashMap::new();
         for (name, pc) in &config.providers {
@@ -69,17 +110,22 @@ impl Runtime {
                 let Some((p, _)) = providers.get(&d.provider) else {
                     return Err(format!("model `{name}`: unknown provider `{}`", d.provider));
                 };
+                let label = format!("{}/{}", d.provider, d.model);
                 deployments.push(Arc::new(Deployment {
                     provider: p.clone(),
                     provider_name: d.provider.clone(),
                     model: d.model.clone(),
                     caps: d.capabilities,
-                    label: format!("{}/{}", d.provider, d.model),
+                    health: health.get(&label),
+                    label,
+                    weight: d.weight,
+                    policy: mc.health,
                 }));
             }
             models.insert(
                 name.clone(),
                 Model {
+                    strategy: mc.strategy,
                     deployments,
                     fallbacks: mc.fallbacks.clone(),
                 },
@@ -92,7 +138,12 @@ impl Runtime {
             models,
             model_names,
             _mock: mock,
+            health,
         })
+    }
+
+    pub fn health(&self) -> &Arc<HealthRegistry> {
+        &self.health
     }
 
     pub fn master_key(&self) -> Option<&Secret> {
@@ -103,32 +154,114 @@ impl Runtime {
         &self.model_names
     }
 
-    /// The deployments to try for `name`, in order: the model's own, then its fallbacks' (each
-    /// deployment once). Unknown names are a 404 naming the model.
-    pub fn plan(&self, name: &str) -> Result<Vec<Arc<Deployment>>, ProviderError> {
+    /// The deployments to try for `name`, in order: the model's own (ordered by its strategy),
+    /// then each fallback group's, each deployment once, honouring `opts` and leaving out
+    /// deployments that are cooling down. Unknown names are a 404 naming the model.
+    pub fn plan(&self, name: &str, opts: &RouteOptions) -> Result<Plan, ProviderError> {
+        let now = Instant::now();
+        let mut groups: Vec<(Strategy, Vec<Arc<Deployment>>)> = Vec::new();
         if let Some(m) = self.models.get(name) {
-            let mut out: Vec<Arc<Deployment>> = m.deployments.clone();
-            for f in &m.fallbacks {
-                if let Some(fm) = self.models.get(f) {
-                    for d in &fm.deployments {
-                        if !out.iter().any(|x| Arc::ptr_eq(x, d)) {
-                            out.push(d.clone());
-                        }
+            groups.push((m.strategy, m.deployments.clone()));
+            if opts.allow_fallbacks {
+                for f in m.fallbacks.iter() {
+                    if let Some(fm) = self.models.get(f) {
+                        groups.push((fm.strategy, fm.deployments.clone()));
                     }
                 }
             }
-            return Ok(out);
+        } else if let Some(d) = self
+            .config
+            .server
+            .direct_models
+            .then(|| self.direct(name))
+            .flatten()
+        {
+            groups.push((Strategy::Failover, vec![d]));
+        } else {
+            return Err(unknown_model(name));
         }
-        if self.config.server.direct_models {
-            if let Some(d) = self.direct(name) {
-                return Ok(vec![d]);
+        if opts.allow_fallbacks {
+            for extra in &opts.models {
+                match self.models.get(extra) {
+                    Some(m) => groups.push((m.strategy, m.deployments.clone())),
+                    None => match self
+                        .config
+                        .server
+                        .direct_models
+                        .then(|| self.direct(extra))
+                        .flatten()
+                    {
+                        Some(d) => groups.push((Strategy::Failover, vec![d])),
+                        None => return Err(unknown_model(extra).with_param("models")),
+                    },
+                }
             }
         }
-        Err(ProviderError::new(
-            tollway_core::ErrorKind::NotFound,
-            format!("The model `{name}` does not exist or you do not have access to it."),
+        let allowed = |d: &Deployment| {
+            opts.only
+                .as_ref()
+                .is_none_or(|only| only.iter().any(|p| p == &d.provider_name))
+                && !opts.ignore.iter().any(|p| p == &d.provider_name)
+        };
+        let mut tries: Vec<Arc<Deployment>> = Vec::new();
+        let mut cooling: Option<Duration> = None;
+        let mut excluded = 0usize;
+        for (strategy, deployments) in groups {
+            let candidates: Vec<Arc<Deployment>> = deployments
+                .into_iter()
+                .filter(|d| {
+                    let ok = allowed(d);
+                    excluded += usize::from(!ok);
+                    ok
+                })
+                .collect();
+            for d in &candidates {
+                if let Admission::No(wait) = d.health.peek(now) {
+                    cooling = Some(cooling.map_or(wait, |c| c.min(wait)));
+                }
+            }
+            let items: Vec<(u32, &Health)> = candidates
+                .iter()
+                .map(|d| (d.weight, d.health.as_ref()))
+                .collect();
+            for i in routing::order(strategy, &items, now) {
+                let d = &candidates[i];
+                if !tries.iter().any(|t| t.label == d.label) {
+                    tries.push(d.clone());
+                }
+            }
+        }
+        if !opts.order.is_empty() {
+            let rank = |d: &Arc<Deployment>| {
+                opts.order
+                    .iter()
+                    .position(|p| p == &d.provider_name)
+                    .unwrap_or(opts.order.len())
+            };
+            tries.sort_by_key(rank); // stable: the strategy's order holds within a rank
+        }
+        if tries.is_empty() && cooling.is_none() && excluded > 0 {
+            return Err(ProviderError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "No deployment of `{name}` is allowed by the request's provider restrictions."
+                ),
+            )
+            .with_param("provider"));
+        }
+        Ok(Plan { tries, cooling })
+    }
+
+    /// The error when every deployment of a model is cooling down.
+    pub fn all_cooling(name: &str, wait: Duration) -> ProviderError {
+        ProviderError::new(
+            ErrorKind::Overloaded,
+            format!(
+                "Every deployment of `{name}` is cooling down after upstream failures; retry in {} s.",
+                wait.as_secs_f64().ceil() as u64
+            ),
         )
-        .with_param("model"))
+        .with_retry(Retry::After(wait))
     }
 
     /// `provider/model`, or a bare well-known name (`gpt-*`, `o3*`, `claude-*`) when exactly that
@@ -151,12 +284,24 @@ impl Runtime {
             }
         };
         let (p, caps) = self.providers.get(provider)?;
+        let label = format!("{provider}/{model}");
         Some(Arc::new(Deployment {
             provider: p.clone(),
             provider_name: provider.to_string(),
             model: model.to_string(),
             caps: *caps,
-            label: format!("{provider}/{model}"),
+            health: self.health.get(&label),
+            label,
+            weight: 1,
+            policy: HealthPolicy::default(),
         }))
     }
+}
+
+fn unknown_model(name: &str) -> ProviderError {
+    ProviderError::new(
+        ErrorKind::NotFound,
+        format!("The model `{name}` does not exist or you do not have access to it."),
+    )
+    .with_param("model")
 }

@@ -81,6 +81,7 @@ pub fn app(state: AppState) -> Router {
             with_405(post(api::messages), ApiFamily::Anthropic, "/v1/messages"),
         )
         .route("/v1/models", get(api::models))
+        .route("/admin/health", get(api::admin_health))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .fallback(|req: Request| async move {

@@ -43,6 +43,8 @@ providers:
   dead: {{ kind: openai-compatible, base_url: "http://127.0.0.1:9/v1", api_key: x, timeouts: {{ connect_ms: 500 }} }}
 models:
   gpt: {{ deployments: [{{ provider: oai, model: gpt-4.1 }}] }}
+  gpt2: {{ deployments: [{{ provider: oai, model: gpt-4.1-two }}] }}
+  gpt3: {{ deployments: [{{ provider: oai, model: gpt-4.1-three }}] }}
   claude: {{ deployments: [{{ provider: ant, model: claude-sonnet-4-5 }}] }}
   claude-noimg: {{ deployments: [{{ provider: ant, model: claude-haiku, capabilities: {{ vision: false }} }}] }}
   flaky:
@@ -59,8 +61,13 @@ models:
 }
 
 pub async fn start() -> Env {
+    start_with(config_text).await
+}
+
+/// Starts a mock and a gateway whose config `config(mock_url)` returns.
+pub async fn start_with(config: impl Fn(&str) -> String) -> Env {
     let mock = MockServer::start().await.expect("mock");
-    let text = config_text(&mock.url());
+    let text = config(&mock.url());
     let cfg = match config::parse(&text, &ProcessEnv) {
         Ok(c) => c,
         Err(errs) => panic!("test config invalid: {errs:?}"),

@@ -452,13 +452,10 @@ async fn failover_and_upstream_errors_map_to_the_right_status() {
     assert_eq!(status, 200, "connection refused falls back: {body}");
     assert_eq!(header(&h, "x-tollway-attempts"), "2");
 
-    let (status, h, body) = env
-        .openai(json!({"model": "gpt", "messages": [{"role": "user", "content": "hi [mock fault=429 retry_after=2]"}]}))
+    let (status, _, body) = env
+        .openai(json!({"model": "gpt3", "messages": [{"role": "user", "content": "hi [mock fault=malformed]"}]}))
         .await;
-    assert_eq!(status, 429, "{body}");
-    assert_eq!(header(&h, "retry-after"), "2");
-    assert_eq!(body["error"]["type"], "rate_limit_error");
-
+    assert_eq!(status, 502, "{body}");
     let (status, _, body) = env
         .anthropic(json!({"model": "gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi [mock fault=500]"}]}))
         .await;
@@ -470,11 +467,6 @@ async fn failover_and_upstream_errors_map_to_the_right_status() {
         .await;
     assert_eq!(status, 529, "{body}");
     assert_eq!(body["error"]["type"], "overloaded_error");
-
-    let (status, _, body) = env
-        .openai(json!({"model": "gpt", "messages": [{"role": "user", "content": "hi [mock fault=malformed]"}]}))
-        .await;
-    assert_eq!(status, 502, "{body}");
 
     let (status, _, body) = env
         .openai(json!({"model": "hangs", "messages": [{"role": "user", "content": "hi"}]}))
@@ -493,6 +485,29 @@ async fn failover_and_upstream_errors_map_to_the_right_status() {
     assert_eq!(header(&h, "x-tollway-attempts"), "1");
     // no secret in any of it
     assert!(!body.to_string().contains(OAI_KEY));
+
+    // a 429 with Retry-After is passed on, and puts the deployment in cooldown for that long:
+    // the next request is answered at once, without reaching the upstream
+    let (status, h, body) = env
+        .openai(json!({"model": "gpt2", "messages": [{"role": "user", "content": "hi [mock fault=429 retry_after=2]"}]}))
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(header(&h, "retry-after"), "2");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    let before = env.mock_stats().await["requests"].clone();
+    let (status, h, body) = env
+        .openai(json!({"model": "gpt2", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cooling down"),
+        "{body}"
+    );
+    assert!(!header(&h, "retry-after").is_empty());
+    assert_eq!(env.mock_stats().await["requests"], before);
     assert!(env.healthy().await);
 }
 

@@ -1,0 +1,298 @@
+//! Fault injection on tollway-mock: one deployment down, a 429 storm with Retry-After, every
+//! deployment down, failover of streams before their first byte, per-request provider control,
+//! and the health the admin API shows.
+
+use serde_json::{json, Value};
+
+use crate::harness::{header, sse, start_with, Env, MASTER};
+
+fn config(mock: &str) -> String {
+    format!(
+        r#"
+server:
+  master_key: {MASTER}
+providers:
+  a: {{ kind: openai-compatible, base_url: "{mock}/v1", api_key: ka }}
+  b: {{ kind: anthropic, base_url: "{mock}", api_key: kb }}
+  c: {{ kind: openai-compatible, base_url: "{mock}/v1", api_key: kc }}
+models:
+  one-down:
+    deployments:
+      - {{ provider: a, model: "m-down?fault=500" }}
+      - {{ provider: b, model: m-up }}
+  storm:
+    deployments:
+      - {{ provider: a, model: "m-limited?fault=429&retry_after=30" }}
+      - {{ provider: c, model: m-fine }}
+  all-down:
+    allowed_fails: 1
+    deployments:
+      - {{ provider: a, model: "x1?fault=503" }}
+      - {{ provider: b, model: "x2?fault=529" }}
+  spread:
+    strategy: least-outstanding
+    deployments:
+      - {{ provider: a, model: s1 }}
+      - {{ provider: b, model: s2 }}
+      - {{ provider: c, model: s3 }}
+    fallbacks: [backup]
+  backup:
+    deployments: [{{ provider: c, model: backup-model }}]
+  weighted:
+    strategy: weighted
+    deployments:
+      - {{ provider: a, model: w-heavy, weight: 9 }}
+      - {{ provider: c, model: w-light, weight: 1 }}
+"#
+    )
+}
+
+async fn chat(env: &Env, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    env.openai(body).await
+}
+
+fn msg(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+async fn upstream_models(env: &Env) -> Vec<String> {
+    let all: Value = env
+        .http
+        .get(format!("{}/_mock/requests", env.mock.url()))
+        .send()
+        .await
+        .expect("mock")
+        .json()
+        .await
+        .expect("json");
+    all.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["body"]["model"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn reset(env: &Env) {
+    env.http
+        .post(format!("{}/_mock/reset", env.mock.url()))
+        .send()
+        .await
+        .expect("reset");
+}
+
+#[tokio::test]
+async fn one_deployment_down_clients_see_no_error_and_it_is_skipped_after_cooling() {
+    let env = start_with(config).await;
+    for i in 0..6 {
+        let (status, h, body) = chat(&env, msg("one-down")).await;
+        assert_eq!(status, 200, "request {i}: {body}");
+        assert_eq!(header(&h, "x-tollway-provider"), "b");
+        let attempts: u32 = header(&h, "x-tollway-attempts").parse().expect("attempts");
+        // the first three requests pay one failed attempt each; then the circuit is open
+        assert_eq!(attempts, if i < 3 { 2 } else { 1 }, "request {i}");
+    }
+    let ups = upstream_models(&env).await;
+    assert_eq!(
+        ups.iter().filter(|m| m.starts_with("m-down")).count(),
+        3,
+        "{ups:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_429_storm_honours_retry_after_and_moves_traffic() {
+    let env = start_with(config).await;
+    for _ in 0..20 {
+        let (status, h, body) = chat(&env, msg("storm")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(header(&h, "x-tollway-provider"), "c");
+    }
+    let ups = upstream_models(&env).await;
+    assert_eq!(
+        ups.iter().filter(|m| m.starts_with("m-limited")).count(),
+        1,
+        "the rate-limited deployment is left alone for its Retry-After: {ups:?}"
+    );
+    // the admin API shows it cooling down for about the Retry-After
+    let r = env
+        .http
+        .get(format!("{}/admin/health", env.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    let limited = v["deployments"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|d| d["deployment"] == "a/m-limited?fault=429&retry_after=30")
+        })
+        .cloned()
+        .expect("listed");
+    assert_eq!(limited["state"], "cooling_down", "{v}");
+    let left = limited["cooldown_remaining_ms"]
+        .as_u64()
+        .expect("remaining");
+    assert!(left > 20_000 && left <= 30_000, "{left}");
+    let fine = v["deployments"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["deployment"] == "c/m-fine"))
+        .cloned()
+        .expect("listed");
+    assert_eq!(fine["state"], "healthy");
+    assert_eq!(fine["successes"], 20);
+    // and it needs the master key
+    let r = env
+        .http
+        .get(format!("{}/admin/health", env.url))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn when_every_deployment_is_down_clients_get_one_clear_error() {
+    let env = start_with(config).await;
+    let (status, h, body) = chat(&env, msg("all-down")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(header(&h, "x-tollway-attempts"), "2");
+    assert!(body["error"]["message"].is_string());
+    // both are now cooling down: the next request is refused at once, naming the model
+    reset(&env).await;
+    let (status, h, body) = env
+        .anthropic(json!({"model": "all-down", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(status, 529, "{body}");
+    assert_eq!(body["error"]["type"], "overloaded_error");
+    let m = body["error"]["message"].as_str().unwrap_or("");
+    assert!(m.contains("all-down") && m.contains("cooling down"), "{m}");
+    assert!(!header(&h, "retry-after").is_empty());
+    assert_eq!(env.mock_stats().await["requests"], 0);
+}
+
+#[tokio::test]
+async fn streams_fail_over_before_their_first_byte() {
+    let env = start_with(config).await;
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "one-down", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(r.headers(), "x-tollway-attempts"), "2");
+    let body = r.text().await.expect("body");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert!(sse(&body).len() > 3);
+}
+
+#[tokio::test]
+async fn per_request_provider_control_is_never_bypassed() {
+    let env = start_with(config).await;
+    // only: c — never a or b, whatever the strategy picks
+    for _ in 0..10 {
+        let mut b = msg("spread");
+        b["provider"] = json!({"only": ["c"]});
+        let (status, h, body) = chat(&env, b).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(header(&h, "x-tollway-provider"), "c");
+    }
+    // ignore: a and c, even through the fallback group (which only has c)
+    for _ in 0..10 {
+        let mut b = msg("spread");
+        b["provider"] = json!({"ignore": ["a", "c"]});
+        let (status, h, body) = chat(&env, b).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(header(&h, "x-tollway-provider"), "b");
+    }
+    // order: b first
+    let mut b = msg("spread");
+    b["provider"] = json!({"order": ["b"]});
+    let (_, h, _) = chat(&env, b).await;
+    assert_eq!(header(&h, "x-tollway-provider"), "b");
+    // nothing allowed: a clear error, and nothing sent upstream
+    reset(&env).await;
+    let mut b = msg("weighted");
+    b["provider"] = json!({"only": ["b"]});
+    let (status, _, body) = chat(&env, b).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("provider"));
+    assert_eq!(env.mock_stats().await["requests"], 0);
+    // a request-level fallback list, and the extension fields never reach the upstream
+    let mut b = msg("all-down");
+    b["models"] = json!(["backup"]);
+    b["provider"] = json!({"ignore": ["b"]});
+    let (status, h, body) = chat(&env, b).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&h, "x-tollway-model"), "c/backup-model");
+    let up = env.last_upstream().await;
+    assert!(
+        up["body"].get("models").is_none() && up["body"].get("provider").is_none(),
+        "{up}"
+    );
+    let ups = upstream_models(&env).await;
+    assert!(
+        !ups.iter().any(|m| m.starts_with("x2")),
+        "an ignored provider was reached: {ups:?}"
+    );
+    // bad extension values are named
+    let mut b = msg("spread");
+    b["provider"] = json!({"only": "c"});
+    let (status, _, body) = chat(&env, b).await;
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("provider.only"));
+    let mut b = msg("spread");
+    b["models"] = json!(["nope"]);
+    let (status, _, body) = chat(&env, b).await;
+    assert_eq!(status, 404);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("nope"));
+}
+
+#[tokio::test]
+async fn weighted_and_least_outstanding_spread_traffic() {
+    let env = start_with(config).await;
+    for _ in 0..200 {
+        let (status, _, _) = chat(&env, msg("weighted")).await;
+        assert_eq!(status, 200);
+    }
+    let ups = upstream_models(&env).await;
+    let heavy = ups.iter().filter(|m| *m == "w-heavy").count();
+    // 9:1 expected (180); a wide band keeps this deterministic in practice
+    assert!((140..=200).contains(&heavy), "{heavy} of 200");
+    reset(&env).await;
+    // least outstanding: concurrent slow requests spread over all three deployments
+    let mut tasks = Vec::new();
+    for _ in 0..9 {
+        let http = env.http.clone();
+        let url = format!("{}/v1/chat/completions", env.url);
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(MASTER)
+                .json(&json!({"model": "spread", "messages": [{"role": "user", "content": "hi [mock ttft_ms=300]"}]}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("join").expect("send"), 200);
+    }
+    let ups = upstream_models(&env).await;
+    for m in ["s1", "s2", "s3"] {
+        assert!(ups.iter().any(|u| u == m), "{m} got nothing: {ups:?}");
+    }
+}
