@@ -371,6 +371,48 @@ pub async fn admin_health(State(state): State<AppState>, headers: HeaderMap) -> 
     axum::Json(serde_json::json!({ "deployments": deployments })).into_response()
 }
 
+/// `POST /admin/reload`: reads the config file again; an invalid one is rejected (400, with every
+/// error) and the running config kept. Master key only.
+pub async fn admin_reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let request_id = new_request_id();
+    if let Err(err) = authenticate_admin(&state, &headers) {
+        return ApiError {
+            family: ApiFamily::OpenAi,
+            err,
+            request_id,
+            outcome: None,
+        }
+        .into_response();
+    }
+    match state.reload().await {
+        Ok(done) => axum::Json(serde_json::json!({"status": "reloaded", "models": done.models}))
+            .into_response(),
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!("reload rejected, keeping the running config: {e}");
+            }
+            let mut r = ApiError {
+                family: ApiFamily::OpenAi,
+                err: ProviderError::invalid(format!(
+                    "The new configuration is invalid; the running one is kept. {}",
+                    errors.join("; ")
+                )),
+                request_id,
+                outcome: None,
+            }
+            .into_response();
+            if let Ok(v) = serde_json::to_vec(&serde_json::json!({
+                "error": {"message": "The new configuration is invalid; the running one is kept.",
+                          "type": "invalid_request_error", "param": null, "code": "invalid_config",
+                          "errors": errors}
+            })) {
+                *r.body_mut() = Body::from(v);
+            }
+            r
+        }
+    }
+}
+
 /// The admin API needs the master key; with none configured (loopback only) it is open.
 pub fn authenticate_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ProviderError> {
     authenticate(state, headers)

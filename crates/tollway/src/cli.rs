@@ -98,13 +98,7 @@ fn init_logging(format: &str) {
 }
 
 fn load(path: &Path) -> Result<Config, Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
-    config::parse(&text, &ProcessEnv).map_err(|errs| {
-        errs.iter()
-            .map(|e| format!("{}:{e}", path.display()))
-            .collect()
-    })
+    config::load_file(path, &ProcessEnv)
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -156,6 +150,13 @@ async fn serve(path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Resul
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     let state = AppState::new(runtime);
+    if let Some(p) = path {
+        state.set_config_source(p.to_path_buf(), listen);
+        tokio::spawn(server::reload_on_sighup(state.clone()));
+        if state.runtime().config.server.watch_config {
+            tokio::spawn(server::watch_config_file(state.clone()));
+        }
+    }
     tracing::info!(models = ?state.runtime().model_names(), "tollway listening on http://{local}");
     // Tests and scripts wait for this line on stdout.
     println!("tollway listening on http://{local}");

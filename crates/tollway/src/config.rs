@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub retry_deadline: Duration,
     /// Clients may name `provider/model` directly, besides the configured public names.
     pub direct_models: bool,
+    /// Reload when the config file changes (besides SIGHUP and `POST /admin/reload`).
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +123,8 @@ struct RawServer {
     retry_deadline_secs: Option<u64>,
     #[serde(default)]
     direct_models: Option<bool>,
+    #[serde(default)]
+    watch_config: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -233,6 +237,17 @@ impl Collector<'_> {
             }
         }
     }
+}
+
+/// Reads and validates a config file; errors are prefixed with the file's path.
+pub fn load_file(path: &std::path::Path, env: &dyn EnvSource) -> Result<Config, Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+    parse(&text, env).map_err(|errs| {
+        errs.iter()
+            .map(|e| format!("{}:{e}", path.display()))
+            .collect()
+    })
 }
 
 /// Parses and validates a config file's text. Returns every error found, each with its place.
@@ -493,6 +508,7 @@ fn parse_server(v: Option<Value>, c: &mut Collector<'_>) -> Option<ServerConfig>
             max_attempts: None,
             retry_deadline_secs: None,
             direct_models: None,
+            watch_config: None,
         },
         Some(v) => c.parse::<RawServer>("server", v)?,
     };
@@ -537,6 +553,7 @@ fn parse_server(v: Option<Value>, c: &mut Collector<'_>) -> Option<ServerConfig>
         max_attempts: max_attempts.max(1),
         retry_deadline: Duration::from_secs(raw.retry_deadline_secs.unwrap_or(60)),
         direct_models: raw.direct_models.unwrap_or(false),
+        watch_config: raw.watch_config.unwrap_or(true),
     })
 }
 
@@ -793,6 +810,7 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
             max_attempts: 3,
             retry_deadline: Duration::from_secs(60),
             direct_models: true,
+            watch_config: false,
         },
         storage_url: "sqlite://tollway.db".into(),
         shared_state_url: None,

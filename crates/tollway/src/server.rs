@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,6 +19,7 @@ use tokio::net::TcpListener;
 use tollway_core::ApiFamily;
 
 use crate::api;
+use crate::config::{self, ProcessEnv};
 use crate::runtime::Runtime;
 
 /// Shared by every handler. The runtime sits behind an `ArcSwap` so that a reload can replace it
@@ -30,6 +33,23 @@ pub struct AppState {
 struct Inner {
     runtime: ArcSwap<Runtime>,
     draining: AtomicBool,
+    /// Where the config came from (`None`: built from the environment; nothing to reload).
+    source: std::sync::Mutex<Option<ConfigSource>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+struct ConfigSource {
+    path: PathBuf,
+    /// `--listen` given on the command line (it outlives reloads).
+    listen: Option<SocketAddr>,
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub models: Vec<String>,
 }
 
 impl AppState {
@@ -38,6 +58,8 @@ impl AppState {
             inner: Arc::new(Inner {
                 runtime: ArcSwap::from_pointee(runtime),
                 draining: AtomicBool::new(false),
+                source: std::sync::Mutex::new(None),
+                reloading: tokio::sync::Mutex::new(()),
             }),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -52,6 +74,108 @@ impl AppState {
 
     pub fn draining(&self) -> bool {
         self.inner.draining.load(Ordering::Relaxed)
+    }
+
+    /// Remembers the config file, so that [`AppState::reload`] can read it again.
+    pub fn set_config_source(&self, path: PathBuf, listen: Option<SocketAddr>) {
+        let mut s = self.inner.source.lock().unwrap_or_else(|p| p.into_inner());
+        *s = Some(ConfigSource { path, listen });
+    }
+
+    pub fn config_path(&self) -> Option<PathBuf> {
+        let s = self.inner.source.lock().unwrap_or_else(|p| p.into_inner());
+        s.as_ref().map(|c| c.path.clone())
+    }
+
+    /// Reads the config file again and, when it is valid, swaps in a runtime built from it by
+    /// the start-up code. Requests in flight finish on the runtime they started with; health
+    /// learnt so far is kept. An invalid config changes nothing and returns its errors.
+    pub async fn reload(&self) -> Result<Reloaded, Vec<String>> {
+        let _one = self.inner.reloading.lock().await;
+        let source = {
+            let s = self.inner.source.lock().unwrap_or_else(|p| p.into_inner());
+            s.clone()
+        };
+        let Some(source) = source else {
+            return Err(vec![
+                "the gateway was started without --config: there is no file to reload".into(),
+            ]);
+        };
+        let mut cfg = config::load_file(&source.path, &ProcessEnv)?;
+        let old = self.runtime();
+        let listen = source.listen.unwrap_or(old.config.server.listen);
+        if cfg.server.listen != listen && source.listen.is_none() {
+            tracing::warn!(
+                old = %listen, new = %cfg.server.listen,
+                "server.listen changed: a restart is needed for it to take effect"
+            );
+        }
+        cfg.server.listen = listen;
+        let runtime = Runtime::build_with(cfg, old.health().clone())
+            .await
+            .map_err(|e| vec![e])?;
+        let models = runtime.model_names().to_vec();
+        self.inner.runtime.store(Arc::new(runtime));
+        tracing::info!(?models, "configuration reloaded");
+        Ok(Reloaded { models })
+    }
+
+    /// Reloads and logs the outcome (for signals and the file watcher).
+    pub async fn reload_logged(&self, why: &str) {
+        match self.reload().await {
+            Ok(_) => {}
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!(
+                        trigger = why,
+                        "reload rejected, keeping the running config: {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Reloads the config on every SIGHUP.
+pub async fn reload_on_sighup(state: AppState) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/reload instead");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            state.reload_logged("SIGHUP").await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = state;
+}
+
+/// Polls the config file's modification time and size; reloads when either changes.
+pub async fn watch_config_file(state: AppState) {
+    let Some(path) = state.config_path() else {
+        return;
+    };
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if state.draining() {
+            return;
+        }
+        let now = stamp(&path);
+        if now != last && now.is_some() {
+            last = now;
+            state.reload_logged("file change").await;
+        }
     }
 }
 
@@ -82,6 +206,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/models", get(api::models))
         .route("/admin/health", get(api::admin_health))
+        .route("/admin/reload", post(api::admin_reload))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .fallback(|req: Request| async move {

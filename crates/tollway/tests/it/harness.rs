@@ -17,6 +17,7 @@ pub struct Env {
     pub mock: MockServer,
     pub url: String,
     pub http: reqwest::Client,
+    pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     pub done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -76,7 +77,8 @@ pub async fn start_with(config: impl Fn(&str) -> String) -> Env {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
-    let done = tokio::spawn(tollway::serve(listener, AppState::new(rt), async move {
+    let state = AppState::new(rt);
+    let done = tokio::spawn(tollway::serve(listener, state.clone(), async move {
         let _ = rx.await;
     }));
     Env {
@@ -86,6 +88,7 @@ pub async fn start_with(config: impl Fn(&str) -> String) -> Env {
             .timeout(Duration::from_secs(20))
             .build()
             .expect("client"),
+        state,
         stop: Some(tx),
         done: Some(done),
     }

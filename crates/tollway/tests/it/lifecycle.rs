@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::harness::{config_text, start, MASTER};
 
-fn spawn_listening(cmd: &mut Command, marker: &str) -> (Child, String) {
+pub fn spawn_listening(cmd: &mut Command, marker: &str) -> (Child, String) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -100,7 +100,7 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits_zero() {
 
 /// `tollway-mock` sits next to `tollway` in the target directory (cargo builds both for the
 /// workspace's default members; `cargo build --bins` guarantees it).
-fn mock_bin() -> std::path::PathBuf {
+pub fn mock_bin() -> std::path::PathBuf {
     let gw = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tollway"));
     let path = gw.with_file_name("tollway-mock");
     if !path.exists() {

@@ -3,5 +3,6 @@
 mod bad_input;
 mod harness;
 mod lifecycle;
+mod reload;
 mod routing;
 mod translate;
