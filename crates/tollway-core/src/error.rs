@@ -12,6 +12,12 @@ use std::time::Duration;
 pub enum ErrorKind {
     /// The client's request is invalid (bad field, unknown model, feature the target lacks). 400.
     InvalidRequest,
+    /// The prompt (with `max_tokens`) does not fit the model's context window. 400; a model
+    /// group's `context_window_fallbacks` may still serve it.
+    ContextWindowExceeded,
+    /// The upstream refused the content under its usage policy. 400; a model group's
+    /// `content_policy_fallbacks` may still serve it.
+    ContentPolicy,
     /// The client's credentials are missing or wrong. 401.
     Authentication,
     /// The client may not do this. 403.
@@ -66,6 +72,8 @@ impl ProviderError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         let retry = match kind {
             ErrorKind::InvalidRequest
+            | ErrorKind::ContextWindowExceeded
+            | ErrorKind::ContentPolicy
             | ErrorKind::Authentication
             | ErrorKind::PermissionDenied
             | ErrorKind::NotFound
@@ -111,6 +119,11 @@ impl ProviderError {
         self
     }
 
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
     pub fn with_upstream_status(mut self, status: u16) -> Self {
         self.upstream_status = Some(status);
         self
@@ -144,7 +157,9 @@ impl ProviderError {
     /// The status the gateway answers its client with.
     pub fn http_status(&self) -> u16 {
         match self.kind {
-            ErrorKind::InvalidRequest => 400,
+            ErrorKind::InvalidRequest
+            | ErrorKind::ContextWindowExceeded
+            | ErrorKind::ContentPolicy => 400,
             ErrorKind::Authentication => 401,
             ErrorKind::PermissionDenied => 403,
             ErrorKind::NotFound => 404,

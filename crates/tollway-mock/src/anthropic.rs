@@ -441,6 +441,16 @@ pub async fn messages(State(s): State<Arc<Shared>>, headers: HeaderMap, body: By
         Some(Fault::ErrorEvent) if !r.stream => {
             return fault_error(500, model, None).into_response(seq)
         }
+        Some(Fault::ContextLength) => {
+            return invalid(format!(
+                "prompt is too long: {} tokens > 8192 maximum",
+                r.input_tokens.max(8193)
+            ))
+            .into_response(seq)
+        }
+        Some(Fault::ContentPolicy) => {
+            return invalid("Output blocked by content filtering policy").into_response(seq)
+        }
         _ => {}
     }
 

@@ -16,6 +16,10 @@ pub enum Fault {
     Hang,
     /// Streams: an in-stream error event after `after` tokens.
     ErrorEvent,
+    /// A 400 saying the prompt does not fit the model's context window.
+    ContextLength,
+    /// A 400 refusing the content under the provider's usage policy.
+    ContentPolicy,
 }
 
 /// What a request asked the mock to do. `Default` is the plain, instant answer.
@@ -111,6 +115,8 @@ impl Knobs {
                     "reset" => Some(Fault::Reset),
                     "hang" => Some(Fault::Hang),
                     "error_event" => Some(Fault::ErrorEvent),
+                    "context_length" => Some(Fault::ContextLength),
+                    "content_policy" => Some(Fault::ContentPolicy),
                     "" | "0" | "none" => None,
                     s => match s.parse::<u16>() {
                         Ok(code) if (400..=599).contains(&code) => Some(Fault::Status(code)),

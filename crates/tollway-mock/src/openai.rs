@@ -441,6 +441,26 @@ pub async fn chat(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes)
         Some(Fault::ErrorEvent) if !r.stream => {
             return fault_error(500, model, None).into_response()
         }
+        Some(Fault::ContextLength) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("This model's maximum context length is 8192 tokens. However, your messages resulted in {} tokens. Please reduce the length of the messages.", r.prompt_tokens.max(8193)),
+                "invalid_request_error",
+                Some("messages"),
+                Some("context_length_exceeded"),
+            )
+            .into_response()
+        }
+        Some(Fault::ContentPolicy) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "Your request was rejected as a result of our safety system.",
+                "invalid_request_error",
+                None,
+                Some("content_policy_violation"),
+            )
+            .into_response()
+        }
         _ => {}
     }
 

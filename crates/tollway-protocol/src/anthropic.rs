@@ -818,7 +818,9 @@ pub fn decode_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
 
 fn error_type(kind: ErrorKind) -> &'static str {
     match kind {
-        ErrorKind::InvalidRequest => "invalid_request_error",
+        ErrorKind::InvalidRequest | ErrorKind::ContextWindowExceeded | ErrorKind::ContentPolicy => {
+            "invalid_request_error"
+        }
         ErrorKind::Authentication => "authentication_error",
         ErrorKind::PermissionDenied => "permission_error",
         ErrorKind::NotFound => "not_found_error",
@@ -852,7 +854,16 @@ pub fn decode_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> 
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| fallback_message(status, body));
-    ProviderError::from_upstream_status(status, message, retry_after)
+    let mut e = ProviderError::from_upstream_status(status, message, retry_after);
+    if e.kind == ErrorKind::InvalidRequest {
+        let lower = e.message.to_ascii_lowercase();
+        if lower.contains("prompt is too long") || lower.contains("exceed context limit") {
+            e.kind = ErrorKind::ContextWindowExceeded;
+        } else if lower.contains("content filtering policy") || lower.contains("usage policy") {
+            e.kind = ErrorKind::ContentPolicy;
+        }
+    }
+    e
 }
 
 fn stream_error(v: &Value) -> ProviderError {

@@ -784,6 +784,10 @@ pub fn decode_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
 fn error_type_code(kind: ErrorKind) -> (&'static str, Option<&'static str>) {
     match kind {
         ErrorKind::InvalidRequest => ("invalid_request_error", None),
+        ErrorKind::ContextWindowExceeded => {
+            ("invalid_request_error", Some("context_length_exceeded"))
+        }
+        ErrorKind::ContentPolicy => ("invalid_request_error", Some("content_policy_violation")),
         ErrorKind::Authentication => ("invalid_request_error", Some("invalid_api_key")),
         ErrorKind::PermissionDenied => ("permission_error", Some("permission_denied")),
         ErrorKind::NotFound => ("invalid_request_error", Some("not_found")),
@@ -818,9 +822,21 @@ pub fn decode_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> 
             e => e.get("message").and_then(Value::as_str).map(str::to_string),
         })
         .unwrap_or_else(|| fallback_message(status, body));
+    let code = err.and_then(|e| e.get("code")).and_then(Value::as_str);
     let mut e = ProviderError::from_upstream_status(status, message, retry_after);
     if let Some(p) = err.and_then(|e| e.get("param")).and_then(Value::as_str) {
         e.param = Some(p.to_string());
+    }
+    if e.kind == ErrorKind::InvalidRequest {
+        let lower = e.message.to_ascii_lowercase();
+        if code == Some("context_length_exceeded")
+            || lower.contains("maximum context length")
+            || lower.contains("context window")
+        {
+            e.kind = ErrorKind::ContextWindowExceeded;
+        } else if matches!(code, Some("content_policy_violation" | "content_filter")) {
+            e.kind = ErrorKind::ContentPolicy;
+        }
     }
     e
 }

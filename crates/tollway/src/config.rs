@@ -53,6 +53,10 @@ pub struct ModelConfig {
     pub deployments: Vec<DeploymentConfig>,
     /// Public model names tried, in order, when every deployment failed retriably.
     pub fallbacks: Vec<String>,
+    /// Tried when the prompt does not fit the context window (e.g. larger-context models).
+    pub context_window_fallbacks: Vec<String>,
+    /// Tried when the upstream refuses the content under its usage policy.
+    pub content_policy_fallbacks: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +153,10 @@ struct RawModel {
     deployments: Vec<RawDeployment>,
     #[serde(default)]
     fallbacks: Vec<String>,
+    #[serde(default)]
+    context_window_fallbacks: Vec<String>,
+    #[serde(default)]
+    content_policy_fallbacks: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -449,17 +457,20 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                 capabilities: caps,
             });
         }
-        for (i, f) in raw.fallbacks.iter().enumerate() {
-            if !model_names.contains(f) {
-                c.push(
-                    format!("{base}.fallbacks[{i}]"),
-                    format!("unknown model `{f}`"),
-                );
-            } else if f == &name {
-                c.push(
-                    format!("{base}.fallbacks[{i}]"),
-                    "a model cannot fall back to itself",
-                );
+        for (key, list) in [
+            ("fallbacks", &raw.fallbacks),
+            ("context_window_fallbacks", &raw.context_window_fallbacks),
+            ("content_policy_fallbacks", &raw.content_policy_fallbacks),
+        ] {
+            for (i, f) in list.iter().enumerate() {
+                if !model_names.contains(f) {
+                    c.push(format!("{base}.{key}[{i}]"), format!("unknown model `{f}`"));
+                } else if f == &name {
+                    c.push(
+                        format!("{base}.{key}[{i}]"),
+                        "a model cannot fall back to itself",
+                    );
+                }
             }
         }
         models.insert(
@@ -469,6 +480,8 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                 health,
                 deployments,
                 fallbacks: raw.fallbacks,
+                context_window_fallbacks: raw.context_window_fallbacks,
+                content_policy_fallbacks: raw.content_policy_fallbacks,
             },
         );
     }

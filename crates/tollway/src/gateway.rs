@@ -124,6 +124,34 @@ fn for_deployment(req: &ChatRequest, d: &Deployment) -> ChatRequest {
     r
 }
 
+/// Deployments of the fallbacks configured for this kind of failure (context window, content
+/// policy), under the request's provider restrictions, that the plan does not hold yet.
+fn special_plan(
+    rt: &Runtime,
+    req: &ChatRequest,
+    opts: &RouteOptions,
+    e: &ProviderError,
+    done: &[ErrorKind],
+) -> Vec<Arc<Deployment>> {
+    if done.contains(&e.kind) || !opts.allow_fallbacks {
+        return Vec::new();
+    }
+    let only_group = RouteOptions {
+        models: Vec::new(),
+        allow_fallbacks: false,
+        ..opts.clone()
+    };
+    let mut out = Vec::new();
+    for name in rt.special_fallbacks(&req.model, e.kind) {
+        let mut sub = req.clone();
+        sub.model.clone_from(name);
+        if let Ok(plan) = candidates(rt, &sub, &only_group) {
+            out.extend(plan);
+        }
+    }
+    out
+}
+
 /// Walks the plan: each deployment once, then (budget and deadline allowing) again from the
 /// start with exponential backoff and jitter, skipping deployments that cooled down meanwhile.
 struct Attempts {
@@ -135,6 +163,13 @@ struct Attempts {
 }
 
 impl Attempts {
+    /// Continues with other deployments (a special fallback); they get a fresh walk.
+    fn switch_to(&mut self, plan: Vec<Arc<Deployment>>) {
+        self.plan = plan;
+        self.next = 0;
+        self.round = 0;
+    }
+
     fn new(rt: &Runtime, plan: Vec<Arc<Deployment>>) -> Self {
         Attempts {
             plan,
@@ -217,6 +252,7 @@ pub async fn chat(
 ) -> Result<ChatResponse, ProviderError> {
     let mut attempts = Attempts::new(rt, candidates(rt, &req, opts)?);
     let mut last: Option<ProviderError> = None;
+    let mut special: Vec<ErrorKind> = Vec::new();
     while let Some((d, _in_flight)) = attempts.next(last.as_ref()).await {
         out.attempts += 1;
         out.deployment = Some(d.clone());
@@ -229,7 +265,15 @@ pub async fn chat(
             Err(e) => {
                 d.health.failure(&e, &d.policy, Instant::now());
                 if !e.is_retriable() {
-                    return Err(e);
+                    let more = special_plan(rt, &req, opts, &e, &special);
+                    if more.is_empty() {
+                        return Err(e);
+                    }
+                    tracing::info!(deployment = %d.label, error = %e, "trying the fallbacks for this kind of failure");
+                    special.push(e.kind);
+                    attempts.switch_to(more);
+                    last = Some(e);
+                    continue;
                 }
                 tracing::warn!(deployment = %d.label, error = %e, "attempt failed, trying the next deployment");
                 last = Some(e);
@@ -250,6 +294,7 @@ pub async fn chat_stream(
 ) -> Result<EventStream, ProviderError> {
     let mut attempts = Attempts::new(rt, candidates(rt, &req, opts)?);
     let mut last: Option<ProviderError> = None;
+    let mut special: Vec<ErrorKind> = Vec::new();
     while let Some((d, in_flight)) = attempts.next(last.as_ref()).await {
         out.attempts += 1;
         out.deployment = Some(d.clone());
@@ -280,7 +325,15 @@ pub async fn chat_stream(
             Err(e) => {
                 d.health.failure(&e, &d.policy, Instant::now());
                 if !e.is_retriable() {
-                    return Err(e);
+                    let more = special_plan(rt, &req, opts, &e, &special);
+                    if more.is_empty() {
+                        return Err(e);
+                    }
+                    tracing::info!(deployment = %d.label, error = %e, "trying the fallbacks for this kind of failure");
+                    special.push(e.kind);
+                    attempts.switch_to(more);
+                    last = Some(e);
+                    continue;
                 }
                 tracing::warn!(deployment = %d.label, error = %e, "stream failed before its first event, trying the next deployment");
                 last = Some(e);

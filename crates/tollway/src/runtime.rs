@@ -32,6 +32,8 @@ struct Model {
     strategy: Strategy,
     deployments: Vec<Arc<Deployment>>,
     fallbacks: Vec<String>,
+    context_window_fallbacks: Vec<String>,
+    content_policy_fallbacks: Vec<String>,
 }
 
 /// Per-request routing control, from the optional body fields `models` and `provider`
@@ -128,6 +130,8 @@ impl Runtime {
                     strategy: mc.strategy,
                     deployments,
                     fallbacks: mc.fallbacks.clone(),
+                    context_window_fallbacks: mc.context_window_fallbacks.clone(),
+                    content_policy_fallbacks: mc.content_policy_fallbacks.clone(),
                 },
             );
             model_names.push(name.clone());
@@ -250,6 +254,19 @@ impl Runtime {
             .with_param("provider"));
         }
         Ok(Plan { tries, cooling })
+    }
+
+    /// The models to try when `name`'s answer failed with `kind` (context window or content
+    /// policy), per its `context_window_fallbacks` / `content_policy_fallbacks`.
+    pub fn special_fallbacks(&self, name: &str, kind: ErrorKind) -> &[String] {
+        let Some(m) = self.models.get(name) else {
+            return &[];
+        };
+        match kind {
+            ErrorKind::ContextWindowExceeded => &m.context_window_fallbacks,
+            ErrorKind::ContentPolicy => &m.content_policy_fallbacks,
+            _ => &[],
+        }
     }
 
     /// The error when every deployment of a model is cooling down.

@@ -434,3 +434,34 @@ fn client_streams_encode_and_decode_back() {
     .unwrap();
     assert_eq!(v["error"]["message"], "slow");
 }
+
+#[test]
+fn context_window_and_content_policy_errors_are_recognised_in_both_formats() {
+    let e = decode_error(
+        400,
+        br#"{"error": {"message": "This model's maximum context length is 8192 tokens.", "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}"#,
+        None,
+    );
+    assert_eq!(e.kind, ErrorKind::ContextWindowExceeded);
+    assert_eq!(e.http_status(), 400);
+    assert!(!e.is_retriable());
+    let e = decode_error(
+        400,
+        br#"{"error": {"message": "rejected", "type": "invalid_request_error", "code": "content_policy_violation"}}"#,
+        None,
+    );
+    assert_eq!(e.kind, ErrorKind::ContentPolicy);
+    let e = crate::anthropic::decode_error(
+        400,
+        br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 210000 tokens > 200000 maximum"}}"#,
+        None,
+    );
+    assert_eq!(e.kind, ErrorKind::ContextWindowExceeded);
+    let v: Value = serde_json::from_slice(&encode_error(&e)).unwrap();
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    // an ordinary 400 stays one
+    assert_eq!(
+        decode_error(400, br#"{"error": {"message": "bad"}}"#, None).kind,
+        ErrorKind::InvalidRequest
+    );
+}

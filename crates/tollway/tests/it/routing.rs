@@ -38,6 +38,17 @@ models:
     fallbacks: [backup]
   backup:
     deployments: [{{ provider: c, model: backup-model }}]
+  small-context:
+    context_window_fallbacks: [big-context]
+    deployments: [{{ provider: a, model: "small?fault=context_length" }}]
+  small-context-anthropic:
+    context_window_fallbacks: [big-context]
+    deployments: [{{ provider: b, model: "small-a?fault=context_length" }}]
+  big-context: {{ deployments: [{{ provider: c, model: big }}] }}
+  strict:
+    content_policy_fallbacks: [lenient]
+    deployments: [{{ provider: a, model: "strict?fault=content_policy" }}]
+  lenient: {{ deployments: [{{ provider: b, model: lenient }}] }}
   weighted:
     strategy: weighted
     deployments:
@@ -295,4 +306,56 @@ async fn weighted_and_least_outstanding_spread_traffic() {
     for m in ["s1", "s2", "s3"] {
         assert!(ups.iter().any(|u| u == m), "{m} got nothing: {ups:?}");
     }
+}
+
+#[tokio::test]
+async fn context_window_and_content_policy_failures_use_their_own_fallbacks() {
+    let env = start_with(config).await;
+    for model in ["small-context", "small-context-anthropic"] {
+        let (status, h, body) = chat(&env, msg(model)).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        assert_eq!(header(&h, "x-tollway-model"), "c/big");
+        assert_eq!(header(&h, "x-tollway-attempts"), "2");
+    }
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "strict", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(r.headers(), "x-tollway-model"), "b/lenient");
+    // without a configured fallback the client gets the 400 with the upstream's reason
+    let (status, _, body) = chat(&env, msg("big-context")).await;
+    assert_eq!(status, 200, "{body}");
+    let mut b = msg("small-context");
+    b["provider"] = json!({"allow_fallbacks": false});
+    let (status, _, body) = chat(&env, b).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("maximum context length"));
+    // these are the request's fault, not the deployment's: no cooldown
+    let (status, _, _) = chat(&env, msg("small-context")).await;
+    assert_eq!(status, 200);
+    let v: Value = env
+        .http
+        .get(format!("{}/admin/health", env.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        v["deployments"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|d| d["state"] == "healthy"),
+        "{v}"
+    );
 }
