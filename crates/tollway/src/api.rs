@@ -20,6 +20,7 @@ pub const H_REQUEST_ID: &str = "x-tollway-request-id";
 pub const H_MODEL: &str = "x-tollway-model";
 pub const H_PROVIDER: &str = "x-tollway-provider";
 pub const H_ATTEMPTS: &str = "x-tollway-attempts";
+pub const H_ROUTE: &str = "x-tollway-route";
 
 fn new_request_id() -> String {
     format!("req_{}", uuid::Uuid::new_v4().simple())
@@ -65,6 +66,13 @@ fn set_ids(h: &mut HeaderMap, request_id: &str, outcome: Option<&Outcome>) {
     }
     if let Some(o) = outcome {
         h.insert(H_ATTEMPTS, HeaderValue::from(o.attempts));
+        if let Some(v) = o
+            .route
+            .as_deref()
+            .and_then(|r| HeaderValue::from_str(r).ok())
+        {
+            h.insert(H_ROUTE, v);
+        }
         if let Some(d) = &o.deployment {
             if let Ok(v) = HeaderValue::from_str(&d.label) {
                 h.insert(H_MODEL, v);
@@ -207,6 +215,10 @@ async fn chat(state: AppState, family: ApiFamily, headers: HeaderMap, body: Body
     // Hold the runtime for the whole request: a reload swaps in a new one without disturbing it.
     let rt = state.runtime();
     let mut outcome = Outcome::default();
+    if let Some((target, why)) = rt.route(&req, &headers) {
+        req.model = target;
+        outcome.route = Some(why);
+    }
     if req.stream {
         let include_usage = req.include_usage;
         match gateway::chat_stream(&rt, req, &opts, &mut outcome).await {

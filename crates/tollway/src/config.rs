@@ -14,6 +14,7 @@ use tollway_core::{ApiFamily, Capabilities};
 use tollway_providers::{AnthropicConfig, OpenAiConfig, ProviderConfig, Secret, Timeouts};
 
 use crate::routing::{HealthPolicy, Strategy};
+use crate::rules::{RawRouter, Rule, RulesRouter};
 
 /// Default body limit for requests: 32 MiB (a few base64 images fit; a runaway upload does not).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -26,6 +27,8 @@ pub struct Config {
     pub shared_state_url: Option<String>,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
+    /// Public names that choose a model group per request (see `rules`).
+    pub routers: BTreeMap<String, RulesRouter>,
 }
 
 #[derive(Debug, Clone)]
@@ -193,7 +196,7 @@ const SECTIONS: &[&str] = &[
     "teams",
     "budgets",
 ];
-const NOT_YET: &[&str] = &["routers", "prices", "keys", "teams", "budgets"];
+const NOT_YET: &[&str] = &["prices", "keys", "teams", "budgets"];
 
 /// Default capabilities of a provider kind (a deployment may narrow or widen them).
 pub fn default_capabilities(p: &ProviderConfig) -> Capabilities {
@@ -486,6 +489,47 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
         );
     }
 
+    let mut routers = BTreeMap::new();
+    for (name, v) in entries(sections.remove("routers"), "routers", &mut c) {
+        let base = format!("routers.{name}");
+        let Some(raw) = c.parse::<RawRouter>(&base, v) else {
+            continue;
+        };
+        if model_names.contains(&name) {
+            c.push(base.clone(), format!("`{name}` is already a model name"));
+        }
+        if raw.kind != "rules" {
+            c.push(
+                format!("{base}.kind"),
+                format!(
+                    "router kind `{}` is not supported by this version (supported: rules)",
+                    raw.kind
+                ),
+            );
+            continue;
+        }
+        let check_target = |path: String, t: &str, c: &mut Collector<'_>| {
+            if !model_names.iter().any(|m| m == t) {
+                c.push(path, format!("unknown model `{t}`"));
+            }
+        };
+        let mut rules = Vec::new();
+        for (i, r) in raw.rules.into_iter().enumerate() {
+            check_target(format!("{base}.rules[{i}].to"), &r.to, &mut c);
+            rules.push(Rule {
+                name: r.name.unwrap_or_else(|| i.to_string()),
+                when: r.when,
+                to: r.to,
+            });
+        }
+        let Some(default) = raw.default else {
+            c.push(format!("{base}.default"), "a router needs a default model");
+            continue;
+        };
+        check_target(format!("{base}.default"), &default, &mut c);
+        routers.insert(name, RulesRouter { rules, default });
+    }
+
     if c.errors.is_empty() {
         if let Some(server) = server {
             if server.master_key.is_none() && !server.listen.ip().is_loopback() {
@@ -503,6 +547,7 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                     shared_state_url,
                     providers,
                     models,
+                    routers,
                 });
             }
         }
@@ -829,6 +874,7 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
         shared_state_url: None,
         providers,
         models: BTreeMap::new(),
+        routers: BTreeMap::new(),
     })
 }
 
@@ -947,7 +993,7 @@ models:
 
     #[test]
     fn unknown_and_unsupported_sections_are_errors() {
-        let errs = parse("providerz: {}\nrouters: {}\n", &env(&[])).unwrap_err();
+        let errs = parse("providerz: {}\nprices: {}\n", &env(&[])).unwrap_err();
         assert_eq!(errs.len(), 2);
         assert!(errs[0].message.contains("unknown section `providerz`"));
         assert!(errs[1].message.contains("not supported"));

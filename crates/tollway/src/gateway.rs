@@ -19,6 +19,8 @@ use crate::runtime::{Deployment, RouteOptions, Runtime};
 pub struct Outcome {
     pub attempts: u32,
     pub deployment: Option<Arc<Deployment>>,
+    /// For requests to a router: which router chose, and why (`x-tollway-route`).
+    pub route: Option<String>,
 }
 
 fn bad(param: &str, msg: impl std::fmt::Display) -> ProviderError {

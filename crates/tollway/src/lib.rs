@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod routing;
+pub mod rules;
 pub mod runtime;
 pub mod server;
 

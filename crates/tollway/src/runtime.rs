@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollway_core::{Capabilities, ErrorKind, Provider, ProviderError, Retry};
+use tollway_core::{Capabilities, ChatRequest, ErrorKind, Provider, ProviderError, Retry};
 use tollway_providers::{ProviderConfig, Secret};
 
 use crate::config::{default_capabilities, Config};
@@ -136,6 +136,7 @@ impl Runtime {
             );
             model_names.push(name.clone());
         }
+        model_names.extend(config.routers.keys().cloned());
         Ok(Runtime {
             config,
             providers,
@@ -144,6 +145,17 @@ impl Runtime {
             _mock: mock,
             health,
         })
+    }
+
+    /// When `req.model` names a rule-based router: the model group it chooses for this request,
+    /// and the `x-tollway-route` text.
+    pub fn route(
+        &self,
+        req: &ChatRequest,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<(String, String)> {
+        let router = self.config.routers.get(&req.model)?;
+        Some(router.choose(&req.model, req, headers))
     }
 
     pub fn health(&self) -> &Arc<HealthRegistry> {

@@ -54,6 +54,14 @@ models:
     deployments:
       - {{ provider: a, model: w-heavy, weight: 9 }}
       - {{ provider: c, model: w-light, weight: 1 }}
+routers:
+  auto-rules:
+    kind: rules
+    default: backup
+    rules:
+      - {{ name: batch, when: {{ headers: {{ x-tollway-tier: batch }} }}, to: weighted }}
+      - {{ name: long, when: {{ min_prompt_tokens: 500 }}, to: big-context }}
+      - {{ name: agents, when: {{ has_tools: true }}, to: lenient }}
 "#
     )
 }
@@ -358,4 +366,55 @@ async fn context_window_and_content_policy_failures_use_their_own_fallbacks() {
             .all(|d| d["state"] == "healthy"),
         "{v}"
     );
+}
+
+#[tokio::test]
+async fn rule_based_routers_choose_by_metadata_and_say_why() {
+    let env = start_with(config).await;
+    let (status, h, body) = chat(&env, msg("auto-rules")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&h, "x-tollway-model"), "c/backup-model");
+    assert!(
+        header(&h, "x-tollway-route").starts_with("router=auto-rules; rule=default; target=backup")
+    );
+    let r = env
+        .http
+        .post(format!("{}/v1/chat/completions", env.url))
+        .bearer_auth(MASTER)
+        .header("x-tollway-tier", "batch")
+        .json(&msg("auto-rules"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        header(r.headers(), "x-tollway-route").split("; ").nth(1),
+        Some("rule=batch")
+    );
+    assert!(header(r.headers(), "x-tollway-model").contains("/w-"));
+    let long = json!({"model": "auto-rules", "messages": [{"role": "user", "content": "word ".repeat(600)}]});
+    let (_, h, _) = chat(&env, long).await;
+    assert_eq!(header(&h, "x-tollway-model"), "c/big");
+    assert!(header(&h, "x-tollway-route").contains("rule=long"));
+    let (_, h, _) = env
+        .anthropic(json!({"model": "auto-rules", "max_tokens": 20,
+            "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert!(header(&h, "x-tollway-route").contains("rule=agents; target=lenient"));
+    // routers are listed with the models
+    let v: Value = env
+        .http
+        .get(format!("{}/v1/models", env.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("json");
+    assert!(v["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .any(|m| m["id"] == "auto-rules"));
 }

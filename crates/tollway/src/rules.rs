@@ -1,0 +1,215 @@
+//! Rule-based routers: a public model name whose requests go to one of several model groups,
+//! chosen by the first rule whose conditions all hold (request metadata headers, prompt size,
+//! tools, images), else the router's default. The choice is shown in `x-tollway-route`.
+
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use tollway_core::{ChatRequest, Part};
+
+/// One router as the config file spells it (`routers.NAME`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouter {
+    pub kind: String,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub when: Conditions,
+    pub to: String,
+}
+
+/// Every condition given must hold (an empty set always holds).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Conditions {
+    /// Request headers that must have exactly these values (names are case-insensitive),
+    /// e.g. `x-tollway-tier: batch`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Estimated prompt tokens at least / below this many.
+    #[serde(default)]
+    pub min_prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub max_prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub has_tools: Option<bool>,
+    #[serde(default)]
+    pub has_images: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub when: Conditions,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RulesRouter {
+    pub rules: Vec<Rule>,
+    pub default: String,
+}
+
+/// A rough prompt-size estimate (about four characters a token, plus a few per message and a
+/// flat amount per image), enough to route by; not used for billing.
+pub fn estimate_prompt_tokens(req: &ChatRequest) -> u64 {
+    let mut chars = 0usize;
+    let mut extra = 0u64;
+    let count = |p: &Part, chars: &mut usize, extra: &mut u64| match p {
+        Part::Text { text, .. } => *chars += text.len(),
+        Part::Image(_) => *extra += 765,
+        Part::ToolCall(c) => *chars += c.name.len() + c.arguments.len(),
+        Part::Thinking { text, .. } => *chars += text.len(),
+        Part::ToolResult(_) => {}
+    };
+    for m in &req.messages {
+        extra += 4;
+        for p in &m.content {
+            if let Part::ToolResult(r) = p {
+                for q in &r.content {
+                    count(q, &mut chars, &mut extra);
+                }
+            } else {
+                count(p, &mut chars, &mut extra);
+            }
+        }
+    }
+    for t in &req.tools {
+        chars += t.name.len() + t.description.as_ref().map_or(0, String::len);
+        chars += t.parameters.to_string().len();
+    }
+    (chars as u64).div_ceil(4) + extra
+}
+
+impl Conditions {
+    fn holds(&self, req: &ChatRequest, headers: &HeaderMap, tokens: u64) -> bool {
+        self.headers.iter().all(|(k, v)| {
+            headers
+                .get(k.as_str())
+                .and_then(|h| h.to_str().ok())
+                .is_some_and(|h| h == v)
+        }) && self.min_prompt_tokens.is_none_or(|n| tokens >= n)
+            && self.max_prompt_tokens.is_none_or(|n| tokens < n)
+            && self.has_tools.is_none_or(|b| b == !req.tools.is_empty())
+            && self.has_images.is_none_or(|b| b == req.has_images())
+    }
+}
+
+impl RulesRouter {
+    /// The target model group and the `x-tollway-route` text saying why.
+    pub fn choose(&self, router: &str, req: &ChatRequest, headers: &HeaderMap) -> (String, String) {
+        let tokens = estimate_prompt_tokens(req);
+        for r in &self.rules {
+            if r.when.holds(req, headers, tokens) {
+                return (
+                    r.to.clone(),
+                    format!(
+                        "router={router}; rule={}; target={}; prompt_tokens~{tokens}",
+                        r.name, r.to
+                    ),
+                );
+            }
+        }
+        (
+            self.default.clone(),
+            format!(
+                "router={router}; rule=default; target={}; prompt_tokens~{tokens}",
+                self.default
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollway_core::{ImageSource, Message, Role, ToolDef};
+
+    fn router() -> RulesRouter {
+        RulesRouter {
+            rules: vec![
+                Rule {
+                    name: "batch".into(),
+                    when: Conditions {
+                        headers: [("x-tier".to_string(), "batch".to_string())].into(),
+                        ..Conditions::default()
+                    },
+                    to: "cheap".into(),
+                },
+                Rule {
+                    name: "long".into(),
+                    when: Conditions {
+                        min_prompt_tokens: Some(1000),
+                        ..Conditions::default()
+                    },
+                    to: "long-context".into(),
+                },
+                Rule {
+                    name: "vision".into(),
+                    when: Conditions {
+                        has_images: Some(true),
+                        ..Conditions::default()
+                    },
+                    to: "vision".into(),
+                },
+                Rule {
+                    name: "agent".into(),
+                    when: Conditions {
+                        has_tools: Some(true),
+                        max_prompt_tokens: Some(1000),
+                        ..Conditions::default()
+                    },
+                    to: "tools".into(),
+                },
+            ],
+            default: "standard".into(),
+        }
+    }
+
+    #[test]
+    fn the_first_matching_rule_wins_else_the_default() {
+        let r = router();
+        let none = HeaderMap::new();
+        let plain = ChatRequest::simple("auto", "hello");
+        assert_eq!(r.choose("auto", &plain, &none).0, "standard");
+        let mut batch = HeaderMap::new();
+        batch.insert("x-tier", "batch".parse().unwrap());
+        let (to, why) = r.choose("auto", &plain, &batch);
+        assert_eq!(to, "cheap");
+        assert!(
+            why.starts_with("router=auto; rule=batch; target=cheap"),
+            "{why}"
+        );
+        let long = ChatRequest::simple("auto", "x".repeat(8000));
+        assert_eq!(r.choose("auto", &long, &none).0, "long-context");
+        let mut img = ChatRequest::simple("auto", "look");
+        img.messages.push(Message {
+            role: Role::User,
+            content: vec![Part::Image(ImageSource::Url("https://x/y.png".into()))],
+        });
+        assert_eq!(r.choose("auto", &img, &none).0, "vision");
+        let mut tools = ChatRequest::simple("auto", "call it");
+        tools.tools.push(ToolDef {
+            name: "f".into(),
+            description: None,
+            parameters: serde_json::json!({"type": "object"}),
+            strict: None,
+        });
+        assert_eq!(r.choose("auto", &tools, &none).0, "tools");
+    }
+
+    #[test]
+    fn prompt_estimates_grow_with_the_prompt() {
+        let a = estimate_prompt_tokens(&ChatRequest::simple("m", "hi"));
+        let b = estimate_prompt_tokens(&ChatRequest::simple("m", "hi ".repeat(400)));
+        assert!(a < 10 && b > 250, "{a} {b}");
+    }
+}
