@@ -98,7 +98,7 @@ impl Conditions {
                 .is_some_and(|h| h == v)
         }) && self.min_prompt_tokens.is_none_or(|n| tokens >= n)
             && self.max_prompt_tokens.is_none_or(|n| tokens < n)
-            && self.has_tools.is_none_or(|b| b == !req.tools.is_empty())
+            && self.has_tools.is_none_or(|b| b != req.tools.is_empty())
             && self.has_images.is_none_or(|b| b == req.has_images())
     }
 }
