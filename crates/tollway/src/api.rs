@@ -183,6 +183,25 @@ pub async fn messages(State(state): State<AppState>, headers: HeaderMap, body: B
 }
 
 async fn chat(state: AppState, family: ApiFamily, headers: HeaderMap, body: Body) -> Response {
+    let resp = chat_inner(&state, family, headers, body).await;
+    let attempts = resp
+        .headers()
+        .get(H_ATTEMPTS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    state
+        .metrics()
+        .request(family, resp.status().as_u16(), attempts);
+    resp
+}
+
+async fn chat_inner(
+    state: &AppState,
+    family: ApiFamily,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let request_id = new_request_id();
     let fail = |err: ProviderError, outcome: Option<Outcome>| {
         ApiError {
@@ -193,10 +212,10 @@ async fn chat(state: AppState, family: ApiFamily, headers: HeaderMap, body: Body
         }
         .into_response()
     };
-    if let Err(e) = authenticate(&state, &headers) {
+    if let Err(e) = authenticate(state, &headers) {
         return fail(e, None);
     }
-    let bytes = match read_body(&state, &headers, body).await {
+    let bytes = match read_body(state, &headers, body).await {
         Ok(b) => b,
         Err(e) => return fail(e, None),
     };
@@ -428,6 +447,26 @@ pub async fn admin_reload(State(state): State<AppState>, headers: HeaderMap) -> 
 /// The admin API needs the master key; with none configured (loopback only) it is open.
 pub fn authenticate_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ProviderError> {
     authenticate(state, headers)
+}
+
+/// `GET /metrics`: Prometheus text format. Needs the master key when one is set.
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(err) = authenticate_admin(&state, &headers) {
+        return ApiError {
+            family: ApiFamily::OpenAi,
+            err,
+            request_id: new_request_id(),
+            outcome: None,
+        }
+        .into_response();
+    }
+    let rt = state.runtime();
+    let mut r = Response::new(Body::from(state.metrics().render(rt.health())));
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
 }
 
 pub async fn healthz() -> impl IntoResponse {

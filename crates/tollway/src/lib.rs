@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod metrics;
 pub mod routing;
 pub mod rules;
 pub mod runtime;

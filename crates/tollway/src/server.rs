@@ -37,6 +37,7 @@ struct Inner {
     source: std::sync::Mutex<Option<ConfigSource>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    metrics: crate::metrics::Metrics,
 }
 
 #[derive(Clone)]
@@ -60,6 +61,7 @@ impl AppState {
                 draining: AtomicBool::new(false),
                 source: std::sync::Mutex::new(None),
                 reloading: tokio::sync::Mutex::new(()),
+                metrics: crate::metrics::Metrics::default(),
             }),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -70,6 +72,10 @@ impl AppState {
 
     pub fn runtime(&self) -> Arc<Runtime> {
         self.inner.runtime.load_full()
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     pub fn draining(&self) -> bool {
@@ -207,6 +213,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(api::models))
         .route("/admin/health", get(api::admin_health))
         .route("/admin/reload", post(api::admin_reload))
+        .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .fallback(|req: Request| async move {

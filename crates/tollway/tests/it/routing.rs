@@ -164,6 +164,32 @@ async fn a_429_storm_honours_retry_after_and_moves_traffic() {
         .expect("listed");
     assert_eq!(fine["state"], "healthy");
     assert_eq!(fine["successes"], 20);
+    // and Prometheus sees the same
+    let text = env
+        .http
+        .get(format!("{}/metrics", env.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains(
+            "tollway_deployment_up{deployment=\"a/m-limited?fault=429&retry_after=30\"} 0"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("tollway_deployment_up{deployment=\"c/m-fine\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tollway_requests_total{api=\"openai\",status=\"2xx\"} 20"),
+        "{text}"
+    );
+    assert!(text.contains("tollway_failovers_total 1"), "{text}");
     // and it needs the master key
     let r = env
         .http
