@@ -991,6 +991,28 @@ models:
         assert!(e[0].message.contains("`nowhere`"));
     }
 
+    /// The complete example in docs/config.md is a valid config.
+    #[test]
+    fn the_documented_example_is_valid() {
+        let doc = include_str!("../../../docs/config.md");
+        let start = doc.find("```yaml\n").expect("yaml block") + "```yaml\n".len();
+        let end = start + doc[start..].find("```").expect("block end");
+        let e = env(&[
+            ("TOLLWAY_MASTER_KEY", "sk-master-123"),
+            ("OPENAI_API_KEY", "sk-o"),
+            ("ANTHROPIC_API_KEY", "sk-a"),
+            ("ANTHROPIC_EU_API_KEY", "sk-a2"),
+            ("GROQ_API_KEY", "gsk"),
+        ]);
+        let c = match parse(&doc[start..end], &e) {
+            Ok(c) => c,
+            Err(errs) => panic!("{errs:?}"),
+        };
+        assert_eq!(c.models["sonnet"].strategy, Strategy::LowestLatency);
+        assert_eq!(c.models["gpt"].deployments[0].weight, 3);
+        assert!(c.routers.contains_key("auto"));
+    }
+
     #[test]
     fn unknown_and_unsupported_sections_are_errors() {
         let errs = parse("providerz: {}\nprices: {}\n", &env(&[])).unwrap_err();
