@@ -1,0 +1,295 @@
+//! Virtual keys: generated with 240 bits from the OS's random source, shown once, stored as a
+//! SHA-256 hash (the secret is high-entropy, so a fast hash is as safe as a slow one and keeps
+//! lookups cheap). A key belongs to a team and carries its allowed models and providers, rate
+//! limits, budget and expiry.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::{now_ms, Result, Store, StoreError};
+
+pub const SECRET_PREFIX: &str = "sk-tw-";
+const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A new secret: `sk-tw-` and 40 base-62 characters (~238 bits).
+pub fn generate_secret() -> String {
+    let mut bytes = [0u8; 40];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // No OS randomness is not something to limp on with a weak key.
+        panic!("the operating system's random source is unavailable");
+    }
+    let mut s = String::with_capacity(SECRET_PREFIX.len() + 40);
+    s.push_str(SECRET_PREFIX);
+    for b in bytes {
+        // 256 % 62 bias is < 2^-5 per char on 238 bits; irrelevant for a bearer secret.
+        s.push(ALPHABET[usize::from(b) % ALPHABET.len()] as char);
+    }
+    s
+}
+
+/// Hex SHA-256 of a secret: what is stored and looked up.
+pub fn hash_secret(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// A stored key (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyRecord {
+    pub id: String,
+    /// The secret's first characters, to recognise it (`sk-tw-AbCd…`).
+    pub prefix: String,
+    pub name: String,
+    pub team: Option<String>,
+    /// Public model names this key may use; empty: all.
+    pub models: Vec<String>,
+    /// Provider accounts this key's requests may reach; empty: all.
+    pub providers: Vec<String>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub budget_micros: Option<i64>,
+    /// `daily`, `weekly`, `monthly` or `total`.
+    pub budget_period: Option<String>,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub revoked_ms: Option<i64>,
+    #[serde(skip)]
+    pub hash: String,
+}
+
+impl KeyRecord {
+    pub fn active(&self, now_ms: i64) -> bool {
+        self.revoked_ms.is_none() && self.expires_ms.is_none_or(|e| now_ms < e)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewKey {
+    pub name: String,
+    pub team: Option<String>,
+    pub models: Vec<String>,
+    pub providers: Vec<String>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub budget_micros: Option<i64>,
+    pub budget_period: Option<String>,
+    pub expires_ms: Option<i64>,
+}
+
+const PERIODS: &[&str] = &["daily", "weekly", "monthly", "total"];
+
+fn list_text(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+fn list_parse(s: &str) -> Vec<String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+fn opt_u64(v: Option<i64>) -> Option<u64> {
+    v.and_then(|x| u64::try_from(x).ok())
+}
+
+fn to_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|x| i64::try_from(x).unwrap_or(i64::MAX))
+}
+
+fn record(row: &sqlx::any::AnyRow) -> Result<KeyRecord> {
+    Ok(KeyRecord {
+        id: row.try_get("id")?,
+        hash: row.try_get("hash")?,
+        prefix: row.try_get("prefix")?,
+        name: row.try_get("name")?,
+        team: row.try_get("team")?,
+        models: list_parse(&row.try_get::<String, _>("models")?),
+        providers: list_parse(&row.try_get::<String, _>("providers")?),
+        rpm: opt_u64(row.try_get("rpm")?),
+        tpm: opt_u64(row.try_get("tpm")?),
+        budget_micros: row.try_get("budget_micros")?,
+        budget_period: row.try_get("budget_period")?,
+        created_ms: row.try_get("created_ms")?,
+        expires_ms: row.try_get("expires_ms")?,
+        revoked_ms: row.try_get("revoked_ms")?,
+    })
+}
+
+const COLUMNS: &str = "id, hash, prefix, name, team, models, providers, rpm, tpm, budget_micros, \
+                       budget_period, created_ms, expires_ms, revoked_ms";
+
+impl Store {
+    /// Creates a key; returns it with its secret, which is never stored and cannot be shown again.
+    pub async fn create_key(&self, k: NewKey) -> Result<(KeyRecord, String)> {
+        if let Some(p) = &k.budget_period {
+            if !PERIODS.contains(&p.as_str()) {
+                return Err(StoreError::Invalid(format!(
+                    "budget period `{p}` must be one of daily, weekly, monthly, total"
+                )));
+            }
+        }
+        if k.budget_period.is_some() != k.budget_micros.is_some() {
+            return Err(StoreError::Invalid(
+                "a budget needs both an amount and a period".into(),
+            ));
+        }
+        let secret = generate_secret();
+        let rec = KeyRecord {
+            id: format!("key_{}", &hash_secret(&secret)[..16]),
+            hash: hash_secret(&secret),
+            prefix: format!("{}…", &secret[..SECRET_PREFIX.len() + 4]),
+            name: k.name,
+            team: k.team,
+            models: k.models,
+            providers: k.providers,
+            rpm: k.rpm,
+            tpm: k.tpm,
+            budget_micros: k.budget_micros,
+            budget_period: k.budget_period,
+            created_ms: now_ms(),
+            expires_ms: k.expires_ms,
+            revoked_ms: None,
+        };
+        sqlx::query(&format!(
+            "INSERT INTO tollway_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        ))
+        .bind(&rec.id)
+        .bind(&rec.hash)
+        .bind(&rec.prefix)
+        .bind(&rec.name)
+        .bind(rec.team.clone())
+        .bind(list_text(&rec.models))
+        .bind(list_text(&rec.providers))
+        .bind(to_i64(rec.rpm))
+        .bind(to_i64(rec.tpm))
+        .bind(rec.budget_micros)
+        .bind(rec.budget_period.clone())
+        .bind(rec.created_ms)
+        .bind(rec.expires_ms)
+        .bind(rec.revoked_ms)
+        .execute(self.pool())
+        .await?;
+        Ok((rec, secret))
+    }
+
+    /// Every key, revoked ones included, oldest first.
+    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tollway_keys ORDER BY created_ms, id"
+        ))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(record).collect()
+    }
+
+    pub async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tollway_keys WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    /// Revokes a key at once. `false` when there is no such (unrevoked) key.
+    pub async fn revoke_key(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE tollway_keys SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Gives a key a new secret (same id, team, limits and budget); the old secret stops working.
+    pub async fn rotate_key(&self, id: &str) -> Result<Option<(KeyRecord, String)>> {
+        let secret = generate_secret();
+        let hash = hash_secret(&secret);
+        let prefix = format!("{}…", &secret[..SECRET_PREFIX.len() + 4]);
+        let r = sqlx::query(
+            "UPDATE tollway_keys SET hash = $1, prefix = $2 WHERE id = $3 AND revoked_ms IS NULL",
+        )
+        .bind(&hash)
+        .bind(&prefix)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(None);
+        }
+        Ok(self.get_key(id).await?.map(|k| (k, secret)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    #[test]
+    fn secrets_are_long_random_and_hashed() {
+        let a = generate_secret();
+        let b = generate_secret();
+        assert_ne!(a, b);
+        assert!(a.starts_with(SECRET_PREFIX) && a.len() == SECRET_PREFIX.len() + 40);
+        assert_eq!(
+            hash_secret("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    async fn lifecycle(store: Store) {
+        let (k, secret) = store
+            .create_key(NewKey {
+                name: "ci".into(),
+                team: Some("platform".into()),
+                models: vec!["gpt".into()],
+                rpm: Some(60),
+                budget_micros: Some(5_000_000),
+                budget_period: Some("monthly".into()),
+                ..NewKey::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(k.hash, hash_secret(&secret));
+        assert!(k.prefix.starts_with(&secret[..10]));
+        let all = store.list_keys().await.unwrap();
+        assert_eq!(all, vec![k.clone()]);
+        // nothing stored contains the secret
+        assert!(!format!("{all:?}").contains(&secret[SECRET_PREFIX.len()..]));
+        let (rotated, new_secret) = store.rotate_key(&k.id).await.unwrap().unwrap();
+        assert_ne!(new_secret, secret);
+        assert_eq!(rotated.id, k.id);
+        assert_eq!(rotated.hash, hash_secret(&new_secret));
+        assert_eq!(rotated.budget_micros, Some(5_000_000));
+        assert!(store.revoke_key(&k.id).await.unwrap());
+        assert!(!store.revoke_key(&k.id).await.unwrap(), "already revoked");
+        let got = store.get_key(&k.id).await.unwrap().unwrap();
+        assert!(!got.active(now_ms()));
+        assert!(store.rotate_key(&k.id).await.unwrap().is_none());
+        let bad = store
+            .create_key(NewKey {
+                name: "x".into(),
+                budget_micros: Some(1),
+                budget_period: Some("hourly".into()),
+                ..NewKey::default()
+            })
+            .await;
+        assert!(matches!(bad, Err(StoreError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn key_lifecycle_on_sqlite() {
+        lifecycle(testing::sqlite().await).await;
+    }
+
+    #[tokio::test]
+    async fn key_lifecycle_on_postgres() {
+        lifecycle(testing::postgres().await).await;
+    }
+}

@@ -1,0 +1,521 @@
+//! The usage ledger: one row per client request, written in batches by [`LedgerWriter`] off the
+//! request path, idempotent by request id (a retried flush never double-counts), and the reports
+//! that read it.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::Row;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::{Result, Store, StoreError};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LedgerRow {
+    pub request_id: String,
+    pub ts_ms: i64,
+    pub key_id: Option<String>,
+    pub team: Option<String>,
+    /// The public model name the client asked for.
+    pub model: String,
+    /// The provider account that answered (empty when none did).
+    pub provider: String,
+    /// `provider/upstream-model` that answered.
+    pub deployment: String,
+    /// `openai` or `anthropic` (the client's API).
+    pub api: String,
+    pub status: i64,
+    pub stream: bool,
+    pub attempts: i64,
+    pub latency_ms: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub reasoning_tokens: i64,
+    /// `None`: the price is unknown.
+    pub cost_micros: Option<i64>,
+    /// Usage was estimated locally (the provider reported none).
+    pub cost_estimated: bool,
+}
+
+const INSERT: &str =
+    "INSERT INTO tollway_ledger (request_id, ts_ms, key_id, team, model, provider, \
+    deployment, api, status, stream, attempts, latency_ms, input_tokens, output_tokens, \
+    cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, cost_estimated) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+    ON CONFLICT (request_id) DO NOTHING";
+
+/// Dimensions a usage report can group by.
+pub const GROUP_BY: &[&str] = &["key", "team", "model", "provider", "day"];
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageQuery {
+    /// Some of [`GROUP_BY`].
+    pub group_by: Vec<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub key_id: Option<String>,
+    pub team: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UsageRow {
+    pub key: Option<String>,
+    pub team: Option<String>,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    /// `YYYY-MM-DD` (UTC).
+    pub day: Option<String>,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub cost_micros: i64,
+    /// Requests whose price was unknown (not in `cost_micros`).
+    pub unpriced_requests: i64,
+}
+
+/// Days since 1970-01-01 → `YYYY-MM-DD` (proleptic Gregorian; Howard Hinnant's algorithm).
+pub fn day_string(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+impl Store {
+    /// Writes rows in one transaction; rows already present (same request id) are skipped.
+    pub async fn insert_ledger(&self, rows: &[LedgerRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool().begin().await?;
+        for r in rows {
+            sqlx::query(INSERT)
+                .bind(&r.request_id)
+                .bind(r.ts_ms)
+                .bind(r.key_id.clone())
+                .bind(r.team.clone())
+                .bind(&r.model)
+                .bind(&r.provider)
+                .bind(&r.deployment)
+                .bind(&r.api)
+                .bind(r.status)
+                .bind(i64::from(r.stream))
+                .bind(r.attempts)
+                .bind(r.latency_ms)
+                .bind(r.input_tokens)
+                .bind(r.output_tokens)
+                .bind(r.cache_read_tokens)
+                .bind(r.cache_write_tokens)
+                .bind(r.reasoning_tokens)
+                .bind(r.cost_micros)
+                .bind(i64::from(r.cost_estimated))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn ledger_count(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM tollway_ledger")
+            .fetch_one(self.pool())
+            .await?)
+    }
+
+    /// One ledger row by request id.
+    pub async fn ledger_row(&self, request_id: &str) -> Result<Option<LedgerRow>> {
+        let row = sqlx::query(
+            "SELECT request_id, ts_ms, key_id, team, model, provider, deployment, api, status, \
+             stream, attempts, latency_ms, input_tokens, output_tokens, cache_read_tokens, \
+             cache_write_tokens, reasoning_tokens, cost_micros, cost_estimated \
+             FROM tollway_ledger WHERE request_id = $1",
+        )
+        .bind(request_id)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(LedgerRow {
+            request_id: r.try_get("request_id")?,
+            ts_ms: r.try_get("ts_ms")?,
+            key_id: r.try_get("key_id")?,
+            team: r.try_get("team")?,
+            model: r.try_get("model")?,
+            provider: r.try_get("provider")?,
+            deployment: r.try_get("deployment")?,
+            api: r.try_get("api")?,
+            status: r.try_get("status")?,
+            stream: r.try_get::<i64, _>("stream")? != 0,
+            attempts: r.try_get("attempts")?,
+            latency_ms: r.try_get("latency_ms")?,
+            input_tokens: r.try_get("input_tokens")?,
+            output_tokens: r.try_get("output_tokens")?,
+            cache_read_tokens: r.try_get("cache_read_tokens")?,
+            cache_write_tokens: r.try_get("cache_write_tokens")?,
+            reasoning_tokens: r.try_get("reasoning_tokens")?,
+            cost_micros: r.try_get("cost_micros")?,
+            cost_estimated: r.try_get::<i64, _>("cost_estimated")? != 0,
+        }))
+    }
+
+    /// Stores a client's verdict on an answer (e.g. `bad`), for retraining routers.
+    pub async fn set_feedback(&self, request_id: &str, feedback: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE tollway_ledger SET feedback = $1 WHERE request_id = $2")
+            .bind(feedback)
+            .bind(request_id)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Spend (micro-dollars) since `since_ms`, for one key, one team, or everything.
+    pub async fn spend_micros(
+        &self,
+        key_id: Option<&str>,
+        team: Option<&str>,
+        since_ms: i64,
+    ) -> Result<i64> {
+        let mut sql = String::from(
+            "SELECT CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) FROM tollway_ledger WHERE ts_ms >= $1",
+        );
+        let mut n = 1;
+        if key_id.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND key_id = ${n}"));
+        }
+        if team.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND team = ${n}"));
+        }
+        let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(since_ms);
+        if let Some(k) = key_id {
+            q = q.bind(k);
+        }
+        if let Some(t) = team {
+            q = q.bind(t);
+        }
+        Ok(q.fetch_one(self.pool()).await?)
+    }
+
+    /// Spend and tokens grouped by the requested dimensions.
+    pub async fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>> {
+        let mut cols = Vec::new();
+        for g in &q.group_by {
+            let col = match g.as_str() {
+                "key" => "key_id",
+                "team" => "team",
+                "model" => "model",
+                "provider" => "provider",
+                "day" => "(ts_ms / 86400000)",
+                other => {
+                    return Err(StoreError::Invalid(format!(
+                        "cannot group by `{other}` (expected some of: {})",
+                        GROUP_BY.join(", ")
+                    )))
+                }
+            };
+            if !cols.contains(&col) {
+                cols.push(col);
+            }
+        }
+        let select: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} AS g{i}"))
+            .collect();
+        let mut sql = format!(
+            "SELECT {}{}COUNT(*) AS requests, CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens, \
+             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens, \
+             CAST(COALESCE(SUM(cache_read_tokens), 0) AS BIGINT) AS cache_read_tokens, \
+             CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT) AS cache_write_tokens, \
+             CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS cost_micros, \
+             CAST(COALESCE(SUM(CASE WHEN cost_micros IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS unpriced \
+             FROM tollway_ledger WHERE 1 = 1",
+            select.join(", "),
+            if select.is_empty() { "" } else { ", " },
+        );
+        let mut binds: Vec<BindValue> = Vec::new();
+        if let Some(s) = q.since_ms {
+            binds.push(BindValue::I(s));
+            sql.push_str(&format!(" AND ts_ms >= ${}", binds.len()));
+        }
+        if let Some(u) = q.until_ms {
+            binds.push(BindValue::I(u));
+            sql.push_str(&format!(" AND ts_ms < ${}", binds.len()));
+        }
+        if let Some(k) = &q.key_id {
+            binds.push(BindValue::S(k.clone()));
+            sql.push_str(&format!(" AND key_id = ${}", binds.len()));
+        }
+        if let Some(t) = &q.team {
+            binds.push(BindValue::S(t.clone()));
+            sql.push_str(&format!(" AND team = ${}", binds.len()));
+        }
+        if !cols.is_empty() {
+            let g: Vec<String> = (0..cols.len()).map(|i| format!("g{i}")).collect();
+            sql.push_str(&format!(
+                " GROUP BY {} ORDER BY {}",
+                cols.join(", "),
+                g.join(", ")
+            ));
+        }
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = match b {
+                BindValue::I(i) => query.bind(i),
+                BindValue::S(s) => query.bind(s),
+            };
+        }
+        let rows = query.fetch_all(self.pool()).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut u = UsageRow {
+                requests: r.try_get("requests")?,
+                input_tokens: r.try_get("input_tokens")?,
+                output_tokens: r.try_get("output_tokens")?,
+                cache_read_tokens: r.try_get("cache_read_tokens")?,
+                cache_write_tokens: r.try_get("cache_write_tokens")?,
+                cost_micros: r.try_get("cost_micros")?,
+                unpriced_requests: r.try_get("unpriced")?,
+                ..UsageRow::default()
+            };
+            for (i, c) in cols.iter().enumerate() {
+                let name = format!("g{i}");
+                match *c {
+                    "key_id" => u.key = r.try_get(name.as_str())?,
+                    "team" => u.team = r.try_get(name.as_str())?,
+                    "model" => u.model = r.try_get(name.as_str())?,
+                    "provider" => u.provider = r.try_get(name.as_str())?,
+                    _ => u.day = Some(day_string(r.try_get::<i64, _>(name.as_str())?)),
+                }
+            }
+            out.push(u);
+        }
+        Ok(out)
+    }
+}
+
+enum BindValue {
+    I(i64),
+    S(String),
+}
+
+/// Batches ledger rows off the request path: `record` never blocks and never drops; a background
+/// task writes whatever arrived every `flush_every` (or sooner when `batch` rows are waiting).
+/// `shutdown` writes everything still queued. A failed write is retried with the same rows
+/// (idempotent by request id) until it succeeds or shutdown gives up after a bounded time.
+#[derive(Clone)]
+pub struct LedgerWriter {
+    tx: mpsc::UnboundedSender<LedgerRow>,
+}
+
+pub struct LedgerTask {
+    handle: JoinHandle<u64>,
+}
+
+impl LedgerWriter {
+    pub fn start(store: Store, flush_every: Duration, batch: usize) -> (LedgerWriter, LedgerTask) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = tokio::spawn(run(store, rx, flush_every, batch.max(1)));
+        (LedgerWriter { tx }, LedgerTask { handle })
+    }
+
+    /// Queues a row. Never blocks the caller.
+    pub fn record(&self, row: LedgerRow) {
+        if self.tx.send(row).is_err() {
+            tracing::error!("ledger writer is gone; a usage row was not recorded");
+        }
+    }
+}
+
+impl LedgerTask {
+    /// Waits for the writer to flush everything queued (all `LedgerWriter` clones must be dropped
+    /// first, or this waits for them). Returns the number of rows written over its life.
+    pub async fn finish(self) -> u64 {
+        self.handle.await.unwrap_or(0)
+    }
+}
+
+async fn run(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<LedgerRow>,
+    flush_every: Duration,
+    batch: usize,
+) -> u64 {
+    let mut pending: Vec<LedgerRow> = Vec::with_capacity(batch);
+    let mut written = 0u64;
+    let mut tick = tokio::time::interval(flush_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut open = true;
+    while open {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Some(row) => {
+                    pending.push(row);
+                    if pending.len() < batch {
+                        continue;
+                    }
+                }
+                None => open = false,
+            },
+            _ = tick.tick() => {}
+        }
+        // drain whatever else is already queued into this batch
+        while let Ok(row) = rx.try_recv() {
+            pending.push(row);
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let mut delay = Duration::from_millis(50);
+        let mut tries = 0;
+        loop {
+            match store.insert_ledger(&pending).await {
+                Ok(()) => {
+                    written += pending.len() as u64;
+                    pending.clear();
+                    break;
+                }
+                Err(e) => {
+                    tries += 1;
+                    tracing::error!(rows = pending.len(), error = %e, "ledger flush failed; retrying");
+                    if !open && tries >= 20 {
+                        tracing::error!(
+                            rows = pending.len(),
+                            "giving up on ledger rows at shutdown"
+                        );
+                        pending.clear();
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    fn row(
+        id: &str,
+        key: &str,
+        team: &str,
+        model: &str,
+        ts_ms: i64,
+        cost: Option<i64>,
+    ) -> LedgerRow {
+        LedgerRow {
+            request_id: id.into(),
+            ts_ms,
+            key_id: Some(key.into()),
+            team: Some(team.into()),
+            model: model.into(),
+            provider: "p".into(),
+            deployment: format!("p/{model}"),
+            api: "openai".into(),
+            status: 200,
+            input_tokens: 10,
+            output_tokens: 5,
+            cost_micros: cost,
+            ..LedgerRow::default()
+        }
+    }
+
+    #[test]
+    fn days_format_as_dates() {
+        assert_eq!(day_string(0), "1970-01-01");
+        assert_eq!(day_string(20_416), "2025-11-24");
+        assert_eq!(day_string(11_016), "2000-02-29");
+    }
+
+    async fn ledger(store: Store) {
+        let day = 86_400_000;
+        let rows = vec![
+            row("r1", "k1", "t1", "gpt", 20_416 * day, Some(100)),
+            row("r2", "k1", "t1", "claude", 20_416 * day + 5, Some(250)),
+            row("r3", "k2", "t2", "gpt", 20_417 * day, None),
+        ];
+        store.insert_ledger(&rows).await.unwrap();
+        store.insert_ledger(&rows[..1]).await.unwrap(); // idempotent
+        assert_eq!(store.ledger_count().await.unwrap(), 3);
+        assert_eq!(store.ledger_row("r2").await.unwrap().unwrap(), rows[1]);
+        let by_key = store
+            .usage(&UsageQuery {
+                group_by: vec!["key".into()],
+                ..UsageQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(by_key.len(), 2);
+        assert_eq!(by_key[0].key.as_deref(), Some("k1"));
+        assert_eq!(by_key[0].cost_micros, 350);
+        assert_eq!(by_key[0].requests, 2);
+        assert_eq!(by_key[1].unpriced_requests, 1);
+        let by_day_model = store
+            .usage(&UsageQuery {
+                group_by: vec!["day".into(), "model".into()],
+                ..UsageQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(by_day_model.len(), 3);
+        assert_eq!(by_day_model[0].day.as_deref(), Some("2025-11-24"));
+        assert_eq!(by_day_model[2].day.as_deref(), Some("2025-11-25"));
+        let total = store.usage(&UsageQuery::default()).await.unwrap();
+        assert_eq!(total[0].requests, 3);
+        assert_eq!(total[0].input_tokens, 30);
+        assert_eq!(store.spend_micros(Some("k1"), None, 0).await.unwrap(), 350);
+        assert_eq!(store.spend_micros(None, Some("t2"), 0).await.unwrap(), 0);
+        assert_eq!(
+            store
+                .spend_micros(None, None, 20_416 * day + 1)
+                .await
+                .unwrap(),
+            250
+        );
+        assert!(store.set_feedback("r1", "bad").await.unwrap());
+        assert!(!store.set_feedback("nope", "bad").await.unwrap());
+        assert!(store
+            .usage(&UsageQuery {
+                group_by: vec!["colour".into()],
+                ..UsageQuery::default()
+            })
+            .await
+            .is_err());
+
+        // the writer loses nothing: every queued row is in the table after finish
+        let (w, task) = LedgerWriter::start(store.clone(), Duration::from_millis(200), 64);
+        for i in 0..500 {
+            w.record(row(&format!("w{i}"), "k3", "t3", "gpt", 1, Some(1)));
+        }
+        drop(w);
+        assert_eq!(task.finish().await, 500);
+        assert_eq!(store.spend_micros(Some("k3"), None, 0).await.unwrap(), 500);
+    }
+
+    #[tokio::test]
+    async fn ledger_on_sqlite() {
+        ledger(testing::sqlite().await).await;
+    }
+
+    #[tokio::test]
+    async fn ledger_on_postgres() {
+        ledger(testing::postgres().await).await;
+    }
+}

@@ -1,0 +1,230 @@
+//! Storage for virtual keys and the usage ledger: SQLite (WAL) by default, PostgreSQL by URL, both
+//! through one interface (`sqlx`'s `Any` driver) with the same migrations. Nothing here is on a
+//! request's path: keys are read into a cache by the gateway, and ledger rows arrive in batches
+//! from [`LedgerWriter`], which flushes off the request path and loses nothing on shutdown.
+
+mod keys;
+mod ledger;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+use sqlx::Executor;
+
+pub use keys::{generate_secret, hash_secret, KeyRecord, NewKey, SECRET_PREFIX};
+pub use ledger::{LedgerRow, LedgerWriter, UsageQuery, UsageRow, GROUP_BY};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("storage: {0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool to the configured database, migrated to the current schema.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Every schema change, in order. Each runs once, in a transaction, recorded in `tollway_schema`.
+/// The SQL is the common subset of SQLite and PostgreSQL (TEXT, BIGINT, ON CONFLICT).
+const MIGRATIONS: &[&str] = &[
+    // 1: keys and ledger
+    "CREATE TABLE tollway_keys (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        name TEXT NOT NULL,
+        team TEXT,
+        models TEXT NOT NULL,
+        providers TEXT NOT NULL,
+        rpm BIGINT,
+        tpm BIGINT,
+        budget_micros BIGINT,
+        budget_period TEXT,
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT,
+        revoked_ms BIGINT
+    );
+    CREATE TABLE tollway_ledger (
+        request_id TEXT PRIMARY KEY,
+        ts_ms BIGINT NOT NULL,
+        key_id TEXT,
+        team TEXT,
+        model TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        api TEXT NOT NULL,
+        status BIGINT NOT NULL,
+        stream BIGINT NOT NULL,
+        attempts BIGINT NOT NULL,
+        latency_ms BIGINT NOT NULL,
+        input_tokens BIGINT NOT NULL,
+        output_tokens BIGINT NOT NULL,
+        cache_read_tokens BIGINT NOT NULL,
+        cache_write_tokens BIGINT NOT NULL,
+        reasoning_tokens BIGINT NOT NULL,
+        cost_micros BIGINT,
+        cost_estimated BIGINT NOT NULL,
+        feedback TEXT
+    );
+    CREATE INDEX tollway_ledger_ts ON tollway_ledger (ts_ms);
+    CREATE INDEX tollway_ledger_key_ts ON tollway_ledger (key_id, ts_ms);
+    CREATE INDEX tollway_ledger_team_ts ON tollway_ledger (team, ts_ms)",
+];
+
+impl Store {
+    /// Connects (creating a SQLite file if needed) and runs pending migrations.
+    /// `sqlite://PATH`, `sqlite::memory:`, `postgres://...`.
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("sqlite:") {
+            let u = if url.contains(":memory:") || url.contains("mode=") {
+                url.to_string()
+            } else if url.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            (Backend::Sqlite, u)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string())
+        } else {
+            return Err(StoreError::Invalid(
+                "the storage URL must start with sqlite: or postgres://".into(),
+            ));
+        };
+        // SQLite allows one writer at a time; more connections only wait on each other.
+        let max = if backend == Backend::Sqlite { 1 } else { 8 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        self.pool
+            .execute("CREATE TABLE IF NOT EXISTS tollway_schema (version BIGINT NOT NULL)")
+            .await?;
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            // Two instances starting at once: one migrates, the other waits.
+            sqlx::query("SELECT pg_advisory_xact_lock(7461247)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM tollway_schema")
+            .fetch_one(&mut *tx)
+            .await?;
+        let current = current.unwrap_or(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let version = i as i64 + 1;
+            if version <= current {
+                continue;
+            }
+            for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                tx.execute(stmt).await?;
+            }
+            sqlx::query("INSERT INTO tollway_schema (version) VALUES ($1)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A fresh SQLite database in a temporary file.
+    pub async fn sqlite() -> Store {
+        let dir = std::env::temp_dir().join(format!(
+            "tollway-store-{}-{}",
+            std::process::id(),
+            crate::keys::generate_secret()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Store::connect(&format!("sqlite://{}", dir.join("t.db").display()))
+            .await
+            .unwrap()
+    }
+
+    /// A fresh schema in the local PostgreSQL (`TOLLWAY_TEST_POSTGRES`, default
+    /// `postgres://postgres@127.0.0.1:5432/test`).
+    pub async fn postgres() -> Store {
+        let base = std::env::var("TOLLWAY_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!(
+            "t_{}",
+            &crate::keys::generate_secret()[6..18].to_lowercase()
+        );
+        sqlx::any::install_default_drivers();
+        let admin = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&base)
+            .await
+            .unwrap();
+        admin
+            .execute(format!("CREATE SCHEMA {schema}").as_str())
+            .await
+            .unwrap();
+        admin.close().await;
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Store::connect(&format!("{base}{sep}options=-csearch_path%3D{schema}"))
+            .await
+            .unwrap()
+    }
+}
