@@ -51,12 +51,14 @@ providers:
   oai: {{ kind: openai-compatible, base_url: "{mock}/v1", api_key: {oai_key} }}
   ant: {{ kind: anthropic, base_url: "{mock}", api_key: {ant_key} }}
   oai-fast-timeout: {{ kind: openai-compatible, base_url: "{mock}/v1", api_key: x, timeouts: {{ first_byte_ms: 500 }} }}
+# One gateway serves the whole session and these tests inject upstream faults on purpose: cooldowns
+# (tested in the Rust routing suite) are off, so that one test's 429 does not answer the next.
 models:
-  gpt: {{ deployments: [{{ provider: oai, model: gpt-4.1 }}] }}
-  claude: {{ deployments: [{{ provider: ant, model: claude-sonnet-4-5 }}] }}
-  claude-noimg: {{ deployments: [{{ provider: ant, model: claude-haiku, capabilities: {{ vision: false }} }}] }}
-  flaky: {{ deployments: [{{ provider: oai, model: "gpt-down?fault=500" }}, {{ provider: ant, model: claude-backup }}] }}
-  hangs: {{ deployments: [{{ provider: oai-fast-timeout, model: "gpt-hang?fault=hang" }}] }}
+  gpt: {{ circuit_breaker: false, deployments: [{{ provider: oai, model: gpt-4.1 }}] }}
+  claude: {{ circuit_breaker: false, deployments: [{{ provider: ant, model: claude-sonnet-4-5 }}] }}
+  claude-noimg: {{ circuit_breaker: false, deployments: [{{ provider: ant, model: claude-haiku, capabilities: {{ vision: false }} }}] }}
+  flaky: {{ circuit_breaker: false, deployments: [{{ provider: oai, model: "gpt-down?fault=500" }}, {{ provider: ant, model: claude-backup }}] }}
+  hangs: {{ circuit_breaker: false, deployments: [{{ provider: oai-fast-timeout, model: "gpt-hang?fault=hang" }}] }}
 """
 
 

@@ -93,6 +93,26 @@ pub fn day_string(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// `YYYY-MM-DD` → days since 1970-01-01 (the inverse of [`day_string`]); `None` if malformed.
+pub fn parse_day(s: &str) -> Option<i64> {
+    let mut it = s.trim().splitn(3, '-');
+    let y: i64 = it.next()?.parse().ok()?;
+    let m: i64 = it.next()?.parse().ok()?;
+    let d: i64 = it.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    // reject 2025-02-31 and the like
+    (day_string(days) == s.trim()).then_some(days)
+}
+
 impl Store {
     /// Writes rows in one transaction; rows already present (same request id) are skipped.
     pub async fn insert_ledger(&self, rows: &[LedgerRow]) -> Result<()> {
@@ -169,14 +189,36 @@ impl Store {
         }))
     }
 
-    /// Stores a client's verdict on an answer (e.g. `bad`), for retraining routers.
-    pub async fn set_feedback(&self, request_id: &str, feedback: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE tollway_ledger SET feedback = $1 WHERE request_id = $2")
-            .bind(feedback)
-            .bind(request_id)
-            .execute(self.pool())
-            .await?;
-        Ok(r.rows_affected() > 0)
+    /// Stores a client's verdict on an answer (`good` or `bad`, with an optional comment), for
+    /// retraining routers. It is kept beside the ledger row (the row may still be queued).
+    pub async fn add_feedback(
+        &self,
+        request_id: &str,
+        key_id: Option<&str>,
+        rating: &str,
+        comment: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO tollway_feedback (request_id, ts_ms, key_id, rating, comment) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(request_id)
+        .bind(crate::now_ms())
+        .bind(key_id.map(str::to_string))
+        .bind(rating)
+        .bind(comment.map(str::to_string))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The latest rating given for a request, if any.
+    pub async fn feedback(&self, request_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT rating FROM tollway_feedback WHERE request_id = $1 ORDER BY ts_ms DESC LIMIT 1",
+        )
+        .bind(request_id)
+        .fetch_optional(self.pool())
+        .await?)
     }
 
     /// Spend (micro-dollars) since `since_ms`, for one key, one team, or everything.
@@ -322,13 +364,21 @@ pub struct LedgerWriter {
 
 pub struct LedgerTask {
     handle: JoinHandle<u64>,
+    stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl LedgerWriter {
     pub fn start(store: Store, flush_every: Duration, batch: usize) -> (LedgerWriter, LedgerTask) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let handle = tokio::spawn(run(store, rx, flush_every, batch.max(1)));
-        (LedgerWriter { tx }, LedgerTask { handle })
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let handle = tokio::spawn(run(store, rx, stop_rx, flush_every, batch.max(1)));
+        (
+            LedgerWriter { tx },
+            LedgerTask {
+                handle,
+                stop: stop_tx,
+            },
+        )
     }
 
     /// Queues a row. Never blocks the caller.
@@ -340,9 +390,10 @@ impl LedgerWriter {
 }
 
 impl LedgerTask {
-    /// Waits for the writer to flush everything queued (all `LedgerWriter` clones must be dropped
-    /// first, or this waits for them). Returns the number of rows written over its life.
+    /// Writes everything queued so far and stops. Rows recorded afterwards are not written.
+    /// Returns the number of rows written over the writer's life.
     pub async fn finish(self) -> u64 {
+        let _ = self.stop.send(());
         self.handle.await.unwrap_or(0)
     }
 }
@@ -350,6 +401,7 @@ impl LedgerTask {
 async fn run(
     store: Store,
     mut rx: mpsc::UnboundedReceiver<LedgerRow>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
     flush_every: Duration,
     batch: usize,
 ) -> u64 {
@@ -369,6 +421,7 @@ async fn run(
                 }
                 None => open = false,
             },
+            _ = &mut stop, if open => open = false,
             _ = tick.tick() => {}
         }
         // drain whatever else is already queued into this batch
@@ -439,6 +492,10 @@ mod tests {
 
     #[test]
     fn days_format_as_dates() {
+        assert_eq!(parse_day("2025-11-24"), Some(20_416));
+        assert_eq!(parse_day("1970-01-01"), Some(0));
+        assert_eq!(parse_day("2025-02-31"), None);
+        assert_eq!(parse_day("nope"), None);
         assert_eq!(day_string(0), "1970-01-01");
         assert_eq!(day_string(20_416), "2025-11-24");
         assert_eq!(day_string(11_016), "2000-02-29");
@@ -489,8 +546,12 @@ mod tests {
                 .unwrap(),
             250
         );
-        assert!(store.set_feedback("r1", "bad").await.unwrap());
-        assert!(!store.set_feedback("nope", "bad").await.unwrap());
+        store
+            .add_feedback("r1", Some("k1"), "bad", Some("wrong answer"))
+            .await
+            .unwrap();
+        assert_eq!(store.feedback("r1").await.unwrap().as_deref(), Some("bad"));
+        assert_eq!(store.feedback("r2").await.unwrap(), None);
         assert!(store
             .usage(&UsageQuery {
                 group_by: vec!["colour".into()],

@@ -13,7 +13,9 @@ use sqlx::AnyPool;
 use sqlx::Executor;
 
 pub use keys::{generate_secret, hash_secret, KeyRecord, NewKey, SECRET_PREFIX};
-pub use ledger::{LedgerRow, LedgerWriter, UsageQuery, UsageRow, GROUP_BY};
+pub use ledger::{
+    day_string, parse_day, LedgerRow, LedgerTask, LedgerWriter, UsageQuery, UsageRow, GROUP_BY,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -90,6 +92,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tollway_ledger_ts ON tollway_ledger (ts_ms);
     CREATE INDEX tollway_ledger_key_ts ON tollway_ledger (key_id, ts_ms);
     CREATE INDEX tollway_ledger_team_ts ON tollway_ledger (team, ts_ms)",
+    // 2: client feedback on answers, joined to the ledger by request id
+    "CREATE TABLE tollway_feedback (
+        request_id TEXT NOT NULL,
+        ts_ms BIGINT NOT NULL,
+        key_id TEXT,
+        rating TEXT NOT NULL,
+        comment TEXT
+    );
+    CREATE INDEX tollway_feedback_request ON tollway_feedback (request_id)",
 ];
 
 impl Store {
@@ -115,8 +126,13 @@ impl Store {
         };
         // SQLite allows one writer at a time; more connections only wait on each other.
         let max = if backend == Backend::Sqlite { 1 } else { 8 };
+        let memory = url.contains(":memory:");
         let pool = AnyPoolOptions::new()
             .max_connections(max)
+            // An in-memory database lives as long as its one connection: keep it.
+            .min_connections(u32::from(memory))
+            .idle_timeout((!memory).then_some(std::time::Duration::from_secs(600)))
+            .max_lifetime((!memory).then_some(std::time::Duration::from_secs(1800)))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

@@ -12,6 +12,12 @@ use subtle::ConstantTimeEq;
 use tollway_core::{ApiFamily, ErrorKind, EventStream, ProviderError};
 use tollway_protocol::{anthropic, openai};
 
+use std::time::Instant;
+
+use tollway_core::Usage;
+use tollway_store::LedgerRow;
+
+use crate::accounts::Principal;
 use crate::gateway::{self, Outcome};
 use crate::runtime::RouteOptions;
 use crate::server::AppState;
@@ -73,6 +79,11 @@ fn set_ids(h: &mut HeaderMap, request_id: &str, outcome: Option<&Outcome>) {
         {
             h.insert(H_ROUTE, v);
         }
+        for (name, value) in &o.headers {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(*name, v);
+            }
+        }
         if let Some(d) = &o.deployment {
             if let Ok(v) = HeaderValue::from_str(&d.label) {
                 h.insert(H_MODEL, v);
@@ -108,20 +119,27 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
     &b[start..end.max(start)]
 }
 
-/// Checks the client's key against the master key in constant time (for keys of equal length).
-pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), ProviderError> {
+/// Identifies the caller: the master key (constant-time comparison), a virtual key (by its hash,
+/// from the cache), or nobody when no master key is configured (loopback only).
+pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ProviderError> {
     let rt = state.runtime();
+    let given = client_key(headers);
+    if let Some(secret) = given.and_then(|g| std::str::from_utf8(g).ok()) {
+        if let Some(k) = state.accounts().lookup(secret)? {
+            return Ok(Principal::Key(k));
+        }
+    }
     let Some(master) = rt.master_key() else {
-        return Ok(());
+        return Ok(Principal::Open);
     };
-    let Some(given) = client_key(headers) else {
+    let Some(given) = given else {
         return Err(ProviderError::new(
             ErrorKind::Authentication,
             "Missing API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`.",
         ));
     };
     if bool::from(given.ct_eq(master.expose().as_bytes())) {
-        Ok(())
+        Ok(Principal::Master)
     } else {
         Err(ProviderError::new(
             ErrorKind::Authentication,
@@ -196,6 +214,127 @@ async fn chat(state: AppState, family: ApiFamily, headers: HeaderMap, body: Body
     resp
 }
 
+/// The ledger row of one request, recorded when dropped: a stream the client abandons, or a
+/// request that fails anywhere, is still recorded, with the usage seen so far.
+struct Charge {
+    state: AppState,
+    row: Option<LedgerRow>,
+    started: Instant,
+    /// Rate-limit scopes whose token counters this request's usage feeds.
+    token_scopes: Vec<String>,
+    usage: Usage,
+}
+
+impl Charge {
+    fn new(
+        state: &AppState,
+        request_id: &str,
+        family: ApiFamily,
+        principal: &Principal,
+        model: &str,
+        stream: bool,
+    ) -> Charge {
+        let key = principal.key();
+        Charge {
+            state: state.clone(),
+            row: Some(LedgerRow {
+                request_id: request_id.to_string(),
+                ts_ms: tollway_store::now_ms(),
+                key_id: key.map(|k| k.id.clone()),
+                team: key.and_then(|k| k.team.clone()),
+                model: model.to_string(),
+                api: family.as_str().to_string(),
+                stream,
+                // until the request finishes: "client closed request"
+                status: 499,
+                ..LedgerRow::default()
+            }),
+            started: Instant::now(),
+            token_scopes: Vec::new(),
+            usage: Usage::default(),
+        }
+    }
+
+    fn outcome(&mut self, status: u16, outcome: &Outcome) {
+        if let Some(row) = self.row.as_mut() {
+            row.status = i64::from(status);
+            row.attempts = i64::from(outcome.attempts);
+            if let Some(d) = &outcome.deployment {
+                row.provider.clone_from(&d.provider_name);
+                row.deployment.clone_from(&d.label);
+            }
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let Some(mut row) = self.row.take() else {
+            return;
+        };
+        let u = self.usage;
+        row.latency_ms = self.started.elapsed().as_millis() as i64;
+        row.input_tokens = u.input_tokens as i64;
+        row.output_tokens = u.output_tokens as i64;
+        row.cache_read_tokens = u.cache_read_tokens as i64;
+        row.cache_write_tokens = u.cache_write_tokens as i64;
+        row.reasoning_tokens = u.reasoning_tokens as i64;
+        let accounts = self.state.accounts();
+        let now = Instant::now();
+        for scope in &self.token_scopes {
+            accounts.limits().add_tokens(scope, u.total_tokens(), now);
+        }
+        accounts.record(row);
+    }
+}
+
+fn permission(msg: String) -> ProviderError {
+    ProviderError::new(ErrorKind::PermissionDenied, msg)
+}
+
+/// Applies the calling key's policy and limits to a request; the headers for its limits.
+fn admit(
+    state: &AppState,
+    principal: &Principal,
+    model: &str,
+    opts: &mut RouteOptions,
+    charge: &mut Charge,
+) -> Result<Vec<(&'static str, String)>, ProviderError> {
+    let Some(k) = principal.key() else {
+        return Ok(Vec::new());
+    };
+    for m in std::iter::once(model).chain(opts.models.iter().map(String::as_str)) {
+        if !principal.may_use(m) {
+            return Err(permission(format!(
+                "The API key {} may not use the model `{m}`.",
+                k.prefix
+            ))
+            .with_param("model"));
+        }
+    }
+    if !k.providers.is_empty() {
+        opts.policy_only = Some(k.providers.clone());
+    }
+    let scope = format!("key:{}", k.id);
+    let st = state
+        .accounts()
+        .limits()
+        .admit(&scope, k.rpm, k.tpm, Instant::now())?;
+    if k.tpm.is_some() {
+        charge.token_scopes.push(scope);
+    }
+    let mut h = Vec::new();
+    if let Some((limit, left)) = st.requests {
+        h.push(("x-ratelimit-limit-requests", limit.to_string()));
+        h.push(("x-ratelimit-remaining-requests", left.to_string()));
+    }
+    if let Some((limit, left)) = st.tokens {
+        h.push(("x-ratelimit-limit-tokens", limit.to_string()));
+        h.push(("x-ratelimit-remaining-tokens", left.to_string()));
+    }
+    Ok(h)
+}
+
 async fn chat_inner(
     state: &AppState,
     family: ApiFamily,
@@ -212,9 +351,10 @@ async fn chat_inner(
         }
         .into_response()
     };
-    if let Err(e) = authenticate(state, &headers) {
-        return fail(e, None);
-    }
+    let principal = match authenticate(state, &headers) {
+        Ok(p) => p,
+        Err(e) => return fail(e, None),
+    };
     let bytes = match read_body(state, &headers, body).await {
         Ok(b) => b,
         Err(e) => return fail(e, None),
@@ -227,13 +367,29 @@ async fn chat_inner(
         Ok(r) => r,
         Err(e) => return fail(e, None),
     };
-    let opts = match RouteOptions::take(&mut req.extra.fields) {
+    let mut opts = match RouteOptions::take(&mut req.extra.fields) {
         Ok(o) => o,
         Err(e) => return fail(e, None),
     };
+    let mut charge = Charge::new(
+        state,
+        &request_id,
+        family,
+        &principal,
+        &req.model,
+        req.stream,
+    );
+    let mut outcome = Outcome::default();
+    match admit(state, &principal, &req.model, &mut opts, &mut charge) {
+        Ok(h) => outcome.headers = h,
+        Err(e) => {
+            let status = e.http_status();
+            charge.outcome(status, &outcome);
+            return fail(e, Some(outcome));
+        }
+    }
     // Hold the runtime for the whole request: a reload swaps in a new one without disturbing it.
     let rt = state.runtime();
-    let mut outcome = Outcome::default();
     if let Some((target, why)) = rt.route(&req, &headers) {
         req.model = target;
         outcome.route = Some(why);
@@ -242,15 +398,21 @@ async fn chat_inner(
         let include_usage = req.include_usage;
         match gateway::chat_stream(&rt, req, &opts, &mut outcome).await {
             Ok(stream) => {
-                let mut resp = sse_response(family, include_usage, stream);
+                charge.outcome(499, &outcome);
+                let mut resp = sse_response(family, include_usage, stream, charge);
                 set_ids(resp.headers_mut(), &request_id, Some(&outcome));
                 resp
             }
-            Err(e) => fail(e, Some(outcome)),
+            Err(e) => {
+                charge.outcome(e.http_status(), &outcome);
+                fail(e, Some(outcome))
+            }
         }
     } else {
         match gateway::chat(&rt, req, &opts, &mut outcome).await {
             Ok(answer) => {
+                charge.usage = answer.usage;
+                charge.outcome(200, &outcome);
                 let body = match family {
                     ApiFamily::OpenAi => openai::encode_response(&answer),
                     ApiFamily::Anthropic => anthropic::encode_response(&answer),
@@ -261,7 +423,10 @@ async fn chat_inner(
                 set_ids(resp.headers_mut(), &request_id, Some(&outcome));
                 resp
             }
-            Err(e) => fail(e, Some(outcome)),
+            Err(e) => {
+                charge.outcome(e.http_status(), &outcome);
+                fail(e, Some(outcome))
+            }
         }
     }
 }
@@ -275,11 +440,17 @@ struct SseState {
     upstream: EventStream,
     encoder: Encoder,
     done: bool,
+    charge: Charge,
 }
 
 /// The client's SSE body: each upstream event is encoded and sent as soon as it arrives. When the
 /// client goes away, hyper drops this body, which drops the upstream stream and cancels it.
-fn sse_response(family: ApiFamily, include_usage: bool, upstream: EventStream) -> Response {
+fn sse_response(
+    family: ApiFamily,
+    include_usage: bool,
+    upstream: EventStream,
+    charge: Charge,
+) -> Response {
     let encoder = match family {
         ApiFamily::OpenAi => Encoder::OpenAi(openai::StreamEncoder::new(include_usage)),
         ApiFamily::Anthropic => Encoder::Anthropic(anthropic::StreamEncoder::new(include_usage)),
@@ -288,6 +459,7 @@ fn sse_response(family: ApiFamily, include_usage: bool, upstream: EventStream) -
         upstream,
         encoder,
         done: false,
+        charge,
     };
     let body = futures_util::stream::unfold(state, |mut s| async move {
         loop {
@@ -296,15 +468,27 @@ fn sse_response(family: ApiFamily, include_usage: bool, upstream: EventStream) -
             }
             let mut out = Vec::new();
             match s.upstream.next().await {
-                Some(Ok(ev)) => match &mut s.encoder {
-                    Encoder::OpenAi(e) => e.push(&ev, &mut out),
-                    Encoder::Anthropic(e) => e.push(&ev, &mut out),
-                },
+                Some(Ok(ev)) => {
+                    let usage = match &mut s.encoder {
+                        Encoder::OpenAi(e) => {
+                            e.push(&ev, &mut out);
+                            e.usage()
+                        }
+                        Encoder::Anthropic(e) => {
+                            e.push(&ev, &mut out);
+                            e.usage()
+                        }
+                    };
+                    s.charge.usage = usage;
+                }
                 Some(Err(err)) => {
                     tracing::warn!(error = %err, "upstream stream failed after the first byte");
                     match &mut s.encoder {
                         Encoder::OpenAi(e) => e.error(&err, &mut out),
                         Encoder::Anthropic(e) => e.error(&err, &mut out),
+                    }
+                    if let Some(row) = s.charge.row.as_mut() {
+                        row.status = i64::from(err.http_status());
                     }
                     s.done = true;
                 }
@@ -312,6 +496,9 @@ fn sse_response(family: ApiFamily, include_usage: bool, upstream: EventStream) -
                     match &mut s.encoder {
                         Encoder::OpenAi(e) => e.finish(&mut out),
                         Encoder::Anthropic(e) => e.finish(&mut out),
+                    }
+                    if let Some(row) = s.charge.row.as_mut() {
+                        row.status = 200;
                     }
                     s.done = true;
                 }
@@ -344,27 +531,34 @@ fn family_of_headers(headers: &HeaderMap) -> ApiFamily {
 pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let request_id = new_request_id();
     let family = family_of_headers(&headers);
-    if let Err(err) = authenticate(&state, &headers) {
-        return ApiError {
-            family,
-            err,
-            request_id,
-            outcome: None,
+    let principal = match authenticate(&state, &headers) {
+        Ok(p) => p,
+        Err(err) => {
+            return ApiError {
+                family,
+                err,
+                request_id,
+                outcome: None,
+            }
+            .into_response()
         }
-        .into_response();
-    }
+    };
     let rt = state.runtime();
     let created = state.started_unix;
+    let names: Vec<&String> = rt
+        .model_names()
+        .iter()
+        .filter(|m| principal.may_use(m))
+        .collect();
     let body = match family {
         ApiFamily::OpenAi => serde_json::json!({
             "object": "list",
-            "data": rt.model_names().iter().map(|m| serde_json::json!({
+            "data": names.iter().map(|m| serde_json::json!({
                 "id": m, "object": "model", "created": created, "owned_by": "tollway",
             })).collect::<Vec<_>>(),
         }),
         ApiFamily::Anthropic => {
-            let data: Vec<serde_json::Value> = rt
-                .model_names()
+            let data: Vec<serde_json::Value> = names
                 .iter()
                 .map(|m| {
                     serde_json::json!({
@@ -376,8 +570,8 @@ pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Respon
             serde_json::json!({
                 "data": data,
                 "has_more": false,
-                "first_id": rt.model_names().first(),
-                "last_id": rt.model_names().last(),
+                "first_id": names.first(),
+                "last_id": names.last(),
             })
         }
     };
@@ -446,7 +640,13 @@ pub async fn admin_reload(State(state): State<AppState>, headers: HeaderMap) -> 
 
 /// The admin API needs the master key; with none configured (loopback only) it is open.
 pub fn authenticate_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ProviderError> {
-    authenticate(state, headers)
+    match authenticate(state, headers)? {
+        Principal::Key(k) => Err(permission(format!(
+            "The API key {} is not an admin key; the admin API needs the master key.",
+            k.prefix
+        ))),
+        Principal::Master | Principal::Open => Ok(()),
+    }
 }
 
 /// `GET /metrics`: Prometheus text format. Needs the master key when one is set.
@@ -512,4 +712,179 @@ pub fn method_not_allowed(family: ApiFamily, method: &Method, path: &str) -> Res
     .into_response();
     *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     r
+}
+
+fn admin_error(err: ProviderError) -> Response {
+    ApiError {
+        family: ApiFamily::OpenAi,
+        err,
+        request_id: new_request_id(),
+        outcome: None,
+    }
+    .into_response()
+}
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Response {
+    let mut r = axum::Json(v).into_response();
+    *r.status_mut() = status;
+    r
+}
+
+fn storage_error(e: impl std::fmt::Display) -> ProviderError {
+    tracing::error!(error = %e, "storage request failed");
+    ProviderError::internal("The storage backend failed; see the gateway's log.")
+}
+
+/// `POST /admin/keys`: creates a virtual key; its secret is in this answer only.
+pub async fn admin_keys_create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(e) = authenticate_admin(&state, &headers) {
+        return admin_error(e);
+    }
+    let req: crate::admin::CreateKey = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return admin_error(ProviderError::invalid(format!("Invalid key request: {e}."))),
+    };
+    let new = match req.into_new_key() {
+        Ok(n) => n,
+        Err(e) => return admin_error(ProviderError::invalid(e)),
+    };
+    let accounts = state.accounts();
+    match accounts.store().create_key(new).await {
+        Ok((k, secret)) => {
+            if let Err(e) = accounts.refresh().await {
+                tracing::warn!(error = %e, "key created but the cache refresh failed");
+            }
+            let mut v = crate::admin::key_json(&k);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("key".into(), serde_json::Value::String(secret));
+            }
+            json_response(StatusCode::CREATED, v)
+        }
+        Err(tollway_store::StoreError::Invalid(m)) => admin_error(ProviderError::invalid(m)),
+        Err(e) => admin_error(storage_error(e)),
+    }
+}
+
+/// `GET /admin/keys`: every key, without secrets.
+pub async fn admin_keys_list(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = authenticate_admin(&state, &headers) {
+        return admin_error(e);
+    }
+    match state.accounts().store().list_keys().await {
+        Ok(keys) => json_response(
+            StatusCode::OK,
+            serde_json::json!({"data": keys.iter().map(crate::admin::key_json).collect::<Vec<_>>()}),
+        ),
+        Err(e) => admin_error(storage_error(e)),
+    }
+}
+
+/// `POST /admin/keys/{id}/revoke` and `/rotate`.
+pub async fn admin_key_action(
+    State(state): State<AppState>,
+    axum::extract::Path((id, action)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authenticate_admin(&state, &headers) {
+        return admin_error(e);
+    }
+    let accounts = state.accounts();
+    let store = accounts.store();
+    let result = match action.as_str() {
+        "revoke" => store
+            .revoke_key(&id)
+            .await
+            .map(|ok| ok.then(|| serde_json::json!({"id": id, "status": "revoked"}))),
+        "rotate" => store.rotate_key(&id).await.map(|r| {
+            r.map(|(k, secret)| {
+                let mut v = crate::admin::key_json(&k);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("key".into(), serde_json::Value::String(secret));
+                }
+                v
+            })
+        }),
+        other => {
+            return admin_error(ProviderError::new(
+                ErrorKind::NotFound,
+                format!("Unknown key action `{other}` (revoke or rotate)."),
+            ))
+        }
+    };
+    match result {
+        Ok(Some(v)) => {
+            if let Err(e) = accounts.refresh().await {
+                tracing::warn!(error = %e, "key changed but the cache refresh failed");
+            }
+            json_response(StatusCode::OK, v)
+        }
+        Ok(None) => admin_error(ProviderError::new(
+            ErrorKind::NotFound,
+            format!("No active key `{id}`."),
+        )),
+        Err(e) => admin_error(storage_error(e)),
+    }
+}
+
+/// `GET /admin/usage?group_by=key,model&since=2025-11-01&format=csv`.
+pub async fn admin_usage(
+    State(state): State<AppState>,
+    axum::extract::Query(params): axum::extract::Query<crate::admin::UsageParams>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authenticate_admin(&state, &headers) {
+        return admin_error(e);
+    }
+    let q = match params.query() {
+        Ok(q) => q,
+        Err(m) => return admin_error(ProviderError::invalid(m)),
+    };
+    let store = state.accounts().store();
+    if params.format.as_deref() == Some("csv") {
+        match crate::admin::usage_csv(store, &q).await {
+            Ok(text) => {
+                let mut r = Response::new(Body::from(text));
+                r.headers_mut().insert(
+                    "content-type",
+                    HeaderValue::from_static("text/csv; charset=utf-8"),
+                );
+                r
+            }
+            Err(e) => admin_error(storage_error(e)),
+        }
+    } else {
+        match crate::admin::usage_json(store, &q).await {
+            Ok(v) => json_response(StatusCode::OK, v),
+            Err(e) => admin_error(storage_error(e)),
+        }
+    }
+}
+
+/// `POST /v1/feedback`: a client says an answer was good or bad (any key; stored by request id).
+pub async fn feedback(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let principal = match authenticate(&state, &headers) {
+        Ok(p) => p,
+        Err(e) => return admin_error(e),
+    };
+    let fb: crate::admin::Feedback = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => return admin_error(ProviderError::invalid(format!("Invalid feedback: {e}."))),
+    };
+    if let Err(e) = fb.check() {
+        return admin_error(e);
+    }
+    let key_id = principal.key().map(|k| k.id.as_str());
+    match state
+        .accounts()
+        .store()
+        .add_feedback(&fb.request_id, key_id, &fb.rating, fb.comment.as_deref())
+        .await
+    {
+        Ok(()) => json_response(StatusCode::OK, serde_json::json!({"status": "recorded"})),
+        Err(e) => admin_error(storage_error(e)),
+    }
 }

@@ -144,12 +144,18 @@ async fn serve(path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Resul
         );
     }
     let addr = cfg.server.listen;
+    let (cfg_storage, ledger_flush, key_refresh) =
+        (cfg.storage_url.clone(), cfg.ledger_flush, cfg.key_refresh);
     let runtime = Runtime::build(cfg).await.map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
-    let state = AppState::new(runtime);
+    let accounts = crate::accounts::Accounts::open(&cfg_storage, ledger_flush)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    tokio::spawn(accounts.clone().refresh_every(key_refresh));
+    let state = AppState::new(runtime, accounts.clone());
     if let Some(p) = path {
         state.set_config_source(p.to_path_buf(), listen);
         tokio::spawn(server::reload_on_sighup(state.clone()));
@@ -161,6 +167,8 @@ async fn serve(path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Resul
     // Tests and scripts wait for this line on stdout.
     println!("tollway listening on http://{local}");
     server::serve(listener, state, shutdown_signal()).await?;
+    // Every request has finished (or the drain timed out): write the rest of the ledger.
+    accounts.flush_and_stop().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -24,6 +24,12 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub struct Config {
     pub server: ServerConfig,
     pub storage_url: String,
+    /// Ledger rows are written in batches at least this often (at most this much is lost on
+    /// `kill -9`; nothing on a graceful shutdown).
+    pub ledger_flush: Duration,
+    /// How often the key cache is refreshed from storage (changes made through this instance's
+    /// admin API apply at once).
+    pub key_refresh: Duration,
     pub shared_state_url: Option<String>,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
@@ -142,12 +148,25 @@ struct RawUrl {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawStorage {
+    url: String,
+    #[serde(default)]
+    flush_interval_ms: Option<u64>,
+    #[serde(default)]
+    key_refresh_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawModel {
     #[serde(default)]
     strategy: Option<String>,
     /// Consecutive failures that put a deployment in cooldown.
     #[serde(default)]
     allowed_fails: Option<u32>,
+    /// `false`: never take a deployment out of rotation.
+    #[serde(default)]
+    circuit_breaker: Option<bool>,
     /// First cooldown in seconds (doubles on each re-open, up to `max_cooldown_secs`).
     #[serde(default)]
     cooldown_secs: Option<f64>,
@@ -323,10 +342,24 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
     }
 
     let server = parse_server(sections.remove("server"), &mut c);
+    let mut ledger_flush = Duration::from_millis(500);
+    let mut key_refresh = Duration::from_secs(5);
     let storage_url = match sections.remove("storage") {
         None | Some(Value::Null) => "sqlite://tollway.db".to_string(),
-        Some(v) => match c.parse::<RawUrl>("storage", v) {
-            Some(u) if u.url.starts_with("sqlite:") || u.url.starts_with("postgres") => u.url,
+        Some(v) => match c.parse::<RawStorage>("storage", v) {
+            Some(u) if u.url.starts_with("sqlite:") || u.url.starts_with("postgres") => {
+                if let Some(ms) = u.flush_interval_ms {
+                    if (1..=60_000).contains(&ms) {
+                        ledger_flush = Duration::from_millis(ms);
+                    } else {
+                        c.push("storage.flush_interval_ms", "must be between 1 and 60000");
+                    }
+                }
+                if let Some(s) = u.key_refresh_secs {
+                    key_refresh = Duration::from_secs(s.max(1));
+                }
+                u.url
+            }
             Some(u) => {
                 c.push(
                     "storage.url",
@@ -390,6 +423,7 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
             }),
         };
         let mut health = HealthPolicy::default();
+        health.circuit_breaker = raw.circuit_breaker.unwrap_or(true);
         if let Some(n) = raw.allowed_fails {
             if n == 0 {
                 c.push(format!("{base}.allowed_fails"), "must be at least 1");
@@ -544,6 +578,8 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                 return Ok(Config {
                     server,
                     storage_url,
+                    ledger_flush,
+                    key_refresh,
                     shared_state_url,
                     providers,
                     models,
@@ -871,6 +907,8 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
             watch_config: false,
         },
         storage_url: "sqlite://tollway.db".into(),
+        ledger_flush: Duration::from_millis(500),
+        key_refresh: Duration::from_secs(5),
         shared_state_url: None,
         providers,
         models: BTreeMap::new(),

@@ -21,6 +21,8 @@ pub struct Outcome {
     pub deployment: Option<Arc<Deployment>>,
     /// For requests to a router: which router chose, and why (`x-tollway-route`).
     pub route: Option<String>,
+    /// More response headers (e.g. `x-ratelimit-*`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 fn bad(param: &str, msg: impl std::fmt::Display) -> ProviderError {
@@ -202,6 +204,11 @@ impl Attempts {
                 let jitter = Duration::from_millis(fastrand::u64(0..=base.as_millis() as u64 / 2));
                 let mut wait = base + jitter;
                 if let Some(Retry::After(d)) = last.map(|e| e.retry) {
+                    // The upstream asked for a pause longer than a backoff: the client hears
+                    // it (with Retry-After) rather than waiting inside the gateway.
+                    if d > Duration::from_secs(1) {
+                        return None;
+                    }
                     wait = wait.max(d);
                 }
                 if Instant::now() + wait >= self.deadline {

@@ -1,6 +1,8 @@
 //! Tollway, an LLM gateway: the HTTP edge (`api`, `server`), configuration (`config`), the runtime
 //! built from it (`runtime`), the request path (`gateway`) and the command line (`cli`).
 
+pub mod accounts;
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod config;

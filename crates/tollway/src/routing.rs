@@ -43,6 +43,8 @@ impl Strategy {
 /// Circuit-breaker settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthPolicy {
+    /// `false`: failures never take the deployment out of rotation (they are still counted).
+    pub circuit_breaker: bool,
     /// Consecutive retriable failures that open the circuit.
     pub allowed_fails: u32,
     /// First cooldown; doubles each time the circuit re-opens, up to `max_cooldown`.
@@ -53,6 +55,7 @@ pub struct HealthPolicy {
 impl Default for HealthPolicy {
     fn default() -> Self {
         HealthPolicy {
+            circuit_breaker: true,
             allowed_fails: 3,
             cooldown: Duration::from_secs(5),
             max_cooldown: Duration::from_secs(300),
@@ -180,6 +183,9 @@ impl Health {
         let mut s = self.lock();
         s.consecutive_failures += 1;
         s.last_error = Some(e.message.clone());
+        if !policy.circuit_breaker {
+            return;
+        }
         let probe_failed = matches!(s.circuit, Circuit::HalfOpen { .. });
         let retry_after = match e.retry {
             Retry::After(d) => Some(d),
@@ -341,6 +347,7 @@ mod tests {
     fn the_circuit_opens_cools_down_probes_and_closes() {
         let h = Health::new("p/m");
         let p = HealthPolicy {
+            circuit_breaker: true,
             allowed_fails: 2,
             cooldown: Duration::from_secs(10),
             max_cooldown: Duration::from_secs(60),

@@ -50,6 +50,8 @@ pub struct RouteOptions {
     pub ignore: Vec<String>,
     /// `false`: no fallback groups, neither configured nor from `models`.
     pub allow_fallbacks: bool,
+    /// The calling key's allowed provider accounts (its policy; the request cannot widen it).
+    pub policy_only: Option<Vec<String>>,
 }
 
 /// The deployments to try for one request, in order.
@@ -217,6 +219,10 @@ impl Runtime {
             opts.only
                 .as_ref()
                 .is_none_or(|only| only.iter().any(|p| p == &d.provider_name))
+                && opts
+                    .policy_only
+                    .as_ref()
+                    .is_none_or(|only| only.iter().any(|p| p == &d.provider_name))
                 && !opts.ignore.iter().any(|p| p == &d.provider_name)
         };
         let mut tries: Vec<Arc<Deployment>> = Vec::new();

@@ -38,6 +38,7 @@ struct Inner {
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
     metrics: crate::metrics::Metrics,
+    accounts: Arc<crate::accounts::Accounts>,
 }
 
 #[derive(Clone)]
@@ -54,7 +55,7 @@ pub struct Reloaded {
 }
 
 impl AppState {
-    pub fn new(runtime: Runtime) -> Self {
+    pub fn new(runtime: Runtime, accounts: Arc<crate::accounts::Accounts>) -> Self {
         AppState {
             inner: Arc::new(Inner {
                 runtime: ArcSwap::from_pointee(runtime),
@@ -62,6 +63,7 @@ impl AppState {
                 source: std::sync::Mutex::new(None),
                 reloading: tokio::sync::Mutex::new(()),
                 metrics: crate::metrics::Metrics::default(),
+                accounts,
             }),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -72,6 +74,10 @@ impl AppState {
 
     pub fn runtime(&self) -> Arc<Runtime> {
         self.inner.runtime.load_full()
+    }
+
+    pub fn accounts(&self) -> &Arc<crate::accounts::Accounts> {
+        &self.inner.accounts
     }
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
@@ -213,6 +219,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(api::models))
         .route("/admin/health", get(api::admin_health))
         .route("/admin/reload", post(api::admin_reload))
+        .route(
+            "/admin/keys",
+            post(api::admin_keys_create).get(api::admin_keys_list),
+        )
+        .route("/admin/keys/{id}/{action}", post(api::admin_key_action))
+        .route("/admin/usage", get(api::admin_usage))
+        .route("/v1/feedback", post(api::feedback))
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))

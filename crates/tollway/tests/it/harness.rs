@@ -77,7 +77,10 @@ pub async fn start_with(config: impl Fn(&str) -> String) -> Env {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
-    let state = AppState::new(rt);
+    let accounts = tollway::accounts::Accounts::open("sqlite::memory:", Duration::from_millis(50))
+        .await
+        .expect("accounts");
+    let state = AppState::new(rt, accounts);
     let done = tokio::spawn(tollway::serve(listener, state.clone(), async move {
         let _ = rx.await;
     }));

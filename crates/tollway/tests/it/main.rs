@@ -1,5 +1,6 @@
 //! Integration tests: the gateway and tollway-mock on ephemeral loopback ports, driven over HTTP.
 
+mod accounts;
 mod bad_input;
 mod harness;
 mod lifecycle;

@@ -1,0 +1,314 @@
+//! Who is calling and what it costs: the master key and virtual keys (looked up in a cache of
+//! hashed keys kept fresh from storage), per-key policy (allowed models and providers), requests-
+//! and tokens-per-minute limits, and the usage ledger (rows queued to a batched writer). Lives in
+//! `AppState`, outside the runtime swap, so a reload keeps the pool, the cache and the counters.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tollway_core::{ErrorKind, ProviderError, Retry};
+use tollway_store::{hash_secret, now_ms, KeyRecord, LedgerRow, LedgerTask, LedgerWriter, Store};
+
+/// The caller of one request.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// No master key is configured (loopback only): everything is open.
+    Open,
+    Master,
+    Key(Arc<KeyRecord>),
+}
+
+impl Principal {
+    pub fn key(&self) -> Option<&KeyRecord> {
+        match self {
+            Principal::Key(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Principal::Open | Principal::Master)
+    }
+
+    /// Whether this caller may use the public model name `model`.
+    pub fn may_use(&self, model: &str) -> bool {
+        self.key()
+            .is_none_or(|k| k.models.is_empty() || k.models.iter().any(|m| m == model))
+    }
+}
+
+pub struct Accounts {
+    store: Store,
+    /// hash → key, for every key that was active at the last refresh (and revoked ones, so that
+    /// the error can say "revoked").
+    keys: ArcSwap<HashMap<String, Arc<KeyRecord>>>,
+    ledger: LedgerWriter,
+    ledger_task: Mutex<Option<LedgerTask>>,
+    limits: Limits,
+}
+
+impl Accounts {
+    /// Connects to storage (running migrations), loads the keys and starts the ledger writer.
+    pub async fn open(url: &str, flush_every: Duration) -> Result<Arc<Accounts>, String> {
+        let store = Store::connect(url).await.map_err(|e| {
+            format!(
+                "cannot open storage {}: {e}",
+                crate::config::redact_url(url)
+            )
+        })?;
+        let (ledger, task) = LedgerWriter::start(store.clone(), flush_every, 512);
+        let a = Arc::new(Accounts {
+            store,
+            keys: ArcSwap::from_pointee(HashMap::new()),
+            ledger,
+            ledger_task: Mutex::new(Some(task)),
+            limits: Limits::default(),
+        });
+        a.refresh().await.map_err(|e| e.to_string())?;
+        Ok(a)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Reloads the key cache from storage.
+    pub async fn refresh(&self) -> Result<(), tollway_store::StoreError> {
+        let all = self.store.list_keys().await?;
+        let map: HashMap<String, Arc<KeyRecord>> = all
+            .into_iter()
+            .map(|k| (k.hash.clone(), Arc::new(k)))
+            .collect();
+        self.keys.store(Arc::new(map));
+        Ok(())
+    }
+
+    /// Keeps the cache fresh until the process ends (other instances may change keys).
+    pub async fn refresh_every(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "could not refresh the key cache; keeping the last one");
+            }
+        }
+    }
+
+    /// Finds the virtual key for a presented secret (no database round trip).
+    pub fn lookup(&self, secret: &str) -> Result<Option<Arc<KeyRecord>>, ProviderError> {
+        if !secret.starts_with(tollway_store::SECRET_PREFIX) {
+            return Ok(None);
+        }
+        let keys = self.keys.load();
+        let Some(k) = keys.get(&hash_secret(secret)) else {
+            return Ok(None);
+        };
+        if k.revoked_ms.is_some() {
+            return Err(ProviderError::new(
+                ErrorKind::Authentication,
+                format!("The API key {} has been revoked.", k.prefix),
+            ));
+        }
+        if !k.active(now_ms()) {
+            return Err(ProviderError::new(
+                ErrorKind::Authentication,
+                format!("The API key {} has expired.", k.prefix),
+            ));
+        }
+        Ok(Some(k.clone()))
+    }
+
+    pub fn record(&self, row: LedgerRow) {
+        self.ledger.record(row);
+    }
+
+    /// Writes every queued ledger row (graceful shutdown).
+    pub async fn flush_and_stop(&self) {
+        let task = self
+            .ledger_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = task {
+            let n = t.finish().await;
+            tracing::info!(rows = n, "usage ledger flushed");
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+/// A per-minute limit's state, as a sliding window over two fixed one-minute windows.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    current: u64,
+    previous: u64,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+impl Window {
+    fn new(now: Instant) -> Self {
+        Window {
+            start: now,
+            current: 0,
+            previous: 0,
+        }
+    }
+
+    fn roll(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.start);
+        if elapsed >= MINUTE * 2 {
+            *self = Window::new(now);
+        } else if elapsed >= MINUTE {
+            self.previous = self.current;
+            self.current = 0;
+            self.start += MINUTE;
+        }
+    }
+
+    /// The weighted count over the last minute.
+    fn used(&self, now: Instant) -> u64 {
+        let into = now.saturating_duration_since(self.start).as_secs_f64() / 60.0;
+        let carried = (self.previous as f64 * (1.0 - into.min(1.0))).ceil() as u64;
+        carried + self.current
+    }
+
+    /// Time until `need` more would fit under `limit`.
+    fn wait(&self, now: Instant, limit: u64, need: u64) -> Duration {
+        let into = now.saturating_duration_since(self.start);
+        if self.current + need > limit {
+            return MINUTE.saturating_sub(into).max(Duration::from_secs(1));
+        }
+        // the carried part of the previous window decays linearly over this window
+        let excess = (self.used(now) + need).saturating_sub(limit) as f64;
+        let per_sec = self.previous as f64 / 60.0;
+        if per_sec <= 0.0 {
+            return Duration::from_secs(1);
+        }
+        Duration::from_secs_f64((excess / per_sec).max(1.0))
+    }
+}
+
+/// What a limit check found, for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LimitState {
+    pub requests: Option<(u64, u64)>,
+    pub tokens: Option<(u64, u64)>,
+}
+
+/// Requests- and tokens-per-minute limits by scope (`key:ID`, `team:NAME`, `model:NAME`).
+#[derive(Debug, Default)]
+pub struct Limits {
+    windows: Mutex<HashMap<String, (Window, Window)>>,
+}
+
+impl Limits {
+    /// Counts one request against `scope` if it fits both limits; otherwise a 429 saying which
+    /// limit and when to retry. Tokens are checked against what was used (they are added when the
+    /// answer's usage is known, with [`Limits::add_tokens`]).
+    pub fn admit(
+        &self,
+        scope: &str,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        now: Instant,
+    ) -> Result<LimitState, ProviderError> {
+        if rpm.is_none() && tpm.is_none() {
+            return Ok(LimitState::default());
+        }
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let (req, tok) = map
+            .entry(scope.to_string())
+            .or_insert_with(|| (Window::new(now), Window::new(now)));
+        req.roll(now);
+        tok.roll(now);
+        let mut state = LimitState::default();
+        if let Some(limit) = tpm {
+            let used = tok.used(now);
+            if used >= limit {
+                let wait = tok.wait(now, limit, 1);
+                return Err(limited(scope, "tokens", limit, wait));
+            }
+            state.tokens = Some((limit, limit - used));
+        }
+        if let Some(limit) = rpm {
+            let used = req.used(now);
+            if used + 1 > limit {
+                let wait = req.wait(now, limit, 1);
+                return Err(limited(scope, "requests", limit, wait));
+            }
+            req.current += 1;
+            state.requests = Some((limit, limit - used - 1));
+        }
+        Ok(state)
+    }
+
+    pub fn add_tokens(&self, scope: &str, tokens: u64, now: Instant) {
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, tok)) = map.get_mut(scope) {
+            tok.roll(now);
+            tok.current += tokens;
+        }
+    }
+}
+
+fn limited(scope: &str, what: &str, limit: u64, wait: Duration) -> ProviderError {
+    let secs = wait.as_secs_f64().ceil() as u64;
+    ProviderError::new(
+        ErrorKind::RateLimited,
+        format!("Rate limit reached for {scope}: {limit} {what} per minute. Retry in {secs} s."),
+    )
+    .with_retry(Retry::After(Duration::from_secs(secs.max(1))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_limits_hold_and_say_when_to_retry() {
+        let l = Limits::default();
+        let t0 = Instant::now();
+        for i in 0..5 {
+            let s = l.admit("key:a", Some(5), None, t0).unwrap();
+            assert_eq!(s.requests, Some((5, 4 - i)));
+        }
+        let e = l.admit("key:a", Some(5), None, t0).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::RateLimited);
+        assert!(e.message.contains("key:a") && e.message.contains("5 requests per minute"));
+        assert_eq!(e.retry_after_secs(), Some(60));
+        // another scope is independent
+        assert!(l.admit("key:b", Some(5), None, t0).is_ok());
+        // a minute later the old window still weighs; two minutes later it is forgotten
+        let t1 = t0 + Duration::from_secs(61);
+        assert!(
+            l.admit("key:a", Some(5), None, t1).is_err(),
+            "sliding, not fixed"
+        );
+        let t2 = t0 + Duration::from_secs(121);
+        assert!(l.admit("key:a", Some(5), None, t2).is_ok());
+    }
+
+    #[test]
+    fn token_limits_count_what_was_used() {
+        let l = Limits::default();
+        let t0 = Instant::now();
+        assert!(l.admit("team:x", None, Some(1000), t0).is_ok());
+        l.add_tokens("team:x", 1200, t0);
+        let e = l.admit("team:x", None, Some(1000), t0).unwrap_err();
+        assert!(
+            e.message.contains("1000 tokens per minute"),
+            "{}",
+            e.message
+        );
+        assert!(e.retry_after_secs().unwrap_or(0) >= 1);
+    }
+}

@@ -1,0 +1,346 @@
+//! Virtual keys through the admin API, their policies and limits, and the usage ledger: every
+//! request recorded (errors and abandoned streams included), reports, feedback, and nothing lost
+//! on a graceful shutdown.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::{header, split, start, Env, MASTER};
+
+async fn create_key(env: &Env, body: Value) -> Value {
+    let r = env
+        .http
+        .post(format!("{}/admin/keys", env.url))
+        .bearer_auth(MASTER)
+        .json(&body)
+        .send()
+        .await
+        .expect("create");
+    let (status, _, v) = split(r).await;
+    assert_eq!(status, 201, "{v}");
+    v
+}
+
+async fn call(env: &Env, key: &str, model: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = env
+        .http
+        .post(format!("{}/v1/chat/completions", env.url))
+        .bearer_auth(key)
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send");
+    split(r).await
+}
+
+async fn ledger_rows(env: &Env, want: i64) -> i64 {
+    let store = env.state.accounts().store();
+    for _ in 0..100 {
+        let n = store.ledger_count().await.expect("count");
+        if n >= want {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.ledger_count().await.expect("count")
+}
+
+#[tokio::test]
+async fn keys_are_created_once_used_restricted_rotated_and_revoked() {
+    let env = start().await;
+    let k = create_key(&env, json!({"name": "ci", "team": "platform", "models": ["gpt", "flaky", "unreachable"], "providers": ["ant"]})).await;
+    let secret = k["key"].as_str().expect("secret").to_string();
+    assert!(secret.starts_with("sk-tw-"));
+    // listed without the secret
+    let r = env
+        .http
+        .get(format!("{}/admin/keys", env.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("list");
+    let text = r.text().await.expect("text");
+    assert!(
+        text.contains(k["id"].as_str().expect("id")) && !text.contains(&secret[6..]),
+        "{text}"
+    );
+
+    // allowed model, but its only deployment is on a provider the key may not reach
+    let (status, _, body) = call(&env, &secret, "gpt").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(env.mock_stats().await["requests"], 0);
+    // a model whose first deployment is excluded: always the allowed provider
+    for _ in 0..3 {
+        let (status, h, body) = call(&env, &secret, "flaky").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(header(&h, "x-tollway-provider"), "ant");
+    }
+    // not through fallbacks either (unreachable → dead, then fallback gpt → oai): nothing allowed
+    let (status, _, _) = call(&env, &secret, "unreachable").await;
+    assert_eq!(status, 404);
+    // a model outside its list
+    let (status, _, body) = call(&env, &secret, "claude").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("`claude`"));
+    // /v1/models shows only its models
+    let r = env
+        .http
+        .get(format!("{}/v1/models", env.url))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .expect("models");
+    let v: Value = r.json().await.expect("json");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["flaky", "gpt", "unreachable"]);
+    // not an admin
+    let r = env
+        .http
+        .get(format!("{}/admin/keys", env.url))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(r.status(), 403);
+
+    // rotate: the old secret stops working, the new one works
+    let id = k["id"].as_str().expect("id");
+    let r = env
+        .http
+        .post(format!("{}/admin/keys/{id}/rotate", env.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("rotate");
+    let rotated: Value = r.json().await.expect("json");
+    let new_secret = rotated["key"].as_str().expect("new secret");
+    assert_eq!(call(&env, &secret, "flaky").await.0, 401);
+    assert_eq!(call(&env, new_secret, "flaky").await.0, 200);
+    // revoke: refused with a clear message
+    let r = env
+        .http
+        .post(format!("{}/admin/keys/{id}/revoke", env.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 200);
+    let (status, _, body) = call(&env, new_secret, "flaky").await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("revoked"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(&new_secret[6..]));
+    let r = env
+        .http
+        .post(format!("{}/admin/keys/{id}/revoke", env.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 404);
+    // bad requests are named
+    let r = env
+        .http
+        .post(format!("{}/admin/keys", env.url))
+        .bearer_auth(MASTER)
+        .json(&json!({"name": "x", "budget_usd": "lots"}))
+        .send()
+        .await
+        .expect("create");
+    let (status, _, v) = split(r).await;
+    assert_eq!(status, 400);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("lots"));
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_and_headers() {
+    let env = start().await;
+    let k = create_key(&env, json!({"name": "limited", "rpm": 3})).await;
+    let secret = k["key"].as_str().expect("secret");
+    for left in ["2", "1", "0"] {
+        let (status, h, _) = call(&env, secret, "gpt").await;
+        assert_eq!(status, 200);
+        assert_eq!(header(&h, "x-ratelimit-limit-requests"), "3");
+        assert_eq!(header(&h, "x-ratelimit-remaining-requests"), left);
+    }
+    let (status, h, body) = call(&env, secret, "gpt").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        header(&h, "retry-after")
+            .parse::<u64>()
+            .expect("retry-after")
+            >= 1
+    );
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("3 requests per minute"));
+    assert_eq!(
+        env.mock_stats().await["requests"],
+        3,
+        "the refused request never went upstream"
+    );
+    // the master key is not limited by a virtual key's limit
+    assert_eq!(call(&env, MASTER, "gpt").await.0, 200);
+}
+
+#[tokio::test]
+async fn every_request_is_in_the_ledger_and_reports_read_it() {
+    let env = start().await;
+    let k = create_key(&env, json!({"name": "reporter", "team": "research"})).await;
+    let secret = k["key"].as_str().expect("secret").to_string();
+    let id = k["id"].as_str().expect("id").to_string();
+    let (status, h, _) = call(&env, &secret, "gpt").await;
+    assert_eq!(status, 200);
+    let first_request = header(&h, "x-tollway-request-id").to_string();
+    assert_eq!(call(&env, &secret, "claude").await.0, 200);
+    // an upstream error is recorded with its status
+    let r = env.http.post(format!("{}/v1/chat/completions", env.url)).bearer_auth(&secret)
+        .json(&json!({"model": "gpt", "messages": [{"role": "user", "content": "hi [mock fault=400]"}]}))
+        .send().await.expect("send");
+    assert_eq!(r.status(), 400);
+    // a completed stream with usage, and one the client abandons
+    let r = env.http.post(format!("{}/v1/messages", env.url)).header("x-api-key", &secret)
+        .json(&json!({"model": "gpt", "max_tokens": 50, "stream": true, "messages": [{"role": "user", "content": "hi [mock tokens=7]"}]}))
+        .send().await.expect("send");
+    assert!(r.text().await.expect("body").contains("message_stop"));
+    let mut r = env.http.post(format!("{}/v1/chat/completions", env.url)).bearer_auth(&secret)
+        .json(&json!({"model": "claude", "stream": true, "messages": [{"role": "user", "content": "hi [mock tokens=500 tpt_ms=20]"}]}))
+        .send().await.expect("send");
+    let _ = r.chunk().await;
+    drop(r);
+    assert_eq!(ledger_rows(&env, 5).await, 5);
+
+    let store = env.state.accounts().store();
+    let first = store
+        .ledger_row(&first_request)
+        .await
+        .expect("db")
+        .expect("row");
+    assert_eq!(first.key_id.as_deref(), Some(id.as_str()));
+    assert_eq!(first.team.as_deref(), Some("research"));
+    assert_eq!(
+        (
+            first.status,
+            first.model.as_str(),
+            first.deployment.as_str()
+        ),
+        (200, "gpt", "oai/gpt-4.1")
+    );
+    assert!(first.input_tokens > 0 && first.output_tokens > 0);
+    let usage: Value = env
+        .http
+        .get(format!("{}/admin/usage?group_by=model", env.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("usage")
+        .json()
+        .await
+        .expect("json");
+    let rows = usage["rows"].as_array().expect("rows");
+    let gpt = rows.iter().find(|r| r["model"] == "gpt").expect("gpt row");
+    assert_eq!(gpt["requests"], 3);
+    assert_eq!(usage["total"]["requests"], 5);
+    assert!(usage["forecast"]["forecast_month_end_usd"].is_string());
+    // statuses: 200 ×3 (two chats and the finished stream), 400, and 499 for the abandoned stream
+    let all = store
+        .usage(&tollway_store::UsageQuery::default())
+        .await
+        .expect("usage");
+    assert_eq!(all[0].requests, 5);
+    let csv = env
+        .http
+        .get(format!(
+            "{}/admin/usage?group_by=key,model&format=csv",
+            env.url
+        ))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("csv")
+        .text()
+        .await
+        .expect("text");
+    assert!(csv.starts_with("key,model,requests,"), "{csv}");
+    assert!(csv.contains(&format!("{id},claude,2,")), "{csv}");
+    // feedback on an answer
+    let r = env
+        .http
+        .post(format!("{}/v1/feedback", env.url))
+        .bearer_auth(&secret)
+        .json(&json!({"request_id": first_request, "rating": "bad", "comment": "wrong"}))
+        .send()
+        .await
+        .expect("fb");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        store.feedback(&first_request).await.expect("db").as_deref(),
+        Some("bad")
+    );
+    let r = env
+        .http
+        .post(format!("{}/v1/feedback", env.url))
+        .bearer_auth(&secret)
+        .json(&json!({"request_id": first_request, "rating": "meh"}))
+        .send()
+        .await
+        .expect("fb");
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_loses_no_ledger_row() {
+    let mut env = start().await;
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let http = env.http.clone();
+        let url = env.url.clone();
+        tasks.push(tokio::spawn(async move {
+            http.post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(MASTER)
+                .json(&json!({"model": "gpt", "stream": i % 2 == 0, "messages": [{"role": "user", "content": "hi [mock tokens=5 tpt_ms=5]"}]}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.expect("join").expect("send") == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 60);
+    env.stop();
+    if let Some(done) = env.done.take() {
+        let _ = done.await;
+    }
+    env.state.accounts().flush_and_stop().await;
+    assert_eq!(
+        env.state
+            .accounts()
+            .store()
+            .ledger_count()
+            .await
+            .expect("count"),
+        60
+    );
+}
