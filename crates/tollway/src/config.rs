@@ -422,8 +422,10 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                 Strategy::default()
             }),
         };
-        let mut health = HealthPolicy::default();
-        health.circuit_breaker = raw.circuit_breaker.unwrap_or(true);
+        let mut health = HealthPolicy {
+            circuit_breaker: raw.circuit_breaker.unwrap_or(true),
+            ..HealthPolicy::default()
+        };
         if let Some(n) = raw.allowed_fails {
             if n == 0 {
                 c.push(format!("{base}.allowed_fails"), "must be at least 1");
