@@ -41,12 +41,108 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Virtual keys (the same store as the admin API).
+    Keys {
+        #[command(flatten)]
+        storage: StorageArgs,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Spend and tokens by key, team, model, provider or day, with the month-end forecast.
+    Usage {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// Comma-separated: key, team, model, provider, day.
+        #[arg(long, default_value = "model")]
+        group_by: String,
+        /// First day (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// Day after the last (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+        format: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct StorageArgs {
+    /// Read `storage.url` from this config file.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The storage URL (sqlite://FILE or postgres://...); default sqlite://tollway.db.
+    #[arg(long, global = true, conflicts_with = "config")]
+    storage: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key; its secret is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        team: Option<String>,
+        /// Comma-separated public model names it may use (default: all).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Comma-separated provider accounts it may reach (default: all).
+        #[arg(long, value_delimiter = ',')]
+        providers: Vec<String>,
+        #[arg(long)]
+        rpm: Option<u64>,
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// Budget in dollars (e.g. 25 or 0.50).
+        #[arg(long)]
+        budget_usd: Option<String>,
+        /// daily, weekly, monthly (default with a budget) or total.
+        #[arg(long)]
+        budget_period: Option<String>,
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key at once.
+    Revoke { id: String },
+    /// Give a key a new secret; the old one stops working.
+    Rotate { id: String },
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Keys { storage, action } => run_async(keys(storage, action)),
+        Command::Usage {
+            storage,
+            group_by,
+            since,
+            until,
+            key,
+            team,
+            format,
+        } => run_async(usage(
+            storage,
+            crate::admin::UsageParams {
+                group_by: Some(group_by),
+                since,
+                until,
+                key,
+                team,
+                format: None,
+            },
+            format,
+        )),
         Command::Serve {
             config,
             listen,
@@ -72,6 +168,179 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn open_store(args: &StorageArgs) -> anyhow::Result<tollway_store::Store> {
+    let url = match (&args.storage, &args.config) {
+        (Some(u), _) => u.clone(),
+        (None, Some(path)) => {
+            load(path)
+                .map_err(|errs| anyhow::anyhow!("invalid config:\n{}", errs.join("\n")))?
+                .storage_url
+        }
+        (None, None) => "sqlite://tollway.db".to_string(),
+    };
+    tollway_store::Store::connect(&url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open storage {}: {e}", config::redact_url(&url)))
+}
+
+async fn keys(args: StorageArgs, action: KeysAction) -> anyhow::Result<()> {
+    let store = open_store(&args).await?;
+    match action {
+        KeysAction::Create {
+            name,
+            team,
+            models,
+            providers,
+            rpm,
+            tpm,
+            budget_usd,
+            budget_period,
+            expires_in_days,
+        } => {
+            let new = crate::admin::CreateKey {
+                name,
+                team,
+                models,
+                providers,
+                rpm,
+                tpm,
+                budget_usd: budget_usd.map(serde_json::Value::String),
+                budget_period,
+                expires_in_days,
+            }
+            .into_new_key()
+            .map_err(anyhow::Error::msg)?;
+            let (k, secret) = store.create_key(new).await?;
+            println!("{secret}");
+            eprintln!(
+                "created {} ({}); the secret above is shown once and cannot be recovered",
+                k.id, k.name
+            );
+        }
+        KeysAction::List { json } => {
+            let keys = store.list_keys().await?;
+            if json {
+                let v: Vec<serde_json::Value> = keys.iter().map(crate::admin::key_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<22} {:<14} {:<16} {:<12} {:<8} {:<8} BUDGET",
+                    "ID", "PREFIX", "NAME", "TEAM", "STATUS", "RPM"
+                );
+                for k in &keys {
+                    let v = crate::admin::key_json(k);
+                    println!(
+                        "{:<22} {:<14} {:<16} {:<12} {:<8} {:<8} {}",
+                        k.id,
+                        k.prefix,
+                        k.name,
+                        k.team.as_deref().unwrap_or("-"),
+                        v["status"].as_str().unwrap_or("-"),
+                        k.rpm.map_or("-".to_string(), |r| r.to_string()),
+                        match (&k.budget_micros, &k.budget_period) {
+                            (Some(b), Some(p)) => format!("${} {p}", crate::admin::usd(*b)),
+                            _ => "-".into(),
+                        }
+                    );
+                }
+            }
+        }
+        KeysAction::Revoke { id } => {
+            if !store.revoke_key(&id).await? {
+                anyhow::bail!("no active key `{id}`");
+            }
+            println!("revoked {id}");
+        }
+        KeysAction::Rotate { id } => match store.rotate_key(&id).await? {
+            Some((k, secret)) => {
+                println!("{secret}");
+                eprintln!("rotated {}; the old secret no longer works", k.id);
+            }
+            None => anyhow::bail!("no active key `{id}`"),
+        },
+    }
+    Ok(())
+}
+
+async fn usage(
+    args: StorageArgs,
+    params: crate::admin::UsageParams,
+    format: String,
+) -> anyhow::Result<()> {
+    let store = open_store(&args).await?;
+    let q = params.query().map_err(anyhow::Error::msg)?;
+    match format.as_str() {
+        "csv" => print!(
+            "{}",
+            crate::admin::usage_csv(&store, &q)
+                .await
+                .map_err(anyhow::Error::msg)?
+        ),
+        "json" => {
+            let v = crate::admin::usage_json(&store, &q)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        _ => {
+            let v = crate::admin::usage_json(&store, &q)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let mut cols: Vec<String> = q.group_by.clone();
+            cols.extend(
+                ["requests", "input_tokens", "output_tokens", "cost_usd"].map(String::from),
+            );
+            println!(
+                "{}",
+                cols.iter().map(|c| format!("{c:<20}")).collect::<String>()
+            );
+            for r in v["rows"].as_array().into_iter().flatten() {
+                let line: String = cols
+                    .iter()
+                    .map(|c| {
+                        let cell = match &r[c] {
+                            serde_json::Value::String(s) => s.clone(),
+                            serde_json::Value::Null => "-".into(),
+                            other => other.to_string(),
+                        };
+                        format!("{cell:<20}")
+                    })
+                    .collect();
+                println!("{line}");
+            }
+            let f = &v["forecast"];
+            println!(
+                "\n{}: ${} so far this month; ${} forecast at month end ({})",
+                f["month"].as_str().unwrap_or("-"),
+                f["month_to_date_usd"].as_str().unwrap_or("0"),
+                f["forecast_month_end_usd"].as_str().unwrap_or("0"),
+                f["basis"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(format: &str) {

@@ -182,3 +182,66 @@ async fn shutdown_drains_in_flight_streams_in_process() {
     assert!(result.is_ok(), "{result:?}");
     assert!(!env.healthy().await, "the listener is closed");
 }
+
+/// `tollway keys` and `tollway usage` against a SQLite file: create (secret printed once), list,
+/// rotate, revoke; a usage report in CSV.
+#[test]
+fn keys_and_usage_commands() {
+    let dir = std::env::temp_dir().join(format!("tollway-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let db = format!("sqlite://{}", dir.join("cli.db").display());
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tollway"))
+            .args(args)
+            .args(["--storage", &db])
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = run(&[
+        "keys",
+        "create",
+        "--name",
+        "ci",
+        "--team",
+        "platform",
+        "--rpm",
+        "60",
+        "--budget-usd",
+        "12.50",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let secret = out.trim().to_string();
+    assert!(secret.starts_with("sk-tw-"), "{out}");
+    assert!(err.contains("shown once"));
+    let (code, out, _) = run(&["keys", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("ci") && out.contains("platform") && out.contains("$12.500000 monthly"),
+        "{out}"
+    );
+    assert!(!out.contains(&secret[6..]), "a secret was listed");
+    let id = out
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("id")
+        .to_string();
+    let (code, out, _) = run(&["keys", "rotate", &id]);
+    assert_eq!(code, Some(0));
+    assert!(out.trim().starts_with("sk-tw-") && out.trim() != secret);
+    assert_eq!(run(&["keys", "revoke", &id]).0, Some(0));
+    let (code, _, err) = run(&["keys", "revoke", &id]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no active key"));
+    let (code, out, err) = run(&["usage", "--group-by", "key,day", "--format", "csv"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("key,day,requests,"), "{out}");
+    let (code, _, err) = run(&["usage", "--group-by", "colour"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("colour"));
+}
