@@ -3,9 +3,11 @@
 //! errors, and the `Provider` trait. No IO and no serde derive live here.
 
 pub mod error;
+pub mod money;
 pub mod provider;
 pub mod types;
 
 pub use error::{ErrorKind, ProviderError, Retry};
+pub use money::{Micros, PicosPerToken};
 pub use provider::{BoxFuture, Capabilities, EventStream, Provider, ProviderInfo};
 pub use types::*;

@@ -1044,6 +1044,7 @@ pub struct StreamEncoder {
     usage: Usage,
     stop: Option<(StopReason, Option<String>)>,
     ended: bool,
+    cost_usd: Option<String>,
 }
 
 impl StreamEncoder {
@@ -1173,6 +1174,11 @@ impl StreamEncoder {
         }
     }
 
+    /// The request's cost, added to `message_delta`'s usage as `cost_usd` (a decimal string).
+    pub fn set_cost_usd(&mut self, cost: Option<String>) {
+        self.cost_usd = cost;
+    }
+
     /// The upstream finished: `message_delta` (stop reason and final usage) and `message_stop`.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if self.ended {
@@ -1182,12 +1188,16 @@ impl StreamEncoder {
         self.start("", "", out);
         self.close_open(out);
         let (reason, seq) = self.stop.take().unwrap_or((StopReason::EndTurn, None));
+        let mut usage = usage_json(&self.usage);
+        if let (Some(c), Some(o)) = (&self.cost_usd, usage.as_object_mut()) {
+            o.insert("cost_usd".into(), json!(c));
+        }
         Self::event(
             out,
             "message_delta",
             &json!({"type": "message_delta",
                 "delta": {"stop_reason": stop_reason_str(&reason), "stop_sequence": seq},
-                "usage": usage_json(&self.usage)}),
+                "usage": usage}),
         );
         Self::event(out, "message_stop", &json!({"type": "message_stop"}));
     }

@@ -1039,11 +1039,13 @@ pub struct StreamEncoder {
     /// Canonical block index → OpenAI tool-call index.
     tools: HashMap<u32, u32>,
     finished: bool,
+    cost_usd: Option<String>,
 }
 
 impl StreamEncoder {
     pub fn new(include_usage: bool) -> Self {
         StreamEncoder {
+            cost_usd: None,
             include_usage,
             id: String::new(),
             model: String::new(),
@@ -1131,10 +1133,19 @@ impl StreamEncoder {
         }
     }
 
+    /// The request's cost, added to the final usage chunk as `usage.cost_usd` (a decimal string).
+    pub fn set_cost_usd(&mut self, cost: Option<String>) {
+        self.cost_usd = cost;
+    }
+
     /// The upstream finished: the usage chunk (when asked for) and `[DONE]`.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         self.ensure_started(out);
         if self.include_usage {
+            let mut usage = usage_json(&self.usage);
+            if let (Some(c), Some(o)) = (&self.cost_usd, usage.as_object_mut()) {
+                o.insert("cost_usd".into(), json!(c));
+            }
             let v = json!({
                 "id": self.id,
                 "object": "chat.completion.chunk",
@@ -1142,7 +1153,7 @@ impl StreamEncoder {
                 "model": self.model,
                 "system_fingerprint": null,
                 "choices": [],
-                "usage": usage_json(&self.usage),
+                "usage": usage,
             });
             write_event(out, None, &v.to_string());
         }

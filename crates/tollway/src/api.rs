@@ -17,8 +17,11 @@ use std::time::Instant;
 use tollway_core::Usage;
 use tollway_store::LedgerRow;
 
+use std::sync::Arc;
+
 use crate::accounts::Principal;
 use crate::gateway::{self, Outcome};
+use crate::prices::ModelPrice;
 use crate::runtime::RouteOptions;
 use crate::server::AppState;
 
@@ -223,6 +226,28 @@ struct Charge {
     /// Rate-limit scopes whose token counters this request's usage feeds.
     token_scopes: Vec<String>,
     usage: Usage,
+    /// The answering deployment's price (`None`: unknown).
+    price: Option<Arc<ModelPrice>>,
+    /// For estimating usage when the provider reports none.
+    prompt_estimate: u64,
+    output_chars: u64,
+}
+
+pub const H_COST: &str = "x-tollway-cost-usd";
+
+/// The usage to bill: the provider's, or (when it reported none for an answer) a local estimate.
+fn billed_usage(usage: Usage, prompt_estimate: u64, output_chars: u64) -> (Usage, bool) {
+    if usage.total_tokens() > 0 || output_chars == 0 {
+        return (usage, false);
+    }
+    (
+        Usage {
+            input_tokens: prompt_estimate,
+            output_tokens: output_chars.div_ceil(4),
+            ..Usage::default()
+        },
+        true,
+    )
 }
 
 impl Charge {
@@ -252,7 +277,17 @@ impl Charge {
             started: Instant::now(),
             token_scopes: Vec::new(),
             usage: Usage::default(),
+            price: None,
+            prompt_estimate: 0,
+            output_chars: 0,
         }
+    }
+
+    /// The cost of `usage` at the answering deployment's price, as a decimal string.
+    fn cost_text(&self, usage: &Usage) -> Option<String> {
+        self.price
+            .as_ref()
+            .map(|p| p.cost(usage).micros().to_string())
     }
 
     fn outcome(&mut self, status: u16, outcome: &Outcome) {
@@ -262,6 +297,7 @@ impl Charge {
             if let Some(d) = &outcome.deployment {
                 row.provider.clone_from(&d.provider_name);
                 row.deployment.clone_from(&d.label);
+                self.price.clone_from(&d.price);
             }
         }
     }
@@ -272,7 +308,9 @@ impl Drop for Charge {
         let Some(mut row) = self.row.take() else {
             return;
         };
-        let u = self.usage;
+        let (u, estimated) = billed_usage(self.usage, self.prompt_estimate, self.output_chars);
+        row.cost_estimated = estimated;
+        row.cost_micros = self.price.as_ref().map(|p| p.cost(&u).micros().0);
         row.latency_ms = self.started.elapsed().as_millis() as i64;
         row.input_tokens = u.input_tokens as i64;
         row.output_tokens = u.output_tokens as i64;
@@ -379,6 +417,7 @@ async fn chat_inner(
         &req.model,
         req.stream,
     );
+    charge.prompt_estimate = crate::rules::estimate_prompt_tokens(&req);
     let mut outcome = Outcome::default();
     match admit(state, &principal, &req.model, &mut opts, &mut charge) {
         Ok(h) => outcome.headers = h,
@@ -412,7 +451,26 @@ async fn chat_inner(
         match gateway::chat(&rt, req, &opts, &mut outcome).await {
             Ok(answer) => {
                 charge.usage = answer.usage;
+                charge.output_chars = answer
+                    .content
+                    .iter()
+                    .map(|p| match p {
+                        tollway_core::Part::Text { text, .. } => text.len() as u64,
+                        tollway_core::Part::ToolCall(c) => {
+                            (c.name.len() + c.arguments.len()) as u64
+                        }
+                        _ => 0,
+                    })
+                    .sum();
                 charge.outcome(200, &outcome);
+                let (billed, _) =
+                    billed_usage(charge.usage, charge.prompt_estimate, charge.output_chars);
+                outcome.headers.push((
+                    H_COST,
+                    charge
+                        .cost_text(&billed)
+                        .unwrap_or_else(|| "unknown".into()),
+                ));
                 let body = match family {
                     ApiFamily::OpenAi => openai::encode_response(&answer),
                     ApiFamily::Anthropic => anthropic::encode_response(&answer),
@@ -469,6 +527,15 @@ fn sse_response(
             let mut out = Vec::new();
             match s.upstream.next().await {
                 Some(Ok(ev)) => {
+                    match &ev {
+                        tollway_core::StreamEvent::TextDelta { text, .. } => {
+                            s.charge.output_chars += text.len() as u64
+                        }
+                        tollway_core::StreamEvent::ToolCallDelta { arguments, .. } => {
+                            s.charge.output_chars += arguments.len() as u64
+                        }
+                        _ => {}
+                    }
                     let usage = match &mut s.encoder {
                         Encoder::OpenAi(e) => {
                             e.push(&ev, &mut out);
@@ -493,9 +560,21 @@ fn sse_response(
                     s.done = true;
                 }
                 None => {
+                    let (billed, _) = billed_usage(
+                        s.charge.usage,
+                        s.charge.prompt_estimate,
+                        s.charge.output_chars,
+                    );
+                    let cost = s.charge.cost_text(&billed);
                     match &mut s.encoder {
-                        Encoder::OpenAi(e) => e.finish(&mut out),
-                        Encoder::Anthropic(e) => e.finish(&mut out),
+                        Encoder::OpenAi(e) => {
+                            e.set_cost_usd(cost);
+                            e.finish(&mut out)
+                        }
+                        Encoder::Anthropic(e) => {
+                            e.set_cost_usd(cost);
+                            e.finish(&mut out)
+                        }
                     }
                     if let Some(row) = s.charge.row.as_mut() {
                         row.status = 200;

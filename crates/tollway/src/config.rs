@@ -13,6 +13,7 @@ use serde_yaml::Value;
 use tollway_core::{ApiFamily, Capabilities};
 use tollway_providers::{AnthropicConfig, OpenAiConfig, ProviderConfig, Secret, Timeouts};
 
+use crate::prices::{ModelPrice, PriceTable, RawPrice};
 use crate::routing::{HealthPolicy, Strategy};
 use crate::rules::{RawRouter, Rule, RulesRouter};
 
@@ -35,6 +36,7 @@ pub struct Config {
     pub models: BTreeMap<String, ModelConfig>,
     /// Public names that choose a model group per request (see `rules`).
     pub routers: BTreeMap<String, RulesRouter>,
+    pub prices: PricesConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +77,21 @@ pub struct DeploymentConfig {
     /// Share of traffic under the `weighted` strategy (relative to the group's other weights).
     pub weight: u32,
     pub capabilities: Capabilities,
+    /// This deployment's own price (wins over every table).
+    pub price: Option<ModelPrice>,
+    /// The price list to look the model up in (`bedrock`, `groq` ...), before the account's
+    /// name and its kind.
+    pub vendor: Option<String>,
+}
+
+/// The `prices` section.
+#[derive(Debug, Clone, Default)]
+pub struct PricesConfig {
+    /// Unknown prices are an error (at start for configured deployments) instead of a ledger row
+    /// marked "cost unknown".
+    pub require: bool,
+    /// Built-in table, then a LiteLLM file, then the config's entries (later wins).
+    pub table: PriceTable,
 }
 
 /// One problem in a config file.
@@ -189,6 +206,10 @@ struct RawDeployment {
     #[serde(default)]
     weight: Option<u32>,
     #[serde(default)]
+    price: Option<RawPrice>,
+    #[serde(default)]
+    vendor: Option<String>,
+    #[serde(default)]
     capabilities: Option<RawCapabilities>,
 }
 
@@ -215,7 +236,28 @@ const SECTIONS: &[&str] = &[
     "teams",
     "budgets",
 ];
-const NOT_YET: &[&str] = &["prices", "keys", "teams", "budgets"];
+const NOT_YET: &[&str] = &["keys", "teams", "budgets"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrices {
+    #[serde(default)]
+    require: bool,
+    /// A LiteLLM `model_prices_and_context_window.json`.
+    #[serde(default)]
+    litellm_file: Option<String>,
+    #[serde(default)]
+    models: Vec<RawPriceEntry>,
+}
+
+/// (Unknown keys are rejected by the flattened `RawPrice`.)
+#[derive(Deserialize)]
+struct RawPriceEntry {
+    vendor: String,
+    model: String,
+    #[serde(flatten)]
+    price: RawPrice,
+}
 
 /// Default capabilities of a provider kind (a deployment may narrow or widen them).
 pub fn default_capabilities(p: &ProviderConfig) -> Capabilities {
@@ -489,7 +531,19 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
             if d.weight == Some(0) {
                 c.push(format!("{dpath}.weight"), "must be at least 1");
             }
+            let price = match &d.price {
+                None => None,
+                Some(rp) => match rp.parse("config", "") {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        c.push(format!("{dpath}.price"), e);
+                        None
+                    }
+                },
+            };
             deployments.push(DeploymentConfig {
+                price,
+                vendor: d.vendor,
                 provider: d.provider,
                 model: d.model,
                 weight: d.weight.unwrap_or(1).max(1),
@@ -523,6 +577,33 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                 content_policy_fallbacks: raw.content_policy_fallbacks,
             },
         );
+    }
+
+    let mut prices = PricesConfig {
+        require: false,
+        table: PriceTable::builtin(),
+    };
+    if let Some(v) = sections.remove("prices") {
+        if let Some(raw) = c.parse::<RawPrices>("prices", v) {
+            prices.require = raw.require;
+            if let Some(file) = &raw.litellm_file {
+                match std::fs::read_to_string(file)
+                    .map_err(|e| format!("cannot read `{file}`: {e}"))
+                    .and_then(|text| PriceTable::from_litellm_json(&text, file))
+                {
+                    Ok(t) => prices.table = std::mem::take(&mut prices.table).with_overrides(t),
+                    Err(e) => c.push("prices.litellm_file", e),
+                }
+            }
+            let mut own = PriceTable::default();
+            for (i, e) in raw.models.iter().enumerate() {
+                match e.price.parse("config", "") {
+                    Ok(p) => own.insert(&e.vendor, &e.model, p),
+                    Err(m) => c.push(format!("prices.models[{i}]"), m),
+                }
+            }
+            prices.table = std::mem::take(&mut prices.table).with_overrides(own);
+        }
     }
 
     let mut routers = BTreeMap::new();
@@ -586,6 +667,7 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                     providers,
                     models,
                     routers,
+                    prices,
                 });
             }
         }
@@ -915,6 +997,10 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
         providers,
         models: BTreeMap::new(),
         routers: BTreeMap::new(),
+        prices: PricesConfig {
+            require: false,
+            table: PriceTable::builtin(),
+        },
     })
 }
 
@@ -1031,6 +1117,58 @@ models:
         assert!(e[0].message.contains("`nowhere`"));
     }
 
+    #[test]
+    fn prices_come_from_the_table_the_litellm_file_and_the_config() {
+        let dir = std::env::temp_dir().join(format!("tollway-prices-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("litellm.json");
+        std::fs::write(
+            &file,
+            r#"{"my-model": {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06}}"#,
+        )
+        .unwrap();
+        let text = format!(
+            r#"
+prices:
+  require: true
+  litellm_file: {}
+  models:
+    - {{ vendor: openai, model: gpt-4.1, input: "1.00", output: "4.00" }}
+providers:
+  openai: {{ kind: openai, api_key: sk-x }}
+models:
+  m:
+    deployments:
+      - {{ provider: openai, model: gpt-4.1, price: {{ input: "0.5", output: "1" }}, vendor: azure }}
+"#,
+            file.display()
+        );
+        let c = parse(&text, &env(&[])).unwrap();
+        assert!(c.prices.require);
+        let t = &c.prices.table;
+        assert_eq!(t.lookup(&["openai"], "gpt-4.1").unwrap().input.0, 1_000_000);
+        assert_eq!(
+            t.lookup(&["openai"], "my-model").unwrap().output.0,
+            2_000_000
+        );
+        assert_eq!(
+            t.lookup(&["anthropic"], "claude-sonnet-4-5")
+                .unwrap()
+                .input
+                .0,
+            3_000_000
+        );
+        let d = &c.models["m"].deployments[0];
+        assert_eq!(d.price.as_ref().unwrap().input.0, 500_000);
+        assert_eq!(d.vendor.as_deref(), Some("azure"));
+        let errs = parse(
+            "prices:\n  models:\n    - { vendor: openai, model: x, input: \"-1\", output: \"1\", colour: 3 }\n",
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(errs[0].path.starts_with("prices"), "{errs:?}");
+    }
+
     /// The complete example in docs/config.md is a valid config.
     #[test]
     fn the_documented_example_is_valid() {
@@ -1055,7 +1193,7 @@ models:
 
     #[test]
     fn unknown_and_unsupported_sections_are_errors() {
-        let errs = parse("providerz: {}\nprices: {}\n", &env(&[])).unwrap_err();
+        let errs = parse("providerz: {}\nbudgets: {}\n", &env(&[])).unwrap_err();
         assert_eq!(errs.len(), 2);
         assert!(errs[0].message.contains("unknown section `providerz`"));
         assert!(errs[1].message.contains("not supported"));

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod metrics;
+pub mod prices;
 pub mod routing;
 pub mod rules;
 pub mod runtime;

@@ -10,6 +10,7 @@ use tollway_core::{Capabilities, ChatRequest, ErrorKind, Provider, ProviderError
 use tollway_providers::{ProviderConfig, Secret};
 
 use crate::config::{default_capabilities, Config};
+use crate::prices::ModelPrice;
 use crate::routing::{self, Admission, Health, HealthPolicy, HealthRegistry, Strategy};
 
 /// One place a request can be sent: a provider account and the upstream model id.
@@ -26,6 +27,24 @@ pub struct Deployment {
     pub health: Arc<Health>,
     /// The circuit-breaker settings of the group this deployment was planned from.
     pub policy: HealthPolicy,
+    /// `None`: the price is unknown (the ledger says so).
+    pub price: Option<Arc<ModelPrice>>,
+}
+
+/// The price lists to look a deployment up in, most specific first.
+fn vendors<'a>(
+    explicit: Option<&'a str>,
+    account: &'a str,
+    kind: &'a ProviderConfig,
+) -> Vec<&'a str> {
+    let mut v: Vec<&str> = explicit.into_iter().collect();
+    v.push(account);
+    v.push(match kind {
+        ProviderConfig::Mock(_) => "mock",
+        ProviderConfig::Anthropic(_) => "anthropic",
+        ProviderConfig::Openai(_) | ProviderConfig::OpenaiCompatible(_) => "openai",
+    });
+    v
 }
 
 struct Model {
@@ -115,7 +134,22 @@ impl Runtime {
                     return Err(format!("model `{name}`: unknown provider `{}`", d.provider));
                 };
                 let label = format!("{}/{}", d.provider, d.model);
+                let price = match &d.price {
+                    Some(p) => Some(Arc::new(p.clone())),
+                    None => config.providers.get(&d.provider).and_then(|pc| {
+                        config
+                            .prices
+                            .table
+                            .lookup(&vendors(d.vendor.as_deref(), &d.provider, pc), &d.model)
+                    }),
+                };
+                if price.is_none() && config.prices.require {
+                    return Err(format!(
+                        "model `{name}`: no price for deployment {label} (prices.require is on): add it under prices.models or give the deployment a price"
+                    ));
+                }
                 deployments.push(Arc::new(Deployment {
+                    price,
                     provider: p.clone(),
                     provider_name: d.provider.clone(),
                     model: d.model.clone(),
@@ -320,7 +354,14 @@ impl Runtime {
         };
         let (p, caps) = self.providers.get(provider)?;
         let label = format!("{provider}/{model}");
+        let price = self.config.providers.get(provider).and_then(|pc| {
+            self.config
+                .prices
+                .table
+                .lookup(&vendors(None, provider, pc), model)
+        });
         Some(Arc::new(Deployment {
+            price,
             provider: p.clone(),
             provider_name: provider.to_string(),
             model: model.to_string(),

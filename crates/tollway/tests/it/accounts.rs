@@ -344,3 +344,122 @@ async fn a_graceful_shutdown_loses_no_ledger_row() {
         60
     );
 }
+
+/// Dollars per million tokens × tokens, in micro-dollars, rounded half up — computed by hand.
+fn expected_micros(
+    input: u64,
+    cached: u64,
+    output: u64,
+    in_pm: u64,
+    cached_pm: u64,
+    out_pm: u64,
+) -> String {
+    // prices are in micro-dollars per million tokens = pico-dollars per token
+    let picos = u128::from(input) * u128::from(in_pm)
+        + u128::from(cached) * u128::from(cached_pm)
+        + u128::from(output) * u128::from(out_pm);
+    let micros = (picos + 500_000) / 1_000_000;
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+#[tokio::test]
+async fn every_answer_is_priced_exactly_in_headers_streams_and_the_ledger() {
+    let env = start().await;
+    // gpt → oai/gpt-4.1 at OpenAI's list price: $2 in, $0.50 cached, $8 out per million
+    let (status, h, body) = env
+        .openai(json!({"model": "gpt", "messages": [{"role": "user", "content": "Hello there [mock cached=7 tokens=40]"}]}))
+        .await;
+    assert_eq!(status, 200);
+    let u = &body["usage"];
+    let prompt = u["prompt_tokens"].as_u64().expect("prompt");
+    let cached = u["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .expect("cached");
+    let output = u["completion_tokens"].as_u64().expect("completion");
+    assert_eq!((cached, output), (7, 40));
+    let want = expected_micros(
+        prompt - cached,
+        cached,
+        output,
+        2_000_000,
+        500_000,
+        8_000_000,
+    );
+    assert_eq!(header(&h, "x-tollway-cost-usd"), want);
+    let id = header(&h, "x-tollway-request-id").to_string();
+
+    // claude → ant/claude-sonnet-4-5: $3 in, $0.30 cache read, $15 out; streamed through the
+    // Anthropic API, the cost arrives in message_delta's usage
+    let r = env
+        .http
+        .post(format!("{}/v1/messages", env.url))
+        .header("x-api-key", MASTER)
+        .json(
+            &json!({"model": "claude", "max_tokens": 100, "stream": true,
+            "messages": [{"role": "user", "content": "Hi [mock cached=3 tokens=12]"}]}),
+        )
+        .send()
+        .await
+        .expect("send");
+    let sid = header(r.headers(), "x-tollway-request-id").to_string();
+    let text = r.text().await.expect("body");
+    let delta: Value = crate::harness::sse(&text)
+        .into_iter()
+        .find(|(e, _)| e.as_deref() == Some("message_delta"))
+        .map(|(_, d)| serde_json::from_str(&d).expect("json"))
+        .expect("message_delta");
+    let du = &delta["usage"];
+    let want_stream = expected_micros(
+        du["input_tokens"].as_u64().expect("in"),
+        du["cache_read_input_tokens"].as_u64().expect("read"),
+        du["output_tokens"].as_u64().expect("out"),
+        3_000_000,
+        300_000,
+        15_000_000,
+    );
+    assert_eq!(du["cost_usd"], want_stream.as_str(), "{delta}");
+    // OpenAI streams carry it in the final usage chunk
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "gpt", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+    let text = r.text().await.expect("body");
+    let last_usage: Value = crate::harness::sse(&text)
+        .into_iter()
+        .rfind(|(_, d)| d.contains("\"usage\":{"))
+        .map(|(_, d)| serde_json::from_str(&d).expect("json"))
+        .expect("usage chunk");
+    assert!(
+        last_usage["usage"]["cost_usd"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("0.0")),
+        "{last_usage}"
+    );
+
+    // an unpriced model still works; the ledger says the cost is unknown
+    let (status, h, _) = env
+        .openai(json!({"model": "gpt2", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-tollway-cost-usd"), "unknown");
+
+    assert_eq!(ledger_rows(&env, 4).await, 4);
+    let store = env.state.accounts().store();
+    let row = store.ledger_row(&id).await.expect("db").expect("row");
+    let micros: i64 = want.replace('.', "").parse().expect("micros");
+    assert_eq!(row.cost_micros, Some(micros));
+    assert!(!row.cost_estimated);
+    let srow = store.ledger_row(&sid).await.expect("db").expect("row");
+    assert_eq!(
+        srow.cost_micros,
+        Some(want_stream.replace('.', "").parse().expect("micros"))
+    );
+    let usage = store
+        .usage(&tollway_store::UsageQuery::default())
+        .await
+        .expect("usage");
+    assert_eq!(usage[0].unpriced_requests, 1);
+}
