@@ -28,6 +28,8 @@ pub enum ErrorKind {
     RequestTooLarge,
     /// A rate limit applies (ours or the upstream's). 429.
     RateLimited,
+    /// A hard budget is spent until its period resets. 429 (OpenAI's `insufficient_quota`).
+    BudgetExceeded,
     /// The upstream says it is overloaded (Anthropic 529, OpenAI 503). 503 / 529.
     Overloaded,
     /// The upstream failed (5xx). 502.
@@ -78,6 +80,7 @@ impl ProviderError {
             | ErrorKind::PermissionDenied
             | ErrorKind::NotFound
             | ErrorKind::RequestTooLarge
+            | ErrorKind::BudgetExceeded
             | ErrorKind::Internal => Retry::Never,
             ErrorKind::RateLimited
             | ErrorKind::Overloaded
@@ -164,7 +167,7 @@ impl ProviderError {
             ErrorKind::PermissionDenied => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::RequestTooLarge => 413,
-            ErrorKind::RateLimited => 429,
+            ErrorKind::RateLimited | ErrorKind::BudgetExceeded => 429,
             ErrorKind::Overloaded => 503,
             ErrorKind::Upstream
             | ErrorKind::UpstreamConfig

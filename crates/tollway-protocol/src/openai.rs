@@ -793,6 +793,7 @@ fn error_type_code(kind: ErrorKind) -> (&'static str, Option<&'static str>) {
         ErrorKind::NotFound => ("invalid_request_error", Some("not_found")),
         ErrorKind::RequestTooLarge => ("invalid_request_error", Some("request_too_large")),
         ErrorKind::RateLimited => ("rate_limit_error", Some("rate_limit_exceeded")),
+        ErrorKind::BudgetExceeded => ("insufficient_quota", Some("budget_exceeded")),
         ErrorKind::Overloaded => ("server_error", Some("overloaded")),
         ErrorKind::Upstream | ErrorKind::UpstreamConfig => ("server_error", Some("upstream_error")),
         ErrorKind::Timeout => ("server_error", Some("timeout")),

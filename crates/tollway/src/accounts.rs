@@ -47,6 +47,7 @@ pub struct Accounts {
     ledger: LedgerWriter,
     ledger_task: Mutex<Option<LedgerTask>>,
     limits: Limits,
+    budgets: Arc<crate::budgets::Budgets>,
 }
 
 impl Accounts {
@@ -65,6 +66,7 @@ impl Accounts {
             ledger,
             ledger_task: Mutex::new(Some(task)),
             limits: Limits::default(),
+            budgets: Arc::default(),
         });
         a.refresh().await.map_err(|e| e.to_string())?;
         Ok(a)
@@ -141,6 +143,10 @@ impl Accounts {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    pub fn budgets(&self) -> &Arc<crate::budgets::Budgets> {
+        &self.budgets
     }
 }
 

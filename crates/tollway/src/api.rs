@@ -20,10 +20,13 @@ use tollway_store::LedgerRow;
 use std::sync::Arc;
 
 use crate::accounts::Principal;
+use crate::budgets::{Budget, Period, Reservation};
 use crate::gateway::{self, Outcome};
 use crate::prices::ModelPrice;
 use crate::runtime::RouteOptions;
+use crate::runtime::Runtime;
 use crate::server::AppState;
+use tollway_core::{ChatRequest, Micros};
 
 pub const H_REQUEST_ID: &str = "x-tollway-request-id";
 pub const H_MODEL: &str = "x-tollway-model";
@@ -231,6 +234,8 @@ struct Charge {
     /// For estimating usage when the provider reports none.
     prompt_estimate: u64,
     output_chars: u64,
+    /// Budget reservations, settled with the real cost when the request ends.
+    reservation: Option<Reservation>,
 }
 
 pub const H_COST: &str = "x-tollway-cost-usd";
@@ -280,6 +285,7 @@ impl Charge {
             price: None,
             prompt_estimate: 0,
             output_chars: 0,
+            reservation: None,
         }
     }
 
@@ -311,6 +317,9 @@ impl Drop for Charge {
         let (u, estimated) = billed_usage(self.usage, self.prompt_estimate, self.output_chars);
         row.cost_estimated = estimated;
         row.cost_micros = self.price.as_ref().map(|p| p.cost(&u).micros().0);
+        if let Some(r) = self.reservation.take() {
+            r.settle(row.cost_micros.map(Micros));
+        }
         row.latency_ms = self.started.elapsed().as_millis() as i64;
         row.input_tokens = u.input_tokens as i64;
         row.output_tokens = u.output_tokens as i64;
@@ -330,45 +339,141 @@ fn permission(msg: String) -> ProviderError {
     ProviderError::new(ErrorKind::PermissionDenied, msg)
 }
 
-/// Applies the calling key's policy and limits to a request; the headers for its limits.
-fn admit(
+fn limit_headers(h: &mut Vec<(&'static str, String)>, st: &crate::accounts::LimitState) {
+    // The tightest limit wins the header (the one a client should pace itself by).
+    if let Some((limit, left)) = st.requests {
+        let tighter = h
+            .iter()
+            .find(|(n, _)| *n == "x-ratelimit-remaining-requests")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .is_none_or(|prev| left < prev);
+        if tighter {
+            h.retain(|(n, _)| !n.ends_with("-requests"));
+            h.push(("x-ratelimit-limit-requests", limit.to_string()));
+            h.push(("x-ratelimit-remaining-requests", left.to_string()));
+        }
+    }
+    if let Some((limit, left)) = st.tokens {
+        let tighter = h
+            .iter()
+            .find(|(n, _)| *n == "x-ratelimit-remaining-tokens")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .is_none_or(|prev| left < prev);
+        if tighter {
+            h.retain(|(n, _)| !n.ends_with("-tokens"));
+            h.push(("x-ratelimit-limit-tokens", limit.to_string()));
+            h.push(("x-ratelimit-remaining-tokens", left.to_string()));
+        }
+    }
+}
+
+/// Applies the caller's policy, rate limits (key, team, model) and budgets (key, team, global)
+/// to a request bound for `target` (the model group after any router); the headers for its limits.
+async fn admit(
     state: &AppState,
+    rt: &Runtime,
     principal: &Principal,
-    model: &str,
+    req: &ChatRequest,
+    requested: &str,
     opts: &mut RouteOptions,
     charge: &mut Charge,
 ) -> Result<Vec<(&'static str, String)>, ProviderError> {
-    let Some(k) = principal.key() else {
-        return Ok(Vec::new());
-    };
-    for m in std::iter::once(model).chain(opts.models.iter().map(String::as_str)) {
-        if !principal.may_use(m) {
-            return Err(permission(format!(
-                "The API key {} may not use the model `{m}`.",
-                k.prefix
-            ))
-            .with_param("model"));
+    let key = principal.key();
+    if let Some(k) = key {
+        for m in std::iter::once(requested).chain(opts.models.iter().map(String::as_str)) {
+            if !principal.may_use(m) {
+                return Err(permission(format!(
+                    "The API key {} may not use the model `{m}`.",
+                    k.prefix
+                ))
+                .with_param("model"));
+            }
+        }
+        if !k.providers.is_empty() {
+            opts.policy_only = Some(k.providers.clone());
         }
     }
-    if !k.providers.is_empty() {
-        opts.policy_only = Some(k.providers.clone());
+    let accounts = state.accounts();
+    let team = key
+        .and_then(|k| k.team.as_deref())
+        .and_then(|t| rt.config.teams.get(t).map(|tc| (t, tc)));
+    let model_cfg = rt.config.models.get(&req.model);
+    let mut scopes: Vec<(String, Option<u64>, Option<u64>)> = Vec::new();
+    if let Some(k) = key {
+        scopes.push((format!("key:{}", k.id), k.rpm, k.tpm));
     }
-    let scope = format!("key:{}", k.id);
-    let st = state
-        .accounts()
-        .limits()
-        .admit(&scope, k.rpm, k.tpm, Instant::now())?;
-    if k.tpm.is_some() {
-        charge.token_scopes.push(scope);
+    if let Some((name, tc)) = team {
+        scopes.push((format!("team:{name}"), tc.rpm, tc.tpm));
+    }
+    if let Some(mc) = model_cfg {
+        scopes.push((format!("model:{}", req.model), mc.rpm, mc.tpm));
     }
     let mut h = Vec::new();
-    if let Some((limit, left)) = st.requests {
-        h.push(("x-ratelimit-limit-requests", limit.to_string()));
-        h.push(("x-ratelimit-remaining-requests", left.to_string()));
+    let now = Instant::now();
+    for (scope, rpm, tpm) in scopes {
+        let st = accounts.limits().admit(&scope, rpm, tpm, now)?;
+        limit_headers(&mut h, &st);
+        if tpm.is_some() {
+            charge.token_scopes.push(scope);
+        }
     }
-    if let Some((limit, left)) = st.tokens {
-        h.push(("x-ratelimit-limit-tokens", limit.to_string()));
-        h.push(("x-ratelimit-remaining-tokens", left.to_string()));
+
+    let mut budgets = Vec::new();
+    if let Some(k) = key {
+        if let (Some(limit), Some(period)) = (
+            k.budget_micros,
+            k.budget_period.as_deref().and_then(Period::parse),
+        ) {
+            budgets.push(Budget {
+                scope: format!("key:{}", k.id),
+                limit: Micros(limit),
+                period,
+                hard: true,
+            });
+        }
+    }
+    if let Some((name, tc)) = team {
+        if let Some(b) = &tc.budget {
+            budgets.push(Budget {
+                scope: format!("team:{name}"),
+                limit: b.limit,
+                period: b.period,
+                hard: b.hard,
+            });
+        }
+    }
+    if let Some(b) = &rt.config.global_budget {
+        budgets.push(Budget {
+            scope: "global".into(),
+            limit: b.limit,
+            period: b.period,
+            hard: b.hard,
+        });
+    }
+    if !budgets.is_empty() {
+        accounts
+            .budgets()
+            .prime(accounts.store(), &budgets)
+            .await
+            .map_err(storage_error)?;
+        // The worst case over the deployments this request may reach.
+        let prompt_bound = crate::rules::prompt_token_bound(req);
+        let max_out = u64::from(
+            req.max_tokens
+                .unwrap_or(tollway_protocol::anthropic::DEFAULT_MAX_TOKENS),
+        );
+        let ceiling = rt
+            .plan(&req.model, opts)
+            .map(|p| {
+                p.tries
+                    .iter()
+                    .filter_map(|d| d.price.as_ref())
+                    .map(|p| p.ceiling(prompt_bound, max_out))
+                    .max()
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        charge.reservation = Some(accounts.budgets().reserve(&budgets, ceiling)?);
     }
     Ok(h)
 }
@@ -419,19 +524,30 @@ async fn chat_inner(
     );
     charge.prompt_estimate = crate::rules::estimate_prompt_tokens(&req);
     let mut outcome = Outcome::default();
-    match admit(state, &principal, &req.model, &mut opts, &mut charge) {
+    // Hold the runtime for the whole request: a reload swaps in a new one without disturbing it.
+    let rt = state.runtime();
+    let requested = req.model.clone();
+    if let Some((target, why)) = rt.route(&req, &headers) {
+        req.model = target;
+        outcome.route = Some(why);
+    }
+    match admit(
+        state,
+        &rt,
+        &principal,
+        &req,
+        &requested,
+        &mut opts,
+        &mut charge,
+    )
+    .await
+    {
         Ok(h) => outcome.headers = h,
         Err(e) => {
             let status = e.http_status();
             charge.outcome(status, &outcome);
             return fail(e, Some(outcome));
         }
-    }
-    // Hold the runtime for the whole request: a reload swaps in a new one without disturbing it.
-    let rt = state.runtime();
-    if let Some((target, why)) = rt.route(&req, &headers) {
-        req.model = target;
-        outcome.route = Some(why);
     }
     if req.stream {
         let include_usage = req.include_usage;

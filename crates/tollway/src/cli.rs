@@ -425,6 +425,7 @@ async fn serve(path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Resul
         .map_err(anyhow::Error::msg)?;
     tokio::spawn(accounts.clone().refresh_every(key_refresh));
     let state = AppState::new(runtime, accounts.clone());
+    tokio::spawn(server::budget_alerts(state.clone()));
     if let Some(p) = path {
         state.set_config_source(p.to_path_buf(), listen);
         tokio::spawn(server::reload_on_sighup(state.clone()));

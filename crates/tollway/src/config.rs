@@ -37,6 +37,26 @@ pub struct Config {
     /// Public names that choose a model group per request (see `rules`).
     pub routers: BTreeMap<String, RulesRouter>,
     pub prices: PricesConfig,
+    /// Per-team limits and budgets (keys name their team).
+    pub teams: BTreeMap<String, TeamConfig>,
+    /// A budget over all traffic.
+    pub global_budget: Option<BudgetConfig>,
+    /// Soft-budget alerts are POSTed here as JSON.
+    pub alert_webhook: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TeamConfig {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub budget: Option<BudgetConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetConfig {
+    pub limit: tollway_core::Micros,
+    pub period: crate::budgets::Period,
+    pub hard: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +88,9 @@ pub struct ModelConfig {
     pub context_window_fallbacks: Vec<String>,
     /// Tried when the upstream refuses the content under its usage policy.
     pub content_policy_fallbacks: Vec<String>,
+    /// Requests and tokens per minute for this public model name, across all callers.
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +219,10 @@ struct RawModel {
     context_window_fallbacks: Vec<String>,
     #[serde(default)]
     content_policy_fallbacks: Vec<String>,
+    #[serde(default)]
+    rpm: Option<u64>,
+    #[serde(default)]
+    tpm: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -236,7 +263,38 @@ const SECTIONS: &[&str] = &[
     "teams",
     "budgets",
 ];
-const NOT_YET: &[&str] = &["keys", "teams", "budgets"];
+const NOT_YET: &[&str] = &["keys"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    usd: serde_yaml::Value,
+    #[serde(default)]
+    period: Option<String>,
+    /// Hard (default): refuse requests past it. Soft: alert (log and webhook) and serve.
+    #[serde(default)]
+    hard: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTeam {
+    #[serde(default)]
+    rpm: Option<u64>,
+    #[serde(default)]
+    tpm: Option<u64>,
+    #[serde(default)]
+    budget: Option<RawBudget>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudgets {
+    #[serde(default)]
+    global: Option<RawBudget>,
+    #[serde(default)]
+    alert_webhook: Option<String>,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -575,6 +633,8 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                 fallbacks: raw.fallbacks,
                 context_window_fallbacks: raw.context_window_fallbacks,
                 content_policy_fallbacks: raw.content_policy_fallbacks,
+                rpm: raw.rpm,
+                tpm: raw.tpm,
             },
         );
     }
@@ -603,6 +663,76 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                 }
             }
             prices.table = std::mem::take(&mut prices.table).with_overrides(own);
+        }
+    }
+
+    let budget = |c: &mut Collector<'_>, path: &str, rb: RawBudget| -> Option<BudgetConfig> {
+        let usd = match &rb.usd {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => String::new(),
+        };
+        let limit = match crate::admin::parse_usd(&usd) {
+            Ok(m) => tollway_core::Micros(m),
+            Err(e) => {
+                c.push(format!("{path}.usd"), e);
+                return None;
+            }
+        };
+        let period = match rb.period.as_deref() {
+            None => crate::budgets::Period::Monthly,
+            Some(p) => match crate::budgets::Period::parse(p) {
+                Some(p) => p,
+                None => {
+                    c.push(
+                        format!("{path}.period"),
+                        format!("`{p}` is not one of daily, weekly, monthly, total"),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(BudgetConfig {
+            limit,
+            period,
+            hard: rb.hard.unwrap_or(true),
+        })
+    };
+    let mut teams = BTreeMap::new();
+    for (name, v) in entries(sections.remove("teams"), "teams", &mut c) {
+        let base = format!("teams.{name}");
+        if let Some(rt) = c.parse::<RawTeam>(&base, v) {
+            let b = match rt.budget {
+                Some(rb) => budget(&mut c, &format!("{base}.budget"), rb),
+                None => None,
+            };
+            teams.insert(
+                name,
+                TeamConfig {
+                    rpm: rt.rpm,
+                    tpm: rt.tpm,
+                    budget: b,
+                },
+            );
+        }
+    }
+    let mut global_budget = None;
+    let mut alert_webhook = None;
+    if let Some(v) = sections.remove("budgets") {
+        if let Some(rb) = c.parse::<RawBudgets>("budgets", v) {
+            if let Some(g) = rb.global {
+                global_budget = budget(&mut c, "budgets.global", g);
+            }
+            if let Some(url) = rb.alert_webhook {
+                if url.starts_with("http://") || url.starts_with("https://") {
+                    alert_webhook = Some(url);
+                } else {
+                    c.push(
+                        "budgets.alert_webhook",
+                        "must be an http:// or https:// URL",
+                    );
+                }
+            }
         }
     }
 
@@ -668,6 +798,9 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                     models,
                     routers,
                     prices,
+                    teams,
+                    global_budget,
+                    alert_webhook,
                 });
             }
         }
@@ -1001,6 +1134,9 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
             require: false,
             table: PriceTable::builtin(),
         },
+        teams: BTreeMap::new(),
+        global_budget: None,
+        alert_webhook: None,
     })
 }
 
@@ -1193,7 +1329,7 @@ models:
 
     #[test]
     fn unknown_and_unsupported_sections_are_errors() {
-        let errs = parse("providerz: {}\nbudgets: {}\n", &env(&[])).unwrap_err();
+        let errs = parse("providerz: {}\nkeys: {}\n", &env(&[])).unwrap_err();
         assert_eq!(errs.len(), 2);
         assert!(errs[0].message.contains("unknown section `providerz`"));
         assert!(errs[1].message.contains("not supported"));

@@ -89,6 +89,38 @@ pub fn estimate_prompt_tokens(req: &ChatRequest) -> u64 {
     (chars as u64).div_ceil(4) + extra
 }
 
+/// An upper bound on a request's prompt tokens, for budget reservations: no tokenizer makes a
+/// token of less than one byte, so the text's bytes (plus per-message overhead, tool definitions
+/// and a generous allowance per image) bound the count from above.
+pub fn prompt_token_bound(req: &ChatRequest) -> u64 {
+    let mut total = 16u64;
+    let mut part = |p: &Part| match p {
+        Part::Text { text, .. } | Part::Thinking { text, .. } => total += text.len() as u64,
+        Part::Image(_) => total += 2_000,
+        Part::ToolCall(c) => total += (c.id.len() + c.name.len() + c.arguments.len()) as u64 + 8,
+        Part::ToolResult(r) => {
+            total += r.tool_call_id.len() as u64 + 8;
+            for q in &r.content {
+                match q {
+                    Part::Text { text, .. } => total += text.len() as u64,
+                    _ => total += 2_000,
+                }
+            }
+        }
+    };
+    for m in &req.messages {
+        for p in &m.content {
+            part(p);
+        }
+    }
+    total += 8 * req.messages.len() as u64;
+    for t in &req.tools {
+        total += (t.name.len() + t.description.as_ref().map_or(0, String::len)) as u64;
+        total += t.parameters.to_string().len() as u64 + 16;
+    }
+    total
+}
+
 impl Conditions {
     fn holds(&self, req: &ChatRequest, headers: &HeaderMap, tokens: u64) -> bool {
         self.headers.iter().all(|(k, v)| {

@@ -148,6 +148,61 @@ impl AppState {
     }
 }
 
+/// Sends soft-budget alerts to the configured webhook (and the log, which already has them),
+/// checking every second; a failed delivery is retried on the next tick, up to five times.
+pub async fn budget_alerts(state: AppState) {
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "budget alerts disabled: cannot build an HTTP client");
+            return;
+        }
+    };
+    let mut pending: Vec<(serde_json::Value, u32)> = Vec::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for a in state.accounts().budgets().take_alerts() {
+            pending.push((
+                serde_json::json!({
+                    "type": "budget_alert",
+                    "scope": a.budget.scope,
+                    "period": a.budget.period.name(),
+                    "limit_usd": a.budget.limit.to_string(),
+                    "spent_usd": a.spent.to_string(),
+                    "hard": a.budget.hard,
+                    "ts_ms": tollway_store::now_ms(),
+                }),
+                0,
+            ));
+        }
+        let Some(url) = state.runtime().config.alert_webhook.clone() else {
+            pending.clear();
+            continue;
+        };
+        let mut keep = Vec::new();
+        for (body, tries) in pending.drain(..) {
+            match client.post(&url).json(&body).send().await {
+                Ok(r) if r.status().is_success() => {}
+                other => {
+                    let why = match other {
+                        Ok(r) => format!("HTTP {}", r.status()),
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::warn!(error = %why, "budget alert webhook failed");
+                    if tries < 4 {
+                        keep.push((body, tries + 1));
+                    }
+                }
+            }
+        }
+        pending = keep;
+    }
+}
+
 /// Reloads the config on every SIGHUP.
 pub async fn reload_on_sighup(state: AppState) {
     #[cfg(unix)]

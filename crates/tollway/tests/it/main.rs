@@ -2,6 +2,7 @@
 
 mod accounts;
 mod bad_input;
+mod budgets;
 mod harness;
 mod lifecycle;
 mod reload;
