@@ -8,6 +8,6 @@ pub mod provider;
 pub mod types;
 
 pub use error::{ErrorKind, ProviderError, Retry};
-pub use money::{Micros, PicosPerToken};
+pub use money::{Micros, MoneyError, Picos, PicosPerToken};
 pub use provider::{BoxFuture, Capabilities, EventStream, Provider, ProviderInfo};
 pub use types::*;

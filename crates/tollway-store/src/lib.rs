@@ -201,6 +201,30 @@ impl Store {
     }
 }
 
+/// Creates a fresh, empty schema in a PostgreSQL database and returns a URL whose connections use
+/// it: for tests (and for giving each tenant its own schema). `base` is a `postgres://` URL.
+pub async fn fresh_postgres_schema(base: &str, name: &str) -> Result<String> {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(StoreError::Invalid(format!(
+            "`{name}` is not a plain schema name"
+        )));
+    }
+    sqlx::any::install_default_drivers();
+    let admin = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(base)
+        .await?;
+    admin
+        .execute(format!("CREATE SCHEMA IF NOT EXISTS {name}").as_str())
+        .await?;
+    admin.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Ok(format!("{base}{sep}options=-csearch_path%3D{name}"))
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;

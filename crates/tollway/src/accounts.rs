@@ -48,11 +48,25 @@ pub struct Accounts {
     ledger_task: Mutex<Option<LedgerTask>>,
     limits: Limits,
     budgets: Arc<crate::budgets::Budgets>,
+    /// Redis, when configured and reachable at least once.
+    shared: arc_swap::ArcSwapOption<crate::shared::Shared>,
+    /// Redis is configured (so `shared` being empty means "not reachable yet").
+    shared_configured: bool,
 }
 
 impl Accounts {
     /// Connects to storage (running migrations), loads the keys and starts the ledger writer.
     pub async fn open(url: &str, flush_every: Duration) -> Result<Arc<Accounts>, String> {
+        Self::open_shared(url, flush_every, None).await
+    }
+
+    /// As [`Accounts::open`], sharing limits, budgets and cooldowns through Redis
+    /// (`(url, key prefix)`). An unreachable Redis is logged and retried in the background.
+    pub async fn open_shared(
+        url: &str,
+        flush_every: Duration,
+        shared: Option<(String, String)>,
+    ) -> Result<Arc<Accounts>, String> {
         let store = Store::connect(url).await.map_err(|e| {
             format!(
                 "cannot open storage {}: {e}",
@@ -67,8 +81,31 @@ impl Accounts {
             ledger_task: Mutex::new(Some(task)),
             limits: Limits::default(),
             budgets: Arc::default(),
+            shared: arc_swap::ArcSwapOption::empty(),
+            shared_configured: shared.is_some(),
         });
         a.refresh().await.map_err(|e| e.to_string())?;
+        if let Some((redis_url, prefix)) = shared {
+            match crate::shared::Shared::connect(&redis_url, &prefix).await {
+                Ok(s) => a.shared.store(Some(s)),
+                Err(e) => {
+                    tracing::error!(error = %e, "shared state unavailable at start: using local limits and budgets; retrying in the background");
+                    let weak = Arc::downgrade(&a);
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            let Some(a) = weak.upgrade() else { return };
+                            if let Ok(s) = crate::shared::Shared::connect(&redis_url, &prefix).await
+                            {
+                                tracing::warn!("shared state (Redis) connected");
+                                a.shared.store(Some(s));
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        }
         Ok(a)
     }
 
@@ -147,6 +184,17 @@ impl Accounts {
 
     pub fn budgets(&self) -> &Arc<crate::budgets::Budgets> {
         &self.budgets
+    }
+
+    /// Redis, when it is connected and answering.
+    pub fn shared(&self) -> Option<Arc<crate::shared::Shared>> {
+        self.shared.load_full()
+    }
+
+    /// `None`: no shared state configured; otherwise whether Redis answers.
+    pub fn shared_up(&self) -> Option<bool> {
+        self.shared_configured
+            .then(|| self.shared.load().as_ref().is_some_and(|s| s.is_up()))
     }
 }
 

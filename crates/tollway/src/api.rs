@@ -236,6 +236,9 @@ struct Charge {
     output_chars: u64,
     /// Budget reservations, settled with the real cost when the request ends.
     reservation: Option<Reservation>,
+    /// Redis, when this request's limits or budgets went through it.
+    shared: Option<Arc<crate::shared::Shared>>,
+    shared_reservation: Option<crate::shared::SharedReservation>,
 }
 
 pub const H_COST: &str = "x-tollway-cost-usd";
@@ -286,6 +289,8 @@ impl Charge {
             prompt_estimate: 0,
             output_chars: 0,
             reservation: None,
+            shared: None,
+            shared_reservation: None,
         }
     }
 
@@ -320,6 +325,10 @@ impl Drop for Charge {
         if let Some(r) = self.reservation.take() {
             r.settle(row.cost_micros.map(Micros));
         }
+        if let (Some(sh), Some(r)) = (self.shared.clone(), self.shared_reservation.take()) {
+            let cost = row.cost_micros.unwrap_or(0);
+            tokio::spawn(async move { sh.settle(&r, cost).await });
+        }
         row.latency_ms = self.started.elapsed().as_millis() as i64;
         row.input_tokens = u.input_tokens as i64;
         row.output_tokens = u.output_tokens as i64;
@@ -330,6 +339,17 @@ impl Drop for Charge {
         let now = Instant::now();
         for scope in &self.token_scopes {
             accounts.limits().add_tokens(scope, u.total_tokens(), now);
+        }
+        if let Some(sh) = self.shared.clone() {
+            let scopes = std::mem::take(&mut self.token_scopes);
+            let tokens = u.total_tokens();
+            if !scopes.is_empty() && tokens > 0 {
+                tokio::spawn(async move {
+                    for s in scopes {
+                        sh.add_tokens(&s, tokens).await;
+                    }
+                });
+            }
         }
         accounts.record(row);
     }
@@ -410,8 +430,34 @@ async fn admit(
     }
     let mut h = Vec::new();
     let now = Instant::now();
+    let shared = accounts.shared().filter(|s| s.should_try());
     for (scope, rpm, tpm) in scopes {
-        let st = accounts.limits().admit(&scope, rpm, tpm, now)?;
+        if rpm.is_none() && tpm.is_none() {
+            continue;
+        }
+        let mut st = None;
+        if let Some(sh) = &shared {
+            match sh.admit(&scope, rpm, tpm).await {
+                Ok(s) => st = Some(s),
+                Err(Some((what, limit))) => {
+                    return Err(ProviderError::new(
+                        ErrorKind::RateLimited,
+                        format!("Rate limit reached for {scope}: {limit} {what} per minute (shared across instances). Retry in up to 60 s."),
+                    )
+                    .with_retry(tollway_core::Retry::After(std::time::Duration::from_secs(
+                        60 - (tollway_store::now_ms().rem_euclid(60_000) / 1000) as u64,
+                    ))));
+                }
+                Err(None) => {} // Redis failed: local state below
+            }
+        }
+        let st = match st {
+            Some(s) => {
+                charge.shared = shared.clone();
+                s
+            }
+            None => accounts.limits().admit(&scope, rpm, tpm, now)?,
+        };
         limit_headers(&mut h, &st);
         if tpm.is_some() {
             charge.token_scopes.push(scope);
@@ -473,6 +519,43 @@ async fn admit(
                     .unwrap_or_default()
             })
             .unwrap_or_default();
+        if let Some(sh) = &shared {
+            let mut seeds = Vec::with_capacity(budgets.len());
+            for b in &budgets {
+                let seed = if sh.needs_seed(b) {
+                    let (start, _) = b.period.window(tollway_store::now_ms());
+                    let (k, t) = match b.scope.split_once(':') {
+                        Some(("key", id)) => (Some(id), None),
+                        Some(("team", t)) => (None, Some(t)),
+                        _ => (None, None),
+                    };
+                    accounts
+                        .store()
+                        .spend_micros(k, t, start)
+                        .await
+                        .map_err(storage_error)?
+                } else {
+                    0
+                };
+                seeds.push(seed);
+            }
+            match sh.reserve(&budgets, ceiling, &seeds).await {
+                Ok(crate::shared::Reserved::Ok(r, alerts)) => {
+                    for b in alerts {
+                        accounts.budgets().alert(b);
+                    }
+                    charge.shared = Some(sh.clone());
+                    charge.shared_reservation = Some(r);
+                    return Ok(h);
+                }
+                Ok(crate::shared::Reserved::Refused(i)) => {
+                    let b = &budgets[i.min(budgets.len() - 1)];
+                    let (_, end) = b.period.window(tollway_store::now_ms());
+                    return Err(crate::budgets::exhausted(b, end, tollway_store::now_ms()));
+                }
+                Err(()) => {} // Redis failed: local state below
+            }
+        }
         charge.reservation = Some(accounts.budgets().reserve(&budgets, ceiling)?);
     }
     Ok(h)
@@ -856,7 +939,12 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         .into_response();
     }
     let rt = state.runtime();
-    let mut r = Response::new(Body::from(state.metrics().render(rt.health())));
+    let mut text = state.metrics().render(rt.health());
+    if let Some(up) = state.accounts().shared_up() {
+        text.push_str("# HELP tollway_shared_state_up 1 when the shared state (Redis) answers; 0 while instances fall back to local limits and budgets.\n# TYPE tollway_shared_state_up gauge\n");
+        text.push_str(&format!("tollway_shared_state_up {}\n", u8::from(up)));
+    }
+    let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(
         "content-type",
         HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -126,7 +126,8 @@ pub struct Budgets {
     alerts: Mutex<Vec<Alert>>,
 }
 
-fn exhausted(b: &Budget, end: i64, now: i64) -> ProviderError {
+/// The error for a spent hard budget: names it, its amount and when it resets.
+pub fn exhausted(b: &Budget, end: i64, now: i64) -> ProviderError {
     let resets = if b.period == Period::Total {
         "it does not reset".to_string()
     } else {
@@ -252,6 +253,18 @@ impl Budgets {
     pub fn spent(&self, scope: &str) -> Micros {
         let map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         Micros(map.get(scope).map_or(0, |c| c.spent))
+    }
+
+    /// Records an alert raised elsewhere (by the shared state).
+    pub fn alert(&self, budget: Budget) {
+        tracing::warn!(scope = %budget.scope, limit = %budget.limit, "soft budget exceeded (shared)");
+        self.alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Alert {
+                budget,
+                spent: Micros(0),
+            });
     }
 
     /// Alerts raised since the last call.

@@ -415,17 +415,22 @@ async fn serve(path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Resul
     let addr = cfg.server.listen;
     let (cfg_storage, ledger_flush, key_refresh) =
         (cfg.storage_url.clone(), cfg.ledger_flush, cfg.key_refresh);
+    let shared_state = cfg
+        .shared_state_url
+        .clone()
+        .map(|u| (u, cfg.shared_state_prefix.clone()));
     let runtime = Runtime::build(cfg).await.map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
-    let accounts = crate::accounts::Accounts::open(&cfg_storage, ledger_flush)
+    let accounts = crate::accounts::Accounts::open_shared(&cfg_storage, ledger_flush, shared_state)
         .await
         .map_err(anyhow::Error::msg)?;
     tokio::spawn(accounts.clone().refresh_every(key_refresh));
     let state = AppState::new(runtime, accounts.clone());
     tokio::spawn(server::budget_alerts(state.clone()));
+    tokio::spawn(server::sync_cooldowns(state.clone()));
     if let Some(p) = path {
         state.set_config_source(p.to_path_buf(), listen);
         tokio::spawn(server::reload_on_sighup(state.clone()));

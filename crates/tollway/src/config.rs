@@ -13,7 +13,7 @@ use serde_yaml::Value;
 use tollway_core::{ApiFamily, Capabilities};
 use tollway_providers::{AnthropicConfig, OpenAiConfig, ProviderConfig, Secret, Timeouts};
 
-use crate::prices::{ModelPrice, PriceTable, RawPrice};
+use crate::prices::{ModelPrice, PriceEntry, PriceTable};
 use crate::routing::{HealthPolicy, Strategy};
 use crate::rules::{RawRouter, Rule, RulesRouter};
 
@@ -32,6 +32,8 @@ pub struct Config {
     /// admin API apply at once).
     pub key_refresh: Duration,
     pub shared_state_url: Option<String>,
+    /// Key prefix in Redis (several deployments of Tollway can share one Redis).
+    pub shared_state_prefix: String,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
     /// Public names that choose a model group per request (see `rules`).
@@ -182,8 +184,10 @@ struct RawServer {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawUrl {
+struct RawShared {
     url: String,
+    #[serde(default)]
+    prefix: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -232,8 +236,9 @@ struct RawDeployment {
     model: String,
     #[serde(default)]
     weight: Option<u32>,
+    /// Dollars per million tokens: `input`, `output`, `cache_read`, `cache_write`, `reasoning`.
     #[serde(default)]
-    price: Option<RawPrice>,
+    price: Option<serde_yaml::Mapping>,
     #[serde(default)]
     vendor: Option<String>,
     #[serde(default)]
@@ -305,16 +310,7 @@ struct RawPrices {
     #[serde(default)]
     litellm_file: Option<String>,
     #[serde(default)]
-    models: Vec<RawPriceEntry>,
-}
-
-/// (Unknown keys are rejected by the flattened `RawPrice`.)
-#[derive(Deserialize)]
-struct RawPriceEntry {
-    vendor: String,
-    model: String,
-    #[serde(flatten)]
-    price: RawPrice,
+    models: Vec<PriceEntry>,
 }
 
 /// Default capabilities of a provider kind (a deployment may narrow or widen them).
@@ -473,10 +469,14 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
             None => String::new(),
         },
     };
+    let mut shared_state_prefix = "tollway:".to_string();
     let shared_state_url = match sections.remove("shared_state") {
         None | Some(Value::Null) => None,
-        Some(v) => match c.parse::<RawUrl>("shared_state", v) {
+        Some(v) => match c.parse::<RawShared>("shared_state", v) {
             Some(u) if u.url.starts_with("redis://") || u.url.starts_with("rediss://") => {
+                if let Some(p) = u.prefix {
+                    shared_state_prefix = p;
+                }
                 Some(u.url)
             }
             Some(u) => {
@@ -591,13 +591,22 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
             }
             let price = match &d.price {
                 None => None,
-                Some(rp) => match rp.parse("config", "") {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        c.push(format!("{dpath}.price"), e);
-                        None
+                Some(map) => {
+                    // the deployment's own price: an entry whose provider and model are its own
+                    let mut m = map.clone();
+                    m.insert(Value::from("provider"), Value::from(d.provider.clone()));
+                    m.insert(Value::from("model"), Value::from(d.model.clone()));
+                    match serde_yaml::from_value::<PriceEntry>(Value::Mapping(m))
+                        .map_err(|e| e.to_string())
+                        .and_then(|e| e.to_price("config").map_err(|e| e.to_string()))
+                    {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            c.push(format!("{dpath}.price"), e);
+                            None
+                        }
                     }
-                },
+                }
             };
             deployments.push(DeploymentConfig {
                 price,
@@ -641,7 +650,7 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
 
     let mut prices = PricesConfig {
         require: false,
-        table: PriceTable::builtin(),
+        table: PriceTable::builtin().clone(),
     };
     if let Some(v) = sections.remove("prices") {
         if let Some(raw) = c.parse::<RawPrices>("prices", v) {
@@ -649,17 +658,20 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
             if let Some(file) = &raw.litellm_file {
                 match std::fs::read_to_string(file)
                     .map_err(|e| format!("cannot read `{file}`: {e}"))
-                    .and_then(|text| PriceTable::from_litellm_json(&text, file))
-                {
+                    .and_then(|text| {
+                        PriceTable::read_litellm(&text, file, "")
+                            .map(|i| i.table)
+                            .map_err(|e| e.to_string())
+                    }) {
                     Ok(t) => prices.table = std::mem::take(&mut prices.table).with_overrides(t),
                     Err(e) => c.push("prices.litellm_file", e),
                 }
             }
             let mut own = PriceTable::default();
             for (i, e) in raw.models.iter().enumerate() {
-                match e.price.parse("config", "") {
-                    Ok(p) => own.insert(&e.vendor, &e.model, p),
-                    Err(m) => c.push(format!("prices.models[{i}]"), m),
+                match e.to_price("config") {
+                    Ok(p) => own.insert(&e.provider, &e.model, p),
+                    Err(m) => c.push(format!("prices.models[{i}]"), m.to_string()),
                 }
             }
             prices.table = std::mem::take(&mut prices.table).with_overrides(own);
@@ -794,6 +806,7 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                     ledger_flush,
                     key_refresh,
                     shared_state_url,
+                    shared_state_prefix,
                     providers,
                     models,
                     routers,
@@ -1127,12 +1140,13 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
         ledger_flush: Duration::from_millis(500),
         key_refresh: Duration::from_secs(5),
         shared_state_url: None,
+        shared_state_prefix: "tollway:".into(),
         providers,
         models: BTreeMap::new(),
         routers: BTreeMap::new(),
         prices: PricesConfig {
             require: false,
-            table: PriceTable::builtin(),
+            table: PriceTable::builtin().clone(),
         },
         teams: BTreeMap::new(),
         global_budget: None,
@@ -1282,13 +1296,16 @@ models:
         let c = parse(&text, &env(&[])).unwrap();
         assert!(c.prices.require);
         let t = &c.prices.table;
-        assert_eq!(t.lookup(&["openai"], "gpt-4.1").unwrap().input.0, 1_000_000);
         assert_eq!(
-            t.lookup(&["openai"], "my-model").unwrap().output.0,
+            t.lookup_in(&["openai"], "gpt-4.1").unwrap().input.0,
+            1_000_000
+        );
+        assert_eq!(
+            t.lookup_in(&["openai"], "my-model").unwrap().output.0,
             2_000_000
         );
         assert_eq!(
-            t.lookup(&["anthropic"], "claude-sonnet-4-5")
+            t.lookup_in(&["anthropic"], "claude-sonnet-4-5")
                 .unwrap()
                 .input
                 .0,

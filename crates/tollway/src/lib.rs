@@ -14,6 +14,7 @@ pub mod routing;
 pub mod rules;
 pub mod runtime;
 pub mod server;
+pub mod shared;
 
 pub use runtime::Runtime;
 pub use server::{app, serve, AppState};

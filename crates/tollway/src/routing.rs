@@ -89,6 +89,8 @@ struct State {
 #[derive(Debug)]
 pub struct Health {
     pub label: String,
+    /// Where circuit openings are announced (for other instances, through the shared state).
+    opened: Arc<Mutex<Vec<(String, Instant)>>>,
     state: Mutex<State>,
     outstanding: AtomicU32,
     successes: AtomicU64,
@@ -108,9 +110,15 @@ pub enum Admission {
 const EWMA_ALPHA: f64 = 0.3;
 
 impl Health {
+    #[cfg(test)]
     fn new(label: &str) -> Self {
+        Self::with_sink(label, Arc::default())
+    }
+
+    fn with_sink(label: &str, opened: Arc<Mutex<Vec<(String, Instant)>>>) -> Self {
         Health {
             label: label.to_string(),
+            opened,
             state: Mutex::new(State {
                 circuit: Circuit::Closed,
                 consecutive_failures: 0,
@@ -170,21 +178,27 @@ impl Health {
 
     /// Records a failed attempt. Only failures that say something about the deployment (rate
     /// limits, overload, 5xx, timeouts, broken connections) count; the client's own errors do not.
-    pub fn failure(&self, e: &ProviderError, policy: &HealthPolicy, now: Instant) {
+    /// Returns how long the circuit opened for, when this failure opened it.
+    pub fn failure(
+        &self,
+        e: &ProviderError,
+        policy: &HealthPolicy,
+        now: Instant,
+    ) -> Option<Duration> {
         if !counts_against_deployment(e) {
             // The attempt ended; a half-open probe that failed on the client's input proves nothing.
             let mut s = self.lock();
             if let Circuit::HalfOpen { probing: true } = s.circuit {
                 s.circuit = Circuit::HalfOpen { probing: false };
             }
-            return;
+            return None;
         }
         self.failures.fetch_add(1, Ordering::Relaxed);
         let mut s = self.lock();
         s.consecutive_failures += 1;
         s.last_error = Some(e.message.clone());
         if !policy.circuit_breaker {
-            return;
+            return None;
         }
         let probe_failed = matches!(s.circuit, Circuit::HalfOpen { .. });
         let retry_after = match e.retry {
@@ -199,6 +213,24 @@ impl Health {
                 .min(policy.max_cooldown);
             let d = retry_after.map_or(exp, |ra| ra.min(policy.max_cooldown));
             s.circuit = Circuit::Open(now + d);
+            self.opened
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((self.label.clone(), now + d));
+            return Some(d);
+        }
+        None
+    }
+
+    /// Another instance says this deployment cools down until `until` (a later local state wins).
+    pub fn import_cooldown(&self, until: Instant, now: Instant) {
+        let mut s = self.lock();
+        if until <= now {
+            return;
+        }
+        match s.circuit {
+            Circuit::Open(mine) if mine >= until => {}
+            _ => s.circuit = Circuit::Open(until),
         }
     }
 
@@ -266,14 +298,38 @@ impl Drop for InFlight {
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
     map: Mutex<HashMap<String, Arc<Health>>>,
+    opened: Arc<Mutex<Vec<(String, Instant)>>>,
 }
 
 impl HealthRegistry {
     pub fn get(&self, label: &str) -> Arc<Health> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(label.to_string())
-            .or_insert_with(|| Arc::new(Health::new(label)))
+            .or_insert_with(|| Arc::new(Health::with_sink(label, self.opened.clone())))
             .clone()
+    }
+
+    /// Circuits opened since the last call: (deployment, cooling down until).
+    pub fn take_opened(&self) -> Vec<(String, Instant)> {
+        std::mem::take(&mut *self.opened.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Applies a cooldown another instance published.
+    pub fn import_cooldown(&self, label: &str, until: Instant, now: Instant) {
+        let h = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(label)
+            .cloned();
+        if let Some(h) = h {
+            h.import_cooldown(until, now);
+        }
+    }
+
+    pub fn labels(&self) -> Vec<String> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.keys().cloned().collect()
     }
 
     pub fn report(&self, now: Instant) -> Vec<serde_json::Value> {

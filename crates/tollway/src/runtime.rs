@@ -140,7 +140,8 @@ impl Runtime {
                         config
                             .prices
                             .table
-                            .lookup(&vendors(d.vendor.as_deref(), &d.provider, pc), &d.model)
+                            .lookup_in(&vendors(d.vendor.as_deref(), &d.provider, pc), &d.model)
+                            .map(|p| Arc::new(p.clone()))
                     }),
                 };
                 if price.is_none() && config.prices.require {
@@ -358,7 +359,8 @@ impl Runtime {
             self.config
                 .prices
                 .table
-                .lookup(&vendors(None, provider, pc), model)
+                .lookup_in(&vendors(None, provider, pc), model)
+                .map(|p| Arc::new(p.clone()))
         });
         Some(Arc::new(Deployment {
             price,

@@ -203,6 +203,35 @@ pub async fn budget_alerts(state: AppState) {
     }
 }
 
+/// Shares deployment cooldowns with other instances through Redis: publishes circuits this
+/// instance opened and applies those others published, twice a second.
+pub async fn sync_cooldowns(state: AppState) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let rt = state.runtime();
+        let registry = rt.health();
+        let opened = registry.take_opened();
+        let Some(shared) = state.accounts().shared().filter(|s| s.should_try()) else {
+            continue;
+        };
+        let now = std::time::Instant::now();
+        let now_ms = tollway_store::now_ms();
+        for (label, until) in opened {
+            let left = until.saturating_duration_since(now).as_millis() as i64;
+            shared.publish_cooldown(&label, now_ms + left).await;
+        }
+        for (label, until_ms) in shared.cooldowns(&registry.labels()).await {
+            let left = until_ms - now_ms;
+            if left > 0 {
+                let until = now + std::time::Duration::from_millis(left as u64);
+                registry.import_cooldown(&label, until, now);
+            }
+        }
+    }
+}
+
 /// Reloads the config on every SIGHUP.
 pub async fn reload_on_sighup(state: AppState) {
     #[cfg(unix)]

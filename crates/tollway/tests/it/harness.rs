@@ -210,3 +210,43 @@ pub fn sse(body: &str) -> Vec<(Option<String>, String)> {
 pub fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
+
+/// A gateway without its own mock, on `storage` and (optionally) shared state: for tests that run
+/// several instances against one upstream.
+pub struct Gateway {
+    pub url: String,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub async fn gateway(text: &str, storage: &str, shared: Option<(String, String)>) -> Gateway {
+    let cfg = match config::parse(text, &ProcessEnv) {
+        Ok(c) => c,
+        Err(errs) => panic!("test config invalid: {errs:?}"),
+    };
+    let rt = Runtime::build(cfg).await.expect("runtime");
+    let accounts =
+        tollway::accounts::Accounts::open_shared(storage, Duration::from_millis(50), shared)
+            .await
+            .expect("accounts");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let state = AppState::new(rt, accounts);
+    tokio::spawn(tollway::serve(listener, state.clone(), async move {
+        let _ = rx.await;
+    }));
+    Gateway {
+        url: format!("http://{addr}"),
+        state,
+        stop: Some(tx),
+    }
+}

@@ -7,4 +7,5 @@ mod harness;
 mod lifecycle;
 mod reload;
 mod routing;
+mod shared;
 mod translate;

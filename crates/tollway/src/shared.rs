@@ -1,0 +1,389 @@
+//! State shared by several gateway instances through Redis (`shared_state.url`): per-minute rate
+//! limits, budget counters and deployment cooldowns, each updated atomically by a Lua script. When
+//! Redis cannot be reached, every instance keeps serving with its local counters, says so in the
+//! log (once per outage) and in `tollway_shared_state_up`, and returns to Redis when it answers.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use tollway_core::Micros;
+use tollway_store::now_ms;
+
+use crate::accounts::LimitState;
+use crate::budgets::{Budget, Period};
+
+/// Sliding window over two fixed one-minute windows. KEYS: current, previous.
+/// ARGV: limit, elapsed fraction of the current window (0..1), cost (0: only check).
+const LIMIT_LUA: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local prev = tonumber(redis.call('GET', KEYS[2]) or '0')
+local used = math.ceil(prev * (1 - tonumber(ARGV[2]))) + cur
+local limit = tonumber(ARGV[1])
+local cost = tonumber(ARGV[3])
+if cost == 0 then
+  if used >= limit then return {0, used} end
+  return {1, used}
+end
+if used + cost > limit then return {0, used} end
+redis.call('INCRBY', KEYS[1], cost)
+redis.call('PEXPIRE', KEYS[1], 130000)
+return {1, used + cost}
+";
+
+/// Adds tokens to the current window. KEYS: current. ARGV: tokens.
+const TOKENS_LUA: &str = r"
+redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
+redis.call('PEXPIRE', KEYS[1], 130000)
+return 1
+";
+
+/// Reserves ARGV[1] against every budget hash in KEYS, all or none. Per key, ARGV holds
+/// limit, hard (1/0), seed (spent so far per the ledger, used only when the hash is new), ttl ms.
+/// Returns {1, alerts...} (indices of soft budgets newly exceeded) or {0, index, spent}.
+const RESERVE_LUA: &str = r"
+local ceiling = tonumber(ARGV[1])
+for i, k in ipairs(KEYS) do
+  local base = 2 + (i - 1) * 4
+  redis.call('HSETNX', k, 'spent', ARGV[base + 2])
+  local ttl = tonumber(ARGV[base + 3])
+  if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
+  local spent = tonumber(redis.call('HGET', k, 'spent') or '0')
+  local reserved = tonumber(redis.call('HGET', k, 'reserved') or '0')
+  if ARGV[base + 1] == '1' and spent + reserved + ceiling > tonumber(ARGV[base]) then
+    return {0, i, spent}
+  end
+end
+local out = {1}
+for i, k in ipairs(KEYS) do
+  local base = 2 + (i - 1) * 4
+  local reserved = redis.call('HINCRBY', k, 'reserved', ceiling)
+  local spent = tonumber(redis.call('HGET', k, 'spent') or '0')
+  if ARGV[base + 1] == '0' and spent + reserved > tonumber(ARGV[base]) then
+    if redis.call('HSETNX', k, 'alerted', 1) == 1 then table.insert(out, i) end
+  end
+end
+return out
+";
+
+/// Replaces a reservation by the real cost. KEYS: budget hashes. ARGV: reserved, cost.
+const SETTLE_LUA: &str = r"
+for _, k in ipairs(KEYS) do
+  redis.call('HINCRBY', k, 'reserved', -tonumber(ARGV[1]))
+  redis.call('HINCRBY', k, 'spent', tonumber(ARGV[2]))
+end
+return 1
+";
+
+pub struct Shared {
+    conn: ConnectionManager,
+    prefix: String,
+    up: AtomicBool,
+    /// During an outage, one request a second probes Redis; the rest use local state at once.
+    last_probe_ms: std::sync::atomic::AtomicI64,
+    /// Budget hashes this instance has seeded from the ledger (scope, period start).
+    seeded: Mutex<HashSet<(String, i64)>>,
+    limit: Script,
+    tokens: Script,
+    reserve: Script,
+    settle: Script,
+}
+
+/// What a shared reservation needs to be settled.
+#[derive(Debug, Clone)]
+pub struct SharedReservation {
+    keys: Vec<String>,
+    ceiling: i64,
+}
+
+/// The outcome of a shared budget check.
+pub enum Reserved {
+    Ok(SharedReservation, Vec<Budget>),
+    /// This budget (index into the request's budgets) is spent.
+    Refused(usize),
+}
+
+impl Shared {
+    /// Connects (bounded by a short timeout). An unreachable Redis is not fatal: the manager keeps
+    /// reconnecting and the gateway uses local state meanwhile.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Arc<Shared>, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("shared_state.url: {e}"))?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1);
+        let conn = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get_connection_manager_with_config(cfg),
+        )
+        .await
+        .map_err(|_| "shared state: Redis did not answer within 2 s".to_string())?
+        .map_err(|e| format!("shared state: cannot connect to Redis: {e}"))?;
+        Ok(Arc::new(Shared {
+            conn,
+            prefix: prefix.to_string(),
+            up: AtomicBool::new(true),
+            last_probe_ms: std::sync::atomic::AtomicI64::new(0),
+            seeded: Mutex::new(HashSet::new()),
+            limit: Script::new(LIMIT_LUA),
+            tokens: Script::new(TOKENS_LUA),
+            reserve: Script::new(RESERVE_LUA),
+            settle: Script::new(SETTLE_LUA),
+        }))
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Whether to use Redis for this request: always while it answers; during an outage, for
+    /// one request a second (a probe), so that an outage costs no latency.
+    pub fn should_try(&self) -> bool {
+        if self.is_up() {
+            return true;
+        }
+        let now = now_ms();
+        let last = self.last_probe_ms.load(Ordering::Relaxed);
+        now - last >= 1_000
+            && self
+                .last_probe_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    fn outage(&self, e: &redis::RedisError) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::error!(error = %e, "shared state (Redis) unavailable: using this instance's local limits and budgets until it answers");
+        }
+    }
+
+    fn recovered(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::warn!("shared state (Redis) is back: limits and budgets are shared again");
+        }
+    }
+
+    fn window_keys(&self, scope: &str, kind: &str) -> (String, String, f64) {
+        let now = now_ms();
+        let idx = now.div_euclid(60_000);
+        let into = now.rem_euclid(60_000) as f64 / 60_000.0;
+        (
+            format!("{}rl:{scope}:{kind}:{idx}", self.prefix),
+            format!("{}rl:{scope}:{kind}:{}", self.prefix, idx - 1),
+            into,
+        )
+    }
+
+    /// Checks (and for requests, counts) a scope's per-minute limits. `Err(None)`: Redis failed
+    /// (use local state); `Err(Some(what))`: the limit is reached.
+    pub async fn admit(
+        &self,
+        scope: &str,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+    ) -> Result<LimitState, Option<(&'static str, u64)>> {
+        let mut state = LimitState::default();
+        let mut conn = self.conn.clone();
+        if let Some(limit) = tpm {
+            let (cur, prev, into) = self.window_keys(scope, "tok");
+            let r: Result<Vec<i64>, _> = self
+                .limit
+                .key(cur)
+                .key(prev)
+                .arg(limit)
+                .arg(into)
+                .arg(0)
+                .invoke_async(&mut conn)
+                .await;
+            match r {
+                Ok(v) if v.first() == Some(&1) => {
+                    let used = v.get(1).copied().unwrap_or(0).max(0) as u64;
+                    state.tokens = Some((limit, limit.saturating_sub(used)));
+                }
+                Ok(_) => return Err(Some(("tokens", limit))),
+                Err(e) => {
+                    self.outage(&e);
+                    return Err(None);
+                }
+            }
+        }
+        if let Some(limit) = rpm {
+            let (cur, prev, into) = self.window_keys(scope, "req");
+            let r: Result<Vec<i64>, _> = self
+                .limit
+                .key(cur)
+                .key(prev)
+                .arg(limit)
+                .arg(into)
+                .arg(1)
+                .invoke_async(&mut conn)
+                .await;
+            match r {
+                Ok(v) if v.first() == Some(&1) => {
+                    let used = v.get(1).copied().unwrap_or(0).max(0) as u64;
+                    state.requests = Some((limit, limit.saturating_sub(used)));
+                }
+                Ok(_) => return Err(Some(("requests", limit))),
+                Err(e) => {
+                    self.outage(&e);
+                    return Err(None);
+                }
+            }
+        }
+        self.recovered();
+        Ok(state)
+    }
+
+    pub async fn add_tokens(&self, scope: &str, tokens: u64) {
+        let (cur, _, _) = self.window_keys(scope, "tok");
+        let mut conn = self.conn.clone();
+        let r: Result<i64, _> = self
+            .tokens
+            .key(cur)
+            .arg(tokens)
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = r {
+            self.outage(&e);
+        }
+    }
+
+    fn budget_key(&self, b: &Budget, start: i64) -> String {
+        format!("{}budget:{}:{start}", self.prefix, b.scope)
+    }
+
+    /// Whether this instance already seeded the hash of `b`'s current period.
+    pub fn needs_seed(&self, b: &Budget) -> bool {
+        let (start, _) = b.period.window(now_ms());
+        !self
+            .seeded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(b.scope.clone(), start))
+    }
+
+    /// Reserves `ceiling` against every budget atomically. `seeds[i]`: what the ledger says was
+    /// spent in budget i's period (used only if Redis has no counter for it yet). `Err`: Redis
+    /// failed (use local state).
+    pub async fn reserve(
+        &self,
+        budgets: &[Budget],
+        ceiling: Micros,
+        seeds: &[i64],
+    ) -> Result<Reserved, ()> {
+        let now = now_ms();
+        let mut inv = self.reserve.prepare_invoke();
+        inv.arg(ceiling.0);
+        let mut keys = Vec::with_capacity(budgets.len());
+        for (i, b) in budgets.iter().enumerate() {
+            let (start, end) = b.period.window(now);
+            let key = self.budget_key(b, start);
+            inv.key(&key);
+            let ttl = if b.period == Period::Total {
+                0
+            } else {
+                end - now + 86_400_000
+            };
+            inv.arg(b.limit.0)
+                .arg(if b.hard { "1" } else { "0" })
+                .arg(seeds.get(i).copied().unwrap_or(0))
+                .arg(ttl);
+            keys.push(key);
+        }
+        let mut conn = self.conn.clone();
+        let r: Result<Vec<i64>, _> = inv.invoke_async(&mut conn).await;
+        match r {
+            Ok(v) => {
+                self.recovered();
+                {
+                    let mut seeded = self.seeded.lock().unwrap_or_else(|p| p.into_inner());
+                    for b in budgets {
+                        seeded.insert((b.scope.clone(), b.period.window(now).0));
+                    }
+                }
+                if v.first() == Some(&1) {
+                    let alerts = v[1..]
+                        .iter()
+                        .filter_map(|i| usize::try_from(*i - 1).ok())
+                        .filter_map(|i| budgets.get(i).cloned())
+                        .collect();
+                    Ok(Reserved::Ok(
+                        SharedReservation {
+                            keys,
+                            ceiling: ceiling.0,
+                        },
+                        alerts,
+                    ))
+                } else {
+                    let i = v.get(1).copied().unwrap_or(1).max(1) as usize - 1;
+                    Ok(Reserved::Refused(i))
+                }
+            }
+            Err(e) => {
+                self.outage(&e);
+                Err(())
+            }
+        }
+    }
+
+    pub async fn settle(&self, r: &SharedReservation, cost: i64) {
+        let mut inv = self.settle.prepare_invoke();
+        for k in &r.keys {
+            inv.key(k);
+        }
+        inv.arg(r.ceiling).arg(cost);
+        let mut conn = self.conn.clone();
+        let res: Result<i64, _> = inv.invoke_async(&mut conn).await;
+        if let Err(e) = res {
+            self.outage(&e);
+            tracing::error!(error = %e, "could not settle a shared budget reservation");
+        }
+    }
+
+    /// Publishes that a deployment is cooling down until `until_ms`.
+    pub async fn publish_cooldown(&self, label: &str, until_ms: i64) {
+        let ttl = (until_ms - now_ms()).max(1);
+        let mut conn = self.conn.clone();
+        let r: Result<(), _> = redis::cmd("SET")
+            .arg(format!("{}cooldown:{label}", self.prefix))
+            .arg(until_ms)
+            .arg("PX")
+            .arg(ttl)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = r {
+            self.outage(&e);
+        }
+    }
+
+    /// Cooldowns other instances published for these deployments: (label, until ms).
+    pub async fn cooldowns(&self, labels: &[String]) -> Vec<(String, i64)> {
+        if labels.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<String> = labels
+            .iter()
+            .map(|l| format!("{}cooldown:{l}", self.prefix))
+            .collect();
+        let mut conn = self.conn.clone();
+        let r: Result<Vec<Option<i64>>, _> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await;
+        match r {
+            Ok(v) => {
+                self.recovered();
+                labels
+                    .iter()
+                    .zip(v)
+                    .filter_map(|(l, u)| u.map(|u| (l.clone(), u)))
+                    .collect()
+            }
+            Err(e) => {
+                self.outage(&e);
+                Vec::new()
+            }
+        }
+    }
+}
