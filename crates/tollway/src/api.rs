@@ -610,7 +610,11 @@ async fn chat_inner(
     // Hold the runtime for the whole request: a reload swaps in a new one without disturbing it.
     let rt = state.runtime();
     let requested = req.model.clone();
-    if let Some((target, why)) = rt.route(&req, &headers) {
+    let caller = crate::rules::Caller {
+        key: principal.key().map(|k| k.id.as_str()),
+        team: principal.key().and_then(|k| k.team.as_deref()),
+    };
+    if let Some((target, why)) = rt.route(&req, &headers, caller) {
         req.model = target;
         outcome.route = Some(why);
     }

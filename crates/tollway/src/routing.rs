@@ -24,10 +24,13 @@ pub enum Strategy {
     LeastOutstanding,
     /// Lowest moving average of time to first token (untried deployments first).
     LowestLatency,
+    /// Cheapest first, by the price table (input plus output price per token; unpriced last).
+    LowestCost,
 }
 
 impl Strategy {
-    pub const NAMES: &'static str = "failover, weighted, least-outstanding, lowest-latency";
+    pub const NAMES: &'static str =
+        "failover, weighted, least-outstanding, lowest-latency, lowest-cost";
 
     pub fn parse(s: &str) -> Option<Strategy> {
         Some(match s {
@@ -35,6 +38,7 @@ impl Strategy {
             "weighted" => Strategy::Weighted,
             "least-outstanding" => Strategy::LeastOutstanding,
             "lowest-latency" => Strategy::LowestLatency,
+            "lowest-cost" => Strategy::LowestCost,
             _ => return None,
         })
     }
@@ -343,6 +347,17 @@ impl HealthRegistry {
 /// Orders `items` (indices into a group, with their weights and health) for one request.
 /// Deployments cooling down are left out; the caller reports them when nothing else remains.
 pub fn order(strategy: Strategy, items: &[(u32, &Health)], now: Instant) -> Vec<usize> {
+    order_by(strategy, items, &[], now)
+}
+
+/// As [`order`], with each item's price key (lower is cheaper; `u64::MAX` unknown) for
+/// `lowest-cost`.
+pub fn order_by(
+    strategy: Strategy,
+    items: &[(u32, &Health)],
+    cost: &[u64],
+    now: Instant,
+) -> Vec<usize> {
     let mut avail: Vec<usize> = (0..items.len())
         .filter(|&i| !matches!(items[i].1.peek(now), Admission::No(_)))
         .collect();
@@ -378,6 +393,9 @@ pub fn order(strategy: Strategy, items: &[(u32, &Health)], now: Instant) -> Vec<
                 avail.sort_by_key(|&i| items[i].1.outstanding());
                 avail.insert(0, first);
             }
+        }
+        Strategy::LowestCost => {
+            avail.sort_by_key(|&i| cost.get(i).copied().unwrap_or(u64::MAX));
         }
         Strategy::LowestLatency => {
             // Untried deployments first (to learn them), then by average time to first token.

@@ -43,6 +43,19 @@ pub struct Conditions {
     pub has_tools: Option<bool>,
     #[serde(default)]
     pub has_images: Option<bool>,
+    /// The caller's team is one of these.
+    #[serde(default)]
+    pub teams: Vec<String>,
+    /// The caller's virtual key id is one of these.
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+/// Who is calling, for rule conditions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller<'a> {
+    pub key: Option<&'a str>,
+    pub team: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -122,7 +135,19 @@ pub fn prompt_token_bound(req: &ChatRequest) -> u64 {
 }
 
 impl Conditions {
-    fn holds(&self, req: &ChatRequest, headers: &HeaderMap, tokens: u64) -> bool {
+    fn holds(
+        &self,
+        req: &ChatRequest,
+        headers: &HeaderMap,
+        tokens: u64,
+        caller: Caller<'_>,
+    ) -> bool {
+        let listed = |list: &[String], v: Option<&str>| {
+            list.is_empty() || v.is_some_and(|v| list.iter().any(|x| x == v))
+        };
+        if !listed(&self.teams, caller.team) || !listed(&self.keys, caller.key) {
+            return false;
+        }
         self.headers.iter().all(|(k, v)| {
             headers
                 .get(k.as_str())
@@ -137,10 +162,16 @@ impl Conditions {
 
 impl RulesRouter {
     /// The target model group and the `x-tollway-route` text saying why.
-    pub fn choose(&self, router: &str, req: &ChatRequest, headers: &HeaderMap) -> (String, String) {
+    pub fn choose(
+        &self,
+        router: &str,
+        req: &ChatRequest,
+        headers: &HeaderMap,
+        caller: Caller<'_>,
+    ) -> (String, String) {
         let tokens = estimate_prompt_tokens(req);
         for r in &self.rules {
-            if r.when.holds(req, headers, tokens) {
+            if r.when.holds(req, headers, tokens, caller) {
                 return (
                     r.to.clone(),
                     format!(
@@ -211,23 +242,29 @@ mod tests {
         let r = router();
         let none = HeaderMap::new();
         let plain = ChatRequest::simple("auto", "hello");
-        assert_eq!(r.choose("auto", &plain, &none).0, "standard");
+        assert_eq!(
+            r.choose("auto", &plain, &none, Caller::default()).0,
+            "standard"
+        );
         let mut batch = HeaderMap::new();
         batch.insert("x-tier", "batch".parse().unwrap());
-        let (to, why) = r.choose("auto", &plain, &batch);
+        let (to, why) = r.choose("auto", &plain, &batch, Caller::default());
         assert_eq!(to, "cheap");
         assert!(
             why.starts_with("router=auto; rule=batch; target=cheap"),
             "{why}"
         );
         let long = ChatRequest::simple("auto", "x".repeat(8000));
-        assert_eq!(r.choose("auto", &long, &none).0, "long-context");
+        assert_eq!(
+            r.choose("auto", &long, &none, Caller::default()).0,
+            "long-context"
+        );
         let mut img = ChatRequest::simple("auto", "look");
         img.messages.push(Message {
             role: Role::User,
             content: vec![Part::Image(ImageSource::Url("https://x/y.png".into()))],
         });
-        assert_eq!(r.choose("auto", &img, &none).0, "vision");
+        assert_eq!(r.choose("auto", &img, &none, Caller::default()).0, "vision");
         let mut tools = ChatRequest::simple("auto", "call it");
         tools.tools.push(ToolDef {
             name: "f".into(),
@@ -235,7 +272,38 @@ mod tests {
             parameters: serde_json::json!({"type": "object"}),
             strict: None,
         });
-        assert_eq!(r.choose("auto", &tools, &none).0, "tools");
+        assert_eq!(
+            r.choose("auto", &tools, &none, Caller::default()).0,
+            "tools"
+        );
+    }
+
+    #[test]
+    fn rules_can_match_the_callers_team_and_key() {
+        let r = RulesRouter {
+            rules: vec![Rule {
+                name: "research".into(),
+                when: Conditions {
+                    teams: vec!["research".into()],
+                    ..Conditions::default()
+                },
+                to: "strong".into(),
+            }],
+            default: "cheap".into(),
+        };
+        let req = ChatRequest::simple("auto", "hi");
+        let none = HeaderMap::new();
+        let research = Caller {
+            key: Some("key_1"),
+            team: Some("research"),
+        };
+        assert_eq!(r.choose("auto", &req, &none, research).0, "strong");
+        assert_eq!(r.choose("auto", &req, &none, Caller::default()).0, "cheap");
+        let other = Caller {
+            key: Some("key_2"),
+            team: Some("sales"),
+        };
+        assert_eq!(r.choose("auto", &req, &none, other).0, "cheap");
     }
 
     #[test]

@@ -190,9 +190,10 @@ impl Runtime {
         &self,
         req: &ChatRequest,
         headers: &axum::http::HeaderMap,
+        caller: crate::rules::Caller<'_>,
     ) -> Option<(String, String)> {
         let router = self.config.routers.get(&req.model)?;
-        Some(router.choose(&req.model, req, headers))
+        Some(router.choose(&req.model, req, headers, caller))
     }
 
     pub fn health(&self) -> &Arc<HealthRegistry> {
@@ -281,7 +282,15 @@ impl Runtime {
                 .iter()
                 .map(|d| (d.weight, d.health.as_ref()))
                 .collect();
-            for i in routing::order(strategy, &items, now) {
+            let costs: Vec<u64> = candidates
+                .iter()
+                .map(|d| {
+                    d.price
+                        .as_ref()
+                        .map_or(u64::MAX, |p| p.input.0.saturating_add(p.output.0))
+                })
+                .collect();
+            for i in routing::order_by(strategy, &items, &costs, now) {
                 let d = &candidates[i];
                 if !tries.iter().any(|t| t.label == d.label) {
                     tries.push(d.clone());

@@ -49,6 +49,12 @@ models:
     content_policy_fallbacks: [lenient]
     deployments: [{{ provider: a, model: "strict?fault=content_policy" }}]
   lenient: {{ deployments: [{{ provider: b, model: lenient }}] }}
+  cheapest:
+    strategy: lowest-cost
+    deployments:
+      - {{ provider: c, model: unpriced-model }}
+      - {{ provider: b, model: claude-sonnet-4-5 }}
+      - {{ provider: a, model: gpt-4.1-mini }}
   weighted:
     strategy: weighted
     deployments:
@@ -443,4 +449,19 @@ async fn rule_based_routers_choose_by_metadata_and_say_why() {
         .expect("list")
         .iter()
         .any(|m| m["id"] == "auto-rules"));
+}
+
+#[tokio::test]
+async fn lowest_cost_prefers_the_cheapest_priced_deployment() {
+    let env = start_with(config).await;
+    for _ in 0..3 {
+        let (status, h, _) = chat(&env, msg("cheapest")).await;
+        assert_eq!(status, 200);
+        assert_eq!(header(&h, "x-tollway-model"), "a/gpt-4.1-mini");
+    }
+    // when it is down, the next cheapest
+    let mut b = msg("cheapest");
+    b["provider"] = json!({"ignore": ["a"]});
+    let (_, h, _) = chat(&env, b).await;
+    assert_eq!(header(&h, "x-tollway-model"), "b/claude-sonnet-4-5");
 }
