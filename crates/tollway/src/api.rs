@@ -966,7 +966,24 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return r;
     }
-    axum::Json(serde_json::json!({"status": "ready"})).into_response()
+    // Storage must answer (bounded: a hung database is "not ready", not a hung probe).
+    let ping = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.accounts().store().ping(),
+    )
+    .await;
+    if !matches!(ping, Ok(Ok(()))) {
+        let mut r =
+            axum::Json(serde_json::json!({"status": "storage unavailable"})).into_response();
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return r;
+    }
+    let shared = state.accounts().shared_up();
+    axum::Json(serde_json::json!({
+        "status": "ready",
+        "shared_state": shared.map(|up| if up { "up" } else { "down (local limits)" }),
+    }))
+    .into_response()
 }
 
 /// Any other path: 404 in the shape of the API the path looks like.
