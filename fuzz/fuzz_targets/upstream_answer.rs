@@ -1,0 +1,23 @@
+//! Any bytes as an upstream answer or error body: decoding never panics, and a decoded answer
+//! encodes for both client APIs.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use tollway_protocol::{anthropic, openai};
+
+fuzz_target!(|data: &[u8]| {
+    let status = if data.len() >= 2 {
+        400 + u16::from_le_bytes([data[0], data[1]]) % 200
+    } else {
+        500
+    };
+    let _ = openai::decode_error(status, data, None);
+    let _ = anthropic::decode_error(status, data, None);
+    if let Ok(r) = openai::decode_response(data) {
+        let _ = openai::encode_response(&r);
+        let _ = anthropic::encode_response(&r);
+    }
+    if let Ok(r) = anthropic::decode_response(data) {
+        let _ = openai::encode_response(&r);
+        let _ = anthropic::encode_response(&r);
+    }
+});
