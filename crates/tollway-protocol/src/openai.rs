@@ -1174,3 +1174,169 @@ impl StreamEncoder {
 
 #[cfg(test)]
 mod tests;
+
+// ------------------------------------------------------------------------------------------------
+// Embeddings
+// ------------------------------------------------------------------------------------------------
+
+/// A client's `POST /v1/embeddings` body, and whether it asked for base64 vectors.
+pub fn decode_embeddings_request(
+    bytes: &[u8],
+) -> Result<(tollway_core::EmbeddingsRequest, bool), ProviderError> {
+    let mut o = Obj::new(json::parse_object(bytes)?, "");
+    let model = o.req_str("model")?;
+    let input = match o.require("input")? {
+        Value::String(s) => vec![s],
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(invalid_value("input", "at least one input is required"));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s),
+                    Value::Number(_) | Value::Array(_) => Err(invalid_value(
+                        &index("input", i),
+                        "token-array input is not supported; send text",
+                    )),
+                    other => Err(wrong_type(&index("input", i), "a string", &other)),
+                })
+                .collect::<Result<_, _>>()?
+        }
+        other => Err(wrong_type(
+            "input",
+            "a string or an array of strings",
+            &other,
+        ))?,
+    };
+    let dimensions = o.u32("dimensions")?;
+    let user = o.str("user")?;
+    let base64 = match o.str("encoding_format")?.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(invalid_value(
+                "encoding_format",
+                format!("expected `float` or `base64`, got `{other}`"),
+            ))
+        }
+    };
+    Ok((
+        tollway_core::EmbeddingsRequest {
+            model,
+            input,
+            dimensions,
+            user,
+        },
+        base64,
+    ))
+}
+
+/// The upstream body for an embeddings request (always float vectors from the upstream).
+pub fn encode_embeddings_request(req: &tollway_core::EmbeddingsRequest) -> Vec<u8> {
+    let mut body = Map::new();
+    body.insert("model".into(), json!(req.model));
+    body.insert("input".into(), json!(req.input));
+    body.insert("encoding_format".into(), json!("float"));
+    if let Some(d) = req.dimensions {
+        body.insert("dimensions".into(), json!(d));
+    }
+    if let Some(u) = &req.user {
+        body.insert("user".into(), json!(u));
+    }
+    serde_json::to_vec(&Value::Object(body)).unwrap_or_default()
+}
+
+/// An upstream's embeddings answer.
+pub fn decode_embeddings_response(
+    bytes: &[u8],
+) -> Result<tollway_core::EmbeddingsResponse, ProviderError> {
+    let v = json::parse_upstream(bytes, "an embeddings answer")?;
+    let items = v
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad_answer("the provider's embeddings answer has no data"))?;
+    let mut data = vec![Vec::new(); items.len()];
+    for (pos, item) in items.iter().enumerate() {
+        let i = item
+            .get("index")
+            .and_then(Value::as_u64)
+            .map_or(pos, |i| i as usize);
+        let vec: Vec<f32> = item
+            .get("embedding")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad_answer("an embedding is not a list of numbers"))?
+            .iter()
+            .map(|x| x.as_f64().map(|f| f as f32))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad_answer("an embedding is not a list of numbers"))?;
+        if let Some(slot) = data.get_mut(i) {
+            *slot = vec;
+        }
+    }
+    let prompt = count(v.pointer("/usage/prompt_tokens"));
+    Ok(tollway_core::EmbeddingsResponse {
+        model: v
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        data,
+        usage: Usage {
+            input_tokens: prompt,
+            ..Usage::default()
+        },
+    })
+}
+
+/// An embeddings answer for an OpenAI client (`base64`: little-endian f32, as OpenAI sends it).
+pub fn encode_embeddings_response(r: &tollway_core::EmbeddingsResponse, base64: bool) -> Vec<u8> {
+    let data: Vec<Value> = r
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let embedding = if base64 {
+                let mut raw = Vec::with_capacity(e.len() * 4);
+                for x in e {
+                    raw.extend_from_slice(&x.to_le_bytes());
+                }
+                json!(base64_encode(&raw))
+            } else {
+                json!(e)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let v = json!({
+        "object": "list",
+        "data": data,
+        "model": r.model,
+        "usage": {"prompt_tokens": r.usage.input_tokens, "total_tokens": r.usage.input_tokens},
+    });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        out.push(char::from(T[(n >> 18) as usize & 63]));
+        out.push(char::from(T[(n >> 12) as usize & 63]));
+        out.push(if c.len() > 1 {
+            char::from(T[(n >> 6) as usize & 63])
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            char::from(T[n as usize & 63])
+        } else {
+            '='
+        });
+    }
+    out
+}

@@ -27,6 +27,8 @@ pub struct HttpProvider {
     info: ProviderInfo,
     client: reqwest::Client,
     chat_url: String,
+    /// OpenAI-format accounts only.
+    embeddings_url: Option<String>,
     headers: HeaderMap,
     timeouts: Timeouts,
     dialect: openai::Dialect,
@@ -85,6 +87,7 @@ impl HttpProvider {
             },
             client: client(&c.timeouts)?,
             chat_url: format!("{base}/chat/completions"),
+            embeddings_url: Some(format!("{base}/embeddings")),
             headers: header_map(&pairs, name)?,
             timeouts: c.timeouts,
             dialect: openai::Dialect {
@@ -115,6 +118,7 @@ impl HttpProvider {
             },
             client: client(&c.timeouts)?,
             chat_url: format!("{base}/v1/messages"),
+            embeddings_url: None,
             headers: header_map(&pairs, name)?,
             timeouts: c.timeouts,
             dialect: openai::Dialect::default(),
@@ -136,9 +140,18 @@ impl HttpProvider {
     /// Sends the request and waits (bounded by the first-byte timeout) for status and headers.
     /// Error statuses are read (bounded) and classified here.
     async fn send(&self, body: Vec<u8>, model: &str) -> Result<reqwest::Response, ProviderError> {
+        self.send_to(&self.chat_url, body, model).await
+    }
+
+    async fn send_to(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        model: &str,
+    ) -> Result<reqwest::Response, ProviderError> {
         let fut = self
             .client
-            .post(&self.chat_url)
+            .post(url)
             .headers(self.headers.clone())
             .header(CONTENT_TYPE, "application/json")
             .timeout(self.timeouts.total())
@@ -224,6 +237,29 @@ async fn read_bounded(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, 
 impl Provider for HttpProvider {
     fn info(&self) -> &ProviderInfo {
         &self.info
+    }
+
+    fn embeddings(
+        &self,
+        req: tollway_core::EmbeddingsRequest,
+    ) -> BoxFuture<'_, Result<tollway_core::EmbeddingsResponse, ProviderError>> {
+        Box::pin(async move {
+            let Some(url) = &self.embeddings_url else {
+                return Err(ProviderError::unsupported(
+                    "embeddings",
+                    &self.label(&req.model),
+                ));
+            };
+            let body = openai::encode_embeddings_request(&req);
+            let resp = self.send_to(url, body, &req.model).await?;
+            let buf = read_bounded(resp, MAX_UPSTREAM_BODY)
+                .await
+                .map_err(|e| self.transport_error(&e, &req.model))?;
+            openai::decode_embeddings_response(&buf).map_err(|mut e| {
+                e.message = format!("{} (from {})", e.message, self.label(&req.model));
+                e
+            })
+        })
     }
 
     fn chat(&self, mut req: ChatRequest) -> BoxFuture<'_, Result<ChatResponse, ProviderError>> {

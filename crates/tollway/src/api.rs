@@ -1192,3 +1192,101 @@ pub async fn feedback(State(state): State<AppState>, headers: HeaderMap, body: B
         Err(e) => admin_error(storage_error(e)),
     }
 }
+
+/// `POST /v1/embeddings`: OpenAI's embeddings API, to any deployment that can embed, with the same
+/// auth, policy, limits, budgets and ledger as chat.
+pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let request_id = new_request_id();
+    let fail = |err: ProviderError, outcome: Option<Outcome>| {
+        ApiError {
+            family: ApiFamily::OpenAi,
+            err,
+            request_id: request_id.clone(),
+            outcome,
+        }
+        .into_response()
+    };
+    let resp = async {
+        let principal = match authenticate(&state, &headers) {
+            Ok(p) => p,
+            Err(e) => return fail(e, None),
+        };
+        let bytes = match read_body(&state, &headers, body).await {
+            Ok(b) => b,
+            Err(e) => return fail(e, None),
+        };
+        let (req, base64) = match openai::decode_embeddings_request(&bytes) {
+            Ok(r) => r,
+            Err(e) => return fail(e, None),
+        };
+        // Limits and budgets see the inputs as a prompt with no output.
+        let mut as_chat = ChatRequest::simple(req.model.clone(), req.input.join("\n"));
+        as_chat.max_tokens = Some(0);
+        let mut charge = Charge::new(
+            &state,
+            &request_id,
+            ApiFamily::OpenAi,
+            &principal,
+            &req.model,
+            false,
+        );
+        charge.prompt_estimate = crate::rules::estimate_prompt_tokens(&as_chat);
+        let rt = state.runtime();
+        let mut opts = RouteOptions {
+            allow_fallbacks: true,
+            ..RouteOptions::default()
+        };
+        let mut outcome = Outcome::default();
+        match admit(
+            &state,
+            &rt,
+            &principal,
+            &as_chat,
+            &req.model,
+            &mut opts,
+            &mut charge,
+        )
+        .await
+        {
+            Ok(h) => outcome.headers = h,
+            Err(e) => {
+                charge.outcome(e.http_status(), &outcome);
+                return fail(e, Some(outcome));
+            }
+        }
+        match gateway::embeddings(&rt, req, &opts, &mut outcome).await {
+            Ok(answer) => {
+                charge.usage = answer.usage;
+                charge.outcome(200, &outcome);
+                outcome.headers.push((
+                    H_COST,
+                    charge
+                        .cost_text(&answer.usage)
+                        .unwrap_or_else(|| "unknown".into()),
+                ));
+                let mut resp = Response::new(Body::from(openai::encode_embeddings_response(
+                    &answer, base64,
+                )));
+                resp.headers_mut()
+                    .insert("content-type", HeaderValue::from_static("application/json"));
+                set_ids(resp.headers_mut(), &request_id, Some(&outcome));
+                resp
+            }
+            Err(e) => {
+                charge.outcome(e.http_status(), &outcome);
+                fail(e, Some(outcome))
+            }
+        }
+    }
+    .await;
+    let attempts = resp
+        .headers()
+        .get(H_ATTEMPTS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    state
+        .metrics()
+        .request(ApiFamily::OpenAi, resp.status().as_u16(), attempts);
+    resp
+}

@@ -351,3 +351,48 @@ pub async fn chat_stream(
     }
     Err(give_up(last, &req.model, rt))
 }
+
+/// Embeddings: the same plan, health and retries as chat, over the deployments that can embed.
+pub async fn embeddings(
+    rt: &Runtime,
+    req: tollway_core::EmbeddingsRequest,
+    opts: &RouteOptions,
+    out: &mut Outcome,
+) -> Result<tollway_core::EmbeddingsResponse, ProviderError> {
+    let plan = rt.plan(&req.model, opts)?;
+    let cooling = plan.cooling;
+    let able: Vec<Arc<Deployment>> = plan
+        .tries
+        .into_iter()
+        .filter(|d| d.caps.embeddings)
+        .collect();
+    if able.is_empty() {
+        if let Some(wait) = cooling {
+            return Err(Runtime::all_cooling(&req.model, wait));
+        }
+        return Err(ProviderError::unsupported("embeddings", &req.model));
+    }
+    let mut attempts = Attempts::new(rt, able);
+    let mut last: Option<ProviderError> = None;
+    while let Some((d, _in_flight)) = attempts.next(last.as_ref()).await {
+        out.attempts += 1;
+        out.deployment = Some(d.clone());
+        let started = Instant::now();
+        let mut sub = req.clone();
+        sub.model.clone_from(&d.model);
+        match d.provider.embeddings(sub).await {
+            Ok(resp) => {
+                d.health.success(started.elapsed());
+                return Ok(resp);
+            }
+            Err(e) => {
+                d.health.failure(&e, &d.policy, Instant::now());
+                if !e.is_retriable() {
+                    return Err(e);
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(give_up(last, &req.model, rt))
+}

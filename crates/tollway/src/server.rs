@@ -300,6 +300,10 @@ pub fn app(state: AppState) -> Router {
             "/v1/messages",
             with_405(post(api::messages), ApiFamily::Anthropic, "/v1/messages"),
         )
+        .route(
+            "/v1/embeddings",
+            with_405(post(api::embeddings), ApiFamily::OpenAi, "/v1/embeddings"),
+        )
         .route("/v1/models", get(api::models))
         .route("/admin/health", get(api::admin_health))
         .route("/admin/reload", post(api::admin_reload))

@@ -465,3 +465,41 @@ fn context_window_and_content_policy_errors_are_recognised_in_both_formats() {
         ErrorKind::InvalidRequest
     );
 }
+
+#[test]
+fn embeddings_requests_and_answers() {
+    let (r, b64) = decode_embeddings_request(
+        br#"{"model": "e", "input": ["a", "b"], "dimensions": 8, "encoding_format": "base64"}"#,
+    )
+    .unwrap();
+    assert_eq!(r.input, vec!["a", "b"]);
+    assert_eq!(r.dimensions, Some(8));
+    assert!(b64);
+    assert!(
+        decode_embeddings_request(br#"{"model": "e", "input": [[1, 2]]}"#)
+            .unwrap_err()
+            .message
+            .contains("token-array")
+    );
+    assert!(decode_embeddings_request(br#"{"model": "e"}"#)
+        .unwrap_err()
+        .message
+        .contains("`input`"));
+    let up: Value = serde_json::from_slice(&encode_embeddings_request(&r)).unwrap();
+    assert_eq!(up["encoding_format"], "float");
+    let resp = decode_embeddings_response(
+        br#"{"object": "list", "model": "e", "data": [{"index": 1, "embedding": [0.5, 1]}, {"index": 0, "embedding": [1.0, 0.0]}], "usage": {"prompt_tokens": 4, "total_tokens": 4}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        resp.data,
+        vec![vec![1.0, 0.0], vec![0.5, 1.0]],
+        "ordered by index"
+    );
+    assert_eq!(resp.usage.input_tokens, 4);
+    let v: Value = serde_json::from_slice(&encode_embeddings_response(&resp, true)).unwrap();
+    // 1.0f32 = 00 00 80 3f, 0.0 = 00 00 00 00
+    assert_eq!(v["data"][0]["embedding"], "AACAPwAAAAA=");
+    let v: Value = serde_json::from_slice(&encode_embeddings_response(&resp, false)).unwrap();
+    assert_eq!(v["data"][1]["embedding"], json!([0.5, 1.0]));
+}

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{header, sse, start, ANT_KEY, MASTER, OAI_KEY};
+use crate::harness::{header, split, sse, start, ANT_KEY, MASTER, OAI_KEY};
 
 #[tokio::test]
 async fn openai_client_reaches_both_provider_formats() {
@@ -617,4 +617,68 @@ async fn models_lists_public_names_in_both_shapes() {
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["data"][0]["type"], "model");
     assert_eq!(v["has_more"], false);
+}
+
+#[tokio::test]
+async fn embeddings_reach_openai_format_models_and_are_refused_elsewhere() {
+    let env = start().await;
+    let (status, _, body) = split(
+        env.post(
+            "/v1/embeddings",
+            json!({"model": "gpt", "input": ["hello", "world"], "dimensions": 8}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "list", "{body}");
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        body["data"][1]["embedding"].as_array().map(Vec::len),
+        Some(8)
+    );
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap_or(0) > 0);
+    let up = env.last_upstream().await;
+    assert_eq!(up["path"], "/v1/embeddings");
+    assert_eq!(up["body"]["model"], "gpt-4.1");
+    // base64 vectors decode to the same numbers
+    let r = env
+        .post(
+            "/v1/embeddings",
+            json!({"model": "gpt", "input": "hello", "dimensions": 8, "encoding_format": "base64"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(!header(r.headers(), "x-tollway-cost-usd").is_empty());
+    let v: Value = r.json().await.expect("json");
+    assert!(
+        v["data"][0]["embedding"]
+            .as_str()
+            .is_some_and(|s| s.len() == 44),
+        "{v}"
+    );
+    // Anthropic-format deployments cannot embed: a 400 naming the feature
+    let (status, _, body) = split(
+        env.post("/v1/embeddings", json!({"model": "claude", "input": "x"}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("embeddings"));
+    let (status, _, body) = split(
+        env.post(
+            "/v1/embeddings",
+            json!({"model": "gpt", "input": [[1, 2, 3]]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("token-array"));
 }
