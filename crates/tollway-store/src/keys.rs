@@ -51,6 +51,8 @@ pub struct KeyRecord {
     pub models: Vec<String>,
     /// Provider accounts this key's requests may reach; empty: all.
     pub providers: Vec<String>,
+    /// Deployment regions this key's requests may reach; empty: all.
+    pub regions: Vec<String>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     pub budget_micros: Option<i64>,
@@ -75,6 +77,7 @@ pub struct NewKey {
     pub team: Option<String>,
     pub models: Vec<String>,
     pub providers: Vec<String>,
+    pub regions: Vec<String>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     pub budget_micros: Option<i64>,
@@ -109,6 +112,7 @@ fn record(row: &sqlx::any::AnyRow) -> Result<KeyRecord> {
         team: row.try_get("team")?,
         models: list_parse(&row.try_get::<String, _>("models")?),
         providers: list_parse(&row.try_get::<String, _>("providers")?),
+        regions: list_parse(&row.try_get::<String, _>("regions")?),
         rpm: opt_u64(row.try_get("rpm")?),
         tpm: opt_u64(row.try_get("tpm")?),
         budget_micros: row.try_get("budget_micros")?,
@@ -120,7 +124,7 @@ fn record(row: &sqlx::any::AnyRow) -> Result<KeyRecord> {
 }
 
 const COLUMNS: &str = "id, hash, prefix, name, team, models, providers, rpm, tpm, budget_micros, \
-                       budget_period, created_ms, expires_ms, revoked_ms";
+                       budget_period, created_ms, expires_ms, revoked_ms, regions";
 
 impl Store {
     /// Creates a key; returns it with its secret, which is never stored and cannot be shown again.
@@ -146,6 +150,7 @@ impl Store {
             team: k.team,
             models: k.models,
             providers: k.providers,
+            regions: k.regions,
             rpm: k.rpm,
             tpm: k.tpm,
             budget_micros: k.budget_micros,
@@ -155,7 +160,7 @@ impl Store {
             revoked_ms: None,
         };
         sqlx::query(&format!(
-            "INSERT INTO tollway_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            "INSERT INTO tollway_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         ))
         .bind(&rec.id)
         .bind(&rec.hash)
@@ -171,6 +176,7 @@ impl Store {
         .bind(rec.created_ms)
         .bind(rec.expires_ms)
         .bind(rec.revoked_ms)
+        .bind(list_text(&rec.regions))
         .execute(self.pool())
         .await?;
         Ok((rec, secret))

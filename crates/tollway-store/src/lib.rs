@@ -101,6 +101,8 @@ const MIGRATIONS: &[&str] = &[
         comment TEXT
     );
     CREATE INDEX tollway_feedback_request ON tollway_feedback (request_id)",
+    // 3: keys restricted to deployment regions
+    "ALTER TABLE tollway_keys ADD COLUMN regions TEXT NOT NULL DEFAULT '[]'",
 ];
 
 impl Store {

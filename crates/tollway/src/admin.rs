@@ -60,6 +60,8 @@ pub struct CreateKey {
     #[serde(default)]
     pub providers: Vec<String>,
     #[serde(default)]
+    pub regions: Vec<String>,
+    #[serde(default)]
     pub rpm: Option<u64>,
     #[serde(default)]
     pub tpm: Option<u64>,
@@ -93,6 +95,7 @@ impl CreateKey {
             team: self.team,
             models: self.models,
             providers: self.providers,
+            regions: self.regions,
             rpm: self.rpm,
             tpm: self.tpm,
             budget_micros,
@@ -108,7 +111,7 @@ impl CreateKey {
 pub fn key_json(k: &KeyRecord) -> Value {
     json!({
         "id": k.id, "prefix": k.prefix, "name": k.name, "team": k.team,
-        "models": k.models, "providers": k.providers, "rpm": k.rpm, "tpm": k.tpm,
+        "models": k.models, "providers": k.providers, "regions": k.regions, "rpm": k.rpm, "tpm": k.tpm,
         "budget_usd": k.budget_micros.map(usd), "budget_period": k.budget_period,
         "created_ms": k.created_ms, "expires_ms": k.expires_ms, "revoked_ms": k.revoked_ms,
         "status": if k.revoked_ms.is_some() { "revoked" } else if k.active(now_ms()) { "active" } else { "expired" },

@@ -412,6 +412,9 @@ async fn admit(
         if !k.providers.is_empty() {
             opts.policy_only = Some(k.providers.clone());
         }
+        if !k.regions.is_empty() {
+            opts.policy_regions = Some(k.regions.clone());
+        }
     }
     let accounts = state.accounts();
     let team = key

@@ -94,6 +94,9 @@ enum KeysAction {
         /// Comma-separated provider accounts it may reach (default: all).
         #[arg(long, value_delimiter = ',')]
         providers: Vec<String>,
+        /// Comma-separated deployment regions it may reach (default: all).
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<String>,
         #[arg(long)]
         rpm: Option<u64>,
         #[arg(long)]
@@ -213,6 +216,7 @@ async fn keys(args: StorageArgs, action: KeysAction) -> anyhow::Result<()> {
             team,
             models,
             providers,
+            regions,
             rpm,
             tpm,
             budget_usd,
@@ -224,6 +228,7 @@ async fn keys(args: StorageArgs, action: KeysAction) -> anyhow::Result<()> {
                 team,
                 models,
                 providers,
+                regions,
                 rpm,
                 tpm,
                 budget_usd: budget_usd.map(serde_json::Value::String),

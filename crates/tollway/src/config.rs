@@ -102,6 +102,12 @@ pub struct DeploymentConfig {
     /// Share of traffic under the `weighted` strategy (relative to the group's other weights).
     pub weight: u32,
     pub capabilities: Capabilities,
+    /// Where it runs (`us-east-1`, `eu`...): keys can be restricted to regions.
+    pub region: Option<String>,
+    /// Its capacity: requests and tokens per minute this gateway sends it; beyond, the next
+    /// deployment takes the request.
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
     /// This deployment's own price (wins over every table).
     pub price: Option<ModelPrice>,
     /// The price list to look the model up in (`bedrock`, `groq` ...), before the account's
@@ -236,6 +242,12 @@ struct RawDeployment {
     model: String,
     #[serde(default)]
     weight: Option<u32>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    rpm: Option<u64>,
+    #[serde(default)]
+    tpm: Option<u64>,
     /// Dollars per million tokens: `input`, `output`, `cache_read`, `cache_write`, `reasoning`.
     #[serde(default)]
     price: Option<serde_yaml::Mapping>,
@@ -609,6 +621,9 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                 }
             };
             deployments.push(DeploymentConfig {
+                region: d.region,
+                rpm: d.rpm,
+                tpm: d.tpm,
                 price,
                 vendor: d.vendor,
                 provider: d.provider,

@@ -159,6 +159,11 @@ fn special_plan(
 /// Walks the plan: each deployment once, then (budget and deadline allowing) again from the
 /// start with exponential backoff and jitter, skipping deployments that cooled down meanwhile.
 struct Attempts {
+    capacity: Arc<crate::routing::HealthRegistry>,
+    /// A deployment was skipped for being at capacity.
+    at_capacity: bool,
+    /// Some attempt was made since the plan last wrapped around.
+    tried_this_round: bool,
     plan: Vec<Arc<Deployment>>,
     next: usize,
     round: u32,
@@ -176,6 +181,9 @@ impl Attempts {
 
     fn new(rt: &Runtime, plan: Vec<Arc<Deployment>>) -> Self {
         Attempts {
+            capacity: rt.health().clone(),
+            at_capacity: false,
+            tried_this_round: false,
             plan,
             next: 0,
             round: 0,
@@ -190,6 +198,10 @@ impl Attempts {
             if self.next >= self.plan.len() {
                 self.next = 0;
                 self.round += 1;
+                if !std::mem::take(&mut self.tried_this_round) {
+                    // a whole round without an attempt (all at capacity or cooling): stop
+                    return None;
+                }
                 // Only deployments that are still admitted are worth waiting for.
                 let now = Instant::now();
                 if self
@@ -218,9 +230,27 @@ impl Attempts {
             }
             let d = self.plan[self.next].clone();
             self.next += 1;
+            if (d.rpm.is_some() || d.tpm.is_some())
+                && self
+                    .capacity
+                    .capacity
+                    .admit(
+                        &format!("deployment:{}", d.label),
+                        d.rpm,
+                        d.tpm,
+                        Instant::now(),
+                    )
+                    .is_err()
+            {
+                // at capacity this minute: the next deployment takes the request
+                tracing::debug!(deployment = %d.label, "deployment at capacity");
+                self.at_capacity = true;
+                continue;
+            }
             match d.health.admit(Instant::now()) {
                 Admission::Yes | Admission::Probe => {
                     self.budget -= 1;
+                    self.tried_this_round = true;
                     let guard = d.health.start();
                     return Some((d, guard));
                 }
@@ -239,9 +269,24 @@ impl Attempts {
     }
 }
 
-fn give_up(last: Option<ProviderError>, model: &str, rt: &Runtime) -> ProviderError {
+fn give_up(
+    last: Option<ProviderError>,
+    model: &str,
+    rt: &Runtime,
+    attempts: &Attempts,
+) -> ProviderError {
     match last {
         Some(e) => e,
+        None if attempts.at_capacity => {
+            let into_minute = tollway_store::now_ms().rem_euclid(60_000) / 1000;
+            ProviderError::new(
+                ErrorKind::RateLimited,
+                format!("Every deployment of `{model}` is at its configured capacity this minute."),
+            )
+            .with_retry(Retry::After(Duration::from_secs(
+                (60 - into_minute).max(1) as u64
+            )))
+        }
         None => {
             let wait = rt
                 .plan(model, &RouteOptions::default())
@@ -269,6 +314,13 @@ pub async fn chat(
         match d.provider.chat(for_deployment(&req, &d)).await {
             Ok(resp) => {
                 d.health.success(started.elapsed());
+                if d.tpm.is_some() {
+                    rt.health().capacity.add_tokens(
+                        &format!("deployment:{}", d.label),
+                        resp.usage.total_tokens(),
+                        Instant::now(),
+                    );
+                }
                 return Ok(resp);
             }
             Err(e) => {
@@ -289,7 +341,7 @@ pub async fn chat(
             }
         }
     }
-    Err(give_up(last, &req.model, rt))
+    Err(give_up(last, &req.model, rt, &attempts))
 }
 
 /// Starts a stream on the first deployment that accepts the request and produces a first event.
@@ -323,10 +375,27 @@ pub async fn chat_stream(
             Ok((first, stream)) => {
                 // Nothing reached the client before this point; from here on, no failover.
                 d.health.success(started.elapsed());
+                let registry = rt.health().clone();
+                let scope = d.tpm.map(|_| format!("deployment:{}", d.label));
+                let mut counted = 0u64;
                 let rest = futures_util::stream::once(async move { Ok(first) })
                     .chain(stream)
                     .map(move |item| {
                         let _held = &in_flight;
+                        if let (Some(scope), Ok(tollway_core::StreamEvent::Usage(u))) =
+                            (&scope, &item)
+                        {
+                            // usage reports are running totals: count what is new
+                            let total = u.total_tokens();
+                            if total > counted {
+                                registry.capacity.add_tokens(
+                                    scope,
+                                    total - counted,
+                                    Instant::now(),
+                                );
+                                counted = total;
+                            }
+                        }
                         item
                     });
                 return Ok(Box::pin(rest));
@@ -349,7 +418,7 @@ pub async fn chat_stream(
             }
         }
     }
-    Err(give_up(last, &req.model, rt))
+    Err(give_up(last, &req.model, rt, &attempts))
 }
 
 /// Embeddings: the same plan, health and retries as chat, over the deployments that can embed.
@@ -394,5 +463,5 @@ pub async fn embeddings(
             }
         }
     }
-    Err(give_up(last, &req.model, rt))
+    Err(give_up(last, &req.model, rt, &attempts))
 }

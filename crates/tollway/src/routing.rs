@@ -303,6 +303,8 @@ impl Drop for InFlight {
 pub struct HealthRegistry {
     map: Mutex<HashMap<String, Arc<Health>>>,
     opened: Arc<Mutex<Vec<(String, Instant)>>>,
+    /// Per-deployment capacity (requests and tokens per minute), kept across reloads.
+    pub capacity: crate::accounts::Limits,
 }
 
 impl HealthRegistry {

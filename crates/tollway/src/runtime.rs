@@ -23,6 +23,10 @@ pub struct Deployment {
     /// `provider/model`, for headers, logs and errors.
     pub label: String,
     pub weight: u32,
+    pub region: Option<String>,
+    /// Capacity per minute (requests, tokens), enforced by this gateway.
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
     /// Shared with every runtime that has this deployment (survives reloads).
     pub health: Arc<Health>,
     /// The circuit-breaker settings of the group this deployment was planned from.
@@ -71,6 +75,8 @@ pub struct RouteOptions {
     pub allow_fallbacks: bool,
     /// The calling key's allowed provider accounts (its policy; the request cannot widen it).
     pub policy_only: Option<Vec<String>>,
+    /// The calling key's allowed regions: only deployments with one of these regions.
+    pub policy_regions: Option<Vec<String>>,
 }
 
 /// The deployments to try for one request, in order.
@@ -150,6 +156,9 @@ impl Runtime {
                     ));
                 }
                 deployments.push(Arc::new(Deployment {
+                    region: d.region.clone(),
+                    rpm: d.rpm,
+                    tpm: d.tpm,
                     price,
                     provider: p.clone(),
                     provider_name: d.provider.clone(),
@@ -260,6 +269,11 @@ impl Runtime {
                     .as_ref()
                     .is_none_or(|only| only.iter().any(|p| p == &d.provider_name))
                 && !opts.ignore.iter().any(|p| p == &d.provider_name)
+                && opts.policy_regions.as_ref().is_none_or(|regions| {
+                    d.region
+                        .as_ref()
+                        .is_some_and(|r| regions.iter().any(|x| x == r))
+                })
         };
         let mut tries: Vec<Arc<Deployment>> = Vec::new();
         let mut cooling: Option<Duration> = None;
@@ -372,6 +386,9 @@ impl Runtime {
                 .map(|p| Arc::new(p.clone()))
         });
         Some(Arc::new(Deployment {
+            region: None,
+            rpm: None,
+            tpm: None,
             price,
             provider: p.clone(),
             provider_name: provider.to_string(),

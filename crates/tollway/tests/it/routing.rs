@@ -49,6 +49,15 @@ models:
     content_policy_fallbacks: [lenient]
     deployments: [{{ provider: a, model: "strict?fault=content_policy" }}]
   lenient: {{ deployments: [{{ provider: b, model: lenient }}] }}
+  regional:
+    deployments:
+      - {{ provider: a, model: r-us, region: us-east-1 }}
+      - {{ provider: b, model: r-eu, region: eu-west-1 }}
+  capacity:
+    deployments:
+      - {{ provider: a, model: cap-small, rpm: 2 }}
+      - {{ provider: c, model: cap-big }}
+  capacity-only: {{ deployments: [{{ provider: a, model: cap-one, rpm: 1 }}] }}
   cheapest:
     strategy: lowest-cost
     deployments:
@@ -464,4 +473,61 @@ async fn lowest_cost_prefers_the_cheapest_priced_deployment() {
     b["provider"] = json!({"ignore": ["a"]});
     let (_, h, _) = chat(&env, b).await;
     assert_eq!(header(&h, "x-tollway-model"), "b/claude-sonnet-4-5");
+}
+
+#[tokio::test]
+async fn capacity_moves_traffic_on_and_regions_bind_keys() {
+    let env = start_with(config).await;
+    let mut models = Vec::new();
+    for _ in 0..4 {
+        let (status, h, _) = chat(&env, msg("capacity")).await;
+        assert_eq!(status, 200);
+        models.push(header(&h, "x-tollway-model").to_string());
+    }
+    assert_eq!(
+        models,
+        ["a/cap-small", "a/cap-small", "c/cap-big", "c/cap-big"]
+    );
+    assert_eq!(chat(&env, msg("capacity-only")).await.0, 200);
+    let (status, h, body) = chat(&env, msg("capacity-only")).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("capacity"));
+    assert!(!header(&h, "retry-after").is_empty());
+
+    // a key bound to EU regions never reaches the US deployment, even when it is first
+    let r = env
+        .http
+        .post(format!("{}/admin/keys", env.url))
+        .bearer_auth(MASTER)
+        .json(&json!({"name": "eu-only", "regions": ["eu-west-1"]}))
+        .send()
+        .await
+        .expect("create");
+    let key: Value = r.json().await.expect("json");
+    let secret = key["key"].as_str().expect("secret");
+    for _ in 0..3 {
+        let r = env
+            .http
+            .post(format!("{}/v1/chat/completions", env.url))
+            .bearer_auth(secret)
+            .json(&msg("regional"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(r.headers(), "x-tollway-model"), "b/r-eu");
+    }
+    // no deployment in its regions: refused before any upstream call
+    let r = env
+        .http
+        .post(format!("{}/v1/chat/completions", env.url))
+        .bearer_auth(secret)
+        .json(&msg("capacity"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 404);
 }
