@@ -436,6 +436,7 @@ async fn serve(path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Resul
     let state = AppState::new(runtime, accounts.clone());
     tokio::spawn(server::budget_alerts(state.clone()));
     tokio::spawn(server::sync_cooldowns(state.clone()));
+    tokio::spawn(server::active_probes(state.clone()));
     if let Some(p) = path {
         state.set_config_source(p.to_path_buf(), listen);
         tokio::spawn(server::reload_on_sighup(state.clone()));

@@ -93,6 +93,9 @@ pub struct ModelConfig {
     /// Requests and tokens per minute for this public model name, across all callers.
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// Active health checks: every this often, each deployment gets a one-token request; the
+    /// outcome feeds its health like a real request's.
+    pub probe_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +236,8 @@ struct RawModel {
     rpm: Option<u64>,
     #[serde(default)]
     tpm: Option<u64>,
+    #[serde(default)]
+    probe_interval_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -659,6 +664,9 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                 content_policy_fallbacks: raw.content_policy_fallbacks,
                 rpm: raw.rpm,
                 tpm: raw.tpm,
+                probe_interval: raw
+                    .probe_interval_secs
+                    .map(|s| Duration::from_secs(s.max(1))),
             },
         );
     }

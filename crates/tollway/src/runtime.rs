@@ -205,6 +205,22 @@ impl Runtime {
         Some(router.choose(&req.model, req, headers, caller))
     }
 
+    /// The deployments of groups with active probes, and how often to probe each.
+    pub fn probed(&self) -> Vec<(Arc<Deployment>, Duration)> {
+        let mut out: Vec<(Arc<Deployment>, Duration)> = Vec::new();
+        for (name, m) in &self.models {
+            let Some(every) = self.config.models.get(name).and_then(|c| c.probe_interval) else {
+                continue;
+            };
+            for d in &m.deployments {
+                if !out.iter().any(|(x, _)| x.label == d.label) {
+                    out.push((d.clone(), every));
+                }
+            }
+        }
+        out
+    }
+
     pub fn health(&self) -> &Arc<HealthRegistry> {
         &self.health
     }

@@ -232,6 +232,50 @@ pub async fn sync_cooldowns(state: AppState) {
     }
 }
 
+/// Active health checks for model groups with `probe_interval_secs`: a one-token request to each
+/// deployment at that interval; successes close circuits, failures count like real ones.
+pub async fn active_probes(state: AppState) {
+    let mut last: std::collections::HashMap<String, std::time::Instant> = Default::default();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if state.draining() {
+            return;
+        }
+        let rt = state.runtime();
+        let now = std::time::Instant::now();
+        for (d, every) in rt.probed() {
+            if last
+                .get(&d.label)
+                .is_some_and(|t| now.duration_since(*t) < every)
+            {
+                continue;
+            }
+            last.insert(d.label.clone(), now);
+            let mut req = tollway_core::ChatRequest::simple(d.model.clone(), "ping");
+            req.max_tokens = Some(1);
+            let started = std::time::Instant::now();
+            match tokio::time::timeout(std::time::Duration::from_secs(30), d.provider.chat(req))
+                .await
+            {
+                Ok(Ok(_)) => d.health.success(started.elapsed()),
+                Ok(Err(e)) => {
+                    tracing::warn!(deployment = %d.label, error = %e, "active probe failed");
+                    d.health.failure(&e, &d.policy, std::time::Instant::now());
+                }
+                Err(_) => {
+                    let e = tollway_core::ProviderError::new(
+                        tollway_core::ErrorKind::Timeout,
+                        "active probe timed out",
+                    );
+                    d.health.failure(&e, &d.policy, std::time::Instant::now());
+                }
+            }
+        }
+    }
+}
+
 /// Reloads the config on every SIGHUP.
 pub async fn reload_on_sighup(state: AppState) {
     #[cfg(unix)]

@@ -2,6 +2,8 @@
 //! deployment down, failover of streams before their first byte, per-request provider control,
 //! and the health the admin API shows.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::harness::{header, sse, start_with, Env, MASTER};
@@ -58,6 +60,12 @@ models:
       - {{ provider: a, model: cap-small, rpm: 2 }}
       - {{ provider: c, model: cap-big }}
   capacity-only: {{ deployments: [{{ provider: a, model: cap-one, rpm: 1 }}] }}
+  probed:
+    probe_interval_secs: 1
+    allowed_fails: 2
+    deployments:
+      - {{ provider: a, model: "probed-down?fault=500" }}
+      - {{ provider: b, model: probed-up }}
   cheapest:
     strategy: lowest-cost
     deployments:
@@ -530,4 +538,41 @@ async fn capacity_moves_traffic_on_and_regions_bind_keys() {
         .await
         .expect("send");
     assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn active_probes_find_a_dead_deployment_before_users_do() {
+    let env = start_with(config).await;
+    tokio::spawn(tollway::server::active_probes(env.state.clone()));
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        let v: Value = env
+            .http
+            .get(format!("{}/admin/health", env.url))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .expect("health")
+            .json()
+            .await
+            .expect("json");
+        state = v["deployments"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|d| d["deployment"] == "a/probed-down?fault=500")
+            })
+            .cloned()
+            .unwrap_or(Value::Null);
+        if state["state"] == "cooling_down" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state["state"], "cooling_down", "{state}");
+    // the first user request goes straight to the healthy deployment
+    let (status, h, _) = chat(&env, msg("probed")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-tollway-attempts"), "1");
+    assert_eq!(header(&h, "x-tollway-model"), "b/probed-up");
 }
