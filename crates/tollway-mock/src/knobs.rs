@@ -40,6 +40,8 @@ pub struct Knobs {
     pub fault: Option<Fault>,
     pub retry_after: Option<String>,
     pub after: usize,
+    /// `usage=0`: report no usage (like some OpenAI-compatible servers).
+    pub no_usage: bool,
 }
 
 /// The largest `tokens=` honoured, so a typo cannot make the mock allocate without bound.
@@ -109,6 +111,7 @@ impl Knobs {
                 }
             }
             "retry_after" => self.retry_after = Some(value.to_string()),
+            "usage" => self.no_usage = value == "0",
             "fault" => {
                 self.fault = match value {
                     "malformed" => Some(Fault::Malformed),

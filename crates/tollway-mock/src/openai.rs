@@ -546,6 +546,12 @@ pub async fn chat(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes)
             "service_tier": "default",
             "system_fingerprint": FINGERPRINT,
         });
+        let mut out = out;
+        if knobs.no_usage {
+            if let Some(o) = out.as_object_mut() {
+                o.remove("usage");
+            }
+        }
         drop(flight);
         return with_request_id(Json(out).into_response(), seq);
     }
@@ -629,7 +635,7 @@ fn stream_script(
         return script;
     }
     script.data_event(&chunk(json!({}), finish_reason(&answer.finish).into()));
-    if r.include_usage {
+    if r.include_usage && !knobs.no_usage {
         script.data_event(&json!({
             "id": id,
             "object": "chat.completion.chunk",

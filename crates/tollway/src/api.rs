@@ -234,6 +234,10 @@ struct Charge {
     /// For estimating usage when the provider reports none.
     prompt_estimate: u64,
     output_chars: u64,
+    /// The request and the answer's text, to count tokens locally when the provider reports no
+    /// usage (bounded).
+    request: Option<Arc<ChatRequest>>,
+    output_text: String,
     /// Budget reservations, settled with the real cost when the request ends.
     reservation: Option<Reservation>,
     /// Redis, when this request's limits or budgets went through it.
@@ -243,20 +247,8 @@ struct Charge {
 
 pub const H_COST: &str = "x-tollway-cost-usd";
 
-/// The usage to bill: the provider's, or (when it reported none for an answer) a local estimate.
-fn billed_usage(usage: Usage, prompt_estimate: u64, output_chars: u64) -> (Usage, bool) {
-    if usage.total_tokens() > 0 || output_chars == 0 {
-        return (usage, false);
-    }
-    (
-        Usage {
-            input_tokens: prompt_estimate,
-            output_tokens: output_chars.div_ceil(4),
-            ..Usage::default()
-        },
-        true,
-    )
-}
+/// Answers longer than this are not kept for local counting (their count is extrapolated).
+const MAX_KEPT_OUTPUT: usize = 4 << 20;
 
 impl Charge {
     fn new(
@@ -288,10 +280,44 @@ impl Charge {
             price: None,
             prompt_estimate: 0,
             output_chars: 0,
+            request: None,
+            output_text: String::new(),
             reservation: None,
             shared: None,
             shared_reservation: None,
         }
+    }
+
+    fn keep_output(&mut self, text: &str) {
+        self.output_chars += text.len() as u64;
+        if self.output_text.len() + text.len() <= MAX_KEPT_OUTPUT {
+            self.output_text.push_str(text);
+        }
+    }
+
+    /// The usage to bill: the provider's, or (when it reported none for an answer) a local count,
+    /// flagged as estimated.
+    fn billed_usage(&self) -> (Usage, bool) {
+        if self.usage.total_tokens() > 0 || self.output_chars == 0 {
+            return (self.usage, false);
+        }
+        let input = match &self.request {
+            Some(r) => crate::tokens::prompt(r),
+            None => self.prompt_estimate,
+        };
+        let kept = self.output_text.len() as u64;
+        let mut output = crate::tokens::count(&self.output_text);
+        if kept < self.output_chars && kept > 0 {
+            output = output * self.output_chars / kept;
+        }
+        (
+            Usage {
+                input_tokens: input,
+                output_tokens: output,
+                ..Usage::default()
+            },
+            true,
+        )
     }
 
     /// The cost of `usage` at the answering deployment's price, as a decimal string.
@@ -319,7 +345,7 @@ impl Drop for Charge {
         let Some(mut row) = self.row.take() else {
             return;
         };
-        let (u, estimated) = billed_usage(self.usage, self.prompt_estimate, self.output_chars);
+        let (u, estimated) = self.billed_usage();
         row.cost_estimated = estimated;
         row.cost_micros = self.price.as_ref().map(|p| p.cost(&u).micros().0);
         if let Some(r) = self.reservation.take() {
@@ -639,9 +665,11 @@ async fn chat_inner(
             return fail(e, Some(outcome));
         }
     }
+    let req = Arc::new(req);
+    charge.request = Some(req.clone());
     if req.stream {
         let include_usage = req.include_usage;
-        match gateway::chat_stream(&rt, req, &opts, &mut outcome).await {
+        match gateway::chat_stream(&rt, &req, &opts, &mut outcome).await {
             Ok(stream) => {
                 charge.outcome(499, &outcome);
                 let mut resp = sse_response(family, include_usage, stream, charge);
@@ -654,23 +682,23 @@ async fn chat_inner(
             }
         }
     } else {
-        match gateway::chat(&rt, req, &opts, &mut outcome).await {
+        match gateway::chat(&rt, &req, &opts, &mut outcome).await {
             Ok(answer) => {
                 charge.usage = answer.usage;
-                charge.output_chars = answer
-                    .content
-                    .iter()
-                    .map(|p| match p {
-                        tollway_core::Part::Text { text, .. } => text.len() as u64,
-                        tollway_core::Part::ToolCall(c) => {
-                            (c.name.len() + c.arguments.len()) as u64
+                if answer.usage.total_tokens() == 0 {
+                    for p in &answer.content {
+                        match p {
+                            tollway_core::Part::Text { text, .. } => charge.keep_output(text),
+                            tollway_core::Part::ToolCall(c) => {
+                                charge.keep_output(&c.name);
+                                charge.keep_output(&c.arguments);
+                            }
+                            _ => {}
                         }
-                        _ => 0,
-                    })
-                    .sum();
+                    }
+                }
                 charge.outcome(200, &outcome);
-                let (billed, _) =
-                    billed_usage(charge.usage, charge.prompt_estimate, charge.output_chars);
+                let (billed, _) = charge.billed_usage();
                 outcome.headers.push((
                     H_COST,
                     charge
@@ -735,10 +763,10 @@ fn sse_response(
                 Some(Ok(ev)) => {
                     match &ev {
                         tollway_core::StreamEvent::TextDelta { text, .. } => {
-                            s.charge.output_chars += text.len() as u64
+                            s.charge.keep_output(text)
                         }
                         tollway_core::StreamEvent::ToolCallDelta { arguments, .. } => {
-                            s.charge.output_chars += arguments.len() as u64
+                            s.charge.keep_output(arguments)
                         }
                         _ => {}
                     }
@@ -766,11 +794,7 @@ fn sse_response(
                     s.done = true;
                 }
                 None => {
-                    let (billed, _) = billed_usage(
-                        s.charge.usage,
-                        s.charge.prompt_estimate,
-                        s.charge.output_chars,
-                    );
+                    let (billed, _) = s.charge.billed_usage();
                     let cost = s.charge.cost_text(&billed);
                     match &mut s.encoder {
                         Encoder::OpenAi(e) => {

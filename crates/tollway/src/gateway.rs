@@ -300,7 +300,7 @@ fn give_up(
 
 pub async fn chat(
     rt: &Runtime,
-    req: ChatRequest,
+    req: &ChatRequest,
     opts: &RouteOptions,
     out: &mut Outcome,
 ) -> Result<ChatResponse, ProviderError> {
@@ -349,7 +349,7 @@ pub async fn chat(
 /// in-flight count until it ends or the client goes away.
 pub async fn chat_stream(
     rt: &Runtime,
-    req: ChatRequest,
+    req: &ChatRequest,
     opts: &RouteOptions,
     out: &mut Outcome,
 ) -> Result<EventStream, ProviderError> {

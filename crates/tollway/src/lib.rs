@@ -15,6 +15,7 @@ pub mod rules;
 pub mod runtime;
 pub mod server;
 pub mod shared;
+pub mod tokens;
 
 pub use runtime::Runtime;
 pub use server::{app, serve, AppState};

@@ -463,3 +463,49 @@ async fn every_answer_is_priced_exactly_in_headers_streams_and_the_ledger() {
         .expect("usage");
     assert_eq!(usage[0].unpriced_requests, 1);
 }
+
+#[tokio::test]
+async fn answers_without_reported_usage_are_counted_locally_and_marked_estimated() {
+    let env = start().await;
+    let (status, h, body) = env
+        .openai(json!({"model": "gpt", "messages": [{"role": "user", "content": "Hello there [mock usage=0 tokens=30]"}]}))
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        body.get("usage").is_some(),
+        "the client still gets usage: {body}"
+    );
+    let id = header(&h, "x-tollway-request-id").to_string();
+    assert_ne!(header(&h, "x-tollway-cost-usd"), "unknown");
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "gpt", "stream": true,
+        "messages": [{"role": "user", "content": "Hi [mock usage=0 tokens=20]"}]}),
+        )
+        .await;
+    let sid = header(r.headers(), "x-tollway-request-id").to_string();
+    let _ = r.text().await;
+    assert_eq!(ledger_rows(&env, 2).await, 2);
+    let store = env.state.accounts().store();
+    for rid in [&id, &sid] {
+        let row = store.ledger_row(rid).await.expect("db").expect("row");
+        assert!(row.cost_estimated, "{row:?}");
+        assert!(row.input_tokens > 0 && row.output_tokens > 0, "{row:?}");
+        assert!(row.cost_micros.unwrap_or(0) > 0);
+    }
+    // with reported usage, nothing is estimated
+    let (_, h, _) = env
+        .openai(json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    let rid = header(&h, "x-tollway-request-id").to_string();
+    assert_eq!(ledger_rows(&env, 3).await, 3);
+    assert!(
+        !store
+            .ledger_row(&rid)
+            .await
+            .expect("db")
+            .expect("row")
+            .cost_estimated
+    );
+}
