@@ -121,6 +121,10 @@ pub async fn serve(
         shutdown.await;
         let _ = tx.send(true);
     };
+    // No Nagle: each streamed token leaves at once (as from a real provider's edge).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
+        let _ = s.set_nodelay(true);
+    });
     let server = axum::serve(listener, app())
         .with_graceful_shutdown(signal)
         .into_future();

@@ -304,14 +304,14 @@ pub async fn chat(
     opts: &RouteOptions,
     out: &mut Outcome,
 ) -> Result<ChatResponse, ProviderError> {
-    let mut attempts = Attempts::new(rt, candidates(rt, &req, opts)?);
+    let mut attempts = Attempts::new(rt, candidates(rt, req, opts)?);
     let mut last: Option<ProviderError> = None;
     let mut special: Vec<ErrorKind> = Vec::new();
     while let Some((d, _in_flight)) = attempts.next(last.as_ref()).await {
         out.attempts += 1;
         out.deployment = Some(d.clone());
         let started = Instant::now();
-        match d.provider.chat(for_deployment(&req, &d)).await {
+        match d.provider.chat(for_deployment(req, &d)).await {
             Ok(resp) => {
                 d.health.success(started.elapsed());
                 if d.tpm.is_some() {
@@ -326,7 +326,7 @@ pub async fn chat(
             Err(e) => {
                 d.health.failure(&e, &d.policy, Instant::now());
                 if !e.is_retriable() {
-                    let more = special_plan(rt, &req, opts, &e, &special);
+                    let more = special_plan(rt, req, opts, &e, &special);
                     if more.is_empty() {
                         return Err(e);
                     }
@@ -353,14 +353,14 @@ pub async fn chat_stream(
     opts: &RouteOptions,
     out: &mut Outcome,
 ) -> Result<EventStream, ProviderError> {
-    let mut attempts = Attempts::new(rt, candidates(rt, &req, opts)?);
+    let mut attempts = Attempts::new(rt, candidates(rt, req, opts)?);
     let mut last: Option<ProviderError> = None;
     let mut special: Vec<ErrorKind> = Vec::new();
     while let Some((d, in_flight)) = attempts.next(last.as_ref()).await {
         out.attempts += 1;
         out.deployment = Some(d.clone());
         let started = Instant::now();
-        let first = match d.provider.chat_stream(for_deployment(&req, &d)).await {
+        let first = match d.provider.chat_stream(for_deployment(req, &d)).await {
             Ok(mut stream) => match stream.next().await {
                 Some(Ok(first)) => Ok((first, stream)),
                 Some(Err(e)) => Err(e),
@@ -403,7 +403,7 @@ pub async fn chat_stream(
             Err(e) => {
                 d.health.failure(&e, &d.policy, Instant::now());
                 if !e.is_retriable() {
-                    let more = special_plan(rt, &req, opts, &e, &special);
+                    let more = special_plan(rt, req, opts, &e, &special);
                     if more.is_empty() {
                         return Err(e);
                     }

@@ -388,6 +388,10 @@ pub async fn serve(
         tracing::info!("shutting down: no new connections, draining in-flight requests");
         let _ = tx.send(true);
     };
+    // No Nagle: a streamed chunk must leave at once, not wait for the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
+        let _ = s.set_nodelay(true);
+    });
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(signal);
     let deadline = async move {
         while !*rx.borrow() {

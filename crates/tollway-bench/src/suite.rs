@@ -1,0 +1,1216 @@
+//! The benchmark suite: spawns `tollway-mock` and `tollway` on ephemeral loopback ports, runs
+//! each scenario straight to the mock and then through the gateway, and reports the gateway's
+//! *added* latency (gateway minus direct, per percentile), throughput, memory and CPU.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use crate::load::{self, round3, Mode, Spec};
+use crate::procfs;
+
+const MASTER_KEY: &str = "sk-bench";
+const STREAM_TOKENS: u64 = 200;
+
+#[derive(clap::Args)]
+pub struct SuiteArgs {
+    /// The gateway binary.
+    #[arg(long, default_value = "target/release/tollway")]
+    tollway: PathBuf,
+    /// The upstream simulator binary.
+    #[arg(long, default_value = "target/release/tollway-mock")]
+    mock: PathBuf,
+    /// Where `latest.json` and `latest.md` go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Shorten every phase (a smoke run of the harness, figures not meaningful).
+    #[arg(long, env = "BENCH_QUICK", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    quick: bool,
+    /// Each spawned server's pid is appended here (for the caller's clean-up trap).
+    #[arg(long)]
+    pidfile: Option<PathBuf>,
+    /// Clock ticks per second for `/proc/PID/stat` (`getconf CLK_TCK`).
+    #[arg(long, default_value_t = 100)]
+    clk_tck: u64,
+    /// How many times the gateway is started to measure its readiness time.
+    #[arg(long, default_value_t = 3)]
+    starts: usize,
+}
+
+/// The suite's working directory (config, SQLite file, server logs), removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A spawned server, killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    /// From spawn to ready (listening line, then `/readyz` 200 if asked).
+    ready: Duration,
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(
+    name: &'static str,
+    mut cmd: Command,
+    log: &Path,
+    readyz: bool,
+    pidfile: Option<&Path>,
+) -> anyhow::Result<Server> {
+    let log_file = std::fs::File::create(log).with_context(|| format!("{}", log.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file));
+    let t0 = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
+    if let Some(p) = pidfile {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            let _ = writeln!(f, "{}", child.id());
+        }
+    }
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut line = String::new();
+        let mut sent = false;
+        loop {
+            line.clear();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if !sent {
+                        if let Some(i) = line.find("listening on http://") {
+                            let addr = line[i + "listening on http://".len()..].trim().to_string();
+                            let _ = tx.send(addr);
+                            sent = true;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let mut server = Server {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ready: Duration::ZERO,
+    };
+    let addr = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| {
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        anyhow::anyhow!(
+            "{name} did not print its address within 30 s; its log:\n{}",
+            tail(&log, 2000)
+        )
+    })?;
+    server.addr = addr
+        .parse()
+        .with_context(|| format!("{name} printed a bad address {addr:?}"))?;
+    if readyz {
+        let deadline = t0 + Duration::from_secs(30);
+        loop {
+            if get_status(server.addr, "/readyz") == Some(200) {
+                break;
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("{name} not ready within 30 s");
+            }
+            if let Ok(Some(st)) = server.child.try_wait() {
+                anyhow::bail!("{name} exited: {st}");
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+    server.ready = t0.elapsed();
+    Ok(server)
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    let mut i = s.len().saturating_sub(n);
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+/// A bare HTTP/1.1 GET on a fresh connection; the status, if any.
+fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let _ = s.set_nodelay(true);
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        let k = s.read(&mut buf[n..]).ok()?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    let head = std::str::from_utf8(&buf[..n]).ok()?;
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A bare HTTP/1.1 POST with a JSON body; status and body.
+fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    key: &str,
+    body: &Value,
+) -> anyhow::Result<(u16, Value)> {
+    let body = body.to_string();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status")?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // Chunked bodies: take the JSON object between the first '{' and the last '}'.
+    let json = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if b > a => serde_json::from_str(&body[a..=b]).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    Ok((status, json))
+}
+
+struct Phases {
+    warmup: Duration,
+    latency: Duration,
+    saturation: Duration,
+    stream: Duration,
+    hold_streams: u64,
+    hold_tokens: u64,
+    idle_settle: Duration,
+}
+
+fn phases(quick: bool) -> Phases {
+    if quick {
+        Phases {
+            warmup: Duration::from_millis(500),
+            latency: Duration::from_secs(2),
+            saturation: Duration::from_secs(2),
+            stream: Duration::from_secs(2),
+            hold_streams: 200,
+            hold_tokens: 20,
+            idle_settle: Duration::from_millis(300),
+        }
+    } else {
+        Phases {
+            warmup: Duration::from_secs(2),
+            latency: Duration::from_secs(15),
+            saturation: Duration::from_secs(10),
+            stream: Duration::from_secs(10),
+            hold_streams: 1000,
+            hold_tokens: 100,
+            idle_settle: Duration::from_secs(2),
+        }
+    }
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let nproc = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let mem_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    json!({
+        "nproc": nproc,
+        "cpu_model": cpu,
+        "mem_total_kb": mem_kb,
+        "kernel": kernel,
+    })
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn git_commit() -> Option<String> {
+    let out = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` from the system clock (civil-from-days, no time zone database).
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+fn config_yaml(mock: SocketAddr, hold_tokens: u64) -> String {
+    format!(
+        r#"# Written by tollway-bench.
+server:
+  master_key: {MASTER_KEY}
+storage:
+  url: sqlite://bench.db
+providers:
+  up: {{ kind: openai-compatible, base_url: "http://{mock}/v1", api_key: none }}
+models:
+  small: {{ deployments: [{{ provider: up, model: "bench-small" }}] }}
+  stream200: {{ deployments: [{{ provider: up, model: "bench-stream?tokens={STREAM_TOKENS}&tpt_ms=0&ttft_ms=0" }}] }}
+  hold: {{ deployments: [{{ provider: up, model: "bench-hold?tokens={hold_tokens}&tpt_ms=100" }}] }}
+  # "Everything on": a priced deployment with model limits, used with a virtual key of team `bench`.
+  small_all:
+    rpm: 100000000
+    tpm: 100000000000
+    deployments: [{{ provider: up, model: "bench-small", price: {{ input: "0.15", output: "0.60" }} }}]
+teams:
+  bench: {{ rpm: 100000000, tpm: 100000000000, budget: {{ usd: "1000000", period: monthly, hard: true }} }}
+"#
+    )
+}
+
+fn start_gateway(args: &SuiteArgs, dir: &Path, config: &Path, n: usize) -> anyhow::Result<Server> {
+    let mut cmd = Command::new(&args.tollway);
+    cmd.current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"]);
+    spawn(
+        "tollway",
+        cmd,
+        &dir.join(format!("tollway-{n}.log")),
+        true,
+        args.pidfile.as_deref(),
+    )
+}
+
+/// One target of a scenario's runs (the mock straight, or the gateway).
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    id: &'static str,
+    addr: SocketAddr,
+    key: Option<&'a str>,
+}
+
+struct Ctx<'a> {
+    mock: &'a Server,
+    gateway: &'a Server,
+    clk_tck: u64,
+}
+
+impl Ctx<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn spec(
+        &self,
+        label: String,
+        t: Target<'_>,
+        model: &str,
+        stream: bool,
+        mode: Mode,
+        warmup: Duration,
+        duration: Duration,
+    ) -> anyhow::Result<Spec> {
+        Ok(Spec {
+            label,
+            url: format!("http://{}/v1/chat/completions", t.addr)
+                .parse()
+                .context("url")?,
+            headers: crate::headers(t.key)?,
+            body: load::chat_body(model, stream),
+            stream,
+            mode,
+            warmup,
+            duration,
+            timeout: Duration::from_secs(30),
+            max_in_flight: 4096,
+            watch: vec![
+                ("tollway".into(), self.gateway.pid()),
+                ("mock".into(), self.mock.pid()),
+            ],
+            clk_tck: self.clk_tck,
+        })
+    }
+}
+
+/// Difference `b − a` of two latency summaries, per percentile.
+fn diff(a: &Value, b: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for k in ["p50", "p90", "p99", "p99.9", "max", "mean"] {
+        if let (Some(x), Some(y)) = (a[k].as_f64(), b[k].as_f64()) {
+            out.insert(k.into(), json!(round3(y - x)));
+        }
+    }
+    Value::Object(out)
+}
+
+struct Scenario {
+    id: &'static str,
+    title: String,
+    model_direct: String,
+    model_gateway: &'static str,
+    stream: bool,
+    mode: Mode,
+    warmup: Duration,
+    duration: Duration,
+    /// Run straight to the mock too.
+    direct: bool,
+}
+
+fn print_run(id: &str, target: &str, r: &Value) {
+    eprintln!(
+        "  {id:<18} {target:<8} ok {:>7}  err {:>4}  {:>9.1} rps  p50 {:>9} µs  p99 {:>9} µs",
+        r["ok"],
+        r["errors"],
+        r["achieved_rps"].as_f64().unwrap_or(0.0),
+        r["latency_us"]["p50"],
+        r["latency_us"]["p99"],
+    );
+}
+
+pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
+    // The gateway runs in a temporary directory: make the binaries' paths absolute.
+    args.tollway = std::fs::canonicalize(&args.tollway)
+        .with_context(|| format!("{}", args.tollway.display()))?;
+    args.mock =
+        std::fs::canonicalize(&args.mock).with_context(|| format!("{}", args.mock.display()))?;
+    let ph = phases(args.quick);
+    let started = Instant::now();
+    let date = utc_now();
+    let machine = machine();
+    let load_before = loadavg();
+    eprintln!(
+        "tollway-bench suite{}: {} cores ({}); load average {load_before}",
+        if args.quick {
+            " (BENCH_QUICK: short phases, figures not meaningful)"
+        } else {
+            ""
+        },
+        machine["nproc"],
+        machine["cpu_model"].as_str().unwrap_or("?"),
+    );
+    eprintln!("  the load generator, the upstream mock and the gateway share this one machine");
+
+    let tmp = TempDir(std::env::temp_dir().join(format!("tollway-bench-{}", std::process::id())));
+    let dir = tmp.0.clone();
+    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&args.out)?;
+
+    // Upstream.
+    let mut mock_cmd = Command::new(&args.mock);
+    mock_cmd
+        .env("RUST_LOG", "warn")
+        .args(["--listen", "127.0.0.1:0"]);
+    let mock = spawn(
+        "tollway-mock",
+        mock_cmd,
+        &dir.join("mock.log"),
+        false,
+        args.pidfile.as_deref(),
+    )?;
+    let config = dir.join("bench.yaml");
+    std::fs::write(&config, config_yaml(mock.addr, ph.hold_tokens))?;
+
+    // Gateway start-up: several starts, the last one stays up. The first creates the SQLite file.
+    let starts = if args.quick { 1 } else { args.starts.max(1) };
+    let mut ready_ms = Vec::new();
+    let mut gateway = None;
+    for n in 0..starts {
+        drop(gateway.take());
+        let g = start_gateway(&args, &dir, &config, n)?;
+        ready_ms.push(round3(g.ready.as_secs_f64() * 1000.0));
+        gateway = Some(g);
+    }
+    let gateway = gateway.context("no gateway")?;
+    let mut sorted = ready_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let ready_median = sorted[sorted.len() / 2];
+    let rss_at_ready = procfs::rss_kb(gateway.pid()).ok();
+    tokio::time::sleep(ph.idle_settle).await;
+    let idle_rss = procfs::rss_kb(gateway.pid()).ok();
+    eprintln!(
+        "  tollway ready in {ready_ms:?} ms (spawn → /readyz 200); idle RSS {} KiB",
+        idle_rss.unwrap_or(0)
+    );
+    eprintln!(
+        "  mock on {}, gateway on {} (config {})",
+        mock.addr,
+        gateway.addr,
+        config.display()
+    );
+
+    let ctx = Ctx {
+        mock: &mock,
+        gateway: &gateway,
+        clk_tck: args.clk_tck,
+    };
+
+    // Warm both paths (connections, caches, lazy statics).
+    for (addr, model) in [
+        (mock.addr, "bench-small".to_string()),
+        (gateway.addr, "small".to_string()),
+    ] {
+        let spec = ctx.spec(
+            "warm".into(),
+            Target {
+                id: "warm",
+                addr,
+                key: Some(MASTER_KEY),
+            },
+            &model,
+            false,
+            Mode::Open {
+                rate: 200.0,
+                requests: Some(100),
+            },
+            Duration::ZERO,
+            Duration::from_secs(1),
+        )?;
+        let r = load::run(spec).await?;
+        anyhow::ensure!(
+            r["ok"].as_u64().unwrap_or(0) > 0,
+            "warm-up against {addr} failed: {}",
+            r["error_kinds"]
+        );
+    }
+
+    let hold_rate = if args.quick { 200.0 } else { 500.0 };
+    let scenarios = vec![
+        Scenario {
+            id: "chat_500rps",
+            title: "non-streaming small chat, open loop 500 RPS".into(),
+            model_direct: "bench-small".into(),
+            model_gateway: "small",
+            stream: false,
+            mode: Mode::Open {
+                rate: 500.0,
+                requests: None,
+            },
+            warmup: ph.warmup,
+            duration: ph.latency,
+            direct: true,
+        },
+        Scenario {
+            id: "chat_1000rps",
+            title: "non-streaming small chat, open loop 1,000 RPS".into(),
+            model_direct: "bench-small".into(),
+            model_gateway: "small",
+            stream: false,
+            mode: Mode::Open {
+                rate: 1000.0,
+                requests: None,
+            },
+            warmup: ph.warmup,
+            duration: ph.latency,
+            direct: true,
+        },
+        Scenario {
+            id: "chat_saturation",
+            title: "non-streaming small chat, closed loop 64 connections (saturation)".into(),
+            model_direct: "bench-small".into(),
+            model_gateway: "small",
+            stream: false,
+            mode: Mode::Closed { connections: 64 },
+            warmup: ph.warmup,
+            duration: ph.saturation,
+            direct: true,
+        },
+        Scenario {
+            id: "stream200_100rps",
+            title: format!("streaming {STREAM_TOKENS} chunks (tpt 0), open loop 100 streams/s"),
+            model_direct: format!("bench-stream?tokens={STREAM_TOKENS}&tpt_ms=0&ttft_ms=0"),
+            model_gateway: "stream200",
+            stream: true,
+            mode: Mode::Open {
+                rate: 100.0,
+                requests: None,
+            },
+            warmup: ph.warmup,
+            duration: ph.stream,
+            direct: true,
+        },
+    ];
+
+    let mut results = Vec::new();
+    let mut by_id = std::collections::BTreeMap::new();
+    for s in &scenarios {
+        eprintln!("scenario {}: {}", s.id, s.title);
+        let mut runs = serde_json::Map::new();
+        let mut targets = Vec::new();
+        if s.direct {
+            targets.push((
+                Target {
+                    id: "direct",
+                    addr: mock.addr,
+                    key: Some(MASTER_KEY),
+                },
+                s.model_direct.as_str(),
+            ));
+        }
+        targets.push((
+            Target {
+                id: "tollway",
+                addr: gateway.addr,
+                key: Some(MASTER_KEY),
+            },
+            s.model_gateway,
+        ));
+        for (t, model) in targets {
+            let spec = ctx.spec(
+                format!("{}/{}", s.id, t.id),
+                t,
+                model,
+                s.stream,
+                s.mode,
+                s.warmup,
+                s.duration,
+            )?;
+            let r = load::run(spec).await?;
+            print_run(s.id, t.id, &r);
+            runs.insert(t.id.into(), r);
+            // Let sockets in TIME_WAIT and the servers' queues settle between runs.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let entry = scenario_entry(s.id, &s.title, runs, s.stream);
+        by_id.insert(s.id, entry.clone());
+        results.push(entry);
+    }
+
+    // Held-open slow streams: the gateway's memory with many streams open.
+    {
+        let title = format!(
+            "{} concurrent slow streams held open (tokens={}, tpt_ms=100: ~{} s each), opened at {hold_rate}/s",
+            ph.hold_streams,
+            ph.hold_tokens,
+            ph.hold_tokens / 10
+        );
+        eprintln!("scenario hold_streams: {title}");
+        #[allow(clippy::cast_precision_loss)]
+        let ramp = Duration::from_secs_f64(ph.hold_streams as f64 / hold_rate + 0.05);
+        let spec = ctx.spec(
+            "hold_streams/tollway".into(),
+            Target {
+                id: "tollway",
+                addr: gateway.addr,
+                key: Some(MASTER_KEY),
+            },
+            "hold",
+            true,
+            Mode::Open {
+                rate: hold_rate,
+                requests: Some(ph.hold_streams),
+            },
+            Duration::ZERO,
+            ramp,
+        )?;
+        let r = load::run(spec).await?;
+        print_run("hold_streams", "tollway", &r);
+        eprintln!(
+            "  held {} streams at once; gateway RSS max {} KiB",
+            r["max_in_flight"], r["procs"]["tollway"]["rss_max_kb"]
+        );
+        let mut runs = serde_json::Map::new();
+        runs.insert("tollway".into(), r);
+        let entry = json!({
+            "id": "hold_streams",
+            "title": title,
+            "skipped": null,
+            "runs": runs,
+        });
+        by_id.insert("hold_streams", entry.clone());
+        results.push(entry);
+    }
+
+    // Everything on: a virtual key with limits and a hard budget, in a team with limits and a
+    // hard budget, a model with limits and a price (so budgets are reserved and settled), and the
+    // ledger (always on).
+    {
+        let title = "everything on: non-streaming small chat, open loop 1,000 RPS, virtual key (rpm/tpm, hard budget) of a team (rpm/tpm, hard budget), model rpm/tpm, priced deployment, SQLite ledger".to_string();
+        eprintln!("scenario chat_1000rps_all: {title}");
+        let created = post_json(
+            gateway.addr,
+            "/admin/keys",
+            MASTER_KEY,
+            &json!({
+                "name": "bench", "team": "bench", "rpm": 100_000_000u64, "tpm": 100_000_000_000u64,
+                "budget_usd": "1000000", "budget_period": "monthly",
+            }),
+        );
+        let entry = match created {
+            Ok((status, body)) if (200..300).contains(&status) && body["key"].is_string() => {
+                let secret = body["key"].as_str().unwrap_or_default().to_string();
+                let spec = ctx.spec(
+                    "chat_1000rps_all/tollway".into(),
+                    Target {
+                        id: "tollway",
+                        addr: gateway.addr,
+                        key: Some(&secret),
+                    },
+                    "small_all",
+                    false,
+                    Mode::Open {
+                        rate: 1000.0,
+                        requests: None,
+                    },
+                    ph.warmup,
+                    ph.latency,
+                )?;
+                let r = load::run(spec).await?;
+                print_run("chat_1000rps_all", "tollway", &r);
+                let mut runs = serde_json::Map::new();
+                // The direct figures are those of `chat_1000rps` (same load, straight to the mock).
+                if let Some(d) = by_id
+                    .get("chat_1000rps")
+                    .and_then(|e| e["runs"].get("direct"))
+                {
+                    runs.insert("direct".into(), d.clone());
+                }
+                runs.insert("tollway".into(), r);
+                let mut e = scenario_entry("chat_1000rps_all", &title, runs, false);
+                e["note"] =
+                    json!("direct run shared with chat_1000rps; no global budget configured");
+                e
+            }
+            Ok((status, body)) => json!({
+                "id": "chat_1000rps_all", "title": title,
+                "skipped": format!("not available (issue 3): POST /admin/keys answered {status}: {body}"),
+            }),
+            Err(e) => json!({
+                "id": "chat_1000rps_all", "title": title,
+                "skipped": format!("not available (issue 3): POST /admin/keys failed: {e:#}"),
+            }),
+        };
+        results.push(entry);
+    }
+
+    let idle_after = procfs::rss_kb(gateway.pid()).ok();
+    let load_after = loadavg();
+    drop(gateway);
+    drop(mock);
+    drop(tmp);
+
+    let get = |id: &str| results.iter().find(|e| e["id"] == id).cloned();
+    let headline = headline(
+        ready_median,
+        idle_rss,
+        get("chat_1000rps_all")
+            .filter(|e| e["skipped"].is_null())
+            .or_else(|| get("chat_1000rps")),
+        get("chat_saturation"),
+        get("stream200_100rps"),
+        get("hold_streams"),
+    );
+    let report = json!({
+        "schema": "tollway-bench/1",
+        "date": date,
+        "commit": git_commit(),
+        "quick": args.quick,
+        "machine": machine,
+        "shared_machine_note": "the load generator, the upstream mock and the gateway run on this one machine and share its cores; other work on the machine (load average below) disturbs the figures",
+        "load_average": {"before": load_before, "after": load_after},
+        "startup": {
+            "ready_ms": ready_ms,
+            "ready_ms_median": ready_median,
+            "rss_at_ready_kb": rss_at_ready,
+            "idle_rss_kb": idle_rss,
+            "rss_after_suite_kb": idle_after,
+            "note": "ready = from spawn to the first 200 of GET /readyz (polled every 0.5 ms); the first start creates the SQLite file",
+        },
+        "definitions": definitions(),
+        "targets": targets(),
+        "headline": headline,
+        "scenarios": results,
+        // Room for other gateways (bench/peers, opt-in): their runs go into each scenario's
+        // `runs` under their own name, and their added latency into `added`.
+        "peers": [],
+        "elapsed_s": round3(started.elapsed().as_secs_f64()),
+    });
+    let json_path = args.out.join("latest.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
+    let md = markdown(&report);
+    let md_path = args.out.join("latest.md");
+    std::fs::write(&md_path, &md)?;
+    println!("{md}");
+    eprintln!(
+        "wrote {} and {} in {:.0} s",
+        json_path.display(),
+        md_path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn scenario_entry(
+    id: &str,
+    title: &str,
+    runs: serde_json::Map<String, Value>,
+    stream: bool,
+) -> Value {
+    let mut added = serde_json::Map::new();
+    if let Some(d) = runs.get("direct") {
+        for (name, r) in &runs {
+            if name == "direct" {
+                continue;
+            }
+            let mut a = json!({
+                "latency_us": diff(&d["latency_us"], &r["latency_us"]),
+                "ttfb_us": diff(&d["ttfb_us"], &r["ttfb_us"]),
+            });
+            if let (Some(x), Some(y)) = (d["achieved_rps"].as_f64(), r["achieved_rps"].as_f64()) {
+                if x > 0.0 {
+                    a["throughput_ratio"] = json!(round3(y / x));
+                }
+            }
+            if stream {
+                let dd = &d["stream_stats"]["stream_duration_us"];
+                let rd = &r["stream_stats"]["stream_duration_us"];
+                let mut per_chunk = serde_json::Map::new();
+                for k in ["p50", "p99", "mean"] {
+                    if let (Some(x), Some(y)) = (dd[k].as_f64(), rd[k].as_f64()) {
+                        #[allow(clippy::cast_precision_loss)]
+                        per_chunk.insert(k.into(), json!(round3((y - x) / STREAM_TOKENS as f64)));
+                    }
+                }
+                a["per_chunk_from_duration_us"] = Value::Object(per_chunk);
+                a["event_gap_us"] = diff(
+                    &d["stream_stats"]["event_gap_us"],
+                    &r["stream_stats"]["event_gap_us"],
+                );
+                a["event_arrival_us"] = diff(
+                    &d["stream_stats"]["event_arrival_us"],
+                    &r["stream_stats"]["event_arrival_us"],
+                );
+            }
+            added.insert(name.clone(), a);
+        }
+    }
+    json!({
+        "id": id,
+        "title": title,
+        "skipped": null,
+        "runs": runs,
+        "added": added,
+    })
+}
+
+fn definitions() -> Value {
+    json!({
+        "latency": "per request, from its scheduled start (open loop: fixed times at the target rate; closed loop: when the connection's loop sent it) to the last byte of the response; a late server cannot hide its queueing (no coordinated omission)",
+        "service": "from the moment the request was actually sent to its last byte",
+        "ttfb": "from the scheduled start to the first byte of the response body (for streams: the first SSE event)",
+        "added": "gateway minus direct, per percentile: the same load straight to the mock, then through the gateway to the mock",
+        "throughput_ratio": "closed loop: successful responses per second through the gateway / straight to the mock",
+        "per_chunk_from_duration": "(gateway stream duration − direct stream duration) / 200 chunks, at the same percentile, where stream duration = last byte − first byte of the body",
+        "event_arrival": "each SSE event's arrival, from the request's scheduled start, all events of all streams pooled; its added figure (gateway − direct percentile) is how much later a client sees a chunk",
+        "event_gap": "time between consecutive SSE events' arrival at the client (events that arrive in one read count a 0 gap); its added figure is the gateway's gap percentile minus the direct one",
+        "rss": "VmRSS from /proc/PID/status; idle = 2 s after /readyz answered 200; under load = the maximum sampled every 100 ms during a run",
+        "cpu_s_per_1k_requests": "utime+stime from /proc/PID/stat over the measured window, per 1,000 requests (ok + errors)",
+    })
+}
+
+fn targets() -> Value {
+    json!({
+        "added_latency_p50_us_at_1000rps": 50,
+        "added_latency_p99_us_at_1000rps": 250,
+        "throughput_ratio_min": 0.6,
+        "per_chunk_added_p99_us": 100,
+        "idle_rss_mb": 25,
+        "rss_1000_streams_mb": 150,
+        "ready_ms": 100,
+    })
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+fn headline(
+    ready_ms: f64,
+    idle_rss: Option<u64>,
+    c1000: Option<Value>,
+    sat: Option<Value>,
+    stream: Option<Value>,
+    hold: Option<Value>,
+) -> Value {
+    let mut rows = Vec::new();
+    let mut row =
+        |figure: &str, measured: Option<f64>, unit: &str, target: f64, le: bool, detail: String| {
+            let met = measured.map(|m| if le { m <= target } else { m >= target });
+            rows.push(json!({
+                "figure": figure, "measured": measured.map(round3), "unit": unit,
+                "target": target, "target_is_max": le, "met": met, "detail": detail,
+            }));
+        };
+    row(
+        "ready in (spawn → /readyz 200, median)",
+        Some(ready_ms),
+        "ms",
+        100.0,
+        true,
+        String::new(),
+    );
+    row(
+        "idle RSS",
+        idle_rss.map(mb),
+        "MB",
+        25.0,
+        true,
+        String::new(),
+    );
+    let c = c1000.unwrap_or(Value::Null);
+    let which = if c["id"] == "chat_1000rps_all" {
+        "everything on"
+    } else {
+        "plain: master key, unpriced model"
+    };
+    let a = &c["added"]["tollway"]["latency_us"];
+    let dir = &c["runs"]["direct"]["latency_us"];
+    let gw = &c["runs"]["tollway"]["latency_us"];
+    row(
+        &format!("added latency p50 @ 1,000 RPS ({which})"),
+        a["p50"].as_f64(),
+        "µs",
+        50.0,
+        true,
+        format!(
+            "direct {} µs, through tollway {} µs",
+            fmt_num(&dir["p50"]),
+            fmt_num(&gw["p50"])
+        ),
+    );
+    row(
+        &format!("added latency p99 @ 1,000 RPS ({which})"),
+        a["p99"].as_f64(),
+        "µs",
+        250.0,
+        true,
+        format!(
+            "direct {} µs, through tollway {} µs",
+            fmt_num(&dir["p99"]),
+            fmt_num(&gw["p99"])
+        ),
+    );
+    let s = sat.unwrap_or(Value::Null);
+    row(
+        "throughput through tollway / straight to the mock (64 connections)",
+        s["added"]["tollway"]["throughput_ratio"].as_f64(),
+        "×",
+        0.6,
+        false,
+        format!(
+            "direct {} RPS, through tollway {} RPS",
+            fmt_num(&s["runs"]["direct"]["achieved_rps"]),
+            fmt_num(&s["runs"]["tollway"]["achieved_rps"])
+        ),
+    );
+    let st = stream.unwrap_or(Value::Null);
+    let ad = &st["added"]["tollway"];
+    row(
+        "per-chunk added latency p99 ((stream duration through tollway − direct) / 200, at p99)",
+        ad["per_chunk_from_duration_us"]["p99"].as_f64(),
+        "µs",
+        100.0,
+        true,
+        format!(
+            "p50 {} µs; event-gap added p99 {} µs, p99.9 {} µs; event arrival added p50 {} µs, p99 {} µs; TTFB added p50 {} µs, p99 {} µs",
+            fmt_num(&ad["per_chunk_from_duration_us"]["p50"]),
+            fmt_num(&ad["event_gap_us"]["p99"]),
+            fmt_num(&ad["event_gap_us"]["p99.9"]),
+            fmt_num(&ad["event_arrival_us"]["p50"]),
+            fmt_num(&ad["event_arrival_us"]["p99"]),
+            fmt_num(&ad["ttfb_us"]["p50"]),
+            fmt_num(&ad["ttfb_us"]["p99"])
+        ),
+    );
+    let h = hold.unwrap_or(Value::Null);
+    let hr = &h["runs"]["tollway"];
+    row(
+        "RSS with the held-open streams",
+        hr["procs"]["tollway"]["rss_max_kb"].as_u64().map(mb),
+        "MB",
+        150.0,
+        true,
+        format!(
+            "{} streams open at once (target counts 1,000); {} ok, {} errors",
+            hr["max_in_flight"], hr["ok"], hr["errors"]
+        ),
+    );
+    Value::Array(rows)
+}
+
+fn fmt_num(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
+        Some(x) if x.abs() >= 1.0 || x == 0.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.3}"),
+        None => "–".into(),
+    }
+}
+
+/// The Markdown report of a suite's JSON.
+pub fn markdown(r: &Value) -> String {
+    let mut s = String::new();
+    let m = &r["machine"];
+    s += &format!(
+        "# Tollway benchmark — {}{}\n\n",
+        r["date"].as_str().unwrap_or(""),
+        if r["quick"] == true {
+            " (BENCH_QUICK smoke run: figures not meaningful)"
+        } else {
+            ""
+        }
+    );
+    s += &format!(
+        "Machine: {} cores (`nproc`), {}, {:.0} GiB, Linux {}; commit {}. **The load generator, the upstream mock \
+         and the gateway share this one machine**, so the gateway competes with its own load for the cores; \
+         load average before/after: {} / {}.\n\n",
+        m["nproc"],
+        m["cpu_model"].as_str().unwrap_or("?"),
+        m["mem_total_kb"].as_f64().unwrap_or(0.0) / 1024.0 / 1024.0,
+        m["kernel"].as_str().unwrap_or("?"),
+        r["commit"].as_str().unwrap_or("?"),
+        r["load_average"]["before"].as_str().unwrap_or("?"),
+        r["load_average"]["after"].as_str().unwrap_or("?"),
+    );
+    s += "## Against the targets (issue 6)\n\n| figure | measured | target | met | detail |\n| --- | --- | --- | --- | --- |\n";
+    for h in r["headline"].as_array().into_iter().flatten() {
+        let unit = h["unit"].as_str().unwrap_or("");
+        let target = format!(
+            "{} {}{}",
+            if h["target_is_max"] == true {
+                "≤"
+            } else {
+                "≥"
+            },
+            h["target"].as_f64().map_or("?".into(), |t| format!("{t}")),
+            if unit == "×" {
+                String::new()
+            } else {
+                format!(" {unit}")
+            }
+        );
+        let measured = match h["measured"].as_f64() {
+            Some(x) if unit == "×" => format!("{:.0}%", x * 100.0),
+            Some(x) => format!("{} {unit}", fmt_num(&json!(x))),
+            None => "–".into(),
+        };
+        let target = if unit == "×" {
+            format!("≥ {:.0}%", h["target"].as_f64().unwrap_or(0.0) * 100.0)
+        } else {
+            target
+        };
+        let met = match h["met"].as_bool() {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "–",
+        };
+        s += &format!(
+            "| {} | {measured} | {target} | {met} | {} |\n",
+            h["figure"].as_str().unwrap_or(""),
+            h["detail"].as_str().unwrap_or("")
+        );
+    }
+    s += &format!(
+        "\nReady-in of each start: {} ms (the first creates the SQLite file). Idle RSS {} KiB, at ready {} KiB, after the suite {} KiB.\n\n",
+        r["startup"]["ready_ms"], r["startup"]["idle_rss_kb"], r["startup"]["rss_at_ready_kb"], r["startup"]["rss_after_suite_kb"]
+    );
+    s += "## Scenarios\n\nLatency in µs from each request's scheduled start to its last byte; *added* = through tollway − direct, per percentile. \
+          CPU = tollway's utime+stime per 1,000 requests; RSS = tollway's max during the run.\n\n";
+    s += "| scenario | path | sent | ok | errors | achieved RPS | p50 | p90 | p99 | p99.9 | max | TTFB p50 | TTFB p99 | tollway CPU s/1k | tollway RSS MB |\n";
+    s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    for e in r["scenarios"].as_array().into_iter().flatten() {
+        let id = e["id"].as_str().unwrap_or("");
+        if let Some(why) = e["skipped"].as_str() {
+            s += &format!("| {id} | *skipped* | {why} |||||||||||||\n");
+            continue;
+        }
+        for (name, run) in e["runs"].as_object().into_iter().flatten() {
+            let l = &run["latency_us"];
+            let t = &run["ttfb_us"];
+            let gw = &run["procs"]["tollway"];
+            let (cpu, rss) = if name == "direct" {
+                ("–".to_string(), "–".to_string())
+            } else {
+                (
+                    fmt_num(&gw["cpu_s_per_1k_requests"]),
+                    gw["rss_max_kb"]
+                        .as_u64()
+                        .map_or("–".into(), |k| format!("{:.1}", mb(k))),
+                )
+            };
+            s += &format!(
+                "| {id} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {cpu} | {rss} |\n",
+                run["sent"], run["ok"], run["errors"], fmt_num(&run["achieved_rps"]),
+                fmt_num(&l["p50"]), fmt_num(&l["p90"]), fmt_num(&l["p99"]), fmt_num(&l["p99.9"]), fmt_num(&l["max"]),
+                fmt_num(&t["p50"]), fmt_num(&t["p99"]),
+            );
+        }
+        for (name, a) in e["added"].as_object().into_iter().flatten() {
+            let l = &a["latency_us"];
+            let t = &a["ttfb_us"];
+            let ratio = a["throughput_ratio"]
+                .as_f64()
+                .map_or("–".into(), |x| format!("{:.0}% of direct", x * 100.0));
+            s += &format!(
+                "| {id} | **added by {name}** | | | | {ratio} | **{}** | {} | **{}** | {} | {} | {} | {} | | |\n",
+                fmt_num(&l["p50"]), fmt_num(&l["p90"]), fmt_num(&l["p99"]), fmt_num(&l["p99.9"]), fmt_num(&l["max"]),
+                fmt_num(&t["p50"]), fmt_num(&t["p99"]),
+            );
+        }
+    }
+    s += "\n### Streams\n\n| scenario | path | events/stream | stream duration p50 / p99 µs | event gap p50 / p99 / p99.9 µs | event arrival p50 / p99 µs |\n| --- | --- | --- | --- | --- | --- |\n";
+    for e in r["scenarios"].as_array().into_iter().flatten() {
+        for (name, run) in e["runs"].as_object().into_iter().flatten() {
+            let st = &run["stream_stats"];
+            if st.is_null() {
+                continue;
+            }
+            s += &format!(
+                "| {} | {name} | {} | {} / {} | {} / {} / {} | {} / {} |\n",
+                e["id"].as_str().unwrap_or(""),
+                fmt_num(&st["events_per_stream"]["mean"]),
+                fmt_num(&st["stream_duration_us"]["p50"]),
+                fmt_num(&st["stream_duration_us"]["p99"]),
+                fmt_num(&st["event_gap_us"]["p50"]),
+                fmt_num(&st["event_gap_us"]["p99"]),
+                fmt_num(&st["event_gap_us"]["p99.9"]),
+                fmt_num(&st["event_arrival_us"]["p50"]),
+                fmt_num(&st["event_arrival_us"]["p99"]),
+            );
+        }
+        if let Some(a) = e["added"]["tollway"].get("event_gap_us") {
+            let pc = &e["added"]["tollway"]["per_chunk_from_duration_us"];
+            let ar = &e["added"]["tollway"]["event_arrival_us"];
+            s += &format!(
+                "| {} | **added by tollway** | | per chunk (Δduration/200): p50 {} / p99 {} | {} / {} / {} | {} / {} |\n",
+                e["id"].as_str().unwrap_or(""),
+                fmt_num(&pc["p50"]), fmt_num(&pc["p99"]),
+                fmt_num(&a["p50"]), fmt_num(&a["p99"]), fmt_num(&a["p99.9"]),
+                fmt_num(&ar["p50"]), fmt_num(&ar["p99"]),
+            );
+        }
+    }
+    s += "\n### Processes (max RSS MB / CPU s per 1,000 requests)\n\n| scenario | path | tollway | mock | load generator |\n| --- | --- | --- | --- | --- |\n";
+    for e in r["scenarios"].as_array().into_iter().flatten() {
+        for (name, run) in e["runs"].as_object().into_iter().flatten() {
+            let p = |n: &str| {
+                let x = &run["procs"][n];
+                format!(
+                    "{} / {}",
+                    x["rss_max_kb"]
+                        .as_u64()
+                        .map_or("–".into(), |k| format!("{:.1}", mb(k))),
+                    fmt_num(&x["cpu_s_per_1k_requests"])
+                )
+            };
+            let tollway = if name == "direct" {
+                "(idle)".to_string()
+            } else {
+                p("tollway")
+            };
+            s += &format!(
+                "| {} | {name} | {tollway} | {} | {} |\n",
+                e["id"].as_str().unwrap_or(""),
+                p("mock"),
+                p("loadgen")
+            );
+        }
+    }
+    s += "\nDefinitions: see `definitions` in latest.json and bench/README.md.\n";
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date_is_iso() {
+        let d = utc_now();
+        assert_eq!(d.len(), 20);
+        assert!(d.starts_with("20"));
+    }
+
+    #[test]
+    fn diff_per_percentile() {
+        let a = json!({"p50": 100.0, "p99": 300.0});
+        let b = json!({"p50": 130.0, "p99": 500.0});
+        let d = diff(&a, &b);
+        assert_eq!(d["p50"], json!(30.0));
+        assert_eq!(d["p99"], json!(200.0));
+    }
+}
