@@ -26,9 +26,10 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 pub struct HttpProvider {
     info: ProviderInfo,
     client: reqwest::Client,
-    chat_url: String,
+    /// Parsed once: parsing a URL per request is measurable on the hot path.
+    chat_url: reqwest::Url,
     /// OpenAI-format accounts only.
-    embeddings_url: Option<String>,
+    embeddings_url: Option<reqwest::Url>,
     headers: HeaderMap,
     timeouts: Timeouts,
     dialect: openai::Dialect,
@@ -86,8 +87,8 @@ impl HttpProvider {
                 family: ApiFamily::OpenAi,
             },
             client: client(&c.timeouts)?,
-            chat_url: format!("{base}/chat/completions"),
-            embeddings_url: Some(format!("{base}/embeddings")),
+            chat_url: parse_url(&format!("{base}/chat/completions"), name)?,
+            embeddings_url: Some(parse_url(&format!("{base}/embeddings"), name)?),
             headers: header_map(&pairs, name)?,
             timeouts: c.timeouts,
             dialect: openai::Dialect {
@@ -117,7 +118,7 @@ impl HttpProvider {
                 family: ApiFamily::Anthropic,
             },
             client: client(&c.timeouts)?,
-            chat_url: format!("{base}/v1/messages"),
+            chat_url: parse_url(&format!("{base}/v1/messages"), name)?,
             embeddings_url: None,
             headers: header_map(&pairs, name)?,
             timeouts: c.timeouts,
@@ -145,13 +146,13 @@ impl HttpProvider {
 
     async fn send_to(
         &self,
-        url: &str,
+        url: &reqwest::Url,
         body: Vec<u8>,
         model: &str,
     ) -> Result<reqwest::Response, ProviderError> {
         let fut = self
             .client
-            .post(url)
+            .post(url.clone())
             .headers(self.headers.clone())
             .header(CONTENT_TYPE, "application/json")
             .timeout(self.timeouts.total())
@@ -208,6 +209,11 @@ impl HttpProvider {
             )
         }
     }
+}
+
+fn parse_url(url: &str, provider: &str) -> Result<reqwest::Url, String> {
+    reqwest::Url::parse(url)
+        .map_err(|e| format!("provider `{provider}`: base_url `{url}` is not a URL: {e}"))
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {

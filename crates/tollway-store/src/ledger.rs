@@ -40,12 +40,9 @@ pub struct LedgerRow {
     pub cost_estimated: bool,
 }
 
-const INSERT: &str =
-    "INSERT INTO tollway_ledger (request_id, ts_ms, key_id, team, model, provider, \
-    deployment, api, status, stream, attempts, latency_ms, input_tokens, output_tokens, \
-    cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, cost_estimated) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
-    ON CONFLICT (request_id) DO NOTHING";
+const INSERT_HEAD: &str = "INSERT INTO tollway_ledger (request_id, ts_ms, key_id, team, model, \
+    provider, deployment, api, status, stream, attempts, latency_ms, input_tokens, output_tokens, \
+    cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, cost_estimated) VALUES ";
 
 /// Dimensions a usage report can group by.
 pub const GROUP_BY: &[&str] = &["key", "team", "model", "provider", "day"];
@@ -114,35 +111,55 @@ pub fn parse_day(s: &str) -> Option<i64> {
 }
 
 impl Store {
-    /// Writes rows in one transaction; rows already present (same request id) are skipped.
+    /// Writes rows in one transaction, a few hundred per statement; rows already present (same
+    /// request id) are skipped.
     pub async fn insert_ledger(&self, rows: &[LedgerRow]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
+        // 19 columns a row; 400 rows stay below SQLite's and PostgreSQL's parameter limits.
+        const PER_STATEMENT: usize = 400;
         let mut tx = self.pool().begin().await?;
-        for r in rows {
-            sqlx::query(INSERT)
-                .bind(&r.request_id)
-                .bind(r.ts_ms)
-                .bind(r.key_id.clone())
-                .bind(r.team.clone())
-                .bind(&r.model)
-                .bind(&r.provider)
-                .bind(&r.deployment)
-                .bind(&r.api)
-                .bind(r.status)
-                .bind(i64::from(r.stream))
-                .bind(r.attempts)
-                .bind(r.latency_ms)
-                .bind(r.input_tokens)
-                .bind(r.output_tokens)
-                .bind(r.cache_read_tokens)
-                .bind(r.cache_write_tokens)
-                .bind(r.reasoning_tokens)
-                .bind(r.cost_micros)
-                .bind(i64::from(r.cost_estimated))
-                .execute(&mut *tx)
-                .await?;
+        for chunk in rows.chunks(PER_STATEMENT) {
+            let mut sql = String::from(INSERT_HEAD);
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('(');
+                for c in 0..19 {
+                    if c > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!("${}", i * 19 + c + 1));
+                }
+                sql.push(')');
+            }
+            sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q
+                    .bind(&r.request_id)
+                    .bind(r.ts_ms)
+                    .bind(r.key_id.clone())
+                    .bind(r.team.clone())
+                    .bind(&r.model)
+                    .bind(&r.provider)
+                    .bind(&r.deployment)
+                    .bind(&r.api)
+                    .bind(r.status)
+                    .bind(i64::from(r.stream))
+                    .bind(r.attempts)
+                    .bind(r.latency_ms)
+                    .bind(r.input_tokens)
+                    .bind(r.output_tokens)
+                    .bind(r.cache_read_tokens)
+                    .bind(r.cache_write_tokens)
+                    .bind(r.reasoning_tokens)
+                    .bind(r.cost_micros)
+                    .bind(i64::from(r.cost_estimated));
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

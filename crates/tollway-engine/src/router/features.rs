@@ -1,0 +1,332 @@
+//! Lexical features of a prompt: signed-hashed word 1–2-grams and character n-grams, plus a few
+//! dense features.
+//!
+//! Text is lowercased and split into words (maximal runs of alphanumeric characters). Word unigrams
+//! and bigrams, and character n-grams of each word padded with one space on either side (sklearn's
+//! `char_wb`), are hashed with 64-bit FNV-1a over Unicode code points, finished with MurmurHash3's
+//! `fmix64`: the low `hash_bits` bits pick the bucket, the top bit the sign. Counts per bucket get
+//! sublinear tf (`sign · (1 + ln |count|)`); the word block and the character block are each
+//! L2-normalised and scaled by their block weight. Hashing depends only on the text, never on the
+//! platform or the process.
+//!
+//! The dense features ([`DENSE_NAMES`]) are standardised with the training mean and deviation kept in
+//! the model file.
+//!
+//! [`Featurizer`] owns the reusable buffers (a count per bucket and the list of touched buckets):
+//! nothing is allocated per n-gram, and scoring a prompt walks it once per block.
+
+use serde::{Deserialize, Serialize};
+
+/// What the featurizer extracts; stored in the model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureConfig {
+    /// The hashed space has `2^hash_bits` buckets.
+    pub hash_bits: u32,
+    /// Word unigrams and bigrams.
+    pub word_ngrams: bool,
+    /// Character n-gram lengths, inclusive; `char_min = 0` disables them.
+    pub char_min: u32,
+    pub char_max: u32,
+    /// Scale of the L2-normalised word block and character block.
+    pub word_weight: f32,
+    pub char_weight: f32,
+    /// Use `1 + ln(tf)` instead of raw counts.
+    pub sublinear_tf: bool,
+    /// Use the dense features.
+    pub dense: bool,
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        FeatureConfig {
+            hash_bits: 18,
+            word_ngrams: true,
+            char_min: 3,
+            char_max: 5,
+            word_weight: 1.0,
+            char_weight: 1.0,
+            sublinear_tf: true,
+            dense: true,
+        }
+    }
+}
+
+impl FeatureConfig {
+    /// Number of hashed buckets.
+    pub fn buckets(&self) -> usize {
+        1usize << self.hash_bits
+    }
+
+    /// A description of what is wrong, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if !(4..=24).contains(&self.hash_bits) {
+            return Err(format!("features.hash_bits must be in 4..=24, not {}", self.hash_bits));
+        }
+        if self.char_min != 0 && !(1 <= self.char_min && self.char_min <= self.char_max && self.char_max <= 8) {
+            return Err(format!(
+                "features.char_min..char_max must satisfy 1 <= min <= max <= 8 (or min = 0), not {}..{}",
+                self.char_min, self.char_max
+            ));
+        }
+        if !self.word_weight.is_finite() || !self.char_weight.is_finite() || self.word_weight < 0.0 || self.char_weight < 0.0 {
+            return Err("features.word_weight and char_weight must be finite and >= 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Names of the dense features, in order.
+pub const DENSE_NAMES: [&str; 9] = [
+    "log_chars",
+    "log_words",
+    "digit_ratio",
+    "has_code",
+    "has_math",
+    "log_questions",
+    "log_numbers",
+    "mean_word_len",
+    "log_lines",
+];
+/// Number of dense features.
+pub const DENSE: usize = DENSE_NAMES.len();
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+const NS_WORD: u64 = 0x77;
+const NS_CHAR: u64 = 0x63;
+
+#[inline]
+fn fnv_step(h: u64, unit: u32) -> u64 {
+    (h ^ unit as u64).wrapping_mul(FNV_PRIME)
+}
+
+#[inline]
+fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^= k >> 33;
+    k
+}
+
+/// The raw dense features of a prompt (not standardised).
+pub fn dense_features(prompt: &str) -> [f64; DENSE] {
+    let mut chars = 0usize;
+    let mut digits = 0usize;
+    let mut questions = 0usize;
+    let mut lines = 1usize;
+    let mut words = 0usize;
+    let mut numbers = 0usize;
+    let mut word_chars = 0usize;
+    let mut in_word = false;
+    for c in prompt.chars() {
+        chars += 1;
+        match c {
+            '?' => questions += 1,
+            '\n' => lines += 1,
+            _ => {}
+        }
+        if c.is_alphanumeric() {
+            if c.is_ascii_digit() {
+                digits += 1;
+            }
+            if !in_word {
+                words += 1;
+                if c.is_ascii_digit() {
+                    numbers += 1;
+                }
+            }
+            word_chars += 1;
+            in_word = true;
+        } else {
+            in_word = false;
+        }
+    }
+    const CODE: [&str; 8] = ["```", "def ", "return ", "#include", "function ", "printf", "};", "print("];
+    const MATH: [&str; 7] = ["\\frac", "sqrt", "^", "$", "=", "\\(", "\\["];
+    let has_code = CODE.iter().any(|m| prompt.contains(m));
+    let has_math = MATH.iter().any(|m| prompt.contains(m));
+    [
+        (1.0 + chars as f64).ln(),
+        (1.0 + words as f64).ln(),
+        if chars == 0 { 0.0 } else { digits as f64 / chars as f64 },
+        has_code as u8 as f64,
+        has_math as u8 as f64,
+        (1.0 + questions as f64).ln(),
+        (1.0 + numbers as f64).ln(),
+        if words == 0 { 0.0 } else { word_chars as f64 / words as f64 },
+        (lines as f64).ln(),
+    ]
+}
+
+/// Reusable buffers for featurising prompts with one [`FeatureConfig`].
+pub struct Featurizer {
+    config: FeatureConfig,
+    mask: u64,
+    counts: Vec<i32>,
+    touched: Vec<u32>,
+    word: Vec<u32>,
+}
+
+impl Featurizer {
+    pub fn new(config: &FeatureConfig) -> Self {
+        Featurizer {
+            mask: (1u64 << config.hash_bits) - 1,
+            counts: vec![0; config.buckets()],
+            touched: Vec::with_capacity(4096),
+            word: Vec::with_capacity(64),
+            config: config.clone(),
+        }
+    }
+
+    pub fn config(&self) -> &FeatureConfig {
+        &self.config
+    }
+
+    #[inline]
+    fn add(&mut self, h: u64) {
+        let h = fmix64(h);
+        let b = (h & self.mask) as usize;
+        let c = &mut self.counts[b];
+        if *c == 0 {
+            self.touched.push(b as u32);
+        }
+        // A bucket whose signed count returns to zero may be pushed twice; `drain` skips the
+        // duplicate because it zeroes the bucket on the first visit.
+        *c = c.saturating_add(if h >> 63 == 0 { 1 } else { -1 });
+    }
+
+    fn end_word(&mut self, prev: &mut Option<u64>) {
+        if self.word.is_empty() {
+            return;
+        }
+        if self.config.word_ngrams {
+            let mut uni = FNV_OFFSET ^ NS_WORD;
+            let mut bi = prev.map(|p| fnv_step(p, ' ' as u32));
+            for &cp in &self.word {
+                uni = fnv_step(uni, cp);
+                bi = bi.map(|b| fnv_step(b, cp));
+            }
+            self.add(uni);
+            if let Some(b) = bi {
+                self.add(b);
+            }
+            *prev = Some(uni);
+        }
+        self.word.clear();
+    }
+
+    fn char_grams(&mut self) {
+        let (lo, hi) = (self.config.char_min as usize, self.config.char_max as usize);
+        let word = std::mem::take(&mut self.word);
+        let n = word.len() + 2;
+        let at = |i: usize| -> u32 {
+            if i == 0 || i == n - 1 {
+                ' ' as u32
+            } else {
+                word[i - 1]
+            }
+        };
+        for start in 0..n.saturating_sub(lo - 1) {
+            let mut h = FNV_OFFSET ^ NS_CHAR;
+            for j in start..(start + hi).min(n) {
+                h = fnv_step(h, at(j));
+                if j + 1 - start >= lo {
+                    self.add(h);
+                }
+            }
+        }
+        self.word = word;
+        self.word.clear();
+    }
+
+    /// Walks the words of `prompt`, calling `on_word` with each lowercased word in `self.word`.
+    fn for_each_word(&mut self, prompt: &str, mut on_word: impl FnMut(&mut Self)) {
+        self.word.clear();
+        for c in prompt.chars() {
+            if c.is_alphanumeric() {
+                let lc = if c.is_ascii() { c.to_ascii_lowercase() } else { c.to_lowercase().next().unwrap_or(c) };
+                self.word.push(lc as u32);
+            } else if !self.word.is_empty() {
+                on_word(self);
+                self.word.clear();
+            }
+        }
+        if !self.word.is_empty() {
+            on_word(self);
+            self.word.clear();
+        }
+    }
+
+    /// Drains the touched buckets: calls `f(bucket, value)` with each non-zero (tf-transformed)
+    /// value and returns the sum of squares. Leaves the counts all zero.
+    fn drain(&mut self, mut f: impl FnMut(u32, f64)) -> f64 {
+        let mut ss = 0.0;
+        let sublinear = self.config.sublinear_tf;
+        for &b in &self.touched {
+            let c = std::mem::take(&mut self.counts[b as usize]);
+            if c == 0 {
+                continue;
+            }
+            let a = c.unsigned_abs() as f64;
+            let v = if sublinear { 1.0 + a.ln() } else { a };
+            let v = if c < 0 { -v } else { v };
+            ss += v * v;
+            f(b, v);
+        }
+        self.touched.clear();
+        ss
+    }
+
+    fn flush_block(&mut self, weight: f64, out: &mut Vec<(u32, f32)>, pairs: &mut Vec<(u32, f64)>) {
+        pairs.clear();
+        let ss = self.drain(|b, v| pairs.push((b, v)));
+        if ss > 0.0 {
+            let k = weight / ss.sqrt();
+            out.extend(pairs.iter().map(|&(b, v)| (b, (v * k) as f32)));
+        }
+    }
+
+    /// The hashed features of `prompt` as (bucket, value) pairs appended to `out` (a bucket may
+    /// appear once per block).
+    pub fn hashed(&mut self, prompt: &str, out: &mut Vec<(u32, f32)>) {
+        let mut pairs = Vec::new();
+        if self.config.word_ngrams {
+            let mut prev = None;
+            self.for_each_word(prompt, |me| me.end_word(&mut prev));
+            self.flush_block(self.config.word_weight as f64, out, &mut pairs);
+        }
+        if self.config.char_min > 0 {
+            self.for_each_word(prompt, |me| me.char_grams());
+            self.flush_block(self.config.char_weight as f64, out, &mut pairs);
+        }
+    }
+
+    /// The dot product of the hashed features of `prompt` with `weights` (one per bucket), without
+    /// materialising them.
+    pub fn dot(&mut self, prompt: &str, weights: &[f32]) -> f64 {
+        let mut s = 0.0f64;
+        if self.config.word_ngrams {
+            let mut prev = None;
+            self.for_each_word(prompt, |me| me.end_word(&mut prev));
+            s += self.dot_block(self.config.word_weight as f64, weights);
+        }
+        if self.config.char_min > 0 {
+            self.for_each_word(prompt, |me| me.char_grams());
+            s += self.dot_block(self.config.char_weight as f64, weights);
+        }
+        s
+    }
+
+    fn dot_block(&mut self, weight: f64, weights: &[f32]) -> f64 {
+        let mut num = 0.0f64;
+        let ss = self.drain(|b, v| num += v * weights[b as usize] as f64);
+        if ss > 0.0 {
+            num * weight / ss.sqrt()
+        } else {
+            0.0
+        }
+    }
+}
