@@ -228,6 +228,52 @@ impl Store {
         Ok(())
     }
 
+    /// Records a learned router's decision with the prompt it scored (only for routers configured
+    /// to log prompts).
+    pub async fn log_routing(
+        &self,
+        request_id: &str,
+        router: &str,
+        prompt: &str,
+        score: f64,
+        strong: bool,
+        target: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO tollway_routing (request_id, ts_ms, router, prompt, score, strong, target) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(request_id)
+        .bind(crate::now_ms())
+        .bind(router)
+        .bind(prompt)
+        .bind(score)
+        .bind(i64::from(strong))
+        .bind(target)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Routed prompts that clients rated: (prompt, sent to the strong model, latest rating).
+    pub async fn routing_feedback(&self) -> Result<Vec<(String, bool, String)>> {
+        let rows = sqlx::query(
+            "SELECT r.prompt AS prompt, r.strong AS strong, f.rating AS rating \
+             FROM tollway_routing r JOIN tollway_feedback f ON f.request_id = r.request_id \
+             ORDER BY f.ts_ms",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut latest: std::collections::BTreeMap<String, (bool, String)> = Default::default();
+        for r in rows {
+            let prompt: String = r.try_get("prompt")?;
+            let strong: i64 = r.try_get("strong")?;
+            let rating: String = r.try_get("rating")?;
+            latest.insert(prompt, (strong != 0, rating));
+        }
+        Ok(latest.into_iter().map(|(p, (s, r))| (p, s, r)).collect())
+    }
+
     /// The latest rating given for a request, if any.
     pub async fn feedback(&self, request_id: &str) -> Result<Option<String>> {
         Ok(sqlx::query_scalar(
@@ -568,6 +614,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.feedback("r1").await.unwrap().as_deref(), Some("bad"));
+        store
+            .log_routing("r1", "auto", "what is 2+2", 0.2, false, "mini")
+            .await
+            .unwrap();
+        store
+            .log_routing("r2", "auto", "prove it", 0.9, true, "big")
+            .await
+            .unwrap();
+        let fb = store.routing_feedback().await.unwrap();
+        assert_eq!(
+            fb,
+            vec![("what is 2+2".to_string(), false, "bad".to_string())]
+        );
         assert_eq!(store.feedback("r2").await.unwrap(), None);
         assert!(store
             .usage(&UsageQuery {

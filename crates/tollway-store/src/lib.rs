@@ -103,6 +103,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tollway_feedback_request ON tollway_feedback (request_id)",
     // 3: keys restricted to deployment regions
     "ALTER TABLE tollway_keys ADD COLUMN regions TEXT NOT NULL DEFAULT '[]'",
+    // 4: what learned routers decided, for routers that log prompts (retraining from feedback)
+    "CREATE TABLE tollway_routing (
+        request_id TEXT PRIMARY KEY,
+        ts_ms BIGINT NOT NULL,
+        router TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        score DOUBLE PRECISION NOT NULL,
+        strong BIGINT NOT NULL,
+        target TEXT NOT NULL
+    )",
 ];
 
 impl Store {
