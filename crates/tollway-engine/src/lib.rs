@@ -1,3 +1,5 @@
-//! The gateway's logic that does no IO: for now the price table and exact costs (`prices`).
+//! The gateway's logic that does no IO: the price table and exact costs (`prices`), and the
+//! lexical learned router (`router`).
 
 pub mod prices;
+pub mod router;

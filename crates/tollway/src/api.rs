@@ -643,9 +643,23 @@ async fn chat_inner(
         key: principal.key().map(|k| k.id.as_str()),
         team: principal.key().and_then(|k| k.team.as_deref()),
     };
-    if let Some((target, why)) = rt.route(&req, &headers, caller) {
-        req.model = target;
-        outcome.route = Some(why);
+    if let Some(choice) = rt.route(&req, &headers, caller) {
+        if let Some((prompt, score, strong)) = choice.log {
+            let store = state.accounts().store().clone();
+            let (id, router, target) =
+                (request_id.clone(), requested.clone(), choice.target.clone());
+            // off the request path; a lost log line only costs a training example
+            tokio::spawn(async move {
+                if let Err(e) = store
+                    .log_routing(&id, &router, &prompt, score, strong, &target)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not log a routing decision");
+                }
+            });
+        }
+        req.model = choice.target;
+        outcome.route = Some(choice.why);
     }
     match admit(
         state,

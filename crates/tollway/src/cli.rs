@@ -48,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Auto-routers: fit one on a routing dataset, or print its cost-quality curve.
+    Router {
+        #[command(subcommand)]
+        action: RouterAction,
+    },
     /// Spend and tokens by key, team, model, provider or day, with the month-end forecast.
     Usage {
         #[command(flatten)]
@@ -67,6 +72,37 @@ enum Command {
         team: Option<String>,
         #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
         format: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouterAction {
+    /// Fit a lexical router on a routing dataset (JSONL: prompt, per-model scores).
+    Train {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Also learn from client feedback stored in this storage URL.
+        #[arg(long)]
+        feedback_db: Option<String>,
+    },
+    /// Evaluate a router: the cost-quality curve against random and the oracle, APGR, CPT.
+    Eval {
+        #[arg(long)]
+        data: PathBuf,
+        /// A model file (default: the built-in one's file in the repository).
+        #[arg(long, default_value = "crates/tollway-engine/data/router-lexical.json")]
+        model: PathBuf,
+        /// Write one line per prompt: {"id": ..., "score": ...}.
+        #[arg(long)]
+        dump_scores: Option<PathBuf>,
+        /// Write the curve as an SVG plot.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Write the full report as JSON.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
 }
 
@@ -126,6 +162,50 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Keys { storage, action } => run_async(keys(storage, action)),
+        Command::Router { action } => {
+            let r = match action {
+                RouterAction::Train {
+                    data,
+                    out,
+                    feedback_db,
+                } => match feedback_db {
+                    None => crate::router_cli::train(&data, &out, None),
+                    Some(url) => {
+                        let url2 = url.clone();
+                        let data2 = data.clone();
+                        match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .map_err(anyhow::Error::from)
+                            .and_then(|rt| rt.block_on(feedback_dataset(&data2, &url2)))
+                        {
+                            Ok(merged) => crate::router_cli::train(&merged, &out, None),
+                            Err(e) => Err(e),
+                        }
+                    }
+                },
+                RouterAction::Eval {
+                    data,
+                    model,
+                    dump_scores,
+                    plot,
+                    report,
+                } => crate::router_cli::eval(
+                    &data,
+                    &model,
+                    dump_scores.as_deref(),
+                    plot.as_deref(),
+                    report.as_deref(),
+                ),
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Usage {
             storage,
             group_by,
@@ -346,6 +426,65 @@ async fn usage(
         }
     }
     Ok(())
+}
+
+/// The dataset plus rated traffic: routed prompts (from routers with `log_prompts`) that clients
+/// rated through `/v1/feedback`, as rows of the same format. A bad answer from the weak model says
+/// the prompt needed the strong one (weak 0, strong 1); a good one says it did not (both 1).
+/// Ratings of the strong model's answers say nothing about the weak one and are left out.
+async fn feedback_dataset(data: &Path, url: &str) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(data)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", data.display()))?;
+    // which model is the strong one: the higher mean score in the dataset
+    let mut sums: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if let Some(scores) = v["scores"].as_object() {
+            for (m, s) in scores {
+                let e = sums.entry(m.clone()).or_default();
+                e.0 += s.as_f64().unwrap_or(0.0);
+                e.1 += 1;
+            }
+        }
+    }
+    let mut by_mean: Vec<(String, f64)> = sums
+        .into_iter()
+        .map(|(m, (s, n))| (m, s / n.max(1) as f64))
+        .collect();
+    by_mean.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let (Some((strong, _)), Some((weak, _))) = (by_mean.first(), by_mean.get(1)) else {
+        anyhow::bail!("{}: needs scores for two models", data.display());
+    };
+    let store = tollway_store::Store::connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", config::redact_url(url)))?;
+    let rated = store.routing_feedback().await?;
+    let mut out = text.clone();
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    let mut added = 0;
+    for (i, (prompt, to_strong, rating)) in rated.iter().enumerate() {
+        if *to_strong {
+            continue;
+        }
+        let weak_score = if rating == "good" { 1.0 } else { 0.0 };
+        let row = serde_json::json!({
+            "id": format!("feedback/{i}"), "source": "feedback", "domain": "feedback",
+            "prompt": prompt, "scores": {strong.as_str(): 1.0, weak.as_str(): weak_score},
+        });
+        out.push_str(&row.to_string());
+        out.push('\n');
+        added += 1;
+    }
+    eprintln!(
+        "feedback: {added} rated prompts added to {} (strong = {strong}, weak = {weak})",
+        data.display()
+    );
+    let path =
+        std::env::temp_dir().join(format!("tollway-router-train-{}.jsonl", std::process::id()));
+    std::fs::write(&path, out)?;
+    Ok(path)
 }
 
 fn init_logging(format: &str) {

@@ -15,7 +15,7 @@ use tollway_providers::{AnthropicConfig, OpenAiConfig, ProviderConfig, Secret, T
 
 use crate::prices::{ModelPrice, PriceEntry, PriceTable};
 use crate::routing::{HealthPolicy, Strategy};
-use crate::rules::{RawRouter, Rule, RulesRouter};
+use crate::rules::{LearnedRouter, RawRouter, Router, Rule, RulesRouter};
 
 /// Default body limit for requests: 32 MiB (a few base64 images fit; a runaway upload does not).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -37,7 +37,7 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
     /// Public names that choose a model group per request (see `rules`).
-    pub routers: BTreeMap<String, RulesRouter>,
+    pub routers: BTreeMap<String, Router>,
     pub prices: PricesConfig,
     /// Per-team limits and budgets (keys name their team).
     pub teams: BTreeMap<String, TeamConfig>,
@@ -780,11 +780,70 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
         if model_names.contains(&name) {
             c.push(base.clone(), format!("`{name}` is already a model name"));
         }
+        if raw.kind == "learned" {
+            let model = match &raw.model_file {
+                None => tollway_engine::router::LexicalRouter::builtin().map_err(|e| e.to_string()),
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read `{path}`: {e}"))
+                    .and_then(|t| {
+                        tollway_engine::router::LexicalRouter::from_json(&t)
+                            .map_err(|e| format!("`{path}` is not a usable router model: {e}"))
+                    }),
+            };
+            let model = match model {
+                Ok(m) => m,
+                Err(e) => {
+                    c.push(format!("{base}.model_file"), e);
+                    continue;
+                }
+            };
+            if raw.candidates.len() != 2 {
+                c.push(
+                    format!("{base}.candidates"),
+                    "a learned router takes two candidates: [strong, weak]",
+                );
+                continue;
+            }
+            for (i, m) in raw.candidates.iter().enumerate() {
+                if !model_names.iter().any(|x| x == m) {
+                    c.push(
+                        format!("{base}.candidates[{i}]"),
+                        format!("unknown model `{m}`"),
+                    );
+                }
+            }
+            let threshold = match (raw.strong_share, raw.threshold) {
+                (Some(_), Some(_)) => {
+                    c.push(base.clone(), "give `strong_share` or `threshold`, not both");
+                    continue;
+                }
+                (Some(s), None) if (0.0..=1.0).contains(&s) => model.threshold_for_share(s),
+                (None, Some(t)) if (0.0..=1.0).contains(&t) => t,
+                (None, None) => model.threshold_for_share(0.5),
+                _ => {
+                    c.push(
+                        base.clone(),
+                        "`strong_share` and `threshold` are between 0 and 1",
+                    );
+                    continue;
+                }
+            };
+            routers.insert(
+                name,
+                Router::Learned(LearnedRouter {
+                    model: std::sync::Arc::new(model),
+                    candidates: [raw.candidates[0].clone(), raw.candidates[1].clone()],
+                    threshold,
+                    log_prompts: raw.log_prompts,
+                }),
+            );
+            continue;
+        }
         if raw.kind != "rules" {
             c.push(
                 format!("{base}.kind"),
                 format!(
-                    "router kind `{}` is not supported by this version (supported: rules)",
+                    "router kind `{}` is not supported (rules or learned)",
                     raw.kind
                 ),
             );
@@ -809,7 +868,7 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
             continue;
         };
         check_target(format!("{base}.default"), &default, &mut c);
-        routers.insert(name, RulesRouter { rules, default });
+        routers.insert(name, Router::Rules(RulesRouter { rules, default }));
     }
 
     if c.errors.is_empty() {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod gateway;
 pub mod metrics;
 pub mod prices;
+pub mod router_cli;
 pub mod routing;
 pub mod rules;
 pub mod runtime;

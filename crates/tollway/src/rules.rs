@@ -14,6 +14,121 @@ pub struct RawRouter {
     #[serde(default)]
     pub rules: Vec<RawRule>,
     pub default: Option<String>,
+    /// `kind: learned`: the model groups to choose between, strongest first.
+    #[serde(default)]
+    pub candidates: Vec<String>,
+    /// `kind: learned`: the share of requests to send to the strong candidate...
+    #[serde(default)]
+    pub strong_share: Option<f64>,
+    /// ... or the score at or above which a request goes to it.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// `kind: learned`: a trained model file (`tollway router train`); default: the built-in one.
+    #[serde(default)]
+    pub model_file: Option<String>,
+    /// `kind: learned`: store each routed prompt with its score and choice, so that client
+    /// feedback can retrain the router (`tollway router train --feedback-db`). Off by default:
+    /// prompts are user data.
+    #[serde(default)]
+    pub log_prompts: bool,
+}
+
+/// What a router chose for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteChoice {
+    pub target: String,
+    /// The `x-tollway-route` text.
+    pub why: String,
+    /// A learned router that logs prompts: (the scored text, score, sent to the strong model).
+    pub log: Option<(String, f64, bool)>,
+}
+
+/// A learned router: a calibrated score of how much a prompt needs the strong model, against a
+/// threshold (fixed, or set for a target share of strong calls).
+#[derive(Debug, Clone)]
+pub struct LearnedRouter {
+    pub model: std::sync::Arc<tollway_engine::router::LexicalRouter>,
+    /// `[strong, weak]`.
+    pub candidates: [String; 2],
+    pub threshold: f64,
+    pub log_prompts: bool,
+}
+
+impl PartialEq for LearnedRouter {
+    fn eq(&self, other: &Self) -> bool {
+        self.candidates == other.candidates && self.threshold == other.threshold
+    }
+}
+
+/// The text a learned router scores: the last user turn's text (what the user is asking now).
+pub fn routed_text(req: &ChatRequest) -> String {
+    let Some(m) = req
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == tollway_core::Role::User)
+    else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for p in &m.content {
+        if let Part::Text { text, .. } = p {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(text);
+        }
+    }
+    out
+}
+
+impl LearnedRouter {
+    pub fn choose(&self, router: &str, req: &ChatRequest) -> RouteChoice {
+        let text = routed_text(req);
+        let (strong, score) = self.model.decide(&text, self.threshold);
+        let target = if strong {
+            &self.candidates[0]
+        } else {
+            &self.candidates[1]
+        };
+        RouteChoice {
+            target: target.clone(),
+            why: format!(
+                "router={router}; kind=learned; score={score:.4}; threshold={:.4}; target={target}",
+                self.threshold
+            ),
+            log: self.log_prompts.then_some((text, score, strong)),
+        }
+    }
+}
+
+/// A router of either kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Router {
+    Rules(RulesRouter),
+    Learned(LearnedRouter),
+}
+
+impl Router {
+    pub fn choose(
+        &self,
+        name: &str,
+        req: &ChatRequest,
+        headers: &HeaderMap,
+        caller: Caller<'_>,
+    ) -> RouteChoice {
+        match self {
+            Router::Rules(r) => {
+                let (target, why) = r.choose(name, req, headers, caller);
+                RouteChoice {
+                    target,
+                    why,
+                    log: None,
+                }
+            }
+            Router::Learned(l) => l.choose(name, req),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

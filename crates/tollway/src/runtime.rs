@@ -200,7 +200,7 @@ impl Runtime {
         req: &ChatRequest,
         headers: &axum::http::HeaderMap,
         caller: crate::rules::Caller<'_>,
-    ) -> Option<(String, String)> {
+    ) -> Option<crate::rules::RouteChoice> {
         let router = self.config.routers.get(&req.model)?;
         Some(router.choose(&req.model, req, headers, caller))
     }

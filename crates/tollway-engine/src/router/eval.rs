@@ -30,7 +30,12 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn new(strong: f64, weak: f64) -> Self {
-        Outcome { strong, weak, strong_tokens: None, weak_tokens: None }
+        Outcome {
+            strong,
+            weak,
+            strong_tokens: None,
+            weak_tokens: None,
+        }
     }
 }
 
@@ -44,7 +49,10 @@ pub struct Prices {
 impl Default for Prices {
     /// The README's: 24.7 $/M (strong) and 0.24 $/M (weak).
     fn default() -> Self {
-        Prices { strong: 24.7, weak: 0.24 }
+        Prices {
+            strong: 24.7,
+            weak: 0.24,
+        }
     }
 }
 
@@ -132,22 +140,47 @@ impl Curve {
 const EPS: f64 = 1e-9;
 
 /// Evaluates `scores` (higher = more in need of the strong model) against `outcomes`.
-pub fn evaluate(scores: &[f64], outcomes: &[Outcome], prices: Prices) -> Result<Evaluation, RouterError> {
+pub fn evaluate(
+    scores: &[f64],
+    outcomes: &[Outcome],
+    prices: Prices,
+) -> Result<Evaluation, RouterError> {
     let n = outcomes.len();
     if scores.len() != n {
-        return Err(RouterError::Eval(format!("{} scores for {} rows", scores.len(), n)));
+        return Err(RouterError::Eval(format!(
+            "{} scores for {} rows",
+            scores.len(),
+            n
+        )));
     }
     if n == 0 {
         return Err(RouterError::Eval("no rows".into()));
     }
     if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
-        return Err(RouterError::Eval(format!("score of row {} is not a finite number", i + 1)));
+        return Err(RouterError::Eval(format!(
+            "score of row {} is not a finite number",
+            i + 1
+        )));
     }
-    if let Some(i) = outcomes.iter().position(|o| !o.strong.is_finite() || !o.weak.is_finite()) {
-        return Err(RouterError::Eval(format!("outcome of row {} is not a finite number", i + 1)));
+    if let Some(i) = outcomes
+        .iter()
+        .position(|o| !o.strong.is_finite() || !o.weak.is_finite())
+    {
+        return Err(RouterError::Eval(format!(
+            "outcome of row {} is not a finite number",
+            i + 1
+        )));
     }
-    let known: Vec<f64> = outcomes.iter().flat_map(|o| [o.strong_tokens, o.weak_tokens]).flatten().collect();
-    let fill = if known.is_empty() { 1.0 } else { known.iter().sum::<f64>() / known.len() as f64 };
+    let known: Vec<f64> = outcomes
+        .iter()
+        .flat_map(|o| [o.strong_tokens, o.weak_tokens])
+        .flatten()
+        .collect();
+    let fill = if known.is_empty() {
+        1.0
+    } else {
+        known.iter().sum::<f64>() / known.len() as f64
+    };
     let tokens: Vec<(f64, f64)> = outcomes
         .iter()
         .map(|o| match (o.strong_tokens, o.weak_tokens) {
@@ -182,7 +215,12 @@ pub fn evaluate(scores: &[f64], outcomes: &[Outcome], prices: Prices) -> Result<
             }
         })
         .collect();
-    let apgr_of = |cv: &Curve| (0..=100).map(|i| pgr(cv.at(i as f64 / 100.0 * nf).0 / nf)).sum::<f64>() / 101.0;
+    let apgr_of = |cv: &Curve| {
+        (0..=100)
+            .map(|i| pgr(cv.at(i as f64 / 100.0 * nf).0 / nf))
+            .sum::<f64>()
+            / 101.0
+    };
     // Smallest k/n whose expected quality satisfies `ok`.
     let first = |cv: &Curve, ok: &dyn Fn(f64) -> bool| -> usize {
         (0..=n).find(|&k| ok(cv.at(k as f64).0 / nf)).unwrap_or(n)
@@ -214,8 +252,16 @@ pub fn evaluate(scores: &[f64], outcomes: &[Outcome], prices: Prices) -> Result<
 pub fn plot_svg(e: &Evaluation, title: &str) -> String {
     use std::fmt::Write;
     let (w, h, left, right, top, bottom) = (640.0, 420.0, 60.0, 20.0, 40.0, 50.0);
-    let lo = e.curve.iter().map(|p| p.router.min(p.oracle)).fold(e.q_weak.min(e.q_strong), f64::min);
-    let hi = e.curve.iter().map(|p| p.router.max(p.oracle)).fold(e.q_weak.max(e.q_strong), f64::max);
+    let lo = e
+        .curve
+        .iter()
+        .map(|p| p.router.min(p.oracle))
+        .fold(e.q_weak.min(e.q_strong), f64::min);
+    let hi = e
+        .curve
+        .iter()
+        .map(|p| p.router.max(p.oracle))
+        .fold(e.q_weak.max(e.q_strong), f64::max);
     let (lo, hi) = ((lo * 20.0).floor() / 20.0, (hi * 20.0).ceil() / 20.0);
     let span = if hi > lo { hi - lo } else { 1.0 };
     let x = |c: f64| left + c * (w - left - right);
@@ -265,34 +311,34 @@ pub fn plot_svg(e: &Evaluation, title: &str) -> String {
         (top + h - bottom) / 2.0
     );
     let level = |s: &mut String, q: f64, color: &str, label: &str| {
+        let (x0, x1, yq) = (x(0.0), x(1.0), y(q));
+        let (tx, ty) = (x1 - 4.0, yq - 4.0);
         let _ = writeln!(
             s,
-            r#"<line x1="{:.1}" y1="{1:.1}" x2="{:.1}" y2="{1:.1}" stroke="{color}" stroke-dasharray="4 4"/><text x="{:.1}" y="{:.1}" fill="{color}" text-anchor="end">{label} {q:.3}</text>"#,
-            x(0.0),
-            y(q),
-            x(1.0),
-            x(1.0) - 4.0,
-            y(q) - 4.0
+            r#"<line x1="{x0:.1}" y1="{yq:.1}" x2="{x1:.1}" y2="{yq:.1}" stroke="{color}" stroke-dasharray="4 4"/><text x="{tx:.1}" y="{ty:.1}" fill="{color}" text-anchor="end">{label} {q:.3}</text>"#
         );
     };
     level(&mut s, e.q_strong, "#555", "strong");
     level(&mut s, e.q_weak, "#999", "weak");
-    let series: [(&str, &str, fn(&CurvePoint) -> f64); 3] = [
+    type Series<'a> = (&'a str, &'a str, fn(&CurvePoint) -> f64);
+    let series: [Series; 3] = [
         ("oracle", "#2ca02c", |p| p.oracle),
         ("random", "#7f7f7f", |p| p.random),
         ("router", "#1f77b4", |p| p.router),
     ];
     for (i, (name, color, get)) in series.iter().enumerate() {
-        let pts: Vec<String> = e.curve.iter().map(|p| format!("{:.1},{:.1}", x(p.c), y(get(p)))).collect();
+        let pts: Vec<String> = e
+            .curve
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.c), y(get(p))))
+            .collect();
+        let pts = pts.join(" ");
+        let (lx0, lx1, tx) = (x(0.62), x(0.67), x(0.68));
+        let ly = h - bottom - 20.0 - 16.0 * i as f64;
+        let ty = ly + 4.0;
         let _ = writeln!(
             s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/><line x1="{:.1}" y1="{2:.1}" x2="{:.1}" y2="{2:.1}" stroke="{color}" stroke-width="2"/><text x="{:.1}" y="{:.1}">{name}</text>"#,
-            pts.join(" "),
-            x(0.62),
-            h - bottom - 20.0 - 16.0 * i as f64,
-            x(0.67),
-            x(0.68),
-            h - bottom - 16.0 - 16.0 * i as f64
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/><line x1="{lx0:.1}" y1="{ly:.1}" x2="{lx1:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="2"/><text x="{tx:.1}" y="{ty:.1}">{name}</text>"#
         );
     }
     let _ = writeln!(
@@ -310,5 +356,7 @@ pub fn plot_svg(e: &Evaluation, title: &str) -> String {
 }
 
 fn escape(t: &str) -> String {
-    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

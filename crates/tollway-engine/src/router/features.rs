@@ -3,8 +3,8 @@
 //!
 //! Text is lowercased and split into words (maximal runs of alphanumeric characters). Word unigrams
 //! and bigrams, and character n-grams of each word padded with one space on either side (sklearn's
-//! `char_wb`), are hashed with 64-bit FNV-1a over Unicode code points, finished with MurmurHash3's
-//! `fmix64`: the low `hash_bits` bits pick the bucket, the top bit the sign. Counts per bucket get
+//! `char_wb`), are hashed with 64-bit FNV-1a over Unicode code points, finished with one multiply
+//! ([`finish`]): the low `hash_bits` bits pick the bucket, the top bit the sign. Counts per bucket get
 //! sublinear tf (`sign · (1 + ln |count|)`); the word block and the character block are each
 //! L2-normalised and scaled by their block weight. Hashing depends only on the text, never on the
 //! platform or the process.
@@ -35,6 +35,9 @@ pub struct FeatureConfig {
     pub sublinear_tf: bool,
     /// Use the dense features.
     pub dense: bool,
+    /// Character n-grams come from the words of the first `char_prefix` characters only (0: all);
+    /// they are the bulk of the scoring time, and a prompt's opening says most of what they can.
+    pub char_prefix: u32,
 }
 
 impl Default for FeatureConfig {
@@ -48,6 +51,7 @@ impl Default for FeatureConfig {
             char_weight: 1.0,
             sublinear_tf: true,
             dense: true,
+            char_prefix: 1500,
         }
     }
 }
@@ -61,15 +65,24 @@ impl FeatureConfig {
     /// A description of what is wrong, if anything.
     pub fn check(&self) -> Result<(), String> {
         if !(4..=24).contains(&self.hash_bits) {
-            return Err(format!("features.hash_bits must be in 4..=24, not {}", self.hash_bits));
+            return Err(format!(
+                "features.hash_bits must be in 4..=24, not {}",
+                self.hash_bits
+            ));
         }
-        if self.char_min != 0 && !(1 <= self.char_min && self.char_min <= self.char_max && self.char_max <= 8) {
+        if self.char_min != 0
+            && !(1 <= self.char_min && self.char_min <= self.char_max && self.char_max <= 8)
+        {
             return Err(format!(
                 "features.char_min..char_max must satisfy 1 <= min <= max <= 8 (or min = 0), not {}..{}",
                 self.char_min, self.char_max
             ));
         }
-        if !self.word_weight.is_finite() || !self.char_weight.is_finite() || self.word_weight < 0.0 || self.char_weight < 0.0 {
+        if !self.word_weight.is_finite()
+            || !self.char_weight.is_finite()
+            || self.word_weight < 0.0
+            || self.char_weight < 0.0
+        {
             return Err("features.word_weight and char_weight must be finite and >= 0".into());
         }
         Ok(())
@@ -101,14 +114,11 @@ fn fnv_step(h: u64, unit: u32) -> u64 {
     (h ^ unit as u64).wrapping_mul(FNV_PRIME)
 }
 
+/// Spreads FNV's weak low bits: one multiply by the golden ratio, then the well-mixed high half
+/// moved down (bucket from the low bits, sign from the top bit).
 #[inline]
-fn fmix64(mut k: u64) -> u64 {
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    k ^= k >> 33;
-    k
+fn finish(h: u64) -> u64 {
+    h.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(32)
 }
 
 /// The raw dense features of a prompt (not standardised).
@@ -144,21 +154,47 @@ pub fn dense_features(prompt: &str) -> [f64; DENSE] {
             in_word = false;
         }
     }
-    const CODE: [&str; 8] = ["```", "def ", "return ", "#include", "function ", "printf", "};", "print("];
-    const MATH: [&str; 7] = ["\\frac", "sqrt", "^", "$", "=", "\\(", "\\["];
-    let has_code = CODE.iter().any(|m| prompt.contains(m));
-    let has_math = MATH.iter().any(|m| prompt.contains(m));
+    let (has_code, has_math) = markers(prompt);
     [
         (1.0 + chars as f64).ln(),
         (1.0 + words as f64).ln(),
-        if chars == 0 { 0.0 } else { digits as f64 / chars as f64 },
+        if chars == 0 {
+            0.0
+        } else {
+            digits as f64 / chars as f64
+        },
         has_code as u8 as f64,
         has_math as u8 as f64,
         (1.0 + questions as f64).ln(),
         (1.0 + numbers as f64).ln(),
-        if words == 0 { 0.0 } else { word_chars as f64 / words as f64 },
+        if words == 0 {
+            0.0
+        } else {
+            word_chars as f64 / words as f64
+        },
         (lines as f64).ln(),
     ]
+}
+
+/// Whether `text` has a code marker (```` ``` ````, `def `, `return `, `#include`, `function `,
+/// `printf`, `};`, `print(`) and a math marker (`\\frac`, `\\(`, `\\[`, `sqrt`, `^`, `$`, `=`), in
+/// plain substring searches.
+fn markers(text: &str) -> (bool, bool) {
+    const CODE: [&str; 8] = [
+        "```",
+        "#include",
+        "};",
+        "def ",
+        "return ",
+        "function ",
+        "printf",
+        "print(",
+    ];
+    const MATH: [&str; 4] = ["\\frac", "\\(", "\\[", "sqrt"];
+    let code = CODE.iter().any(|m| text.contains(m));
+    let math = text.bytes().any(|c| matches!(c, b'^' | b'$' | b'='))
+        || MATH.iter().any(|m| text.contains(m));
+    (code, math)
 }
 
 /// Reusable buffers for featurising prompts with one [`FeatureConfig`].
@@ -168,6 +204,8 @@ pub struct Featurizer {
     counts: Vec<i32>,
     touched: Vec<u32>,
     word: Vec<u32>,
+    /// The tf transform of counts below 64 (a `ln` per bucket would dominate scoring time).
+    tf: [f64; 64],
 }
 
 impl Featurizer {
@@ -177,6 +215,13 @@ impl Featurizer {
             counts: vec![0; config.buckets()],
             touched: Vec::with_capacity(4096),
             word: Vec::with_capacity(64),
+            tf: std::array::from_fn(|c| {
+                if config.sublinear_tf && c > 0 {
+                    1.0 + (c as f64).ln()
+                } else {
+                    c as f64
+                }
+            }),
             config: config.clone(),
         }
     }
@@ -187,7 +232,7 @@ impl Featurizer {
 
     #[inline]
     fn add(&mut self, h: u64) {
-        let h = fmix64(h);
+        let h = finish(h);
         let b = (h & self.mask) as usize;
         let c = &mut self.counts[b];
         if *c == 0 {
@@ -243,11 +288,20 @@ impl Featurizer {
     }
 
     /// Walks the words of `prompt`, calling `on_word` with each lowercased word in `self.word`.
-    fn for_each_word(&mut self, prompt: &str, mut on_word: impl FnMut(&mut Self)) {
+    fn for_each_word(&mut self, prompt: &str, limit: u32, mut on_word: impl FnMut(&mut Self)) {
         self.word.clear();
-        for c in prompt.chars() {
+        let limit = if limit == 0 {
+            usize::MAX
+        } else {
+            limit as usize
+        };
+        for c in prompt.chars().take(limit) {
             if c.is_alphanumeric() {
-                let lc = if c.is_ascii() { c.to_ascii_lowercase() } else { c.to_lowercase().next().unwrap_or(c) };
+                let lc = if c.is_ascii() {
+                    c.to_ascii_lowercase()
+                } else {
+                    c.to_lowercase().next().unwrap_or(c)
+                };
                 self.word.push(lc as u32);
             } else if !self.word.is_empty() {
                 on_word(self);
@@ -270,8 +324,12 @@ impl Featurizer {
             if c == 0 {
                 continue;
             }
-            let a = c.unsigned_abs() as f64;
-            let v = if sublinear { 1.0 + a.ln() } else { a };
+            let a = c.unsigned_abs();
+            let v = match self.tf.get(a as usize) {
+                Some(&v) => v,
+                None if sublinear => 1.0 + (a as f64).ln(),
+                None => a as f64,
+            };
             let v = if c < 0 { -v } else { v };
             ss += v * v;
             f(b, v);
@@ -295,11 +353,11 @@ impl Featurizer {
         let mut pairs = Vec::new();
         if self.config.word_ngrams {
             let mut prev = None;
-            self.for_each_word(prompt, |me| me.end_word(&mut prev));
+            self.for_each_word(prompt, 0, |me| me.end_word(&mut prev));
             self.flush_block(self.config.word_weight as f64, out, &mut pairs);
         }
         if self.config.char_min > 0 {
-            self.for_each_word(prompt, |me| me.char_grams());
+            self.for_each_word(prompt, self.config.char_prefix, |me| me.char_grams());
             self.flush_block(self.config.char_weight as f64, out, &mut pairs);
         }
     }
@@ -310,11 +368,11 @@ impl Featurizer {
         let mut s = 0.0f64;
         if self.config.word_ngrams {
             let mut prev = None;
-            self.for_each_word(prompt, |me| me.end_word(&mut prev));
+            self.for_each_word(prompt, 0, |me| me.end_word(&mut prev));
             s += self.dot_block(self.config.word_weight as f64, weights);
         }
         if self.config.char_min > 0 {
-            self.for_each_word(prompt, |me| me.char_grams());
+            self.for_each_word(prompt, self.config.char_prefix, |me| me.char_grams());
             s += self.dot_block(self.config.char_weight as f64, weights);
         }
         s

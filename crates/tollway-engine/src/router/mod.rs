@@ -149,8 +149,8 @@ impl LexicalRouter {
         let mut m = self.bias + f.dot(prompt, &self.weights);
         if self.features.dense {
             let d = features::dense_features(prompt);
-            for j in 0..DENSE {
-                m += self.dense_weights[j] * (d[j] - self.dense_mean[j]) / self.dense_std[j];
+            for (j, x) in d.iter().enumerate() {
+                m += self.dense_weights[j] * (x - self.dense_mean[j]) / self.dense_std[j];
             }
         }
         m
@@ -191,12 +191,18 @@ impl LexicalRouter {
             return 0.0;
         }
         let t = &self.thresholds;
-        let points = std::iter::once((0.0, 1.0)).chain(t.iter().copied()).chain(std::iter::once((1.0, 0.0)));
+        let points = std::iter::once((0.0, 1.0))
+            .chain(t.iter().copied())
+            .chain(std::iter::once((1.0, 0.0)));
         let points: Vec<(f64, f64)> = points.collect();
         for w in points.windows(2) {
             let ((s0, t0), (s1, t1)) = (w[0], w[1]);
             if share <= s1 {
-                let f = if s1 > s0 { (share - s0) / (s1 - s0) } else { 1.0 };
+                let f = if s1 > s0 {
+                    (share - s0) / (s1 - s0)
+                } else {
+                    1.0
+                };
                 return t0 + f * (t1 - t0);
             }
         }
@@ -236,7 +242,11 @@ impl LexicalRouter {
             dense_mean,
             dense_std,
             bias,
-            calibration: Calibration { method: CalibrationMethod::Platt, a: calibration.0, b: calibration.1 },
+            calibration: Calibration {
+                method: CalibrationMethod::Platt,
+                a: calibration.0,
+                b: calibration.1,
+            },
             thresholds,
             training,
         };
@@ -257,7 +267,11 @@ impl LexicalRouter {
         if let Some(i) = self.weights.iter().position(|w| !w.is_finite()) {
             return Err(model_err(format!("weights[{i}] is not a finite number")));
         }
-        for (name, v) in [("dense.weights", &self.dense_weights), ("dense.mean", &self.dense_mean), ("dense.std", &self.dense_std)] {
+        for (name, v) in [
+            ("dense.weights", &self.dense_weights),
+            ("dense.mean", &self.dense_mean),
+            ("dense.std", &self.dense_std),
+        ] {
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 return Err(model_err(format!("{name}[{i}] is not a finite number")));
             }
@@ -270,7 +284,9 @@ impl LexicalRouter {
         }
         let c = &self.calibration;
         if !c.a.is_finite() || !c.b.is_finite() {
-            return Err(model_err("calibration.a and calibration.b must be finite numbers"));
+            return Err(model_err(
+                "calibration.a and calibration.b must be finite numbers",
+            ));
         }
         if c.a <= 0.0 {
             return Err(model_err(format!("calibration.a must be > 0 (a higher margin means more need of the strong model), not {}", c.a)));
@@ -284,7 +300,10 @@ impl LexicalRouter {
                 return Err(model_err(format!("thresholds: share {s} is not in (0, 1)")));
             }
             if !(0.0..=1.0).contains(&t) {
-                return Err(model_err(format!("thresholds[\"{}\"] = {t} is not in [0, 1]", share_key(s))));
+                return Err(model_err(format!(
+                    "thresholds[\"{}\"] = {t} is not in [0, 1]",
+                    share_key(s)
+                )));
             }
             if let Some((ps, pt)) = prev {
                 if t > pt {
@@ -302,7 +321,8 @@ impl LexicalRouter {
 
     /// Reads and validates a model file.
     pub fn from_json(text: &str) -> Result<Self, RouterError> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| model_err(format!("not valid JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| model_err(format!("not valid JSON: {e}")))?;
         match v.get("format_version") {
             None => return Err(model_err("format_version is missing")),
             Some(fv) if fv.as_u64() != Some(FORMAT_VERSION as u64) => {
@@ -312,14 +332,22 @@ impl LexicalRouter {
             }
             Some(_) => {}
         }
-        let f: ModelFile = serde_json::from_value(v).map_err(|e| model_err(e.to_string()))?;
+        let f: ModelFile =
+            serde_path_to_error::deserialize(v).map_err(|e| model_err(e.to_string()))?;
         if f.kind != KIND {
-            return Err(model_err(format!("kind is \"{}\", expected \"{KIND}\"", f.kind)));
+            return Err(model_err(format!(
+                "kind is \"{}\", expected \"{KIND}\"",
+                f.kind
+            )));
         }
         if f.weights.encoding != ENCODING {
-            return Err(model_err(format!("weights.encoding is \"{}\", expected \"{ENCODING}\"", f.weights.encoding)));
+            return Err(model_err(format!(
+                "weights.encoding is \"{}\", expected \"{ENCODING}\"",
+                f.weights.encoding
+            )));
         }
-        let bytes = base64_decode(&f.weights.data).map_err(|e| model_err(format!("weights.data: {e}")))?;
+        let bytes =
+            base64_decode(&f.weights.data).map_err(|e| model_err(format!("weights.data: {e}")))?;
         if bytes.len() != f.weights.len * 4 {
             return Err(model_err(format!(
                 "weights.data holds {} bytes but weights.len = {} needs {}",
@@ -328,17 +356,29 @@ impl LexicalRouter {
                 f.weights.len * 4
             )));
         }
-        let weights: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let weights: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         let names: Vec<&str> = f.dense.names.iter().map(String::as_str).collect();
         if names != DENSE_NAMES {
-            return Err(model_err(format!("dense.names is {names:?}, expected {DENSE_NAMES:?}")));
+            return Err(model_err(format!(
+                "dense.names is {names:?}, expected {DENSE_NAMES:?}"
+            )));
         }
         let arr = |name: &str, v: &[f64]| -> Result<[f64; DENSE], RouterError> {
-            v.try_into().map_err(|_| model_err(format!("dense.{name} has {} values, expected {DENSE}", v.len())))
+            v.try_into().map_err(|_| {
+                model_err(format!(
+                    "dense.{name} has {} values, expected {DENSE}",
+                    v.len()
+                ))
+            })
         };
         let mut thresholds = Vec::with_capacity(f.thresholds.len());
         for (k, t) in &f.thresholds {
-            let s: f64 = k.parse().map_err(|_| model_err(format!("thresholds: key \"{k}\" is not a number")))?;
+            let s: f64 = k
+                .parse()
+                .map_err(|_| model_err(format!("thresholds: key \"{k}\" is not a number")))?;
             thresholds.push((s, *t));
         }
         thresholds.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -371,9 +411,17 @@ impl LexicalRouter {
                 weights: self.dense_weights.to_vec(),
             },
             bias: self.bias,
-            weights: WeightsFile { encoding: ENCODING.into(), len: self.weights.len(), data: base64_encode(&bytes) },
+            weights: WeightsFile {
+                encoding: ENCODING.into(),
+                len: self.weights.len(),
+                data: base64_encode(&bytes),
+            },
             calibration: self.calibration,
-            thresholds: self.thresholds.iter().map(|&(s, t)| (share_key(s), t)).collect(),
+            thresholds: self
+                .thresholds
+                .iter()
+                .map(|&(s, t)| (share_key(s), t))
+                .collect(),
             training: self.training.clone(),
         };
         // Serialising plain data with finite numbers cannot fail.
@@ -387,7 +435,9 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 pub fn base64_encode(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for c in bytes.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= c.len() {
                 s.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -402,7 +452,7 @@ pub fn base64_encode(bytes: &[u8]) -> String {
 /// Decodes standard base64 with padding.
 pub fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
     let b = s.as_bytes();
-    if b.len() % 4 != 0 {
+    if b.len() & 3 != 0 {
         return Err(format!("base64 length {} is not a multiple of 4", b.len()));
     }
     let mut out = Vec::with_capacity(b.len() / 4 * 3);

@@ -576,3 +576,101 @@ async fn active_probes_find_a_dead_deployment_before_users_do() {
     assert_eq!(header(&h, "x-tollway-attempts"), "1");
     assert_eq!(header(&h, "x-tollway-model"), "b/probed-up");
 }
+
+fn learned_config(mock: &str) -> String {
+    format!(
+        "{}routers:\n  auto-always: {{ kind: learned, candidates: [strong-tier, weak-tier], threshold: 0.0 }}\n  auto-never: {{ kind: learned, candidates: [strong-tier, weak-tier], threshold: 1.0 }}\n  auto: {{ kind: learned, candidates: [strong-tier, weak-tier], strong_share: 0.3, log_prompts: true }}\n",
+        crate::harness::config_text(mock)
+            + "  strong-tier: { deployments: [{ provider: ant, model: claude-sonnet-4-5 }] }\n  weak-tier: { deployments: [{ provider: oai, model: gpt-4.1-mini }] }\n"
+    )
+}
+
+#[tokio::test]
+async fn learned_routers_choose_per_request_and_say_why() {
+    let env = start_with(learned_config).await;
+    let (status, h, _) = chat(&env, msg("auto-always")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-tollway-model"), "ant/claude-sonnet-4-5");
+    let route = header(&h, "x-tollway-route").to_string();
+    assert!(
+        route.starts_with("router=auto-always; kind=learned; score=0."),
+        "{route}"
+    );
+    assert!(
+        route.contains("threshold=0.0000; target=strong-tier"),
+        "{route}"
+    );
+    let (_, h, _) = chat(&env, msg("auto-never")).await;
+    assert_eq!(header(&h, "x-tollway-model"), "oai/gpt-4.1-mini");
+    // a share-based threshold: scores differ by prompt, and the header says which won
+    let hard = json!({"model": "auto", "messages": [{"role": "user", "content":
+        "Let f(x) = x^3 - 6x^2 + 11x - 6. Find all real roots, prove there are no others, and compute the integral of f from 0 to 3."}]});
+    let easy = json!({"model": "auto", "messages": [{"role": "user", "content": "Say hello."}]});
+    let (_, h1, _) = chat(&env, hard).await;
+    let (_, h2, _) = chat(&env, easy).await;
+    let score = |h: &reqwest::header::HeaderMap| -> f64 {
+        header(h, "x-tollway-route")
+            .split("; ")
+            .find_map(|p| p.strip_prefix("score="))
+            .and_then(|s| s.parse().ok())
+            .expect("score")
+    };
+    let (s1, s2) = (score(&h1), score(&h2));
+    assert!((0.0..=1.0).contains(&s1) && (0.0..=1.0).contains(&s2));
+    for h in [&h1, &h2] {
+        let r = header(h, "x-tollway-route");
+        let target = if r.ends_with("target=strong-tier") {
+            "ant/claude-sonnet-4-5"
+        } else {
+            "oai/gpt-4.1-mini"
+        };
+        assert_eq!(header(h, "x-tollway-model"), target, "{r}");
+    }
+    // the decisions were logged with their prompts; feedback joins them for retraining
+    let id = header(&h2, "x-tollway-request-id").to_string();
+    let r = env
+        .http
+        .post(format!("{}/v1/feedback", env.url))
+        .bearer_auth(MASTER)
+        .json(&json!({"request_id": id, "rating": "bad"}))
+        .send()
+        .await
+        .expect("feedback");
+    assert_eq!(r.status(), 200);
+    let store = env.state.accounts().store();
+    let mut rows = Vec::new();
+    for _ in 0..50 {
+        rows = store.routing_feedback().await.expect("db");
+        if !rows.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, "Say hello.");
+}
+
+#[test]
+fn a_corrupt_or_missing_router_file_is_a_clear_config_error() {
+    let dir = std::env::temp_dir().join(format!("tollway-router-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"format_version\": 99}").expect("write");
+    for (file, needle) in [
+        (bad.display().to_string(), "not a usable router model"),
+        ("/nonexistent/r.json".to_string(), "cannot read"),
+    ] {
+        let text = format!(
+            "{}  strong-tier: {{ deployments: [{{ provider: ant, model: s }}] }}\n  weak-tier: {{ deployments: [{{ provider: oai, model: w }}] }}\nrouters:\n  auto: {{ kind: learned, candidates: [strong-tier, weak-tier], model_file: \"{file}\" }}\n",
+            crate::harness::config_text("http://127.0.0.1:9")
+        );
+        let errs =
+            tollway::config::parse(&text, &tollway::config::ProcessEnv).expect_err("invalid");
+        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            all.iter()
+                .any(|e| e.contains("routers.auto.model_file") && e.contains(needle)),
+            "{all:?}"
+        );
+    }
+}
