@@ -245,3 +245,69 @@ fn keys_and_usage_commands() {
     assert_eq!(code, Some(1));
     assert!(err.contains("colour"));
 }
+
+/// `tollway router eval` on the hand fixture with the shipped model: the summary, one score per
+/// prompt in `--dump-scores`, an SVG plot and a JSON report.
+#[test]
+fn router_eval_writes_scores_plot_and_report() {
+    let dir = std::env::temp_dir().join(format!("tollway-router-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let data = root.join("crates/tollway-engine/testdata/routing-sample.jsonl");
+    let model = root.join("crates/tollway-engine/data/router-lexical.json");
+    let (scores, plot, report) = (
+        dir.join("scores.jsonl"),
+        dir.join("curve.svg"),
+        dir.join("report.json"),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tollway"))
+        .args(["router", "eval", "--data"])
+        .arg(&data)
+        .arg("--model")
+        .arg(&model)
+        .arg("--dump-scores")
+        .arg(&scores)
+        .arg("--plot")
+        .arg(&plot)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("APGR"), "{stdout}");
+    let lines = std::fs::read_to_string(&scores).expect("scores");
+    let rows = std::fs::read_to_string(&data)
+        .expect("data")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert_eq!(lines.lines().count(), rows);
+    let first: serde_json::Value =
+        serde_json::from_str(lines.lines().next().expect("line")).expect("json");
+    assert!(
+        first["id"].is_string()
+            && first["score"]
+                .as_f64()
+                .is_some_and(|s| (0.0..=1.0).contains(&s))
+    );
+    assert!(std::fs::read_to_string(&plot)
+        .expect("svg")
+        .starts_with("<svg"));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert!(r.to_string().contains("apgr"), "{r}");
+    // a missing model file is a clear error
+    let out = Command::new(env!("CARGO_BIN_EXE_tollway"))
+        .args(["router", "eval", "--data"])
+        .arg(&data)
+        .args(["--model", "/nonexistent/model.json"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model.json"));
+}
