@@ -59,6 +59,8 @@ models:
   claude-noimg: {{ circuit_breaker: false, deployments: [{{ provider: ant, model: claude-haiku, capabilities: {{ vision: false }} }}] }}
   flaky: {{ circuit_breaker: false, deployments: [{{ provider: oai, model: "gpt-down?fault=500" }}, {{ provider: ant, model: claude-backup }}] }}
   hangs: {{ circuit_breaker: false, deployments: [{{ provider: oai-fast-timeout, model: "gpt-hang?fault=hang" }}] }}
+routers:
+  auto: {{ kind: learned, candidates: [claude, gpt], strong_share: 0.5 }}
 """
 
 
