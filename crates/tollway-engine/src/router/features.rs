@@ -46,12 +46,12 @@ impl Default for FeatureConfig {
             hash_bits: 18,
             word_ngrams: true,
             char_min: 3,
-            char_max: 5,
+            char_max: 4,
             word_weight: 1.0,
             char_weight: 1.0,
             sublinear_tf: true,
             dense: true,
-            char_prefix: 1500,
+            char_prefix: 600,
         }
     }
 }

@@ -135,7 +135,7 @@ fn hashing_is_fixed_and_case_insensitive() {
     assert!((d1 - d2).abs() < 1e-6, "{d1} vs {d2}");
 }
 
-const PINNED_HELLO_WORLD: (usize, u64) = (27, 3_203_996);
+const PINNED_HELLO_WORLD: (usize, u64) = (21, 2_458_508);
 
 #[test]
 fn dense_features_of_a_prompt() {
@@ -199,7 +199,7 @@ fn training_on_the_sample_is_deterministic() {
     assert!((0.0..=1.0).contains(&s));
 }
 
-const PINNED_SAMPLE_CV_APGR: f64 = 0.538_684_618_461_846_2;
+const PINNED_SAMPLE_CV_APGR: f64 = 0.544_352_435_243_524_4;
 
 #[test]
 fn folds_are_balanced_and_seeded() {
