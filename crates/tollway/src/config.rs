@@ -797,10 +797,10 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                     continue;
                 }
             };
-            if raw.candidates.len() != 2 {
+            if raw.candidates.len() < 2 {
                 c.push(
                     format!("{base}.candidates"),
-                    "a learned router takes two candidates: [strong, weak]",
+                    "a learned router takes two or more candidates, strongest first",
                 );
                 continue;
             }
@@ -812,18 +812,40 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                     );
                 }
             }
-            let threshold = match (raw.strong_share, raw.threshold) {
-                (Some(_), Some(_)) => {
-                    c.push(base.clone(), "give `strong_share` or `threshold`, not both");
-                    continue;
+            let tiers = raw.candidates.len() - 1;
+            let thresholds: Vec<f64> = match (raw.strong_share, raw.threshold, &raw.shares) {
+                (None, None, Some(shares)) => {
+                    let total: f64 = shares.iter().sum();
+                    if shares.len() != tiers
+                        || shares.iter().any(|s| !(0.0..=1.0).contains(s))
+                        || total > 1.0 + 1e-9
+                    {
+                        c.push(
+                            format!("{base}.shares"),
+                            format!("give {tiers} shares between 0 and 1 (one per candidate but the last), summing to at most 1"),
+                        );
+                        continue;
+                    }
+                    let mut cumulative = 0.0;
+                    shares
+                        .iter()
+                        .map(|s| {
+                            cumulative += s;
+                            model.threshold_for_share(cumulative)
+                        })
+                        .collect()
                 }
-                (Some(s), None) if (0.0..=1.0).contains(&s) => model.threshold_for_share(s),
-                (None, Some(t)) if (0.0..=1.0).contains(&t) => t,
-                (None, None) => model.threshold_for_share(0.5),
+                (Some(s), None, None) if tiers == 1 && (0.0..=1.0).contains(&s) => {
+                    vec![model.threshold_for_share(s)]
+                }
+                (None, Some(t), None) if tiers == 1 && (0.0..=1.0).contains(&t) => vec![t],
+                (None, None, None) => (1..=tiers)
+                    .map(|i| model.threshold_for_share(i as f64 / (tiers + 1) as f64))
+                    .collect(),
                 _ => {
                     c.push(
                         base.clone(),
-                        "`strong_share` and `threshold` are between 0 and 1",
+                        "give one of `strong_share` or `threshold` (0..1, two candidates) or `shares` (more)",
                     );
                     continue;
                 }
@@ -832,8 +854,8 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                 name,
                 Router::Learned(LearnedRouter {
                     model: std::sync::Arc::new(model),
-                    candidates: [raw.candidates[0].clone(), raw.candidates[1].clone()],
-                    threshold,
+                    candidates: raw.candidates.clone(),
+                    thresholds,
                     log_prompts: raw.log_prompts,
                 }),
             );

@@ -20,6 +20,10 @@ pub struct RawRouter {
     /// `kind: learned`: the share of requests to send to the strong candidate...
     #[serde(default)]
     pub strong_share: Option<f64>,
+    /// ... or, with more than two candidates, the share for each but the last (strongest first;
+    /// the last candidate takes the rest).
+    #[serde(default)]
+    pub shares: Option<Vec<f64>>,
     /// ... or the score at or above which a request goes to it.
     #[serde(default)]
     pub threshold: Option<f64>,
@@ -48,15 +52,17 @@ pub struct RouteChoice {
 #[derive(Debug, Clone)]
 pub struct LearnedRouter {
     pub model: std::sync::Arc<tollway_engine::router::LexicalRouter>,
-    /// `[strong, weak]`.
-    pub candidates: [String; 2],
-    pub threshold: f64,
+    /// Strongest first.
+    pub candidates: Vec<String>,
+    /// One per candidate but the last, non-increasing: a score at or above `thresholds[i]` (and
+    /// below the ones before) goes to `candidates[i]`.
+    pub thresholds: Vec<f64>,
     pub log_prompts: bool,
 }
 
 impl PartialEq for LearnedRouter {
     fn eq(&self, other: &Self) -> bool {
-        self.candidates == other.candidates && self.threshold == other.threshold
+        self.candidates == other.candidates && self.thresholds == other.thresholds
     }
 }
 
@@ -85,19 +91,26 @@ pub fn routed_text(req: &ChatRequest) -> String {
 impl LearnedRouter {
     pub fn choose(&self, router: &str, req: &ChatRequest) -> RouteChoice {
         let text = routed_text(req);
-        let (strong, score) = self.model.decide(&text, self.threshold);
-        let target = if strong {
-            &self.candidates[0]
-        } else {
-            &self.candidates[1]
-        };
+        let score = self.model.score(&text);
+        let tier = self
+            .thresholds
+            .iter()
+            .position(|t| score >= *t)
+            .unwrap_or(self.thresholds.len());
+        let target = &self.candidates[tier.min(self.candidates.len() - 1)];
+        // the threshold that decided: the one it cleared, or the last one it missed
+        let threshold = self
+            .thresholds
+            .get(tier)
+            .or(self.thresholds.last())
+            .copied()
+            .unwrap_or(0.0);
         RouteChoice {
             target: target.clone(),
             why: format!(
-                "router={router}; kind=learned; score={score:.4}; threshold={:.4}; target={target}",
-                self.threshold
+                "router={router}; kind=learned; score={score:.4}; threshold={threshold:.4}; target={target}"
             ),
-            log: self.log_prompts.then_some((text, score, strong)),
+            log: self.log_prompts.then_some((text, score, tier == 0)),
         }
     }
 }

@@ -579,7 +579,7 @@ async fn active_probes_find_a_dead_deployment_before_users_do() {
 
 fn learned_config(mock: &str) -> String {
     format!(
-        "{}routers:\n  auto-always: {{ kind: learned, candidates: [strong-tier, weak-tier], threshold: 0.0 }}\n  auto-never: {{ kind: learned, candidates: [strong-tier, weak-tier], threshold: 1.0 }}\n  auto: {{ kind: learned, candidates: [strong-tier, weak-tier], strong_share: 0.3, log_prompts: true }}\n",
+        "{}routers:\n  auto-always: {{ kind: learned, candidates: [strong-tier, weak-tier], threshold: 0.0 }}\n  auto-never: {{ kind: learned, candidates: [strong-tier, weak-tier], threshold: 1.0 }}\n  auto: {{ kind: learned, candidates: [strong-tier, weak-tier], strong_share: 0.3, log_prompts: true }}\n  auto3: {{ kind: learned, candidates: [strong-tier, weak-tier, gpt], shares: [0.0, 1.0] }}\n",
         crate::harness::config_text(mock)
             + "  strong-tier: { deployments: [{ provider: ant, model: claude-sonnet-4-5 }] }\n  weak-tier: { deployments: [{ provider: oai, model: gpt-4.1-mini }] }\n"
     )
@@ -602,6 +602,13 @@ async fn learned_routers_choose_per_request_and_say_why() {
     );
     let (_, h, _) = chat(&env, msg("auto-never")).await;
     assert_eq!(header(&h, "x-tollway-model"), "oai/gpt-4.1-mini");
+    // three tiers: no share for the strongest, the rest for the middle one
+    let (_, h, _) = chat(&env, msg("auto3")).await;
+    assert!(
+        header(&h, "x-tollway-route").ends_with("target=weak-tier"),
+        "{}",
+        header(&h, "x-tollway-route")
+    );
     // a share-based threshold: scores differ by prompt, and the header says which won
     let hard = json!({"model": "auto", "messages": [{"role": "user", "content":
         "Let f(x) = x^3 - 6x^2 + 11x - 6. Find all real roots, prove there are no others, and compute the integral of f from 0 to 3."}]});
@@ -648,6 +655,25 @@ async fn learned_routers_choose_per_request_and_say_why() {
     }
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].0, "Say hello.");
+}
+
+#[test]
+fn learned_router_shares_are_checked() {
+    let text = format!(
+        "{}  strong-tier: {{ deployments: [{{ provider: ant, model: s }}] }}\n  weak-tier: {{ deployments: [{{ provider: oai, model: w }}] }}\nrouters:\n  a: {{ kind: learned, candidates: [strong-tier, weak-tier, gpt], shares: [0.5] }}\n  b: {{ kind: learned, candidates: [strong-tier], strong_share: 0.5 }}\n",
+        crate::harness::config_text("http://127.0.0.1:9")
+    );
+    let errs = tollway::config::parse(&text, &tollway::config::ProcessEnv).expect_err("invalid");
+    let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert!(
+        all.iter()
+            .any(|e| e.contains("routers.a.shares") && e.contains("2 shares")),
+        "{all:?}"
+    );
+    assert!(
+        all.iter().any(|e| e.contains("routers.b.candidates")),
+        "{all:?}"
+    );
 }
 
 #[test]
