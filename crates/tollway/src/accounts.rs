@@ -28,10 +28,6 @@ impl Principal {
         }
     }
 
-    pub fn is_admin(&self) -> bool {
-        matches!(self, Principal::Open | Principal::Master)
-    }
-
     /// Whether this caller may use the public model name `model`.
     pub fn may_use(&self, model: &str) -> bool {
         self.key()

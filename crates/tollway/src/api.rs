@@ -208,6 +208,12 @@ pub async fn messages(State(state): State<AppState>, headers: HeaderMap, body: B
 
 async fn chat(state: AppState, family: ApiFamily, headers: HeaderMap, body: Body) -> Response {
     let resp = chat_inner(&state, family, headers, body).await;
+    count(&state, family, &resp);
+    resp
+}
+
+/// Counts an answered request in the metrics (status and upstream attempts).
+fn count(state: &AppState, family: ApiFamily, resp: &Response) {
     let attempts = resp
         .headers()
         .get(H_ATTEMPTS)
@@ -217,7 +223,6 @@ async fn chat(state: AppState, family: ApiFamily, headers: HeaderMap, body: Body
     state
         .metrics()
         .request(family, resp.status().as_u16(), attempts);
-    resp
 }
 
 /// The ledger row of one request, recorded when dropped: a stream the client abandons, or a
@@ -231,8 +236,6 @@ struct Charge {
     usage: Usage,
     /// The answering deployment's price (`None`: unknown).
     price: Option<Arc<ModelPrice>>,
-    /// For estimating usage when the provider reports none.
-    prompt_estimate: u64,
     output_chars: u64,
     /// The request and the answer's text, to count tokens locally when the provider reports no
     /// usage (bounded).
@@ -278,7 +281,6 @@ impl Charge {
             token_scopes: Vec::new(),
             usage: Usage::default(),
             price: None,
-            prompt_estimate: 0,
             output_chars: 0,
             request: None,
             output_text: String::new(),
@@ -301,10 +303,7 @@ impl Charge {
         if self.usage.total_tokens() > 0 || self.output_chars == 0 {
             return (self.usage, false);
         }
-        let input = match &self.request {
-            Some(r) => crate::tokens::prompt(r),
-            None => self.prompt_estimate,
-        };
+        let input = self.request.as_deref().map_or(0, crate::tokens::prompt);
         let kept = self.output_text.len() as u64;
         let mut output = crate::tokens::count(&self.output_text);
         if kept < self.output_chars && kept > 0 {
@@ -634,7 +633,6 @@ async fn chat_inner(
         &req.model,
         req.stream,
     );
-    charge.prompt_estimate = crate::rules::estimate_prompt_tokens(&req);
     let mut outcome = Outcome::default();
     // Hold the runtime for the whole request: a reload swaps in a new one without disturbing it.
     let rt = state.runtime();
@@ -906,13 +904,7 @@ pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Respon
 /// `GET /admin/health`: every deployment's circuit, cooldown, load and latency. Master key only.
 pub async fn admin_health(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(err) = authenticate_admin(&state, &headers) {
-        return ApiError {
-            family: ApiFamily::OpenAi,
-            err,
-            request_id: new_request_id(),
-            outcome: None,
-        }
-        .into_response();
+        return admin_error(err);
     }
     let rt = state.runtime();
     let deployments = rt.health().report(std::time::Instant::now());
@@ -975,13 +967,7 @@ pub fn authenticate_admin(state: &AppState, headers: &HeaderMap) -> Result<(), P
 /// `GET /metrics`: Prometheus text format. Needs the master key when one is set.
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(err) = authenticate_admin(&state, &headers) {
-        return ApiError {
-            family: ApiFamily::OpenAi,
-            err,
-            request_id: new_request_id(),
-            outcome: None,
-        }
-        .into_response();
+        return admin_error(err);
     }
     let rt = state.runtime();
     let mut text = state.metrics().render(rt.health());
@@ -1271,7 +1257,6 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
             &req.model,
             false,
         );
-        charge.prompt_estimate = crate::rules::estimate_prompt_tokens(&as_chat);
         let rt = state.runtime();
         let mut opts = RouteOptions {
             allow_fallbacks: true,
@@ -1295,6 +1280,7 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
                 return fail(e, Some(outcome));
             }
         }
+        charge.request = Some(Arc::new(as_chat));
         match gateway::embeddings(&rt, req, &opts, &mut outcome).await {
             Ok(answer) => {
                 charge.usage = answer.usage;
@@ -1320,14 +1306,6 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
         }
     }
     .await;
-    let attempts = resp
-        .headers()
-        .get(H_ATTEMPTS)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    state
-        .metrics()
-        .request(ApiFamily::OpenAi, resp.status().as_u16(), attempts);
+    count(&state, ApiFamily::OpenAi, &resp);
     resp
 }

@@ -401,10 +401,27 @@ fn client_streams_have_every_event_in_order_and_decode_back() {
     }
     enc.finish(&mut out);
     let text = String::from_utf8(out).unwrap();
-    assert!(
-        text.contains(r#""index":0,"type":"content_block_start""#)
-            || text.contains(r#""content_block_start","index":0"#)
-            || text.contains(r#""index":0"#)
+    // the client's block indices are compact and in order: 0 (text), then 1 (tool use)
+    let starts: Vec<Value> = text
+        .split("\n\n")
+        .filter(|b| b.starts_with("event: content_block_start"))
+        .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(starts.len(), 2, "{text}");
+    assert_eq!(
+        (
+            starts[0]["index"].as_u64(),
+            starts[0]["content_block"]["type"].as_str()
+        ),
+        (Some(0), Some("text"))
+    );
+    assert_eq!(
+        (
+            starts[1]["index"].as_u64(),
+            starts[1]["content_block"]["type"].as_str()
+        ),
+        (Some(1), Some("tool_use"))
     );
     let back = decode_stream(&text).unwrap();
     assert!(
