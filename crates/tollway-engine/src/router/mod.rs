@@ -19,6 +19,7 @@
 
 pub mod eval;
 pub mod features;
+pub mod model;
 pub mod train;
 
 #[cfg(test)]
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use eval::{evaluate, plot_svg, Evaluation, Outcome, Prices};
 pub use features::{FeatureConfig, Featurizer, DENSE, DENSE_NAMES};
+pub use model::{Assessment, RouteModel};
 pub use train::{parse_jsonl, Dataset, Example, Progress, Target, TrainOptions, TrainingSummary};
 
 /// The model file format this build reads and writes.
