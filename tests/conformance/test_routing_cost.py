@@ -43,7 +43,7 @@ def test_auto_router_through_both_sdks(oai, ant):
         model="auto", messages=[{"role": "user", "content": "What is the capital of France?"}]
     )
     route = raw.headers.get("x-tollway-route", "")
-    assert route.startswith("router=auto; kind=learned; score="), route
+    assert route.startswith("router=auto; kind=learned; model=lexical; score="), route
     target = route.rsplit("target=", 1)[1]
     assert target in ("claude", "gpt")
     assert raw.parse().choices[0].message.content

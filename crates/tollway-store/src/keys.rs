@@ -61,6 +61,9 @@ pub struct KeyRecord {
     pub created_ms: i64,
     pub expires_ms: Option<i64>,
     pub revoked_ms: Option<i64>,
+    /// Per learned router (by name), knobs that replace the router's own for this key's requests
+    /// (`{"auto": {"strong_share": 0.1}}`); the gateway validates them.
+    pub routing: serde_json::Map<String, serde_json::Value>,
     #[serde(skip)]
     pub hash: String,
 }
@@ -83,6 +86,7 @@ pub struct NewKey {
     pub budget_micros: Option<i64>,
     pub budget_period: Option<String>,
     pub expires_ms: Option<i64>,
+    pub routing: serde_json::Map<String, serde_json::Value>,
 }
 
 const PERIODS: &[&str] = &["daily", "weekly", "monthly", "total"];
@@ -120,11 +124,12 @@ fn record(row: &sqlx::any::AnyRow) -> Result<KeyRecord> {
         created_ms: row.try_get("created_ms")?,
         expires_ms: row.try_get("expires_ms")?,
         revoked_ms: row.try_get("revoked_ms")?,
+        routing: serde_json::from_str(&row.try_get::<String, _>("routing")?).unwrap_or_default(),
     })
 }
 
 const COLUMNS: &str = "id, hash, prefix, name, team, models, providers, rpm, tpm, budget_micros, \
-                       budget_period, created_ms, expires_ms, revoked_ms, regions";
+                       budget_period, created_ms, expires_ms, revoked_ms, regions, routing";
 
 impl Store {
     /// Creates a key; returns it with its secret, which is never stored and cannot be shown again.
@@ -158,9 +163,10 @@ impl Store {
             created_ms: now_ms(),
             expires_ms: k.expires_ms,
             revoked_ms: None,
+            routing: k.routing,
         };
         sqlx::query(&format!(
-            "INSERT INTO tollway_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            "INSERT INTO tollway_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         ))
         .bind(&rec.id)
         .bind(&rec.hash)
@@ -177,6 +183,7 @@ impl Store {
         .bind(rec.expires_ms)
         .bind(rec.revoked_ms)
         .bind(list_text(&rec.regions))
+        .bind(serde_json::Value::Object(rec.routing.clone()).to_string())
         .execute(self.pool())
         .await?;
         Ok((rec, secret))
@@ -258,11 +265,16 @@ mod tests {
                 rpm: Some(60),
                 budget_micros: Some(5_000_000),
                 budget_period: Some("monthly".into()),
+                routing: serde_json::json!({"auto": {"strong_share": 0.1}})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
                 ..NewKey::default()
             })
             .await
             .unwrap();
         assert_eq!(k.hash, hash_secret(&secret));
+        assert_eq!(k.routing["auto"]["strong_share"], 0.1);
         assert!(k.prefix.starts_with(&secret[..10]));
         let all = store.list_keys().await.unwrap();
         assert_eq!(all, vec![k.clone()]);
@@ -273,6 +285,7 @@ mod tests {
         assert_eq!(rotated.id, k.id);
         assert_eq!(rotated.hash, hash_secret(&new_secret));
         assert_eq!(rotated.budget_micros, Some(5_000_000));
+        assert_eq!(rotated.routing, k.routing, "the stored overrides read back");
         assert!(store.revoke_key(&k.id).await.unwrap());
         assert!(!store.revoke_key(&k.id).await.unwrap(), "already revoked");
         let got = store.get_key(&k.id).await.unwrap().unwrap();

@@ -113,6 +113,8 @@ const MIGRATIONS: &[&str] = &[
         strong BIGINT NOT NULL,
         target TEXT NOT NULL
     )",
+    // 5: per-key overrides of learned routers' knobs (a JSON object: router name → knob)
+    "ALTER TABLE tollway_keys ADD COLUMN routing TEXT NOT NULL DEFAULT '{}'",
 ];
 
 impl Store {

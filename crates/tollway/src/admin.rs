@@ -73,6 +73,10 @@ pub struct CreateKey {
     pub budget_period: Option<String>,
     #[serde(default)]
     pub expires_in_days: Option<u64>,
+    /// Per learned router, a knob that replaces the router's own for this key
+    /// (`{"auto": {"quality_floor": 0.9}}`).
+    #[serde(default)]
+    pub routing: serde_json::Map<String, Value>,
 }
 
 impl CreateKey {
@@ -90,7 +94,13 @@ impl CreateKey {
             (Some(_), None) => Some("monthly".to_string()),
             (_, p) => p,
         };
+        for (router, knob) in &self.routing {
+            if let Err(e) = <crate::rules::Knob as serde::Deserialize>::deserialize(knob) {
+                return Err(format!("routing.{router}: {e}"));
+            }
+        }
         Ok(NewKey {
+            routing: self.routing,
             name: self.name,
             team: self.team,
             models: self.models,
@@ -114,6 +124,7 @@ pub fn key_json(k: &KeyRecord) -> Value {
         "models": k.models, "providers": k.providers, "regions": k.regions, "rpm": k.rpm, "tpm": k.tpm,
         "budget_usd": k.budget_micros.map(usd), "budget_period": k.budget_period,
         "created_ms": k.created_ms, "expires_ms": k.expires_ms, "revoked_ms": k.revoked_ms,
+        "routing": k.routing,
         "status": if k.revoked_ms.is_some() { "revoked" } else if k.active(now_ms()) { "active" } else { "expired" },
     })
 }

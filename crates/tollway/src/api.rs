@@ -640,6 +640,10 @@ async fn chat_inner(
     let caller = crate::rules::Caller {
         key: principal.key().map(|k| k.id.as_str()),
         team: principal.key().and_then(|k| k.team.as_deref()),
+        routing: principal
+            .key()
+            .map(|k| &k.routing)
+            .filter(|m| !m.is_empty()),
     };
     if let Some(choice) = rt.route(&req, &headers, caller) {
         if let Some((prompt, score, strong)) = choice.log {
@@ -1083,6 +1087,12 @@ pub async fn admin_keys_create(
         Ok(n) => n,
         Err(e) => return admin_error(ProviderError::invalid(e)),
     };
+    let rt = state.runtime();
+    for (router, knob) in &new.routing {
+        if let Err(e) = rt.check_knob(router, knob) {
+            return admin_error(ProviderError::invalid(format!("routing.{router}: {e}")));
+        }
+    }
     let accounts = state.accounts();
     match accounts.store().create_key(new).await {
         Ok((k, secret)) => {

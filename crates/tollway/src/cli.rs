@@ -117,6 +117,7 @@ struct StorageArgs {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once from the command line
 enum KeysAction {
     /// Create a key; its secret is printed once.
     Create {
@@ -145,6 +146,9 @@ enum KeysAction {
         budget_period: Option<String>,
         #[arg(long)]
         expires_in_days: Option<u64>,
+        /// Learned-router knobs for this key, as JSON: `{"auto": {"strong_share": 0.1}}`.
+        #[arg(long)]
+        routing: Option<String>,
     },
     /// List keys (never their secrets).
     List {
@@ -302,8 +306,15 @@ async fn keys(args: StorageArgs, action: KeysAction) -> anyhow::Result<()> {
             budget_usd,
             budget_period,
             expires_in_days,
+            routing,
         } => {
+            let routing = match routing {
+                None => serde_json::Map::new(),
+                Some(text) => serde_json::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("--routing is not a JSON object: {e}"))?,
+            };
             let new = crate::admin::CreateKey {
+                routing,
                 name,
                 team,
                 models,

@@ -781,15 +781,7 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
             c.push(base.clone(), format!("`{name}` is already a model name"));
         }
         if raw.kind == "learned" {
-            let model = match &raw.model_file {
-                None => tollway_engine::router::LexicalRouter::builtin().map_err(|e| e.to_string()),
-                Some(path) => std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read `{path}`: {e}"))
-                    .and_then(|t| {
-                        tollway_engine::router::LexicalRouter::from_json(&t)
-                            .map_err(|e| format!("`{path}` is not a usable router model: {e}"))
-                    }),
-            };
+            let model = load_route_model(raw.model_file.as_deref());
             let model = match model {
                 Ok(m) => m,
                 Err(e) => {
@@ -812,53 +804,48 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                     );
                 }
             }
-            let tiers = raw.candidates.len() - 1;
-            let thresholds: Vec<f64> = match (raw.strong_share, raw.threshold, &raw.shares) {
-                (None, None, Some(shares)) => {
-                    let total: f64 = shares.iter().sum();
-                    if shares.len() != tiers
-                        || shares.iter().any(|s| !(0.0..=1.0).contains(s))
-                        || total > 1.0 + 1e-9
-                    {
-                        c.push(
-                            format!("{base}.shares"),
-                            format!("give {tiers} shares between 0 and 1 (one per candidate but the last), summing to at most 1"),
-                        );
-                        continue;
+            let qm = model.quality_models().to_vec();
+            let predicts = if raw.predicts.is_empty() {
+                LearnedRouter::default_predicts(raw.candidates.len(), &qm)
+            } else if raw.predicts.len() != raw.candidates.len() {
+                c.push(
+                    format!("{base}.predicts"),
+                    format!("give one model per candidate ({})", raw.candidates.len()),
+                );
+                continue;
+            } else {
+                let mut v = Vec::new();
+                for (i, p) in raw.predicts.iter().enumerate() {
+                    match qm.iter().position(|m| m == p) {
+                        Some(j) => v.push(j),
+                        None => c.push(
+                            format!("{base}.predicts[{i}]"),
+                            format!("the router model predicts no `{p}` (it predicts {qm:?})"),
+                        ),
                     }
-                    let mut cumulative = 0.0;
-                    shares
-                        .iter()
-                        .map(|s| {
-                            cumulative += s;
-                            model.threshold_for_share(cumulative)
-                        })
-                        .collect()
                 }
-                (Some(s), None, None) if tiers == 1 && (0.0..=1.0).contains(&s) => {
-                    vec![model.threshold_for_share(s)]
-                }
-                (None, Some(t), None) if tiers == 1 && (0.0..=1.0).contains(&t) => vec![t],
-                (None, None, None) => (1..=tiers)
-                    .map(|i| model.threshold_for_share(i as f64 / (tiers + 1) as f64))
-                    .collect(),
-                _ => {
-                    c.push(
-                        base.clone(),
-                        "give one of `strong_share` or `threshold` (0..1, two candidates) or `shares` (more)",
-                    );
+                v
+            };
+            let mut router = LearnedRouter {
+                model,
+                candidates: raw.candidates.clone(),
+                decide: crate::rules::Decide::Thresholds(Vec::new()),
+                predicts,
+                costs: Vec::new(),
+                log_prompts: raw.log_prompts,
+            };
+            match router.resolve(&raw.knob()) {
+                Ok(d) => router.decide = d,
+                Err(e) if e.field.is_empty() => {
+                    c.push(base.clone(), e.message);
                     continue;
                 }
-            };
-            routers.insert(
-                name,
-                Router::Learned(LearnedRouter {
-                    model: std::sync::Arc::new(model),
-                    candidates: raw.candidates.clone(),
-                    thresholds,
-                    log_prompts: raw.log_prompts,
-                }),
-            );
+                Err(e) => {
+                    c.push(format!("{base}.{}", e.field), e.message);
+                    continue;
+                }
+            }
+            routers.insert(name, Router::Learned(router));
             continue;
         }
         if raw.kind != "rules" {
@@ -1256,6 +1243,22 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
         global_budget: None,
         alert_webhook: None,
     })
+}
+
+/// A learned router's model: the built-in lexical model, or a trained model file.
+fn load_route_model(
+    path: Option<&str>,
+) -> Result<std::sync::Arc<dyn tollway_engine::router::RouteModel>, String> {
+    use tollway_engine::router::LexicalRouter;
+    let Some(path) = path else {
+        return LexicalRouter::builtin()
+            .map(|m| std::sync::Arc::new(m) as _)
+            .map_err(|e| e.to_string());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    LexicalRouter::from_json(&text)
+        .map(|m| std::sync::Arc::new(m) as _)
+        .map_err(|e| format!("`{path}` is not a usable router model: {e}"))
 }
 
 #[cfg(test)]

@@ -97,6 +97,27 @@ pub struct Runtime {
     health: Arc<HealthRegistry>,
 }
 
+/// Each candidate's price (input + output per token, of its first priced deployment) relative
+/// to the dearest candidate's; empty when any candidate has no price.
+fn relative_costs(candidates: &[String], models: &HashMap<String, Model>) -> Vec<f64> {
+    let prices: Option<Vec<f64>> = candidates
+        .iter()
+        .map(|c| {
+            let m = models.get(c)?;
+            let p = m.deployments.iter().find_map(|d| d.price.as_ref())?;
+            Some(p.input.0 as f64 + p.output.0 as f64)
+        })
+        .collect();
+    let Some(prices) = prices else {
+        return Vec::new();
+    };
+    let max = prices.iter().copied().fold(0.0, f64::max);
+    if max <= 0.0 {
+        return vec![0.0; prices.len()];
+    }
+    prices.iter().map(|p| p / max).collect()
+}
+
 impl Runtime {
     /// Builds a runtime with fresh health state.
     pub async fn build(config: Config) -> Result<Runtime, String> {
@@ -183,6 +204,18 @@ impl Runtime {
             model_names.push(name.clone());
         }
         model_names.extend(config.routers.keys().cloned());
+        let mut config = config;
+        for (name, r) in config.routers.iter_mut() {
+            if let crate::rules::Router::Learned(l) = r {
+                l.costs = relative_costs(&l.candidates, &models);
+                if matches!(l.decide, crate::rules::Decide::CostWeight(_)) && l.costs.is_empty() {
+                    return Err(format!(
+                        "router `{name}`: cost_weight needs a price for every candidate ({}); add prices or use another knob",
+                        l.candidates.join(", ")
+                    ));
+                }
+            }
+        }
         Ok(Runtime {
             config,
             providers,
@@ -203,6 +236,21 @@ impl Runtime {
     ) -> Option<crate::rules::RouteChoice> {
         let router = self.config.routers.get(&req.model)?;
         Some(router.choose(&req.model, req, headers, caller))
+    }
+
+    /// Whether `knob` (a virtual key's override) fits the learned router `router`.
+    pub fn check_knob(&self, router: &str, knob: &serde_json::Value) -> Result<(), String> {
+        let Some(r) = self.config.routers.get(router) else {
+            return Err(format!("there is no router `{router}`"));
+        };
+        let crate::rules::Router::Learned(l) = r else {
+            return Err(format!(
+                "`{router}` is a rules router; only learned routers take knobs"
+            ));
+        };
+        let k = <crate::rules::Knob as serde::Deserialize>::deserialize(knob)
+            .map_err(|e| e.to_string())?;
+        l.resolve(&k).map(|_| ()).map_err(|e| e.message)
     }
 
     /// The deployments of groups with active probes, and how often to probe each.

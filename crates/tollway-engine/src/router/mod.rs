@@ -69,6 +69,16 @@ pub struct Calibration {
     pub b: f64,
 }
 
+/// Platt scaling of the raw margin to one model's probability of a good answer:
+/// `quality = σ(a·margin + b)`, fitted on cross-validated margins against that model's scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QualityCalibration {
+    pub model: String,
+    pub a: f64,
+    pub b: f64,
+}
+
 /// The calibration method's name (only `platt`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -103,6 +113,10 @@ struct ModelFile {
     bias: f64,
     weights: WeightsFile,
     calibration: Calibration,
+    /// Per model (strongest first): the probability of a good answer. Absent in files written
+    /// before it existed; such a router can still route by share or threshold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    quality: Vec<QualityCalibration>,
     thresholds: BTreeMap<String, f64>,
     training: TrainingSummary,
 }
@@ -117,6 +131,8 @@ pub struct LexicalRouter {
     dense_std: [f64; DENSE],
     bias: f64,
     calibration: Calibration,
+    quality: Vec<QualityCalibration>,
+    quality_models: Vec<String>,
     /// (share, threshold), shares increasing, thresholds non-increasing.
     thresholds: Vec<(f64, f64)>,
     training: TrainingSummary,
@@ -163,18 +179,27 @@ impl LexicalRouter {
         sigmoid(self.calibration.a * margin + self.calibration.b)
     }
 
-    /// The probability, in [0, 1], that the weak model's answer to `prompt` is worse than the strong
-    /// model's: higher = more in need of the strong model. Uses a buffer per thread.
-    pub fn score(&self, prompt: &str) -> f64 {
+    /// The raw margin of `prompt`, with a buffer per thread.
+    pub fn margin(&self, prompt: &str) -> f64 {
         SCRATCH.with(|cell| {
             let mut slot = cell.borrow_mut();
             let f = match slot.as_mut() {
                 Some(f) if f.config() == &self.features => f,
                 _ => slot.insert(Featurizer::new(&self.features)),
             };
-            let m = self.margin_with(f, prompt);
-            self.calibrate(m)
+            self.margin_with(f, prompt)
         })
+    }
+
+    /// The probability, in [0, 1], that the weak model's answer to `prompt` is worse than the strong
+    /// model's: higher = more in need of the strong model. Uses a buffer per thread.
+    pub fn score(&self, prompt: &str) -> f64 {
+        self.calibrate(self.margin(prompt))
+    }
+
+    /// Per-model quality calibrations (strongest first); empty for older model files.
+    pub fn quality(&self) -> &[QualityCalibration] {
+        &self.quality
     }
 
     /// Whether `prompt` goes to the strong model (`score ≥ threshold`), and its score.
@@ -234,10 +259,13 @@ impl LexicalRouter {
         dense_std: [f64; DENSE],
         bias: f64,
         calibration: (f64, f64),
+        quality: Vec<QualityCalibration>,
         thresholds: Vec<(f64, f64)>,
         training: TrainingSummary,
     ) -> Result<Self, RouterError> {
         let r = LexicalRouter {
+            quality_models: quality.iter().map(|q| q.model.clone()).collect(),
+            quality,
             features,
             weights,
             dense_weights,
@@ -292,6 +320,17 @@ impl LexicalRouter {
         }
         if c.a <= 0.0 {
             return Err(model_err(format!("calibration.a must be > 0 (a higher margin means more need of the strong model), not {}", c.a)));
+        }
+        for (i, q) in self.quality.iter().enumerate() {
+            if !q.a.is_finite() || !q.b.is_finite() {
+                return Err(model_err(format!(
+                    "quality[{i}] ({}): a and b must be finite numbers",
+                    q.model
+                )));
+            }
+            if q.model.is_empty() {
+                return Err(model_err(format!("quality[{i}].model is empty")));
+            }
         }
         if self.thresholds.is_empty() {
             return Err(model_err("thresholds is empty"));
@@ -392,6 +431,8 @@ impl LexicalRouter {
             dense_std: arr("std", &f.dense.std)?,
             bias: f.bias,
             calibration: f.calibration,
+            quality_models: f.quality.iter().map(|q| q.model.clone()).collect(),
+            quality: f.quality,
             thresholds,
             training: f.training,
         };
@@ -419,6 +460,7 @@ impl LexicalRouter {
                 data: base64_encode(&bytes),
             },
             calibration: self.calibration,
+            quality: self.quality.clone(),
             thresholds: self
                 .thresholds
                 .iter()
@@ -428,6 +470,32 @@ impl LexicalRouter {
         };
         // Serialising plain data with finite numbers cannot fail.
         serde_json::to_string_pretty(&f).unwrap_or_default()
+    }
+}
+
+impl RouteModel for LexicalRouter {
+    fn kind(&self) -> &'static str {
+        "lexical"
+    }
+
+    fn assess(&self, prompt: &str) -> Assessment {
+        let m = self.margin(prompt);
+        Assessment {
+            score: self.calibrate(m),
+            quality: self
+                .quality
+                .iter()
+                .map(|q| sigmoid(q.a * m + q.b))
+                .collect(),
+        }
+    }
+
+    fn threshold_for_share(&self, share: f64) -> f64 {
+        LexicalRouter::threshold_for_share(self, share)
+    }
+
+    fn quality_models(&self) -> &[String] {
+        &self.quality_models
     }
 }
 

@@ -791,6 +791,28 @@ pub fn train(
     let outcomes: Vec<Outcome> = ex.iter().map(|e| e.outcome).collect();
     let cv = Metrics::from(&evaluate(&calibrated, &outcomes, Prices::default())?);
     let thresholds = thresholds_from(&calibrated);
+    // Each model's probability of a good answer, on the same held-out margins.
+    let quality = [(&data.strong_model, true), (&data.weak_model, false)]
+        .into_iter()
+        .map(|(model, strong)| {
+            let y: Vec<f64> = ex
+                .iter()
+                .map(|e| {
+                    if strong {
+                        e.outcome.strong
+                    } else {
+                        e.outcome.weak
+                    }
+                })
+                .collect();
+            let (a, b) = platt(&margins, &y);
+            super::QualityCalibration {
+                model: model.clone(),
+                a,
+                b,
+            }
+        })
+        .collect();
 
     let leave_domains_out = if opts.leave_domains_out {
         progress(Progress::Stage("leave-domains-out".into()));
@@ -861,6 +883,7 @@ pub fn train(
         std,
         w[x.dim],
         (a, b),
+        quality,
         thresholds,
         summary,
     )

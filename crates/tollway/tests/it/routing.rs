@@ -579,7 +579,7 @@ async fn active_probes_find_a_dead_deployment_before_users_do() {
 
 fn learned_config(mock: &str) -> String {
     format!(
-        "{}routers:\n  auto-always: {{ kind: learned, candidates: [strong-tier, weak-tier], threshold: 0.0 }}\n  auto-never: {{ kind: learned, candidates: [strong-tier, weak-tier], threshold: 1.0 }}\n  auto: {{ kind: learned, candidates: [strong-tier, weak-tier], strong_share: 0.3, log_prompts: true }}\n  auto3: {{ kind: learned, candidates: [strong-tier, weak-tier, gpt], shares: [0.0, 1.0] }}\n",
+        "{}routers:\n  auto-always: {{ kind: learned, candidates: [strong-tier, weak-tier], threshold: 0.0 }}\n  auto-never: {{ kind: learned, candidates: [strong-tier, weak-tier], threshold: 1.0 }}\n  auto: {{ kind: learned, candidates: [strong-tier, weak-tier], strong_share: 0.3, log_prompts: true }}\n  auto3: {{ kind: learned, candidates: [strong-tier, weak-tier, gpt], shares: [0.0, 1.0] }}\n  auto-floor-0: {{ kind: learned, candidates: [strong-tier, weak-tier], quality_floor: 0.0 }}\n  auto-floor-1: {{ kind: learned, candidates: [strong-tier, weak-tier], quality_floor: 1.0 }}\n  auto-thrifty: {{ kind: learned, candidates: [strong-tier, weak-tier], cost_weight: 100 }}\n",
         crate::harness::config_text(mock)
             + "  strong-tier: { deployments: [{ provider: ant, model: claude-sonnet-4-5 }] }\n  weak-tier: { deployments: [{ provider: oai, model: gpt-4.1-mini }] }\n"
     )
@@ -593,7 +593,7 @@ async fn learned_routers_choose_per_request_and_say_why() {
     assert_eq!(header(&h, "x-tollway-model"), "ant/claude-sonnet-4-5");
     let route = header(&h, "x-tollway-route").to_string();
     assert!(
-        route.starts_with("router=auto-always; kind=learned; score=0."),
+        route.starts_with("router=auto-always; kind=learned; model=lexical; score=0."),
         "{route}"
     );
     assert!(
@@ -655,6 +655,143 @@ async fn learned_routers_choose_per_request_and_say_why() {
     }
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].0, "Say hello.");
+}
+
+fn route_field<'a>(route: &'a str, name: &str) -> &'a str {
+    route
+        .split("; ")
+        .find_map(|p| p.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn learned_routers_pick_by_predicted_quality_or_cost() {
+    let env = start_with(learned_config).await;
+    // every candidate clears a floor of 0: the cheapest serves
+    let (status, h, _) = chat(&env, msg("auto-floor-0")).await;
+    assert_eq!(status, 200);
+    let route = header(&h, "x-tollway-route").to_string();
+    assert_eq!(header(&h, "x-tollway-model"), "oai/gpt-4.1-mini", "{route}");
+    assert_eq!(route_field(&route, "floor"), "0");
+    // the header shows each candidate's predicted quality, a probability
+    let q = route_field(&route, "quality");
+    let parts: Vec<(&str, f64)> = q
+        .split(',')
+        .filter_map(|p| p.split_once(':'))
+        .map(|(c, v)| (c, v.parse::<f64>().expect("quality number")))
+        .collect();
+    assert_eq!(parts.len(), 2, "{route}");
+    assert_eq!((parts[0].0, parts[1].0), ("strong-tier", "weak-tier"));
+    assert!(
+        parts.iter().all(|(_, v)| (0.0..=1.0).contains(v)),
+        "{route}"
+    );
+    // nobody is certain to answer well: no candidate clears 1, so the strongest serves
+    let (_, h, _) = chat(&env, msg("auto-floor-1")).await;
+    assert_eq!(header(&h, "x-tollway-model"), "ant/claude-sonnet-4-5");
+    // cost dominates quality: the cheaper candidate, whatever the prompt
+    let hard = json!({"model": "auto-thrifty", "messages": [{"role": "user", "content":
+        "Prove that there are infinitely many primes p such that p + 2 is also prime, or explain why this is open."}]});
+    let (_, h, _) = chat(&env, hard).await;
+    let route = header(&h, "x-tollway-route").to_string();
+    assert_eq!(header(&h, "x-tollway-model"), "oai/gpt-4.1-mini", "{route}");
+    assert_eq!(route_field(&route, "cost_weight"), "100");
+}
+
+#[tokio::test]
+async fn a_virtual_key_can_override_a_learned_routers_knob() {
+    let env = start_with(learned_config).await;
+    let create = |body: Value| {
+        let env = &env;
+        async move {
+            let r = env
+                .http
+                .post(format!("{}/admin/keys", env.url))
+                .bearer_auth(MASTER)
+                .json(&body)
+                .send()
+                .await
+                .expect("create");
+            crate::harness::split(r).await
+        }
+    };
+    // auto-never sends everything to the weak tier; this key's override sends everything strong
+    let (status, _, v) =
+        create(json!({"name": "vip", "routing": {"auto-never": {"threshold": 0.0}}})).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["routing"]["auto-never"]["threshold"], 0.0);
+    let secret = v["key"].as_str().expect("secret").to_string();
+    let ask = |key: String| {
+        let env = &env;
+        async move {
+            let r = env
+                .http
+                .post(format!("{}/v1/chat/completions", env.url))
+                .bearer_auth(key)
+                .json(&msg("auto-never"))
+                .send()
+                .await
+                .expect("send");
+            crate::harness::split(r).await
+        }
+    };
+    let (status, h, body) = ask(secret).await;
+    assert_eq!(status, 200, "{body}");
+    let route = header(&h, "x-tollway-route").to_string();
+    assert_eq!(
+        header(&h, "x-tollway-model"),
+        "ant/claude-sonnet-4-5",
+        "{route}"
+    );
+    assert!(route.ends_with("target=strong-tier; knob=key"), "{route}");
+    // other callers keep the router's own knob
+    let (_, h, _) = chat(&env, msg("auto-never")).await;
+    assert_eq!(header(&h, "x-tollway-model"), "oai/gpt-4.1-mini");
+    // overrides are checked against the live routers when the key is made
+    for (routing, needle) in [
+        (
+            json!({"auto": {"quality_floor": 2}}),
+            "routing.auto: quality_floor must be between 0 and 1",
+        ),
+        (
+            json!({"nope": {"threshold": 0.5}}),
+            "routing.nope: there is no router `nope`",
+        ),
+        (
+            json!({"auto": {"strong_share": 0.1, "threshold": 0.5}}),
+            "give only one of",
+        ),
+        (json!({"auto": {"share": 0.1}}), "unknown field `share`"),
+        (
+            json!({"auto3": {"strong_share": 0.1}}),
+            "for two candidates",
+        ),
+    ] {
+        let (status, _, v) = create(json!({"name": "bad", "routing": routing})).await;
+        assert_eq!(status, 400, "{v}");
+        let m = v["error"]["message"].as_str().unwrap_or("");
+        assert!(m.contains(needle), "{m}");
+    }
+}
+
+#[test]
+fn learned_router_knobs_are_checked() {
+    let text = format!(
+        "{}  strong-tier: {{ deployments: [{{ provider: ant, model: s }}] }}\n  weak-tier: {{ deployments: [{{ provider: oai, model: w }}] }}\nrouters:\n  two: {{ kind: learned, candidates: [strong-tier, weak-tier], strong_share: 0.5, quality_floor: 0.8 }}\n  three: {{ kind: learned, candidates: [strong-tier, weak-tier, gpt], quality_floor: 0.8 }}\n  mapped: {{ kind: learned, candidates: [strong-tier, weak-tier, gpt], predicts: [gpt-4-1106-preview, x, mixtral-8x7b-instruct-v0.1], quality_floor: 0.8 }}\n  ok: {{ kind: learned, candidates: [strong-tier, weak-tier, gpt], predicts: [gpt-4-1106-preview, mixtral-8x7b-instruct-v0.1, mixtral-8x7b-instruct-v0.1], cost_weight: 0.5 }}\n",
+        crate::harness::config_text("http://127.0.0.1:9")
+    );
+    let errs = tollway::config::parse(&text, &tollway::config::ProcessEnv).expect_err("invalid");
+    let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let has = |path: &str, needle: &str| {
+        assert!(
+            all.iter().any(|e| e.contains(path) && e.contains(needle)),
+            "{path} / {needle}: {all:?}"
+        )
+    };
+    has("routers.two", "give only one of");
+    has("routers.three", "map each candidate to one with `predicts`");
+    has("routers.mapped.predicts[1]", "predicts no `x`");
+    assert!(!all.iter().any(|e| e.contains("routers.ok")), "{all:?}");
 }
 
 #[test]
