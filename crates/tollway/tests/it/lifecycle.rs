@@ -105,7 +105,7 @@ pub fn mock_bin() -> std::path::PathBuf {
     let path = gw.with_file_name("tollway-mock");
     if !path.exists() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--bin", "tollway-mock"])
+            .args(["build", "-p", "tollway-mock", "--bin", "tollway-mock"])
             .status()
             .expect("cargo build tollway-mock");
         assert!(status.success());
