@@ -652,49 +652,141 @@ fn decode_usage(v: &Value) -> Usage {
     }
 }
 
+/// A `chat.completion` object as Tollway writes it (serialised straight from borrowed fields).
+mod out {
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    pub struct Completion<'a> {
+        pub id: &'a str,
+        pub object: &'static str,
+        pub created: u64,
+        pub model: &'a str,
+        pub choices: [Choice<'a>; 1],
+        pub usage: Usage,
+        pub system_fingerprint: Option<()>,
+    }
+
+    #[derive(Serialize)]
+    pub struct Choice<'a> {
+        pub index: u32,
+        pub message: Message<'a>,
+        pub logprobs: Option<()>,
+        pub finish_reason: &'static str,
+    }
+
+    #[derive(Serialize)]
+    pub struct Message<'a> {
+        pub role: &'static str,
+        pub content: Option<String>,
+        pub refusal: Option<()>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        pub tool_calls: Vec<ToolCall<'a>>,
+        pub annotations: [(); 0],
+    }
+
+    #[derive(Serialize)]
+    pub struct ToolCall<'a> {
+        pub id: &'a str,
+        #[serde(rename = "type")]
+        pub kind: &'static str,
+        pub function: Function<'a>,
+    }
+
+    #[derive(Serialize)]
+    pub struct Function<'a> {
+        pub name: &'a str,
+        pub arguments: &'a str,
+    }
+
+    #[derive(Serialize)]
+    pub struct Usage {
+        pub prompt_tokens: u64,
+        pub completion_tokens: u64,
+        pub total_tokens: u64,
+        pub prompt_tokens_details: PromptDetails,
+        pub completion_tokens_details: CompletionDetails,
+    }
+
+    #[derive(Serialize)]
+    pub struct PromptDetails {
+        pub cached_tokens: u64,
+        pub audio_tokens: u64,
+    }
+
+    #[derive(Serialize)]
+    pub struct CompletionDetails {
+        pub reasoning_tokens: u64,
+        pub audio_tokens: u64,
+        pub accepted_prediction_tokens: u64,
+        pub rejected_prediction_tokens: u64,
+    }
+
+    impl Usage {
+        pub fn of(u: &tollway_core::Usage) -> Self {
+            Usage {
+                prompt_tokens: u.prompt_tokens(),
+                completion_tokens: u.output_tokens,
+                total_tokens: u.total_tokens(),
+                prompt_tokens_details: PromptDetails {
+                    cached_tokens: u.cache_read_tokens,
+                    audio_tokens: 0,
+                },
+                completion_tokens_details: CompletionDetails {
+                    reasoning_tokens: u.reasoning_tokens,
+                    audio_tokens: 0,
+                    accepted_prediction_tokens: 0,
+                    rejected_prediction_tokens: 0,
+                },
+            }
+        }
+    }
+}
+
 /// Encodes a canonical answer as a `chat.completion` object for an OpenAI client.
 pub fn encode_response(r: &ChatResponse) -> Vec<u8> {
     let text = r.text();
-    let calls: Vec<Value> = r
+    let tool_calls: Vec<out::ToolCall<'_>> = r
         .content
         .iter()
         .filter_map(|p| match p {
-            Part::ToolCall(c) => Some(json!({
-                "id": c.id, "type": "function",
-                "function": {"name": c.name, "arguments": c.arguments}
-            })),
+            Part::ToolCall(c) => Some(out::ToolCall {
+                id: &c.id,
+                kind: "function",
+                function: out::Function {
+                    name: &c.name,
+                    arguments: &c.arguments,
+                },
+            }),
             _ => None,
         })
         .collect();
-    let mut message = Map::new();
-    message.insert("role".into(), json!("assistant"));
-    message.insert(
-        "content".into(),
-        if text.is_empty() && !calls.is_empty() {
-            Value::Null
-        } else {
-            Value::String(text)
-        },
-    );
-    message.insert("refusal".into(), Value::Null);
-    if !calls.is_empty() {
-        message.insert("tool_calls".into(), Value::Array(calls));
-    }
-    message.insert("annotations".into(), json!([]));
-    let v = json!({
-        "id": r.id,
-        "object": "chat.completion",
-        "created": r.created,
-        "model": r.model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_reason(&r.stop_reason),
+    let content = if text.is_empty() && !tool_calls.is_empty() {
+        None
+    } else {
+        Some(text)
+    };
+    let v = out::Completion {
+        id: &r.id,
+        object: "chat.completion",
+        created: r.created,
+        model: &r.model,
+        choices: [out::Choice {
+            index: 0,
+            message: out::Message {
+                role: "assistant",
+                content,
+                refusal: None,
+                tool_calls,
+                annotations: [],
+            },
+            logprobs: None,
+            finish_reason: finish_reason(&r.stop_reason),
         }],
-        "usage": usage_json(&r.usage),
-        "system_fingerprint": null,
-    });
+        usage: out::Usage::of(&r.usage),
+        system_fingerprint: None,
+    };
+    // Plain data with string keys: serialising cannot fail.
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
@@ -702,17 +794,125 @@ fn bad_answer(msg: impl Into<String>) -> ProviderError {
     ProviderError::new(ErrorKind::InvalidResponse, msg)
 }
 
+/// The parts of a `chat.completion` answer Tollway reads, typed and lenient (a field of another
+/// type reads as absent), borrowing strings from the body.
+mod wire {
+    use crate::json::lax;
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct Completion<'a> {
+        #[serde(borrow, default)]
+        pub id: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub model: lax::Str<'a>,
+        #[serde(default)]
+        pub created: lax::U64,
+        #[serde(borrow, default)]
+        pub choices: lax::Seq<Choice<'a>>,
+        #[serde(default)]
+        pub usage: lax::Obj<Usage>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Choice<'a> {
+        #[serde(borrow, default)]
+        pub message: lax::Obj<Message<'a>>,
+        #[serde(borrow, default)]
+        pub finish_reason: lax::Str<'a>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Message<'a> {
+        #[serde(borrow, default)]
+        pub reasoning_content: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub content: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub refusal: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub tool_calls: lax::Seq<ToolCall<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct ToolCall<'a> {
+        #[serde(borrow, default)]
+        pub id: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub function: lax::Obj<Function<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Function<'a> {
+        #[serde(borrow, default)]
+        pub name: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub arguments: lax::Str<'a>,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Usage {
+        #[serde(default)]
+        pub prompt_tokens: lax::Count,
+        #[serde(default)]
+        pub completion_tokens: lax::Count,
+        #[serde(default)]
+        pub prompt_tokens_details: lax::Obj<PromptDetails>,
+        #[serde(default)]
+        pub completion_tokens_details: lax::Obj<CompletionDetails>,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct PromptDetails {
+        #[serde(default)]
+        pub cached_tokens: lax::Count,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct CompletionDetails {
+        #[serde(default)]
+        pub reasoning_tokens: lax::Count,
+    }
+
+    impl Usage {
+        pub fn canonical(&self) -> tollway_core::Usage {
+            let prompt = self.prompt_tokens.0;
+            let cached = self
+                .prompt_tokens_details
+                .0
+                .as_ref()
+                .map_or(0, |d| d.cached_tokens.0)
+                .min(prompt);
+            tollway_core::Usage {
+                input_tokens: prompt - cached,
+                output_tokens: self.completion_tokens.0,
+                cache_read_tokens: cached,
+                cache_write_tokens: 0,
+                reasoning_tokens: self
+                    .completion_tokens_details
+                    .0
+                    .as_ref()
+                    .map_or(0, |d| d.reasoning_tokens.0),
+            }
+        }
+    }
+}
+
 /// Decodes an OpenAI-format upstream's `chat.completion` answer.
 pub fn decode_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
-    let v = json::parse_upstream(bytes, "an answer")?;
+    let v: wire::Completion<'_> = json::parse_upstream_as(bytes, "an answer")?;
     let choice = v
-        .pointer("/choices/0")
+        .choices
+        .0
+        .first()
         .ok_or_else(|| bad_answer("the provider's answer has no choices"))?;
     let msg = choice
-        .get("message")
+        .message
+        .0
+        .as_ref()
         .ok_or_else(|| bad_answer("the provider's answer has no message"))?;
     let mut content = Vec::new();
-    if let Some(r) = msg.get("reasoning_content").and_then(Value::as_str) {
+    if let Some(r) = msg.reasoning_content.as_str() {
         if !r.is_empty() {
             content.push(Part::Thinking {
                 text: r.to_string(),
@@ -720,59 +920,45 @@ pub fn decode_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
             });
         }
     }
-    if let Some(t) = msg.get("content").and_then(Value::as_str) {
+    if let Some(t) = msg.content.as_str() {
         if !t.is_empty() {
             content.push(Part::text(t));
         }
     }
-    if let Some(r) = msg.get("refusal").and_then(Value::as_str) {
+    if let Some(r) = msg.refusal.as_str() {
         content.push(Part::text(r));
     }
-    if let Some(calls) = msg.get("tool_calls").and_then(Value::as_array) {
-        for c in calls {
-            let f = c.get("function");
-            content.push(Part::ToolCall(ToolCall {
-                id: c
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                name: f
-                    .and_then(|f| f.get("name"))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                arguments: f
-                    .and_then(|f| f.get("arguments"))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-            }));
-        }
+    for c in &msg.tool_calls.0 {
+        let f = c.function.0.as_ref();
+        content.push(Part::ToolCall(ToolCall {
+            id: c.id.as_str().unwrap_or_default().to_string(),
+            name: f
+                .and_then(|f| f.name.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            arguments: f
+                .and_then(|f| f.arguments.as_str())
+                .unwrap_or_default()
+                .to_string(),
+        }));
     }
-    let stop = match choice.get("finish_reason").and_then(Value::as_str) {
+    let stop = match choice.finish_reason.as_str() {
         Some(s) => stop_reason(s),
         None => StopReason::EndTurn,
     };
     Ok(ChatResponse {
-        id: v
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        model: v
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        id: v.id.as_str().unwrap_or_default().to_string(),
+        model: v.model.as_str().unwrap_or_default().to_string(),
         content,
         stop_reason: stop,
         stop_sequence: None,
-        usage: v.get("usage").map(decode_usage).unwrap_or_default(),
-        created: v
-            .get("created")
-            .and_then(Value::as_u64)
-            .unwrap_or_else(json::now_unix),
+        usage: v
+            .usage
+            .0
+            .as_ref()
+            .map(wire::Usage::canonical)
+            .unwrap_or_default(),
+        created: v.created.0.unwrap_or_else(json::now_unix),
     })
 }
 

@@ -57,6 +57,9 @@ fn client(timeouts: &Timeouts) -> Result<reqwest::Client, String> {
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
+        // An upstream's redirect is its answer: following it would resend the provider key to
+        // another address (and costs a URL parse per request).
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| format!("could not build the HTTP client: {e}"))
 }

@@ -44,6 +44,38 @@ const INSERT_HEAD: &str = "INSERT INTO tollway_ledger (request_id, ts_ms, key_id
     provider, deployment, api, status, stream, attempts, latency_ms, input_tokens, output_tokens, \
     cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, cost_estimated) VALUES ";
 
+/// The ledger insert of `rows` rows (1, 4, 16, 64 or 256), built once per size.
+fn insert_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        [1, 4, 16, 64, 256]
+            .iter()
+            .map(|&n| {
+                let mut sql = String::from(INSERT_HEAD);
+                for i in 0..n {
+                    if i > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push('(');
+                    for c in 0..19 {
+                        if c > 0 {
+                            sql.push_str(", ");
+                        }
+                        sql.push_str(&format!("${}", i * 19 + c + 1));
+                    }
+                    sql.push(')');
+                }
+                sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
+                (n, sql)
+            })
+            .collect()
+    });
+    all.iter()
+        .find(|(n, _)| *n == rows)
+        .or(all.first())
+        .map_or("", |(_, s)| s.as_str())
+}
+
 /// Dimensions a usage report can group by.
 pub const GROUP_BY: &[&str] = &["key", "team", "model", "provider", "day"];
 
@@ -111,32 +143,31 @@ pub fn parse_day(s: &str) -> Option<i64> {
 }
 
 impl Store {
-    /// Writes rows in one transaction, a few hundred per statement; rows already present (same
-    /// request id) are skipped.
+    /// Writes rows in one transaction; rows already present (same request id) are skipped.
+    ///
+    /// SQLite runs one cached single-row statement per row (statements are compiled once, and
+    /// binding stays linear: SQLite looks parameters up by scanning a list, so wide multi-row
+    /// statements cost quadratic time). PostgreSQL gets multi-row statements of a few fixed sizes,
+    /// so that each is prepared once per connection and a batch takes few round trips.
     pub async fn insert_ledger(&self, rows: &[LedgerRow]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        // 19 columns a row; 400 rows stay below SQLite's and PostgreSQL's parameter limits.
-        const PER_STATEMENT: usize = 400;
         let mut tx = self.pool().begin().await?;
-        for chunk in rows.chunks(PER_STATEMENT) {
-            let mut sql = String::from(INSERT_HEAD);
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('(');
-                for c in 0..19 {
-                    if c > 0 {
-                        sql.push_str(", ");
-                    }
-                    sql.push_str(&format!("${}", i * 19 + c + 1));
-                }
-                sql.push(')');
-            }
-            sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
-            let mut q = sqlx::query(&sql);
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let n = if self.backend() == crate::Backend::Sqlite {
+                1
+            } else {
+                // the largest size that fits: 19 columns × 256 rows stays below the parameter limit
+                *[256, 64, 16, 4, 1]
+                    .iter()
+                    .find(|&&n| n <= rest.len())
+                    .unwrap_or(&1)
+            };
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            let mut q = sqlx::query(insert_sql(n));
             for r in chunk {
                 q = q
                     .bind(&r.request_id)
@@ -644,6 +675,21 @@ mod tests {
         drop(w);
         assert_eq!(task.finish().await, 500);
         assert_eq!(store.spend_micros(Some("k3"), None, 0).await.unwrap(), 500);
+        // one batch of an odd size uses every statement size (256 + 64 + 16 + 4×3 + 1×2 on
+        // PostgreSQL), and re-inserting an overlapping batch adds only the new rows
+        let batch: Vec<LedgerRow> = (0..350)
+            .map(|i| row(&format!("b{i}"), "k4", "t4", "gpt", 2, Some(2)))
+            .collect();
+        store.insert_ledger(&batch).await.unwrap();
+        let more: Vec<LedgerRow> = (300..420)
+            .map(|i| row(&format!("b{i}"), "k4", "t4", "gpt", 2, Some(2)))
+            .collect();
+        store.insert_ledger(&more).await.unwrap();
+        assert_eq!(
+            store.spend_micros(Some("k4"), None, 0).await.unwrap(),
+            2 * 420
+        );
+        assert_eq!(store.ledger_row("b349").await.unwrap().unwrap(), batch[349]);
     }
 
     #[tokio::test]

@@ -222,6 +222,97 @@ fn answers_decode_with_normalised_usage() {
 }
 
 #[test]
+fn answers_decode_leniently_field_by_field() {
+    // fields of unexpected types read as absent, as a loose reader would; escapes are decoded
+    let r = decode_response(
+        json!({"id": 7, "model": ["m"], "created": -1,
+            "choices": ["junk", {"finish_reason": {"x": 1}, "message": {"role": "assistant",
+                "content": "a \"quoted\" line\nnext \u{e9}", "refusal": null, "reasoning_content": 3,
+                "tool_calls": [1, {"id": "c", "function": "nope"}, {"function": {"name": "g", "arguments": null}}]}}],
+            "usage": {"prompt_tokens": "100", "completion_tokens": 2.5,
+                "prompt_tokens_details": [1], "completion_tokens_details": null}})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.id, "");
+    assert_eq!(r.model, "");
+    assert!(r.created > 1_700_000_000, "a bad `created` reads as now");
+    assert_eq!(r.stop_reason, StopReason::EndTurn);
+    assert_eq!(r.usage, Usage::default());
+    assert_eq!(r.text(), "a \"quoted\" line\nnext é");
+    let calls: Vec<&ToolCall> = r
+        .content
+        .iter()
+        .filter_map(|p| match p {
+            Part::ToolCall(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls.len(), 2);
+    assert_eq!((calls[0].id.as_str(), calls[0].name.as_str()), ("c", ""));
+    assert_eq!(
+        (calls[1].name.as_str(), calls[1].arguments.as_str()),
+        ("g", "")
+    );
+    // what cannot be an answer at all is an error naming the problem
+    for (body, needle) in [
+        (&b"17"[..], "does not fit the expected format"),
+        (b"{\"choices\": []}", "no choices"),
+        (b"{\"choices\": [{\"message\": 5}]}", "no message"),
+        (b"{\"choices\": [", "not valid JSON"),
+        (b"\xff", "not valid JSON"),
+    ] {
+        let e = decode_response(body).expect_err("not an answer");
+        assert_eq!(e.kind, ErrorKind::InvalidResponse);
+        assert!(e.message.contains(needle), "{}", e.message);
+    }
+}
+
+#[test]
+fn encoded_answers_have_every_field_openai_clients_read() {
+    let mut r = ChatResponse {
+        id: "chatcmpl-9".into(),
+        model: "m".into(),
+        content: vec![Part::text("hi")],
+        stop_reason: StopReason::MaxTokens,
+        stop_sequence: None,
+        usage: Usage {
+            input_tokens: 3,
+            output_tokens: 4,
+            cache_read_tokens: 1,
+            cache_write_tokens: 0,
+            reasoning_tokens: 2,
+        },
+        created: 42,
+    };
+    let v: Value = serde_json::from_slice(&encode_response(&r)).unwrap();
+    assert_eq!(
+        v,
+        json!({"id": "chatcmpl-9", "object": "chat.completion", "created": 42, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": null,
+                "annotations": []}, "logprobs": null, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8,
+                "prompt_tokens_details": {"cached_tokens": 1, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 2, "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}},
+            "system_fingerprint": null})
+    );
+    // only tool calls: content is null
+    r.content = vec![Part::ToolCall(ToolCall {
+        id: "c1".into(),
+        name: "f".into(),
+        arguments: "{}".into(),
+    })];
+    let v: Value = serde_json::from_slice(&encode_response(&r)).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"],
+        json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}])
+    );
+}
+
+#[test]
 fn errors_decode_and_encode() {
     let e = decode_error(
         429,
