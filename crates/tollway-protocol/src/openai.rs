@@ -14,7 +14,7 @@ use tollway_core::{
 };
 
 use crate::json::{self, count, index, invalid_value, missing, wrong_type, Obj};
-use crate::sse::{write_event, SseEvent};
+use crate::sse::{write_event, write_json_event, SseEvent};
 
 // ------------------------------------------------------------------------------------------------
 // Inbound request
@@ -640,18 +640,6 @@ fn usage_json(u: &Usage) -> Value {
     })
 }
 
-fn decode_usage(v: &Value) -> Usage {
-    let prompt = count(v.get("prompt_tokens"));
-    let cached = count(v.pointer("/prompt_tokens_details/cached_tokens")).min(prompt);
-    Usage {
-        input_tokens: prompt - cached,
-        output_tokens: count(v.get("completion_tokens")),
-        cache_read_tokens: cached,
-        cache_write_tokens: 0,
-        reasoning_tokens: count(v.pointer("/completion_tokens_details/reasoning_tokens")),
-    }
-}
-
 /// A `chat.completion` object as Tollway writes it (serialised straight from borrowed fields).
 mod out {
     use serde::Serialize;
@@ -696,6 +684,65 @@ mod out {
     #[derive(Serialize)]
     pub struct Function<'a> {
         pub name: &'a str,
+        pub arguments: &'a str,
+    }
+
+    /// One `chat.completion.chunk`; `usage` is absent, or `null` when the client asked for a
+    /// usage chunk at the end.
+    #[derive(Serialize)]
+    pub struct Chunk<'a, D> {
+        pub id: &'a str,
+        pub object: &'static str,
+        pub created: u64,
+        pub model: &'a str,
+        pub system_fingerprint: Option<()>,
+        pub choices: [ChunkChoice<'a, D>; 1],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub usage: Option<Option<()>>,
+    }
+
+    #[derive(Serialize)]
+    pub struct ChunkChoice<'a, D> {
+        pub index: u32,
+        pub delta: D,
+        pub logprobs: Option<()>,
+        pub finish_reason: Option<&'a str>,
+    }
+
+    #[derive(Serialize)]
+    pub struct RoleDelta {
+        pub role: &'static str,
+        pub content: &'static str,
+        pub refusal: Option<()>,
+    }
+
+    #[derive(Serialize)]
+    pub struct ContentDelta<'a> {
+        pub content: &'a str,
+    }
+
+    #[derive(Serialize)]
+    pub struct EmptyDelta {}
+
+    #[derive(Serialize)]
+    pub struct ToolsDelta<'a> {
+        pub tool_calls: [ToolCallDelta<'a>; 1],
+    }
+
+    #[derive(Serialize)]
+    pub struct ToolCallDelta<'a> {
+        pub index: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub id: Option<&'a str>,
+        #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+        pub kind: Option<&'static str>,
+        pub function: FunctionDelta<'a>,
+    }
+
+    #[derive(Serialize)]
+    pub struct FunctionDelta<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub name: Option<&'a str>,
         pub arguments: &'a str,
     }
 
@@ -848,6 +895,50 @@ mod wire {
         pub name: lax::Str<'a>,
         #[serde(borrow, default)]
         pub arguments: lax::Str<'a>,
+    }
+
+    /// One `chat.completion.chunk` of an upstream stream.
+    #[derive(Deserialize)]
+    pub struct Chunk<'a> {
+        #[serde(borrow, default)]
+        pub id: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub model: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub choices: lax::Seq<ChunkChoice<'a>>,
+        #[serde(default)]
+        pub usage: lax::Obj<Usage>,
+        /// A mid-stream error (`{"error": {"message", "type"}}`).
+        #[serde(default)]
+        pub error: Option<serde_json::Value>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct ChunkChoice<'a> {
+        #[serde(borrow, default)]
+        pub delta: lax::Obj<Delta<'a>>,
+        #[serde(borrow, default)]
+        pub finish_reason: lax::Str<'a>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Delta<'a> {
+        #[serde(borrow, default)]
+        pub reasoning_content: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub content: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub tool_calls: lax::Seq<ToolDelta<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct ToolDelta<'a> {
+        #[serde(default)]
+        pub index: lax::U64,
+        #[serde(borrow, default)]
+        pub id: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub function: lax::Obj<Function<'a>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -1094,15 +1185,12 @@ impl StreamDecoder {
         if data.is_empty() {
             return Ok(out);
         }
-        let v: Value = serde_json::from_str(data).map_err(|e| {
-            bad_answer(format!(
-                "the provider sent a stream chunk that is not valid JSON: {e}"
-            ))
-        })?;
-        if let Some(err) = v.get("error") {
+        let v: wire::Chunk<'_> = json::parse_upstream_as(data.as_bytes(), "a stream chunk")?;
+        if let Some(err) = &v.error {
             let message = err
                 .get("message")
                 .and_then(Value::as_str)
+                .or(err.as_str())
                 .unwrap_or("the provider reported an error mid-stream")
                 .to_string();
             let kind = match err.get("type").and_then(Value::as_str) {
@@ -1115,22 +1203,14 @@ impl StreamDecoder {
         if !self.started {
             self.started = true;
             out.push(StreamEvent::Start {
-                id: v
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                model: v
-                    .get("model")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
+                id: v.id.as_str().unwrap_or_default().to_string(),
+                model: v.model.as_str().unwrap_or_default().to_string(),
                 usage: Usage::default(),
             });
         }
-        if let Some(choice) = v.pointer("/choices/0") {
-            if let Some(delta) = choice.get("delta") {
-                if let Some(t) = delta.get("reasoning_content").and_then(Value::as_str) {
+        if let Some(choice) = v.choices.0.first() {
+            if let Some(delta) = &choice.delta.0 {
+                if let Some(t) = delta.reasoning_content.as_str() {
                     if !t.is_empty() {
                         let index = self.block(BlockKind::Thinking, &mut out);
                         out.push(StreamEvent::ThinkingDelta {
@@ -1139,7 +1219,7 @@ impl StreamDecoder {
                         });
                     }
                 }
-                if let Some(t) = delta.get("content").and_then(Value::as_str) {
+                if let Some(t) = delta.content.as_str() {
                     if !t.is_empty() {
                         let index = self.block(BlockKind::Text, &mut out);
                         out.push(StreamEvent::TextDelta {
@@ -1148,44 +1228,36 @@ impl StreamDecoder {
                         });
                     }
                 }
-                if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
-                    for (pos, c) in calls.iter().enumerate() {
-                        let oi = c.get("index").and_then(Value::as_u64).unwrap_or(pos as u64);
-                        let f = c.get("function");
-                        let index = match self.tools.get(&oi) {
-                            Some(&i) => i,
-                            None => {
-                                let i = self.block(BlockKind::Tool, &mut out);
-                                self.tools.insert(oi, i);
-                                out.push(StreamEvent::ToolCallStart {
-                                    index: i,
-                                    id: c
-                                        .get("id")
-                                        .and_then(Value::as_str)
-                                        .unwrap_or_default()
-                                        .to_string(),
-                                    name: f
-                                        .and_then(|f| f.get("name"))
-                                        .and_then(Value::as_str)
-                                        .unwrap_or_default()
-                                        .to_string(),
-                                });
-                                i
-                            }
-                        };
-                        if let Some(a) = f.and_then(|f| f.get("arguments")).and_then(Value::as_str)
-                        {
-                            if !a.is_empty() {
-                                out.push(StreamEvent::ToolCallDelta {
-                                    index,
-                                    arguments: a.to_string(),
-                                });
-                            }
+                for (pos, c) in delta.tool_calls.0.iter().enumerate() {
+                    let oi = c.index.0.unwrap_or(pos as u64);
+                    let f = c.function.0.as_ref();
+                    let index = match self.tools.get(&oi) {
+                        Some(&i) => i,
+                        None => {
+                            let i = self.block(BlockKind::Tool, &mut out);
+                            self.tools.insert(oi, i);
+                            out.push(StreamEvent::ToolCallStart {
+                                index: i,
+                                id: c.id.as_str().unwrap_or_default().to_string(),
+                                name: f
+                                    .and_then(|f| f.name.as_str())
+                                    .unwrap_or_default()
+                                    .to_string(),
+                            });
+                            i
+                        }
+                    };
+                    if let Some(a) = f.and_then(|f| f.arguments.as_str()) {
+                        if !a.is_empty() {
+                            out.push(StreamEvent::ToolCallDelta {
+                                index,
+                                arguments: a.to_string(),
+                            });
                         }
                     }
                 }
             }
-            if let Some(fr) = choice.get("finish_reason").and_then(Value::as_str) {
+            if let Some(fr) = choice.finish_reason.as_str() {
                 if let Some((i, _)) = self.open.take() {
                     out.push(StreamEvent::BlockStop { index: i });
                 }
@@ -1196,8 +1268,8 @@ impl StreamDecoder {
                 });
             }
         }
-        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-            out.push(StreamEvent::Usage(decode_usage(u)));
+        if let Some(u) = &v.usage.0 {
+            out.push(StreamEvent::Usage(u.canonical()));
         }
         Ok(out)
     }
@@ -1244,21 +1316,22 @@ impl StreamEncoder {
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>, out: &mut Vec<u8>) {
-        let mut v = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        if self.include_usage {
-            if let Some(o) = v.as_object_mut() {
-                o.insert("usage".into(), Value::Null);
-            }
-        }
-        write_event(out, None, &v.to_string());
+    fn chunk<D: serde::Serialize>(&self, delta: D, finish: Option<&str>, out: &mut Vec<u8>) {
+        let v = out::Chunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: None,
+            choices: [out::ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason: finish,
+            }],
+            usage: self.include_usage.then_some(None),
+        };
+        write_json_event(out, None, &v);
     }
 
     fn ensure_started(&mut self, out: &mut Vec<u8>) {
@@ -1268,7 +1341,11 @@ impl StreamEncoder {
                 self.id = "chatcmpl-tollway".into();
             }
             self.chunk(
-                json!({"role": "assistant", "content": "", "refusal": null}),
+                out::RoleDelta {
+                    role: "assistant",
+                    content: "",
+                    refusal: None,
+                },
                 None,
                 out,
             );
@@ -1285,7 +1362,7 @@ impl StreamEncoder {
             }
             StreamEvent::TextDelta { text, .. } => {
                 self.ensure_started(out);
-                self.chunk(json!({"content": text}), None, out);
+                self.chunk(out::ContentDelta { content: text }, None, out);
             }
             StreamEvent::ThinkingDelta { .. } | StreamEvent::ThinkingSignature { .. } => {}
             StreamEvent::ToolCallStart { index, id, name } => {
@@ -1293,8 +1370,17 @@ impl StreamEncoder {
                 let n = self.tools.len() as u32;
                 self.tools.insert(*index, n);
                 self.chunk(
-                    json!({"tool_calls": [{"index": n, "id": id, "type": "function",
-                        "function": {"name": name, "arguments": ""}}]}),
+                    out::ToolsDelta {
+                        tool_calls: [out::ToolCallDelta {
+                            index: n,
+                            id: Some(id),
+                            kind: Some("function"),
+                            function: out::FunctionDelta {
+                                name: Some(name),
+                                arguments: "",
+                            },
+                        }],
+                    },
                     None,
                     out,
                 );
@@ -1303,7 +1389,17 @@ impl StreamEncoder {
                 self.ensure_started(out);
                 let n = self.tools.get(index).copied().unwrap_or(0);
                 self.chunk(
-                    json!({"tool_calls": [{"index": n, "function": {"arguments": arguments}}]}),
+                    out::ToolsDelta {
+                        tool_calls: [out::ToolCallDelta {
+                            index: n,
+                            id: None,
+                            kind: None,
+                            function: out::FunctionDelta {
+                                name: None,
+                                arguments,
+                            },
+                        }],
+                    },
                     None,
                     out,
                 );
@@ -1313,7 +1409,7 @@ impl StreamEncoder {
                 self.ensure_started(out);
                 if !self.finished {
                     self.finished = true;
-                    self.chunk(json!({}), Some(finish_reason(stop_reason)), out);
+                    self.chunk(out::EmptyDelta {}, Some(finish_reason(stop_reason)), out);
                 }
             }
             StreamEvent::Usage(u) => self.usage.merge(u),

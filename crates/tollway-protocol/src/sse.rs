@@ -138,6 +138,28 @@ pub fn write_event(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
     out.push(b'\n');
 }
 
+/// Writes one event whose data is `value` as compact JSON (which holds no newline), serialised
+/// straight into `out`.
+pub fn write_json_event<T: serde::Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    event: Option<&str>,
+    value: &T,
+) {
+    if let Some(name) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    let start = out.len();
+    // Plain data with string keys: serialising cannot fail (and on failure nothing is half-written).
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.truncate(start);
+        out.extend_from_slice(b"null");
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -454,6 +454,11 @@ enum BindValue {
 #[derive(Clone)]
 pub struct LedgerWriter {
     tx: mpsc::UnboundedSender<LedgerRow>,
+    /// Rows queued so far; every `batch`-th one wakes the writer early. Other rows do not wake
+    /// it (it drains the queue on its timer), so a request costs no cross-thread wake-up.
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    full: std::sync::Arc<tokio::sync::Notify>,
+    batch: usize,
 }
 
 pub struct LedgerTask {
@@ -465,9 +470,16 @@ impl LedgerWriter {
     pub fn start(store: Store, flush_every: Duration, batch: usize) -> (LedgerWriter, LedgerTask) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-        let handle = tokio::spawn(run(store, rx, stop_rx, flush_every, batch.max(1)));
+        let full = std::sync::Arc::new(tokio::sync::Notify::new());
+        let batch = batch.max(1);
+        let handle = tokio::spawn(run(store, rx, full.clone(), stop_rx, flush_every, batch));
         (
-            LedgerWriter { tx },
+            LedgerWriter {
+                tx,
+                queued: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+                full,
+                batch,
+            },
             LedgerTask {
                 handle,
                 stop: stop_tx,
@@ -479,6 +491,14 @@ impl LedgerWriter {
     pub fn record(&self, row: LedgerRow) {
         if self.tx.send(row).is_err() {
             tracing::error!("ledger writer is gone; a usage row was not recorded");
+            return;
+        }
+        let n = self
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if n.is_multiple_of(self.batch) {
+            self.full.notify_one();
         }
     }
 }
@@ -495,6 +515,7 @@ impl LedgerTask {
 async fn run(
     store: Store,
     mut rx: mpsc::UnboundedReceiver<LedgerRow>,
+    full: std::sync::Arc<tokio::sync::Notify>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     flush_every: Duration,
     batch: usize,
@@ -506,21 +527,26 @@ async fn run(
     let mut open = true;
     while open {
         tokio::select! {
-            got = rx.recv() => match got {
-                Some(row) => {
-                    pending.push(row);
-                    if pending.len() < batch {
-                        continue;
-                    }
-                }
-                None => open = false,
-            },
+            _ = full.notified() => {}
             _ = &mut stop, if open => open = false,
             _ = tick.tick() => {}
         }
-        // drain whatever else is already queued into this batch
-        while let Ok(row) = rx.try_recv() {
-            pending.push(row);
+        // take what is queued: at most a few batches per statement group, the rest next round
+        loop {
+            match rx.try_recv() {
+                Ok(row) => {
+                    pending.push(row);
+                    if pending.len() >= batch * 4 && open {
+                        break;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                // every writer handle is gone: write what is left and stop
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
         }
         if pending.is_empty() {
             continue;
