@@ -1033,6 +1033,20 @@ impl StreamDecoder {
     }
 }
 
+/// The `delta` of a `content_block_delta` event.
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockDelta<'a> {
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
+}
+
 /// Writes canonical events as Anthropic stream events for an Anthropic client.
 #[derive(Debug, Default)]
 pub struct StreamEncoder {
@@ -1102,11 +1116,23 @@ impl StreamEncoder {
         i
     }
 
-    fn delta(out: &mut Vec<u8>, i: u32, delta: Value) {
-        Self::event(
+    /// A `content_block_delta` event, serialised from borrowed fields (the hot part of a stream).
+    fn delta(out: &mut Vec<u8>, index: u32, delta: BlockDelta<'_>) {
+        #[derive(serde::Serialize)]
+        struct Event<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            index: u32,
+            delta: BlockDelta<'a>,
+        }
+        crate::sse::write_json_event(
             out,
-            "content_block_delta",
-            &json!({"type": "content_block_delta", "index": i, "delta": delta}),
+            Some("content_block_delta"),
+            &Event {
+                kind: "content_block_delta",
+                index,
+                delta,
+            },
         );
     }
 
@@ -1118,7 +1144,7 @@ impl StreamEncoder {
             }
             StreamEvent::TextDelta { index, text } => {
                 let i = self.block(*index, || json!({"type": "text", "text": ""}), out);
-                Self::delta(out, i, json!({"type": "text_delta", "text": text}));
+                Self::delta(out, i, BlockDelta::Text { text });
             }
             StreamEvent::ThinkingDelta { index, text } => {
                 let i = self.block(
@@ -1126,7 +1152,7 @@ impl StreamEncoder {
                     || json!({"type": "thinking", "thinking": "", "signature": ""}),
                     out,
                 );
-                Self::delta(out, i, json!({"type": "thinking_delta", "thinking": text}));
+                Self::delta(out, i, BlockDelta::Thinking { thinking: text });
             }
             StreamEvent::ThinkingSignature { index, signature } => {
                 let i = self.block(
@@ -1134,11 +1160,7 @@ impl StreamEncoder {
                     || json!({"type": "thinking", "thinking": "", "signature": ""}),
                     out,
                 );
-                Self::delta(
-                    out,
-                    i,
-                    json!({"type": "signature_delta", "signature": signature}),
-                );
+                Self::delta(out, i, BlockDelta::Signature { signature });
             }
             StreamEvent::ToolCallStart { index, id, name } => {
                 self.block(
@@ -1156,7 +1178,9 @@ impl StreamEncoder {
                 Self::delta(
                     out,
                     i,
-                    json!({"type": "input_json_delta", "partial_json": arguments}),
+                    BlockDelta::InputJson {
+                        partial_json: arguments,
+                    },
                 );
             }
             StreamEvent::BlockStop { index } => {

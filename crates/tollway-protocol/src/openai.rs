@@ -14,7 +14,7 @@ use tollway_core::{
 };
 
 use crate::json::{self, count, index, invalid_value, missing, wrong_type, Obj};
-use crate::sse::{write_event, write_json_event, SseEvent};
+use crate::sse::{write_event, SseEvent};
 
 // ------------------------------------------------------------------------------------------------
 // Inbound request
@@ -687,26 +687,14 @@ mod out {
         pub arguments: &'a str,
     }
 
-    /// One `chat.completion.chunk`; `usage` is absent, or `null` when the client asked for a
-    /// usage chunk at the end.
+    /// What every `chat.completion.chunk` of a stream starts with.
     #[derive(Serialize)]
-    pub struct Chunk<'a, D> {
+    pub struct ChunkHead<'a> {
         pub id: &'a str,
         pub object: &'static str,
         pub created: u64,
         pub model: &'a str,
         pub system_fingerprint: Option<()>,
-        pub choices: [ChunkChoice<'a, D>; 1],
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub usage: Option<Option<()>>,
-    }
-
-    #[derive(Serialize)]
-    pub struct ChunkChoice<'a, D> {
-        pub index: u32,
-        pub delta: D,
-        pub logprobs: Option<()>,
-        pub finish_reason: Option<&'a str>,
     }
 
     #[derive(Serialize)]
@@ -1299,6 +1287,8 @@ pub struct StreamEncoder {
     tools: HashMap<u32, u32>,
     finished: bool,
     cost_usd: Option<String>,
+    /// The rendered start of every chunk (see `chunk`); empty until the first one.
+    prefix: Vec<u8>,
 }
 
 impl StreamEncoder {
@@ -1313,25 +1303,47 @@ impl StreamEncoder {
             usage: Usage::default(),
             tools: HashMap::new(),
             finished: false,
+            prefix: Vec::new(),
         }
     }
 
-    fn chunk<D: serde::Serialize>(&self, delta: D, finish: Option<&str>, out: &mut Vec<u8>) {
-        let v = out::Chunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            system_fingerprint: None,
-            choices: [out::ChunkChoice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason: finish,
-            }],
-            usage: self.include_usage.then_some(None),
-        };
-        write_json_event(out, None, &v);
+    /// Writes one `chat.completion.chunk` event. Everything before the delta is the same for
+    /// the whole stream, so it is rendered once and copied.
+    fn chunk<D: serde::Serialize>(&mut self, delta: D, finish: Option<&str>, out: &mut Vec<u8>) {
+        if self.prefix.is_empty() {
+            let head = out::ChunkHead {
+                id: &self.id,
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: &self.model,
+                system_fingerprint: None,
+            };
+            // `{"id":…,"system_fingerprint":null}` → `{"id":…,"system_fingerprint":null,"choices":[{"index":0,"delta":`
+            self.prefix = serde_json::to_vec(&head).unwrap_or_else(|_| b"{}".to_vec());
+            self.prefix.pop();
+            self.prefix
+                .extend_from_slice(b",\"choices\":[{\"index\":0,\"delta\":");
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&self.prefix);
+        // Plain data with string keys: serialising cannot fail.
+        if serde_json::to_writer(&mut *out, &delta).is_err() {
+            out.extend_from_slice(b"{}");
+        }
+        out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
+        match finish {
+            Some(f) => {
+                if serde_json::to_writer(&mut *out, f).is_err() {
+                    out.extend_from_slice(b"null");
+                }
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}]");
+        if self.include_usage {
+            out.extend_from_slice(b",\"usage\":null");
+        }
+        out.extend_from_slice(b"}\n\n");
     }
 
     fn ensure_started(&mut self, out: &mut Vec<u8>) {
@@ -1357,6 +1369,7 @@ impl StreamEncoder {
             StreamEvent::Start { id, model, usage } => {
                 self.id.clone_from(id);
                 self.model.clone_from(model);
+                self.prefix.clear();
                 self.usage.merge(usage);
                 self.ensure_started(out);
             }

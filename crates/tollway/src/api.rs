@@ -774,7 +774,8 @@ fn sse_response(
             if s.done {
                 return None;
             }
-            let mut out = Vec::new();
+            // room for a typical event, so that encoding it does not grow the buffer step by step
+            let mut out = Vec::with_capacity(512);
             match s.upstream.next().await {
                 Some(Ok(ev)) => {
                     match &ev {

@@ -490,6 +490,18 @@ fn client_streams_encode_and_decode_back() {
     assert!(chunks
         .iter()
         .all(|c| c["object"] == "chat.completion.chunk" && c["id"] == "msg_1"));
+    // every chunk but the last carries `"usage": null`, and the exact shape OpenAI sends
+    assert!(chunks[..chunks.len() - 1]
+        .iter()
+        .all(|c| c.get("usage") == Some(&Value::Null)));
+    assert_eq!(
+        chunks[1],
+        json!({"id": "msg_1", "object": "chat.completion.chunk", "created": chunks[1]["created"],
+            "model": "claude", "system_fingerprint": null, "choices": [{"index": 0,
+            "delta": {"content": "Hi"}, "logprobs": null, "finish_reason": null}], "usage": null})
+    );
+    assert_eq!(chunks[4]["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(chunks[4]["choices"][0]["delta"], json!({}));
     let last = chunks.last().unwrap();
     assert_eq!(last["choices"], json!([]));
     assert_eq!(last["usage"]["prompt_tokens"], 5);
