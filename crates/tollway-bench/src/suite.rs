@@ -41,6 +41,11 @@ pub struct SuiteArgs {
     /// How many times the gateway is started to measure its readiness time.
     #[arg(long, default_value_t = 3)]
     starts: usize,
+    /// The gateway's worker threads (`tollway serve --workers`). One by default: on a 2-core
+    /// machine that also runs the load generator and the mock, a second worker only adds
+    /// cross-thread wake-ups (bench/RESULTS.md has both).
+    #[arg(long, default_value_t = 1)]
+    gateway_workers: u16,
 }
 
 /// The suite's working directory (config, SQLite file, server logs), removed when dropped.
@@ -348,7 +353,8 @@ fn start_gateway(args: &SuiteArgs, dir: &Path, config: &Path, n: usize) -> anyho
         .env("RUST_LOG", "warn")
         .args(["serve", "--config"])
         .arg(config)
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"]);
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--workers", &args.gateway_workers.to_string()]);
     spawn(
         "tollway",
         cmd,
@@ -463,6 +469,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
         machine["cpu_model"].as_str().unwrap_or("?"),
     );
     eprintln!("  the load generator, the upstream mock and the gateway share this one machine");
+    eprintln!("  gateway worker threads: {}", args.gateway_workers);
 
     let tmp = TempDir(std::env::temp_dir().join(format!("tollway-bench-{}", std::process::id())));
     let dir = tmp.0.clone();
@@ -777,6 +784,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
         "schema": "tollway-bench/1",
         "date": date,
         "commit": git_commit(),
+        "gateway_workers": args.gateway_workers,
         "quick": args.quick,
         "machine": machine,
         "shared_machine_note": "the load generator, the upstream mock and the gateway run on this one machine and share its cores; other work on the machine (load average below) disturbs the figures",
@@ -1037,7 +1045,7 @@ pub fn markdown(r: &Value) -> String {
     s += &format!(
         "Machine: {} cores (`nproc`), {}, {:.0} GiB, Linux {}; commit {}. **The load generator, the upstream mock \
          and the gateway share this one machine**, so the gateway competes with its own load for the cores; \
-         load average before/after: {} / {}.\n\n",
+         load average before/after: {} / {}. Gateway worker threads: {}.\n\n",
         m["nproc"],
         m["cpu_model"].as_str().unwrap_or("?"),
         m["mem_total_kb"].as_f64().unwrap_or(0.0) / 1024.0 / 1024.0,
@@ -1045,6 +1053,7 @@ pub fn markdown(r: &Value) -> String {
         r["commit"].as_str().unwrap_or("?"),
         r["load_average"]["before"].as_str().unwrap_or("?"),
         r["load_average"]["after"].as_str().unwrap_or("?"),
+        r["gateway_workers"].as_u64().map_or("default".to_string(), |n| n.to_string()),
     );
     s += "## Against the targets (issue 6)\n\n| figure | measured | target | met | detail |\n| --- | --- | --- | --- | --- |\n";
     for h in r["headline"].as_array().into_iter().flatten() {

@@ -14,7 +14,8 @@ use sqlx::Executor;
 
 pub use keys::{generate_secret, hash_secret, KeyRecord, NewKey, SECRET_PREFIX};
 pub use ledger::{
-    day_string, parse_day, LedgerRow, LedgerTask, LedgerWriter, UsageQuery, UsageRow, GROUP_BY,
+    civil_from_days, day_string, days_from_civil, parse_day, LedgerRow, LedgerTask, LedgerWriter,
+    UsageQuery, UsageRow, GROUP_BY,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tollway_core::{ErrorKind, Micros, ProviderError, Retry};
-use tollway_store::{day_string, now_ms, parse_day, Store};
+use tollway_store::{civil_from_days, day_string, days_from_civil, now_ms, Store};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -54,14 +54,10 @@ impl Period {
                 (start * DAY_MS, (start + 7) * DAY_MS)
             }
             Period::Monthly => {
-                let date = day_string(today);
-                let (y, m): (i64, i64) = (
-                    date[..4].parse().unwrap_or(1970),
-                    date[5..7].parse().unwrap_or(1),
-                );
-                let start = parse_day(&format!("{y:04}-{m:02}-01")).unwrap_or(today);
+                let (y, m, _) = civil_from_days(today);
+                let start = days_from_civil(y, m, 1);
                 let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                let end = parse_day(&format!("{ny:04}-{nm:02}-01")).unwrap_or(today + 31);
+                let end = days_from_civil(ny, nm, 1);
                 (start * DAY_MS, end * DAY_MS)
             }
             Period::Total => (0, i64::MAX),
@@ -297,7 +293,7 @@ mod tests {
             (day_string(s / day), day_string(e / day)),
             ("2025-11-01".into(), "2025-12-01".into())
         );
-        let dec = parse_day("2025-12-31").unwrap() * day;
+        let dec = tollway_store::parse_day("2025-12-31").unwrap() * day;
         let (_, e) = Period::Monthly.window(dec);
         assert_eq!(day_string(e / day), "2026-01-01");
     }

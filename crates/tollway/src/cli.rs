@@ -35,6 +35,11 @@ enum Command {
         /// Log format.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+        /// Threads serving requests (default: one per CPU core). Fewer than the cores leaves
+        /// room for what shares the machine: on a small box that also runs the upstream or the
+        /// clients, one worker has the lowest latency (see bench/RESULTS.md).
+        #[arg(long, env = "TOLLWAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
     },
     /// Validate a config file: prints every error with its line; exits 1 on any.
     Check {
@@ -234,12 +239,14 @@ pub fn main() -> ExitCode {
             config,
             listen,
             log_format,
+            workers,
         } => {
             init_logging(&log_format);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = workers {
+                builder.worker_threads(usize::from(n));
+            }
+            let rt = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: could not start the async runtime: {e}");
