@@ -41,11 +41,9 @@ pub struct SuiteArgs {
     /// How many times the gateway is started to measure its readiness time.
     #[arg(long, default_value_t = 3)]
     starts: usize,
-    /// The gateway's worker threads (`tollway serve --workers`). One by default: on a 2-core
-    /// machine that also runs the load generator and the mock, a second worker only adds
-    /// cross-thread wake-ups (bench/RESULTS.md has both).
-    #[arg(long, default_value_t = 1)]
-    gateway_workers: u16,
+    /// The gateway's worker threads (`tollway serve --workers`); default: one per core.
+    #[arg(long)]
+    gateway_workers: Option<u16>,
 }
 
 /// The suite's working directory (config, SQLite file, server logs), removed when dropped.
@@ -353,8 +351,10 @@ fn start_gateway(args: &SuiteArgs, dir: &Path, config: &Path, n: usize) -> anyho
         .env("RUST_LOG", "warn")
         .args(["serve", "--config"])
         .arg(config)
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(["--workers", &args.gateway_workers.to_string()]);
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"]);
+    if let Some(n) = args.gateway_workers {
+        cmd.args(["--workers", &n.to_string()]);
+    }
     spawn(
         "tollway",
         cmd,
@@ -469,7 +469,11 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
         machine["cpu_model"].as_str().unwrap_or("?"),
     );
     eprintln!("  the load generator, the upstream mock and the gateway share this one machine");
-    eprintln!("  gateway worker threads: {}", args.gateway_workers);
+    eprintln!(
+        "  gateway worker threads: {}",
+        args.gateway_workers
+            .map_or("one per core".to_string(), |n| n.to_string())
+    );
 
     let tmp = TempDir(std::env::temp_dir().join(format!("tollway-bench-{}", std::process::id())));
     let dir = tmp.0.clone();
@@ -1053,7 +1057,9 @@ pub fn markdown(r: &Value) -> String {
         r["commit"].as_str().unwrap_or("?"),
         r["load_average"]["before"].as_str().unwrap_or("?"),
         r["load_average"]["after"].as_str().unwrap_or("?"),
-        r["gateway_workers"].as_u64().map_or("default".to_string(), |n| n.to_string()),
+        r["gateway_workers"]
+            .as_u64()
+            .map_or("one per core".to_string(), |n| n.to_string()),
     );
     s += "## Against the targets (issue 6)\n\n| figure | measured | target | met | detail |\n| --- | --- | --- | --- | --- |\n";
     for h in r["headline"].as_array().into_iter().flatten() {

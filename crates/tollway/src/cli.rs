@@ -37,7 +37,7 @@ enum Command {
         log_format: String,
         /// Threads serving requests (default: one per CPU core). Fewer than the cores leaves
         /// room for what shares the machine: on a small box that also runs the upstream or the
-        /// clients, one worker has the lowest latency (see bench/RESULTS.md).
+        /// clients, fewer workers mean fewer cross-thread wake-ups.
         #[arg(long, env = "TOLLWAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
     },
