@@ -17,6 +17,7 @@
 //! prompts with `score ≥ t` to the strong model sent that share of the training prompts there,
 //! estimated on cross-validation scores) and `training` ([`TrainingSummary`]).
 
+pub mod encoder;
 pub mod eval;
 pub mod features;
 pub mod model;
