@@ -119,7 +119,7 @@ impl WordPiece {
             word.clear();
         };
         for c in text.chars() {
-            if ids.len() - 1 >= budget {
+            if ids.len() > budget {
                 break;
             }
             if c == '\0' || c == '\u{FFFD}' || is_control(c) {
