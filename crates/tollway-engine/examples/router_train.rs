@@ -17,14 +17,25 @@ fn main() -> anyhow::Result<()> {
             .map(PathBuf::from)
     };
     match args.first().map(String::as_str) {
+        Some("train") if args.len() >= 3 && args.iter().any(|a| a == "--embedding") => {
+            router_cli::train_embedding(
+                args[1].as_ref(),
+                args[2].as_ref(),
+                &opt("--encoder-dir").unwrap_or_else(tollway_engine::router::encoder::default_dir),
+                opt("--max-tokens")
+                    .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
+                    .unwrap_or(128),
+            )
+        }
         Some("train") if args.len() >= 3 => router_cli::train(args[1].as_ref(), args[2].as_ref(), None),
         Some("eval") if args.len() >= 3 => router_cli::eval(
             args[1].as_ref(),
             args[2].as_ref(),
+            &opt("--encoder-dir").unwrap_or_else(tollway_engine::router::encoder::default_dir),
             opt("--dump-scores").as_deref(),
             opt("--plot").as_deref(),
             opt("--report").as_deref(),
         ),
-        _ => anyhow::bail!("usage: router_train train DATA OUT | eval DATA MODEL [--dump-scores F] [--plot F] [--report F]"),
+        _ => anyhow::bail!("usage: router_train train DATA OUT [--embedding [--max-tokens N] [--encoder-dir D]] | eval DATA MODEL [--encoder-dir D] [--dump-scores F] [--plot F] [--report F]"),
     }
 }

@@ -91,6 +91,15 @@ enum RouterAction {
         /// Also learn from client feedback stored in this storage URL.
         #[arg(long)]
         feedback_db: Option<String>,
+        /// `lexical` (hashed n-grams) or `embedding` (all-MiniLM-L6-v2, kNN + logistic heads).
+        #[arg(long, default_value = "lexical", value_parser = ["lexical", "embedding"])]
+        kind: String,
+        /// The sentence encoder's files (`scripts/fetch-encoder.sh`); for `--kind embedding`.
+        #[arg(long, env = "TOLLWAY_ENCODER_DIR")]
+        encoder_dir: Option<PathBuf>,
+        /// Tokens of each prompt the encoder reads (2..=512); for `--kind embedding`.
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
     },
     /// Evaluate a router: the cost-quality curve against random and the oracle, APGR, CPT.
     Eval {
@@ -108,6 +117,9 @@ enum RouterAction {
         /// Write the full report as JSON.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// The sentence encoder's files, for an embedding router's model.
+        #[arg(long, env = "TOLLWAY_ENCODER_DIR")]
+        encoder_dir: Option<PathBuf>,
     },
 }
 
@@ -177,7 +189,19 @@ pub fn main() -> ExitCode {
                     data,
                     out,
                     feedback_db,
+                    kind,
+                    encoder_dir,
+                    max_tokens,
                 } => match feedback_db {
+                    None if kind == "embedding" => crate::router_cli::train_embedding(
+                        &data,
+                        &out,
+                        &encoder_dir.unwrap_or_else(tollway_engine::router::encoder::default_dir),
+                        max_tokens,
+                    ),
+                    Some(_) if kind == "embedding" => Err(anyhow::anyhow!(
+                        "--feedback-db trains the lexical router; for the embedding router, merge the rated prompts into --data"
+                    )),
                     None => crate::router_cli::train(&data, &out, None),
                     Some(url) => {
                         let url2 = url.clone();
@@ -199,9 +223,11 @@ pub fn main() -> ExitCode {
                     dump_scores,
                     plot,
                     report,
+                    encoder_dir,
                 } => crate::router_cli::eval(
                     &data,
                     &model,
+                    &encoder_dir.unwrap_or_else(tollway_engine::router::encoder::default_dir),
                     dump_scores.as_deref(),
                     plot.as_deref(),
                     report.as_deref(),

@@ -781,7 +781,11 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
             c.push(base.clone(), format!("`{name}` is already a model name"));
         }
         if raw.kind == "learned" {
-            let model = load_route_model(raw.model_file.as_deref());
+            let model = load_route_model(
+                raw.model.as_deref(),
+                raw.model_file.as_deref(),
+                raw.encoder_dir.as_deref(),
+            );
             let model = match model {
                 Ok(m) => m,
                 Err(e) => {
@@ -1245,20 +1249,46 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
     })
 }
 
-/// A learned router's model: the built-in lexical model, or a trained model file.
+/// A learned router's model: the built-in lexical model, a lexical model file, or an embedding
+/// router file with its encoder.
 fn load_route_model(
+    kind: Option<&str>,
     path: Option<&str>,
+    encoder_dir: Option<&str>,
 ) -> Result<std::sync::Arc<dyn tollway_engine::router::RouteModel>, String> {
-    use tollway_engine::router::LexicalRouter;
-    let Some(path) = path else {
-        return LexicalRouter::builtin()
-            .map(|m| std::sync::Arc::new(m) as _)
-            .map_err(|e| e.to_string());
+    use tollway_engine::router::{embed, encoder, LexicalRouter};
+    let embedding = match kind {
+        None | Some("lexical") => false,
+        Some("embedding") => true,
+        Some(other) => {
+            return Err(format!(
+                "router model `{other}` is not supported (lexical or embedding)"
+            ))
+        }
+    };
+    if !embedding && encoder_dir.is_some() {
+        return Err("encoder_dir applies to `model: embedding` only".into());
+    }
+    let path = match (path, embedding) {
+        (None, false) => {
+            return LexicalRouter::builtin()
+                .map(|m| std::sync::Arc::new(m) as _)
+                .map_err(|e| e.to_string())
+        }
+        (None, true) => embed::BUILTIN_FILE,
+        (Some(p), _) => p,
     };
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
-    LexicalRouter::from_json(&text)
-        .map(|m| std::sync::Arc::new(m) as _)
-        .map_err(|e| format!("`{path}` is not a usable router model: {e}"))
+    if embedding {
+        let dir = encoder_dir.map_or_else(encoder::default_dir, std::path::PathBuf::from);
+        embed::EmbeddingRouter::from_json(&text, &dir)
+            .map(|m| std::sync::Arc::new(m) as _)
+            .map_err(|e| format!("`{path}` is not a usable embedding router: {e}"))
+    } else {
+        LexicalRouter::from_json(&text)
+            .map(|m| std::sync::Arc::new(m) as _)
+            .map_err(|e| format!("`{path}` is not a usable router model: {e}"))
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! `tollway router train` and `tollway router eval`: the lexical learned router's offline commands
-//! (the model and its metrics live in `tollway_engine::router`; this file does the IO).
+//! `tollway router train` and `tollway router eval`: the learned routers' offline commands, for
+//! the lexical and the embedding router (the models and their metrics live in
+//! `tollway_engine::router`; this file does the IO).
 //!
 //! This file uses only `tollway_engine`, `anyhow`, `serde_json` and `std`, so that
 //! `crates/tollway-engine/examples/router_train.rs` can include it as is (`scripts/train-router.sh`).
@@ -9,18 +10,19 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use tollway_engine::router::{self, train::TrainOptions, LexicalRouter, Outcome, Prices, Progress};
+use tollway_engine::router::embed::{self, EmbedTrainOptions, EmbeddingRouter};
+use tollway_engine::router::encoder::Encoder;
+use tollway_engine::router::{
+    self, train::TrainOptions, LexicalRouter, Outcome, Prices, Progress, RouteModel,
+};
 
 /// Trains a router on the JSONL routing data at `data` and writes the model file to `out`.
 ///
-/// `feedback_db` (a storage URL) is refused: the usage ledger keeps no prompts, so client feedback
-/// cannot be joined to prompt text to make training rows.
+/// Client feedback is merged into `data` by the caller (`tollway router train --feedback-db`);
+/// here `feedback_db` must be `None`.
 pub fn train(data: &Path, out: &Path, feedback_db: Option<&str>) -> anyhow::Result<()> {
     if let Some(url) = feedback_db {
-        bail!(
-            "--feedback-db {url}: training from feedback is not possible yet: the usage ledger stores no prompts, \
-             so ratings cannot be joined to prompt text; export rows in the routing-data JSONL format instead"
-        );
+        bail!("--feedback-db {url}: merge the feedback into the data first (`tollway router train` does)");
     }
     let text =
         std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
@@ -33,9 +35,132 @@ pub fn train(data: &Path, out: &Path, feedback_db: Option<&str>) -> anyhow::Resu
         dataset.strong_model,
         dataset.weak_model
     );
+    let mut on_progress = progress_printer();
+    let model = router::train::train(&dataset, &TrainOptions::default(), &mut on_progress)?;
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    let json = model.to_json();
+    std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
+    let t = model.training();
+    eprintln!(
+        "wrote {} ({} bytes): cv APGR {:.4}, CPT(50%) {:.3}, CPT(80%) {:.3}, 95% quality at {:.3}",
+        out.display(),
+        json.len(),
+        t.cv_apgr,
+        t.cv.cpt50,
+        t.cv.cpt80,
+        t.cv.share_at_95
+    );
+    if let Some(d) = &t.leave_domains_out {
+        eprintln!(
+            "leave-domains-out: mean APGR {:.4}; pooled APGR {:.4}, CPT(50%) {:.3}, CPT(80%) {:.3}, 95% quality at {:.3}",
+            d.mean_apgr, d.pooled.apgr, d.pooled.cpt50, d.pooled.cpt80, d.pooled.share_at_95
+        );
+    }
+    Ok(())
+}
+
+/// Trains an embedding router (all-MiniLM-L6-v2 from `encoder_dir`, reading `max_tokens` tokens
+/// per prompt) on the JSONL routing data at `data` and writes the model file to `out`. The
+/// prompts' embeddings are cached in the temporary directory, keyed by the data's hash.
+pub fn train_embedding(
+    data: &Path,
+    out: &Path,
+    encoder_dir: &Path,
+    max_tokens: usize,
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
+    let dataset =
+        router::parse_jsonl(&text, None).with_context(|| format!("reading {}", data.display()))?;
+    eprintln!(
+        "training an embedding router on {} rows of {} (strong: {}, weak: {}), {max_tokens} tokens per prompt",
+        dataset.examples.len(),
+        data.display(),
+        dataset.strong_model,
+        dataset.weak_model
+    );
+    let encoder = std::sync::Arc::new(Encoder::load(encoder_dir, max_tokens)?);
+    let prompts: Vec<&str> = dataset.examples.iter().map(|e| e.prompt.as_str()).collect();
+    let emb = embeddings(&encoder, &prompts, &dataset.fnv1a64)?;
+    let mut on_progress = progress_printer();
+    let model = embed::train(
+        &dataset,
+        &emb,
+        encoder,
+        &EmbedTrainOptions::default(),
+        &mut on_progress,
+    )?;
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    let json = model.to_json();
+    std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
+    let t = model.training();
+    eprintln!(
+        "wrote {} ({} bytes): k = {}; cv APGR {:.4} (neighbours alone {:.4}, heads alone {:.4}), CPT(50%) {:.3}, CPT(80%) {:.3}, 95% quality at {:.3}",
+        out.display(),
+        json.len(),
+        t.k,
+        t.cv.apgr,
+        t.cv_knn.apgr,
+        t.cv_head.apgr,
+        t.cv.cpt50,
+        t.cv.cpt80,
+        t.cv.share_at_95
+    );
+    if let Some((groups, pooled)) = &t.leave_domains_out {
+        let mean = groups.iter().map(|g| g.1).sum::<f64>() / groups.len().max(1) as f64;
+        eprintln!(
+            "leave-domains-out: mean APGR {mean:.4}; pooled APGR {:.4}, CPT(50%) {:.3}, CPT(80%) {:.3}, 95% quality at {:.3}",
+            pooled.apgr, pooled.cpt50, pooled.cpt80, pooled.share_at_95
+        );
+    }
+    Ok(())
+}
+
+/// The embeddings of `prompts` (two threads), from the cache when this data was embedded before
+/// with the same encoder settings.
+fn embeddings(
+    encoder: &Encoder,
+    prompts: &[&str],
+    data_hash: &str,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let dim = router::encoder::DIM;
+    let cache = std::env::temp_dir().join(format!(
+        "tollway-embeddings-{data_hash}-{}-{}.f32",
+        encoder.max_tokens(),
+        &router::encoder::MODEL_SHA256[..12]
+    ));
+    if let Ok(bytes) = std::fs::read(&cache) {
+        if bytes.len() == prompts.len() * dim * 4 {
+            let flat: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            eprintln!("embeddings from {}", cache.display());
+            return Ok(flat.chunks_exact(dim).map(<[f32]>::to_vec).collect());
+        }
+    }
+    let mut on_progress = progress_printer();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let emb = embed::embed_all(encoder, prompts, threads, &mut on_progress)?;
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    let bytes: Vec<u8> = emb.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+    if let Err(e) = std::fs::write(&cache, bytes) {
+        eprintln!("could not cache the embeddings in {}: {e}", cache.display());
+    }
+    Ok(emb)
+}
+
+/// A progress bar on a terminal, a line per step otherwise.
+fn progress_printer() -> impl FnMut(Progress) {
     let tty = std::io::stderr().is_terminal();
     let start = std::time::Instant::now();
-    let mut on_progress = |p: Progress| {
+    move |p: Progress| {
         let mut err = std::io::stderr().lock();
         match p {
             Progress::Stage(s) => {
@@ -71,30 +196,7 @@ pub fn train(data: &Path, out: &Path, feedback_db: Option<&str>) -> anyhow::Resu
                 }
             }
         }
-    };
-    let model = router::train::train(&dataset, &TrainOptions::default(), &mut on_progress)?;
-    if tty {
-        eprintln!();
     }
-    let json = model.to_json();
-    std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
-    let t = model.training();
-    eprintln!(
-        "wrote {} ({} bytes): cv APGR {:.4}, CPT(50%) {:.3}, CPT(80%) {:.3}, 95% quality at {:.3}",
-        out.display(),
-        json.len(),
-        t.cv_apgr,
-        t.cv.cpt50,
-        t.cv.cpt80,
-        t.cv.share_at_95
-    );
-    if let Some(d) = &t.leave_domains_out {
-        eprintln!(
-            "leave-domains-out: mean APGR {:.4}; pooled APGR {:.4}, CPT(50%) {:.3}, CPT(80%) {:.3}, 95% quality at {:.3}",
-            d.mean_apgr, d.pooled.apgr, d.pooled.cpt50, d.pooled.cpt80, d.pooled.share_at_95
-        );
-    }
-    Ok(())
 }
 
 /// Evaluates the model file `model` on the JSONL routing data at `data`: prints the curve at 10%
@@ -103,24 +205,43 @@ pub fn train(data: &Path, out: &Path, feedback_db: Option<&str>) -> anyhow::Resu
 pub fn eval(
     data: &Path,
     model: &Path,
+    encoder_dir: &Path,
     dump_scores: Option<&Path>,
     plot: Option<&Path>,
     report: Option<&Path>,
 ) -> anyhow::Result<()> {
     let model_text =
         std::fs::read_to_string(model).with_context(|| format!("reading {}", model.display()))?;
-    let router = LexicalRouter::from_json(&model_text)
-        .with_context(|| format!("loading {}", model.display()))?;
     let text =
         std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
-    let t = router.training();
-    let dataset = router::parse_jsonl(&text, Some((&t.strong_model, &t.weak_model)))
-        .with_context(|| format!("reading {}", data.display()))?;
-    let scores: Vec<f64> = dataset
-        .examples
-        .iter()
-        .map(|e| router.score(&e.prompt))
-        .collect();
+    let is_embedding = model_text.contains("\"tollway-embedding-router\"");
+    let (kind, training, dataset, scores) = if is_embedding {
+        let router = EmbeddingRouter::from_json(&model_text, encoder_dir)
+            .with_context(|| format!("loading {}", model.display()))?;
+        let t = router.training();
+        let dataset = router::parse_jsonl(&text, Some((&t.strong_model, &t.weak_model)))
+            .with_context(|| format!("reading {}", data.display()))?;
+        let encoder = Encoder::load(encoder_dir, router.max_tokens())?;
+        let prompts: Vec<&str> = dataset.examples.iter().map(|e| e.prompt.as_str()).collect();
+        let emb = embeddings(&encoder, &prompts, &dataset.fnv1a64)?;
+        let scores: Vec<f64> = emb
+            .iter()
+            .map(|e| router.assess_embedding(e).score)
+            .collect();
+        ("embedding", serde_json::to_value(t)?, dataset, scores)
+    } else {
+        let router = LexicalRouter::from_json(&model_text)
+            .with_context(|| format!("loading {}", model.display()))?;
+        let t = router.training();
+        let dataset = router::parse_jsonl(&text, Some((&t.strong_model, &t.weak_model)))
+            .with_context(|| format!("reading {}", data.display()))?;
+        let scores: Vec<f64> = dataset
+            .examples
+            .iter()
+            .map(|e| router.assess(&e.prompt).score)
+            .collect();
+        ("lexical", serde_json::to_value(t)?, dataset, scores)
+    };
     let outcomes: Vec<Outcome> = dataset.examples.iter().map(|e| e.outcome).collect();
     let e = router::evaluate(&scores, &outcomes, Prices::default())?;
     let mut out = String::new();
@@ -166,7 +287,7 @@ pub fn eval(
     }
     if let Some(path) = plot {
         let title = format!(
-            "lexical router on {}",
+            "{kind} router on {}",
             data.file_name()
                 .map(|f| f.to_string_lossy())
                 .unwrap_or_default()
@@ -179,7 +300,8 @@ pub fn eval(
             "data": data.display().to_string(),
             "data_fnv1a64": dataset.fnv1a64,
             "model": model.display().to_string(),
-            "model_training": t,
+            "model_kind": kind,
+            "model_training": training,
             "evaluation": e,
         });
         let text = serde_json::to_string_pretty(&json)?;

@@ -39,9 +39,20 @@ pub struct RawRouter {
     /// candidates, or one each in order when the counts match.
     #[serde(default)]
     pub predicts: Vec<String>,
-    /// `kind: learned`: a trained model file (`tollway router train`); default: the built-in one.
+    /// `kind: learned`: `lexical` (default; built into the binary) or `embedding`
+    /// (all-MiniLM-L6-v2 embeddings, neighbours and logistic heads; needs the encoder's files).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `kind: learned`: a trained model file (`tollway router train`); default: the built-in
+    /// lexical model, or for `model: embedding` the repository's
+    /// `crates/tollway-engine/data/router-embed.json`.
     #[serde(default)]
     pub model_file: Option<String>,
+    /// `kind: learned`, `model: embedding`: the encoder's directory (default:
+    /// `$TOLLWAY_ENCODER_DIR`, else `.cache/encoders/all-minilm-l6-v2`, where
+    /// `scripts/fetch-encoder.sh` puts it).
+    #[serde(default)]
+    pub encoder_dir: Option<String>,
     /// `kind: learned`: store each routed prompt with its score and choice, so that client
     /// feedback can retrain the router (`tollway router train --feedback-db`). Off by default:
     /// prompts are user data.

@@ -397,6 +397,22 @@ impl Encoder {
     }
 }
 
+/// The encoder for tests across the router modules.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    pub fn encoder(max_tokens: usize) -> Encoder {
+        let dir = default_dir();
+        match Encoder::load(&dir, max_tokens) {
+            Ok(e) => e,
+            Err(e) => panic!(
+                "{e}\nthe embedding router's tests need the encoder: run scripts/fetch-encoder.sh"
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

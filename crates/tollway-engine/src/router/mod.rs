@@ -17,6 +17,7 @@
 //! prompts with `score ≥ t` to the strong model sent that share of the training prompts there,
 //! estimated on cross-validation scores) and `training` ([`TrainingSummary`]).
 
+pub mod embed;
 pub mod encoder;
 pub mod eval;
 pub mod features;
@@ -152,6 +153,33 @@ fn sigmoid(x: f64) -> f64 {
     }
 }
 
+/// The threshold that sends about `share` of the traffic to the strong model, interpolated
+/// between stored (share, threshold) points (shares increasing): 0 → never (+∞), 1 → always (0).
+pub(crate) fn interpolate_threshold(t: &[(f64, f64)], share: f64) -> f64 {
+    if share.is_nan() || share <= 0.0 {
+        return f64::INFINITY;
+    }
+    if share >= 1.0 {
+        return 0.0;
+    }
+    let points: Vec<(f64, f64)> = std::iter::once((0.0, 1.0))
+        .chain(t.iter().copied())
+        .chain(std::iter::once((1.0, 0.0)))
+        .collect();
+    for w in points.windows(2) {
+        let ((s0, t0), (s1, t1)) = (w[0], w[1]);
+        if share <= s1 {
+            let f = if s1 > s0 {
+                (share - s0) / (s1 - s0)
+            } else {
+                1.0
+            };
+            return t0 + f * (t1 - t0);
+        }
+    }
+    0.0
+}
+
 fn share_key(share: f64) -> String {
     let s = format!("{share:.2}");
     s.trim_end_matches('0').to_string()
@@ -212,29 +240,7 @@ impl LexicalRouter {
     /// The threshold that sends about `share` of the traffic to the strong model, interpolated
     /// between the stored ones (0 → never, 1 → always).
     pub fn threshold_for_share(&self, share: f64) -> f64 {
-        if share.is_nan() || share <= 0.0 {
-            return f64::INFINITY;
-        }
-        if share >= 1.0 {
-            return 0.0;
-        }
-        let t = &self.thresholds;
-        let points = std::iter::once((0.0, 1.0))
-            .chain(t.iter().copied())
-            .chain(std::iter::once((1.0, 0.0)));
-        let points: Vec<(f64, f64)> = points.collect();
-        for w in points.windows(2) {
-            let ((s0, t0), (s1, t1)) = (w[0], w[1]);
-            if share <= s1 {
-                let f = if s1 > s0 {
-                    (share - s0) / (s1 - s0)
-                } else {
-                    1.0
-                };
-                return t0 + f * (t1 - t0);
-            }
-        }
-        0.0
+        interpolate_threshold(&self.thresholds, share)
     }
 
     /// The stored thresholds: (share of traffic to the strong model, score threshold).
