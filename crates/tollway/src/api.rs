@@ -637,15 +637,25 @@ async fn chat_inner(
     // Hold the runtime for the whole request: a reload swaps in a new one without disturbing it.
     let rt = state.runtime();
     let requested = req.model.clone();
-    let caller = crate::rules::Caller {
-        key: principal.key().map(|k| k.id.as_str()),
-        team: principal.key().and_then(|k| k.team.as_deref()),
-        routing: principal
-            .key()
-            .map(|k| &k.routing)
-            .filter(|m| !m.is_empty()),
+    fn caller(p: &Principal) -> crate::rules::Caller<'_> {
+        crate::rules::Caller {
+            key: p.key().map(|k| k.id.as_str()),
+            team: p.key().and_then(|k| k.team.as_deref()),
+            routing: p.key().map(|k| &k.routing).filter(|m| !m.is_empty()),
+        }
+    }
+    let choice = if rt.route_is_heavy(&req.model) {
+        // an encoder forward pass takes milliseconds: run it on the blocking pool
+        let (rt2, req2, headers2, p2) =
+            (rt.clone(), req.clone(), headers.clone(), principal.clone());
+        tokio::task::spawn_blocking(move || rt2.route(&req2, &headers2, caller(&p2)))
+            .await
+            .ok()
+            .flatten()
+    } else {
+        rt.route(&req, &headers, caller(&principal))
     };
-    if let Some(choice) = rt.route(&req, &headers, caller) {
+    if let Some(choice) = choice {
         if let Some((prompt, score, strong)) = choice.log {
             let store = state.accounts().store().clone();
             let (id, router, target) =

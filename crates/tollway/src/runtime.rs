@@ -238,6 +238,12 @@ impl Runtime {
         Some(router.choose(&req.model, req, headers, caller))
     }
 
+    /// Whether choosing for `model` runs a router model heavy enough to leave the async workers
+    /// (the embedding router's encoder).
+    pub fn route_is_heavy(&self, model: &str) -> bool {
+        matches!(self.config.routers.get(model), Some(crate::rules::Router::Learned(l)) if l.model.heavy())
+    }
+
     /// Whether `knob` (a virtual key's override) fits the learned router `router`.
     pub fn check_knob(&self, router: &str, knob: &serde_json::Value) -> Result<(), String> {
         let Some(r) = self.config.routers.get(router) else {

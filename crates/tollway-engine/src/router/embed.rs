@@ -477,6 +477,10 @@ impl RouteModel for EmbeddingRouter {
     fn quality_models(&self) -> &[String] {
         &self.models
     }
+
+    fn heavy(&self) -> bool {
+        true
+    }
 }
 
 /// The engine logs nothing itself; a failed forward pass is reported on stderr.

@@ -25,4 +25,8 @@ pub trait RouteModel: Send + Sync + Debug {
     /// The models whose answer quality [`Assessment::quality`] predicts, strongest first (the
     /// training data's model names, e.g. `gpt-4-1106-preview`, `mixtral-8x7b-instruct-v0.1`).
     fn quality_models(&self) -> &[String];
+    /// Whether `assess` takes long enough (milliseconds) that it belongs off the async workers.
+    fn heavy(&self) -> bool {
+        false
+    }
 }

@@ -837,3 +837,66 @@ fn a_corrupt_or_missing_router_file_is_a_clear_config_error() {
         );
     }
 }
+
+fn embedding_router_file() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tollway-engine/data/router-embed.json")
+        .display()
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_embedding_router_routes_by_the_prompts_meaning_and_says_so() {
+    let file = embedding_router_file();
+    let env = start_with(|mock| {
+        format!(
+            "{}routers:\n  auto: {{ kind: learned, model: embedding, model_file: \"{file}\", candidates: [strong-tier, weak-tier], strong_share: 0.5 }}\n  careful: {{ kind: learned, model: embedding, model_file: \"{file}\", candidates: [strong-tier, weak-tier], quality_floor: 1.0 }}\n",
+            crate::harness::config_text(mock)
+                + "  strong-tier: { deployments: [{ provider: ant, model: claude-sonnet-4-5 }] }\n  weak-tier: { deployments: [{ provider: oai, model: gpt-4.1-mini }] }\n"
+        )
+    })
+    .await;
+    let hard = json!({"model": "auto", "messages": [{"role": "user", "content":
+        "Let f(x) = x^3 - 6x^2 + 11x - 6. Find all real roots, prove there are no others, and compute the integral of f from 0 to 3."}]});
+    let (status, h, _) = chat(&env, hard).await;
+    assert_eq!(status, 200);
+    let route = header(&h, "x-tollway-route").to_string();
+    assert!(
+        route.starts_with("router=auto; kind=learned; model=embedding; score=0."),
+        "{route}"
+    );
+    let target = route_field(&route, "target");
+    let expected = if target == "strong-tier" {
+        "ant/claude-sonnet-4-5"
+    } else {
+        "oai/gpt-4.1-mini"
+    };
+    assert_eq!(header(&h, "x-tollway-model"), expected, "{route}");
+    // per-candidate quality from the embedding model: nobody is certain, so the strongest serves
+    let (_, h, _) = chat(&env, msg("careful")).await;
+    let route = header(&h, "x-tollway-route").to_string();
+    assert!(route.contains("quality=strong-tier:0."), "{route}");
+    assert_eq!(header(&h, "x-tollway-model"), "ant/claude-sonnet-4-5");
+}
+
+#[test]
+fn an_embedding_router_without_its_encoder_is_a_clear_config_error() {
+    let file = embedding_router_file();
+    let text = format!(
+        "{}  strong-tier: {{ deployments: [{{ provider: ant, model: s }}] }}\n  weak-tier: {{ deployments: [{{ provider: oai, model: w }}] }}\nrouters:\n  auto: {{ kind: learned, model: embedding, model_file: \"{file}\", encoder_dir: /nonexistent, candidates: [strong-tier, weak-tier] }}\n  odd: {{ kind: learned, model: transformer, candidates: [strong-tier, weak-tier] }}\n",
+        crate::harness::config_text("http://127.0.0.1:9")
+    );
+    let errs = tollway::config::parse(&text, &tollway::config::ProcessEnv).expect_err("invalid");
+    let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert!(
+        all.iter().any(
+            |e| e.contains("routers.auto.model_file") && e.contains("scripts/fetch-encoder.sh")
+        ),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.contains("routers.odd") && e.contains("lexical or embedding")),
+        "{all:?}"
+    );
+}
