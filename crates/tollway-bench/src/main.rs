@@ -55,6 +55,9 @@ struct RunArgs {
     /// Sent as `Authorization: Bearer KEY`.
     #[arg(long)]
     key: Option<String>,
+    /// An extra request header, `NAME: VALUE` (repeatable; e.g. a peer gateway's routing headers).
+    #[arg(long = "header")]
+    extra_headers: Vec<String>,
     /// Ask for a stream (SSE events are counted and timed).
     #[arg(long)]
     stream: bool,
@@ -127,7 +130,21 @@ async fn run_one(a: RunArgs) -> anyhow::Result<()> {
     let spec = load::Spec {
         label: a.label,
         url: url.parse().context("url")?,
-        headers: headers(a.key.as_deref())?,
+        headers: {
+            let mut h = headers(a.key.as_deref())?;
+            for raw in &a.extra_headers {
+                let (name, value) = raw
+                    .split_once(':')
+                    .with_context(|| format!("--header {raw:?}: expected NAME: VALUE"))?;
+                h.push((
+                    HeaderName::from_bytes(name.trim().as_bytes())
+                        .with_context(|| format!("--header {raw:?}: bad name"))?,
+                    HeaderValue::from_str(value.trim())
+                        .with_context(|| format!("--header {raw:?}: bad value"))?,
+                ));
+            }
+            h
+        },
         body: load::chat_body(&a.model, a.stream),
         stream: a.stream,
         mode,

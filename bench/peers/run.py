@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Peers side by side: the same loads straight to tollway-mock, through Tollway, nginx
+(proxy_pass: the floor of any HTTP hop), LiteLLM's proxy and Portkey's gateway, in one run.
+
+    bench/peers/run.sh            # installs the peers into bench/.peers (cached), then runs
+    python3 bench/peers/run.py    # runs with whatever is installed; missing peers are skipped
+
+Everything listens on 127.0.0.1 and is stopped at exit. Writes bench/results/peers.json and
+bench/results/peers.md. The load generator, the upstream mock and the gateway under test share
+this machine; each gateway runs alone against the mock while it is measured.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+REL = os.path.join(ROOT, "target", "release")
+PEERS = os.path.join(ROOT, "bench", ".peers")
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+DURATION = "3" if QUICK else "10"
+procs = []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(name, cmd, env=None, cwd=None):
+    log = open(os.path.join(TMP, f"{name}.log"), "w")
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                         start_new_session=True)
+    procs.append(p)
+    return p
+
+
+def stop(p):
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=10)
+    except Exception:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except Exception:
+            pass
+
+
+def wait_http(url, timeout=60, headers=None, body=None):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            req = urllib.request.Request(url, data=body, headers=headers or {})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                if r.status < 500:
+                    return True
+        except urllib.error.HTTPError as e:
+            if e.code < 500:
+                return True
+        except Exception:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def rss_kb(pid):
+    """Resident memory of a process and its children (LiteLLM and nginx fork workers)."""
+    total = 0
+    try:
+        out = subprocess.run(["ps", "-o", "rss=", "--ppid", str(pid), "-p", str(pid)],
+                             capture_output=True, text=True).stdout
+        total = sum(int(x) for x in out.split())
+    except Exception:
+        pass
+    return total
+
+
+def load(url, model, extra=(), rate=None, connections=None, key=None):
+    cmd = [os.path.join(REL, "tollway-bench"), "run", "--url", url, "--model", model,
+           "--duration", DURATION, "--warmup", "1"]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    if connections:
+        cmd += ["--connections", str(connections)]
+    if key:
+        cmd += ["--key", key]
+    for h in extra:
+        cmd += ["--header", h]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    try:
+        return json.loads(r.stdout)
+    except Exception:
+        return {"error": (r.stderr or r.stdout)[-400:]}
+
+
+def measure(name, url, model, pid, extra=(), key=None):
+    res = {"name": name}
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    hdrs = {"content-type": "application/json"}
+    for h in extra:
+        k, v = h.split(":", 1)
+        hdrs[k.strip()] = v.strip()
+    if key:
+        hdrs["authorization"] = f"Bearer {key}"
+    if not wait_http(url + "/v1/chat/completions", 90, hdrs, body):
+        res["skipped"] = "did not answer a chat completion within 90 s (see its log)"
+        return res
+    for label, kw in (("rps500", {"rate": 500}), ("rps1000", {"rate": 1000}),
+                      ("saturation", {"connections": 64})):
+        r = load(url, model, extra, key=key, **kw)
+        lat = r.get("latency_us", {})
+        res[label] = {
+            "ok": r.get("ok"), "errors": r.get("errors"), "rps": r.get("achieved_rps"),
+            "p50": lat.get("p50"), "p90": lat.get("p90"), "p99": lat.get("p99"),
+            "p99.9": lat.get("p99.9"), "error": r.get("error"),
+        }
+    res["rss_mb"] = round(rss_kb(pid) / 1024, 1) if pid else None
+    return res
+
+
+def main():
+    global TMP
+    TMP = tempfile.mkdtemp(prefix="tollway-peers-")
+    for b in ("tollway", "tollway-mock", "tollway-bench"):
+        if not os.path.exists(os.path.join(REL, b)):
+            sys.exit(f"missing {REL}/{b}: cargo build --release -p tollway -p tollway-mock -p tollway-bench")
+    mport = free_port()
+    mock = f"http://127.0.0.1:{mport}"
+    start("mock", [os.path.join(REL, "tollway-mock"), "--listen", f"127.0.0.1:{mport}"])
+    if not wait_http(mock + "/v1/models", 20):
+        sys.exit("the mock did not start")
+    results = []
+    print("peers: the load generator, the upstream mock and each gateway share this "
+          f"{os.cpu_count()}-core machine; {DURATION} s per load", file=sys.stderr)
+
+    # straight to the mock
+    results.append(measure("direct (mock)", mock, "bench-small", None))
+
+    # Tollway
+    port = free_port()
+    cfg = os.path.join(TMP, "tollway.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"""server: {{ master_key: sk-bench }}
+storage: {{ url: "sqlite://{TMP}/tollway.db" }}
+providers:
+  up: {{ kind: openai-compatible, base_url: "{mock}/v1", api_key: none }}
+models:
+  small: {{ deployments: [{{ provider: up, model: bench-small }}] }}
+""")
+    p = start("tollway", [os.path.join(REL, "tollway"), "serve", "--config", cfg, "--listen",
+                          f"127.0.0.1:{port}", "--log-format", "json"],
+              env=dict(os.environ, RUST_LOG="warn"))
+    results.append(measure("tollway", f"http://127.0.0.1:{port}", "small", p.pid, key="sk-bench"))
+    stop(p)
+
+    # nginx
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if nginx:
+        port = free_port()
+        ndir = os.path.join(TMP, "nginx")
+        os.makedirs(os.path.join(ndir, "logs"), exist_ok=True)
+        with open(os.path.join(ndir, "nginx.conf"), "w") as f:
+            f.write(f"""worker_processes auto;
+error_log {ndir}/logs/error.log warn;
+pid {ndir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {ndir}/body; proxy_temp_path {ndir}/proxy;
+  fastcgi_temp_path {ndir}/fcgi; uwsgi_temp_path {ndir}/uwsgi; scgi_temp_path {ndir}/scgi;
+  upstream mock {{ server 127.0.0.1:{mport}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+""")
+        p = start("nginx", [nginx, "-p", ndir, "-c", os.path.join(ndir, "nginx.conf"), "-g", "daemon off;"])
+        results.append(measure("nginx proxy_pass", f"http://127.0.0.1:{port}", "bench-small", p.pid))
+        stop(p)
+    else:
+        results.append({"name": "nginx proxy_pass", "skipped": "nginx is not installed (bench/peers/run.sh installs it)"})
+
+    # LiteLLM
+    litellm = os.path.join(PEERS, "litellm", "bin", "litellm")
+    if os.path.exists(litellm):
+        port = free_port()
+        lcfg = os.path.join(TMP, "litellm.yaml")
+        with open(lcfg, "w") as f:
+            f.write(f"""model_list:
+  - model_name: small
+    litellm_params: {{ model: openai/bench-small, api_base: "{mock}/v1", api_key: none }}
+litellm_settings: {{ telemetry: false, drop_params: true }}
+""")
+        workers = str(os.cpu_count() or 2)
+        p = start("litellm", [litellm, "--config", lcfg, "--host", "127.0.0.1", "--port", str(port),
+                              "--num_workers", workers],
+                  env=dict(os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False"))
+        r = measure(f"LiteLLM proxy ({workers} workers)", f"http://127.0.0.1:{port}", "small", p.pid)
+        results.append(r)
+        stop(p)
+    else:
+        results.append({"name": "LiteLLM proxy", "skipped": "not installed in bench/.peers/litellm (bench/peers/run.sh installs it)"})
+
+    # Portkey
+    pk = os.path.join(PEERS, "portkey", "node_modules", "@portkey-ai", "gateway")
+    entry = None
+    for cand in ("build/start-server.js", "dist/start-server.js", "build/index.js"):
+        if os.path.exists(os.path.join(pk, cand)):
+            entry = os.path.join(pk, cand)
+            break
+    if entry:
+        port = free_port()
+        p = start("portkey", ["node", entry, f"--port={port}", "--headless"], cwd=TMP,
+                  env=dict(os.environ, NODE_ENV="production"))
+        extra = ("x-portkey-provider: openai", f"x-portkey-custom-host: {mock}/v1",
+                 "authorization: Bearer none")
+        results.append(measure("Portkey gateway", f"http://127.0.0.1:{port}", "bench-small", p.pid, extra))
+        stop(p)
+    else:
+        results.append({"name": "Portkey gateway", "skipped": "not installed in bench/.peers/portkey (bench/peers/run.sh installs it)"})
+
+    for p in procs:
+        stop(p)
+    report(results)
+
+
+def report(results):
+    direct = results[0]
+    tw = next((r for r in results if r["name"] == "tollway"), None)
+
+    def added(r, load, q):
+        try:
+            return r[load][q] - direct[load][q]
+        except Exception:
+            return None
+
+    lines = ["# Peers — " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "",
+             f"{os.cpu_count()} cores; **the load generator, the upstream mock and the gateway under "
+             "test share this machine** (one gateway at a time). Latency in µs from each request's "
+             "scheduled start (open loop); *added* = through the gateway − straight to the mock, "
+             f"same percentile; {DURATION} s per load. Ratios are the peer's figure over Tollway's "
+             "from this run.", "",
+             "| path | added p50 @500 | added p99 @500 | added p50 @1k | added p99 @1k | errors @1k | "
+             "max RPS (64 conn.) | RSS MB | added p50 @1k ÷ Tollway | max RPS ÷ Tollway |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    fmt = lambda v: "–" if v is None else (f"{v:.0f}" if isinstance(v, (int, float)) else str(v))
+    for r in results:
+        if "skipped" in r:
+            lines.append(f"| {r['name']} | skipped: {r['skipped']} | | | | | | | | |")
+            continue
+        a50, a99 = added(r, "rps500", "p50"), added(r, "rps500", "p99")
+        b50, b99 = added(r, "rps1000", "p50"), added(r, "rps1000", "p99")
+        rps = r["saturation"]["rps"]
+        ratio_lat = ratio_rps = "–"
+        if tw and "skipped" not in tw and r is not direct:
+            t50 = added(tw, "rps1000", "p50")
+            if b50 is not None and t50:
+                ratio_lat = f"{b50 / t50:.2f}"
+            if rps and tw["saturation"]["rps"]:
+                ratio_rps = f"{rps / tw['saturation']['rps']:.2f}"
+        if r is direct:
+            a50, a99, b50, b99 = (r["rps500"]["p50"], r["rps500"]["p99"], r["rps1000"]["p50"],
+                                  r["rps1000"]["p99"])
+        lines.append(f"| {r['name']}{' (absolute)' if r is direct else ''} | {fmt(a50)} | {fmt(a99)} | "
+                     f"{fmt(b50)} | {fmt(b99)} | {fmt(r['rps1000']['errors'])} | {fmt(rps)} | "
+                     f"{fmt(r.get('rss_mb'))} | {ratio_lat} | {ratio_rps} |")
+    out = os.path.join(ROOT, "bench", "results")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "peers.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "peers.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        for p in procs:
+            stop(p)
