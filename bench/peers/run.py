@@ -206,10 +206,13 @@ http {{
 litellm_settings: {{ telemetry: false, drop_params: true }}
 """)
         workers = str(os.cpu_count() or 2)
+        lkey = "sk-" + os.urandom(32).hex()  # it refuses to start without a strong master key
         p = start("litellm", [litellm, "--config", lcfg, "--host", "127.0.0.1", "--port", str(port),
                               "--num_workers", workers],
-                  env=dict(os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False"))
-        r = measure(f"LiteLLM proxy ({workers} workers)", f"http://127.0.0.1:{port}", "small", p.pid)
+                  env=dict(os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False",
+                           LITELLM_MASTER_KEY=lkey))
+        r = measure(f"LiteLLM proxy ({workers} workers)", f"http://127.0.0.1:{port}", "small", p.pid,
+                    key=lkey)
         results.append(r)
         stop(p)
     else:
