@@ -330,8 +330,8 @@ impl EmbeddingRouter {
                 f.encoder.name, f.encoder.sha256
             )));
         }
-        let encoder = Encoder::load(encoder_dir, f.encoder.max_tokens)?;
-        Self::from_file(f, Arc::new(encoder))
+        let encoder = Encoder::shared(encoder_dir, f.encoder.max_tokens)?;
+        Self::from_file(f, encoder)
     }
 
     fn from_file(f: ModelFile, encoder: Arc<Encoder>) -> Result<Self, RouterError> {

@@ -341,6 +341,30 @@ impl Encoder {
         })
     }
 
+    /// The encoder for (`dir`, `max_tokens`), shared with every other user in the process: a
+    /// second router, or the next config after a reload, reuses the loaded weights (~90 MB)
+    /// instead of reading and hashing them again.
+    pub fn shared(dir: &Path, max_tokens: usize) -> Result<std::sync::Arc<Encoder>, RouterError> {
+        use std::sync::{Arc, Mutex, OnceLock, Weak};
+        type Cache = Mutex<HashMap<(PathBuf, usize), Weak<Encoder>>>;
+        static CACHE: OnceLock<Cache> = OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        let key = (dir.to_path_buf(), max_tokens);
+        if let Some(e) = cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).and_then(Weak::upgrade))
+        {
+            return Ok(e);
+        }
+        let e = Arc::new(Encoder::load(dir, max_tokens)?);
+        if let Ok(mut c) = cache.lock() {
+            c.retain(|_, w| w.strong_count() > 0);
+            c.insert(key, Arc::downgrade(&e));
+        }
+        Ok(e)
+    }
+
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
     }
