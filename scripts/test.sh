@@ -20,6 +20,10 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "the encoder's distilled token table (tollway router distill; cached next to the encoder)"
+cargo build --bin tollway
+target/debug/tollway router distill
+
 step "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
   # --no-tests=pass: a crate without tests is not an error.

@@ -2,11 +2,12 @@
 //! built from the test sample): `cargo run --release -p tollway-engine --example router_bench`.
 //! The lexical router always; the embedding router too when its file and the encoder are there
 //! (`scripts/fetch-encoder.sh`), with the encoder alone at several input lengths. For one core:
-//! `RAYON_NUM_THREADS=1` (candle's matrix products use that many threads).
+//! `RAYON_NUM_THREADS=1` (candle's matrix products use that many threads). `STATIC_ONLY=1` skips
+//! the contextual encoder; `STATIC_ROUTER=FILE` times another static router file.
 
 use std::time::Instant;
 
-use tollway_engine::router::embed::{EmbeddingRouter, BUILTIN_FILE};
+use tollway_engine::router::embed::{EmbeddingRouter, BUILTIN_FILE, BUILTIN_STATIC_FILE};
 use tollway_engine::router::encoder::{default_dir, Encoder};
 use tollway_engine::router::{LexicalRouter, RouteModel};
 
@@ -58,7 +59,47 @@ fn main() {
         q(0.99),
         times[times.len() - 1]
     );
-    embedding(&prompts);
+    if std::env::var_os("STATIC_ONLY").is_none() {
+        embedding(&prompts);
+    }
+    static_embedding(&prompts);
+}
+
+/// The embedding router on the distilled encoder: whole prompts, single-threaded by nature.
+fn static_embedding(prompts: &[String]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let file = std::env::var("STATIC_ROUTER").unwrap_or_else(|_| BUILTIN_STATIC_FILE.into());
+    let Ok(text) = std::fs::read_to_string(root.join(&file)) else {
+        println!("static embedding router: no {file}; skipped");
+        return;
+    };
+    let router = match EmbeddingRouter::from_json(&text, &default_dir()) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("static embedding router: {e}; skipped");
+            return;
+        }
+    };
+    let mut sink = 0.0;
+    for p in prompts {
+        sink += router.assess(p).score; // warm up
+    }
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        for p in prompts {
+            let t = Instant::now();
+            sink += router.assess(p).score;
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let n = times.len();
+    let (p50, p99, max_t) = percentiles(times);
+    println!(
+        "static embedding router decision ({n} decisions, up to {} tokens, k = {}, {} bank rows, one thread): p50 {p50:.0} µs, p99 {p99:.0} µs, max {max_t:.0} µs (checksum {sink:.3})",
+        router.max_tokens(),
+        router.training().k,
+        router.training().rows,
+    );
 }
 
 fn percentiles(mut times: Vec<f64>) -> (f64, f64, f64) {

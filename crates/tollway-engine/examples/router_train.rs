@@ -25,9 +25,13 @@ fn main() -> anyhow::Result<()> {
                 opt("--max-tokens")
                     .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
                     .unwrap_or(128),
+                if args.iter().any(|a| a == "--static") { "static" } else { "contextual" },
             )
         }
         Some("train") if args.len() >= 3 => router_cli::train(args[1].as_ref(), args[2].as_ref(), None),
+        Some("distill") => router_cli::distill(
+            &opt("--encoder-dir").unwrap_or_else(tollway_engine::router::encoder::default_dir),
+        ),
         Some("eval") if args.len() >= 3 => router_cli::eval(
             args[1].as_ref(),
             args[2].as_ref(),
@@ -36,6 +40,6 @@ fn main() -> anyhow::Result<()> {
             opt("--plot").as_deref(),
             opt("--report").as_deref(),
         ),
-        _ => anyhow::bail!("usage: router_train train DATA OUT [--embedding [--max-tokens N] [--encoder-dir D]] | eval DATA MODEL [--encoder-dir D] [--dump-scores F] [--plot F] [--report F]"),
+        _ => anyhow::bail!("usage: router_train train DATA OUT [--embedding [--static] [--max-tokens N] [--encoder-dir D]] | distill [--encoder-dir D] | eval DATA MODEL [--encoder-dir D] [--dump-scores F] [--plot F] [--report F]"),
     }
 }

@@ -97,9 +97,22 @@ enum RouterAction {
         /// The sentence encoder's files (`scripts/fetch-encoder.sh`); for `--kind embedding`.
         #[arg(long, env = "TOLLWAY_ENCODER_DIR")]
         encoder_dir: Option<PathBuf>,
-        /// Tokens of each prompt the encoder reads (2..=512); for `--kind embedding`.
+        /// Tokens of each prompt the encoder reads (2..=512 contextual; any number static); for
+        /// `--kind embedding`.
         #[arg(long, default_value_t = 128)]
         max_tokens: usize,
+        /// `contextual` runs the full encoder per prompt (tens of ms); `static` its distilled
+        /// token table (microseconds, whole prompts); for `--kind embedding`.
+        #[arg(long, default_value = "contextual", value_parser = ["contextual", "static"])]
+        encoder_mode: String,
+    },
+    /// Build the distilled token table of the sentence encoder (`static-table.bin` next to its
+    /// weights) that `embedding-static` routers use; they build it themselves on first use
+    /// otherwise (about a minute).
+    Distill {
+        /// The sentence encoder's files (`scripts/fetch-encoder.sh`).
+        #[arg(long, env = "TOLLWAY_ENCODER_DIR")]
+        encoder_dir: Option<PathBuf>,
     },
     /// Evaluate a router: the cost-quality curve against random and the oracle, APGR, CPT.
     Eval {
@@ -192,12 +205,14 @@ pub fn main() -> ExitCode {
                     kind,
                     encoder_dir,
                     max_tokens,
+                    encoder_mode,
                 } => match feedback_db {
                     None if kind == "embedding" => crate::router_cli::train_embedding(
                         &data,
                         &out,
                         &encoder_dir.unwrap_or_else(tollway_engine::router::encoder::default_dir),
                         max_tokens,
+                        &encoder_mode,
                     ),
                     Some(_) if kind == "embedding" => Err(anyhow::anyhow!(
                         "--feedback-db trains the lexical router; for the embedding router, merge the rated prompts into --data"
@@ -217,6 +232,9 @@ pub fn main() -> ExitCode {
                         }
                     }
                 },
+                RouterAction::Distill { encoder_dir } => crate::router_cli::distill(
+                    &encoder_dir.unwrap_or_else(tollway_engine::router::encoder::default_dir),
+                ),
                 RouterAction::Eval {
                     data,
                     model,

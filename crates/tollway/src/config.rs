@@ -1257,26 +1257,27 @@ fn load_route_model(
     encoder_dir: Option<&str>,
 ) -> Result<std::sync::Arc<dyn tollway_engine::router::RouteModel>, String> {
     use tollway_engine::router::{embed, encoder, LexicalRouter};
-    let embedding = match kind {
-        None | Some("lexical") => false,
-        Some("embedding") => true,
+    let (embedding, builtin) = match kind {
+        None | Some("lexical") => (false, None),
+        Some("embedding") => (true, Some(embed::BUILTIN_FILE)),
+        Some("embedding-static") => (true, Some(embed::BUILTIN_STATIC_FILE)),
         Some(other) => {
             return Err(format!(
-                "router model `{other}` is not supported (lexical or embedding)"
+                "router model `{other}` is not supported (lexical, embedding or embedding-static)"
             ))
         }
     };
     if !embedding && encoder_dir.is_some() {
-        return Err("encoder_dir applies to `model: embedding` only".into());
+        return Err("encoder_dir applies to `model: embedding` and `embedding-static` only".into());
     }
-    let path = match (path, embedding) {
-        (None, false) => {
+    let path = match (path, builtin) {
+        (Some(p), _) => p,
+        (None, Some(b)) => b,
+        (None, None) => {
             return LexicalRouter::builtin()
                 .map(|m| std::sync::Arc::new(m) as _)
                 .map_err(|e| e.to_string())
         }
-        (None, true) => embed::BUILTIN_FILE,
-        (Some(p), _) => p,
     };
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
     if embedding {

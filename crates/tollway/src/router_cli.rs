@@ -10,7 +10,8 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use tollway_engine::router::embed::{self, EmbedTrainOptions, EmbeddingRouter};
+use tollway_engine::router::distilled::StaticEncoder;
+use tollway_engine::router::embed::{self, EmbedTrainOptions, Embedder, EmbeddingRouter};
 use tollway_engine::router::encoder::Encoder;
 use tollway_engine::router::{
     self, train::TrainOptions, LexicalRouter, Outcome, Prices, Progress, RouteModel,
@@ -62,27 +63,39 @@ pub fn train(data: &Path, out: &Path, feedback_db: Option<&str>) -> anyhow::Resu
 }
 
 /// Trains an embedding router (all-MiniLM-L6-v2 from `encoder_dir`, reading `max_tokens` tokens
-/// per prompt) on the JSONL routing data at `data` and writes the model file to `out`. The
-/// prompts' embeddings are cached in the temporary directory, keyed by the data's hash.
+/// per prompt) on the JSONL routing data at `data` and writes the model file to `out`. `mode`
+/// `"contextual"` runs the full encoder (the prompts' embeddings are cached in the temporary
+/// directory, keyed by the data's hash); `"static"` its distilled token table, with token weights
+/// and centre taken from the training prompts.
 pub fn train_embedding(
     data: &Path,
     out: &Path,
     encoder_dir: &Path,
     max_tokens: usize,
+    mode: &str,
 ) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
     let dataset =
         router::parse_jsonl(&text, None).with_context(|| format!("reading {}", data.display()))?;
     eprintln!(
-        "training an embedding router on {} rows of {} (strong: {}, weak: {}), {max_tokens} tokens per prompt",
+        "training an embedding router ({mode} encoder) on {} rows of {} (strong: {}, weak: {}), {max_tokens} tokens per prompt",
         dataset.examples.len(),
         data.display(),
         dataset.strong_model,
         dataset.weak_model
     );
-    let encoder = std::sync::Arc::new(Encoder::load(encoder_dir, max_tokens)?);
     let prompts: Vec<&str> = dataset.examples.iter().map(|e| e.prompt.as_str()).collect();
+    let encoder = match mode {
+        "contextual" => {
+            Embedder::Contextual(std::sync::Arc::new(Encoder::load(encoder_dir, max_tokens)?))
+        }
+        "static" => Embedder::static_from_corpus(
+            std::sync::Arc::new(StaticEncoder::load(encoder_dir, max_tokens)?),
+            &prompts,
+        ),
+        other => bail!("encoder mode `{other}` is not `contextual` or `static`"),
+    };
     let emb = embeddings(&encoder, &prompts, &dataset.fnv1a64)?;
     let mut on_progress = progress_printer();
     let model = embed::train(
@@ -120,13 +133,30 @@ pub fn train_embedding(
     Ok(())
 }
 
-/// The embeddings of `prompts` (two threads), from the cache when this data was embedded before
-/// with the same encoder settings.
+/// Builds (or checks) the static table of the encoder in `dir`.
+pub fn distill(dir: &Path) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
+    let enc = StaticEncoder::load(dir, 1)?;
+    eprintln!(
+        "{}: {} tokens ready in {:.1} s",
+        tollway_engine::router::distilled::table_path(dir).display(),
+        enc.vocab_len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The embeddings of `prompts` (two threads); the contextual encoder's come from the cache when
+/// this data was embedded before with the same encoder settings.
 fn embeddings(
-    encoder: &Encoder,
+    encoder: &Embedder,
     prompts: &[&str],
     data_hash: &str,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    if let Embedder::Static { .. } = encoder {
+        return Ok(embed::embed_all(encoder, prompts, threads, &mut |_| {})?);
+    }
     let dim = router::encoder::DIM;
     let cache = std::env::temp_dir().join(format!(
         "tollway-embeddings-{data_hash}-{}-{}.f32",
@@ -144,7 +174,6 @@ fn embeddings(
         }
     }
     let mut on_progress = progress_printer();
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let emb = embed::embed_all(encoder, prompts, threads, &mut on_progress)?;
     if std::io::stderr().is_terminal() {
         eprintln!();
@@ -221,9 +250,8 @@ pub fn eval(
         let t = router.training();
         let dataset = router::parse_jsonl(&text, Some((&t.strong_model, &t.weak_model)))
             .with_context(|| format!("reading {}", data.display()))?;
-        let encoder = Encoder::load(encoder_dir, router.max_tokens())?;
         let prompts: Vec<&str> = dataset.examples.iter().map(|e| e.prompt.as_str()).collect();
-        let emb = embeddings(&encoder, &prompts, &dataset.fnv1a64)?;
+        let emb = embeddings(router.embedder(), &prompts, &dataset.fnv1a64)?;
         let scores: Vec<f64> = emb
             .iter()
             .map(|e| router.assess_embedding(e).score)

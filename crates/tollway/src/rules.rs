@@ -39,16 +39,18 @@ pub struct RawRouter {
     /// candidates, or one each in order when the counts match.
     #[serde(default)]
     pub predicts: Vec<String>,
-    /// `kind: learned`: `lexical` (default; built into the binary) or `embedding`
-    /// (all-MiniLM-L6-v2 embeddings, neighbours and logistic heads; needs the encoder's files).
+    /// `kind: learned`: `lexical` (default; built into the binary), `embedding`
+    /// (all-MiniLM-L6-v2 embeddings, neighbours and logistic heads; needs the encoder's files) or
+    /// `embedding-static` (the same on the encoder's distilled token table: whole prompts in
+    /// about a millisecond).
     #[serde(default)]
     pub model: Option<String>,
     /// `kind: learned`: a trained model file (`tollway router train`); default: the built-in
-    /// lexical model, or for `model: embedding` the repository's
-    /// `crates/tollway-engine/data/router-embed.json`.
+    /// lexical model, or for `model: embedding` (`embedding-static`) the repository's
+    /// `crates/tollway-engine/data/router-embed.json` (`router-static.json`).
     #[serde(default)]
     pub model_file: Option<String>,
-    /// `kind: learned`, `model: embedding`: the encoder's directory (default:
+    /// `kind: learned`, `model: embedding[-static]`: the encoder's directory (default:
     /// `$TOLLWAY_ENCODER_DIR`, else `.cache/encoders/all-minilm-l6-v2`, where
     /// `scripts/fetch-encoder.sh` puts it).
     #[serde(default)]

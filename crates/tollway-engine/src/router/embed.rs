@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::distilled::StaticEncoder;
 use super::encoder::{Encoder, DIM, ENCODER_NAME, MODEL_SHA256};
 use super::train::{domain_folds, kfold, thresholds_from, Dataset, Metrics, Progress};
 use super::{base64_decode, base64_encode, evaluate, Assessment, Outcome, Prices, RouteModel};
@@ -36,6 +37,8 @@ const FORMAT_VERSION: u32 = 1;
 
 /// The built-in embedding router, trained on the routing data's `train.jsonl`.
 pub const BUILTIN_FILE: &str = "crates/tollway-engine/data/router-embed.json";
+/// The built-in embedding router on the distilled ("static") encoder, trained the same way.
+pub const BUILTIN_STATIC_FILE: &str = "crates/tollway-engine/data/router-static.json";
 
 fn logit(p: f64) -> f64 {
     let p = p.clamp(1e-4, 1.0 - 1e-4);
@@ -77,6 +80,78 @@ struct EncoderRef {
     name: String,
     sha256: String,
     max_tokens: usize,
+    /// `"contextual"` (the default: the full forward pass) or `"static"` (the distilled table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode: Option<String>,
+}
+
+/// The static encoder's per-token weights (f32le, base64) and centre.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaticFile {
+    weights: String,
+    centre: Vec<f32>,
+}
+
+/// How a router embeds a prompt.
+#[derive(Debug, Clone)]
+pub enum Embedder {
+    /// The full forward pass over the first `max_tokens` tokens.
+    Contextual(Arc<Encoder>),
+    /// The distilled table ([`super::distilled`]) over up to `max_tokens` tokens, with the
+    /// router's token weights and centre.
+    Static {
+        encoder: Arc<StaticEncoder>,
+        weights: Arc<Vec<f32>>,
+        centre: Vec<f32>,
+    },
+}
+
+impl Embedder {
+    pub fn embed(&self, text: &str) -> Result<Vec<f32>, RouterError> {
+        match self {
+            Embedder::Contextual(e) => e.embed(text),
+            Embedder::Static {
+                encoder,
+                weights,
+                centre,
+            } => Ok(encoder.embed(text, weights, centre)),
+        }
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        match self {
+            Embedder::Contextual(e) => e.max_tokens(),
+            Embedder::Static { encoder, .. } => encoder.max_tokens(),
+        }
+    }
+
+    /// `"contextual"` or `"static"`.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Embedder::Contextual(_) => "contextual",
+            Embedder::Static { .. } => "static",
+        }
+    }
+
+    /// A static embedder for `encoder` whose token weights come from `corpus` (smooth inverse
+    /// frequency) and whose centre is the corpus's mean embedding.
+    pub fn static_from_corpus(encoder: Arc<StaticEncoder>, corpus: &[&str]) -> Embedder {
+        let weights = Arc::new(super::distilled::sif_weights(&encoder, corpus, 1e-3));
+        let zero = vec![0.0f32; DIM];
+        let mut mean = vec![0.0f64; DIM];
+        for text in corpus {
+            for (m, v) in mean.iter_mut().zip(encoder.embed(text, &weights, &zero)) {
+                *m += f64::from(v);
+            }
+        }
+        let n = corpus.len().max(1) as f64;
+        Embedder::Static {
+            encoder,
+            weights,
+            centre: mean.iter().map(|m| (m / n) as f32).collect(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -139,6 +214,8 @@ struct ModelFile {
     models: [String; 2],
     k: usize,
     prior: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r#static: Option<StaticFile>,
     bank: BankFile,
     heads: HeadsFile,
     combine: CombineFile,
@@ -196,17 +273,16 @@ impl Bank {
         // quantise the query the same way, so the dot product is integer
         let max = query.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
         let qs = max / 127.0;
-        let q: Vec<i32> = query
-            .iter()
-            .map(|v| (v / qs).round().clamp(-127.0, 127.0) as i32)
-            .collect();
+        let mut q = [0i16; DIM];
+        for (d, v) in q.iter_mut().zip(query) {
+            *d = (v / qs).round().clamp(-127.0, 127.0) as i16;
+        }
         let mut sims: Vec<(f32, u32)> = Vec::with_capacity(self.len());
-        for (i, row) in self.vectors.chunks_exact(DIM).enumerate() {
+        for (i, row) in self.vectors.as_chunks::<DIM>().0.iter().enumerate() {
             if allowed.is_some_and(|f| !f(i)) {
                 continue;
             }
-            let dot: i32 = row.iter().zip(&q).map(|(a, b)| i32::from(*a) * b).sum();
-            sims.push((dot as f32 * self.scales[i] * qs, i as u32));
+            sims.push((dot_i8(row, &q) as f32 * self.scales[i] * qs, i as u32));
         }
         let k = k.min(sims.len());
         if k == 0 {
@@ -278,10 +354,25 @@ impl Bank {
     }
 }
 
+/// The dot product of a row of int8 values with a query held as i16: the row is widened to i16
+/// first, so that the products of pairs summed into 32-bit lanes are what `pmaddwd` computes
+/// (the compiler vectorises both loops on plain x86-64; the row stays one byte per value in
+/// memory, which is what bounds the speed).
+fn dot_i8(row: &[i8; DIM], q: &[i16; DIM]) -> i32 {
+    let mut wide = [0i16; DIM];
+    for (w, v) in wide.iter_mut().zip(row) {
+        *w = i16::from(*v);
+    }
+    wide.iter()
+        .zip(q)
+        .map(|(x, y)| i32::from(*x) * i32::from(*y))
+        .sum()
+}
+
 /// A trained embedding router with its encoder.
 #[derive(Debug, Clone)]
 pub struct EmbeddingRouter {
-    encoder: Arc<Encoder>,
+    encoder: Embedder,
     models: Vec<String>,
     k: usize,
     prior: f64,
@@ -330,11 +421,50 @@ impl EmbeddingRouter {
                 f.encoder.name, f.encoder.sha256
             )));
         }
-        let encoder = Encoder::shared(encoder_dir, f.encoder.max_tokens)?;
+        let encoder = match f.encoder.mode.as_deref() {
+            None | Some("contextual") => {
+                Embedder::Contextual(Encoder::shared(encoder_dir, f.encoder.max_tokens)?)
+            }
+            Some("static") => {
+                let Some(st) = &f.r#static else {
+                    return Err(model_err(
+                        "encoder.mode is \"static\" but `static` is missing",
+                    ));
+                };
+                let encoder = StaticEncoder::shared(encoder_dir, f.encoder.max_tokens)?;
+                let bytes = base64_decode(&st.weights)
+                    .map_err(|e| model_err(format!("static.weights: {e}")))?;
+                let weights: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                if bytes.len() != encoder.vocab_len() * 4 || st.centre.len() != DIM {
+                    return Err(model_err(format!(
+                        "static: {} weights and a centre of {} for a vocabulary of {} and width {DIM}",
+                        bytes.len() / 4,
+                        st.centre.len(),
+                        encoder.vocab_len()
+                    )));
+                }
+                if weights.iter().chain(&st.centre).any(|w| !w.is_finite()) {
+                    return Err(model_err("static: a weight is not a finite number"));
+                }
+                Embedder::Static {
+                    encoder,
+                    weights: Arc::new(weights),
+                    centre: st.centre.clone(),
+                }
+            }
+            Some(other) => {
+                return Err(model_err(format!(
+                    "encoder.mode \"{other}\" is not \"contextual\" or \"static\""
+                )))
+            }
+        };
         Self::from_file(f, encoder)
     }
 
-    fn from_file(f: ModelFile, encoder: Arc<Encoder>) -> Result<Self, RouterError> {
+    fn from_file(f: ModelFile, encoder: Embedder) -> Result<Self, RouterError> {
         check_head("gain", &f.heads.gain)?;
         check_head("strong", &f.heads.strong)?;
         check_head("weak", &f.heads.weak)?;
@@ -392,10 +522,28 @@ impl EmbeddingRouter {
                 name: ENCODER_NAME.into(),
                 sha256: MODEL_SHA256.into(),
                 max_tokens: self.encoder.max_tokens(),
+                mode: match self.encoder {
+                    Embedder::Contextual(_) => None,
+                    Embedder::Static { .. } => Some("static".into()),
+                },
             },
             models: [self.models[0].clone(), self.models[1].clone()],
             k: self.k,
             prior: self.prior,
+            r#static: match &self.encoder {
+                Embedder::Contextual(_) => None,
+                Embedder::Static {
+                    weights, centre, ..
+                } => Some(StaticFile {
+                    weights: base64_encode(
+                        &weights
+                            .iter()
+                            .flat_map(|w| w.to_le_bytes())
+                            .collect::<Vec<u8>>(),
+                    ),
+                    centre: centre.clone(),
+                }),
+            },
             bank: self.bank.to_file(),
             heads: HeadsFile {
                 gain: self.heads[0].clone(),
@@ -426,6 +574,11 @@ impl EmbeddingRouter {
         self.encoder.max_tokens()
     }
 
+    /// How this router embeds prompts.
+    pub fn embedder(&self) -> &Embedder {
+        &self.encoder
+    }
+
     /// The assessment of an already embedded prompt.
     pub fn assess_embedding(&self, e: &[f32]) -> Assessment {
         let knn = self.bank.estimate(e, self.k, self.prior, self.priors, None);
@@ -452,7 +605,10 @@ fn priors_of(bank: &Bank) -> [f64; 3] {
 
 impl RouteModel for EmbeddingRouter {
     fn kind(&self) -> &'static str {
-        "embedding"
+        match self.encoder {
+            Embedder::Contextual(_) => "embedding",
+            Embedder::Static { .. } => "embedding-static",
+        }
     }
 
     fn assess(&self, prompt: &str) -> Assessment {
@@ -679,7 +835,7 @@ fn out_of_fold(
 pub fn train(
     data: &Dataset,
     emb: &[Vec<f32>],
-    encoder: Arc<Encoder>,
+    encoder: Embedder,
     opts: &EmbedTrainOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<EmbeddingRouter, RouterError> {
@@ -821,7 +977,7 @@ pub fn train(
 
 /// Embeds every prompt of `data` on `threads` threads, reporting progress every 100 prompts.
 pub fn embed_all(
-    encoder: &Encoder,
+    encoder: &Embedder,
     prompts: &[&str],
     threads: usize,
     progress: &mut dyn FnMut(Progress),
@@ -944,8 +1100,9 @@ mod tests {
         assert!(c.apply(margins[0], 0.5) > 0.9 && c.apply(margins[1], 0.5) < 0.1);
     }
 
-    fn sample() -> (Dataset, Vec<Vec<f32>>, Arc<Encoder>) {
-        let enc = Arc::new(crate::router::encoder::tests_support::encoder(64));
+    fn sample() -> (Dataset, Vec<Vec<f32>>, Embedder) {
+        let enc =
+            Embedder::Contextual(Arc::new(crate::router::encoder::tests_support::encoder(64)));
         let mut data = parse_jsonl(SAMPLE, None).unwrap();
         data.examples.truncate(60);
         let prompts: Vec<&str> = data.examples.iter().map(|e| e.prompt.as_str()).collect();
@@ -1029,5 +1186,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("scripts/fetch-encoder.sh"), "{e}");
+    }
+
+    #[test]
+    fn a_static_router_trains_round_trips_and_refuses_bad_static_fields() {
+        // the real distilled table (cached next to the encoder; `tollway router distill`)
+        let dir = crate::router::encoder::default_dir();
+        let st = crate::router::distilled::StaticEncoder::shared(&dir, 4096).unwrap();
+        let mut data = parse_jsonl(SAMPLE, None).unwrap();
+        data.examples.truncate(60);
+        let prompts: Vec<&str> = data.examples.iter().map(|e| e.prompt.as_str()).collect();
+        let enc = Embedder::static_from_corpus(st, &prompts);
+        assert_eq!(enc.mode(), "static");
+        let emb = embed_all(&enc, &prompts, 2, &mut |_| {}).unwrap();
+        let a = train(&data, &emb, enc, &small(), &mut |_| {}).unwrap();
+        assert_eq!(a.kind(), "embedding-static");
+        let good = a.to_json();
+        let back = EmbeddingRouter::from_json(&good, &dir).unwrap();
+        assert_eq!(back.max_tokens(), 4096);
+        assert_eq!(back.embedder().mode(), "static");
+        let long = "Integrate x squared from zero to one. ".repeat(400);
+        for p in ["What is 2 + 2?", "", long.as_str()] {
+            let (x, y) = (a.assess(p), back.assess(p));
+            assert!((x.score - y.score).abs() < 1e-6, "{p}");
+            assert!((0.0..=1.0).contains(&x.score));
+        }
+        let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+            f(&mut v);
+            EmbeddingRouter::from_json(&v.to_string(), &dir)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = edit(&|v| v["encoder"]["mode"] = "fancy".into());
+        assert!(e.contains("encoder.mode \"fancy\""), "{e}");
+        let e = edit(&|v| {
+            v.as_object_mut()
+                .unwrap()
+                .remove("static")
+                .map_or((), |_| ())
+        });
+        assert!(e.contains("`static` is missing"), "{e}");
+        let e = edit(&|v| v["static"]["centre"] = serde_json::json!([0.0]));
+        assert!(e.contains("centre of 1"), "{e}");
+        let e = edit(&|v| v["static"]["weights"] = "AAAA".into());
+        assert!(e.contains("0 weights"), "{e}");
     }
 }

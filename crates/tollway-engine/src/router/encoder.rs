@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 
+use super::distilled::StaticTable;
 use super::RouterError;
 
 /// The encoder this build runs.
@@ -104,6 +105,16 @@ impl WordPiece {
             sep: id("[SEP]")?,
             vocab,
         })
+    }
+
+    /// Ids run from 0 to `vocab_len() - 1`.
+    pub fn vocab_len(&self) -> usize {
+        self.vocab.values().max().map_or(0, |m| *m as usize + 1)
+    }
+
+    /// `[CLS]` and `[SEP]`.
+    pub fn specials(&self) -> (u32, u32) {
+        (self.cls, self.sep)
     }
 
     /// `[CLS] tokens… [SEP]`, at most `max_len` ids (longer text is cut, as the encoder would).
@@ -381,22 +392,28 @@ impl Encoder {
     }
 
     fn forward(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
-        let n = ids.len();
-        let input = Tensor::new(ids, &self.device)?;
+        self.forward_batch(ids, 1)?.flatten_all()?.to_vec1::<f32>()
+    }
+
+    /// Sentence embeddings of `batch` texts of equal length (`ids` holds them one after the
+    /// other; there is no padding, so no attention mask): (batch, 384), rows L2-normalised.
+    fn forward_batch(&self, ids: &[u32], batch: usize) -> candle_core::Result<Tensor> {
+        let n = ids.len() / batch.max(1);
+        let input = Tensor::from_slice(ids, (batch, n), &self.device)?;
         let positions = Tensor::arange(0u32, n as u32, &self.device)?;
         let x = self
             .word
             .forward(&input)?
-            .add(&self.position.forward(&positions)?)?
+            .broadcast_add(&self.position.forward(&positions)?)?
             .broadcast_add(&self.token_type)?;
-        let mut x = self.emb_norm.forward(&x)?; // (n, 384)
+        let mut x = self.emb_norm.forward(&x)?; // (batch, n, 384)
         let hd = DIM / self.heads;
         let scale = 1.0 / (hd as f64).sqrt();
         for l in &self.layers {
-            // (n, 384) → (heads, n, hd)
+            // (batch, n, 384) → (batch, heads, n, hd)
             let split = |t: Tensor| -> candle_core::Result<Tensor> {
-                t.reshape((n, self.heads, hd))?
-                    .transpose(0, 1)?
+                t.reshape((batch, n, self.heads, hd))?
+                    .transpose(1, 2)?
                     .contiguous()
             };
             let q = split(l.query.forward(&x)?)?;
@@ -406,18 +423,55 @@ impl Encoder {
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             let ctx = probs
                 .matmul(&v)?
-                .transpose(0, 1)?
+                .transpose(1, 2)?
                 .contiguous()?
-                .reshape((n, DIM))?;
+                .reshape((batch, n, DIM))?;
             let a = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + &x)?)?;
             let h = l.inter.forward(&a)?.gelu_erf()?;
             x = l.out_norm.forward(&(l.out.forward(&h)? + &a)?)?;
         }
-        // mean over the tokens (there is no padding: one text at a time), then L2 norm
-        let pooled = x.mean(0)?;
-        let norm = pooled.sqr()?.sum_all()?.sqrt()?;
-        let unit = pooled.broadcast_div(&norm.maximum(1e-12)?)?;
-        unit.to_dtype(DType::F32)?.to_vec1::<f32>()
+        // mean over the tokens, then L2 norm per row
+        let pooled = x.mean(1)?;
+        let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?;
+        pooled.broadcast_div(&norm.maximum(1e-12)?)
+    }
+
+    /// The static token table ([`StaticTable`]): every vocabulary token's embedding as the
+    /// one-token text `[CLS] token [SEP]`. About a minute of CPU; `progress` gets (done, total).
+    pub fn distill(
+        &self,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<StaticTable, RouterError> {
+        let vocab = self.tokenizer.vocab_len() as u32;
+        let mut table = StaticTable::default();
+        const BATCH: u32 = 256;
+        let mut start = 0;
+        while start < vocab {
+            let end = (start + BATCH).min(vocab);
+            let ids: Vec<u32> = (start..end).collect();
+            self.distill_into(&ids, &mut table)?;
+            start = end;
+            progress(start as usize, vocab as usize);
+        }
+        Ok(table)
+    }
+
+    /// Appends the one-token embeddings of `tokens` (one batch) to `table`.
+    pub(crate) fn distill_into(
+        &self,
+        tokens: &[u32],
+        table: &mut StaticTable,
+    ) -> Result<(), RouterError> {
+        let (cls, sep) = self.tokenizer.specials();
+        let ids: Vec<u32> = tokens.iter().flat_map(|&t| [cls, t, sep]).collect();
+        let out = self
+            .forward_batch(&ids, tokens.len())
+            .and_then(|t| t.to_vec2::<f32>())
+            .map_err(|e| enc_err(format!("distilling the static table: {e}")))?;
+        for row in &out {
+            table.push(row);
+        }
+        Ok(())
     }
 }
 

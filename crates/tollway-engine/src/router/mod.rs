@@ -17,6 +17,7 @@
 //! prompts with `score ≥ t` to the strong model sent that share of the training prompts there,
 //! estimated on cross-validation scores) and `training` ([`TrainingSummary`]).
 
+pub mod distilled;
 pub mod embed;
 pub mod encoder;
 pub mod eval;

@@ -879,6 +879,52 @@ async fn the_embedding_router_routes_by_the_prompts_meaning_and_says_so() {
     assert_eq!(header(&h, "x-tollway-model"), "ant/claude-sonnet-4-5");
 }
 
+#[tokio::test]
+async fn the_static_embedding_router_reads_whole_prompts_and_says_so() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tollway-engine/data/router-static.json")
+        .display()
+        .to_string();
+    let env = start_with(|mock| {
+        format!(
+            "{}routers:\n  fast: {{ kind: learned, model: embedding-static, model_file: \"{file}\", candidates: [strong-tier, weak-tier], strong_share: 0.5 }}\n",
+            crate::harness::config_text(mock)
+                + "  strong-tier: { deployments: [{ provider: ant, model: claude-sonnet-4-5 }] }\n  weak-tier: { deployments: [{ provider: oai, model: gpt-4.1-mini }] }\n"
+        )
+    })
+    .await;
+    let mut scores = Vec::new();
+    for text in [
+        "Let f(x) = x^3 - 6x^2 + 11x - 6. Find all real roots, prove there are no others, and compute the integral of f from 0 to 3.".to_string(),
+        "What is the capital of France?".to_string(),
+        // far past the full encoder's 512 positions
+        "Summarise the following notes on the quarterly sales meeting. ".repeat(300),
+    ] {
+        let (status, h, _) = chat(
+            &env,
+            json!({"model": "fast", "messages": [{"role": "user", "content": text}]}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let route = header(&h, "x-tollway-route").to_string();
+        assert!(
+            route.starts_with("router=fast; kind=learned; model=embedding-static; score=0."),
+            "{route}"
+        );
+        let score: f64 = route_field(&route, "score").parse().expect("score");
+        let threshold: f64 = route_field(&route, "threshold").parse().expect("threshold");
+        let expected = if score >= threshold {
+            "ant/claude-sonnet-4-5"
+        } else {
+            "oai/gpt-4.1-mini"
+        };
+        assert_eq!(header(&h, "x-tollway-model"), expected, "{route}");
+        scores.push(score);
+    }
+    // the proof needs the strong model more than the capital of France does
+    assert!(scores[0] > scores[1], "{scores:?}");
+}
+
 #[test]
 fn an_embedding_router_without_its_encoder_is_a_clear_config_error() {
     let file = embedding_router_file();
@@ -896,7 +942,8 @@ fn an_embedding_router_without_its_encoder_is_a_clear_config_error() {
     );
     assert!(
         all.iter()
-            .any(|e| e.contains("routers.odd") && e.contains("lexical or embedding")),
+            .any(|e| e.contains("routers.odd")
+                && e.contains("lexical, embedding or embedding-static")),
         "{all:?}"
     );
 }
