@@ -156,10 +156,11 @@ pub fn parse_day(s: &str) -> Option<i64> {
 impl Store {
     /// Writes rows in one transaction; rows already present (same request id) are skipped.
     ///
-    /// SQLite runs one cached single-row statement per row (statements are compiled once, and
-    /// binding stays linear: SQLite looks parameters up by scanning a list, so wide multi-row
-    /// statements cost quadratic time). PostgreSQL gets multi-row statements of a few fixed sizes,
-    /// so that each is prepared once per connection and a batch takes few round trips.
+    /// Both get multi-row statements of a few fixed sizes, so that each is prepared once per
+    /// connection and a batch takes few round trips (to the server, or to sqlx's SQLite worker
+    /// thread: one round trip per row cost two thread wake-ups per request). SQLite's sizes stop
+    /// at 16 rows: it looks parameters up by scanning a list, so binding wide statements costs
+    /// quadratic time.
     pub async fn insert_ledger(&self, rows: &[LedgerRow]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
@@ -167,15 +168,14 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         let mut rest = rows;
         while !rest.is_empty() {
-            let n = if self.backend() == crate::Backend::Sqlite {
-                1
+            // the largest size that fits (19 columns × 256 rows stays below PostgreSQL's
+            // parameter limit; SQLite binds wide statements in quadratic time, so it stops at 16)
+            let sizes: &[usize] = if self.backend() == crate::Backend::Sqlite {
+                &[16, 4, 1]
             } else {
-                // the largest size that fits: 19 columns × 256 rows stays below the parameter limit
-                *[256, 64, 16, 4, 1]
-                    .iter()
-                    .find(|&&n| n <= rest.len())
-                    .unwrap_or(&1)
+                &[256, 64, 16, 4, 1]
             };
+            let n = *sizes.iter().find(|&&n| n <= rest.len()).unwrap_or(&1);
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
             let mut q = sqlx::query(insert_sql(n));
