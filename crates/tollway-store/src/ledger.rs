@@ -44,10 +44,13 @@ const INSERT_HEAD: &str = "INSERT INTO tollway_ledger (request_id, ts_ms, key_id
     provider, deployment, api, status, stream, attempts, latency_ms, input_tokens, output_tokens, \
     cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, cost_estimated) VALUES ";
 
-/// The ledger insert of `rows` rows (1, 4, 16, 64 or 256), built once per size.
-fn insert_sql(rows: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
+/// The ledger insert of `rows` rows (1, 4, 16, 64 or 256), built once per size and backend:
+/// numbered `$N` parameters for PostgreSQL, anonymous `?` for SQLite (binding a named or numbered
+/// parameter makes SQLite scan its list of names, which made wide statements quadratic).
+fn insert_sql(rows: usize, backend: crate::Backend) -> &'static str {
+    type Table = Vec<(usize, String)>;
+    static SQL: std::sync::OnceLock<[Table; 2]> = std::sync::OnceLock::new();
+    let build = |numbered: bool| -> Table {
         [1, 4, 16, 64, 256]
             .iter()
             .map(|&n| {
@@ -61,7 +64,11 @@ fn insert_sql(rows: usize) -> &'static str {
                         if c > 0 {
                             sql.push_str(", ");
                         }
-                        sql.push_str(&format!("${}", i * 19 + c + 1));
+                        if numbered {
+                            sql.push_str(&format!("${}", i * 19 + c + 1));
+                        } else {
+                            sql.push('?');
+                        }
                     }
                     sql.push(')');
                 }
@@ -69,10 +76,13 @@ fn insert_sql(rows: usize) -> &'static str {
                 (n, sql)
             })
             .collect()
-    });
-    all.iter()
+    };
+    let all = SQL.get_or_init(|| [build(true), build(false)]);
+    let table = &all[usize::from(backend == crate::Backend::Sqlite)];
+    table
+        .iter()
         .find(|(n, _)| *n == rows)
-        .or(all.first())
+        .or(table.first())
         .map_or("", |(_, s)| s.as_str())
 }
 
@@ -156,11 +166,9 @@ pub fn parse_day(s: &str) -> Option<i64> {
 impl Store {
     /// Writes rows in one transaction; rows already present (same request id) are skipped.
     ///
-    /// Both get multi-row statements of a few fixed sizes, so that each is prepared once per
-    /// connection and a batch takes few round trips (to the server, or to sqlx's SQLite worker
-    /// thread: one round trip per row cost two thread wake-ups per request). SQLite's sizes stop
-    /// at 16 rows: it looks parameters up by scanning a list, so binding wide statements costs
-    /// quadratic time.
+    /// Multi-row statements of a few fixed sizes, so that each is prepared once per connection and
+    /// a batch takes few round trips (to the server, or to sqlx's SQLite worker thread: one round
+    /// trip per row cost two thread wake-ups per request).
     pub async fn insert_ledger(&self, rows: &[LedgerRow]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
@@ -168,17 +176,14 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         let mut rest = rows;
         while !rest.is_empty() {
-            // the largest size that fits (19 columns × 256 rows stays below PostgreSQL's
-            // parameter limit; SQLite binds wide statements in quadratic time, so it stops at 16)
-            let sizes: &[usize] = if self.backend() == crate::Backend::Sqlite {
-                &[16, 4, 1]
-            } else {
-                &[256, 64, 16, 4, 1]
-            };
-            let n = *sizes.iter().find(|&&n| n <= rest.len()).unwrap_or(&1);
+            // the largest size that fits: 19 columns × 256 rows stays below the parameter limit
+            let n = *[256, 64, 16, 4, 1]
+                .iter()
+                .find(|&&n| n <= rest.len())
+                .unwrap_or(&1);
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
-            let mut q = sqlx::query(insert_sql(n));
+            let mut q = sqlx::query(insert_sql(n, self.backend()));
             for r in chunk {
                 q = q
                     .bind(&r.request_id)
