@@ -244,7 +244,7 @@ pub fn eval(
     let text =
         std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
     let is_embedding = model_text.contains("\"tollway-embedding-router\"");
-    let (kind, training, dataset, scores) = if is_embedding {
+    let (kind, training, dataset, assessed) = if is_embedding {
         let router = EmbeddingRouter::from_json(&model_text, encoder_dir)
             .with_context(|| format!("loading {}", model.display()))?;
         let t = router.training();
@@ -252,24 +252,42 @@ pub fn eval(
             .with_context(|| format!("reading {}", data.display()))?;
         let prompts: Vec<&str> = dataset.examples.iter().map(|e| e.prompt.as_str()).collect();
         let emb = embeddings(router.embedder(), &prompts, &dataset.fnv1a64)?;
-        let scores: Vec<f64> = emb
-            .iter()
-            .map(|e| router.assess_embedding(e).score)
-            .collect();
-        ("embedding", serde_json::to_value(t)?, dataset, scores)
+        let assessed: Vec<router::Assessment> =
+            emb.iter().map(|e| router.assess_embedding(e)).collect();
+        let kind = router.kind();
+        (kind, serde_json::to_value(t)?, dataset, assessed)
     } else {
         let router = LexicalRouter::from_json(&model_text)
             .with_context(|| format!("loading {}", model.display()))?;
         let t = router.training();
         let dataset = router::parse_jsonl(&text, Some((&t.strong_model, &t.weak_model)))
             .with_context(|| format!("reading {}", data.display()))?;
-        let scores: Vec<f64> = dataset
+        let assessed: Vec<router::Assessment> = dataset
             .examples
             .iter()
-            .map(|e| router.assess(&e.prompt).score)
+            .map(|e| router.assess(&e.prompt))
             .collect();
-        ("lexical", serde_json::to_value(t)?, dataset, scores)
+        ("lexical", serde_json::to_value(t)?, dataset, assessed)
     };
+    let scores: Vec<f64> = assessed.iter().map(|a| a.score).collect();
+    // the predicted quality of each model against its observed scores
+    let observed: [Vec<f64>; 2] = [
+        dataset.examples.iter().map(|e| e.outcome.strong).collect(),
+        dataset.examples.iter().map(|e| e.outcome.weak).collect(),
+    ];
+    let calibrations: Vec<(String, router::Reliability)> =
+        [&dataset.strong_model, &dataset.weak_model]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| assessed.iter().all(|a| a.quality.len() > *i))
+            .map(|(i, name)| {
+                let predicted: Vec<f64> = assessed.iter().map(|a| a.quality[i]).collect();
+                (
+                    (*name).clone(),
+                    router::reliability(&predicted, &observed[i]),
+                )
+            })
+            .collect();
     let outcomes: Vec<Outcome> = dataset.examples.iter().map(|e| e.outcome).collect();
     let e = router::evaluate(&scores, &outcomes, Prices::default())?;
     let mut out = String::new();
@@ -305,6 +323,13 @@ pub fn eval(
         e.share_at_95 * 100.0,
         e.dollar_share_at_95 * 100.0
     );
+    for (name, c) in &calibrations {
+        let _ = writeln!(
+            out,
+            "predicted quality of {name}: mean {:.3} (observed {:.3}), Brier {:.4}, calibration error {:.3}",
+            c.predicted, c.observed, c.brier, c.ece
+        );
+    }
     print!("{out}");
     if let Some(path) = dump_scores {
         let mut s = String::new();
@@ -331,6 +356,10 @@ pub fn eval(
             "model_kind": kind,
             "model_training": training,
             "evaluation": e,
+            "quality_calibration": calibrations
+                .iter()
+                .map(|(name, c)| (name.clone(), serde_json::to_value(c).unwrap_or_default()))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
         });
         let text = serde_json::to_string_pretty(&json)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;

@@ -360,3 +360,88 @@ fn escape(t: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
+
+/// How well predicted probabilities of a good answer match what happened: the quality knobs
+/// (`quality_floor`, `cost_weight`) take the predictions at their word.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reliability {
+    /// Mean predicted and mean observed quality.
+    pub predicted: f64,
+    pub observed: f64,
+    /// Mean squared error of the predictions.
+    pub brier: f64,
+    /// Expected calibration error: the row-weighted mean |predicted − observed| over bins.
+    pub ece: f64,
+    /// Ten equal-width bins of the prediction: (mean predicted, mean observed, rows).
+    pub bins: Vec<(f64, f64, usize)>,
+}
+
+/// The calibration of `predicted` (probabilities) against `observed` (scores in 0..1).
+pub fn reliability(predicted: &[f64], observed: &[f64]) -> Reliability {
+    let n = predicted.len().min(observed.len());
+    let mut sums = vec![(0.0f64, 0.0f64, 0usize); 10];
+    let (mut p_all, mut o_all, mut brier) = (0.0, 0.0, 0.0);
+    for (p, o) in predicted.iter().zip(observed).take(n) {
+        let p = if p.is_finite() {
+            p.clamp(0.0, 1.0)
+        } else {
+            0.5
+        };
+        let b = ((p * 10.0) as usize).min(9);
+        sums[b].0 += p;
+        sums[b].1 += o;
+        sums[b].2 += 1;
+        p_all += p;
+        o_all += o;
+        brier += (p - o) * (p - o);
+    }
+    let nf = n.max(1) as f64;
+    let bins: Vec<(f64, f64, usize)> = sums
+        .iter()
+        .filter(|b| b.2 > 0)
+        .map(|&(p, o, c)| (p / c as f64, o / c as f64, c))
+        .collect();
+    let ece = bins
+        .iter()
+        .map(|(p, o, c)| (p - o).abs() * *c as f64)
+        .sum::<f64>()
+        / nf;
+    Reliability {
+        predicted: p_all / nf,
+        observed: o_all / nf,
+        brier: brier / nf,
+        ece,
+        bins,
+    }
+}
+
+#[cfg(test)]
+mod calibration_tests {
+    use super::*;
+
+    #[test]
+    fn reliability_is_perfect_for_honest_predictions_and_shows_overconfidence() {
+        // predictions of 0.25 and 0.75, each right that often
+        let mut p = Vec::new();
+        let mut o = Vec::new();
+        for i in 0..400 {
+            p.push(0.25);
+            o.push(if i % 4 == 0 { 1.0 } else { 0.0 });
+            p.push(0.75);
+            o.push(if i % 4 == 0 { 0.0 } else { 1.0 });
+        }
+        let c = reliability(&p, &o);
+        assert!(c.ece < 1e-9, "{c:?}");
+        assert_eq!(c.bins.len(), 2);
+        assert!((c.brier - 0.1875).abs() < 1e-9);
+        // always 0.95 when right half the time: off by 0.45
+        let c = reliability(
+            &[0.95; 10],
+            &[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0],
+        );
+        assert!((c.ece - 0.45).abs() < 1e-9, "{c:?}");
+        assert!((c.predicted - 0.95).abs() < 1e-9 && (c.observed - 0.5).abs() < 1e-9);
+        // empty input does not divide by zero
+        assert_eq!(reliability(&[], &[]).bins.len(), 0);
+    }
+}

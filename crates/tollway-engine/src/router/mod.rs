@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use eval::{evaluate, plot_svg, Evaluation, Outcome, Prices};
+pub use eval::{evaluate, plot_svg, reliability, Evaluation, Outcome, Prices, Reliability};
 pub use features::{FeatureConfig, Featurizer, DENSE, DENSE_NAMES};
 pub use model::{Assessment, RouteModel};
 pub use train::{parse_jsonl, Dataset, Example, Progress, Target, TrainOptions, TrainingSummary};

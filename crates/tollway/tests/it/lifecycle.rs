@@ -301,6 +301,18 @@ fn router_eval_writes_scores_plot_and_report() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
     assert!(r.to_string().contains("apgr"), "{r}");
+    // the per-model predicted quality is checked against what each model scored
+    assert!(
+        stdout.contains("predicted quality of gpt-4-1106-preview: mean 0.")
+            && stdout.contains("calibration error"),
+        "{stdout}"
+    );
+    let weak = &r["quality_calibration"]["mixtral-8x7b-instruct-v0.1"];
+    assert!(
+        weak["ece"].as_f64().is_some_and(|e| (0.0..=1.0).contains(&e))
+            && weak["bins"].as_array().is_some_and(|b| !b.is_empty()),
+        "{r}"
+    );
     // a missing model file is a clear error
     let out = Command::new(env!("CARGO_BIN_EXE_tollway"))
         .args(["router", "eval", "--data"])
