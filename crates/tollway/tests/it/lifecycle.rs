@@ -309,7 +309,9 @@ fn router_eval_writes_scores_plot_and_report() {
     );
     let weak = &r["quality_calibration"]["mixtral-8x7b-instruct-v0.1"];
     assert!(
-        weak["ece"].as_f64().is_some_and(|e| (0.0..=1.0).contains(&e))
+        weak["ece"]
+            .as_f64()
+            .is_some_and(|e| (0.0..=1.0).contains(&e))
             && weak["bins"].as_array().is_some_and(|b| !b.is_empty()),
         "{r}"
     );
