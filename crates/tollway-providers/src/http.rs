@@ -545,6 +545,48 @@ async fn next_event(
     }
 }
 
+/// JSON POSTs for the gateway's own notifications (budget-alert webhooks), on the same client
+/// stack as the providers (pooled, rustls, redirects not followed).
+pub struct JsonPoster {
+    client: HttpClient,
+    timeout: Duration,
+}
+
+impl JsonPoster {
+    /// `timeout` bounds each delivery: connecting, the answer, and reading its (discarded) body.
+    pub fn new(timeout: Duration) -> Result<Self, String> {
+        let t = Timeouts {
+            connect_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            ..Timeouts::default()
+        };
+        Ok(JsonPoster {
+            client: client(&t)?,
+            timeout,
+        })
+    }
+
+    /// Posts `body` to `url`; the answer's status, or why there is none.
+    pub async fn post(&self, url: &str, body: &serde_json::Value) -> Result<u16, String> {
+        let uri = parse_url(url, "webhook")?;
+        let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        let mut req = http::Request::new(Full::new(Bytes::from(bytes)));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = uri;
+        req.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let deadline = Instant::now() + self.timeout;
+        let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+            Err(_) => return Err(format!("no answer within {} ms", self.timeout.as_millis())),
+            Ok(Err(e)) => return Err(root_cause(&e)),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status().as_u16();
+        // read the answer so the connection can be reused; its content is not needed
+        let _ = tokio::time::timeout_at(deadline, read_bounded(resp, MAX_ERROR_BODY, false)).await;
+        Ok(status)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,5 +682,38 @@ mod tests {
             let e = HttpProvider::openai("up", &c, true).err().expect("refused");
             assert!(e.contains(why), "{e}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_json_poster_reports_statuses_and_failures() {
+        let addr = mock().await;
+        let poster = JsonPoster::new(Duration::from_secs(2)).expect("poster");
+        // the mock answers an unknown path with 404, a chat completion with 200
+        let s = poster
+            .post(
+                &format!("http://{addr}/nowhere"),
+                &serde_json::json!({"a": 1}),
+            )
+            .await
+            .expect("status");
+        assert_eq!(s, 404);
+        let s = poster
+            .post(
+                &format!("http://{addr}/v1/chat/completions"),
+                &serde_json::json!({"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await
+            .expect("status");
+        assert_eq!(s, 200);
+        let e = poster
+            .post("http://127.0.0.1:9/hook", &serde_json::json!({}))
+            .await
+            .expect_err("refused");
+        assert!(!e.is_empty());
+        let e = poster
+            .post("mailto:ops@example.com", &serde_json::json!({}))
+            .await
+            .expect_err("not http");
+        assert!(e.contains("http://"), "{e}");
     }
 }

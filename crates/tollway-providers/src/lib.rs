@@ -12,4 +12,4 @@ mod http;
 pub use config::{
     AnthropicConfig, MockConfig, MockFormat, OpenAiConfig, ProviderConfig, Secret, Timeouts,
 };
-pub use http::HttpProvider;
+pub use http::{HttpProvider, JsonPoster};

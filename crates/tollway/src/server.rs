@@ -151,10 +151,7 @@ impl AppState {
 /// Sends soft-budget alerts to the configured webhook (and the log, which already has them),
 /// checking every second; a failed delivery is retried on the next tick, up to five times.
 pub async fn budget_alerts(state: AppState) {
-    let client = match reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()
-    {
+    let client = match tollway_providers::JsonPoster::new(std::time::Duration::from_secs(10)) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "budget alerts disabled: cannot build an HTTP client");
@@ -185,12 +182,12 @@ pub async fn budget_alerts(state: AppState) {
         };
         let mut keep = Vec::new();
         for (body, tries) in pending.drain(..) {
-            match client.post(&url).json(&body).send().await {
-                Ok(r) if r.status().is_success() => {}
+            match client.post(&url, &body).await {
+                Ok(status) if (200..300).contains(&status) => {}
                 other => {
                     let why = match other {
-                        Ok(r) => format!("HTTP {}", r.status()),
-                        Err(e) => e.to_string(),
+                        Ok(status) => format!("HTTP {status}"),
+                        Err(e) => e,
                     };
                     tracing::warn!(error = %why, "budget alert webhook failed");
                     if tries < 4 {
