@@ -18,7 +18,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::encoder::{Encoder, WordPiece, DIM, ENCODER_NAME, MODEL_SHA256};
+use super::encoder::{
+    shared_load, Encoder, SharedCache, WordPiece, DIM, ENCODER_NAME, MODEL_SHA256,
+};
 use super::RouterError;
 
 const MAGIC: &[u8] = b"TOLLWAY-STATIC-TABLE 1\n";
@@ -27,6 +29,18 @@ pub const TABLE_FILE: &str = "static-table.bin";
 
 fn err(m: impl Into<String>) -> RouterError {
     RouterError::Model(m.into())
+}
+
+/// Appends `row` to `out` as int8 (symmetric, by its largest magnitude) and returns the scale
+/// that multiplies the int8 values back.
+pub(crate) fn quantize_i8(row: &[f32], out: &mut Vec<i8>) -> f32 {
+    let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+    let scale = max / 127.0;
+    out.extend(
+        row.iter()
+            .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+    );
+    scale
 }
 
 /// Every token's embedding, int8 with a scale per row.
@@ -38,12 +52,7 @@ pub struct StaticTable {
 
 impl StaticTable {
     pub(crate) fn push(&mut self, row: &[f32]) {
-        let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
-        let scale = max / 127.0;
-        self.rows.extend(
-            row.iter()
-                .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
-        );
+        let scale = quantize_i8(row, &mut self.rows);
         self.scales.push(scale);
     }
 
@@ -210,25 +219,10 @@ impl StaticEncoder {
 
     /// Like [`StaticEncoder::load`], shared with every other user in the process.
     pub fn shared(dir: &Path, max_tokens: usize) -> Result<Arc<StaticEncoder>, RouterError> {
-        use std::collections::HashMap;
-        use std::sync::{Mutex, OnceLock, Weak};
-        type Cache = Mutex<HashMap<(PathBuf, usize), Weak<StaticEncoder>>>;
-        static CACHE: OnceLock<Cache> = OnceLock::new();
-        let cache = CACHE.get_or_init(Default::default);
-        let key = (dir.to_path_buf(), max_tokens);
-        if let Some(e) = cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&key).and_then(Weak::upgrade))
-        {
-            return Ok(e);
-        }
-        let e = Arc::new(StaticEncoder::load(dir, max_tokens)?);
-        if let Ok(mut c) = cache.lock() {
-            c.retain(|_, w| w.strong_count() > 0);
-            c.insert(key, Arc::downgrade(&e));
-        }
-        Ok(e)
+        static CACHE: SharedCache<StaticEncoder> = SharedCache::new();
+        shared_load(&CACHE, dir, max_tokens, || {
+            StaticEncoder::load(dir, max_tokens)
+        })
     }
 
     pub fn max_tokens(&self) -> usize {

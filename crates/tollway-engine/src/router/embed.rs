@@ -241,12 +241,7 @@ impl Bank {
     }
 
     fn push(&mut self, e: &[f32], scores: [f32; 2]) {
-        let max = e.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
-        let scale = max / 127.0;
-        self.vectors.extend(
-            e.iter()
-                .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
-        );
+        let scale = super::distilled::quantize_i8(e, &mut self.vectors);
         self.scales.push(scale);
         self.scores.push(scores);
     }

@@ -40,6 +40,36 @@ pub fn default_dir() -> PathBuf {
         .join(DEFAULT_DIR)
 }
 
+/// A process-wide cache of loaded models by (directory, `max_tokens`), holding them weakly: the
+/// last user's drop frees the memory.
+pub(crate) type SharedCache<T> =
+    std::sync::OnceLock<std::sync::Mutex<HashMap<(PathBuf, usize), std::sync::Weak<T>>>>;
+
+/// The model for (`dir`, `max_tokens`) from `cache`, or `load`ed and cached.
+pub(crate) fn shared_load<T>(
+    cache: &'static SharedCache<T>,
+    dir: &Path,
+    max_tokens: usize,
+    load: impl FnOnce() -> Result<T, RouterError>,
+) -> Result<std::sync::Arc<T>, RouterError> {
+    use std::sync::{Arc, Weak};
+    let cache = cache.get_or_init(Default::default);
+    let key = (dir.to_path_buf(), max_tokens);
+    if let Some(e) = cache
+        .lock()
+        .ok()
+        .and_then(|c| c.get(&key).and_then(Weak::upgrade))
+    {
+        return Ok(e);
+    }
+    let e = Arc::new(load()?);
+    if let Ok(mut c) = cache.lock() {
+        c.retain(|_, w| w.strong_count() > 0);
+        c.insert(key, Arc::downgrade(&e));
+    }
+    Ok(e)
+}
+
 // ------------------------------------------------------------------------------------------------
 // Tokenizer
 // ------------------------------------------------------------------------------------------------
@@ -356,24 +386,8 @@ impl Encoder {
     /// second router, or the next config after a reload, reuses the loaded weights (~90 MB)
     /// instead of reading and hashing them again.
     pub fn shared(dir: &Path, max_tokens: usize) -> Result<std::sync::Arc<Encoder>, RouterError> {
-        use std::sync::{Arc, Mutex, OnceLock, Weak};
-        type Cache = Mutex<HashMap<(PathBuf, usize), Weak<Encoder>>>;
-        static CACHE: OnceLock<Cache> = OnceLock::new();
-        let cache = CACHE.get_or_init(Default::default);
-        let key = (dir.to_path_buf(), max_tokens);
-        if let Some(e) = cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&key).and_then(Weak::upgrade))
-        {
-            return Ok(e);
-        }
-        let e = Arc::new(Encoder::load(dir, max_tokens)?);
-        if let Ok(mut c) = cache.lock() {
-            c.retain(|_, w| w.strong_count() > 0);
-            c.insert(key, Arc::downgrade(&e));
-        }
-        Ok(e)
+        static CACHE: SharedCache<Encoder> = SharedCache::new();
+        shared_load(&CACHE, dir, max_tokens, || Encoder::load(dir, max_tokens))
     }
 
     pub fn max_tokens(&self) -> usize {
