@@ -14,6 +14,8 @@ use http::Uri;
 use http_body_util::{BodyExt, BodyStream, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+
+use crate::lanes::Lanes;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tollway_core::{
@@ -33,7 +35,8 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// A provider reached over HTTP in one of the supported wire formats.
 pub struct HttpProvider {
     info: ProviderInfo,
-    client: HttpClient,
+    /// One pool per serving lane (see [`crate::lanes`]).
+    clients: Lanes<HttpClient>,
     /// Parsed once: parsing a URL per request is measurable on the hot path.
     chat_url: Uri,
     /// OpenAI-format accounts only.
@@ -44,7 +47,7 @@ pub struct HttpProvider {
     dialect: openai::Dialect,
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = Client<Connector, Full<Bytes>>;
 type Response = http::Response<hyper::body::Incoming>;
 
 fn header_map(pairs: &[(String, String)], provider: &str) -> Result<HeaderMap, String> {
@@ -65,23 +68,38 @@ fn header_map(pairs: &[(String, String)], provider: &str) -> Result<HeaderMap, S
 }
 
 fn client(timeouts: &Timeouts) -> Result<HttpClient, String> {
+    Ok(client_on(connector(timeouts)?))
+}
+
+/// One pool per lane over one connector (the TLS set-up is built once).
+fn lane_clients(timeouts: &Timeouts) -> Result<Lanes<HttpClient>, String> {
+    let connector = connector(timeouts)?;
+    Lanes::new(|| Ok(client_on(connector.clone())))
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+fn connector(timeouts: &Timeouts) -> Result<Connector, String> {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(timeouts.connect()));
     http.set_nodelay(true);
     http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
         .map_err(|e| format!("could not set up TLS: {e}"))?
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(http))
+}
+
+fn client_on(connector: Connector) -> HttpClient {
     // An upstream's redirect is its answer (a redirect is never followed: it would resend the
     // provider key to another address).
-    Ok(Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
-        .build(https))
+        .build(connector)
 }
 
 impl HttpProvider {
@@ -109,7 +127,7 @@ impl HttpProvider {
                 name: name.to_string(),
                 family: ApiFamily::OpenAi,
             },
-            client: client(&c.timeouts)?,
+            clients: lane_clients(&c.timeouts)?,
             chat_url: parse_url(&format!("{base}/chat/completions"), name)?,
             embeddings_url: Some(parse_url(&format!("{base}/embeddings"), name)?),
             headers: header_map(&pairs, name)?,
@@ -140,7 +158,7 @@ impl HttpProvider {
                 name: name.to_string(),
                 family: ApiFamily::Anthropic,
             },
-            client: client(&c.timeouts)?,
+            clients: lane_clients(&c.timeouts)?,
             chat_url: parse_url(&format!("{base}/v1/messages"), name)?,
             embeddings_url: None,
             headers: header_map(&pairs, name)?,
@@ -180,7 +198,7 @@ impl HttpProvider {
         *req.uri_mut() = url.clone();
         *req.headers_mut() = self.headers.clone();
         let wait = self.timeouts.first_byte().min(self.timeouts.total());
-        let resp = match tokio::time::timeout(wait, self.client.request(req)).await {
+        let resp = match tokio::time::timeout(wait, self.clients.pick().request(req)).await {
             Err(_) => {
                 return Err(ProviderError::new(
                     ErrorKind::Timeout,

@@ -8,6 +8,7 @@
 
 mod config;
 mod http;
+pub mod lanes;
 
 pub use config::{
     AnthropicConfig, MockConfig, MockFormat, OpenAiConfig, ProviderConfig, Secret, Timeouts,

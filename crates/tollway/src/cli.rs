@@ -35,9 +35,10 @@ enum Command {
         /// Log format.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
-        /// Threads serving requests (default: one per CPU core). Fewer than the cores leaves
-        /// room for what shares the machine: on a small box that also runs the upstream or the
-        /// clients, fewer workers mean fewer cross-thread wake-ups.
+        /// Threads serving requests (default: one per CPU core), each with its own
+        /// single-threaded runtime and upstream connection pools; background work (key refresh,
+        /// ledger writes, reload watchers) runs on one more thread. Fewer than the cores leaves
+        /// room for what shares the machine (the upstream, the clients).
         #[arg(long, env = "TOLLWAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
     },
@@ -286,18 +287,25 @@ pub fn main() -> ExitCode {
             workers,
         } => {
             init_logging(&log_format);
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = workers {
-                builder.worker_threads(usize::from(n));
-            }
-            let rt = match builder.enable_all().build() {
+            let lanes = workers.map(usize::from).unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            // Requests are served on `lanes` threads of their own (`server::serve_lanes`); this
+            // runtime runs start-up, reloads' watchers and the background tasks.
+            tollway_providers::lanes::set_lanes(lanes);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("tollway-bg")
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: could not start the async runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve(config.as_deref(), listen)) {
+            match rt.block_on(serve(config.as_deref(), listen, lanes)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -597,7 +605,11 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-async fn serve(path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+async fn serve(
+    path: Option<&Path>,
+    listen: Option<SocketAddr>,
+    lanes: usize,
+) -> anyhow::Result<()> {
     let mut cfg = match path {
         Some(p) => {
             load(p).map_err(|errs| anyhow::anyhow!("invalid config:\n{}", errs.join("\n")))?
@@ -648,9 +660,13 @@ async fn serve(path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Resul
     tracing::info!(models = ?state.runtime().model_names(), "tollway listening on http://{local}");
     // Tests and scripts wait for this line on stdout.
     println!("tollway listening on http://{local}");
-    server::serve(listener, state, shutdown_signal()).await?;
-    // Every request has finished (or the drain timed out): write the rest of the ledger.
-    accounts.flush_and_stop().await;
+    // Every request has finished (or the drain timed out) before the rest of the ledger is written.
+    let listener = listener.into_std()?;
+    let flushed = accounts.clone();
+    server::serve_lanes(listener, state, lanes, shutdown_signal(), async move {
+        flushed.flush_and_stop().await;
+    })
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }

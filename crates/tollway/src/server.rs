@@ -406,3 +406,118 @@ pub async fn serve(
         }
     }
 }
+
+/// Serves on `lanes` threads, each with its own single-threaded runtime accepting from the one
+/// `listener` (thread per core): a request is read, routed, sent upstream (over its lane's own
+/// connection pool, see `tollway_providers::lanes`) and answered on one thread, without the
+/// cross-thread wake-ups of a work-stealing runtime.
+///
+/// On `shutdown` every lane drains as [`serve`] does; then `after_drain` runs (the ledger's final
+/// flush) while the lanes' runtimes are still up, since connections a lane opened (to the
+/// database, to Redis) are driven by that lane's runtime. Only then do the lanes stop. A lane
+/// that cannot start, or stops with an error, stops the others and is the error returned.
+pub async fn serve_lanes(
+    listener: std::net::TcpListener,
+    state: AppState,
+    lanes: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    after_drain: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let lanes = lanes.max(1);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut threads = Vec::with_capacity(lanes);
+    let mut started = Ok(());
+    for i in 0..lanes {
+        let lane = listener.try_clone().and_then(|l| {
+            let (state, stop, release, done) = (
+                state.clone(),
+                stop_rx.clone(),
+                release_rx.clone(),
+                done_tx.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("tollway-lane-{i}"))
+                .spawn(move || run_lane(i, l, state, stop, release, done))
+        });
+        match lane {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                started = Err(e);
+                break;
+            }
+        }
+    }
+    drop(done_tx);
+    let mut result = started;
+    let mut finished = 0;
+    if result.is_ok() {
+        tokio::select! {
+            _ = shutdown => {}
+            Some((i, r)) = done_rx.recv() => {
+                finished += 1;
+                result = Err(r.err().unwrap_or_else(|| {
+                    std::io::Error::other(format!("serving lane {i} stopped on its own"))
+                }));
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    // Every lane reports once (a lane that panicked drops its sender instead).
+    while finished < threads.len() {
+        match done_rx.recv().await {
+            Some((_, r)) => {
+                finished += 1;
+                if let (Err(e), true) = (r, result.is_ok()) {
+                    result = Err(e);
+                }
+            }
+            None => break,
+        }
+    }
+    after_drain.await;
+    let _ = release_tx.send(true);
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
+    result
+}
+
+fn run_lane(
+    i: usize,
+    listener: std::net::TcpListener,
+    state: AppState,
+    stop: tokio::sync::watch::Receiver<bool>,
+    release: tokio::sync::watch::Receiver<bool>,
+    done: tokio::sync::mpsc::UnboundedSender<(usize, std::io::Result<()>)>,
+) {
+    tollway_providers::lanes::enter_lane(i);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = done.send((i, Err(e)));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let r = match TcpListener::from_std(listener) {
+            Ok(l) => serve(l, state, became_true(stop)).await,
+            Err(e) => Err(e),
+        };
+        let _ = done.send((i, r));
+        // Idle, but still driving what this lane opened, until the final flush is done.
+        became_true(release).await;
+    });
+}
+
+/// Resolves when the flag is raised, or when its sender is gone (the coordinator stopped).
+async fn became_true(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}

@@ -325,3 +325,136 @@ fn router_eval_writes_scores_plot_and_report() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model.json"));
 }
+
+/// `tollway serve --workers 2` serves on two lanes (threads with their own runtimes) from one
+/// listener, with lanes reading budgets from PostgreSQL; on SIGTERM the lanes drain, the final
+/// flush writes every row (held back until then by a long flush interval), and it exits 0.
+#[tokio::test]
+async fn the_binary_serves_on_lanes_and_flushes_its_ledger_after_they_drain() {
+    let (mut mock, mock_url) = spawn_listening(
+        Command::new(mock_bin()).args(["--listen", "127.0.0.1:0"]),
+        "tollway-mock listening on ",
+    );
+    let base = std::env::var("TOLLWAY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!(
+        "lanes{}_{}",
+        std::process::id(),
+        &tollway_store::generate_secret()[6..14].to_lowercase()
+    );
+    let storage = tollway_store::fresh_postgres_schema(&base, &schema)
+        .await
+        .expect("a fresh schema in the local PostgreSQL");
+    let dir = std::env::temp_dir().join(format!("tollway-lanes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let cfg = dir.join("gw.yaml");
+    let text = format!(
+        "{}storage:\n  url: \"{storage}\"\n  flush_interval_ms: 60000\n",
+        config_text(&mock_url)
+    );
+    std::fs::write(&cfg, text).expect("write config");
+    let (mut gw, gw_url) = spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_tollway"))
+            .args([
+                "serve",
+                "--workers",
+                "2",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
+            .arg(&cfg),
+        "tollway listening on ",
+    );
+    // two serving lanes, by thread name (they start right after the listening line)
+    let lane_threads = || {
+        let mut lanes: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", gw.id()))
+            .expect("tasks")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .filter(|c| c.starts_with("tollway-lane-"))
+            .collect();
+        lanes.sort();
+        lanes
+    };
+    let mut lanes = lane_threads();
+    for _ in 0..100 {
+        if lanes.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lanes = lane_threads();
+    }
+    assert_eq!(lanes, ["tollway-lane-0", "tollway-lane-1"]);
+
+    let http = reqwest::Client::new();
+    let key: serde_json::Value = http
+        .post(format!("{gw_url}/admin/keys"))
+        .bearer_auth(MASTER)
+        .json(&json!({"name": "lanes", "budget_usd": "100"}))
+        .send()
+        .await
+        .expect("create key")
+        .json()
+        .await
+        .expect("json");
+    let key = key["key"].as_str().expect("secret").to_string();
+    // one connection per request, so both lanes accept some; the budget makes lanes read spend
+    // from the database
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (url, key) = (gw_url.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client");
+            http.post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(
+                    &json!({"model": if i % 2 == 0 { "gpt" } else { "claude" }, "max_tokens": 10,
+                    "messages": [{"role": "user", "content": format!("q{i} [mock ttft_ms=20]")}]}),
+                )
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("join"), 200);
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &gw.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut code = None;
+    for _ in 0..200 {
+        if let Some(s) = gw.try_wait().expect("wait") {
+            code = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = mock.kill();
+    let _ = mock.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    if code.is_none() {
+        let _ = gw.kill();
+        let _ = gw.wait();
+    }
+    assert_eq!(
+        code.map(|c| c.code()),
+        Some(Some(0)),
+        "exits 0 after SIGTERM"
+    );
+    let store = tollway_store::Store::connect(&storage)
+        .await
+        .expect("storage");
+    assert_eq!(
+        store.ledger_count().await.expect("count"),
+        40,
+        "every request's row was written by the final flush"
+    );
+}
