@@ -4,6 +4,7 @@
 
     bench/peers/run.sh            # installs the peers into bench/.peers (cached), then runs
     python3 bench/peers/run.py    # runs with whatever is installed; missing peers are skipped
+    BENCH_PEERS=nginx bench/peers/run.sh   # only some peers (nginx, litellm, portkey) besides Tollway
 
 Everything listens on 127.0.0.1 and is stopped at exit. Writes bench/results/peers.json and
 bench/results/peers.md. The load generator, the upstream mock and the gateway under test share
@@ -26,6 +27,8 @@ REL = os.path.join(ROOT, "target", "release")
 PEERS = os.path.join(ROOT, "bench", ".peers")
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 DURATION = "3" if QUICK else "10"
+# BENCH_PEERS=nginx,litellm,portkey (the default: all) picks which peers run besides Tollway.
+ONLY = {p.strip() for p in os.environ.get("BENCH_PEERS", "nginx,litellm,portkey").split(",") if p.strip()}
 procs = []
 
 
@@ -116,7 +119,8 @@ def measure(name, url, model, pid, extra=(), key=None):
     for label, kw in (("rps500", {"rate": 500}), ("rps1000", {"rate": 1000}),
                       ("saturation", {"connections": 64})):
         r = load(url, model, extra, key=key, **kw)
-        lat = r.get("latency_us", {})
+        # a run with no successful request has no latency figures at all
+        lat = r.get("latency_us") or {}
         res[label] = {
             "ok": r.get("ok"), "errors": r.get("errors"), "rps": r.get("achieved_rps"),
             "p50": lat.get("p50"), "p90": lat.get("p90"), "p99": lat.get("p99"),
@@ -163,7 +167,9 @@ models:
 
     # nginx
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if nginx:
+    if "nginx" not in ONLY:
+        pass
+    elif nginx:
         port = free_port()
         ndir = os.path.join(TMP, "nginx")
         os.makedirs(os.path.join(ndir, "logs"), exist_ok=True)
@@ -196,7 +202,9 @@ http {{
 
     # LiteLLM
     litellm = os.path.join(PEERS, "litellm", "bin", "litellm")
-    if os.path.exists(litellm):
+    if "litellm" not in ONLY:
+        pass
+    elif os.path.exists(litellm):
         port = free_port()
         lcfg = os.path.join(TMP, "litellm.yaml")
         with open(lcfg, "w") as f:
@@ -225,7 +233,9 @@ litellm_settings: {{ telemetry: false, drop_params: true }}
         if os.path.exists(os.path.join(pk, cand)):
             entry = os.path.join(pk, cand)
             break
-    if entry:
+    if "portkey" not in ONLY:
+        pass
+    elif entry:
         port = free_port()
         p = start("portkey", ["node", entry, f"--port={port}", "--headless"], cwd=TMP,
                   env=dict(os.environ, NODE_ENV="production"))
