@@ -22,7 +22,7 @@ pub struct Outcome {
     /// For requests to a router: which router chose, and why (`x-tollway-route`).
     pub route: Option<String>,
     /// More response headers (e.g. `x-ratelimit-*`).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(http::HeaderName, String)>,
 }
 
 fn bad(param: &str, msg: impl std::fmt::Display) -> ProviderError {
