@@ -39,6 +39,10 @@ struct Inner {
     reloading: tokio::sync::Mutex<()>,
     metrics: crate::metrics::Metrics,
     accounts: Arc<crate::accounts::Accounts>,
+    /// The runtime of start-up and background work, when requests are served on lanes: reloads
+    /// run there, so that building a runtime (loading a router's model, starting the built-in
+    /// simulator) never stalls a lane's other connections.
+    background: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 #[derive(Clone)]
@@ -64,6 +68,7 @@ impl AppState {
                 reloading: tokio::sync::Mutex::new(()),
                 metrics: crate::metrics::Metrics::default(),
                 accounts,
+                background: std::sync::OnceLock::new(),
             }),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -102,7 +107,20 @@ impl AppState {
     /// Reads the config file again and, when it is valid, swaps in a runtime built from it by
     /// the start-up code. Requests in flight finish on the runtime they started with; health
     /// learnt so far is kept. An invalid config changes nothing and returns its errors.
+    /// Runs on the background runtime when there is one (see [`serve_lanes`]).
     pub async fn reload(&self) -> Result<Reloaded, Vec<String>> {
+        match self.inner.background.get() {
+            Some(bg) => {
+                let me = self.clone();
+                bg.spawn(async move { me.reload_here().await })
+                    .await
+                    .unwrap_or_else(|e| Err(vec![format!("the reload stopped: {e}")]))
+            }
+            None => self.reload_here().await,
+        }
+    }
+
+    async fn reload_here(&self) -> Result<Reloaded, Vec<String>> {
         let _one = self.inner.reloading.lock().await;
         let source = {
             let s = self.inner.source.lock().unwrap_or_else(|p| p.into_inner());
@@ -412,6 +430,8 @@ pub async fn serve(
 /// connection pool, see `tollway_providers::lanes`) and answered on one thread, without the
 /// cross-thread wake-ups of a work-stealing runtime.
 ///
+/// Call it on the runtime meant for background work: reloads are sent there.
+///
 /// On `shutdown` every lane drains as [`serve`] does; then `after_drain` runs (the ledger's final
 /// flush) while the lanes' runtimes are still up, since connections a lane opened (to the
 /// database, to Redis) are driven by that lane's runtime. Only then do the lanes stop. A lane
@@ -424,6 +444,10 @@ pub async fn serve_lanes(
     after_drain: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let lanes = lanes.max(1);
+    let _ = state
+        .inner
+        .background
+        .set(tokio::runtime::Handle::current());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (release_tx, release_rx) = tokio::sync::watch::channel(false);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -399,6 +399,16 @@ async fn the_binary_serves_on_lanes_and_flushes_its_ledger_after_they_drain() {
         .await
         .expect("json");
     let key = key["key"].as_str().expect("secret").to_string();
+    // a reload asked of a lane runs on the background runtime and answers
+    let r = http
+        .post(format!("{gw_url}/admin/reload"))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["status"], "reloaded", "{body}");
     // one connection per request, so both lanes accept some; the budget makes lanes read spend
     // from the database
     let mut tasks = Vec::new();
