@@ -479,11 +479,17 @@ pub async fn serve_lanes(
     if result.is_ok() {
         tokio::select! {
             _ = shutdown => {}
-            Some((i, r)) = done_rx.recv() => {
-                finished += 1;
-                result = Err(r.err().unwrap_or_else(|| {
-                    std::io::Error::other(format!("serving lane {i} stopped on its own"))
-                }));
+            first = done_rx.recv() => {
+                result = Err(match first {
+                    Some((i, r)) => {
+                        finished += 1;
+                        r.err().unwrap_or_else(|| {
+                            std::io::Error::other(format!("serving lane {i} stopped on its own"))
+                        })
+                    }
+                    // every lane panicked before reporting
+                    None => std::io::Error::other("every serving lane stopped"),
+                });
             }
         }
     }
