@@ -42,8 +42,12 @@ const H_REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-re
 const H_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
 const H_REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
 
+/// `req_` and a UUIDv7: time-ordered (milliseconds, then a counter, then random bits), so that the
+/// ledger's primary-key index grows at its right edge. Random (v4) ids insert all over a B-tree
+/// that soon outgrows the page cache: with a million rows in SQLite, 33.5 µs per row against
+/// 5.5 µs (bench/RESULTS.md).
 fn new_request_id() -> String {
-    format!("req_{}", uuid::Uuid::new_v4().simple())
+    format!("req_{}", uuid::Uuid::now_v7().simple())
 }
 
 /// An error on its way to the client, in the caller's API shape.
@@ -1346,4 +1350,23 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
     .await;
     count(&state, ApiFamily::OpenAi, &resp);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_time_ordered_uuids() {
+        let ids: Vec<String> = (0..10_000).map(|_| new_request_id()).collect();
+        for id in &ids {
+            let hex = id.strip_prefix("req_").expect("prefix");
+            assert_eq!(hex.len(), 32, "{id}");
+            assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+            // version nibble: 7
+            assert_eq!(&hex[12..13], "7", "{id}");
+        }
+        // each later than the one before (the ledger's key index grows at its right edge)
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
 }
