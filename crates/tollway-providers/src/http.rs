@@ -193,10 +193,7 @@ impl HttpProvider {
         model: &str,
     ) -> Result<(Response, Instant), ProviderError> {
         let deadline = Instant::now() + self.timeouts.total();
-        let mut req = http::Request::new(Full::new(Bytes::from(body)));
-        *req.method_mut() = http::Method::POST;
-        *req.uri_mut() = url.clone();
-        *req.headers_mut() = self.headers.clone();
+        let req = post(url.clone(), self.headers.clone(), body);
         let wait = self.timeouts.first_byte().min(self.timeouts.total());
         let resp = match tokio::time::timeout(wait, self.clients.pick().request(req)).await {
             Err(_) => {
@@ -310,6 +307,15 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+/// A POST of `body` to `uri` with `headers`.
+fn post(uri: Uri, headers: HeaderMap, body: Vec<u8>) -> http::Request<Full<Bytes>> {
+    let mut req = http::Request::new(Full::new(Bytes::from(body)));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    req
 }
 
 fn parse_url(url: &str, provider: &str) -> Result<Uri, String> {
@@ -567,6 +573,8 @@ async fn next_event(
 /// stack as the providers (pooled, rustls, redirects not followed).
 pub struct JsonPoster {
     client: HttpClient,
+    /// `content-type: application/json`.
+    headers: HeaderMap,
     timeout: Duration,
 }
 
@@ -579,6 +587,7 @@ impl JsonPoster {
         };
         Ok(JsonPoster {
             client: client(&t)?,
+            headers: header_map(&[], "webhook")?,
             timeout,
         })
     }
@@ -587,11 +596,7 @@ impl JsonPoster {
     pub async fn post(&self, url: &str, body: &serde_json::Value) -> Result<u16, String> {
         let uri = parse_url(url, "webhook")?;
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-        let mut req = http::Request::new(Full::new(Bytes::from(bytes)));
-        *req.method_mut() = http::Method::POST;
-        *req.uri_mut() = uri;
-        req.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let req = post(uri, self.headers.clone(), bytes);
         let deadline = Instant::now() + self.timeout;
         let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Err(_) => return Err(format!("no answer within {} ms", self.timeout.as_millis())),
@@ -667,12 +672,52 @@ mod tests {
             "{}",
             e.message
         );
-        // a non-streamed answer that takes longer than the total, sent after its headers
+        // a non-streamed answer whose headers come later than the total: the wait for them is
+        // bounded by the total, not by the (longer) first-byte timeout
         let e = p
             .chat(ChatRequest::simple("gpt-4.1?ttft_ms=800", "hi"))
             .await
             .expect_err("too slow");
         assert_eq!(e.kind, ErrorKind::Timeout, "{}", e.message);
+        assert!(
+            e.message.contains("did not answer within 400 ms"),
+            "{}",
+            e.message
+        );
+    }
+
+    /// An upstream that sends its status and headers at once, then stalls in the body: the total
+    /// timeout ends the read of the answer.
+    #[tokio::test]
+    async fn the_total_timeout_bounds_a_stalled_answer_body() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = sock.read(&mut buf).await;
+            let _ = sock
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"id\":")
+                .await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let p = provider(addr, serde_json::json!({"total_ms": 300}));
+        let e = p
+            .chat(ChatRequest::simple("m", "hi"))
+            .await
+            .expect_err("the body never completes");
+        assert_eq!(e.kind, ErrorKind::Timeout, "{}", e.message);
+        assert!(
+            e.message
+                .contains("did not finish its answer within the total timeout of 300 ms"),
+            "{}",
+            e.message
+        );
     }
 
     #[tokio::test]

@@ -84,19 +84,30 @@ mod tests {
 
     #[test]
     fn the_calling_thread_picks_by_its_lane() {
-        let lanes = Lanes::with_count(2, &mut || Ok::<_, String>(std::thread::current().id()))
-            .expect("built");
-        let outside = *lanes.pick();
-        let inside = std::thread::spawn(move || {
-            enter_lane(1);
-            assert_eq!(current_lane(), Some(1));
-            *lanes.pick() == *lanes.for_lane(Some(1))
+        let mut next = 0;
+        let lanes = Lanes::with_count(2, &mut || {
+            next += 1;
+            Ok::<_, String>(next)
         })
-        .join()
-        .expect("thread");
-        assert!(inside);
+        .expect("built");
+        // this thread is no lane: it gets the one for everything else
         assert_eq!(current_lane(), None);
-        let _ = outside;
+        assert_eq!(*lanes.pick(), 3);
+        let lanes = std::sync::Arc::new(lanes);
+        let picked = |lane: usize| {
+            let lanes = lanes.clone();
+            std::thread::spawn(move || {
+                enter_lane(lane);
+                assert_eq!(current_lane(), Some(lane));
+                *lanes.pick()
+            })
+            .join()
+            .expect("thread")
+        };
+        assert_eq!(picked(0), 1);
+        assert_eq!(picked(1), 2);
+        // entering a lane on one thread changes nothing on another
+        assert_eq!(*lanes.pick(), 3);
     }
 
     #[test]
