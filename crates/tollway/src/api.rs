@@ -88,8 +88,6 @@ impl IntoResponse for ApiError {
 }
 
 fn set_ids(h: &mut HeaderMap, request_id: &str, outcome: Option<&Outcome>) {
-    // room for all of them at once: growing a header map rehashes every entry
-    h.reserve(1 + outcome.map_or(0, |o| 4 + o.headers.len()));
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert(H_REQUEST_ID, v);
     }
@@ -866,7 +864,7 @@ fn sse_response(
     let mut resp = Response::new(Body::from_stream(body));
     let h = resp.headers_mut();
     h.insert(
-        "content-type",
+        header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -662,9 +662,8 @@ async fn serve(
     println!("tollway listening on http://{local}");
     // Every request has finished (or the drain timed out) before the rest of the ledger is written.
     let listener = listener.into_std()?;
-    let flushed = accounts.clone();
     server::serve_lanes(listener, state, lanes, shutdown_signal(), async move {
-        flushed.flush_and_stop().await;
+        accounts.flush_and_stop().await;
     })
     .await?;
     tracing::info!("stopped");

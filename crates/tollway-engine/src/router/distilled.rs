@@ -235,11 +235,13 @@ impl StaticEncoder {
 
     /// The prompt's token ids (without `[CLS]`/`[SEP]`), at most `max_tokens`.
     pub fn token_ids(&self, text: &str) -> Vec<u32> {
-        let ids = self.tokenizer.encode(text, self.max_tokens + 2);
+        let mut ids = self.tokenizer.encode(text, self.max_tokens + 2);
         // `encode` frames the pieces as `[CLS] … [SEP]`
-        ids.get(1..ids.len().saturating_sub(1))
-            .map(<[u32]>::to_vec)
-            .unwrap_or_default()
+        ids.pop();
+        if !ids.is_empty() {
+            ids.remove(0);
+        }
+        ids
     }
 
     /// `normalise(Σ weight[t]·row[t] / Σ weight[t] − centre)` over the prompt's tokens; `weights`
