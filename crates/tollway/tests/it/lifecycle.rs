@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::harness::{config_text, start, MASTER};
+use crate::reload::reload;
+use crate::shared::{postgres_base, unique};
 
 pub fn spawn_listening(cmd: &mut Command, marker: &str) -> (Child, String) {
     let mut child = cmd
@@ -80,14 +82,7 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits_zero() {
         "the in-flight stream completed: {rest}"
     );
     // new connections are refused once draining is over; the process exits 0
-    let mut code = None;
-    for _ in 0..100 {
-        if let Some(s) = gw.try_wait().expect("wait") {
-            code = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let code = exit_within(&mut gw, Duration::from_secs(5)).await;
     let _ = mock.kill();
     let _ = mock.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -96,6 +91,20 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits_zero() {
         Some(Some(0)),
         "tollway exits 0 after SIGTERM"
     );
+}
+
+/// The child's exit status once it exits, polling for up to `limit`; `None` if it is still running.
+async fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return Some(s);
+        }
+        if std::time::Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `tollway-mock` sits next to `tollway` in the target directory (cargo builds both for the
@@ -335,14 +344,7 @@ async fn the_binary_serves_on_lanes_and_flushes_its_ledger_after_they_drain() {
         Command::new(mock_bin()).args(["--listen", "127.0.0.1:0"]),
         "tollway-mock listening on ",
     );
-    let base = std::env::var("TOLLWAY_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let schema = format!(
-        "lanes{}_{}",
-        std::process::id(),
-        &tollway_store::generate_secret()[6..14].to_lowercase()
-    );
-    let storage = tollway_store::fresh_postgres_schema(&base, &schema)
+    let storage = tollway_store::fresh_postgres_schema(&postgres_base(), &unique())
         .await
         .expect("a fresh schema in the local PostgreSQL");
     let dir = std::env::temp_dir().join(format!("tollway-lanes-{}", std::process::id()));
@@ -400,17 +402,11 @@ async fn the_binary_serves_on_lanes_and_flushes_its_ledger_after_they_drain() {
         .expect("json");
     let key = key["key"].as_str().expect("secret").to_string();
     // a reload asked of a lane runs on the background runtime and answers
-    let r = http
-        .post(format!("{gw_url}/admin/reload"))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .expect("reload");
-    assert_eq!(r.status(), 200);
-    let body: serde_json::Value = r.json().await.expect("json");
+    let (status, body) = reload(&http, &gw_url).await;
+    assert_eq!(status, 200);
     assert_eq!(body["status"], "reloaded", "{body}");
-    // one connection per request, so both lanes accept some; the budget makes lanes read spend
-    // from the database
+    // a new connection per request (the listener hands them to either lane); the budget makes
+    // lanes read spend from the database
     let mut tasks = Vec::new();
     for i in 0..40 {
         let (url, key) = (gw_url.clone(), key.clone());
@@ -439,14 +435,7 @@ async fn the_binary_serves_on_lanes_and_flushes_its_ledger_after_they_drain() {
         .status()
         .expect("kill");
     assert!(status.success());
-    let mut code = None;
-    for _ in 0..200 {
-        if let Some(s) = gw.try_wait().expect("wait") {
-            code = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let code = exit_within(&mut gw, Duration::from_secs(10)).await;
     let _ = mock.kill();
     let _ = mock.wait();
     let _ = std::fs::remove_dir_all(&dir);

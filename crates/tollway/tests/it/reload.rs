@@ -51,7 +51,7 @@ async fn model_ids(http: &reqwest::Client, url: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn reload(http: &reqwest::Client, url: &str) -> (u16, Value) {
+pub async fn reload(http: &reqwest::Client, url: &str) -> (u16, Value) {
     let r = http
         .post(format!("{url}/admin/reload"))
         .bearer_auth(MASTER)

@@ -8,7 +8,7 @@ use tollway_mock::MockServer;
 
 use crate::harness::{config_text, gateway, Gateway, MASTER};
 
-fn unique() -> String {
+pub fn unique() -> String {
     format!(
         "t{}_{}",
         std::process::id(),
@@ -16,7 +16,7 @@ fn unique() -> String {
     )
 }
 
-fn postgres_base() -> String {
+pub fn postgres_base() -> String {
     std::env::var("TOLLWAY_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
