@@ -290,6 +290,11 @@ pub fn eval(
             .collect();
     let outcomes: Vec<Outcome> = dataset.examples.iter().map(|e| e.outcome).collect();
     let e = router::evaluate(&scores, &outcomes, Prices::default())?;
+    // What telling the domains apart is worth on this data: a reference for the router's figures.
+    let domain_oracle = match dataset.domain_oracle_scores() {
+        Some(s) => Some(router::evaluate(&s, &outcomes, Prices::default())?),
+        None => None,
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -323,6 +328,18 @@ pub fn eval(
         e.share_at_95 * 100.0,
         e.dollar_share_at_95 * 100.0
     );
+    if let Some(d) = &domain_oracle {
+        let _ = writeln!(
+            out,
+            "domain oracle ({} domains, each prompt scored by its domain's mean gain in this data): \
+             APGR {:.4}, CPT(50%) {:.1}%, CPT(80%) {:.1}%, {:.1}% of the strong model's cost at 95%",
+            dataset.domain_count(),
+            d.apgr,
+            d.cpt50 * 100.0,
+            d.cpt80 * 100.0,
+            d.dollar_share_at_95 * 100.0
+        );
+    }
     for (name, c) in &calibrations {
         let _ = writeln!(
             out,
@@ -356,6 +373,14 @@ pub fn eval(
             "model_kind": kind,
             "model_training": training,
             "evaluation": e,
+            "domain_oracle": domain_oracle.as_ref().map(|d| serde_json::json!({
+                "domains": dataset.domain_count(),
+                "apgr": d.apgr,
+                "cpt50": d.cpt50,
+                "cpt80": d.cpt80,
+                "share_at_95": d.share_at_95,
+                "dollar_share_at_95": d.dollar_share_at_95,
+            })),
             "quality_calibration": calibrations
                 .iter()
                 .map(|(name, c)| (name.clone(), serde_json::to_value(c).unwrap_or_default()))

@@ -75,6 +75,50 @@ fn ties_are_the_random_router() {
     }
 }
 
+// The domain oracle scores each row by its own domain's mean gain: with one row per domain it is
+// the oracle; rows sharing a domain share its mean; no domains, or one, give no reference.
+#[test]
+fn domain_oracle_scores_are_domain_mean_gains() {
+    let hand = parse_jsonl(HAND, None).expect("hand");
+    let o: Vec<Outcome> = hand.examples.iter().map(|e| e.outcome).collect();
+    assert_eq!(
+        hand.domain_oracle_scores().expect("four domains"),
+        o.iter().map(|o| o.strong - o.weak).collect::<Vec<_>>()
+    );
+    assert_eq!(hand.domain_count(), 4);
+    let row = |d: &str, s: f64, w: f64| {
+        format!(r#"{{"id":"x","domain":"{d}","prompt":"p","scores":{{"s":{s},"w":{w}}}}}"#)
+    };
+    let text = [
+        row("a", 1.0, 0.0),
+        row("a", 1.0, 0.0),
+        row("b", 0.0, 1.0),
+        row("b", 1.0, 1.0),
+        row("a", 0.0, 0.0),
+    ]
+    .join("\n");
+    let d = parse_jsonl(&text, Some(("s", "w"))).expect("parse");
+    let scores = d.domain_oracle_scores().expect("two domains");
+    let a = 2.0 / 3.0;
+    assert_eq!(scores, vec![a, a, -0.5, -0.5, a]);
+    // q_strong 3/5, q_weak 2/5; domain a first (gain +2 over its 3 rows): q(3/5) = 4/5, PGR 2
+    let outcomes: Vec<Outcome> = d.examples.iter().map(|e| e.outcome).collect();
+    let e = evaluate(&scores, &outcomes, Prices::default()).expect("evaluate");
+    close(e.curve[60].pgr, 2.0, "PGR(0.6)");
+    let one = parse_jsonl(
+        &[row("a", 1.0, 0.0), row("a", 0.0, 0.0)].join("\n"),
+        Some(("s", "w")),
+    )
+    .expect("parse");
+    assert_eq!(one.domain_oracle_scores(), None);
+    let none = parse_jsonl(
+        &[row("a", 1.0, 0.0), row("", 0.0, 0.0)].join("\n"),
+        Some(("s", "w")),
+    )
+    .expect("parse");
+    assert_eq!(none.domain_oracle_scores(), None);
+}
+
 #[test]
 fn evaluation_refuses_bad_input() {
     let o = hand();

@@ -146,6 +146,44 @@ pub fn parse_jsonl(text: &str, models: Option<(&str, &str)>) -> Result<Dataset, 
     })
 }
 
+impl Dataset {
+    /// The domain oracle's scores: each row scored by the mean gain (`strong − weak`) of its own
+    /// domain in this data. It is what a router earns by telling domains apart and nothing more,
+    /// measured with the answers it is scored on, so a reference rather than a router. `None`
+    /// when a row has no domain or there are fewer than two domains.
+    pub fn domain_oracle_scores(&self) -> Option<Vec<f64>> {
+        let mut sums: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+        for e in &self.examples {
+            if e.domain.is_empty() {
+                return None;
+            }
+            let s = sums.entry(e.domain.as_str()).or_insert((0.0, 0));
+            s.0 += e.outcome.strong - e.outcome.weak;
+            s.1 += 1;
+        }
+        if sums.len() < 2 {
+            return None;
+        }
+        Some(
+            self.examples
+                .iter()
+                .map(|e| {
+                    let (sum, n) = sums[e.domain.as_str()];
+                    sum / n as f64
+                })
+                .collect(),
+        )
+    }
+
+    /// How many distinct domains the rows name.
+    pub fn domain_count(&self) -> usize {
+        let mut d: Vec<&str> = self.examples.iter().map(|e| e.domain.as_str()).collect();
+        d.sort_unstable();
+        d.dedup();
+        d.len()
+    }
+}
+
 /// What the linear model is fitted on (the score is always calibrated to "strong better").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

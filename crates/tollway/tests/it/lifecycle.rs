@@ -310,6 +310,13 @@ fn router_eval_writes_scores_plot_and_report() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
     assert!(r.to_string().contains("apgr"), "{r}");
+    // the domain oracle is a reference: the fixture names 40 domains
+    assert!(stdout.contains("domain oracle (40 domains"), "{stdout}");
+    assert!(
+        r["domain_oracle"]["apgr"].as_f64().is_some_and(|a| a > 0.5)
+            && r["domain_oracle"]["domains"] == 40,
+        "{r}"
+    );
     // the per-model predicted quality is checked against what each model scored
     assert!(
         stdout.contains("predicted quality of gpt-4-1106-preview: mean 0.")
