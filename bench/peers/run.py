@@ -86,25 +86,124 @@ def rss_kb(pid):
     return total
 
 
-def load(url, model, extra=(), rate=None, connections=None, key=None):
+STREAM_TOKENS = 200
+STREAM_MODEL = f"bench-stream?tokens={STREAM_TOKENS}&tpt_ms=0&ttft_ms=0"
+HOLD_STREAMS = 200 if QUICK else 1000
+HOLD_TOKENS = 20 if QUICK else 100  # one token each 100 ms: about 10 s per stream
+HOLD_MODEL = f"bench-hold?tokens={HOLD_TOKENS}&tpt_ms=100"
+HOLD_RATE = 500
+
+
+def load(url, model, extra=(), rate=None, connections=None, key=None, stream=False,
+         requests=None, duration=None, timeout=None, warmup="1"):
     cmd = [os.path.join(REL, "tollway-bench"), "run", "--url", url, "--model", model,
-           "--duration", DURATION, "--warmup", "1"]
+           "--duration", duration or DURATION, "--warmup", warmup]
     if rate:
         cmd += ["--rate", str(rate)]
+    if requests:
+        cmd += ["--requests", str(requests)]
     if connections:
         cmd += ["--connections", str(connections)]
     if key:
         cmd += ["--key", key]
+    if stream:
+        cmd += ["--stream"]
+    if timeout:
+        cmd += ["--timeout", str(timeout)]
     for h in extra:
         cmd += ["--header", h]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     try:
         return json.loads(r.stdout)
     except Exception:
         return {"error": (r.stderr or r.stdout)[-400:]}
 
 
-def measure(name, url, model, pid, extra=(), key=None):
+def cpu_ticks(pid):
+    """CPU time (clock ticks) of a process and its children: LiteLLM and nginx fork workers."""
+    total = 0
+    pids = [pid]
+    try:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                             text=True).stdout
+        pids += [int(x) for x in out.split()]
+    except Exception:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except Exception:
+            pass
+    return total
+
+
+def settle(pid, limit=120.0):
+    """Waits until the gateway is idle again (under 5% of a core for a second), so that a peer
+    still working off the backlog of an overload does not spoil the next measurement. Returns the
+    seconds waited."""
+    if not pid:
+        time.sleep(0.5)
+        return 0.0
+    start = time.time()
+    hz = os.sysconf("SC_CLK_TCK")
+    quiet = 0
+    last = cpu_ticks(pid)
+    while time.time() - start < limit:
+        time.sleep(0.5)
+        now = cpu_ticks(pid)
+        quiet = quiet + 1 if (now - last) / hz < 0.025 else 0
+        last = now
+        if quiet >= 2:
+            break
+    return round(time.time() - start, 1)
+
+
+def peak_rss_during(pid, fn):
+    """Runs fn() while sampling the resident memory of pid and its children every 100 ms."""
+    import threading
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_kb(pid))
+            done.wait(0.1)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        r = fn()
+    finally:
+        done.set()
+        t.join()
+    return r, peak[0]
+
+
+def figures(r):
+    # a run with no successful request has no latency figures at all
+    lat = r.get("latency_us") or {}
+    ttfb = r.get("ttfb_us") or {}
+    st = r.get("stream_stats") or {}
+    out = {
+        "ok": r.get("ok"), "errors": r.get("errors"), "error_kinds": r.get("error_kinds"),
+        "rps": r.get("achieved_rps"), "max_in_flight": r.get("max_in_flight"),
+        "p50": lat.get("p50"), "p90": lat.get("p90"), "p99": lat.get("p99"),
+        "p99.9": lat.get("p99.9"), "ttfb_p50": ttfb.get("p50"), "ttfb_p99": ttfb.get("p99"),
+        "error": r.get("error"),
+    }
+    if st:
+        dur = st.get("stream_duration_us") or {}
+        out.update({
+            "events_mean": (st.get("events_per_stream") or {}).get("mean"),
+            "duration_p50": dur.get("p50"), "duration_p99": dur.get("p99"),
+        })
+    return out
+
+
+def measure(name, url, model, pid, extra=(), key=None, stream_model=STREAM_MODEL,
+            hold_model=HOLD_MODEL):
     res = {"name": name}
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
     hdrs = {"content-type": "application/json"}
@@ -116,16 +215,23 @@ def measure(name, url, model, pid, extra=(), key=None):
     if not wait_http(url + "/v1/chat/completions", 90, hdrs, body):
         res["skipped"] = "did not answer a chat completion within 90 s (see its log)"
         return res
-    for label, kw in (("rps500", {"rate": 500}), ("rps1000", {"rate": 1000}),
-                      ("saturation", {"connections": 64})):
-        r = load(url, model, extra, key=key, **kw)
-        # a run with no successful request has no latency figures at all
-        lat = r.get("latency_us") or {}
-        res[label] = {
-            "ok": r.get("ok"), "errors": r.get("errors"), "rps": r.get("achieved_rps"),
-            "p50": lat.get("p50"), "p90": lat.get("p90"), "p99": lat.get("p99"),
-            "p99.9": lat.get("p99.9"), "error": r.get("error"),
-        }
+    res["rss_idle_mb"] = round(rss_kb(pid) / 1024, 1) if pid else None
+    res["settle_s"] = {}
+    loads = (("rps500", dict(model=model, rate=500)),
+             ("rps1000", dict(model=model, rate=1000)),
+             ("saturation", dict(model=model, connections=64)),
+             ("stream200", dict(model=stream_model, rate=100, stream=True)))
+    for label, kw in loads:
+        res["settle_s"][label] = settle(pid)
+        res[label] = figures(load(url, extra=extra, key=key, **kw))
+    # many slow streams held open at once: the gateway's memory
+    res["settle_s"]["hold"] = settle(pid)
+    ramp = f"{HOLD_STREAMS / HOLD_RATE + 0.05:.2f}"
+    r, peak = peak_rss_during(pid, lambda: load(
+        url, hold_model, extra, key=key, rate=HOLD_RATE, requests=HOLD_STREAMS, stream=True,
+        duration=ramp, timeout=60, warmup="0"))
+    res["hold"] = figures(r)
+    res["hold"]["rss_peak_mb"] = round(peak / 1024, 1) if pid else None
     res["rss_mb"] = round(rss_kb(pid) / 1024, 1) if pid else None
     return res
 
@@ -158,11 +264,14 @@ providers:
   up: {{ kind: openai-compatible, base_url: "{mock}/v1", api_key: none }}
 models:
   small: {{ deployments: [{{ provider: up, model: bench-small }}] }}
+  stream200: {{ deployments: [{{ provider: up, model: "{STREAM_MODEL}" }}] }}
+  hold: {{ deployments: [{{ provider: up, model: "{HOLD_MODEL}" }}] }}
 """)
     p = start("tollway", [os.path.join(REL, "tollway"), "serve", "--config", cfg, "--listen",
                           f"127.0.0.1:{port}", "--log-format", "json"],
               env=dict(os.environ, RUST_LOG="warn"))
-    results.append(measure("tollway", f"http://127.0.0.1:{port}", "small", p.pid, key="sk-bench"))
+    results.append(measure("tollway", f"http://127.0.0.1:{port}", "small", p.pid, key="sk-bench",
+                           stream_model="stream200", hold_model="hold"))
     stop(p)
 
     # nginx
@@ -211,6 +320,10 @@ http {{
             f.write(f"""model_list:
   - model_name: small
     litellm_params: {{ model: openai/bench-small, api_base: "{mock}/v1", api_key: none }}
+  - model_name: stream200
+    litellm_params: {{ model: "openai/{STREAM_MODEL}", api_base: "{mock}/v1", api_key: none }}
+  - model_name: hold
+    litellm_params: {{ model: "openai/{HOLD_MODEL}", api_base: "{mock}/v1", api_key: none }}
 litellm_settings: {{ telemetry: false, drop_params: true }}
 """)
         workers = str(os.cpu_count() or 2)
@@ -220,7 +333,7 @@ litellm_settings: {{ telemetry: false, drop_params: true }}
                   env=dict(os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False",
                            LITELLM_MASTER_KEY=lkey))
         r = measure(f"LiteLLM proxy ({workers} workers)", f"http://127.0.0.1:{port}", "small", p.pid,
-                    key=lkey)
+                    key=lkey, stream_model="stream200", hold_model="hold")
         results.append(r)
         stop(p)
     else:
@@ -261,36 +374,77 @@ def report(results):
         except Exception:
             return None
 
+    def per_chunk(r, q):
+        a = added(r, "stream200", q)
+        return None if a is None else a / STREAM_TOKENS
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if a is not None and b else "–"
+
+    fmt = lambda v: "–" if v is None else (f"{v:.0f}" if isinstance(v, (int, float)) else str(v))
+    fmt1 = lambda v: "–" if v is None else f"{v:.1f}"
+    live = [r for r in results if "skipped" not in r]
     lines = ["# Peers — " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "",
              f"{os.cpu_count()} cores; **the load generator, the upstream mock and the gateway under "
              "test share this machine** (one gateway at a time). Latency in µs from each request's "
              "scheduled start (open loop); *added* = through the gateway − straight to the mock, "
-             f"same percentile; {DURATION} s per load. Ratios are the peer's figure over Tollway's "
-             "from this run.", "",
+             f"same percentile; {DURATION} s per load. Before each load the runner waits until the "
+             "gateway is idle again (\"settled\" column: the longest wait), so a peer still working "
+             "off an overload does not spoil the next figure. Ratios are the peer's figure over "
+             "Tollway's from this run.", "",
+             "## Non-streaming small chat", "",
              "| path | added p50 @500 | added p99 @500 | added p50 @1k | added p99 @1k | errors @1k | "
-             "max RPS (64 conn.) | RSS MB | added p50 @1k ÷ Tollway | max RPS ÷ Tollway |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    fmt = lambda v: "–" if v is None else (f"{v:.0f}" if isinstance(v, (int, float)) else str(v))
+             "max RPS (64 conn.) | RSS idle MB | settled (s) | added p50 @1k ÷ Tollway | max RPS ÷ Tollway |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         if "skipped" in r:
-            lines.append(f"| {r['name']} | skipped: {r['skipped']} | | | | | | | | |")
+            lines.append(f"| {r['name']} | skipped: {r['skipped']} | | | | | | | | | |")
             continue
         a50, a99 = added(r, "rps500", "p50"), added(r, "rps500", "p99")
         b50, b99 = added(r, "rps1000", "p50"), added(r, "rps1000", "p99")
         rps = r["saturation"]["rps"]
         ratio_lat = ratio_rps = "–"
         if tw and "skipped" not in tw and r is not direct:
-            t50 = added(tw, "rps1000", "p50")
-            if b50 is not None and t50:
-                ratio_lat = f"{b50 / t50:.2f}"
-            if rps and tw["saturation"]["rps"]:
-                ratio_rps = f"{rps / tw['saturation']['rps']:.2f}"
+            ratio_lat = ratio(b50, added(tw, "rps1000", "p50"))
+            ratio_rps = ratio(rps, tw["saturation"]["rps"])
         if r is direct:
             a50, a99, b50, b99 = (r["rps500"]["p50"], r["rps500"]["p99"], r["rps1000"]["p50"],
                                   r["rps1000"]["p99"])
+        settled = max((v for v in r.get("settle_s", {}).values()), default=None)
         lines.append(f"| {r['name']}{' (absolute)' if r is direct else ''} | {fmt(a50)} | {fmt(a99)} | "
                      f"{fmt(b50)} | {fmt(b99)} | {fmt(r['rps1000']['errors'])} | {fmt(rps)} | "
-                     f"{fmt(r.get('rss_mb'))} | {ratio_lat} | {ratio_rps} |")
+                     f"{fmt1(r.get('rss_idle_mb'))} | {fmt1(settled)} | {ratio_lat} | {ratio_rps} |")
+    lines += ["", f"## Streaming {STREAM_TOKENS} chunks, open loop 100 streams/s", "",
+              "Per chunk = (stream duration through the gateway − straight to the mock) / "
+              f"{STREAM_TOKENS}, same percentile; events = SSE events a client received per stream.",
+              "", "| path | added TTFB p50 | added TTFB p99 | per-chunk added p50 | "
+              "per-chunk added p99 | events per stream | ok | errors | per-chunk p99 ÷ Tollway |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    kinds = lambda d: ", ".join(f"{k} {v}" for k, v in (d.get("error_kinds") or {}).items())
+    for r in live:
+        s = r["stream200"]
+        t50, t99 = added(r, "stream200", "ttfb_p50"), added(r, "stream200", "ttfb_p99")
+        c50, c99 = per_chunk(r, "duration_p50"), per_chunk(r, "duration_p99")
+        if r is direct:
+            t50, t99 = s.get("ttfb_p50"), s.get("ttfb_p99")
+            c50 = c99 = None
+        rc = ratio(c99, per_chunk(tw, "duration_p99")) if tw and r is not direct else "–"
+        lines.append(f"| {r['name']}{' (absolute TTFB)' if r is direct else ''} | {fmt(t50)} | "
+                     f"{fmt(t99)} | {fmt1(c50)} | {fmt1(c99)} | {fmt1(s.get('events_mean'))} | "
+                     f"{fmt(s.get('ok'))} | {fmt(s.get('errors'))} {kinds(s)} | {rc} |")
+    lines += ["", f"## {HOLD_STREAMS} slow streams held open at once", "",
+              f"{HOLD_STREAMS} streams of {HOLD_TOKENS} chunks at 100 ms each (~{HOLD_TOKENS // 10} s), "
+              f"opened at {HOLD_RATE}/s; memory of the gateway and its worker processes, sampled every "
+              "100 ms.", "",
+              "| path | streams open at once (max) | ok | errors | RSS peak MB | RSS peak ÷ Tollway |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for r in live:
+        if r is direct:
+            continue
+        h = r["hold"]
+        rr = ratio(h.get("rss_peak_mb"), tw["hold"].get("rss_peak_mb")) if tw and "hold" in tw else "–"
+        lines.append(f"| {r['name']} | {fmt(h.get('max_in_flight'))} | {fmt(h.get('ok'))} | "
+                     f"{fmt(h.get('errors'))} {kinds(h)} | {fmt1(h.get('rss_peak_mb'))} | {rr} |")
     out = os.path.join(ROOT, "bench", "results")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "peers.json"), "w") as f:
