@@ -114,6 +114,17 @@ fn fnv_step(h: u64, unit: u32) -> u64 {
     (h ^ unit as u64).wrapping_mul(FNV_PRIME)
 }
 
+/// The lowercase of a word character, as a code point (the first character of a multi-character
+/// lowercase).
+#[inline]
+fn lower(c: char) -> u32 {
+    if c.is_ascii() {
+        c.to_ascii_lowercase() as u32
+    } else {
+        c.to_lowercase().next().unwrap_or(c) as u32
+    }
+}
+
 /// Spreads FNV's weak low bits: one multiply by the golden ratio, then the well-mixed high half
 /// moved down (bucket from the low bits, sign from the top bit).
 #[inline]
@@ -121,59 +132,76 @@ fn finish(h: u64) -> u64 {
     h.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(32)
 }
 
-/// The raw dense features of a prompt (not standardised).
-pub fn dense_features(prompt: &str) -> [f64; DENSE] {
-    let mut chars = 0usize;
-    let mut digits = 0usize;
-    let mut questions = 0usize;
-    let mut lines = 1usize;
-    let mut words = 0usize;
-    let mut numbers = 0usize;
-    let mut word_chars = 0usize;
-    let mut in_word = false;
-    for c in prompt.chars() {
-        chars += 1;
+/// The counts behind the dense features, fed one character at a time: scoring feeds them from
+/// the word pass it makes anyway, so the prompt is not walked once more for them.
+#[derive(Debug, Clone, Copy, Default)]
+struct DenseCounts {
+    chars: usize,
+    digits: usize,
+    questions: usize,
+    lines: usize,
+    words: usize,
+    numbers: usize,
+    word_chars: usize,
+}
+
+impl DenseCounts {
+    /// `starts_word`: `c` is alphanumeric and the character before it was not.
+    #[inline]
+    fn feed(&mut self, c: char, alnum: bool, starts_word: bool) {
+        self.chars += 1;
         match c {
-            '?' => questions += 1,
-            '\n' => lines += 1,
+            '?' => self.questions += 1,
+            '\n' => self.lines += 1,
             _ => {}
         }
-        if c.is_alphanumeric() {
-            if c.is_ascii_digit() {
-                digits += 1;
+        if alnum {
+            let digit = c.is_ascii_digit();
+            self.digits += digit as usize;
+            if starts_word {
+                self.words += 1;
+                self.numbers += digit as usize;
             }
-            if !in_word {
-                words += 1;
-                if c.is_ascii_digit() {
-                    numbers += 1;
-                }
-            }
-            word_chars += 1;
-            in_word = true;
-        } else {
-            in_word = false;
+            self.word_chars += 1;
         }
     }
-    let (has_code, has_math) = markers(prompt);
-    [
-        (1.0 + chars as f64).ln(),
-        (1.0 + words as f64).ln(),
-        if chars == 0 {
-            0.0
-        } else {
-            digits as f64 / chars as f64
-        },
-        has_code as u8 as f64,
-        has_math as u8 as f64,
-        (1.0 + questions as f64).ln(),
-        (1.0 + numbers as f64).ln(),
-        if words == 0 {
-            0.0
-        } else {
-            word_chars as f64 / words as f64
-        },
-        (lines as f64).ln(),
-    ]
+
+    /// The dense features, with the markers searched in `prompt`.
+    fn features(&self, prompt: &str) -> [f64; DENSE] {
+        let (has_code, has_math) = markers(prompt);
+        let (chars, words) = (self.chars, self.words);
+        [
+            (1.0 + chars as f64).ln(),
+            (1.0 + words as f64).ln(),
+            if chars == 0 {
+                0.0
+            } else {
+                self.digits as f64 / chars as f64
+            },
+            has_code as u8 as f64,
+            has_math as u8 as f64,
+            (1.0 + self.questions as f64).ln(),
+            (1.0 + self.numbers as f64).ln(),
+            if words == 0 {
+                0.0
+            } else {
+                self.word_chars as f64 / words as f64
+            },
+            ((1 + self.lines) as f64).ln(),
+        ]
+    }
+}
+
+/// The raw dense features of a prompt (not standardised).
+pub fn dense_features(prompt: &str) -> [f64; DENSE] {
+    let mut d = DenseCounts::default();
+    let mut in_word = false;
+    for c in prompt.chars() {
+        let alnum = c.is_alphanumeric();
+        d.feed(c, alnum, alnum && !in_word);
+        in_word = alnum;
+    }
+    d.features(prompt)
 }
 
 /// Whether `text` has a code marker (```` ``` ````, `def `, `return `, `#include`, `function `,
@@ -243,24 +271,46 @@ impl Featurizer {
         *c = c.saturating_add(if h >> 63 == 0 { 1 } else { -1 });
     }
 
-    fn end_word(&mut self, prev: &mut Option<u64>) {
-        if self.word.is_empty() {
-            return;
-        }
-        if self.config.word_ngrams {
-            let mut uni = FNV_OFFSET ^ NS_WORD;
-            let mut bi = prev.map(|p| fnv_step(p, ' ' as u32));
-            for &cp in &self.word {
-                uni = fnv_step(uni, cp);
-                bi = bi.map(|b| fnv_step(b, cp));
+    /// Word unigrams and bigrams of the whole prompt, hashed as the characters arrive (no word
+    /// buffer); feeds `dense` with every character when given.
+    fn word_pass(&mut self, prompt: &str, mut dense: Option<&mut DenseCounts>) {
+        // the unigram hash of the word before, which starts the bigram's hash
+        let mut prev: Option<u64> = None;
+        let (mut uni, mut bi) = (0u64, 0u64);
+        let mut in_word = false;
+        for c in prompt.chars() {
+            let alnum = c.is_alphanumeric();
+            if let Some(d) = dense.as_deref_mut() {
+                d.feed(c, alnum, alnum && !in_word);
             }
-            self.add(uni);
-            if let Some(b) = bi {
-                self.add(b);
+            if alnum {
+                if !in_word {
+                    uni = FNV_OFFSET ^ NS_WORD;
+                    if let Some(p) = prev {
+                        bi = fnv_step(p, ' ' as u32);
+                    }
+                    in_word = true;
+                }
+                let lc = lower(c);
+                uni = fnv_step(uni, lc);
+                bi = fnv_step(bi, lc);
+            } else if in_word {
+                self.end_word(uni, bi, &mut prev);
+                in_word = false;
             }
-            *prev = Some(uni);
         }
-        self.word.clear();
+        if in_word {
+            self.end_word(uni, bi, &mut prev);
+        }
+    }
+
+    #[inline]
+    fn end_word(&mut self, uni: u64, bi: u64, prev: &mut Option<u64>) {
+        self.add(uni);
+        if prev.is_some() {
+            self.add(bi);
+        }
+        *prev = Some(uni);
     }
 
     fn char_grams(&mut self) {
@@ -287,7 +337,8 @@ impl Featurizer {
         self.word.clear();
     }
 
-    /// Walks the words of `prompt`, calling `on_word` with each lowercased word in `self.word`.
+    /// Walks the words of the first `limit` characters of `prompt` (0: all), calling `on_word`
+    /// with each lowercased word in `self.word`.
     fn for_each_word(&mut self, prompt: &str, limit: u32, mut on_word: impl FnMut(&mut Self)) {
         self.word.clear();
         let limit = if limit == 0 {
@@ -297,12 +348,7 @@ impl Featurizer {
         };
         for c in prompt.chars().take(limit) {
             if c.is_alphanumeric() {
-                let lc = if c.is_ascii() {
-                    c.to_ascii_lowercase()
-                } else {
-                    c.to_lowercase().next().unwrap_or(c)
-                };
-                self.word.push(lc as u32);
+                self.word.push(lower(c));
             } else if !self.word.is_empty() {
                 on_word(self);
                 self.word.clear();
@@ -352,8 +398,7 @@ impl Featurizer {
     pub fn hashed(&mut self, prompt: &str, out: &mut Vec<(u32, f32)>) {
         let mut pairs = Vec::new();
         if self.config.word_ngrams {
-            let mut prev = None;
-            self.for_each_word(prompt, 0, |me| me.end_word(&mut prev));
+            self.word_pass(prompt, None);
             self.flush_block(self.config.word_weight as f64, out, &mut pairs);
         }
         if self.config.char_min > 0 {
@@ -365,17 +410,40 @@ impl Featurizer {
     /// The dot product of the hashed features of `prompt` with `weights` (one per bucket), without
     /// materialising them.
     pub fn dot(&mut self, prompt: &str, weights: &[f32]) -> f64 {
+        self.dot_dense(prompt, weights, false).0
+    }
+
+    /// [`dot`](Self::dot), and with `dense` the raw dense features too ([`dense_features`]),
+    /// counted during the word pass rather than in a pass of their own.
+    pub fn dot_dense(
+        &mut self,
+        prompt: &str,
+        weights: &[f32],
+        dense: bool,
+    ) -> (f64, Option<[f64; DENSE]>) {
         let mut s = 0.0f64;
+        let mut counts = DenseCounts::default();
+        let mut counted = false;
         if self.config.word_ngrams {
-            let mut prev = None;
-            self.for_each_word(prompt, 0, |me| me.end_word(&mut prev));
+            let d = if dense {
+                counted = true;
+                Some(&mut counts)
+            } else {
+                None
+            };
+            self.word_pass(prompt, d);
             s += self.dot_block(self.config.word_weight as f64, weights);
         }
         if self.config.char_min > 0 {
             self.for_each_word(prompt, self.config.char_prefix, |me| me.char_grams());
             s += self.dot_block(self.config.char_weight as f64, weights);
         }
-        s
+        let features = match (dense, counted) {
+            (false, _) => None,
+            (true, true) => Some(counts.features(prompt)),
+            (true, false) => Some(dense_features(prompt)),
+        };
+        (s, features)
     }
 
     fn dot_block(&mut self, weight: f64, weights: &[f32]) -> f64 {
@@ -385,6 +453,48 @@ impl Featurizer {
             num * weight / ss.sqrt()
         } else {
             0.0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scoring counts the dense features during its word pass; they must be exactly the ones
+    /// training computes on its own pass, for every kind of text.
+    #[test]
+    fn dense_features_from_the_word_pass_equal_their_own_pass() {
+        let prompts = [
+            "",
+            "?",
+            "What is 12 + 30?\nA. 42\nB. 7x",
+            "  leading spaces, trailing 9 ",
+            "Ünïcödé wörds, ﬁ ligature, 中文字符 and ½ ⅔ numerals\n\n\n",
+            "def f(x):\n    return x ** 2  # code\n```\n$x^2$ = \\frac{1}{2}",
+            "word1word 2word3 33 a1 1a",
+        ];
+        for config in [
+            FeatureConfig::default(),
+            FeatureConfig {
+                char_min: 0,
+                ..FeatureConfig::default()
+            },
+            FeatureConfig {
+                word_ngrams: false,
+                ..FeatureConfig::default()
+            },
+        ] {
+            let mut f = Featurizer::new(&config);
+            let weights: Vec<f32> = (0..config.buckets())
+                .map(|i| ((i % 97) as f32 - 48.0) / 100.0)
+                .collect();
+            for p in prompts {
+                let (dot, dense) = f.dot_dense(p, &weights, true);
+                assert_eq!(dense, Some(dense_features(p)), "{p:?}");
+                assert_eq!(dot.to_bits(), f.dot(p, &weights).to_bits(), "{p:?}");
+                assert_eq!(f.dot_dense(p, &weights, false).1, None);
+            }
         }
     }
 }

@@ -194,9 +194,9 @@ impl LexicalRouter {
 
     /// The raw (uncalibrated) margin of `prompt`, with the caller's buffers.
     pub fn margin_with(&self, f: &mut Featurizer, prompt: &str) -> f64 {
-        let mut m = self.bias + f.dot(prompt, &self.weights);
-        if self.features.dense {
-            let d = features::dense_features(prompt);
+        let (dot, dense) = f.dot_dense(prompt, &self.weights, self.features.dense);
+        let mut m = self.bias + dot;
+        if let Some(d) = dense {
             for (j, x) in d.iter().enumerate() {
                 m += self.dense_weights[j] * (x - self.dense_mean[j]) / self.dense_std[j];
             }
