@@ -1,4 +1,4 @@
-//! Decision latency of the shipped routers on prompts of about 1,000 tokens (≈ 4,000 characters,
+//! Decision latency of the shipped routers on prompts of about 1,000 tokens (4,000 bytes each,
 //! built from the test sample): `cargo run --release -p tollway-engine --example router_bench`.
 //! The lexical router always; the embedding router too when its file and the encoder are there
 //! (`scripts/fetch-encoder.sh`), with the encoder alone at several input lengths. For one core:
@@ -20,7 +20,9 @@ fn main() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["prompt"].as_str().map(str::to_string))
         .collect();
-    // 200 prompts of ~4,000 characters: consecutive sample prompts glued together.
+    // 200 prompts of 4,000 bytes (about 1,000 tokens at four characters a token): consecutive
+    // sample prompts glued together and cut at the character boundary before 4,000 bytes. Equal
+    // lengths, so that the spread of the times is the machine's and the text's, not the length's.
     let mut prompts = Vec::new();
     for start in 0..texts.len() {
         let mut p = String::new();
@@ -30,6 +32,11 @@ fn main() {
             p.push('\n');
             i += 1;
         }
+        let mut cut = 4_000;
+        while !p.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        p.truncate(cut);
         prompts.push(p);
     }
     let words: usize = prompts
