@@ -225,6 +225,17 @@ fn markers(text: &str) -> (bool, bool) {
     (code, math)
 }
 
+/// Where the word pass is: the running hashes of the current word's unigram and of its bigram
+/// with the word before.
+#[derive(Default)]
+struct WordState {
+    /// The unigram hash of the word before, which starts the bigram's hash.
+    prev: Option<u64>,
+    uni: u64,
+    bi: u64,
+    in_word: bool,
+}
+
 /// Reusable buffers for featurising prompts with one [`FeatureConfig`].
 pub struct Featurizer {
     config: FeatureConfig,
@@ -274,33 +285,52 @@ impl Featurizer {
     /// Word unigrams and bigrams of the whole prompt, hashed as the characters arrive (no word
     /// buffer); feeds `dense` with every character when given.
     fn word_pass(&mut self, prompt: &str, mut dense: Option<&mut DenseCounts>) {
-        // the unigram hash of the word before, which starts the bigram's hash
-        let mut prev: Option<u64> = None;
-        let (mut uni, mut bi) = (0u64, 0u64);
-        let mut in_word = false;
-        for c in prompt.chars() {
-            let alnum = c.is_alphanumeric();
-            if let Some(d) = dense.as_deref_mut() {
-                d.feed(c, alnum, alnum && !in_word);
+        let mut st = WordState::default();
+        if prompt.is_ascii() {
+            // ASCII, the common case: bytes are characters, no decoding or Unicode tables
+            for &b in prompt.as_bytes() {
+                let alnum = b.is_ascii_alphanumeric();
+                let lc = b.to_ascii_lowercase() as u32;
+                self.word_step(&mut st, b as char, alnum, lc, dense.as_deref_mut());
             }
-            if alnum {
-                if !in_word {
-                    uni = FNV_OFFSET ^ NS_WORD;
-                    if let Some(p) = prev {
-                        bi = fnv_step(p, ' ' as u32);
-                    }
-                    in_word = true;
-                }
-                let lc = lower(c);
-                uni = fnv_step(uni, lc);
-                bi = fnv_step(bi, lc);
-            } else if in_word {
-                self.end_word(uni, bi, &mut prev);
-                in_word = false;
+        } else {
+            for c in prompt.chars() {
+                let alnum = c.is_alphanumeric();
+                let lc = if alnum { lower(c) } else { 0 };
+                self.word_step(&mut st, c, alnum, lc, dense.as_deref_mut());
             }
         }
-        if in_word {
-            self.end_word(uni, bi, &mut prev);
+        if st.in_word {
+            self.end_word(st.uni, st.bi, &mut st.prev);
+        }
+    }
+
+    /// One character of [`word_pass`](Self::word_pass): `lc` is its lowercase when `alnum`.
+    #[inline(always)]
+    fn word_step(
+        &mut self,
+        st: &mut WordState,
+        c: char,
+        alnum: bool,
+        lc: u32,
+        dense: Option<&mut DenseCounts>,
+    ) {
+        if let Some(d) = dense {
+            d.feed(c, alnum, alnum && !st.in_word);
+        }
+        if alnum {
+            if !st.in_word {
+                st.uni = FNV_OFFSET ^ NS_WORD;
+                if let Some(p) = st.prev {
+                    st.bi = fnv_step(p, ' ' as u32);
+                }
+                st.in_word = true;
+            }
+            st.uni = fnv_step(st.uni, lc);
+            st.bi = fnv_step(st.bi, lc);
+        } else if st.in_word {
+            self.end_word(st.uni, st.bi, &mut st.prev);
+            st.in_word = false;
         }
     }
 
@@ -460,6 +490,24 @@ impl Featurizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ASCII prompt takes the byte path of the word pass; the same words followed by a
+    /// non-ASCII separator (which adds no n-gram) take the `char` path: same features.
+    #[test]
+    fn the_ascii_word_pass_equals_the_unicode_one() {
+        let mut f = Featurizer::new(&FeatureConfig::default());
+        for p in [
+            "What is 12 + 30?\nA. 42\nB. 7x",
+            "Mixed CASE words, digits 0123456789 and punctuation!?",
+            "tail word",
+        ] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            f.hashed(p, &mut a);
+            f.hashed(&format!("{p}\u{2014}"), &mut b);
+            assert!(!a.is_empty());
+            assert_eq!(a, b, "{p:?}");
+        }
+    }
 
     /// Scoring counts the dense features during its word pass; they must be exactly the ones
     /// training computes on its own pass, for every kind of text.
