@@ -632,6 +632,9 @@ async fn chat_inner(
         ApiFamily::OpenAi => openai::decode_request(&bytes),
         ApiFamily::Anthropic => anthropic::decode_request(&bytes),
     };
+    // The decoded request holds what is needed: the raw body (megabytes, with images) is not
+    // kept while the request waits on the upstream.
+    drop(bytes);
     let mut req = match decoded {
         Ok(r) => r,
         Err(e) => return fail(e, None),
