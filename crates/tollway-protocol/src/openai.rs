@@ -490,7 +490,7 @@ pub fn encode_request(
         .map_err(|e| ProviderError::internal(format!("could not encode the request: {e}")))
 }
 
-fn text_or_parts(parts: &[Part], label: &str, images: bool) -> Result<Value, ProviderError> {
+fn text_or_parts(parts: &[&Part], label: &str, images: bool) -> Result<Value, ProviderError> {
     let texts: Vec<&str> = parts
         .iter()
         .filter_map(|p| match p {
@@ -528,7 +528,8 @@ fn text_or_parts(parts: &[Part], label: &str, images: bool) -> Result<Value, Pro
 
 fn encode_message(m: &Message, label: &str, out: &mut Vec<Value>) -> Result<(), ProviderError> {
     // Tool results travel as `tool` messages, whatever role carried them canonically.
-    let mut rest: Vec<Part> = Vec::new();
+    // the other parts, borrowed: a message's text is copied once, into the upstream body
+    let mut rest: Vec<&Part> = Vec::new();
     for p in &m.content {
         match p {
             Part::ToolResult(r) => {
@@ -541,7 +542,7 @@ fn encode_message(m: &Message, label: &str, out: &mut Vec<Value>) -> Result<(), 
                 }
                 out.push(json!({"role": "tool", "tool_call_id": r.tool_call_id, "content": text}));
             }
-            other => rest.push(other.clone()),
+            other => rest.push(other),
         }
     }
     match m.role {
