@@ -291,10 +291,10 @@ pub fn eval(
     let outcomes: Vec<Outcome> = dataset.examples.iter().map(|e| e.outcome).collect();
     let e = router::evaluate(&scores, &outcomes, Prices::default())?;
     // What telling the domains apart is worth on this data: a reference for the router's figures.
-    let domain_oracle = match dataset.domain_oracle_scores() {
-        Some(s) => Some(router::evaluate(&s, &outcomes, Prices::default())?),
-        None => None,
-    };
+    let domain_oracle = dataset
+        .domain_oracle_scores()
+        .map(|s| router::evaluate(&s, &outcomes, Prices::default()))
+        .transpose()?;
     let mut out = String::new();
     let _ = writeln!(
         out,

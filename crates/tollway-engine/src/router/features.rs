@@ -452,27 +452,20 @@ impl Featurizer {
         dense: bool,
     ) -> (f64, Option<[f64; DENSE]>) {
         let mut s = 0.0f64;
-        let mut counts = DenseCounts::default();
-        let mut counted = false;
+        // counted in the word pass when there is one
+        let mut counts = (dense && self.config.word_ngrams).then(DenseCounts::default);
         if self.config.word_ngrams {
-            let d = if dense {
-                counted = true;
-                Some(&mut counts)
-            } else {
-                None
-            };
-            self.word_pass(prompt, d);
+            self.word_pass(prompt, counts.as_mut());
             s += self.dot_block(self.config.word_weight as f64, weights);
         }
         if self.config.char_min > 0 {
             self.for_each_word(prompt, self.config.char_prefix, |me| me.char_grams());
             s += self.dot_block(self.config.char_weight as f64, weights);
         }
-        let features = match (dense, counted) {
-            (false, _) => None,
-            (true, true) => Some(counts.features(prompt)),
-            (true, false) => Some(dense_features(prompt)),
-        };
+        let features = dense.then(|| match counts {
+            Some(c) => c.features(prompt),
+            None => dense_features(prompt),
+        });
         (s, features)
     }
 
