@@ -67,14 +67,19 @@ impl<T> Lanes<T> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn each_lane_gets_its_own_and_others_share_one() {
+    /// Two lanes holding 1 and 2, and 3 for everyone else.
+    fn numbered() -> Lanes<i32> {
         let mut next = 0;
-        let lanes = Lanes::with_count(2, &mut || {
+        Lanes::with_count(2, &mut || {
             next += 1;
             Ok::<_, String>(next)
         })
-        .expect("built");
+        .expect("built")
+    }
+
+    #[test]
+    fn each_lane_gets_its_own_and_others_share_one() {
+        let lanes = numbered();
         assert_eq!(*lanes.for_lane(Some(0)), 1);
         assert_eq!(*lanes.for_lane(Some(1)), 2);
         assert_eq!(*lanes.for_lane(None), 3);
@@ -84,12 +89,7 @@ mod tests {
 
     #[test]
     fn the_calling_thread_picks_by_its_lane() {
-        let mut next = 0;
-        let lanes = Lanes::with_count(2, &mut || {
-            next += 1;
-            Ok::<_, String>(next)
-        })
-        .expect("built");
+        let lanes = numbered();
         // this thread is no lane: it gets the one for everything else
         assert_eq!(current_lane(), None);
         assert_eq!(*lanes.pick(), 3);
