@@ -74,16 +74,19 @@ def wait_http(url, timeout=60, headers=None, body=None):
     return False
 
 
-def rss_kb(pid):
-    """Resident memory of a process and its children (LiteLLM and nginx fork workers)."""
-    total = 0
+def tree(pid, field="pid"):
+    """`field` of a process and of its children (LiteLLM and nginx fork workers), from ps."""
     try:
-        out = subprocess.run(["ps", "-o", "rss=", "--ppid", str(pid), "-p", str(pid)],
+        out = subprocess.run(["ps", "-o", f"{field}=", "--ppid", str(pid), "-p", str(pid)],
                              capture_output=True, text=True).stdout
-        total = sum(int(x) for x in out.split())
+        return [int(x) for x in out.split()]
     except Exception:
-        pass
-    return total
+        return []
+
+
+def rss_kb(pid):
+    """Resident memory of a process and its children."""
+    return sum(tree(pid, "rss"))
 
 
 STREAM_TOKENS = 200
@@ -120,16 +123,9 @@ def load(url, model, extra=(), rate=None, connections=None, key=None, stream=Fal
 
 
 def cpu_ticks(pid):
-    """CPU time (clock ticks) of a process and its children: LiteLLM and nginx fork workers."""
+    """CPU time (clock ticks) of a process and its children."""
     total = 0
-    pids = [pid]
-    try:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
-                             text=True).stdout
-        pids += [int(x) for x in out.split()]
-    except Exception:
-        pass
-    for p in pids:
+    for p in tree(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
