@@ -14,7 +14,7 @@ use tollway_core::{
     ToolResult, Usage,
 };
 
-use crate::json::{self, count, index, invalid_value, missing, wrong_type, Obj};
+use crate::json::{self, index, invalid_value, missing, wrong_type, Obj};
 use crate::openai::fallback_message;
 use crate::sse::{write_event, SseEvent};
 
@@ -649,14 +649,14 @@ pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, Provide
 // Answers
 // ------------------------------------------------------------------------------------------------
 
-fn stop_reason_str(r: &StopReason) -> String {
+fn stop_reason_str(r: &StopReason) -> &str {
     match r {
-        StopReason::EndTurn => "end_turn".into(),
-        StopReason::MaxTokens => "max_tokens".into(),
-        StopReason::StopSequence => "stop_sequence".into(),
-        StopReason::ToolUse => "tool_use".into(),
-        StopReason::ContentFilter => "refusal".into(),
-        StopReason::Other(s) => s.clone(),
+        StopReason::EndTurn => "end_turn",
+        StopReason::MaxTokens => "max_tokens",
+        StopReason::StopSequence => "stop_sequence",
+        StopReason::ToolUse => "tool_use",
+        StopReason::ContentFilter => "refusal",
+        StopReason::Other(s) => s,
     }
 }
 
@@ -670,144 +670,302 @@ fn stop_reason(s: &str) -> StopReason {
     }
 }
 
-fn usage_json(u: &Usage) -> Value {
-    json!({
-        "input_tokens": u.input_tokens,
-        "output_tokens": u.output_tokens,
-        "cache_creation_input_tokens": u.cache_write_tokens,
-        "cache_read_input_tokens": u.cache_read_tokens,
-    })
+/// What Tollway writes to Anthropic clients, as typed structs serialised from borrowed fields (no
+/// `Value` tree per answer).
+mod out {
+    use serde::Serialize;
+    use serde_json::value::RawValue;
+
+    #[derive(Serialize)]
+    pub struct Usage<'a> {
+        pub input_tokens: u64,
+        pub output_tokens: u64,
+        pub cache_creation_input_tokens: u64,
+        pub cache_read_input_tokens: u64,
+        /// The request's cost in USD (a decimal string), on the final usage of a stream.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub cost_usd: Option<&'a str>,
+    }
+
+    impl Usage<'_> {
+        pub fn of(u: &tollway_core::Usage) -> Self {
+            Usage {
+                input_tokens: u.input_tokens,
+                output_tokens: u.output_tokens,
+                cache_creation_input_tokens: u.cache_write_tokens,
+                cache_read_input_tokens: u.cache_read_tokens,
+                cost_usd: None,
+            }
+        }
+    }
+
+    /// A tool call's `input`: the model's arguments when they are a JSON object (written as they
+    /// came), else what [`super::tool_input`] makes of them.
+    pub enum Input<'a> {
+        Raw(&'a RawValue),
+        Value(serde_json::Value),
+    }
+
+    impl Serialize for Input<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self {
+                Input::Raw(r) => r.serialize(s),
+                Input::Value(v) => v.serialize(s),
+            }
+        }
+    }
+
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    pub enum Block<'a> {
+        Thinking {
+            thinking: &'a str,
+            signature: &'a str,
+        },
+        Text {
+            text: &'a str,
+        },
+        ToolUse {
+            id: &'a str,
+            name: &'a str,
+            input: Input<'a>,
+        },
+    }
+
+    #[derive(Serialize)]
+    pub struct Message<'a> {
+        pub id: &'a str,
+        #[serde(rename = "type")]
+        pub kind: &'static str,
+        pub role: &'static str,
+        pub model: &'a str,
+        pub content: Vec<Block<'a>>,
+        pub stop_reason: &'a str,
+        pub stop_sequence: Option<&'a str>,
+        pub usage: Usage<'a>,
+    }
 }
 
-fn decode_usage(v: &Value) -> Usage {
-    Usage {
-        input_tokens: count(v.get("input_tokens")),
-        output_tokens: count(v.get("output_tokens")),
-        cache_read_tokens: count(v.get("cache_read_input_tokens")),
-        cache_write_tokens: count(v.get("cache_creation_input_tokens")),
-        reasoning_tokens: 0,
+/// The parts of Anthropic answers and stream events Tollway reads, typed and lenient (a field of
+/// another type reads as absent), borrowing strings from the body.
+mod wire {
+    use crate::json::lax;
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+
+    #[derive(Deserialize)]
+    pub struct Message<'a> {
+        #[serde(borrow, default)]
+        pub id: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub model: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub content: lax::List<Block<'a>>,
+        #[serde(borrow, default)]
+        pub stop_reason: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub stop_sequence: lax::Str<'a>,
+        #[serde(default)]
+        pub usage: lax::Obj<Usage>,
+    }
+
+    /// A content block; which fields are set depends on its `type`.
+    #[derive(Deserialize)]
+    pub struct Block<'a> {
+        #[serde(rename = "type", borrow, default)]
+        pub kind: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub text: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub id: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub name: lax::Str<'a>,
+        /// A tool call's arguments, kept as the JSON text they came as.
+        #[serde(borrow, default)]
+        pub input: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        pub thinking: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub signature: lax::Str<'a>,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Usage {
+        #[serde(default)]
+        pub input_tokens: lax::Count,
+        #[serde(default)]
+        pub output_tokens: lax::Count,
+        #[serde(default)]
+        pub cache_read_input_tokens: lax::Count,
+        #[serde(default)]
+        pub cache_creation_input_tokens: lax::Count,
+    }
+
+    impl Usage {
+        pub fn canonical(&self) -> tollway_core::Usage {
+            tollway_core::Usage {
+                input_tokens: self.input_tokens.0,
+                output_tokens: self.output_tokens.0,
+                cache_read_tokens: self.cache_read_input_tokens.0,
+                cache_write_tokens: self.cache_creation_input_tokens.0,
+                reasoning_tokens: 0,
+            }
+        }
+    }
+
+    /// One stream event; which fields are set depends on its `type`.
+    #[derive(Deserialize)]
+    pub struct Event<'a> {
+        #[serde(rename = "type", borrow, default)]
+        pub kind: lax::Str<'a>,
+        #[serde(default)]
+        pub index: lax::U64,
+        /// `message_start`'s message (id, model, usage).
+        #[serde(borrow, default)]
+        pub message: lax::Obj<Message<'a>>,
+        #[serde(borrow, default)]
+        pub content_block: lax::Obj<Block<'a>>,
+        #[serde(borrow, default)]
+        pub delta: lax::Obj<Delta<'a>>,
+        #[serde(default)]
+        pub usage: lax::Obj<Usage>,
+        #[serde(borrow, default)]
+        pub error: lax::Obj<Error<'a>>,
+    }
+
+    /// A `content_block_delta`'s or a `message_delta`'s delta.
+    #[derive(Deserialize)]
+    pub struct Delta<'a> {
+        #[serde(rename = "type", borrow, default)]
+        pub kind: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub text: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub partial_json: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub thinking: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub signature: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub stop_reason: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub stop_sequence: lax::Str<'a>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Error<'a> {
+        #[serde(rename = "type", borrow, default)]
+        pub kind: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub message: lax::Str<'a>,
     }
 }
 
 /// A tool call's arguments as the `input` object Anthropic clients expect. Arguments that are not
 /// a JSON object (a model's mistake) are kept whole under `_raw_arguments` rather than lost.
-fn tool_input(arguments: &str) -> Value {
-    if arguments.trim().is_empty() {
-        return json!({});
+fn tool_input(arguments: &str) -> out::Input<'_> {
+    let trimmed = arguments.trim();
+    if trimmed.is_empty() {
+        return out::Input::Value(json!({}));
     }
-    match serde_json::from_str::<Value>(arguments) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => json!({"_raw_arguments": arguments}),
+    match serde_json::from_str::<&serde_json::value::RawValue>(trimmed) {
+        Ok(raw) if trimmed.starts_with('{') => out::Input::Raw(raw),
+        _ => out::Input::Value(json!({"_raw_arguments": arguments})),
     }
 }
 
-fn message_id(id: &str) -> String {
+fn message_id(id: &str) -> &str {
     if id.is_empty() {
-        "msg_tollway".to_string()
+        "msg_tollway"
     } else {
-        id.to_string()
+        id
     }
 }
 
 /// Encodes a canonical answer as a Messages `message` object for an Anthropic client.
 pub fn encode_response(r: &ChatResponse) -> Vec<u8> {
-    let content: Vec<Value> = r
+    let content = r
         .content
         .iter()
         .filter_map(|p| match p {
-            Part::Text { text, .. } => Some(json!({"type": "text", "text": text})),
-            Part::ToolCall(c) => Some(json!({
-                "type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(&c.arguments)
-            })),
-            Part::Thinking { text, signature } => Some(json!({
-                "type": "thinking", "thinking": text, "signature": signature.clone().unwrap_or_default()
-            })),
+            Part::Text { text, .. } => Some(out::Block::Text { text }),
+            Part::ToolCall(c) => Some(out::Block::ToolUse {
+                id: &c.id,
+                name: &c.name,
+                input: tool_input(&c.arguments),
+            }),
+            Part::Thinking { text, signature } => Some(out::Block::Thinking {
+                thinking: text,
+                signature: signature.as_deref().unwrap_or_default(),
+            }),
             Part::Image(_) | Part::ToolResult(_) => None,
         })
         .collect();
-    let v = json!({
-        "id": message_id(&r.id),
-        "type": "message",
-        "role": "assistant",
-        "model": r.model,
-        "content": content,
-        "stop_reason": stop_reason_str(&r.stop_reason),
-        "stop_sequence": r.stop_sequence,
-        "usage": usage_json(&r.usage),
-    });
-    serde_json::to_vec(&v).unwrap_or_default()
+    let m = out::Message {
+        id: message_id(&r.id),
+        kind: "message",
+        role: "assistant",
+        model: &r.model,
+        content,
+        stop_reason: stop_reason_str(&r.stop_reason),
+        stop_sequence: r.stop_sequence.as_deref(),
+        usage: out::Usage::of(&r.usage),
+    };
+    // Plain data with string keys: serialising cannot fail.
+    let mut body = Vec::with_capacity(512);
+    match serde_json::to_writer(&mut body, &m) {
+        Ok(()) => body,
+        Err(_) => Vec::new(),
+    }
 }
 
 fn bad_answer(msg: impl Into<String>) -> ProviderError {
     ProviderError::new(ErrorKind::InvalidResponse, msg)
 }
 
+/// A canonical content part from an upstream content block (`None` for block types without a
+/// canonical form yet: redacted thinking, server tools).
+fn block_part(b: &wire::Block<'_>) -> Option<Part> {
+    let s = |v: &json::lax::Str<'_>| v.as_str().unwrap_or_default().to_string();
+    match b.kind.as_str()? {
+        "text" => Some(Part::text(s(&b.text))),
+        "tool_use" => Some(Part::ToolCall(ToolCall {
+            id: s(&b.id),
+            name: s(&b.name),
+            arguments: b.input.map_or_else(|| "{}".into(), |r| r.get().to_string()),
+        })),
+        "thinking" => Some(Part::Thinking {
+            text: s(&b.thinking),
+            signature: b.signature.as_str().map(str::to_string),
+        }),
+        _ => None,
+    }
+}
+
 /// Decodes an Anthropic upstream's `message` answer.
 pub fn decode_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
-    let v = json::parse_upstream(bytes, "an answer")?;
+    let v: wire::Message<'_> = json::parse_upstream_as(bytes, "an answer")?;
     let blocks = v
-        .get("content")
-        .and_then(Value::as_array)
+        .content
+        .0
+        .as_ref()
         .ok_or_else(|| bad_answer("the provider's answer has no content"))?;
-    let mut content = Vec::with_capacity(blocks.len());
-    for b in blocks {
-        match b.get("type").and_then(Value::as_str) {
-            Some("text") => content.push(Part::text(
-                b.get("text").and_then(Value::as_str).unwrap_or_default(),
-            )),
-            Some("tool_use") => content.push(Part::ToolCall(ToolCall {
-                id: b
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                name: b
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                arguments: b
-                    .get("input")
-                    .map(Value::to_string)
-                    .unwrap_or_else(|| "{}".into()),
-            })),
-            Some("thinking") => content.push(Part::Thinking {
-                text: b
-                    .get("thinking")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                signature: b
-                    .get("signature")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-            }),
-            // Redacted thinking and server-tool blocks have no canonical form yet.
-            _ => {}
-        }
-    }
     Ok(ChatResponse {
-        id: v
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        model: v
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        content,
+        id: v.id.as_str().unwrap_or_default().to_string(),
+        model: v.model.as_str().unwrap_or_default().to_string(),
+        content: blocks.iter().filter_map(block_part).collect(),
         stop_reason: v
-            .get("stop_reason")
-            .and_then(Value::as_str)
+            .stop_reason
+            .as_str()
             .map(stop_reason)
             .unwrap_or(StopReason::EndTurn),
-        stop_sequence: v
-            .get("stop_sequence")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        usage: v.get("usage").map(decode_usage).unwrap_or_default(),
+        stop_sequence: v.stop_sequence.as_str().map(str::to_string),
+        usage: v
+            .usage
+            .0
+            .as_ref()
+            .map(wire::Usage::canonical)
+            .unwrap_or_default(),
         created: json::now_unix(),
     })
 }
@@ -866,13 +1024,12 @@ pub fn decode_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> 
     e
 }
 
-fn stream_error(v: &Value) -> ProviderError {
-    let message = v
-        .pointer("/error/message")
-        .and_then(Value::as_str)
+fn stream_error(e: Option<&wire::Error<'_>>) -> ProviderError {
+    let message = e
+        .and_then(|e| e.message.as_str())
         .unwrap_or("the provider reported an error mid-stream")
         .to_string();
-    let kind = match v.pointer("/error/type").and_then(Value::as_str) {
+    let kind = match e.and_then(|e| e.kind.as_str()) {
         Some("overloaded_error") => ErrorKind::Overloaded,
         Some("rate_limit_error") => ErrorKind::RateLimited,
         Some("invalid_request_error") => ErrorKind::InvalidRequest,
@@ -904,119 +1061,92 @@ impl StreamDecoder {
         if self.done || ev.data.trim().is_empty() {
             return Ok(out);
         }
-        let v: Value = serde_json::from_str(&ev.data).map_err(|e| {
+        let v: wire::Event<'_> = serde_json::from_str(&ev.data).map_err(|e| {
             bad_answer(format!(
                 "the provider sent a stream event that is not valid JSON: {e}"
             ))
         })?;
-        let ty = v
-            .get("type")
-            .and_then(Value::as_str)
-            .or(ev.event.as_deref())
-            .unwrap_or_default();
-        let index = || v.get("index").and_then(Value::as_u64).unwrap_or(0) as u32;
+        let ty = v.kind.as_str().or(ev.event.as_deref()).unwrap_or_default();
+        let index = v.index.0.unwrap_or(0) as u32;
+        let text = |s: &json::lax::Str<'_>| s.as_str().unwrap_or_default().to_string();
         match ty {
             "message_start" => {
-                let m = v.get("message");
+                let m = v.message.0.as_ref();
                 self.started = true;
                 out.push(StreamEvent::Start {
-                    id: m
-                        .and_then(|m| m.get("id"))
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    model: m
-                        .and_then(|m| m.get("model"))
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
+                    id: m.map(|m| text(&m.id)).unwrap_or_default(),
+                    model: m.map(|m| text(&m.model)).unwrap_or_default(),
                     usage: m
-                        .and_then(|m| m.get("usage"))
-                        .map(decode_usage)
+                        .and_then(|m| m.usage.0.as_ref())
+                        .map(wire::Usage::canonical)
                         .unwrap_or_default(),
                 });
             }
             "content_block_start" => {
-                let b = v.get("content_block");
-                match b.and_then(|b| b.get("type")).and_then(Value::as_str) {
+                let Some(b) = v.content_block.0.as_ref() else {
+                    return Ok(out);
+                };
+                match b.kind.as_str() {
                     Some("tool_use") => out.push(StreamEvent::ToolCallStart {
-                        index: index(),
-                        id: b
-                            .and_then(|b| b.get("id"))
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string(),
-                        name: b
-                            .and_then(|b| b.get("name"))
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string(),
+                        index,
+                        id: text(&b.id),
+                        name: text(&b.name),
                     }),
                     Some("text") => {
-                        if let Some(t) = b.and_then(|b| b.get("text")).and_then(Value::as_str) {
-                            if !t.is_empty() {
-                                out.push(StreamEvent::TextDelta {
-                                    index: index(),
-                                    text: t.to_string(),
-                                });
-                            }
+                        if let Some(t) = b.text.as_str().filter(|t| !t.is_empty()) {
+                            out.push(StreamEvent::TextDelta {
+                                index,
+                                text: t.to_string(),
+                            });
                         }
                     }
                     _ => {}
                 }
             }
             "content_block_delta" => {
-                let d = v.get("delta");
-                let field = |k: &str| {
-                    d.and_then(|d| d.get(k))
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string()
+                let Some(d) = v.delta.0.as_ref() else {
+                    return Ok(out);
                 };
-                match d.and_then(|d| d.get("type")).and_then(Value::as_str) {
+                match d.kind.as_str() {
                     Some("text_delta") => out.push(StreamEvent::TextDelta {
-                        index: index(),
-                        text: field("text"),
+                        index,
+                        text: text(&d.text),
                     }),
                     Some("input_json_delta") => {
-                        let piece = field("partial_json");
-                        if !piece.is_empty() {
+                        if let Some(piece) = d.partial_json.as_str().filter(|p| !p.is_empty()) {
                             out.push(StreamEvent::ToolCallDelta {
-                                index: index(),
-                                arguments: piece,
+                                index,
+                                arguments: piece.to_string(),
                             });
                         }
                     }
                     Some("thinking_delta") => out.push(StreamEvent::ThinkingDelta {
-                        index: index(),
-                        text: field("thinking"),
+                        index,
+                        text: text(&d.thinking),
                     }),
                     Some("signature_delta") => out.push(StreamEvent::ThinkingSignature {
-                        index: index(),
-                        signature: field("signature"),
+                        index,
+                        signature: text(&d.signature),
                     }),
                     _ => {}
                 }
             }
-            "content_block_stop" => out.push(StreamEvent::BlockStop { index: index() }),
+            "content_block_stop" => out.push(StreamEvent::BlockStop { index }),
             "message_delta" => {
-                if let Some(u) = v.get("usage") {
-                    out.push(StreamEvent::Usage(decode_usage(u)));
+                if let Some(u) = &v.usage.0 {
+                    out.push(StreamEvent::Usage(u.canonical()));
                 }
-                let d = v.get("delta");
-                if let Some(sr) = d.and_then(|d| d.get("stop_reason")).and_then(Value::as_str) {
+                let d = v.delta.0.as_ref();
+                if let Some(sr) = d.and_then(|d| d.stop_reason.as_str()) {
                     self.finished = true;
                     out.push(StreamEvent::Finish {
                         stop_reason: stop_reason(sr),
-                        stop_sequence: d
-                            .and_then(|d| d.get("stop_sequence"))
-                            .and_then(Value::as_str)
-                            .map(str::to_string),
+                        stop_sequence: d.and_then(|d| d.stop_sequence.as_str()).map(str::to_string),
                     });
                 }
             }
             "message_stop" => self.done = true,
-            "error" => return Err(stream_error(&v)),
+            "error" => return Err(stream_error(v.error.0.as_ref())),
             _ => {} // ping and event types added later
         }
         Ok(out)
@@ -1076,7 +1206,7 @@ impl StreamEncoder {
             return;
         }
         self.started = true;
-        let usage = usage_json(&self.usage);
+        let usage = out::Usage::of(&self.usage);
         Self::event(
             out,
             "message_start",
@@ -1212,10 +1342,10 @@ impl StreamEncoder {
         self.start("", "", out);
         self.close_open(out);
         let (reason, seq) = self.stop.take().unwrap_or((StopReason::EndTurn, None));
-        let mut usage = usage_json(&self.usage);
-        if let (Some(c), Some(o)) = (&self.cost_usd, usage.as_object_mut()) {
-            o.insert("cost_usd".into(), json!(c));
-        }
+        let usage = out::Usage {
+            cost_usd: self.cost_usd.as_deref(),
+            ..out::Usage::of(&self.usage)
+        };
         Self::event(
             out,
             "message_delta",

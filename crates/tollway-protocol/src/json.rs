@@ -404,10 +404,21 @@ pub mod lax {
         }
     }
 
-    struct SeqVisitor<T>(std::marker::PhantomData<T>);
+    /// A JSON array of `T` (elements that are not objects skipped), or `None` for any other JSON
+    /// value: for a field whose absence is an error.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct List<T>(pub Option<Vec<T>>);
 
-    impl<'de, T: Deserialize<'de>> Visitor<'de> for SeqVisitor<T> {
-        type Value = Vec<T>;
+    impl<T> Default for List<T> {
+        fn default() -> Self {
+            List(None)
+        }
+    }
+
+    struct ListVisitor<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for ListVisitor<T> {
+        type Value = Option<Vec<T>>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("any JSON value")
         }
@@ -418,43 +429,49 @@ pub mod lax {
                     v.push(x);
                 }
             }
-            Ok(v)
+            Ok(Some(v))
         }
         fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(Vec::new())
+            Ok(None)
         }
         fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(Vec::new())
+            Ok(None)
         }
         fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(Vec::new())
+            Ok(None)
         }
         fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
             d.deserialize_any(self)
         }
         fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(Vec::new())
+            Ok(None)
         }
         fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(Vec::new())
+            Ok(None)
         }
         fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Vec::new())
+            Ok(None)
         }
         fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Vec::new())
+            Ok(None)
         }
         fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
             while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            Ok(Vec::new())
+            Ok(None)
+        }
+    }
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(ListVisitor(std::marker::PhantomData))
+                .map(List)
         }
     }
 
     /// Elements that are not objects are skipped.
     impl<'de, T: Deserialize<'de>> Deserialize<'de> for Seq<T> {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_any(SeqVisitor(std::marker::PhantomData))
-                .map(Seq)
+            List::deserialize(d).map(|l| Seq(l.0.unwrap_or_default()))
         }
     }
 }

@@ -208,7 +208,84 @@ fn answers_round_trip() {
     assert_eq!(back["usage"], upstream["usage"]);
     assert_eq!(back["stop_reason"], "tool_use");
     // invalid tool arguments from another vendor's model are kept, not lost
-    assert_eq!(tool_input("[1]"), json!({"_raw_arguments": "[1]"}));
+    let input = |args: &str| serde_json::to_value(tool_input(args)).unwrap();
+    assert_eq!(input("[1]"), json!({"_raw_arguments": "[1]"}));
+    assert_eq!(input("{not json"), json!({"_raw_arguments": "{not json"}));
+    assert_eq!(input("  "), json!({}));
+    // an object is written as it came, whitespace and key order included
+    assert_eq!(input(" {\"b\": 1, \"a\": [2]} "), json!({"b": 1, "a": [2]}));
+    let raw = ChatResponse {
+        content: vec![Part::ToolCall(ToolCall {
+            id: "t".into(),
+            name: "f".into(),
+            arguments: "{\"b\": 1, \"a\": 2}".into(),
+        })],
+        ..r
+    };
+    let text = String::from_utf8(encode_response(&raw)).unwrap();
+    assert!(text.contains(r#""input":{"b": 1, "a": 2}"#), "{text}");
+}
+
+/// Upstream answers are read leniently, field by field: a field of another type reads as absent,
+/// as the `Value` accessors did; only an answer without a content array is refused.
+#[test]
+fn answers_with_odd_fields_decode_leniently() {
+    let r = decode_response(
+        br#"{"id": 5, "model": "claude", "content": [7, {"type": "text", "text": "caf\u00e9"},
+            {"type": "server_tool_use", "id": "x"}, {"type": "tool_use", "id": "t", "name": "f"}],
+            "stop_reason": null, "usage": {"input_tokens": "9", "output_tokens": -1,
+            "cache_read_input_tokens": 4.5, "unknown": {"deep": [1]}}, "extra": [1, {"a": 2}]}"#,
+    )
+    .unwrap();
+    assert_eq!(r.id, "");
+    assert_eq!(
+        r.content,
+        vec![
+            Part::text("café"),
+            Part::ToolCall(ToolCall {
+                id: "t".into(),
+                name: "f".into(),
+                arguments: "{}".into()
+            })
+        ]
+    );
+    assert_eq!(r.stop_reason, StopReason::EndTurn);
+    assert_eq!(r.usage, Usage::default());
+    for body in [
+        r#"{"id": "m"}"#,
+        r#"{"content": "hi"}"#,
+        r#"{"content": null}"#,
+    ] {
+        let e = decode_response(body.as_bytes()).unwrap_err();
+        assert!(e.message.contains("no content"), "{body}: {}", e.message);
+    }
+    let e = decode_response(br#"{"content": ["#).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidResponse);
+    // stream events: odd fields are absent, an error event without details is still an error
+    let odd = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":[]}\n\n\
+        event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":-3,\"delta\":{\"type\":\"text_delta\",\"text\":\"a\\nb\"}}\n\n\
+        event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":\"x\"}\n\n\
+        event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":null}\n\n";
+    assert_eq!(
+        decode_stream(odd).unwrap(),
+        vec![
+            StreamEvent::Start {
+                id: String::new(),
+                model: String::new(),
+                usage: Usage::default()
+            },
+            StreamEvent::TextDelta {
+                index: 0,
+                text: "a\nb".into()
+            },
+            StreamEvent::Finish {
+                stop_reason: StopReason::EndTurn,
+                stop_sequence: None
+            },
+        ]
+    );
+    let bare = "event: error\ndata: {\"type\":\"error\"}\n\n";
+    assert_eq!(decode_stream(bare).unwrap_err().kind, ErrorKind::Upstream);
 }
 
 #[test]
