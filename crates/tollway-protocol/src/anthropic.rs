@@ -362,23 +362,125 @@ const HARMLESS_FROM_OPENAI: &[&str] = &[
     "n",
 ];
 
-fn image_block(src: &ImageSource) -> Value {
-    match src {
-        ImageSource::Base64 { media_type, data } => json!({
-            "type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}
-        }),
-        ImageSource::Url(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+/// An upstream request's content blocks, serialised from borrowed fields: the prompt is written
+/// straight from the canonical request into the body, never copied into a `Value` tree.
+mod req_out {
+    use serde::ser::{SerializeMap, Serializer};
+    use serde::Serialize;
+    use serde_json::value::RawValue;
+    use serde_json::{Map, Value};
+
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    pub enum Source<'a> {
+        Base64 { media_type: &'a str, data: &'a str },
+        Url { url: &'a str },
+    }
+
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    pub enum Block<'a> {
+        Text {
+            text: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            cache_control: Option<&'a Value>,
+        },
+        Image {
+            source: Source<'a>,
+        },
+        ToolUse {
+            id: &'a str,
+            name: &'a str,
+            input: Input<'a>,
+        },
+        ToolResult {
+            tool_use_id: &'a str,
+            content: ResultContent<'a>,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            is_error: bool,
+        },
+        Thinking {
+            thinking: &'a str,
+            signature: &'a str,
+        },
+    }
+
+    /// A tool call's arguments: checked to be a JSON object, written as they came.
+    pub enum Input<'a> {
+        Empty,
+        Raw(&'a RawValue),
+    }
+
+    impl Serialize for Input<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self {
+                Input::Empty => s.serialize_map(Some(0))?.end(),
+                Input::Raw(r) => r.serialize(s),
+            }
+        }
+    }
+
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    pub enum ResultContent<'a> {
+        Text(String),
+        Blocks(Vec<Block<'a>>),
+    }
+
+    #[derive(Serialize)]
+    pub struct Message<'a> {
+        pub role: &'static str,
+        pub content: Vec<Block<'a>>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    pub enum System<'a> {
+        Text(&'a str),
+        Blocks(Vec<Block<'a>>),
+    }
+
+    /// The whole body: the typed, hot fields, then the rarer ones kept as JSON values.
+    pub struct Body<'a> {
+        pub model: &'a str,
+        pub max_tokens: u32,
+        pub system: Option<System<'a>>,
+        pub messages: Vec<Message<'a>>,
+        pub rest: Map<String, Value>,
+    }
+
+    impl Body<'_> {
+        /// Whether the typed part already has field `k` (an extra field never overrides it).
+        pub fn has(&self, k: &str) -> bool {
+            matches!(k, "model" | "max_tokens" | "messages")
+                || (k == "system" && self.system.is_some())
+                || self.rest.contains_key(k)
+        }
+    }
+
+    impl Serialize for Body<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(None)?;
+            m.serialize_entry("model", self.model)?;
+            m.serialize_entry("max_tokens", &self.max_tokens)?;
+            if let Some(system) = &self.system {
+                m.serialize_entry("system", system)?;
+            }
+            m.serialize_entry("messages", &self.messages)?;
+            for (k, v) in &self.rest {
+                m.serialize_entry(k, v)?;
+            }
+            m.end()
+        }
     }
 }
 
-fn text_block(text: &str, cache_control: &Option<Value>) -> Value {
-    let mut b = Map::new();
-    b.insert("type".into(), json!("text"));
-    b.insert("text".into(), Value::String(text.to_string()));
-    if let Some(cc) = cache_control {
-        b.insert("cache_control".into(), cc.clone());
-    }
-    Value::Object(b)
+fn image_block(src: &ImageSource) -> req_out::Block<'_> {
+    let source = match src {
+        ImageSource::Base64 { media_type, data } => req_out::Source::Base64 { media_type, data },
+        ImageSource::Url(url) => req_out::Source::Url { url },
+    };
+    req_out::Block::Image { source }
 }
 
 /// Whether an OpenAI-only field set to this value asks for nothing (off, zero, empty).
@@ -392,7 +494,7 @@ fn is_off(v: &Value) -> bool {
     }
 }
 
-fn encode_block(p: &Part, label: &str) -> Result<Option<Value>, ProviderError> {
+fn encode_block<'a>(p: &'a Part, label: &str) -> Result<Option<req_out::Block<'a>>, ProviderError> {
     Ok(Some(match p {
         Part::Text {
             text,
@@ -402,32 +504,39 @@ fn encode_block(p: &Part, label: &str) -> Result<Option<Value>, ProviderError> {
                 // Anthropic rejects empty text blocks.
                 return Ok(None);
             }
-            text_block(text, cache_control)
+            req_out::Block::Text {
+                text,
+                cache_control: cache_control.as_ref(),
+            }
         }
         Part::Image(src) => image_block(src),
         Part::ToolCall(c) => {
-            let input: Value = if c.arguments.trim().is_empty() {
-                json!({})
+            let args = c.arguments.trim();
+            let input = if args.is_empty() {
+                req_out::Input::Empty
             } else {
-                serde_json::from_str(&c.arguments).map_err(|_| {
-                    ProviderError::invalid(format!(
+                let raw: &serde_json::value::RawValue =
+                    serde_json::from_str(args).map_err(|_| {
+                        ProviderError::invalid(format!(
                         "the arguments of tool call `{}` are not valid JSON, which {label} requires",
                         c.id
                     ))
-                })?
+                    })?;
+                if !args.starts_with('{') {
+                    return Err(ProviderError::invalid(format!(
+                        "the arguments of tool call `{}` must be a JSON object for {label}",
+                        c.id
+                    )));
+                }
+                req_out::Input::Raw(raw)
             };
-            if !input.is_object() {
-                return Err(ProviderError::invalid(format!(
-                    "the arguments of tool call `{}` must be a JSON object for {label}",
-                    c.id
-                )));
+            req_out::Block::ToolUse {
+                id: &c.id,
+                name: &c.name,
+                input,
             }
-            json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input})
         }
         Part::ToolResult(r) => {
-            let mut b = Map::new();
-            b.insert("type".into(), json!("tool_result"));
-            b.insert("tool_use_id".into(), Value::String(r.tool_call_id.clone()));
             let simple = r.content.iter().all(|p| {
                 matches!(
                     p,
@@ -437,24 +546,28 @@ fn encode_block(p: &Part, label: &str) -> Result<Option<Value>, ProviderError> {
                     }
                 )
             });
-            if simple {
-                b.insert("content".into(), Value::String(r.text()));
+            let content = if simple {
+                req_out::ResultContent::Text(r.text())
             } else {
-                let mut items = Vec::new();
+                let mut items = Vec::with_capacity(r.content.len());
                 for p in &r.content {
-                    if let Some(v) = encode_block(p, label)? {
-                        items.push(v);
+                    if let Some(b) = encode_block(p, label)? {
+                        items.push(b);
                     }
                 }
-                b.insert("content".into(), Value::Array(items));
+                req_out::ResultContent::Blocks(items)
+            };
+            req_out::Block::ToolResult {
+                tool_use_id: &r.tool_call_id,
+                content,
+                is_error: r.is_error,
             }
-            if r.is_error {
-                b.insert("is_error".into(), Value::Bool(true));
-            }
-            Value::Object(b)
         }
         Part::Thinking { text, signature } => match signature {
-            Some(sig) => json!({"type": "thinking", "thinking": text, "signature": sig}),
+            Some(sig) => req_out::Block::Thinking {
+                thinking: text,
+                signature: sig,
+            },
             // Reasoning from another vendor cannot be verified by Anthropic; it is not needed.
             None => return Ok(None),
         },
@@ -464,15 +577,8 @@ fn encode_block(p: &Part, label: &str) -> Result<Option<Value>, ProviderError> {
 /// Encodes a canonical request for an Anthropic upstream. `label` (`provider/model`) names the
 /// target in errors.
 pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, ProviderError> {
-    let mut body = Map::new();
-    body.insert("model".into(), Value::String(req.model.clone()));
-    body.insert(
-        "max_tokens".into(),
-        json!(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
-    );
-    let mut system: Vec<Value> = Vec::new();
-    let mut messages: Vec<Value> = Vec::new();
-    let mut last_role: Option<&'static str> = None;
+    let mut system: Vec<req_out::Block<'_>> = Vec::new();
+    let mut messages: Vec<req_out::Message<'_>> = Vec::new();
     for m in &req.messages {
         if m.role == Role::System {
             for p in &m.content {
@@ -480,7 +586,10 @@ pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, Provide
                     Part::Text {
                         text,
                         cache_control,
-                    } => system.push(text_block(text, cache_control)),
+                    } => system.push(req_out::Block::Text {
+                        text,
+                        cache_control: cache_control.as_ref(),
+                    }),
                     _ => {
                         return Err(ProviderError::unsupported(
                             "non-text content in system messages",
@@ -506,43 +615,43 @@ pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, Provide
             continue;
         }
         // Anthropic wants alternating turns: consecutive turns of one role are merged.
-        if last_role == Some(role) {
-            if let Some(Value::Array(prev)) = messages.last_mut().and_then(|m| m.get_mut("content"))
-            {
-                prev.extend(blocks);
-                continue;
-            }
+        match messages.last_mut() {
+            Some(prev) if prev.role == role => prev.content.extend(blocks),
+            _ => messages.push(req_out::Message {
+                role,
+                content: blocks,
+            }),
         }
-        last_role = Some(role);
-        messages.push(json!({"role": role, "content": blocks}));
     }
-    if !system.is_empty() {
-        let plain = system.iter().all(|b| b.get("cache_control").is_none());
-        let v = if plain && system.len() == 1 {
-            system
-                .pop()
-                .and_then(|mut b| b.get_mut("text").map(Value::take))
-                .unwrap_or_default()
-        } else {
-            Value::Array(system)
-        };
-        body.insert("system".into(), v);
-    }
-    body.insert("messages".into(), Value::Array(messages));
+    let system = match system.as_slice() {
+        [] => None,
+        [req_out::Block::Text {
+            text,
+            cache_control: None,
+        }] => Some(req_out::System::Text(text)),
+        _ => Some(req_out::System::Blocks(system)),
+    };
+    let mut body = req_out::Body {
+        model: &req.model,
+        max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        system,
+        messages,
+        rest: Map::new(),
+    };
     if let Some(t) = req.temperature {
-        body.insert("temperature".into(), json!(t));
+        body.rest.insert("temperature".into(), json!(t));
     }
     if let Some(p) = req.top_p {
-        body.insert("top_p".into(), json!(p));
+        body.rest.insert("top_p".into(), json!(p));
     }
     if let Some(k) = req.top_k {
-        body.insert("top_k".into(), json!(k));
+        body.rest.insert("top_k".into(), json!(k));
     }
     if !req.stop.is_empty() {
-        body.insert("stop_sequences".into(), json!(req.stop));
+        body.rest.insert("stop_sequences".into(), json!(req.stop));
     }
     if req.stream {
-        body.insert("stream".into(), Value::Bool(true));
+        body.rest.insert("stream".into(), Value::Bool(true));
     }
     let mut tools: Vec<Value> = req
         .tools
@@ -589,7 +698,7 @@ pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, Provide
         }
     }
     if let Some(u) = &req.user {
-        body.insert("metadata".into(), json!({"user_id": u}));
+        body.rest.insert("metadata".into(), json!({"user_id": u}));
     }
     match req.extra.family {
         ApiFamily::Anthropic => {
@@ -606,8 +715,8 @@ pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, Provide
                                 .or_insert_with(|| ev.clone());
                         }
                     }
-                } else if !body.contains_key(k) {
-                    body.insert(k.clone(), v.clone());
+                } else if !body.has(k) {
+                    body.rest.insert(k.clone(), v.clone());
                 }
             }
         }
@@ -631,17 +740,18 @@ pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, Provide
         }
     }
     if !output_config.is_empty() {
-        body.insert("output_config".into(), Value::Object(output_config));
+        body.rest
+            .insert("output_config".into(), Value::Object(output_config));
     }
     if !tools.is_empty() {
-        body.insert("tools".into(), Value::Array(tools));
+        body.rest.insert("tools".into(), Value::Array(tools));
     }
     if let Some(tc) = tool_choice {
         if !req.tools.is_empty() {
-            body.insert("tool_choice".into(), tc);
+            body.rest.insert("tool_choice".into(), tc);
         }
     }
-    serde_json::to_vec(&Value::Object(body))
+    serde_json::to_vec(&body)
         .map_err(|e| ProviderError::internal(format!("could not encode the request: {e}")))
 }
 

@@ -184,6 +184,100 @@ fn what_anthropic_cannot_do_is_refused_by_name() {
         .contains("not valid JSON"));
 }
 
+/// The shapes of an upstream body that requests from other families produce: system text as a
+/// string or blocks, merged turns, tool results with blocks, tool arguments as objects.
+#[test]
+fn upstream_bodies_have_anthropic_block_shapes() {
+    let text = |t: &str| Part::text(t);
+    let mut r = crate::openai::decode_request(
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    r.messages = vec![
+        Message {
+            role: Role::System,
+            content: vec![text("one")],
+        },
+        Message {
+            role: Role::User,
+            content: vec![text("a"), text("")],
+        },
+        Message {
+            role: Role::User,
+            content: vec![Part::Image(ImageSource::Url("https://x/y.png".into()))],
+        },
+        Message {
+            role: Role::Assistant,
+            content: vec![
+                Part::ToolCall(ToolCall {
+                    id: "t1".into(),
+                    name: "f".into(),
+                    arguments: " {\"b\": [1, 2]} ".into(),
+                }),
+                Part::ToolCall(ToolCall {
+                    id: "t2".into(),
+                    name: "g".into(),
+                    arguments: String::new(),
+                }),
+            ],
+        },
+        Message {
+            role: Role::Tool,
+            content: vec![Part::ToolResult(ToolResult {
+                tool_call_id: "t1".into(),
+                content: vec![
+                    text("see"),
+                    Part::Image(ImageSource::Base64 {
+                        media_type: "image/png".into(),
+                        data: "AAA".into(),
+                    }),
+                ],
+                is_error: true,
+            })],
+        },
+    ];
+    let b = body(&r);
+    assert_eq!(b["system"], json!("one"));
+    assert_eq!(
+        b["messages"],
+        json!([
+            {"role": "user", "content": [{"type": "text", "text": "a"},
+                {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "t1", "name": "f", "input": {"b": [1, 2]}},
+                {"type": "tool_use", "id": "t2", "name": "g", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "is_error": true,
+                "content": [{"type": "text", "text": "see"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA"}}]}]}
+        ])
+    );
+    r.messages.insert(
+        1,
+        Message {
+            role: Role::System,
+            content: vec![text("two")],
+        },
+    );
+    assert_eq!(
+        body(&r)["system"],
+        json!([{"type": "text", "text": "one"}, {"type": "text", "text": "two"}])
+    );
+    // arguments that are JSON but not an object are refused by name
+    r.messages[4].content = vec![Part::ToolCall(ToolCall {
+        id: "t3".into(),
+        name: "f".into(),
+        arguments: "[1]".into(),
+    })];
+    let e = encode_request(&r, "ant/claude").unwrap_err();
+    assert!(
+        e.message.contains("`t3` must be a JSON object"),
+        "{}",
+        e.message
+    );
+}
+
 #[test]
 fn answers_round_trip() {
     let upstream = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
