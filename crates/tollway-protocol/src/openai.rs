@@ -341,37 +341,40 @@ pub fn encode_request(
     label: &str,
     dialect: Dialect,
 ) -> Result<Vec<u8>, ProviderError> {
-    let mut body = Map::new();
-    body.insert("model".into(), Value::String(req.model.clone()));
     let mut messages = Vec::with_capacity(req.messages.len());
     for m in &req.messages {
         encode_message(m, label, &mut messages)?;
     }
-    body.insert("messages".into(), Value::Array(messages));
+    let mut body = req_out::Body {
+        model: &req.model,
+        messages,
+        rest: Map::new(),
+    };
     if let Some(n) = req.max_tokens {
         let key = if dialect.legacy_max_tokens {
             "max_tokens"
         } else {
             "max_completion_tokens"
         };
-        body.insert(key.into(), json!(n));
+        body.rest.insert(key.into(), json!(n));
     }
     if let Some(t) = req.temperature {
-        body.insert("temperature".into(), json!(t));
+        body.rest.insert("temperature".into(), json!(t));
     }
     if let Some(p) = req.top_p {
-        body.insert("top_p".into(), json!(p));
+        body.rest.insert("top_p".into(), json!(p));
     }
     if let Some(k) = req.top_k {
-        body.insert("top_k".into(), json!(k));
+        body.rest.insert("top_k".into(), json!(k));
     }
     if !req.stop.is_empty() {
-        body.insert("stop".into(), json!(req.stop));
+        body.rest.insert("stop".into(), json!(req.stop));
     }
     if req.stream {
-        body.insert("stream".into(), Value::Bool(true));
+        body.rest.insert("stream".into(), Value::Bool(true));
         // Always ask for usage: the gateway prices every request from it.
-        body.insert("stream_options".into(), json!({"include_usage": true}));
+        body.rest
+            .insert("stream_options".into(), json!({"include_usage": true}));
     }
     if !req.tools.is_empty() {
         let tools: Vec<Value> = req
@@ -390,7 +393,7 @@ pub fn encode_request(
                 json!({"type": "function", "function": f})
             })
             .collect();
-        body.insert("tools".into(), Value::Array(tools));
+        body.rest.insert("tools".into(), Value::Array(tools));
     }
     if let Some(tc) = &req.tool_choice {
         let v = match tc {
@@ -399,11 +402,12 @@ pub fn encode_request(
             ToolChoice::Required => json!("required"),
             ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
         };
-        body.insert("tool_choice".into(), v);
+        body.rest.insert("tool_choice".into(), v);
     }
     if let Some(p) = req.parallel_tool_calls {
         if !req.tools.is_empty() {
-            body.insert("parallel_tool_calls".into(), Value::Bool(p));
+            body.rest
+                .insert("parallel_tool_calls".into(), Value::Bool(p));
         }
     }
     if let Some(rf) = &req.response_format {
@@ -428,16 +432,16 @@ pub fn encode_request(
                 json!({"type": "json_schema", "json_schema": js})
             }
         };
-        body.insert("response_format".into(), v);
+        body.rest.insert("response_format".into(), v);
     }
     if let Some(u) = &req.user {
-        body.insert("user".into(), Value::String(u.clone()));
+        body.rest.insert("user".into(), Value::String(u.clone()));
     }
     match req.extra.family {
         ApiFamily::OpenAi => {
             for (k, v) in &req.extra.fields {
-                if !body.contains_key(k) && k != "stream_options" {
-                    body.insert(k.clone(), v.clone());
+                if !body.has(k) && k != "stream_options" {
+                    body.rest.insert(k.clone(), v.clone());
                 }
             }
         }
@@ -458,7 +462,7 @@ pub fn encode_request(
                     if let Some(effort) = rest.remove("effort") {
                         match effort.as_str() {
                             Some(e @ ("low" | "medium" | "high" | "xhigh")) => {
-                                body.insert("reasoning_effort".into(), json!(e));
+                                body.rest.insert("reasoning_effort".into(), json!(e));
                             }
                             _ => {
                                 return Err(ProviderError::unsupported(
@@ -486,13 +490,18 @@ pub fn encode_request(
             }
         }
     }
-    serde_json::to_vec(&Value::Object(body))
+    serde_json::to_vec(&body)
         .map_err(|e| ProviderError::internal(format!("could not encode the request: {e}")))
 }
 
-fn text_or_parts(parts: &[&Part], label: &str, images: bool) -> Result<Value, ProviderError> {
-    let texts: Vec<&str> = parts
+fn text_or_parts<'a>(
+    parts: &[&'a Part],
+    label: &str,
+    images: bool,
+) -> Result<req_out::Content<'a>, ProviderError> {
+    let texts: Vec<&'a str> = parts
         .iter()
+        .copied()
         .filter_map(|p| match p {
             Part::Text { text, .. } => Some(text.as_str()),
             _ => None,
@@ -500,33 +509,49 @@ fn text_or_parts(parts: &[&Part], label: &str, images: bool) -> Result<Value, Pr
         .collect();
     let has_image = parts.iter().any(|p| matches!(p, Part::Image(_)));
     if !has_image {
-        if texts.len() == 1 {
-            return Ok(Value::String(texts[0].to_string()));
-        }
-        if texts.is_empty() {
-            return Ok(Value::String(String::new()));
-        }
+        return Ok(match texts[..] {
+            [] => req_out::Content::Text(""),
+            [one] => req_out::Content::Text(one),
+            _ => req_out::Content::Parts(
+                texts
+                    .into_iter()
+                    .map(|text| req_out::ContentPart::Text { text })
+                    .collect(),
+            ),
+        });
     }
-    if has_image && !images {
+    if !images {
         return Err(ProviderError::unsupported(
             "image input in this message",
             label,
         ));
     }
-    let out: Vec<Value> = parts
-        .iter()
-        .filter_map(|p| match p {
-            Part::Text { text, .. } => Some(json!({"type": "text", "text": text})),
-            Part::Image(src) => {
-                Some(json!({"type": "image_url", "image_url": {"url": src.to_url()}}))
-            }
-            _ => None,
-        })
-        .collect();
-    Ok(Value::Array(out))
+    Ok(req_out::Content::Parts(
+        parts
+            .iter()
+            .copied()
+            .filter_map(|p| match p {
+                Part::Text { text, .. } => Some(req_out::ContentPart::Text { text }),
+                Part::Image(src) => Some(req_out::ContentPart::ImageUrl {
+                    image_url: req_out::ImageUrl { url: src.to_url() },
+                }),
+                _ => None,
+            })
+            .collect(),
+    ))
 }
 
-fn encode_message(m: &Message, label: &str, out: &mut Vec<Value>) -> Result<(), ProviderError> {
+fn encode_message<'a>(
+    m: &'a Message,
+    label: &str,
+    out: &mut Vec<req_out::Message<'a>>,
+) -> Result<(), ProviderError> {
+    let msg = |role, content| req_out::Message {
+        role,
+        content,
+        tool_call_id: None,
+        tool_calls: Vec::new(),
+    };
     // Tool results travel as `tool` messages, whatever role carried them canonically.
     // the other parts, borrowed: a message's text is copied once, into the upstream body
     let mut rest: Vec<&Part> = Vec::new();
@@ -540,7 +565,10 @@ fn encode_message(m: &Message, label: &str, out: &mut Vec<Value>) -> Result<(), 
                 if r.is_error && !text.starts_with("Error") {
                     text = format!("Error: {text}");
                 }
-                out.push(json!({"role": "tool", "tool_call_id": r.tool_call_id, "content": text}));
+                out.push(req_out::Message {
+                    tool_call_id: Some(r.tool_call_id.as_str()),
+                    ..msg("tool", req_out::Content::Owned(text))
+                });
             }
             other => rest.push(other),
         }
@@ -552,28 +580,30 @@ fn encode_message(m: &Message, label: &str, out: &mut Vec<Value>) -> Result<(), 
                 .iter()
                 .any(|p| matches!(p, Part::Text { .. } | Part::Image(_)))
             {
-                out.push(json!({"role": "user", "content": text_or_parts(&rest, label, true)?}));
+                out.push(msg("user", text_or_parts(&rest, label, true)?));
             }
         }
-        Role::System => {
-            out.push(json!({"role": "system", "content": text_or_parts(&rest, label, false)?}));
-        }
+        Role::System => out.push(msg("system", text_or_parts(&rest, label, false)?)),
         Role::User => {
             let only_results = rest.is_empty() && !m.content.is_empty();
             if !only_results {
-                out.push(json!({"role": "user", "content": text_or_parts(&rest, label, true)?}));
+                out.push(msg("user", text_or_parts(&rest, label, true)?));
             }
         }
         Role::Assistant => {
             let mut text = String::new();
             let mut calls = Vec::new();
-            for p in &rest {
+            for &p in &rest {
                 match p {
                     Part::Text { text: t, .. } => text.push_str(t),
-                    Part::ToolCall(c) => calls.push(json!({
-                        "id": c.id, "type": "function",
-                        "function": {"name": c.name, "arguments": c.arguments}
-                    })),
+                    Part::ToolCall(c) => calls.push(req_out::ToolCall {
+                        id: &c.id,
+                        kind: "function",
+                        function: req_out::Function {
+                            name: &c.name,
+                            arguments: &c.arguments,
+                        },
+                    }),
                     Part::Image(_) => {
                         return Err(ProviderError::unsupported(
                             "images in assistant messages",
@@ -584,23 +614,97 @@ fn encode_message(m: &Message, label: &str, out: &mut Vec<Value>) -> Result<(), 
                     Part::Thinking { .. } | Part::ToolResult(_) => {}
                 }
             }
-            let mut msg = Map::new();
-            msg.insert("role".into(), json!("assistant"));
-            msg.insert(
-                "content".into(),
-                if text.is_empty() && !calls.is_empty() {
-                    Value::Null
-                } else {
-                    Value::String(text)
-                },
-            );
-            if !calls.is_empty() {
-                msg.insert("tool_calls".into(), Value::Array(calls));
-            }
-            out.push(Value::Object(msg));
+            let content = if text.is_empty() && !calls.is_empty() {
+                req_out::Content::Null
+            } else {
+                req_out::Content::Owned(text)
+            };
+            out.push(req_out::Message {
+                tool_calls: calls,
+                ..msg("assistant", content)
+            });
         }
     }
     Ok(())
+}
+
+/// An upstream request's messages, serialised from borrowed fields: the prompt is written
+/// straight from the canonical request into the body, never copied into a `Value` tree.
+mod req_out {
+    use serde::ser::{SerializeMap, Serializer};
+    use serde::Serialize;
+    use serde_json::{Map, Value};
+
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    pub enum Content<'a> {
+        Text(&'a str),
+        Owned(String),
+        Parts(Vec<ContentPart<'a>>),
+        Null,
+    }
+
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    pub enum ContentPart<'a> {
+        Text { text: &'a str },
+        ImageUrl { image_url: ImageUrl },
+    }
+
+    #[derive(Serialize)]
+    pub struct ImageUrl {
+        pub url: String,
+    }
+
+    #[derive(Serialize)]
+    pub struct Message<'a> {
+        pub role: &'static str,
+        pub content: Content<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tool_call_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        pub tool_calls: Vec<ToolCall<'a>>,
+    }
+
+    #[derive(Serialize)]
+    pub struct ToolCall<'a> {
+        pub id: &'a str,
+        #[serde(rename = "type")]
+        pub kind: &'static str,
+        pub function: Function<'a>,
+    }
+
+    #[derive(Serialize)]
+    pub struct Function<'a> {
+        pub name: &'a str,
+        pub arguments: &'a str,
+    }
+
+    /// The whole body: model and messages typed, the rarer fields kept as JSON values.
+    pub struct Body<'a> {
+        pub model: &'a str,
+        pub messages: Vec<Message<'a>>,
+        pub rest: Map<String, Value>,
+    }
+
+    impl Body<'_> {
+        /// Whether the body already has field `k` (an extra field never overrides it).
+        pub fn has(&self, k: &str) -> bool {
+            matches!(k, "model" | "messages") || self.rest.contains_key(k)
+        }
+    }
+
+    impl Serialize for Body<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(None)?;
+            m.serialize_entry("model", self.model)?;
+            m.serialize_entry("messages", &self.messages)?;
+            for (k, v) in &self.rest {
+                m.serialize_entry(k, v)?;
+            }
+            m.end()
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
