@@ -310,6 +310,18 @@ fn encoded_answers_have_every_field_openai_clients_read() {
         v["choices"][0]["message"]["tool_calls"],
         json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}])
     );
+    // text and tool calls together; every variable string escaped
+    let odd = "a \"quote\", a \\ backslash,\na newline, \u{1} a control, ünïcödé, \u{1F600}";
+    r.id = odd.into();
+    r.model = odd.into();
+    r.content.insert(0, Part::text(odd));
+    r.stop_reason = StopReason::Other("weird \"reason\"".into());
+    let v: Value = serde_json::from_slice(&encode_response(&r)).unwrap();
+    assert_eq!(v["id"], odd);
+    assert_eq!(v["model"], odd);
+    assert_eq!(v["choices"][0]["message"]["content"], odd);
+    assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["id"], "c1");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
 }
 
 #[test]
