@@ -184,16 +184,18 @@ impl Store {
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
             let mut q = sqlx::query(insert_sql(n, self.backend()));
+            // strings bound as `&str`: sqlx's `Any` driver keeps those borrowed, where a
+            // `String` is cloned into its argument buffer
             for r in chunk {
                 q = q
-                    .bind(&r.request_id)
+                    .bind(r.request_id.as_str())
                     .bind(r.ts_ms)
-                    .bind(r.key_id.clone())
-                    .bind(r.team.clone())
-                    .bind(&r.model)
-                    .bind(&r.provider)
-                    .bind(&r.deployment)
-                    .bind(&r.api)
+                    .bind(r.key_id.as_deref())
+                    .bind(r.team.as_deref())
+                    .bind(r.model.as_str())
+                    .bind(r.provider.as_str())
+                    .bind(r.deployment.as_str())
+                    .bind(r.api.as_str())
                     .bind(r.status)
                     .bind(i64::from(r.stream))
                     .bind(r.attempts)
