@@ -367,7 +367,6 @@ const HARMLESS_FROM_OPENAI: &[&str] = &[
 mod req_out {
     use serde::ser::{SerializeMap, Serializer};
     use serde::Serialize;
-    use serde_json::value::RawValue;
     use serde_json::{Map, Value};
 
     #[derive(Serialize)]
@@ -391,7 +390,7 @@ mod req_out {
         ToolUse {
             id: &'a str,
             name: &'a str,
-            input: Input<'a>,
+            input: super::out::Input<'a>,
         },
         ToolResult {
             tool_use_id: &'a str,
@@ -403,21 +402,6 @@ mod req_out {
             thinking: &'a str,
             signature: &'a str,
         },
-    }
-
-    /// A tool call's arguments: checked to be a JSON object, written as they came.
-    pub enum Input<'a> {
-        Empty,
-        Raw(&'a RawValue),
-    }
-
-    impl Serialize for Input<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            match self {
-                Input::Empty => s.serialize_map(Some(0))?.end(),
-                Input::Raw(r) => r.serialize(s),
-            }
-        }
     }
 
     #[derive(Serialize)]
@@ -511,25 +495,19 @@ fn encode_block<'a>(p: &'a Part, label: &str) -> Result<Option<req_out::Block<'a
         }
         Part::Image(src) => image_block(src),
         Part::ToolCall(c) => {
-            let args = c.arguments.trim();
-            let input = if args.is_empty() {
-                req_out::Input::Empty
-            } else {
-                let raw: &serde_json::value::RawValue =
-                    serde_json::from_str(args).map_err(|_| {
-                        ProviderError::invalid(format!(
-                        "the arguments of tool call `{}` are not valid JSON, which {label} requires",
-                        c.id
-                    ))
-                    })?;
-                if !args.starts_with('{') {
-                    return Err(ProviderError::invalid(format!(
+            let input = object_input(&c.arguments).map_err(|valid_json| {
+                ProviderError::invalid(if valid_json {
+                    format!(
                         "the arguments of tool call `{}` must be a JSON object for {label}",
                         c.id
-                    )));
-                }
-                req_out::Input::Raw(raw)
-            };
+                    )
+                } else {
+                    format!(
+                        "the arguments of tool call `{}` are not valid JSON, which {label} requires",
+                        c.id
+                    )
+                })
+            })?;
             req_out::Block::ToolUse {
                 id: &c.id,
                 name: &c.name,
@@ -809,9 +787,11 @@ mod out {
         }
     }
 
-    /// A tool call's `input`: the model's arguments when they are a JSON object (written as they
-    /// came), else what [`super::tool_input`] makes of them.
+    /// A tool call's `input`, in answers and in upstream bodies: `{}` for empty arguments, the
+    /// model's arguments as they came when they are a JSON object ([`super::object_input`]), or
+    /// what [`super::tool_input`] keeps of other arguments.
     pub enum Input<'a> {
+        Empty,
         Raw(&'a RawValue),
         Value(serde_json::Value),
     }
@@ -819,6 +799,7 @@ mod out {
     impl Serialize for Input<'_> {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             match self {
+                Input::Empty => serde::ser::SerializeMap::end(s.serialize_map(Some(0))?),
                 Input::Raw(r) => r.serialize(s),
                 Input::Value(v) => v.serialize(s),
             }
@@ -974,13 +955,21 @@ mod wire {
 /// A tool call's arguments as the `input` object Anthropic clients expect. Arguments that are not
 /// a JSON object (a model's mistake) are kept whole under `_raw_arguments` rather than lost.
 fn tool_input(arguments: &str) -> out::Input<'_> {
-    let trimmed = arguments.trim();
-    if trimmed.is_empty() {
-        return out::Input::Value(json!({}));
+    object_input(arguments)
+        .unwrap_or_else(|_| out::Input::Value(json!({"_raw_arguments": arguments})))
+}
+
+/// A tool call's arguments as an `input` object: `{}` when empty, the text as it came when it is a
+/// JSON object; otherwise `Err(whether it is valid JSON at all)`.
+fn object_input(arguments: &str) -> Result<out::Input<'_>, bool> {
+    let args = arguments.trim();
+    if args.is_empty() {
+        return Ok(out::Input::Empty);
     }
-    match serde_json::from_str::<&serde_json::value::RawValue>(trimmed) {
-        Ok(raw) if trimmed.starts_with('{') => out::Input::Raw(raw),
-        _ => out::Input::Value(json!({"_raw_arguments": arguments})),
+    match serde_json::from_str::<&serde_json::value::RawValue>(args) {
+        Ok(raw) if args.starts_with('{') => Ok(out::Input::Raw(raw)),
+        Ok(_) => Err(true),
+        Err(_) => Err(false),
     }
 }
 
