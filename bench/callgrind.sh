@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Instructions per request of the gateway, counted by valgrind's callgrind: repeatable to a fraction
+# of a percent for the same binary and load, whatever else the machine is doing (wall-clock figures
+# on this shared 2-core VM drift by 2-3x from one hour to the next).
+#
+#   bench/callgrind.sh                  # 1,000 small chats, OpenAI-compatible upstream
+#   KIND=anthropic bench/callgrind.sh   # the same through an Anthropic upstream
+#   STREAM=1 bench/callgrind.sh         # 300 streams of 200 chunks; prints instructions per chunk
+#   ALL=1 bench/callgrind.sh            # everything on, as the suite's chat_1000rps_all: a virtual
+#                                       # key with limits and a hard budget, in a team with both, a
+#                                       # priced model with limits
+#   N=2000 TOLLWAY=/tmp/old-tollway bench/callgrind.sh
+#
+# The gateway runs with `--workers 1` and the SQLite ledger on; 200 requests warm it up, then the
+# counters are zeroed (`callgrind_control -z`), N requests are sent open loop at a low rate (so
+# batching and wake-ups look like a lightly loaded server, not a saturated one), and the counters
+# are dumped. Every thread is counted (the lane, the background runtime, sqlx's SQLite worker).
+# Keeps the profile (callgrind_annotate OUT/cg.out.1) and prints its directory.
+# Needs release builds of tollway, tollway-mock and tollway-bench.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REL=$PWD/target/release
+TOLLWAY=${TOLLWAY:-$REL/tollway}
+KIND=${KIND:-openai}
+STREAM=${STREAM:-}
+if [[ -n $STREAM ]]; then N=${N:-300}; RATE=${RATE:-20}; MODEL='bench-stream?tokens=200&tpt_ms=0&ttft_ms=0'
+else N=${N:-1000}; RATE=${RATE:-100}; MODEL=bench-small; fi
+for b in "$TOLLWAY" "$REL/tollway-mock" "$REL/tollway-bench"; do
+  [[ -x $b ]] || { echo "missing $b (cargo build --release -p tollway -p tollway-mock -p tollway-bench)" >&2; exit 1; }
+done
+command -v valgrind > /dev/null || { echo "valgrind is not installed" >&2; exit 1; }
+OUT=$(mktemp -d /tmp/tollway-cg-XXXXXX)
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+
+listening() { # FILE -> the URL the process printed, waiting up to 60 s (valgrind starts slowly)
+  for _ in $(seq 600); do
+    if grep -qo 'http://[0-9.:]*' "$1" 2>/dev/null; then grep -o 'http://[0-9.:]*' "$1" | head -1; return; fi
+    sleep 0.1
+  done
+  echo "no listening line in $1" >&2; exit 1
+}
+
+"$REL/tollway-mock" --listen 127.0.0.1:0 > "$OUT/mock.out" 2>&1 &
+PIDS+=($!)
+MOCK=$(listening "$OUT/mock.out")
+case $KIND in
+  openai) PROVIDER="{ kind: openai-compatible, base_url: \"$MOCK/v1\", api_key: none }" ;;
+  anthropic) PROVIDER="{ kind: anthropic, base_url: \"$MOCK\", api_key: none }" ;;
+  *) echo "KIND is openai or anthropic" >&2; exit 1 ;;
+esac
+cat > "$OUT/gw.yaml" <<YAML
+server:
+  master_key: sk-bench
+storage:
+  url: sqlite://bench.db
+providers:
+  up: $PROVIDER
+models:
+  small:
+    rpm: 100000000
+    tpm: 100000000000
+    deployments: [{ provider: up, model: "$MODEL", price: { input: "0.15", output: "0.60" } }]
+teams:
+  bench: { rpm: 100000000, tpm: 100000000000, budget: { usd: "1000000", period: monthly, hard: true } }
+YAML
+[[ -n ${ALL:-} ]] || sed -i '/rpm:\|tpm:\|^teams:/d; s/, price: {[^}]*}//' "$OUT/gw.yaml"
+(cd "$OUT" && RUST_LOG=warn exec valgrind --tool=callgrind --callgrind-out-file=cg.out \
+  "$TOLLWAY" serve --workers 1 --listen 127.0.0.1:0 --config gw.yaml > gw.out 2> gw.err) &
+PIDS+=($!)
+URL=$(listening "$OUT/gw.out")
+KEY=sk-bench
+if [[ -n ${ALL:-} ]]; then
+  KEY=$(curl -sf "$URL/admin/keys" -H 'authorization: Bearer sk-bench' -H 'content-type: application/json' \
+    -d '{"name":"bench","team":"bench","rpm":100000000,"tpm":100000000000,"budget_usd":"1000000","budget_period":"monthly"}' \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+fi
+load() { # REQUESTS
+  local s=(); [[ -n $STREAM ]] && s=(--stream)
+  "$REL/tollway-bench" run --url "$URL" --model small --key "$KEY" "${s[@]}" --rate "$RATE" \
+    --requests "$1" --warmup 0 --duration 600 --timeout 60 > "$OUT/load-$1.json"
+}
+load 200
+callgrind_control -z > /dev/null
+load "$N"
+sleep 1 # the ledger writer's last flush
+callgrind_control -d > /dev/null
+python3 - "$OUT" "$N" "$STREAM" <<'PY'
+import json, os, sys
+out, n, stream = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+total = None
+with open(os.path.join(out, "cg.out.1")) as fh:  # the dump after zeroing: the measured requests only
+    for line in fh:
+        if line.startswith(("summary:", "totals:")):
+            total = int(line.split()[1])
+            break
+if total is None:
+    sys.exit("no totals in cg.out.1")
+with open(os.path.join(out, f"load-{n}.json")) as fh:
+    load = json.load(fh)
+errors = load.get("errors") or 0
+per = n * 200 if stream else n
+unit = "chunk" if stream else "request"
+print(f"{total:,} instructions over {n} {'streams' if stream else 'requests'} ({errors} errors): "
+      f"{total / per / 1000:.1f} k per {unit}")
+PY
+echo "profile: $OUT (callgrind_annotate $OUT/cg.out.1)"
