@@ -3,7 +3,8 @@
 //! and tokens-per-minute limits, and the usage ledger (rows queued to a batched writer). Lives in
 //! `AppState`, outside the runtime swap, so a reload keeps the pool, the cache and the counters.
 
-use std::collections::HashMap;
+// foldhash: these maps are looked up several times per request, by keys the operator controls
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,7 +73,7 @@ impl Accounts {
         let (ledger, task) = LedgerWriter::start(store.clone(), flush_every, 512);
         let a = Arc::new(Accounts {
             store,
-            keys: ArcSwap::from_pointee(HashMap::new()),
+            keys: ArcSwap::from_pointee(HashMap::default()),
             ledger,
             ledger_task: Mutex::new(Some(task)),
             limits: Limits::default(),
@@ -254,6 +255,22 @@ pub struct LimitState {
     pub tokens: Option<(u64, u64)>,
 }
 
+impl LimitState {
+    /// Keeps, for requests and for tokens, whichever limit has less left: of several scopes
+    /// (key, team, model), the tightest is the one a client should pace itself by.
+    pub fn tighten(&mut self, other: &LimitState) {
+        fn tighter(a: &mut Option<(u64, u64)>, b: Option<(u64, u64)>) {
+            if let Some((_, left)) = b {
+                if a.is_none_or(|(_, mine)| left < mine) {
+                    *a = b;
+                }
+            }
+        }
+        tighter(&mut self.requests, other.requests);
+        tighter(&mut self.tokens, other.tokens);
+    }
+}
+
 /// Requests- and tokens-per-minute limits by scope (`key:ID`, `team:NAME`, `model:NAME`).
 #[derive(Debug, Default)]
 pub struct Limits {
@@ -275,9 +292,13 @@ impl Limits {
             return Ok(LimitState::default());
         }
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let (req, tok) = map
-            .entry(scope.to_string())
-            .or_insert_with(|| (Window::new(now), Window::new(now)));
+        // the scope is copied into the map only the first time it is seen
+        if !map.contains_key(scope) {
+            map.insert(scope.to_string(), (Window::new(now), Window::new(now)));
+        }
+        let Some((req, tok)) = map.get_mut(scope) else {
+            return Ok(LimitState::default());
+        };
         req.roll(now);
         tok.roll(now);
         let mut state = LimitState::default();
@@ -322,6 +343,31 @@ fn limited(scope: &str, what: &str, limit: u64, wait: Duration) -> ProviderError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tightest_limit_state_wins_for_requests_and_tokens_apart() {
+        let mut t = LimitState::default();
+        t.tighten(&LimitState {
+            requests: Some((10, 9)),
+            tokens: None,
+        });
+        assert_eq!(t.requests, Some((10, 9)));
+        assert_eq!(t.tokens, None);
+        t.tighten(&LimitState {
+            requests: Some((100, 50)),
+            tokens: Some((1000, 700)),
+        });
+        assert_eq!(t.requests, Some((10, 9)), "more left: not tighter");
+        assert_eq!(t.tokens, Some((1000, 700)));
+        t.tighten(&LimitState {
+            requests: Some((3, 2)),
+            tokens: Some((5000, 800)),
+        });
+        assert_eq!(t.requests, Some((3, 2)));
+        assert_eq!(t.tokens, Some((1000, 700)));
+        t.tighten(&LimitState::default());
+        assert_eq!(t.requests, Some((3, 2)), "no limit leaves the state alone");
+    }
 
     #[test]
     fn request_limits_hold_and_say_when_to_retry() {

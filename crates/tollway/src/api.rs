@@ -23,8 +23,7 @@ use crate::accounts::Principal;
 use crate::budgets::{Budget, Period, Reservation};
 use crate::gateway::{self, Outcome};
 use crate::prices::ModelPrice;
-use crate::runtime::RouteOptions;
-use crate::runtime::Runtime;
+use crate::runtime::{Plan, RouteOptions, Runtime};
 use crate::server::AppState;
 use tollway_core::{ChatRequest, Micros};
 
@@ -88,35 +87,32 @@ impl IntoResponse for ApiError {
         if status == 401 {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        set_ids(h, &self.request_id, self.outcome.as_ref());
+        set_ids(h, &self.request_id, self.outcome);
         resp
     }
 }
 
-fn set_ids(h: &mut HeaderMap, request_id: &str, outcome: Option<&Outcome>) {
+/// The `x-tollway-*` headers, and the outcome's own (rate limits, cost), moved into the response.
+fn set_ids(h: &mut HeaderMap, request_id: &str, outcome: Option<Outcome>) {
+    // room for every header below at once, rather than growing the map as they come
+    h.reserve(8 + outcome.as_ref().map_or(0, |o| o.headers.len()));
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert(H_REQUEST_ID, v);
     }
     if let Some(o) = outcome {
         h.insert(H_ATTEMPTS, HeaderValue::from(o.attempts));
-        if let Some(v) = o
-            .route
-            .as_deref()
-            .and_then(|r| HeaderValue::from_str(r).ok())
-        {
+        if let Some(v) = o.route.and_then(|r| HeaderValue::try_from(r).ok()) {
             h.insert(H_ROUTE, v);
         }
-        for (name, value) in &o.headers {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                h.insert(name.clone(), v);
-            }
+        for (name, value) in o.headers {
+            h.insert(name, value);
         }
         if let Some(d) = &o.deployment {
-            if let Ok(v) = HeaderValue::from_str(&d.label) {
-                h.insert(H_MODEL, v);
+            if let Some(v) = &d.label_header {
+                h.insert(H_MODEL, v.clone());
             }
-            if let Ok(v) = HeaderValue::from_str(&d.provider_name) {
-                h.insert(H_PROVIDER, v);
+            if let Some(v) = &d.provider_header {
+                h.insert(H_PROVIDER, v.clone());
             }
         }
     }
@@ -347,6 +343,13 @@ impl Charge {
             .map(|p| p.cost(usage).micros().to_string())
     }
 
+    /// `x-tollway-cost-usd`: the cost, or `unknown` when the deployment has no price.
+    fn cost_header(&self, usage: &Usage) -> HeaderValue {
+        self.cost_text(usage)
+            .and_then(|t| HeaderValue::try_from(t).ok())
+            .unwrap_or(HeaderValue::from_static("unknown"))
+    }
+
     fn outcome(&mut self, status: u16, outcome: &Outcome) {
         if let Some(row) = self.row.as_mut() {
             row.status = i64::from(status);
@@ -405,32 +408,34 @@ fn permission(msg: String) -> ProviderError {
     ProviderError::new(ErrorKind::PermissionDenied, msg)
 }
 
-fn limit_headers(h: &mut Vec<(HeaderName, String)>, st: &crate::accounts::LimitState) {
-    // The tightest limit wins the header (the one a client should pace itself by).
+/// A limit scope's name, `KIND:NAME` (`key:ID`, `team:NAME`, `model:NAME`): the key of the rate
+/// windows, budget counters and shared-state entries.
+fn scope(kind: &str, name: &str) -> String {
+    // no formatting machinery: this runs for every scope of every request
+    let mut s = String::with_capacity(kind.len() + 1 + name.len());
+    s.push_str(kind);
+    s.push(':');
+    s.push_str(name);
+    s
+}
+
+/// The `x-ratelimit-*` headers of the tightest limits (the ones a client should pace itself by).
+fn limit_headers(h: &mut Vec<(HeaderName, HeaderValue)>, st: &crate::accounts::LimitState) {
     if let Some((limit, left)) = st.requests {
-        let tighter = h
-            .iter()
-            .find(|(n, _)| *n == H_REMAINING_REQUESTS)
-            .and_then(|(_, v)| v.parse::<u64>().ok())
-            .is_none_or(|prev| left < prev);
-        if tighter {
-            h.retain(|(n, _)| *n != H_LIMIT_REQUESTS && *n != H_REMAINING_REQUESTS);
-            h.push((H_LIMIT_REQUESTS, limit.to_string()));
-            h.push((H_REMAINING_REQUESTS, left.to_string()));
-        }
+        h.push((H_LIMIT_REQUESTS, HeaderValue::from(limit)));
+        h.push((H_REMAINING_REQUESTS, HeaderValue::from(left)));
     }
     if let Some((limit, left)) = st.tokens {
-        let tighter = h
-            .iter()
-            .find(|(n, _)| *n == H_REMAINING_TOKENS)
-            .and_then(|(_, v)| v.parse::<u64>().ok())
-            .is_none_or(|prev| left < prev);
-        if tighter {
-            h.retain(|(n, _)| *n != H_LIMIT_TOKENS && *n != H_REMAINING_TOKENS);
-            h.push((H_LIMIT_TOKENS, limit.to_string()));
-            h.push((H_REMAINING_TOKENS, left.to_string()));
-        }
+        h.push((H_LIMIT_TOKENS, HeaderValue::from(limit)));
+        h.push((H_REMAINING_TOKENS, HeaderValue::from(left)));
     }
+}
+
+/// What [`admit`] let through: the rate-limit headers, and the deployment plan when budgets
+/// needed it (the gateway then does not plan again).
+struct Admitted {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    plan: Option<Plan>,
 }
 
 /// Applies the caller's policy, rate limits (key, team, model) and budgets (key, team, global)
@@ -443,7 +448,7 @@ async fn admit(
     requested: &str,
     opts: &mut RouteOptions,
     charge: &mut Charge,
-) -> Result<Vec<(HeaderName, String)>, ProviderError> {
+) -> Result<Admitted, ProviderError> {
     let key = principal.key();
     if let Some(k) = key {
         for m in std::iter::once(requested).chain(opts.models.iter().map(String::as_str)) {
@@ -469,15 +474,15 @@ async fn admit(
     let model_cfg = rt.config.models.get(&req.model);
     let mut scopes: Vec<(String, Option<u64>, Option<u64>)> = Vec::new();
     if let Some(k) = key {
-        scopes.push((format!("key:{}", k.id), k.rpm, k.tpm));
+        scopes.push((scope("key", &k.id), k.rpm, k.tpm));
     }
     if let Some((name, tc)) = team {
-        scopes.push((format!("team:{name}"), tc.rpm, tc.tpm));
+        scopes.push((scope("team", name), tc.rpm, tc.tpm));
     }
     if let Some(mc) = model_cfg {
-        scopes.push((format!("model:{}", req.model), mc.rpm, mc.tpm));
+        scopes.push((scope("model", &req.model), mc.rpm, mc.tpm));
     }
-    let mut h = Vec::new();
+    let mut tightest = crate::accounts::LimitState::default();
     let now = Instant::now();
     let shared = accounts.shared().filter(|s| s.should_try());
     for (scope, rpm, tpm) in scopes {
@@ -507,11 +512,14 @@ async fn admit(
             }
             None => accounts.limits().admit(&scope, rpm, tpm, now)?,
         };
-        limit_headers(&mut h, &st);
+        tightest.tighten(&st);
         if tpm.is_some() {
             charge.token_scopes.push(scope);
         }
     }
+    let mut h = Vec::new();
+    limit_headers(&mut h, &tightest);
+    let mut planned = None;
 
     let mut budgets = Vec::new();
     if let Some(k) = key {
@@ -520,7 +528,7 @@ async fn admit(
             k.budget_period.as_deref().and_then(Period::parse),
         ) {
             budgets.push(Budget {
-                scope: format!("key:{}", k.id),
+                scope: scope("key", &k.id),
                 limit: Micros(limit),
                 period,
                 hard: true,
@@ -530,7 +538,7 @@ async fn admit(
     if let Some((name, tc)) = team {
         if let Some(b) = &tc.budget {
             budgets.push(Budget {
-                scope: format!("team:{name}"),
+                scope: scope("team", name),
                 limit: b.limit,
                 period: b.period,
                 hard: b.hard,
@@ -557,17 +565,19 @@ async fn admit(
             req.max_tokens
                 .unwrap_or(tollway_protocol::anthropic::DEFAULT_MAX_TOKENS),
         );
-        let ceiling = rt
-            .plan(&req.model, opts)
-            .map(|p| {
+        // the plan is kept for the gateway, which would otherwise make it again
+        let plan = rt.plan(&req.model, opts).ok();
+        let ceiling = plan
+            .as_ref()
+            .and_then(|p| {
                 p.tries
                     .iter()
                     .filter_map(|d| d.price.as_ref())
                     .map(|p| p.ceiling(prompt_bound, max_out))
                     .max()
-                    .unwrap_or_default()
             })
             .unwrap_or_default();
+        planned = plan;
         if let Some(sh) = &shared {
             let mut seeds = Vec::with_capacity(budgets.len());
             for b in &budgets {
@@ -595,7 +605,10 @@ async fn admit(
                     }
                     charge.shared = Some(sh.clone());
                     charge.shared_reservation = Some(r);
-                    return Ok(h);
+                    return Ok(Admitted {
+                        headers: h,
+                        plan: planned,
+                    });
                 }
                 Ok(crate::shared::Reserved::Refused(i)) => {
                     let b = &budgets[i.min(budgets.len() - 1)];
@@ -607,7 +620,10 @@ async fn admit(
         }
         charge.reservation = Some(accounts.budgets().reserve(&budgets, ceiling)?);
     }
-    Ok(h)
+    Ok(Admitted {
+        headers: h,
+        plan: planned,
+    })
 }
 
 async fn chat_inner(
@@ -697,7 +713,7 @@ async fn chat_inner(
         req.model = choice.target;
         outcome.route = Some(choice.why);
     }
-    match admit(
+    let planned = match admit(
         state,
         &rt,
         &principal,
@@ -708,22 +724,25 @@ async fn chat_inner(
     )
     .await
     {
-        Ok(h) => outcome.headers = h,
+        Ok(a) => {
+            outcome.headers = a.headers;
+            a.plan
+        }
         Err(e) => {
             let status = e.http_status();
             charge.outcome(status, &outcome);
             return fail(e, Some(outcome));
         }
-    }
+    };
     let req = Arc::new(req);
     charge.request = Some(req.clone());
     if req.stream {
         let include_usage = req.include_usage;
-        match gateway::chat_stream(&rt, &req, &opts, &mut outcome).await {
+        match gateway::chat_stream(&rt, &req, &opts, planned, &mut outcome).await {
             Ok(stream) => {
                 charge.outcome(499, &outcome);
                 let mut resp = sse_response(family, include_usage, stream, charge);
-                set_ids(resp.headers_mut(), &request_id, Some(&outcome));
+                set_ids(resp.headers_mut(), &request_id, Some(outcome));
                 resp
             }
             Err(e) => {
@@ -732,7 +751,7 @@ async fn chat_inner(
             }
         }
     } else {
-        match gateway::chat(&rt, &req, &opts, &mut outcome).await {
+        match gateway::chat(&rt, &req, &opts, planned, &mut outcome).await {
             Ok(answer) => {
                 charge.usage = answer.usage;
                 if answer.usage.total_tokens() == 0 {
@@ -749,12 +768,7 @@ async fn chat_inner(
                 }
                 charge.outcome(200, &outcome);
                 let (billed, _) = charge.billed_usage();
-                outcome.headers.push((
-                    H_COST,
-                    charge
-                        .cost_text(&billed)
-                        .unwrap_or_else(|| "unknown".into()),
-                ));
+                outcome.headers.push((H_COST, charge.cost_header(&billed)));
                 let body = match family {
                     ApiFamily::OpenAi => openai::encode_response(&answer),
                     ApiFamily::Anthropic => anthropic::encode_response(&answer),
@@ -764,7 +778,7 @@ async fn chat_inner(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
-                set_ids(resp.headers_mut(), &request_id, Some(&outcome));
+                set_ids(resp.headers_mut(), &request_id, Some(outcome));
                 resp
             }
             Err(e) => {
@@ -1321,7 +1335,8 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
         )
         .await
         {
-            Ok(h) => outcome.headers = h,
+            // embeddings plan their own deployments
+            Ok(a) => outcome.headers = a.headers,
             Err(e) => {
                 charge.outcome(e.http_status(), &outcome);
                 return fail(e, Some(outcome));
@@ -1332,12 +1347,9 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
             Ok(answer) => {
                 charge.usage = answer.usage;
                 charge.outcome(200, &outcome);
-                outcome.headers.push((
-                    H_COST,
-                    charge
-                        .cost_text(&answer.usage)
-                        .unwrap_or_else(|| "unknown".into()),
-                ));
+                outcome
+                    .headers
+                    .push((H_COST, charge.cost_header(&answer.usage)));
                 let mut resp = Response::new(Body::from(openai::encode_embeddings_response(
                     &answer, base64,
                 )));
@@ -1345,7 +1357,7 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
-                set_ids(resp.headers_mut(), &request_id, Some(&outcome));
+                set_ids(resp.headers_mut(), &request_id, Some(outcome));
                 resp
             }
             Err(e) => {

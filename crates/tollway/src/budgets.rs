@@ -6,7 +6,8 @@
 //! budget and when it resets; a soft one lets it through and raises an alert (log and webhook),
 //! once per period.
 
-use std::collections::HashMap;
+// foldhash: these maps are looked up several times per request, by keys the operator controls
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -197,7 +198,13 @@ impl Budgets {
         let mut map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         for b in budgets {
             let (start, end) = b.period.window(now);
-            let c = map.entry(b.scope.clone()).or_default();
+            // the scope is copied into the map only the first time it is seen
+            if !map.contains_key(&b.scope) {
+                map.insert(b.scope.clone(), Counter::default());
+            }
+            let Some(c) = map.get_mut(&b.scope) else {
+                continue;
+            };
             if c.period_start != start {
                 // a new period (or a scope never primed): start from zero
                 *c = Counter {

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use tollway_core::{ChatRequest, ChatResponse, ErrorKind, EventStream, ProviderError, Retry};
 
 use crate::routing::{Admission, InFlight};
-use crate::runtime::{Deployment, RouteOptions, Runtime};
+use crate::runtime::{Deployment, Plan, RouteOptions, Runtime};
 
 /// What happened on the way: for the `x-tollway-*` headers and the log.
 #[derive(Default)]
@@ -22,7 +22,7 @@ pub struct Outcome {
     /// For requests to a router: which router chose, and why (`x-tollway-route`).
     pub route: Option<String>,
     /// More response headers (e.g. `x-ratelimit-*`).
-    pub headers: Vec<(http::HeaderName, String)>,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 fn bad(param: &str, msg: impl std::fmt::Display) -> ProviderError {
@@ -87,13 +87,18 @@ impl RouteOptions {
     }
 }
 
-/// The deployments able to serve `req`, in the order to try them.
+/// The deployments able to serve `req`, in the order to try them: from `planned` when the caller
+/// already planned this request (budgets price the plan's deployments), else planned here.
 fn candidates(
     rt: &Runtime,
     req: &ChatRequest,
     opts: &RouteOptions,
+    planned: Option<Plan>,
 ) -> Result<Vec<Arc<Deployment>>, ProviderError> {
-    let plan = rt.plan(&req.model, opts)?;
+    let plan = match planned {
+        Some(p) => p,
+        None => rt.plan(&req.model, opts)?,
+    };
     let mut missing = None;
     let able: Vec<Arc<Deployment>> = plan
         .tries
@@ -149,7 +154,7 @@ fn special_plan(
     for name in rt.special_fallbacks(&req.model, e.kind) {
         let mut sub = req.clone();
         sub.model.clone_from(name);
-        if let Ok(plan) = candidates(rt, &sub, &only_group) {
+        if let Ok(plan) = candidates(rt, &sub, &only_group, None) {
             out.extend(plan);
         }
     }
@@ -302,9 +307,10 @@ pub async fn chat(
     rt: &Runtime,
     req: &ChatRequest,
     opts: &RouteOptions,
+    planned: Option<Plan>,
     out: &mut Outcome,
 ) -> Result<ChatResponse, ProviderError> {
-    let mut attempts = Attempts::new(rt, candidates(rt, req, opts)?);
+    let mut attempts = Attempts::new(rt, candidates(rt, req, opts, planned)?);
     let mut last: Option<ProviderError> = None;
     let mut special: Vec<ErrorKind> = Vec::new();
     while let Some((d, _in_flight)) = attempts.next(last.as_ref()).await {
@@ -351,9 +357,10 @@ pub async fn chat_stream(
     rt: &Runtime,
     req: &ChatRequest,
     opts: &RouteOptions,
+    planned: Option<Plan>,
     out: &mut Outcome,
 ) -> Result<EventStream, ProviderError> {
-    let mut attempts = Attempts::new(rt, candidates(rt, req, opts)?);
+    let mut attempts = Attempts::new(rt, candidates(rt, req, opts, planned)?);
     let mut last: Option<ProviderError> = None;
     let mut special: Vec<ErrorKind> = Vec::new();
     while let Some((d, in_flight)) = attempts.next(last.as_ref()).await {

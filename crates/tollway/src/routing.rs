@@ -5,7 +5,8 @@
 //! Health lives in a [`HealthRegistry`] keyed by deployment label (`provider/model`), outside the
 //! runtime, so a config reload keeps what was learnt. Nothing here does IO; time is passed in.
 
-use std::collections::HashMap;
+// foldhash: these maps are looked up several times per request, by keys the operator controls
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

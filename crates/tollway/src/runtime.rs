@@ -2,7 +2,8 @@
 //! plan of deployments for a requested model name. Built whole at start-up (and, later, on reload)
 //! and then only read.
 
-use std::collections::HashMap;
+// foldhash: these maps are looked up several times per request, by keys the operator controls
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,10 @@ pub struct Deployment {
     pub policy: HealthPolicy,
     /// `None`: the price is unknown (the ledger says so).
     pub price: Option<Arc<ModelPrice>>,
+    /// `label` and `provider_name` as response header values, built once (`None`: not a valid
+    /// header value, so the header is left out).
+    pub label_header: Option<http::HeaderValue>,
+    pub provider_header: Option<http::HeaderValue>,
 }
 
 /// The price lists to look a deployment up in, most specific first.
@@ -130,7 +135,7 @@ impl Runtime {
         health: Arc<HealthRegistry>,
     ) -> Result<Runtime, String> {
         let mut mock = None;
-        let mut providers = HashMap::new();
+        let mut providers = HashMap::default();
         for (name, pc) in &config.providers {
             let caps = default_capabilities(pc);
             let built = if matches!(pc, ProviderConfig::Mock(_)) {
@@ -152,7 +157,7 @@ impl Runtime {
             };
             providers.insert(name.clone(), (built, caps));
         }
-        let mut models = HashMap::new();
+        let mut models = HashMap::default();
         let mut model_names = Vec::new();
         for (name, mc) in &config.models {
             let mut deployments = Vec::new();
@@ -186,6 +191,8 @@ impl Runtime {
                     model: d.model.clone(),
                     caps: d.capabilities,
                     health: health.get(&label),
+                    label_header: http::HeaderValue::from_str(&label).ok(),
+                    provider_header: http::HeaderValue::from_str(&d.provider).ok(),
                     label,
                     weight: d.weight,
                     policy: mc.health,
@@ -465,6 +472,8 @@ impl Runtime {
             model: model.to_string(),
             caps: *caps,
             health: self.health.get(&label),
+            label_header: http::HeaderValue::from_str(&label).ok(),
+            provider_header: http::HeaderValue::from_str(provider).ok(),
             label,
             weight: 1,
             policy: HealthPolicy::default(),

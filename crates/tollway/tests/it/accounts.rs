@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{header, split, start, Env, MASTER};
+use crate::harness::{config_text, header, split, start, start_with, Env, MASTER};
 
 async fn create_key(env: &Env, body: Value) -> Value {
     let r = env
@@ -167,6 +167,53 @@ async fn keys_are_created_once_used_restricted_rotated_and_revoked() {
         .as_str()
         .unwrap_or("")
         .contains("lots"));
+}
+
+/// A request under several limits (its key's, its team's, its model's) gets the headers of the
+/// tightest one for requests and for tokens, each on its own, and is refused by whichever runs out
+/// first.
+#[tokio::test]
+async fn rate_limit_headers_name_the_tightest_of_key_team_and_model() {
+    let env = start_with(|mock| {
+        config_text(mock).replace(
+            "  gpt: { deployments: [{ provider: oai, model: gpt-4.1 }] }",
+            "  gpt: { rpm: 4, tpm: 1000000, deployments: [{ provider: oai, model: gpt-4.1 }] }",
+        ) + "teams:\n  eng: { rpm: 50, tpm: 900 }\n"
+    })
+    .await;
+    let k = create_key(
+        &env,
+        json!({"name": "three", "team": "eng", "rpm": 10, "tpm": 5000}),
+    )
+    .await;
+    let secret = k["key"].as_str().expect("secret");
+    let (status, h, body) = call(&env, secret, "gpt").await;
+    assert_eq!(status, 200, "{body}");
+    // requests: the model's 4 is tightest (key 10, team 50); tokens: the team's 900 (key 5,000,
+    // model 1,000,000), nothing used yet
+    assert_eq!(header(&h, "x-ratelimit-limit-requests"), "4");
+    assert_eq!(header(&h, "x-ratelimit-remaining-requests"), "3");
+    assert_eq!(header(&h, "x-ratelimit-limit-tokens"), "900");
+    assert_eq!(header(&h, "x-ratelimit-remaining-tokens"), "900");
+    for left in ["2", "1", "0"] {
+        let (status, h, _) = call(&env, secret, "gpt").await;
+        assert_eq!(status, 200);
+        assert_eq!(header(&h, "x-ratelimit-remaining-requests"), left);
+        // the tokens of the answers so far are counted against the team's 900
+        let tokens_left: u64 = header(&h, "x-ratelimit-remaining-tokens")
+            .parse()
+            .expect("a number");
+        assert!(tokens_left < 900, "{tokens_left}");
+    }
+    let (status, _, body) = call(&env, secret, "gpt").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("model:gpt"),
+        "the model's limit ran out first: {body}"
+    );
 }
 
 #[tokio::test]
