@@ -3,8 +3,87 @@ use serde_json::json;
 use super::*;
 use crate::sse::SseParser;
 
+/// Decodes a test body, and checks on the way that the fast path, wherever it accepts a body,
+/// gives exactly what the general path gives.
 fn req(v: Value) -> Result<ChatRequest, ProviderError> {
-    decode_request(v.to_string().as_bytes())
+    let text = v.to_string();
+    same_both_ways(&text);
+    decode_request(text.as_bytes())
+}
+
+/// Whether the fast path took `text`; panics if it took it and differs from the general path.
+fn same_both_ways(text: &str) -> bool {
+    match fast::decode(text) {
+        None => false,
+        Some(f) => {
+            let general = decode_request_general(text.as_bytes());
+            assert_eq!(
+                general.as_ref().ok(),
+                Some(&f),
+                "fast and general differ on {text}"
+            );
+            true
+        }
+    }
+}
+
+#[test]
+fn the_fast_path_takes_the_common_shapes_and_agrees_with_the_general_one() {
+    let taken = [
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi \"there\" \u00e9\n"},{"role":"assistant","content":""},{"role":"developer","content":"x","name":"dev"}],"max_tokens":5,"temperature":0,"top_p":0.5,"stream":true,"stream_options":{"include_usage":true},"user":"u-1"}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"max_completion_tokens":7}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":null,"temperature":null,"stream":null,"stream_options":null,"user":null}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":{},"temperature":2,"top_p":1e-3}"#,
+        r#"{"model":"","messages":[{"role":"user","content":"hi","name":null}],"stream":false,"stream_options":{"include_usage":false}}"#,
+        " \n{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"héllo ✓\"}]}\n ",
+    ];
+    for t in taken {
+        assert!(same_both_ways(t), "the fast path should take {t}");
+    }
+    // Everything else falls through to the general path, for its result or its error.
+    let left = [
+        "",
+        "   ",
+        "[]",
+        "{",
+        r#"{"model":"m","messages":[]}"#,
+        r#"{"model":"m"}"#,
+        r#"{"model":null,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":5,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"m","model":"n","messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5.0}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":-1}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":4294967296}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":"hot"}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":"yes"}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"n":2}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"n":1}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":"x"}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":1}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"models":["a"]}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":true,"x":1}}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":null}]}"#,
+        r#"{"model":"m","messages":[{"role":"user"}]}"#,
+        r#"{"model":"m","messages":[{"role":"tool","content":"r","tool_call_id":"c"}]}"#,
+        r#"{"model":"m","messages":[{"role":"assistant","content":"a","tool_calls":[]}]}"#,
+        r#"{"model":"m","messages":[{"role":"function","content":"r"}]}"#,
+        r#"{"model":"m","messages":[{"role":"wizard","content":"r"}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi","role":"system"}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[]}"#,
+    ];
+    for t in left {
+        assert!(
+            !same_both_ways(t),
+            "the fast path should leave {t} to the general path"
+        );
+    }
+    // bad UTF-8 never reaches the fast path
+    assert!(decode_request(b"{\"model\":\"\xff\"}")
+        .unwrap_err()
+        .message
+        .contains("UTF-8"));
 }
 
 fn body(r: &ChatRequest, dialect: Dialect) -> Value {
