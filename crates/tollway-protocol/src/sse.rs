@@ -41,30 +41,49 @@ impl SseParser {
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, ProviderError> {
         let mut out = Vec::new();
         let mut rest = chunk;
-        if self.after_cr {
+        while let Some(ev) = self.next(&mut rest)? {
+            out.push(ev);
+        }
+        Ok(out)
+    }
+
+    /// Reads lines from the front of `rest` until one completes an event, which it returns, with
+    /// `rest` advanced past it. Without a complete event in `rest`, keeps what is there for the
+    /// next call, leaves `rest` empty and returns `None`. So a burst of events can be taken one
+    /// at a time, each handed on before the next is parsed.
+    pub fn next(&mut self, rest: &mut &[u8]) -> Result<Option<SseEvent>, ProviderError> {
+        if self.after_cr && !rest.is_empty() {
             self.after_cr = false;
-            if let Some(b'\n') = rest.first() {
-                rest = &rest[1..];
+            if rest[0] == b'\n' {
+                *rest = &rest[1..];
             }
         }
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+        while let Some(pos) = memchr::memchr2(b'\n', b'\r', rest) {
             let (head, tail) = rest.split_at(pos);
-            self.line.extend_from_slice(head);
             let cr = tail[0] == b'\r';
-            rest = &tail[1..];
+            let mut after = &tail[1..];
             if cr {
-                match rest.first() {
-                    Some(b'\n') => rest = &rest[1..],
+                match after.first() {
+                    Some(b'\n') => after = &after[1..],
                     None => self.after_cr = true,
                     _ => {}
                 }
             }
-            let line = std::mem::take(&mut self.line);
-            if let Some(ev) = self.line_done(&line)? {
-                out.push(ev);
+            *rest = after;
+            let done = if self.line.is_empty() {
+                // the whole line is in this chunk: no copy
+                self.line_done(head)?
+            } else {
+                self.line.extend_from_slice(head);
+                let line = std::mem::take(&mut self.line);
+                let done = self.line_done(&line);
+                self.line = line;
+                self.line.clear();
+                done?
+            };
+            if let Some(ev) = done {
+                return Ok(Some(ev));
             }
-            self.line = line;
-            self.line.clear();
         }
         if self.line.len() + rest.len() > MAX_LINE {
             return Err(bad(format!(
@@ -72,7 +91,8 @@ impl SseParser {
             )));
         }
         self.line.extend_from_slice(rest);
-        Ok(out)
+        *rest = &[];
+        Ok(None)
     }
 
     /// The stream ended: a final event not followed by a blank line is still delivered.
@@ -199,6 +219,31 @@ mod tests {
         }
         let bytes: Vec<&[u8]> = text.chunks(1).collect();
         assert_eq!(all(&bytes), whole);
+    }
+
+    #[test]
+    fn a_burst_is_taken_one_event_at_a_time() {
+        let burst = b"data: a\r\n\r\n: note\nevent: e\ndata: b\n\ndata: c\r\rdata: d";
+        let mut p = SseParser::new();
+        let mut rest = &burst[..];
+        let ev = p.next(&mut rest).unwrap().unwrap();
+        assert_eq!(ev.data, "a");
+        assert_eq!(rest, &burst[11..], "stopped right after the first event");
+        let ev = p.next(&mut rest).unwrap().unwrap();
+        assert_eq!((ev.event.as_deref(), ev.data.as_str()), (Some("e"), "b"));
+        assert_eq!(p.next(&mut rest).unwrap().unwrap().data, "c");
+        // an unfinished event: kept, and `rest` is used up
+        assert_eq!(p.next(&mut rest).unwrap(), None);
+        assert!(rest.is_empty());
+        let mut more = &b"\n\n"[..];
+        assert_eq!(p.next(&mut more).unwrap().unwrap().data, "d");
+        // a CR at the very end: its LF, if it comes next, is not a second line end
+        let mut p = SseParser::new();
+        let mut a = &b"data: x\r"[..];
+        assert_eq!(p.next(&mut a).unwrap(), None);
+        let mut b = &b"\n\r\n"[..];
+        assert_eq!(p.next(&mut b).unwrap().unwrap().data, "x");
+        assert!(b.is_empty());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_util::{Stream, StreamExt};
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::Uri;
@@ -67,6 +67,28 @@ fn header_map(pairs: &[(String, String)], provider: &str) -> Result<HeaderMap, S
     Ok(map)
 }
 
+/// Adds `Host` for a plain-HTTP upstream (a local model server, an internal proxy) to the headers
+/// every request clones, so that hyper-util does not format and insert it per request. Plain HTTP
+/// is always HTTP/1.1 here; over TLS the connection may be HTTP/2, which carries the authority in
+/// `:authority` instead, so hyper-util keeps doing it there. A `host` header from the config wins.
+fn with_host(mut headers: HeaderMap, url: &Uri) -> HeaderMap {
+    if url.scheme_str() != Some("http") {
+        return headers;
+    }
+    let Some(host) = url.host() else {
+        return headers;
+    };
+    // as hyper-util writes it: the port only when it is not the scheme's default
+    let value = match url.port_u16() {
+        Some(port) if port != 80 => HeaderValue::from_str(&format!("{host}:{port}")),
+        _ => HeaderValue::from_str(host),
+    };
+    if let Ok(v) = value {
+        headers.entry(http::header::HOST).or_insert(v);
+    }
+    headers
+}
+
 fn client(timeouts: &Timeouts) -> Result<HttpClient, String> {
     Ok(client_on(connector(timeouts)?))
 }
@@ -122,15 +144,17 @@ impl HttpProvider {
             pairs.push(("openai-organization".into(), org.clone()));
         }
         pairs.extend(c.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let chat_url = parse_url(&format!("{base}/chat/completions"), name)?;
+        let headers = with_host(header_map(&pairs, name)?, &chat_url);
         Ok(HttpProvider {
             info: ProviderInfo {
                 name: name.to_string(),
                 family: ApiFamily::OpenAi,
             },
             clients: lane_clients(&c.timeouts)?,
-            chat_url: parse_url(&format!("{base}/chat/completions"), name)?,
+            chat_url,
             embeddings_url: Some(parse_url(&format!("{base}/embeddings"), name)?),
-            headers: header_map(&pairs, name)?,
+            headers,
             timeouts: c.timeouts,
             dialect: openai::Dialect {
                 legacy_max_tokens: compatible,
@@ -153,15 +177,17 @@ impl HttpProvider {
             pairs.push(("x-api-key".into(), c.api_key.expose().to_string()));
         }
         pairs.extend(c.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let chat_url = parse_url(&format!("{base}/v1/messages"), name)?;
+        let headers = with_host(header_map(&pairs, name)?, &chat_url);
         Ok(HttpProvider {
             info: ProviderInfo {
                 name: name.to_string(),
                 family: ApiFamily::Anthropic,
             },
             clients: lane_clients(&c.timeouts)?,
-            chat_url: parse_url(&format!("{base}/v1/messages"), name)?,
+            chat_url,
             embeddings_url: None,
-            headers: header_map(&pairs, name)?,
+            headers,
             timeouts: c.timeouts,
             dialect: openai::Dialect::default(),
         })
@@ -434,6 +460,7 @@ impl Provider for HttpProvider {
                 parser: SseParser::default(),
                 decoder,
                 pending: VecDeque::new(),
+                unread: Bytes::new(),
                 idle: self.timeouts.idle(),
                 idle_ms: self.timeouts.idle_ms,
                 deadline,
@@ -460,6 +487,10 @@ struct UpstreamStream {
     parser: SseParser,
     decoder: Decoder,
     pending: VecDeque<Result<StreamEvent, ProviderError>>,
+    /// Bytes received and not parsed yet. A read often brings many events at once (the upstream
+    /// wrote a burst, or this lane was busy); they are parsed one event at a time as the client's
+    /// body asks for them, so the first goes out before the last is even decoded.
+    unread: Bytes,
     idle: Duration,
     idle_ms: u64,
     /// The end of the total timeout.
@@ -481,20 +512,22 @@ impl UpstreamStream {
         }
     }
 
-    fn feed(&mut self, chunk: &[u8]) {
-        match self.parser.push(chunk) {
-            Ok(events) => {
-                for ev in events {
-                    let r = match &mut self.decoder {
-                        Decoder::OpenAi(d) => d.feed(&ev),
-                        Decoder::Anthropic(d) => d.feed(&ev),
-                    };
-                    self.queue(r);
-                    if self.done {
-                        return;
-                    }
-                }
+    /// Parses unread bytes up to the next complete event (or all of them when none completes)
+    /// and decodes it.
+    fn feed_one(&mut self) {
+        let mut rest = &self.unread[..];
+        let parsed = self.parser.next(&mut rest);
+        let consumed = self.unread.len() - rest.len();
+        self.unread.advance(consumed);
+        match parsed {
+            Ok(Some(ev)) => {
+                let r = match &mut self.decoder {
+                    Decoder::OpenAi(d) => d.feed(&ev),
+                    Decoder::Anthropic(d) => d.feed(&ev),
+                };
+                self.queue(r);
             }
+            Ok(None) => {}
             Err(e) => self.queue(Err(e)),
         }
     }
@@ -532,6 +565,10 @@ async fn next_event(
         if s.done {
             return None;
         }
+        if !s.unread.is_empty() {
+            s.feed_one();
+            continue;
+        }
         let idle_end = Instant::now() + s.idle;
         match tokio::time::timeout_at(idle_end.min(s.deadline), s.bytes.next()).await {
             Err(_) => {
@@ -550,7 +587,7 @@ async fn next_event(
                 return Some((Err(ProviderError::new(ErrorKind::Timeout, message)), s));
             }
             Ok(None) => s.end(),
-            Ok(Some(Ok(chunk))) => s.feed(&chunk),
+            Ok(Some(Ok(chunk))) => s.unread = chunk,
             Ok(Some(Err(e))) => {
                 s.done = true;
                 let kind = if timed_out(&e) {
@@ -614,6 +651,92 @@ impl JsonPoster {
 mod tests {
     use super::*;
     use tollway_core::{ChatRequest, Provider};
+
+    /// A read that brings three events is parsed one event at a time: when the first is handed
+    /// on, the other two are still unparsed bytes, and all three arrive in order.
+    #[tokio::test]
+    async fn a_burst_is_handed_on_event_by_event() {
+        let burst = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"c\"}}]}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let bytes: ByteStream = Box::pin(futures_util::stream::iter([Ok(Bytes::from_static(
+            burst.as_bytes(),
+        ))]));
+        let s = UpstreamStream {
+            bytes,
+            parser: SseParser::default(),
+            decoder: Decoder::OpenAi(openai::StreamDecoder::new()),
+            pending: VecDeque::new(),
+            unread: Bytes::new(),
+            idle: Duration::from_secs(5),
+            idle_ms: 5000,
+            deadline: Instant::now() + Duration::from_secs(5),
+            total_ms: 5000,
+            label: "p/m".into(),
+            done: false,
+        };
+        let (first, s) = next_event(s).await.expect("an event");
+        assert!(first.is_ok());
+        assert!(
+            s.unread.len() > burst.len() / 2,
+            "the rest of the burst is not parsed yet ({} bytes left)",
+            s.unread.len()
+        );
+        let mut texts = Vec::new();
+        let mut events = vec![first];
+        let mut state = s;
+        while let Some((e, next)) = next_event(state).await {
+            events.push(e);
+            state = next;
+        }
+        for e in events {
+            if let Ok(StreamEvent::TextDelta { text, .. }) = e {
+                texts.push(text);
+            }
+        }
+        assert_eq!(texts, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn plain_http_upstreams_get_their_host_header_once_built() {
+        let h = |url: &str, pairs: &[(String, String)]| {
+            let uri: Uri = url.parse().expect("uri");
+            with_host(header_map(pairs, "p").expect("headers"), &uri)
+        };
+        let host = |m: &HeaderMap| {
+            m.get(http::header::HOST)
+                .map(|v| v.to_str().expect("ascii").to_string())
+        };
+        assert_eq!(
+            host(&h("http://127.0.0.1:8080/v1/chat/completions", &[])).as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(
+            host(&h("http://models.internal/v1/messages", &[])).as_deref(),
+            Some("models.internal")
+        );
+        assert_eq!(
+            host(&h("http://models.internal:80/v1", &[])).as_deref(),
+            Some("models.internal")
+        );
+        assert_eq!(
+            host(&h("http://[::1]:9000/v1", &[])).as_deref(),
+            Some("[::1]:9000")
+        );
+        // TLS may be HTTP/2 (`:authority`): left to hyper-util
+        assert_eq!(
+            host(&h("https://api.openai.com/v1/chat/completions", &[])),
+            None
+        );
+        // the operator's own Host header wins
+        let own = [("host".to_string(), "llm.example".to_string())];
+        let m = h("http://10.0.0.5:8000/v1", &own);
+        assert_eq!(m.get_all(http::header::HOST).iter().count(), 1);
+        assert_eq!(host(&m).as_deref(), Some("llm.example"));
+    }
 
     async fn mock() -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
