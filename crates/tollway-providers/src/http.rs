@@ -518,7 +518,12 @@ impl UpstreamStream {
         let mut rest = &self.unread[..];
         let parsed = self.parser.next(&mut rest);
         let consumed = self.unread.len() - rest.len();
-        self.unread.advance(consumed);
+        if consumed == self.unread.len() {
+            // let go of the read buffer as soon as it is used up (a held stream idles here)
+            self.unread = Bytes::new();
+        } else {
+            self.unread.advance(consumed);
+        }
         match parsed {
             Ok(Some(ev)) => {
                 let r = match &mut self.decoder {
