@@ -288,38 +288,65 @@ impl Limits {
         tpm: Option<u64>,
         now: Instant,
     ) -> Result<LimitState, ProviderError> {
-        if rpm.is_none() && tpm.is_none() {
-            return Ok(LimitState::default());
-        }
+        let mut states = self.admit_all(&[(scope, rpm, tpm)], now)?;
+        Ok(states.pop().unwrap_or_default())
+    }
+
+    /// [`admit`](Self::admit) for several scopes at once (a key, its team, the model), all or
+    /// nothing: a request refused by one scope's limit is counted against none of them, so that
+    /// refused requests do not use up the other scopes' allowance. One state per scope, in order.
+    pub fn admit_all<S: AsRef<str>>(
+        &self,
+        scopes: &[(S, Option<u64>, Option<u64>)],
+        now: Instant,
+    ) -> Result<Vec<LimitState>, ProviderError> {
+        let mut states = Vec::with_capacity(scopes.len());
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        // the scope is copied into the map only the first time it is seen
-        if !map.contains_key(scope) {
-            map.insert(scope.to_string(), (Window::new(now), Window::new(now)));
-        }
-        let Some((req, tok)) = map.get_mut(scope) else {
-            return Ok(LimitState::default());
-        };
-        req.roll(now);
-        tok.roll(now);
-        let mut state = LimitState::default();
-        if let Some(limit) = tpm {
-            let used = tok.used(now);
-            if used >= limit {
-                let wait = tok.wait(now, limit, 1);
-                return Err(limited(scope, "tokens", limit, wait));
+        // first check every scope, counting nothing
+        for (scope, rpm, tpm) in scopes {
+            let (scope, rpm, tpm) = (scope.as_ref(), *rpm, *tpm);
+            let mut state = LimitState::default();
+            if rpm.is_none() && tpm.is_none() {
+                states.push(state);
+                continue;
             }
-            state.tokens = Some((limit, limit - used));
-        }
-        if let Some(limit) = rpm {
-            let used = req.used(now);
-            if used + 1 > limit {
-                let wait = req.wait(now, limit, 1);
-                return Err(limited(scope, "requests", limit, wait));
+            // the scope is copied into the map only the first time it is seen
+            if !map.contains_key(scope) {
+                map.insert(scope.to_string(), (Window::new(now), Window::new(now)));
             }
-            req.current += 1;
-            state.requests = Some((limit, limit - used - 1));
+            let Some((req, tok)) = map.get_mut(scope) else {
+                states.push(state);
+                continue;
+            };
+            req.roll(now);
+            tok.roll(now);
+            if let Some(limit) = tpm {
+                let used = tok.used(now);
+                if used >= limit {
+                    let wait = tok.wait(now, limit, 1);
+                    return Err(limited(scope, "tokens", limit, wait));
+                }
+                state.tokens = Some((limit, limit - used));
+            }
+            if let Some(limit) = rpm {
+                let used = req.used(now);
+                if used + 1 > limit {
+                    let wait = req.wait(now, limit, 1);
+                    return Err(limited(scope, "requests", limit, wait));
+                }
+                state.requests = Some((limit, limit - used - 1));
+            }
+            states.push(state);
         }
-        Ok(state)
+        // then count the request in every scope with a request limit
+        for (scope, rpm, _) in scopes {
+            if rpm.is_some() {
+                if let Some((req, _)) = map.get_mut(scope.as_ref()) {
+                    req.current += 1;
+                }
+            }
+        }
+        Ok(states)
     }
 
     pub fn add_tokens(&self, scope: &str, tokens: u64, now: Instant) {
@@ -343,6 +370,39 @@ fn limited(scope: &str, what: &str, limit: u64, wait: Duration) -> ProviderError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_scopes_are_admitted_all_or_nothing() {
+        let l = Limits::default();
+        let now = Instant::now();
+        let scopes = [
+            ("key:a", Some(10), None),
+            ("model:m", Some(1), None),
+            ("team:t", None, Some(100)),
+        ];
+        let states = l.admit_all(&scopes, now).unwrap();
+        assert_eq!(states[0].requests, Some((10, 9)));
+        assert_eq!(states[1].requests, Some((1, 0)));
+        assert_eq!(states[2].tokens, Some((100, 100)));
+        // the model's limit refuses the next one, which the key does not count
+        let e = l.admit_all(&scopes, now).unwrap_err();
+        assert!(e.message.contains("model:m"), "{}", e.message);
+        let st = l.admit("key:a", Some(10), None, now).unwrap();
+        assert_eq!(st.requests, Some((10, 8)));
+        // a spent token budget refuses too, and counts nothing either
+        l.add_tokens("team:t", 100, now);
+        let e = l
+            .admit_all(
+                &[("key:a", Some(10), None), ("team:t", None, Some(100))],
+                now,
+            )
+            .unwrap_err();
+        assert!(e.message.contains("team:t"), "{}", e.message);
+        assert_eq!(
+            l.admit("key:a", Some(10), None, now).unwrap().requests,
+            Some((10, 7))
+        );
+    }
 
     #[test]
     fn the_tightest_limit_state_wins_for_requests_and_tokens_apart() {

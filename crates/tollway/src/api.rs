@@ -485,36 +485,48 @@ async fn admit(
     let mut tightest = crate::accounts::LimitState::default();
     let now = Instant::now();
     let shared = accounts.shared().filter(|s| s.should_try());
-    for (scope, rpm, tpm) in scopes {
-        if rpm.is_none() && tpm.is_none() {
-            continue;
+    match &shared {
+        None => {
+            // all or nothing: a request one limit refuses is not counted against the others
+            for st in accounts.limits().admit_all(&scopes, now)? {
+                tightest.tighten(&st);
+            }
+            charge.token_scopes.extend(
+                scopes
+                    .into_iter()
+                    .filter(|(_, _, tpm)| tpm.is_some())
+                    .map(|(scope, _, _)| scope),
+            );
         }
-        let mut st = None;
-        if let Some(sh) = &shared {
-            match sh.admit(&scope, rpm, tpm).await {
-                Ok(s) => st = Some(s),
-                Err(Some((what, limit))) => {
-                    return Err(ProviderError::new(
-                        ErrorKind::RateLimited,
-                        format!("Rate limit reached for {scope}: {limit} {what} per minute (shared across instances). Retry in up to 60 s."),
-                    )
-                    .with_retry(tollway_core::Retry::After(std::time::Duration::from_secs(
-                        60 - (tollway_store::now_ms().rem_euclid(60_000) / 1000) as u64,
-                    ))));
+        // Shared limits (Redis) are counted scope by scope, each falling back to the local
+        // state when Redis fails.
+        Some(sh) => {
+            for (scope, rpm, tpm) in scopes {
+                if rpm.is_none() && tpm.is_none() {
+                    continue;
                 }
-                Err(None) => {} // Redis failed: local state below
+                let st = match sh.admit(&scope, rpm, tpm).await {
+                    Ok(s) => {
+                        charge.shared = shared.clone();
+                        s
+                    }
+                    Err(Some((what, limit))) => {
+                        return Err(ProviderError::new(
+                            ErrorKind::RateLimited,
+                            format!("Rate limit reached for {scope}: {limit} {what} per minute (shared across instances). Retry in up to 60 s."),
+                        )
+                        .with_retry(tollway_core::Retry::After(std::time::Duration::from_secs(
+                            60 - (tollway_store::now_ms().rem_euclid(60_000) / 1000) as u64,
+                        ))));
+                    }
+                    // Redis failed: the local state
+                    Err(None) => accounts.limits().admit(&scope, rpm, tpm, now)?,
+                };
+                tightest.tighten(&st);
+                if tpm.is_some() {
+                    charge.token_scopes.push(scope);
+                }
             }
-        }
-        let st = match st {
-            Some(s) => {
-                charge.shared = shared.clone();
-                s
-            }
-            None => accounts.limits().admit(&scope, rpm, tpm, now)?,
-        };
-        tightest.tighten(&st);
-        if tpm.is_some() {
-            charge.token_scopes.push(scope);
         }
     }
     let mut h = Vec::new();

@@ -171,7 +171,7 @@ async fn keys_are_created_once_used_restricted_rotated_and_revoked() {
 
 /// A request under several limits (its key's, its team's, its model's) gets the headers of the
 /// tightest one for requests and for tokens, each on its own, and is refused by whichever runs out
-/// first.
+/// first, without being counted against the others.
 #[tokio::test]
 async fn rate_limit_headers_name_the_tightest_of_key_team_and_model() {
     let env = start_with(|mock| {
@@ -214,6 +214,12 @@ async fn rate_limit_headers_name_the_tightest_of_key_team_and_model() {
             .contains("model:gpt"),
         "the model's limit ran out first: {body}"
     );
+    // the refused request was counted against no limit: the key has used 4 of its 10, and this
+    // request to another model is the 5th
+    let (status, h, body) = call(&env, secret, "gpt2").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&h, "x-ratelimit-limit-requests"), "10");
+    assert_eq!(header(&h, "x-ratelimit-remaining-requests"), "5");
 }
 
 #[tokio::test]
