@@ -485,50 +485,43 @@ async fn admit(
     let mut tightest = crate::accounts::LimitState::default();
     let now = Instant::now();
     let shared = accounts.shared().filter(|s| s.should_try());
-    match &shared {
-        None => {
-            // all or nothing: a request one limit refuses is not counted against the others
-            for st in accounts.limits().admit_all(&scopes, now)? {
-                tightest.tighten(&st);
-            }
-            charge.token_scopes.extend(
-                scopes
-                    .into_iter()
-                    .filter(|(_, _, tpm)| tpm.is_some())
-                    .map(|(scope, _, _)| scope),
-            );
-        }
-        // Shared limits (Redis) are counted scope by scope, each falling back to the local
-        // state when Redis fails.
-        Some(sh) => {
-            for (scope, rpm, tpm) in scopes {
-                if rpm.is_none() && tpm.is_none() {
-                    continue;
+    // All or nothing, in Redis when it is shared, else (or when Redis fails) locally: a request
+    // one limit refuses is counted against none of the others.
+    let from_redis = match &shared {
+        Some(sh) if scopes.iter().any(|(_, r, t)| r.is_some() || t.is_some()) => {
+            match sh.admit_all(&scopes).await {
+                Ok(states) => Some(states),
+                Err(Some((i, what, limit))) => {
+                    let scope = scopes.get(i).map_or("", |s| s.0.as_str());
+                    return Err(ProviderError::new(
+                        ErrorKind::RateLimited,
+                        format!("Rate limit reached for {scope}: {limit} {what} per minute (shared across instances). Retry in up to 60 s."),
+                    )
+                    .with_retry(tollway_core::Retry::After(std::time::Duration::from_secs(
+                        60 - (tollway_store::now_ms().rem_euclid(60_000) / 1000) as u64,
+                    ))));
                 }
-                let st = match sh.admit(&scope, rpm, tpm).await {
-                    Ok(s) => {
-                        charge.shared = shared.clone();
-                        s
-                    }
-                    Err(Some((what, limit))) => {
-                        return Err(ProviderError::new(
-                            ErrorKind::RateLimited,
-                            format!("Rate limit reached for {scope}: {limit} {what} per minute (shared across instances). Retry in up to 60 s."),
-                        )
-                        .with_retry(tollway_core::Retry::After(std::time::Duration::from_secs(
-                            60 - (tollway_store::now_ms().rem_euclid(60_000) / 1000) as u64,
-                        ))));
-                    }
-                    // Redis failed: the local state
-                    Err(None) => accounts.limits().admit(&scope, rpm, tpm, now)?,
-                };
-                tightest.tighten(&st);
-                if tpm.is_some() {
-                    charge.token_scopes.push(scope);
-                }
+                Err(None) => None, // Redis failed: the local state below
             }
         }
+        _ => None,
+    };
+    let states = match from_redis {
+        Some(states) => {
+            charge.shared = shared.clone();
+            states
+        }
+        None => accounts.limits().admit_all(&scopes, now)?,
+    };
+    for st in &states {
+        tightest.tighten(st);
     }
+    charge.token_scopes.extend(
+        scopes
+            .into_iter()
+            .filter(|(_, _, tpm)| tpm.is_some())
+            .map(|(scope, _, _)| scope),
+    );
     let mut h = Vec::new();
     limit_headers(&mut h, &tightest);
     let mut planned = None;

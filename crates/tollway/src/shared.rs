@@ -16,22 +16,38 @@ use tollway_store::now_ms;
 use crate::accounts::LimitState;
 use crate::budgets::{Budget, Period};
 
-/// Sliding window over two fixed one-minute windows. KEYS: current, previous.
-/// ARGV: limit, elapsed fraction of the current window (0..1), cost (0: only check).
-const LIMIT_LUA: &str = r"
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-local prev = tonumber(redis.call('GET', KEYS[2]) or '0')
-local used = math.ceil(prev * (1 - tonumber(ARGV[2]))) + cur
-local limit = tonumber(ARGV[1])
-local cost = tonumber(ARGV[3])
-if cost == 0 then
-  if used >= limit then return {0, used} end
-  return {1, used}
+/// Per-minute limits as sliding windows over two fixed one-minute windows (the previous one
+/// weighted by the part of it still inside the last minute), several checks at once, all or
+/// nothing. KEYS: (current, previous) window keys per check. ARGV[1]: elapsed fraction of the
+/// current window (0..1); then (limit, cost) per check, cost 0 meaning "only check" (tokens,
+/// added when the answer's usage is known). Every check is made before anything is counted, so
+/// a request one limit refuses is counted against none. Returns {1, used after each check...} or
+/// {0, index of the refusing check (1-based)}.
+const LIMIT_ALL_LUA: &str = r"
+local into = tonumber(ARGV[1])
+local used = {}
+local n = #KEYS / 2
+for i = 1, n do
+  local cur = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local prev = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  local u = math.ceil(prev * (1 - into)) + cur
+  local limit = tonumber(ARGV[2 * i])
+  local cost = tonumber(ARGV[2 * i + 1])
+  if (cost == 0 and u >= limit) or (cost > 0 and u + cost > limit) then
+    return {0, i}
+  end
+  used[i] = u + cost
 end
-if used + cost > limit then return {0, used} end
-redis.call('INCRBY', KEYS[1], cost)
-redis.call('PEXPIRE', KEYS[1], 130000)
-return {1, used + cost}
+local out = {1}
+for i = 1, n do
+  local cost = tonumber(ARGV[2 * i + 1])
+  if cost > 0 then
+    redis.call('INCRBY', KEYS[2 * i - 1], cost)
+    redis.call('PEXPIRE', KEYS[2 * i - 1], 130000)
+  end
+  out[i + 1] = used[i]
+end
+return out
 ";
 
 /// Adds tokens to the current window. KEYS: current. ARGV: tokens.
@@ -86,7 +102,7 @@ pub struct Shared {
     last_probe_ms: std::sync::atomic::AtomicI64,
     /// Budget hashes this instance has seeded from the ledger (scope, period start).
     seeded: Mutex<HashSet<(String, i64)>>,
-    limit: Script,
+    limit_all: Script,
     tokens: Script,
     reserve: Script,
     settle: Script,
@@ -128,7 +144,7 @@ impl Shared {
             up: AtomicBool::new(true),
             last_probe_ms: std::sync::atomic::AtomicI64::new(0),
             seeded: Mutex::new(HashSet::new()),
-            limit: Script::new(LIMIT_LUA),
+            limit_all: Script::new(LIMIT_ALL_LUA),
             tokens: Script::new(TOKENS_LUA),
             reserve: Script::new(RESERVE_LUA),
             settle: Script::new(SETTLE_LUA),
@@ -177,64 +193,67 @@ impl Shared {
         )
     }
 
-    /// Checks (and for requests, counts) a scope's per-minute limits. `Err(None)`: Redis failed
-    /// (use local state); `Err(Some(what))`: the limit is reached.
-    pub async fn admit(
+    /// Checks (and for requests, counts) the per-minute limits of several scopes (a key, its
+    /// team, the model) in one script run, all or nothing, as [`Limits::admit_all`] does locally.
+    /// One state per scope, in order. `Err(None)`: Redis failed (use local state);
+    /// `Err(Some((i, what, limit)))`: scope `i`'s limit on `what` is reached.
+    ///
+    /// [`Limits::admit_all`]: crate::accounts::Limits::admit_all
+    pub async fn admit_all<S: AsRef<str>>(
         &self,
-        scope: &str,
-        rpm: Option<u64>,
-        tpm: Option<u64>,
-    ) -> Result<LimitState, Option<(&'static str, u64)>> {
-        let mut state = LimitState::default();
+        scopes: &[(S, Option<u64>, Option<u64>)],
+    ) -> Result<Vec<LimitState>, Option<(usize, &'static str, u64)>> {
+        let mut states = vec![LimitState::default(); scopes.len()];
+        let mut inv = self.limit_all.prepare_invoke();
+        // (scope, what, limit) per check, in the script's order
+        let mut checks: Vec<(usize, &'static str, u64)> = Vec::new();
+        let mut into = None;
+        for (i, (scope, rpm, tpm)) in scopes.iter().enumerate() {
+            for (what, kind, limit) in [("tokens", "tok", *tpm), ("requests", "req", *rpm)] {
+                if let Some(limit) = limit {
+                    let (cur, prev, at) = self.window_keys(scope.as_ref(), kind);
+                    into.get_or_insert(at);
+                    inv.key(cur).key(prev);
+                    checks.push((i, what, limit));
+                }
+            }
+        }
+        let Some(into) = into else {
+            return Ok(states);
+        };
+        inv.arg(into);
+        // tokens are checked against what was used; a request counts itself
+        for (_, what, limit) in &checks {
+            inv.arg(*limit).arg(u64::from(*what == "requests"));
+        }
         let mut conn = self.conn.clone();
-        if let Some(limit) = tpm {
-            let (cur, prev, into) = self.window_keys(scope, "tok");
-            let r: Result<Vec<i64>, _> = self
-                .limit
-                .key(cur)
-                .key(prev)
-                .arg(limit)
-                .arg(into)
-                .arg(0)
-                .invoke_async(&mut conn)
-                .await;
-            match r {
-                Ok(v) if v.first() == Some(&1) => {
-                    let used = v.get(1).copied().unwrap_or(0).max(0) as u64;
-                    state.tokens = Some((limit, limit.saturating_sub(used)));
+        let r: Result<Vec<i64>, _> = inv.invoke_async(&mut conn).await;
+        match r {
+            Ok(v) if v.first() == Some(&1) => {
+                for (j, &(i, what, limit)) in checks.iter().enumerate() {
+                    let used = v.get(j + 1).copied().unwrap_or(0).max(0) as u64;
+                    let st = Some((limit, limit.saturating_sub(used)));
+                    if what == "tokens" {
+                        states[i].tokens = st;
+                    } else {
+                        states[i].requests = st;
+                    }
                 }
-                Ok(_) => return Err(Some(("tokens", limit))),
-                Err(e) => {
-                    self.outage(&e);
-                    return Err(None);
-                }
+                self.recovered();
+                Ok(states)
+            }
+            Ok(v) => {
+                self.recovered();
+                let j = usize::try_from(v.get(1).copied().unwrap_or(1)).unwrap_or(1);
+                // the script names the refusing check; an answer out of range is taken as the
+                // first check's refusal
+                Err(checks.get(j.saturating_sub(1)).or(checks.first()).copied())
+            }
+            Err(e) => {
+                self.outage(&e);
+                Err(None)
             }
         }
-        if let Some(limit) = rpm {
-            let (cur, prev, into) = self.window_keys(scope, "req");
-            let r: Result<Vec<i64>, _> = self
-                .limit
-                .key(cur)
-                .key(prev)
-                .arg(limit)
-                .arg(into)
-                .arg(1)
-                .invoke_async(&mut conn)
-                .await;
-            match r {
-                Ok(v) if v.first() == Some(&1) => {
-                    let used = v.get(1).copied().unwrap_or(0).max(0) as u64;
-                    state.requests = Some((limit, limit.saturating_sub(used)));
-                }
-                Ok(_) => return Err(Some(("requests", limit))),
-                Err(e) => {
-                    self.outage(&e);
-                    return Err(None);
-                }
-            }
-        }
-        self.recovered();
-        Ok(state)
     }
 
     pub async fn add_tokens(&self, scope: &str, tokens: u64) {

@@ -51,7 +51,10 @@ async fn two_instances_share_one_rate_limit_one_budget_and_cooldowns() {
         .await
         .expect("a fresh schema in the local PostgreSQL");
     let shared = Some((redis_url(), format!("{name}:")));
-    let text = config_text(&mock.url());
+    let text = format!(
+        "{}  capped: {{ rpm: 2, deployments: [{{ provider: oai, model: capped }}] }}\n",
+        config_text(&mock.url())
+    );
     let a = gateway(&text, &storage, shared.clone()).await;
     let b = gateway(&text, &storage, shared.clone()).await;
     assert_eq!(a.state.accounts().shared_up(), Some(true));
@@ -76,6 +79,7 @@ async fn two_instances_share_one_rate_limit_one_budget_and_cooldowns() {
         }
     };
     let limited = mk(json!({"name": "limited", "rpm": 4})).await;
+    let multi = mk(json!({"name": "multi", "rpm": 5})).await;
     let budgeted =
         mk(json!({"name": "budgeted", "budget_usd": "0.001", "budget_period": "daily"})).await;
     b.state.accounts().refresh().await.expect("refresh");
@@ -89,6 +93,30 @@ async fn two_instances_share_one_rate_limit_one_budget_and_cooldowns() {
         assert_eq!(status, 429, "{body}");
         assert!(body.contains("shared across instances"), "{body}");
     }
+
+    // several limits (the key's 5, the model's 2) are admitted all or nothing across instances:
+    // the request the model's limit refuses is not counted against the key
+    for gw in [&a, &b] {
+        assert_eq!(chat(&http, gw, &multi, "capped", "hi").await.0, 200);
+    }
+    let (status, body) = chat(&http, &a, &multi, "capped", "hi").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("model:capped"), "{body}");
+    let r = http
+        .post(format!("{}/v1/chat/completions", b.url))
+        .bearer_auth(&multi)
+        .json(&json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()
+            .get("x-ratelimit-remaining-requests")
+            .and_then(|v| v.to_str().ok()),
+        Some("2"),
+        "the key counted 2 answered requests and this one, not the refused one"
+    );
 
     // one budget: concurrent requests through both instances never overshoot it
     let mut tasks = Vec::new();
