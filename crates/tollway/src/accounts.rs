@@ -301,6 +301,11 @@ impl Limits {
         now: Instant,
     ) -> Result<Vec<LimitState>, ProviderError> {
         let mut states = Vec::with_capacity(scopes.len());
+        if scopes.iter().all(|(_, rpm, tpm)| rpm.is_none() && tpm.is_none()) {
+            // nothing to count: no lock
+            states.resize(scopes.len(), LimitState::default());
+            return Ok(states);
+        }
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         // first check every scope, counting nothing
         for (scope, rpm, tpm) in scopes {
