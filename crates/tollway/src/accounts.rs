@@ -301,7 +301,10 @@ impl Limits {
         now: Instant,
     ) -> Result<Vec<LimitState>, ProviderError> {
         let mut states = Vec::with_capacity(scopes.len());
-        if scopes.iter().all(|(_, rpm, tpm)| rpm.is_none() && tpm.is_none()) {
+        if scopes
+            .iter()
+            .all(|(_, rpm, tpm)| rpm.is_none() && tpm.is_none())
+        {
             // nothing to count: no lock
             states.resize(scopes.len(), LimitState::default());
             return Ok(states);
