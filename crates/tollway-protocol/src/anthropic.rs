@@ -26,7 +26,113 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 // ------------------------------------------------------------------------------------------------
 
 /// Decodes a client's `POST /v1/messages` body.
+///
+/// As for OpenAI (`openai::decode_request`), the common shape (text messages, a text system
+/// prompt, the usual sampling fields, nothing else) is read straight into typed fields
+/// ([`fast`]); anything else, and every malformed body, takes the general path, whose errors
+/// name their field. Both give the same request for every body the fast path accepts
+/// (`tests.rs` checks every test body both ways).
 pub fn decode_request(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
+    if let Some(r) = std::str::from_utf8(bytes).ok().and_then(fast::decode) {
+        return Ok(r);
+    }
+    decode_request_general(bytes)
+}
+
+/// The common request shape, read without a `Value` tree. Every struct refuses unknown fields
+/// and serde refuses duplicate ones, so anything the general path would treat specially (content
+/// blocks, system blocks, tools, thinking, extension fields...) falls through to it, as does
+/// any wrong type or bad value, for the general path's error.
+pub(crate) mod fast {
+    use std::borrow::Cow;
+
+    use serde::Deserialize;
+    use serde_json::Map;
+    use tollway_core::{ApiFamily, ChatRequest, Extra, Message, Role};
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Request<'a> {
+        #[serde(borrow)]
+        model: Cow<'a, str>,
+        max_tokens: u32,
+        #[serde(borrow)]
+        messages: Vec<Msg<'a>>,
+        #[serde(borrow)]
+        system: Option<Cow<'a, str>>,
+        temperature: Option<f64>,
+        top_p: Option<f64>,
+        top_k: Option<u32>,
+        #[serde(borrow)]
+        stop_sequences: Option<Vec<Cow<'a, str>>>,
+        stream: Option<bool>,
+        #[serde(borrow)]
+        metadata: Option<Metadata<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Metadata<'a> {
+        #[serde(borrow)]
+        user_id: Option<Cow<'a, str>>,
+    }
+
+    /// A message whose content is a string.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Msg<'a> {
+        #[serde(borrow)]
+        role: Cow<'a, str>,
+        #[serde(borrow)]
+        content: Cow<'a, str>,
+    }
+
+    /// The request, or `None` when the body is not of the common shape.
+    pub(crate) fn decode(text: &str) -> Option<ChatRequest> {
+        let r: Request<'_> = serde_json::from_str(text).ok()?;
+        if r.max_tokens == 0 || r.messages.is_empty() {
+            return None;
+        }
+        let mut messages = Vec::with_capacity(r.messages.len() + 1);
+        if let Some(system) = r.system {
+            messages.push(Message::text(Role::System, system.into_owned()));
+        }
+        for m in r.messages {
+            let role = match &*m.role {
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                _ => return None,
+            };
+            messages.push(Message::text(role, m.content.into_owned()));
+        }
+        Some(ChatRequest {
+            model: r.model.into_owned(),
+            messages,
+            max_tokens: Some(r.max_tokens),
+            temperature: r.temperature,
+            top_p: r.top_p,
+            top_k: r.top_k,
+            stop: r
+                .stop_sequences
+                .map(|s| s.into_iter().map(Cow::into_owned).collect())
+                .unwrap_or_default(),
+            stream: r.stream.unwrap_or(false),
+            include_usage: true,
+            tools: Vec::new(),
+            tool_choice: None,
+            parallel_tool_calls: None,
+            response_format: None,
+            user: r.metadata.and_then(|m| m.user_id).map(Cow::into_owned),
+            extra: Extra {
+                family: ApiFamily::Anthropic,
+                fields: Map::new(),
+            },
+        })
+    }
+}
+
+/// [`decode_request`]'s general path: any body, every error naming its field.
+fn decode_request_general(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
     let mut o = Obj::new(json::parse_object(bytes)?, "");
     let model = o.req_str("model")?;
     let raw_messages = o.array("messages")?.ok_or_else(|| missing("messages"))?;

@@ -3,8 +3,68 @@ use serde_json::json;
 use super::*;
 use crate::sse::SseParser;
 
+/// Decodes a test body, and checks on the way that the fast path, wherever it accepts a body,
+/// gives exactly what the general path gives.
 fn req(v: Value) -> Result<ChatRequest, ProviderError> {
-    decode_request(v.to_string().as_bytes())
+    let text = v.to_string();
+    same_both_ways(&text);
+    decode_request(text.as_bytes())
+}
+
+/// Whether the fast path took `text`; panics if it took it and differs from the general path.
+fn same_both_ways(text: &str) -> bool {
+    match fast::decode(text) {
+        None => false,
+        Some(f) => {
+            let general = decode_request_general(text.as_bytes());
+            assert_eq!(
+                general.as_ref().ok(),
+                Some(&f),
+                "fast and general differ on {text}"
+            );
+            true
+        }
+    }
+}
+
+#[test]
+fn the_fast_path_takes_the_common_shapes_and_agrees_with_the_general_one() {
+    let taken = [
+        r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"c","max_tokens":5,"system":"be brief \u00e9","messages":[{"role":"user","content":"hi \"q\"\n"},{"role":"assistant","content":""},{"role":"user","content":"more"}],"temperature":0.2,"top_p":1,"top_k":40,"stop_sequences":["END","\n\n"],"stream":true,"metadata":{"user_id":"u-1"}}"#,
+        r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"system":null,"temperature":null,"top_k":null,"stop_sequences":null,"stream":null,"metadata":null}"#,
+        r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"system":"","stop_sequences":[],"metadata":{}}"#,
+        r#"{"messages":[{"content":"héllo ✓","role":"user"}],"max_tokens":4294967295,"model":""}"#,
+    ];
+    for t in taken {
+        assert!(same_both_ways(t), "the fast path should take {t}");
+    }
+    let left = [
+        "",
+        "{",
+        "[]",
+        r#"{"model":"c","messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"c","max_tokens":0,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"c","max_tokens":5.0,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"c","max_tokens":5,"messages":[]}"#,
+        r#"{"model":"c","max_tokens":5,"max_tokens":6,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"c","max_tokens":5,"messages":[{"role":"system","content":"hi"}]}"#,
+        r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#,
+        r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":null}]}"#,
+        r#"{"model":"c","max_tokens":5,"system":[{"type":"text","text":"s"}],"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"stop_sequences":["a",1]}"#,
+        r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"metadata":{"user_id":"u","x":1}}"#,
+        r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"thinking":{"type":"enabled","budget_tokens":1024}}"#,
+        r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"tools":[]}"#,
+        r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"models":["a"]}"#,
+        r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"top_k":-1}"#,
+    ];
+    for t in left {
+        assert!(
+            !same_both_ways(t),
+            "the fast path should leave {t} to the general path"
+        );
+    }
 }
 
 fn body(r: &ChatRequest) -> Value {
