@@ -871,11 +871,6 @@ mod out {
     }
 
     #[derive(Serialize)]
-    pub struct ContentDelta<'a> {
-        pub content: &'a str,
-    }
-
-    #[derive(Serialize)]
     pub struct EmptyDelta {}
 
     #[derive(Serialize)]
@@ -924,6 +919,38 @@ mod out {
     }
 
     impl Usage {
+        /// Appends this usage object as serde would write it, from fixed fragments: its twelve
+        /// keys are not escaped again on every answer.
+        pub fn write(&self, out: &mut Vec<u8>) {
+            let mut n = itoa::Buffer::new();
+            let mut num = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(n.format(v).as_bytes());
+            out.extend_from_slice(b"{\"prompt_tokens\":");
+            num(out, self.prompt_tokens);
+            out.extend_from_slice(b",\"completion_tokens\":");
+            num(out, self.completion_tokens);
+            out.extend_from_slice(b",\"total_tokens\":");
+            num(out, self.total_tokens);
+            out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
+            num(out, self.prompt_tokens_details.cached_tokens);
+            out.extend_from_slice(b",\"audio_tokens\":");
+            num(out, self.prompt_tokens_details.audio_tokens);
+            out.extend_from_slice(b"},\"completion_tokens_details\":{\"reasoning_tokens\":");
+            num(out, self.completion_tokens_details.reasoning_tokens);
+            out.extend_from_slice(b",\"audio_tokens\":");
+            num(out, self.completion_tokens_details.audio_tokens);
+            out.extend_from_slice(b",\"accepted_prediction_tokens\":");
+            num(
+                out,
+                self.completion_tokens_details.accepted_prediction_tokens,
+            );
+            out.extend_from_slice(b",\"rejected_prediction_tokens\":");
+            num(
+                out,
+                self.completion_tokens_details.rejected_prediction_tokens,
+            );
+            out.extend_from_slice(b"}}");
+        }
+
         pub fn of(u: &tollway_core::Usage) -> Self {
             Usage {
                 prompt_tokens: u.prompt_tokens(),
@@ -980,18 +1007,18 @@ pub fn encode_response(r: &ChatResponse) -> Vec<u8> {
         .sum();
     let mut b = Vec::with_capacity(640 + r.id.len() + r.model.len() + text.len() + args);
     b.extend_from_slice(b"{\"id\":");
-    put_json(&mut b, r.id.as_str());
+    json::put_str(&mut b, &r.id);
     b.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
     put_json(&mut b, &r.created);
     b.extend_from_slice(b",\"model\":");
-    put_json(&mut b, r.model.as_str());
+    json::put_str(&mut b, &r.model);
     b.extend_from_slice(
         b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
     );
     if text.is_empty() && !tool_calls.is_empty() {
         b.extend_from_slice(b"null");
     } else {
-        put_json(&mut b, text.as_str());
+        json::put_str(&mut b, &text);
     }
     b.extend_from_slice(b",\"refusal\":null");
     if !tool_calls.is_empty() {
@@ -999,9 +1026,9 @@ pub fn encode_response(r: &ChatResponse) -> Vec<u8> {
         put_json(&mut b, &tool_calls);
     }
     b.extend_from_slice(b",\"annotations\":[]},\"logprobs\":null,\"finish_reason\":");
-    put_json(&mut b, finish_reason(&r.stop_reason));
+    json::put_str(&mut b, finish_reason(&r.stop_reason));
     b.extend_from_slice(b"}],\"usage\":");
-    put_json(&mut b, &out::Usage::of(&r.usage));
+    out::Usage::of(&r.usage).write(&mut b);
     b.extend_from_slice(b",\"system_fingerprint\":null}");
     b
 }
@@ -1491,6 +1518,25 @@ impl StreamEncoder {
     /// Writes one `chat.completion.chunk` event. Everything before the delta is the same for
     /// the whole stream, so it is rendered once and copied.
     fn chunk<D: serde::Serialize>(&mut self, delta: D, finish: Option<&str>, out: &mut Vec<u8>) {
+        self.chunk_start(out);
+        // Plain data with string keys: serialising cannot fail.
+        if serde_json::to_writer(&mut *out, &delta).is_err() {
+            out.extend_from_slice(b"{}");
+        }
+        self.chunk_end(finish, out);
+    }
+
+    /// [`chunk`](Self::chunk) for the commonest delta, a piece of text, written without serde:
+    /// one per streamed token.
+    fn text_chunk(&mut self, text: &str, out: &mut Vec<u8>) {
+        self.chunk_start(out);
+        out.extend_from_slice(b"{\"content\":");
+        json::put_str(out, text);
+        out.push(b'}');
+        self.chunk_end(None, out);
+    }
+
+    fn chunk_start(&mut self, out: &mut Vec<u8>) {
         if self.prefix.is_empty() {
             let head = out::ChunkHead {
                 id: &self.id,
@@ -1507,10 +1553,9 @@ impl StreamEncoder {
         }
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(&self.prefix);
-        // Plain data with string keys: serialising cannot fail.
-        if serde_json::to_writer(&mut *out, &delta).is_err() {
-            out.extend_from_slice(b"{}");
-        }
+    }
+
+    fn chunk_end(&mut self, finish: Option<&str>, out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
         match finish {
             Some(f) => {
@@ -1556,7 +1601,7 @@ impl StreamEncoder {
             }
             StreamEvent::TextDelta { text, .. } => {
                 self.ensure_started(out);
-                self.chunk(out::ContentDelta { content: text }, None, out);
+                self.text_chunk(text, out);
             }
             StreamEvent::ThinkingDelta { .. } | StreamEvent::ThinkingSignature { .. } => {}
             StreamEvent::ToolCallStart { index, id, name } => {

@@ -349,6 +349,33 @@ fn answers_decode_leniently_field_by_field() {
 }
 
 #[test]
+fn usage_is_written_as_serde_writes_it() {
+    for u in [
+        Usage::default(),
+        Usage {
+            input_tokens: 12,
+            output_tokens: 34,
+            cache_read_tokens: 5,
+            cache_write_tokens: 6,
+            reasoning_tokens: 7,
+        },
+        Usage {
+            input_tokens: u64::MAX / 4,
+            output_tokens: 1,
+            ..Usage::default()
+        },
+    ] {
+        let o = out::Usage::of(&u);
+        let mut b = Vec::new();
+        o.write(&mut b);
+        assert_eq!(
+            String::from_utf8(b).unwrap(),
+            serde_json::to_string(&o).unwrap()
+        );
+    }
+}
+
+#[test]
 fn encoded_answers_have_every_field_openai_clients_read() {
     let mut r = ChatResponse {
         id: "chatcmpl-9".into(),
