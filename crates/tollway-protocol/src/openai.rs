@@ -445,6 +445,15 @@ pub fn encode_request(
     label: &str,
     dialect: Dialect,
 ) -> Result<Vec<u8>, ProviderError> {
+    Ok(request_body(req, label, dialect)?.to_vec())
+}
+
+/// The upstream body of [`encode_request`], before it is written.
+fn request_body<'a>(
+    req: &'a ChatRequest,
+    label: &str,
+    dialect: Dialect,
+) -> Result<req_out::Body<'a>, ProviderError> {
     let mut messages = Vec::with_capacity(req.messages.len());
     for m in &req.messages {
         encode_message(m, label, &mut messages)?;
@@ -594,8 +603,7 @@ pub fn encode_request(
             }
         }
     }
-    serde_json::to_vec(&body)
-        .map_err(|e| ProviderError::internal(format!("could not encode the request: {e}")))
+    Ok(body)
 }
 
 fn text_or_parts<'a>(
@@ -739,6 +747,8 @@ mod req_out {
     use serde::Serialize;
     use serde_json::{Map, Value};
 
+    use crate::json::put_str;
+
     #[derive(Serialize)]
     #[serde(untagged)]
     pub enum Content<'a> {
@@ -784,6 +794,76 @@ mod req_out {
         }
     }
 
+    impl Body<'_> {
+        /// The body as JSON, byte for byte what its `Serialize` gives, written from fragments:
+        /// the prompt's text goes through [`json::put_str`](crate::json::put_str), which copies
+        /// a string that needs no escape whole instead of checking it byte by byte (for a
+        /// 1,000-token prompt, ≈ 20 k instructions less), and the fixed keys are not escaped.
+        pub fn to_vec(&self) -> Vec<u8> {
+            let text: usize = self.messages.iter().map(Message::text_len).sum();
+            let mut out = Vec::with_capacity(128 + self.model.len() + text);
+            out.extend_from_slice(b"{\"model\":");
+            put_str(&mut out, self.model);
+            out.extend_from_slice(b",\"messages\":[");
+            for (i, m) in self.messages.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                m.write(&mut out);
+            }
+            out.push(b']');
+            for (k, v) in &self.rest {
+                out.push(b',');
+                put_str(&mut out, k);
+                out.push(b':');
+                put_value(&mut out, v);
+            }
+            out.push(b'}');
+            out
+        }
+    }
+
+    impl Message<'_> {
+        fn text_len(&self) -> usize {
+            match &self.content {
+                Content::Text(t) => t.len() + 32,
+                Content::Owned(t) => t.len() + 32,
+                Content::Parts(p) => 64 * p.len() + 32,
+                Content::Null => 32,
+            }
+        }
+
+        fn write(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(b"{\"role\":");
+            put_str(out, self.role);
+            out.extend_from_slice(b",\"content\":");
+            match &self.content {
+                Content::Text(t) => put_str(out, t),
+                Content::Owned(t) => put_str(out, t),
+                Content::Parts(p) => put_value(out, p),
+                Content::Null => out.extend_from_slice(b"null"),
+            }
+            if let Some(id) = self.tool_call_id {
+                out.extend_from_slice(b",\"tool_call_id\":");
+                put_str(out, id);
+            }
+            if !self.tool_calls.is_empty() {
+                out.extend_from_slice(b",\"tool_calls\":");
+                put_value(out, &self.tool_calls);
+            }
+            out.push(b'}');
+        }
+    }
+
+    /// A rarer part (image parts, tool calls, extra fields) through serde.
+    fn put_value<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+        // plain data with string keys into a Vec: cannot fail
+        if serde_json::to_writer(&mut *out, v).is_err() {
+            out.extend_from_slice(b"null");
+        }
+    }
+
+    /// The reference the hand-written [`Body::to_vec`] is tested against.
     impl Serialize for Body<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             let mut m = s.serialize_map(None)?;
