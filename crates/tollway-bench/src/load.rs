@@ -52,11 +52,16 @@ pub struct Spec {
     pub clk_tck: u64,
 }
 
-/// Builds the JSON body of a chat-completions request.
-pub fn chat_body(model: &str, stream: bool) -> Bytes {
+/// Builds the JSON body of a chat-completions request. `prompt_bytes`: pad the prompt with
+/// plain words to about this size (0: the short default prompt), as a long real prompt would be.
+pub fn chat_body(model: &str, stream: bool, prompt_bytes: usize) -> Bytes {
+    let mut prompt = String::from("Hello! Say something short.");
+    while prompt.len() < prompt_bytes {
+        prompt.push_str(" Summarise the quarterly report, citing figures and sources.");
+    }
     let mut v = json!({
         "model": model,
-        "messages": [{"role": "user", "content": "Hello! Say something short."}],
+        "messages": [{"role": "user", "content": prompt}],
     });
     if stream {
         v["stream"] = json!(true);

@@ -61,6 +61,9 @@ struct RunArgs {
     /// Ask for a stream (SSE events are counted and timed).
     #[arg(long)]
     stream: bool,
+    /// Pad the prompt to about this many bytes (0: a short prompt).
+    #[arg(long, default_value_t = 0)]
+    prompt_bytes: usize,
     /// Open loop: requests per second at fixed times.
     #[arg(long, conflicts_with = "connections")]
     rate: Option<f64>,
@@ -145,7 +148,7 @@ async fn run_one(a: RunArgs) -> anyhow::Result<()> {
             }
             h
         },
-        body: load::chat_body(&a.model, a.stream),
+        body: load::chat_body(&a.model, a.stream, a.prompt_bytes),
         stream: a.stream,
         mode,
         warmup: secs(a.warmup)?,

@@ -396,7 +396,7 @@ impl Ctx<'_> {
                 .parse()
                 .context("url")?,
             headers: crate::headers(t.key)?,
-            body: load::chat_body(model, stream),
+            body: load::chat_body(model, stream, 0),
             stream,
             mode,
             warmup,
