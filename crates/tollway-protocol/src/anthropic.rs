@@ -1382,6 +1382,31 @@ enum BlockDelta<'a> {
     InputJson { partial_json: &'a str },
 }
 
+impl<'a> BlockDelta<'a> {
+    /// The delta's `type`, the name of its one field, and that field's text.
+    fn parts(&self) -> (&'static str, &'static str, &'a str) {
+        match *self {
+            BlockDelta::Text { text } => ("text_delta", "text", text),
+            BlockDelta::Thinking { thinking } => ("thinking_delta", "thinking", thinking),
+            BlockDelta::Signature { signature } => ("signature_delta", "signature", signature),
+            BlockDelta::InputJson { partial_json } => {
+                ("input_json_delta", "partial_json", partial_json)
+            }
+        }
+    }
+}
+
+/// A `content_block_delta` event as serde writes it: the reference `StreamEncoder::delta`'s
+/// fragments are tested against.
+#[cfg(test)]
+#[derive(serde::Serialize)]
+struct DeltaEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u32,
+    delta: BlockDelta<'a>,
+}
+
 /// Writes canonical events as Anthropic stream events for an Anthropic client.
 #[derive(Debug, Default)]
 pub struct StreamEncoder {
@@ -1452,23 +1477,22 @@ impl StreamEncoder {
     }
 
     /// A `content_block_delta` event, serialised from borrowed fields (the hot part of a stream).
+    /// One `content_block_delta` event (one per streamed token), written from fixed fragments
+    /// with the text through [`json::put_str`]: byte for byte what serializing a
+    /// `DeltaEvent` gives (tested).
     fn delta(out: &mut Vec<u8>, index: u32, delta: BlockDelta<'_>) {
-        #[derive(serde::Serialize)]
-        struct Event<'a> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            index: u32,
-            delta: BlockDelta<'a>,
-        }
-        crate::sse::write_json_event(
-            out,
-            Some("content_block_delta"),
-            &Event {
-                kind: "content_block_delta",
-                index,
-                delta,
-            },
+        let (kind, field, text) = delta.parts();
+        out.extend_from_slice(
+            b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
         );
+        out.extend_from_slice(itoa::Buffer::new().format(index).as_bytes());
+        out.extend_from_slice(b",\"delta\":{\"type\":\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\",\"");
+        out.extend_from_slice(field.as_bytes());
+        out.extend_from_slice(b"\":");
+        json::put_str(out, text);
+        out.extend_from_slice(b"}}\n\n");
     }
 
     pub fn push(&mut self, ev: &StreamEvent, out: &mut Vec<u8>) {

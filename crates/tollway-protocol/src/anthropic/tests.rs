@@ -714,3 +714,41 @@ fn structured_output_and_effort_cross_both_ways() {
         json!({"format": {"type": "json_schema", "schema": {"type": "object"}}, "effort": "low"})
     );
 }
+
+#[test]
+fn delta_events_are_written_as_serde_writes_them() {
+    let texts = ["", "plain", "a \"quoted\" \\ line\nbreak \u{1}", "héllo ✓"];
+    for t in texts {
+        for (index, d) in [
+            (0, BlockDelta::Text { text: t }),
+            (3, BlockDelta::Thinking { thinking: t }),
+            (12, BlockDelta::Signature { signature: t }),
+            (4_000_000_000, BlockDelta::InputJson { partial_json: t }),
+        ] {
+            let (kind, _, _) = d.parts();
+            // the reference, with the same delta (BlockDelta is not Clone: rebuilt)
+            let mut expected = Vec::new();
+            let same = match kind {
+                "text_delta" => BlockDelta::Text { text: t },
+                "thinking_delta" => BlockDelta::Thinking { thinking: t },
+                "signature_delta" => BlockDelta::Signature { signature: t },
+                _ => BlockDelta::InputJson { partial_json: t },
+            };
+            crate::sse::write_json_event(
+                &mut expected,
+                Some("content_block_delta"),
+                &DeltaEvent {
+                    kind: "content_block_delta",
+                    index,
+                    delta: same,
+                },
+            );
+            let mut written = Vec::new();
+            StreamEncoder::delta(&mut written, index, d);
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+    }
+}
