@@ -91,6 +91,41 @@ pub fn index(parent: &str, i: usize) -> String {
     format!("{parent}[{i}]")
 }
 
+/// A client's request body through `fast` when it takes it (the common shape, read into typed
+/// fields), else through `general` (any body; every error names its field). The two must agree
+/// wherever `fast` accepts a body: [`same_both_ways`] checks it in each format's tests.
+pub fn fast_or_general<T>(
+    bytes: &[u8],
+    fast: impl FnOnce(&str) -> Option<T>,
+    general: impl FnOnce(&[u8]) -> Result<T, ProviderError>,
+) -> Result<T, ProviderError> {
+    match std::str::from_utf8(bytes).ok().and_then(fast) {
+        Some(r) => Ok(r),
+        None => general(bytes),
+    }
+}
+
+/// Whether `fast` took `text`; panics if it took it and `general` gives anything else.
+#[cfg(test)]
+pub(crate) fn same_both_ways<T: PartialEq + std::fmt::Debug>(
+    text: &str,
+    fast: impl FnOnce(&str) -> Option<T>,
+    general: impl FnOnce(&[u8]) -> Result<T, ProviderError>,
+) -> bool {
+    match fast(text) {
+        None => false,
+        Some(f) => {
+            let g = general(text.as_bytes());
+            assert_eq!(
+                g.as_ref().ok(),
+                Some(&f),
+                "fast and general differ on {text}"
+            );
+            true
+        }
+    }
+}
+
 /// Appends `s` as a JSON string, byte for byte as serde_json writes it. The usual string needs
 /// no escape at all, and is found so 16 bytes at a time and copied in one piece; serde_json
 /// checks and copies byte by byte (≈ 5 instructions per byte, which for a long prompt or answer

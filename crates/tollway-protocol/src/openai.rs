@@ -27,10 +27,7 @@ use crate::sse::{write_event, SseEvent};
 /// which reads a `Value` tree so that each error names its field. Both give the same request for
 /// every body the fast path accepts (`tests.rs` checks every test body both ways).
 pub fn decode_request(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
-    if let Some(r) = std::str::from_utf8(bytes).ok().and_then(fast::decode) {
-        return Ok(r);
-    }
-    decode_request_general(bytes)
+    json::fast_or_general(bytes, fast::decode, decode_request_general)
 }
 
 /// The common request shape, read without a `Value` tree: a third of the instructions of the
