@@ -1365,17 +1365,18 @@ impl StreamDecoder {
     }
 }
 
-/// The `delta` of a `content_block_delta` event.
-#[derive(serde::Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+/// The `delta` of a `content_block_delta` event (serde's view of it, in test builds, is the
+/// reference `StreamEncoder::delta` is tested against).
+#[cfg_attr(test, derive(serde::Serialize))]
+#[cfg_attr(test, serde(tag = "type", rename_all = "snake_case"))]
 enum BlockDelta<'a> {
-    #[serde(rename = "text_delta")]
+    #[cfg_attr(test, serde(rename = "text_delta"))]
     Text { text: &'a str },
-    #[serde(rename = "thinking_delta")]
+    #[cfg_attr(test, serde(rename = "thinking_delta"))]
     Thinking { thinking: &'a str },
-    #[serde(rename = "signature_delta")]
+    #[cfg_attr(test, serde(rename = "signature_delta"))]
     Signature { signature: &'a str },
-    #[serde(rename = "input_json_delta")]
+    #[cfg_attr(test, serde(rename = "input_json_delta"))]
     InputJson { partial_json: &'a str },
 }
 

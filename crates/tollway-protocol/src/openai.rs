@@ -740,14 +740,17 @@ fn encode_message<'a>(
 /// An upstream request's messages, serialised from borrowed fields: the prompt is written
 /// straight from the canonical request into the body, never copied into a `Value` tree.
 mod req_out {
+    #[cfg(test)]
     use serde::ser::{SerializeMap, Serializer};
     use serde::Serialize;
     use serde_json::{Map, Value};
 
     use crate::json::put_str;
 
-    #[derive(Serialize)]
-    #[serde(untagged)]
+    // The `Serialize` derives of `Content`, `Message` and `Body` are the reference `Body::to_vec`
+    // is tested against: test builds only.
+    #[cfg_attr(test, derive(Serialize))]
+    #[cfg_attr(test, serde(untagged))]
     pub enum Content<'a> {
         Text(&'a str),
         Owned(String),
@@ -767,13 +770,13 @@ mod req_out {
         pub url: String,
     }
 
-    #[derive(Serialize)]
+    #[cfg_attr(test, derive(Serialize))]
     pub struct Message<'a> {
         pub role: &'static str,
         pub content: Content<'a>,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
         pub tool_call_id: Option<&'a str>,
-        #[serde(skip_serializing_if = "Vec::is_empty")]
+        #[cfg_attr(test, serde(skip_serializing_if = "Vec::is_empty"))]
         pub tool_calls: Vec<super::out::ToolCall<'a>>,
     }
 
@@ -861,6 +864,7 @@ mod req_out {
     }
 
     /// The reference the hand-written [`Body::to_vec`] is tested against.
+    #[cfg(test)]
     impl Serialize for Body<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             let mut m = s.serialize_map(None)?;
