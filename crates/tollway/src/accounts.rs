@@ -288,8 +288,9 @@ impl Limits {
         tpm: Option<u64>,
         now: Instant,
     ) -> Result<LimitState, ProviderError> {
-        let mut states = self.admit_all(&[(scope, rpm, tpm)], now)?;
-        Ok(states.pop().unwrap_or_default())
+        let mut state = LimitState::default();
+        self.admit_each(&[(scope, rpm, tpm)], now, |s| state = s)?;
+        Ok(state)
     }
 
     /// [`admit`](Self::admit) for several scopes at once (a key, its team, the model), all or
@@ -301,21 +302,32 @@ impl Limits {
         now: Instant,
     ) -> Result<Vec<LimitState>, ProviderError> {
         let mut states = Vec::with_capacity(scopes.len());
-        if scopes
-            .iter()
-            .all(|(_, rpm, tpm)| rpm.is_none() && tpm.is_none())
-        {
+        self.admit_each(scopes, now, |s| states.push(s))?;
+        Ok(states)
+    }
+
+    /// The work of [`admit_all`](Self::admit_all), handing each scope's state to `each` in order
+    /// (so that one scope, as [`admit`](Self::admit) checks per deployment attempt, needs no
+    /// `Vec`).
+    fn admit_each<S: AsRef<str>>(
+        &self,
+        scopes: &[(S, Option<u64>, Option<u64>)],
+        now: Instant,
+        mut each: impl FnMut(LimitState),
+    ) -> Result<(), ProviderError> {
+        let unlimited = |rpm: Option<u64>, tpm: Option<u64>| rpm.is_none() && tpm.is_none();
+        if scopes.iter().all(|(_, rpm, tpm)| unlimited(*rpm, *tpm)) {
             // nothing to count: no lock
-            states.resize(scopes.len(), LimitState::default());
-            return Ok(states);
+            scopes.iter().for_each(|_| each(LimitState::default()));
+            return Ok(());
         }
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         // first check every scope, counting nothing
         for (scope, rpm, tpm) in scopes {
             let (scope, rpm, tpm) = (scope.as_ref(), *rpm, *tpm);
             let mut state = LimitState::default();
-            if rpm.is_none() && tpm.is_none() {
-                states.push(state);
+            if unlimited(rpm, tpm) {
+                each(state);
                 continue;
             }
             // the scope is copied into the map only the first time it is seen
@@ -323,7 +335,7 @@ impl Limits {
                 map.insert(scope.to_string(), (Window::new(now), Window::new(now)));
             }
             let Some((req, tok)) = map.get_mut(scope) else {
-                states.push(state);
+                each(state);
                 continue;
             };
             req.roll(now);
@@ -344,7 +356,7 @@ impl Limits {
                 }
                 state.requests = Some((limit, limit - used - 1));
             }
-            states.push(state);
+            each(state);
         }
         // then count the request in every scope with a request limit
         for (scope, rpm, _) in scopes {
@@ -354,7 +366,7 @@ impl Limits {
                 }
             }
         }
-        Ok(states)
+        Ok(())
     }
 
     pub fn add_tokens(&self, scope: &str, tokens: u64, now: Instant) {
