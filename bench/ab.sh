@@ -25,13 +25,7 @@ PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 ulimit -n 65536 2>/dev/null || true
 
-listening() { # FILE -> the URL the process printed, waiting up to 10 s
-  for _ in $(seq 100); do
-    if grep -qo 'http://[0-9.:]*' "$1" 2>/dev/null; then grep -o 'http://[0-9.:]*' "$1" | head -1; return; fi
-    sleep 0.1
-  done
-  echo "no listening line in $1" >&2; exit 1
-}
+source bench/lib.sh # listening
 
 "$REL/tollway-mock" --listen 127.0.0.1:0 > "$DIR/mock.out" 2>&1 &
 PIDS+=($!)

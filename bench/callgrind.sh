@@ -34,13 +34,7 @@ OUT=$(mktemp -d /tmp/tollway-cg-XXXXXX)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 
-listening() { # FILE -> the URL the process printed, waiting up to 60 s (valgrind starts slowly)
-  for _ in $(seq 600); do
-    if grep -qo 'http://[0-9.:]*' "$1" 2>/dev/null; then grep -o 'http://[0-9.:]*' "$1" | head -1; return; fi
-    sleep 0.1
-  done
-  echo "no listening line in $1" >&2; exit 1
-}
+source bench/lib.sh # listening
 
 "$REL/tollway-mock" --listen 127.0.0.1:0 > "$OUT/mock.out" 2>&1 &
 PIDS+=($!)
@@ -69,7 +63,7 @@ YAML
 (cd "$OUT" && RUST_LOG=warn exec valgrind --tool=callgrind --callgrind-out-file=cg.out \
   "$TOLLWAY" serve --workers 1 --listen 127.0.0.1:0 --config gw.yaml > gw.out 2> gw.err) &
 PIDS+=($!)
-URL=$(listening "$OUT/gw.out")
+URL=$(listening "$OUT/gw.out" 60) # valgrind starts slowly
 KEY=sk-bench
 if [[ -n ${ALL:-} ]]; then
   KEY=$(curl -sf "$URL/admin/keys" -H 'authorization: Bearer sk-bench' -H 'content-type: application/json' \

@@ -715,27 +715,22 @@ mod tests {
             m.get(http::header::HOST)
                 .map(|v| v.to_str().expect("ascii").to_string())
         };
-        assert_eq!(
-            host(&h("http://127.0.0.1:8080/v1/chat/completions", &[])).as_deref(),
-            Some("127.0.0.1:8080")
-        );
-        assert_eq!(
-            host(&h("http://models.internal/v1/messages", &[])).as_deref(),
-            Some("models.internal")
-        );
-        assert_eq!(
-            host(&h("http://models.internal:80/v1", &[])).as_deref(),
-            Some("models.internal")
-        );
-        assert_eq!(
-            host(&h("http://[::1]:9000/v1", &[])).as_deref(),
-            Some("[::1]:9000")
-        );
-        // TLS may be HTTP/2 (`:authority`): left to hyper-util
-        assert_eq!(
-            host(&h("https://api.openai.com/v1/chat/completions", &[])),
-            None
-        );
+        for (url, expected) in [
+            (
+                "http://127.0.0.1:8080/v1/chat/completions",
+                Some("127.0.0.1:8080"),
+            ),
+            (
+                "http://models.internal/v1/messages",
+                Some("models.internal"),
+            ),
+            ("http://models.internal:80/v1", Some("models.internal")),
+            ("http://[::1]:9000/v1", Some("[::1]:9000")),
+            // TLS may be HTTP/2 (`:authority`): left to hyper-util
+            ("https://api.openai.com/v1/chat/completions", None),
+        ] {
+            assert_eq!(host(&h(url, &[])).as_deref(), expected, "{url}");
+        }
         // the operator's own Host header wins
         let own = [("host".to_string(), "llm.example".to_string())];
         let m = h("http://10.0.0.5:8000/v1", &own);
