@@ -128,8 +128,8 @@ pub(crate) fn same_both_ways<T: PartialEq + std::fmt::Debug>(
 
 /// Appends `s` as a JSON string, byte for byte as serde_json writes it. The usual string needs
 /// no escape at all, and is found so 16 bytes at a time and copied in one piece; serde_json
-/// checks and copies byte by byte (≈ 5 instructions per byte, which for a long prompt or answer
-/// is the largest cost of writing it).
+/// checks and copies byte by byte. With a ~4 KB prompt, escaping cost 40.1 k instructions per
+/// request through serde_json and 6.0 k through this (callgrind, bench/RESULTS.md).
 pub fn put_str(out: &mut Vec<u8>, s: &str) {
     if needs_escape(s.as_bytes()) {
         // writing to a Vec cannot fail

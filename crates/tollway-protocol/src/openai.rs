@@ -797,8 +797,8 @@ mod req_out {
     impl Body<'_> {
         /// The body as JSON, byte for byte what its `Serialize` gives, written from fragments:
         /// the prompt's text goes through [`json::put_str`](crate::json::put_str), which copies
-        /// a string that needs no escape whole instead of checking it byte by byte (for a
-        /// 1,000-token prompt, ≈ 20 k instructions less), and the fixed keys are not escaped.
+        /// a string that needs no escape whole instead of checking it byte by byte, and the fixed
+        /// keys are not escaped.
         pub fn to_vec(&self) -> Vec<u8> {
             let text: usize = self.messages.iter().map(Message::text_len).sum();
             let mut out = Vec::with_capacity(128 + self.model.len() + text);
