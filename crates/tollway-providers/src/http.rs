@@ -22,7 +22,7 @@ use tollway_core::{
     ApiFamily, BoxFuture, ChatRequest, ChatResponse, ErrorKind, EventStream, Provider,
     ProviderError, ProviderInfo, StreamEvent,
 };
-use tollway_protocol::sse::SseParser;
+use tollway_protocol::sse::{SseEvent, SseParser};
 use tollway_protocol::{anthropic, openai};
 
 use crate::config::{AnthropicConfig, OpenAiConfig, Timeouts};
@@ -524,6 +524,11 @@ impl UpstreamStream {
         } else {
             self.unread.advance(consumed);
         }
+        self.decode(parsed);
+    }
+
+    /// Decodes what the SSE parser gave (an event, nothing yet, or an error) into the queue.
+    fn decode(&mut self, parsed: Result<Option<SseEvent>, ProviderError>) {
         match parsed {
             Ok(Some(ev)) => {
                 let r = match &mut self.decoder {
@@ -538,17 +543,8 @@ impl UpstreamStream {
     }
 
     fn end(&mut self) {
-        match self.parser.finish() {
-            Ok(Some(ev)) => {
-                let r = match &mut self.decoder {
-                    Decoder::OpenAi(d) => d.feed(&ev),
-                    Decoder::Anthropic(d) => d.feed(&ev),
-                };
-                self.queue(r);
-            }
-            Ok(None) => {}
-            Err(e) => self.queue(Err(e)),
-        }
+        let last = self.parser.finish();
+        self.decode(last);
         if !self.done {
             let r = match &mut self.decoder {
                 Decoder::OpenAi(d) => d.finish(),
