@@ -16,7 +16,7 @@ use tollway_core::{
 
 use crate::json::{self, index, invalid_value, missing, wrong_type, Obj};
 use crate::openai::fallback_message;
-use crate::sse::{write_event, SseEvent};
+use crate::sse::{write_json_event, SseEvent};
 
 /// `max_tokens` is required by Anthropic; clients of other APIs may leave it out.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
@@ -468,9 +468,12 @@ const HARMLESS_FROM_OPENAI: &[&str] = &[
 /// An upstream request's content blocks, serialised from borrowed fields: the prompt is written
 /// straight from the canonical request into the body, never copied into a `Value` tree.
 mod req_out {
+    #[cfg(test)]
     use serde::ser::{SerializeMap, Serializer};
     use serde::Serialize;
     use serde_json::{Map, Value};
+
+    use crate::json::{put_str, put_value};
 
     #[derive(Serialize)]
     #[serde(tag = "type", rename_all = "snake_case")]
@@ -545,6 +548,137 @@ mod req_out {
         }
     }
 
+    impl Body<'_> {
+        /// The body as JSON, byte for byte what its `Serialize` gives (tested), written from
+        /// fragments: the prompt's text (text blocks, a text system prompt, text tool results)
+        /// goes through [`put_str`], which copies a string that needs no escape whole instead of
+        /// checking it byte by byte, and the fixed keys are not escaped. Rarer blocks (images,
+        /// tool calls, thinking) and the extra fields go through serde.
+        pub fn to_vec(&self) -> Vec<u8> {
+            let system = match &self.system {
+                None => 0,
+                Some(System::Text(t)) => t.len(),
+                Some(System::Blocks(b)) => b.iter().map(Block::len_hint).sum(),
+            };
+            let text: usize = self
+                .messages
+                .iter()
+                .flat_map(|m| &m.content)
+                .map(Block::len_hint)
+                .sum();
+            let mut out = Vec::with_capacity(160 + self.model.len() + system + text);
+            out.extend_from_slice(b"{\"model\":");
+            put_str(&mut out, self.model);
+            out.extend_from_slice(b",\"max_tokens\":");
+            out.extend_from_slice(itoa::Buffer::new().format(self.max_tokens).as_bytes());
+            match &self.system {
+                None => {}
+                Some(System::Text(t)) => {
+                    out.extend_from_slice(b",\"system\":");
+                    put_str(&mut out, t);
+                }
+                Some(System::Blocks(b)) => {
+                    out.extend_from_slice(b",\"system\":");
+                    write_blocks(&mut out, b);
+                }
+            }
+            out.extend_from_slice(b",\"messages\":[");
+            for (i, m) in self.messages.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"role\":");
+                put_str(&mut out, m.role);
+                out.extend_from_slice(b",\"content\":");
+                write_blocks(&mut out, &m.content);
+                out.push(b'}');
+            }
+            out.push(b']');
+            for (k, v) in &self.rest {
+                out.push(b',');
+                put_str(&mut out, k);
+                out.push(b':');
+                put_value(&mut out, v);
+            }
+            out.push(b'}');
+            out
+        }
+    }
+
+    impl Block<'_> {
+        /// About how many bytes the block takes as JSON, to size the body's buffer once.
+        fn len_hint(&self) -> usize {
+            32 + match self {
+                Block::Text { text, .. } => text.len(),
+                Block::Image {
+                    source: Source::Base64 { data, .. },
+                } => data.len(),
+                Block::Image {
+                    source: Source::Url { url },
+                } => url.len(),
+                Block::ToolUse { .. } => 64,
+                Block::ToolResult {
+                    content: ResultContent::Text(t),
+                    ..
+                } => t.len(),
+                Block::ToolResult {
+                    content: ResultContent::Blocks(b),
+                    ..
+                } => b.iter().map(Block::len_hint).sum(),
+                Block::Thinking {
+                    thinking,
+                    signature,
+                } => thinking.len() + signature.len(),
+            }
+        }
+    }
+
+    /// A list of blocks: text and tool results (where a prompt's bulk is) from fragments, the
+    /// others through serde.
+    fn write_blocks(out: &mut Vec<u8>, blocks: &[Block<'_>]) {
+        out.push(b'[');
+        for (i, b) in blocks.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            match b {
+                Block::Text {
+                    text,
+                    cache_control,
+                } => {
+                    out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
+                    put_str(out, text);
+                    if let Some(c) = cache_control {
+                        out.extend_from_slice(b",\"cache_control\":");
+                        put_value(out, c);
+                    }
+                    out.push(b'}');
+                }
+                Block::ToolResult {
+                    tool_use_id,
+                    content,
+                    is_error,
+                } => {
+                    out.extend_from_slice(b"{\"type\":\"tool_result\",\"tool_use_id\":");
+                    put_str(out, tool_use_id);
+                    out.extend_from_slice(b",\"content\":");
+                    match content {
+                        ResultContent::Text(t) => put_str(out, t),
+                        ResultContent::Blocks(b) => write_blocks(out, b),
+                    }
+                    if *is_error {
+                        out.extend_from_slice(b",\"is_error\":true");
+                    }
+                    out.push(b'}');
+                }
+                other => put_value(out, other),
+            }
+        }
+        out.push(b']');
+    }
+
+    /// The reference the hand-written [`Body::to_vec`] is tested against.
+    #[cfg(test)]
     impl Serialize for Body<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             let mut m = s.serialize_map(None)?;
@@ -658,6 +792,11 @@ fn encode_block<'a>(p: &'a Part, label: &str) -> Result<Option<req_out::Block<'a
 /// Encodes a canonical request for an Anthropic upstream. `label` (`provider/model`) names the
 /// target in errors.
 pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, ProviderError> {
+    request_body(req, label).map(|b| b.to_vec())
+}
+
+/// The upstream body of [`encode_request`], before it is written.
+fn request_body<'a>(req: &'a ChatRequest, label: &str) -> Result<req_out::Body<'a>, ProviderError> {
     let mut system: Vec<req_out::Block<'_>> = Vec::new();
     let mut messages: Vec<req_out::Message<'_>> = Vec::new();
     for m in &req.messages {
@@ -832,8 +971,7 @@ pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, Provide
             body.rest.insert("tool_choice".into(), tc);
         }
     }
-    serde_json::to_vec(&body)
-        .map_err(|e| ProviderError::internal(format!("could not encode the request: {e}")))
+    Ok(body)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -926,10 +1064,32 @@ mod out {
         },
     }
 
-    #[derive(Serialize)]
+    impl Usage<'_> {
+        /// Writes the usage object from fixed fragments: byte for byte what its `Serialize`
+        /// gives (tested).
+        pub fn write(&self, out: &mut Vec<u8>) {
+            let mut n = itoa::Buffer::new();
+            out.extend_from_slice(b"{\"input_tokens\":");
+            out.extend_from_slice(n.format(self.input_tokens).as_bytes());
+            out.extend_from_slice(b",\"output_tokens\":");
+            out.extend_from_slice(n.format(self.output_tokens).as_bytes());
+            out.extend_from_slice(b",\"cache_creation_input_tokens\":");
+            out.extend_from_slice(n.format(self.cache_creation_input_tokens).as_bytes());
+            out.extend_from_slice(b",\"cache_read_input_tokens\":");
+            out.extend_from_slice(n.format(self.cache_read_input_tokens).as_bytes());
+            if let Some(c) = self.cost_usd {
+                out.extend_from_slice(b",\"cost_usd\":");
+                crate::json::put_str(out, c);
+            }
+            out.push(b'}');
+        }
+    }
+
+    // `Serialize` is the reference `Message::to_vec` is tested against: test builds only.
+    #[cfg_attr(test, derive(Serialize))]
     pub struct Message<'a> {
         pub id: &'a str,
-        #[serde(rename = "type")]
+        #[cfg_attr(test, serde(rename = "type"))]
         pub kind: &'static str,
         pub role: &'static str,
         pub model: &'a str,
@@ -937,6 +1097,57 @@ mod out {
         pub stop_reason: &'a str,
         pub stop_sequence: Option<&'a str>,
         pub usage: Usage<'a>,
+    }
+
+    impl Message<'_> {
+        /// The answer as JSON, written from fixed fragments with the text through
+        /// [`put_str`](crate::json::put_str) (the keys of this fixed shape are not escaped on every
+        /// answer); tool calls and thinking blocks go through serde.
+        pub fn to_vec(&self) -> Vec<u8> {
+            use crate::json::{put_str, put_value};
+            let text: usize = self
+                .content
+                .iter()
+                .map(|b| match b {
+                    Block::Text { text } => text.len() + 32,
+                    _ => 128,
+                })
+                .sum();
+            let mut out = Vec::with_capacity(320 + self.id.len() + self.model.len() + text);
+            out.extend_from_slice(b"{\"id\":");
+            put_str(&mut out, self.id);
+            out.extend_from_slice(b",\"type\":");
+            put_str(&mut out, self.kind);
+            out.extend_from_slice(b",\"role\":");
+            put_str(&mut out, self.role);
+            out.extend_from_slice(b",\"model\":");
+            put_str(&mut out, self.model);
+            out.extend_from_slice(b",\"content\":[");
+            for (i, b) in self.content.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                match b {
+                    Block::Text { text } => {
+                        out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
+                        put_str(&mut out, text);
+                        out.push(b'}');
+                    }
+                    other => put_value(&mut out, other),
+                }
+            }
+            out.extend_from_slice(b"],\"stop_reason\":");
+            put_str(&mut out, self.stop_reason);
+            out.extend_from_slice(b",\"stop_sequence\":");
+            match self.stop_sequence {
+                Some(s) => put_str(&mut out, s),
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(b",\"usage\":");
+            self.usage.write(&mut out);
+            out.push(b'}');
+            out
+        }
     }
 }
 
@@ -1086,6 +1297,11 @@ fn message_id(id: &str) -> &str {
 
 /// Encodes a canonical answer as a Messages `message` object for an Anthropic client.
 pub fn encode_response(r: &ChatResponse) -> Vec<u8> {
+    response_message(r).to_vec()
+}
+
+/// The answer [`encode_response`] writes.
+fn response_message(r: &ChatResponse) -> out::Message<'_> {
     let content = r
         .content
         .iter()
@@ -1103,7 +1319,7 @@ pub fn encode_response(r: &ChatResponse) -> Vec<u8> {
             Part::Image(_) | Part::ToolResult(_) => None,
         })
         .collect();
-    let m = out::Message {
+    out::Message {
         id: message_id(&r.id),
         kind: "message",
         role: "assistant",
@@ -1112,12 +1328,6 @@ pub fn encode_response(r: &ChatResponse) -> Vec<u8> {
         stop_reason: stop_reason_str(&r.stop_reason),
         stop_sequence: r.stop_sequence.as_deref(),
         usage: out::Usage::of(&r.usage),
-    };
-    // Plain data with string keys: serialising cannot fail.
-    let mut body = Vec::with_capacity(512);
-    match serde_json::to_writer(&mut body, &m) {
-        Ok(()) => body,
-        Err(_) => Vec::new(),
     }
 }
 
@@ -1405,7 +1615,16 @@ struct DeltaEvent<'a> {
     delta: BlockDelta<'a>,
 }
 
-/// Writes canonical events as Anthropic stream events for an Anthropic client.
+/// The kind of block a `content_block_start` event opens.
+enum Opening<'a> {
+    Text,
+    Thinking,
+    ToolUse { id: &'a str, name: &'a str },
+}
+
+/// Writes canonical events as Anthropic stream events for an Anthropic client, from fixed
+/// fragments with the variable parts escaped between them, keys in the order Anthropic's
+/// reference shows them.
 #[derive(Debug, Default)]
 pub struct StreamEncoder {
     started: bool,
@@ -1425,39 +1644,36 @@ impl StreamEncoder {
         Self::default()
     }
 
-    fn event(out: &mut Vec<u8>, name: &str, v: &Value) {
-        write_event(out, Some(name), &v.to_string());
-    }
-
     fn start(&mut self, id: &str, model: &str, out: &mut Vec<u8>) {
         if self.started {
             return;
         }
         self.started = true;
-        let usage = out::Usage::of(&self.usage);
-        Self::event(
-            out,
-            "message_start",
-            &json!({"type": "message_start", "message": {
-                "id": message_id(id), "type": "message", "role": "assistant", "model": model,
-                "content": [], "stop_reason": null, "stop_sequence": null, "usage": usage,
-            }}),
+        out.extend_from_slice(
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":",
         );
-        Self::event(out, "ping", &json!({"type": "ping"}));
+        json::put_str(out, message_id(id));
+        out.extend_from_slice(b",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
+        json::put_str(out, model);
+        out.extend_from_slice(
+            b",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":",
+        );
+        out::Usage::of(&self.usage).write(out);
+        out.extend_from_slice(b"}}\n\nevent: ping\ndata: {\"type\":\"ping\"}\n\n");
     }
 
     fn close_open(&mut self, out: &mut Vec<u8>) {
         if let Some(i) = self.open.take() {
-            Self::event(
-                out,
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": i}),
+            out.extend_from_slice(
+                b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":",
             );
+            out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+            out.extend_from_slice(b"}\n\n");
         }
     }
 
-    /// The client's index for canonical block `index`, opening it with `start` if it is new.
-    fn block(&mut self, index: u32, start: impl FnOnce() -> Value, out: &mut Vec<u8>) -> u32 {
+    /// The client's index for canonical block `index`, opening it as `kind` if it is new.
+    fn block(&mut self, index: u32, kind: Opening<'_>, out: &mut Vec<u8>) -> u32 {
         self.start("", "", out);
         if let Some(&i) = self.blocks.get(&index) {
             return i;
@@ -1466,11 +1682,24 @@ impl StreamEncoder {
         let i = self.blocks.len() as u32;
         self.blocks.insert(index, i);
         self.open = Some(i);
-        Self::event(
-            out,
-            "content_block_start",
-            &json!({"type": "content_block_start", "index": i, "content_block": start()}),
+        out.extend_from_slice(
+            b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":",
         );
+        out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+        out.extend_from_slice(b",\"content_block\":");
+        match kind {
+            Opening::Text => out.extend_from_slice(b"{\"type\":\"text\",\"text\":\"\"}"),
+            Opening::Thinking => out
+                .extend_from_slice(b"{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}"),
+            Opening::ToolUse { id, name } => {
+                out.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
+                json::put_str(out, id);
+                out.extend_from_slice(b",\"name\":");
+                json::put_str(out, name);
+                out.extend_from_slice(b",\"input\":{}}");
+            }
+        }
+        out.extend_from_slice(b"}\n\n");
         i
     }
 
@@ -1500,38 +1729,22 @@ impl StreamEncoder {
                 self.start(id, model, out);
             }
             StreamEvent::TextDelta { index, text } => {
-                let i = self.block(*index, || json!({"type": "text", "text": ""}), out);
+                let i = self.block(*index, Opening::Text, out);
                 Self::delta(out, i, BlockDelta::Text { text });
             }
             StreamEvent::ThinkingDelta { index, text } => {
-                let i = self.block(
-                    *index,
-                    || json!({"type": "thinking", "thinking": "", "signature": ""}),
-                    out,
-                );
+                let i = self.block(*index, Opening::Thinking, out);
                 Self::delta(out, i, BlockDelta::Thinking { thinking: text });
             }
             StreamEvent::ThinkingSignature { index, signature } => {
-                let i = self.block(
-                    *index,
-                    || json!({"type": "thinking", "thinking": "", "signature": ""}),
-                    out,
-                );
+                let i = self.block(*index, Opening::Thinking, out);
                 Self::delta(out, i, BlockDelta::Signature { signature });
             }
             StreamEvent::ToolCallStart { index, id, name } => {
-                self.block(
-                    *index,
-                    || json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
-                    out,
-                );
+                self.block(*index, Opening::ToolUse { id, name }, out);
             }
             StreamEvent::ToolCallDelta { index, arguments } => {
-                let i = self.block(
-                    *index,
-                    || json!({"type": "tool_use", "id": "", "name": "", "input": {}}),
-                    out,
-                );
+                let i = self.block(*index, Opening::ToolUse { id: "", name: "" }, out);
                 Self::delta(
                     out,
                     i,
@@ -1573,20 +1786,24 @@ impl StreamEncoder {
             cost_usd: self.cost_usd.as_deref(),
             ..out::Usage::of(&self.usage)
         };
-        Self::event(
-            out,
-            "message_delta",
-            &json!({"type": "message_delta",
-                "delta": {"stop_reason": stop_reason_str(&reason), "stop_sequence": seq},
-                "usage": usage}),
+        out.extend_from_slice(
+            b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":",
         );
-        Self::event(out, "message_stop", &json!({"type": "message_stop"}));
+        json::put_str(out, stop_reason_str(&reason));
+        out.extend_from_slice(b",\"stop_sequence\":");
+        match &seq {
+            Some(s) => json::put_str(out, s),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"},\"usage\":");
+        usage.write(out);
+        out.extend_from_slice(b"}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
     }
 
     /// The upstream failed mid-stream: an `error` event, as Anthropic sends one.
     pub fn error(&mut self, e: &ProviderError, out: &mut Vec<u8>) {
         self.ended = true;
-        Self::event(out, "error", &error_json(e));
+        write_json_event(out, Some("error"), &error_json(e));
     }
 
     pub fn usage(&self) -> Usage {

@@ -142,6 +142,15 @@ pub fn put_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Appends `v` as serde_json writes it: the rarer parts of bodies written by hand from fragments
+/// (tool calls, image parts, extra fields). Writing plain data with string keys to a `Vec` cannot
+/// fail; `null` stands in if it ever did.
+pub fn put_value<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    if serde_json::to_writer(&mut *out, v).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
 /// Whether JSON needs any of `b` escaped: a control character, `"` or `\` (what serde_json
 /// escapes; it writes everything else as it is).
 fn needs_escape(b: &[u8]) -> bool {

@@ -745,7 +745,7 @@ mod req_out {
     use serde::Serialize;
     use serde_json::{Map, Value};
 
-    use crate::json::put_str;
+    use crate::json::{put_str, put_value};
 
     // The `Serialize` derives of `Content`, `Message` and `Body` are the reference `Body::to_vec`
     // is tested against: test builds only.
@@ -852,14 +852,6 @@ mod req_out {
                 put_value(out, &self.tool_calls);
             }
             out.push(b'}');
-        }
-    }
-
-    /// A rarer part (image parts, tool calls, extra fields) through serde.
-    fn put_value<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
-        // plain data with string keys into a Vec: cannot fail
-        if serde_json::to_writer(&mut *out, v).is_err() {
-            out.extend_from_slice(b"null");
         }
     }
 
@@ -1052,14 +1044,6 @@ mod out {
     }
 }
 
-/// Appends `v` as JSON (a string escaped, a number in decimal). Writing to a `Vec` cannot fail,
-/// nor can serialising a string or an integer.
-fn put_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
-    if serde_json::to_writer(&mut *out, v).is_err() {
-        out.extend_from_slice(b"null");
-    }
-}
-
 /// Encodes a canonical answer as a `chat.completion` object for an OpenAI client.
 ///
 /// Written as fixed fragments with the variable parts escaped between them: every key of this
@@ -1090,7 +1074,7 @@ pub fn encode_response(r: &ChatResponse) -> Vec<u8> {
     b.extend_from_slice(b"{\"id\":");
     json::put_str(&mut b, &r.id);
     b.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
-    put_json(&mut b, &r.created);
+    json::put_value(&mut b, &r.created);
     b.extend_from_slice(b",\"model\":");
     json::put_str(&mut b, &r.model);
     b.extend_from_slice(
@@ -1104,7 +1088,7 @@ pub fn encode_response(r: &ChatResponse) -> Vec<u8> {
     b.extend_from_slice(b",\"refusal\":null");
     if !tool_calls.is_empty() {
         b.extend_from_slice(b",\"tool_calls\":");
-        put_json(&mut b, &tool_calls);
+        json::put_value(&mut b, &tool_calls);
     }
     b.extend_from_slice(b",\"annotations\":[]},\"logprobs\":null,\"finish_reason\":");
     json::put_str(&mut b, finish_reason(&r.stop_reason));

@@ -56,8 +56,61 @@ fn the_fast_path_takes_the_common_shapes_and_agrees_with_the_general_one() {
     }
 }
 
+/// The upstream body of a test request; checks on the way that the hand-written body is byte
+/// for byte what serde writes.
 fn body(r: &ChatRequest) -> Value {
-    serde_json::from_slice(&encode_request(r, "ant/claude").unwrap()).unwrap()
+    let b = request_body(r, "ant/claude").unwrap();
+    let written = b.to_vec();
+    assert_eq!(
+        String::from_utf8(written.clone()).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
+    assert_eq!(written, encode_request(r, "ant/claude").unwrap());
+    serde_json::from_slice(&written).unwrap()
+}
+
+#[test]
+fn upstream_bodies_are_written_as_serde_writes_them() {
+    let r = req(json!({
+        "model": "claude", "max_tokens": 77, "temperature": 0.5, "stop_sequences": ["END"],
+        "stream": true, "metadata": {"user_id": "u\"1"}, "top_k": 3,
+        "system": [{"type": "text", "text": "policy \"quoted\"\n", "cache_control": {"type": "ephemeral"}},
+                   {"type": "text", "text": "plain"}],
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "long document\u{1} \\ é 🚀", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+                {"type": "text", "text": "question"}]},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "hmm\n", "signature": "sig"},
+                {"type": "tool_use", "id": "t1", "name": "f", "input": {"q": "x"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": "result \"text\""},
+                {"type": "tool_result", "tool_use_id": "t2", "content": [{"type": "text", "text": "bad", "cache_control": {"type": "ephemeral"}}], "is_error": true}]}
+        ]
+    }))
+    .unwrap();
+    let b = body(&r);
+    assert_eq!(b["max_tokens"], json!(77));
+    assert_eq!(
+        b["system"][0]["cache_control"],
+        json!({"type": "ephemeral"})
+    );
+    assert_eq!(
+        b["messages"][0]["content"][0]["text"],
+        json!("long document\u{1} \\ é 🚀")
+    );
+    assert_eq!(
+        b["messages"][2]["content"][0],
+        json!({"type": "tool_result", "tool_use_id": "t1", "content": "result \"text\""})
+    );
+    assert_eq!(b["messages"][2]["content"][1]["is_error"], json!(true));
+    // a single plain system block is written as a string
+    let plain = req(
+        json!({"model": "claude", "max_tokens": 5, "system": "be brief",
+        "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .unwrap();
+    assert_eq!(body(&plain)["system"], json!("be brief"));
 }
 
 #[test]
@@ -327,6 +380,57 @@ fn upstream_bodies_have_anthropic_block_shapes() {
     );
 }
 
+/// The answer to an Anthropic client; checks on the way that the hand-written answer is byte for
+/// byte what serde writes.
+fn answer(r: &ChatResponse) -> Vec<u8> {
+    let written = encode_response(r);
+    assert_eq!(
+        String::from_utf8(written.clone()).unwrap(),
+        serde_json::to_string(&response_message(r)).unwrap()
+    );
+    written
+}
+
+#[test]
+fn answers_are_written_as_serde_writes_them() {
+    let r = ChatResponse {
+        id: String::new(),
+        model: "claude \"x\"".into(),
+        content: vec![
+            Part::text("line\none \u{7} \\ \"q\" é"),
+            Part::text(""),
+            Part::Thinking {
+                text: "t\n".into(),
+                signature: None,
+            },
+        ],
+        stop_reason: StopReason::StopSequence,
+        stop_sequence: Some("END\n".into()),
+        usage: Usage {
+            input_tokens: u64::MAX,
+            output_tokens: 0,
+            cache_read_tokens: 12,
+            cache_write_tokens: 345,
+            reasoning_tokens: 9,
+        },
+        created: 1,
+    };
+    let back: Value = serde_json::from_slice(&answer(&r)).unwrap();
+    assert_eq!(back["id"], "msg_tollway");
+    assert_eq!(back["content"][0]["text"], "line\none \u{7} \\ \"q\" é");
+    assert_eq!(back["stop_sequence"], "END\n");
+    assert_eq!(back["usage"]["input_tokens"], u64::MAX);
+    for cost in [None, Some("0.000123"), Some("\"")] {
+        let u = out::Usage {
+            cost_usd: cost,
+            ..out::Usage::of(&r.usage)
+        };
+        let mut written = Vec::new();
+        u.write(&mut written);
+        assert_eq!(written, serde_json::to_vec(&u).unwrap());
+    }
+}
+
 #[test]
 fn answers_round_trip() {
     let upstream = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
@@ -346,7 +450,7 @@ fn answers_round_trip() {
         }
     );
     assert_eq!(r.stop_reason, StopReason::ToolUse);
-    let back: Value = serde_json::from_slice(&encode_response(&r)).unwrap();
+    let back: Value = serde_json::from_slice(&answer(&r)).unwrap();
     assert_eq!(back["content"], upstream["content"]);
     assert_eq!(back["usage"], upstream["usage"]);
     assert_eq!(back["stop_reason"], "tool_use");
@@ -365,7 +469,7 @@ fn answers_round_trip() {
         })],
         ..r
     };
-    let text = String::from_utf8(encode_response(&raw)).unwrap();
+    let text = String::from_utf8(answer(&raw)).unwrap();
     assert!(text.contains(r#""input":{"b": 1, "a": 2}"#), "{text}");
 }
 
@@ -740,4 +844,89 @@ fn delta_events_are_written_as_serde_writes_them() {
             );
         }
     }
+}
+
+/// Every event a client stream can hold, written from fragments: the exact text, keys in the
+/// order Anthropic's reference shows them, escapes where the text needs them.
+#[test]
+fn client_stream_events_are_written_exactly() {
+    let mut enc = StreamEncoder::new(false);
+    let mut out = Vec::new();
+    for ev in [
+        StreamEvent::Start {
+            id: "msg_\"1".into(),
+            model: "claude".into(),
+            usage: Usage {
+                input_tokens: 12,
+                cache_read_tokens: 3,
+                ..Usage::default()
+            },
+        },
+        StreamEvent::ThinkingDelta {
+            index: 0,
+            text: "hm".into(),
+        },
+        StreamEvent::ThinkingSignature {
+            index: 0,
+            signature: "sig".into(),
+        },
+        StreamEvent::TextDelta {
+            index: 1,
+            text: "a\n".into(),
+        },
+        StreamEvent::BlockStop { index: 1 },
+        StreamEvent::ToolCallStart {
+            index: 2,
+            id: "toolu_1".into(),
+            name: "f\\".into(),
+        },
+        StreamEvent::ToolCallDelta {
+            index: 2,
+            arguments: "{\"q\":".into(),
+        },
+        StreamEvent::Finish {
+            stop_reason: StopReason::StopSequence,
+            stop_sequence: Some("END".into()),
+        },
+        StreamEvent::Usage(Usage {
+            output_tokens: 9,
+            ..Usage::default()
+        }),
+    ] {
+        enc.push(&ev, &mut out);
+    }
+    enc.set_cost_usd(Some("0.0012".into()));
+    enc.finish(&mut out);
+    let expected = concat!(
+        "event: message_start\n",
+        r#"data: {"type":"message_start","message":{"id":"msg_\"1","type":"message","role":"assistant","model":"claude","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":0,"cache_creation_input_tokens":0,"cache_read_input_tokens":3}}}"#,
+        "\n\nevent: ping\n",
+        r#"data: {"type":"ping"}"#,
+        "\n\nevent: content_block_start\n",
+        r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}"#,
+        "\n\nevent: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}"#,
+        "\n\nevent: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"sig"}}"#,
+        "\n\nevent: content_block_stop\n",
+        r#"data: {"type":"content_block_stop","index":0}"#,
+        "\n\nevent: content_block_start\n",
+        r#"data: {"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}"#,
+        "\n\nevent: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"a\n"}}"#,
+        "\n\nevent: content_block_stop\n",
+        r#"data: {"type":"content_block_stop","index":1}"#,
+        "\n\nevent: content_block_start\n",
+        r#"data: {"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"toolu_1","name":"f\\","input":{}}}"#,
+        "\n\nevent: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{\"q\":"}}"#,
+        "\n\nevent: content_block_stop\n",
+        r#"data: {"type":"content_block_stop","index":2}"#,
+        "\n\nevent: message_delta\n",
+        r#"data: {"type":"message_delta","delta":{"stop_reason":"stop_sequence","stop_sequence":"END"},"usage":{"input_tokens":12,"output_tokens":9,"cache_creation_input_tokens":0,"cache_read_input_tokens":3,"cost_usd":"0.0012"}}"#,
+        "\n\nevent: message_stop\n",
+        r#"data: {"type":"message_stop"}"#,
+        "\n\n",
+    );
+    assert_eq!(String::from_utf8(out).unwrap(), expected);
 }
