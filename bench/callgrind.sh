@@ -10,6 +10,7 @@
 #                                       # key with limits and a hard budget, in a team with both, a
 #                                       # priced model with limits
 #   PROMPT_BYTES=4000 bench/callgrind.sh  # a ~1,000-token prompt instead of a short one
+#   API=anthropic bench/callgrind.sh    # the client speaks Anthropic's Messages API (/v1/messages)
 #   N=2000 TOLLWAY=/tmp/old-tollway bench/callgrind.sh
 #
 # The gateway runs with `--workers 1` and the SQLite ledger on; 200 requests warm it up, then the
@@ -74,7 +75,7 @@ load() { # REQUESTS
   local s=(); [[ -n $STREAM ]] && s=(--stream)
   "$REL/tollway-bench" run --url "$URL" --model small --key "$KEY" "${s[@]}" --rate "$RATE" \
     --requests "$1" --warmup 0 --duration 600 --timeout 60 --prompt-bytes "${PROMPT_BYTES:-0}" \
-    > "$OUT/load-$1.json"
+    --api "${API:-openai}" > "$OUT/load-$1.json"
 }
 load 200
 callgrind_control -z > /dev/null

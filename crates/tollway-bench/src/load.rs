@@ -37,6 +37,8 @@ pub struct Spec {
     pub body: Bytes,
     /// The request asks for a stream: SSE events are counted and timed.
     pub stream: bool,
+    /// What the server speaks (how a complete stream ends).
+    pub api: Api,
     pub mode: Mode,
     /// Requests scheduled (open) or started (closed) during the warm-up are not recorded.
     pub warmup: Duration,
@@ -52,9 +54,38 @@ pub struct Spec {
     pub clk_tck: u64,
 }
 
-/// Builds the JSON body of a chat-completions request. `prompt_bytes`: pad the prompt with
-/// plain words to about this size (0: the short default prompt), as a long real prompt would be.
-pub fn chat_body(model: &str, stream: bool, prompt_bytes: usize) -> Bytes {
+/// The API a load speaks to the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Api {
+    /// OpenAI's `POST /v1/chat/completions`.
+    Openai,
+    /// Anthropic's `POST /v1/messages`.
+    Anthropic,
+}
+
+impl Api {
+    /// How a complete stream ends: OpenAI's `data: [DONE]`, Anthropic's `message_stop` event.
+    pub fn end_marker(self) -> &'static [u8] {
+        match self {
+            Api::Openai => b"[DONE]",
+            Api::Anthropic => b"\"message_stop\"}",
+        }
+    }
+
+    /// The request path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::Openai => "/v1/chat/completions",
+            Api::Anthropic => "/v1/messages",
+        }
+    }
+}
+
+/// Builds the JSON body of a chat request in the shape of `api`. `prompt_bytes`: pad the prompt
+/// with plain words to about this size (0: the short default prompt), as a long real prompt would
+/// be. An Anthropic Messages body carries `max_tokens`, which that API requires, and streams
+/// without `stream_options` (its streams always carry usage).
+pub fn request_body(api: Api, model: &str, stream: bool, prompt_bytes: usize) -> Bytes {
     let mut prompt = String::from("Hello! Say something short.");
     while prompt.len() < prompt_bytes {
         prompt.push_str(" Summarise the quarterly report, citing figures and sources.");
@@ -63,9 +94,18 @@ pub fn chat_body(model: &str, stream: bool, prompt_bytes: usize) -> Bytes {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
     });
-    if stream {
-        v["stream"] = json!(true);
-        v["stream_options"] = json!({"include_usage": true});
+    match (api, stream) {
+        (Api::Openai, true) => {
+            v["stream"] = json!(true);
+            v["stream_options"] = json!({"include_usage": true});
+        }
+        (Api::Anthropic, _) => {
+            v["max_tokens"] = json!(1024);
+            if stream {
+                v["stream"] = json!(true);
+            }
+        }
+        (Api::Openai, false) => {}
     }
     Bytes::from(v.to_string())
 }
@@ -204,13 +244,14 @@ impl SseCounter {
         n
     }
 
-    fn ended_with_done(&self) -> bool {
+    /// Whether the stream's last event ended with `marker` (whitespace after it aside).
+    fn ended_with(&self, marker: &[u8]) -> bool {
         let end = self
             .tail
             .iter()
             .rposition(|b| !b.is_ascii_whitespace())
             .map_or(0, |i| i + 1);
-        self.tail[..end].ends_with(b"[DONE]")
+        self.tail[..end].ends_with(marker)
     }
 }
 
@@ -302,7 +343,7 @@ async fn exchange(client: &HttpClient, spec: &Spec, s: &mut Sample) -> Result<()
     if bytes == 0 {
         return Err("empty_body".into());
     }
-    if spec.stream && !sse.ended_with_done() {
+    if spec.stream && !sse.ended_with(spec.api.end_marker()) {
         return Err("stream_without_done".into());
     }
     Ok(())
@@ -563,8 +604,29 @@ mod tests {
         let mut c = SseCounter::default();
         assert_eq!(c.feed(b"data: 1\n\ndata: 2\n"), 1);
         assert_eq!(c.feed(b"\ndata: [DONE]\r\n\r\n"), 2);
-        assert!(c.ended_with_done());
+        assert!(c.ended_with(Api::Openai.end_marker()));
         assert_eq!(c.feed(b"event: x\ndata: y\n\n"), 1);
-        assert!(!c.ended_with_done());
+        assert!(!c.ended_with(Api::Openai.end_marker()));
+        let end = b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        assert_eq!(c.feed(end), 1);
+        assert!(c.ended_with(Api::Anthropic.end_marker()));
+    }
+
+    #[test]
+    fn bodies_have_each_apis_shape() {
+        let v = |b: Bytes| serde_json::from_slice::<Value>(&b).unwrap();
+        let o = v(request_body(Api::Openai, "m", true, 100));
+        assert_eq!(o["stream_options"]["include_usage"], true);
+        assert!(o["messages"][0]["content"].as_str().unwrap().len() >= 100);
+        assert!(o.get("max_tokens").is_none());
+        let a = v(request_body(Api::Anthropic, "m", true, 0));
+        assert_eq!(
+            (a["max_tokens"].as_u64(), a["stream"].as_bool()),
+            (Some(1024), Some(true))
+        );
+        assert!(a.get("stream_options").is_none());
+        assert!(v(request_body(Api::Anthropic, "m", false, 0))
+            .get("stream")
+            .is_none());
     }
 }

@@ -34,7 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// One load run against an OpenAI-compatible `/v1/chat/completions`; prints JSON.
+    /// One load run against `/v1/chat/completions` (or `/v1/messages`, `--api anthropic`);
+    /// prints JSON.
     Run(RunArgs),
     /// The whole suite: spawns the mock and the gateway, runs every scenario, writes the results.
     Suite(suite::SuiteArgs),
@@ -47,9 +48,12 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Base URL (`http://127.0.0.1:4000`); the path `/v1/chat/completions` is appended.
+    /// Base URL (`http://127.0.0.1:4000`); the API's path is appended.
     #[arg(long)]
     url: String,
+    /// The API to speak: `openai` (`/v1/chat/completions`) or `anthropic` (`/v1/messages`).
+    #[arg(long, value_enum, default_value = "openai")]
+    api: load::Api,
     #[arg(long, default_value = "bench-small")]
     model: String,
     /// Sent as `Authorization: Bearer KEY`.
@@ -120,7 +124,7 @@ pub fn headers(key: Option<&str>) -> anyhow::Result<Vec<(HeaderName, HeaderValue
 }
 
 async fn run_one(a: RunArgs) -> anyhow::Result<()> {
-    let url = format!("{}/v1/chat/completions", a.url.trim_end_matches('/'));
+    let url = format!("{}{}", a.url.trim_end_matches('/'), a.api.path());
     let mode = match (a.rate, a.connections) {
         (Some(rate), _) => load::Mode::Open {
             rate,
@@ -148,8 +152,9 @@ async fn run_one(a: RunArgs) -> anyhow::Result<()> {
             }
             h
         },
-        body: load::chat_body(&a.model, a.stream, a.prompt_bytes),
+        body: load::request_body(a.api, &a.model, a.stream, a.prompt_bytes),
         stream: a.stream,
+        api: a.api,
         mode,
         warmup: secs(a.warmup)?,
         duration: secs(a.duration)?,

@@ -396,8 +396,9 @@ impl Ctx<'_> {
                 .parse()
                 .context("url")?,
             headers: crate::headers(t.key)?,
-            body: load::chat_body(model, stream, 0),
+            body: load::request_body(load::Api::Openai, model, stream, 0),
             stream,
+            api: load::Api::Openai,
             mode,
             warmup,
             duration,
