@@ -794,6 +794,45 @@ async fn chat_inner(
     }
 }
 
+/// A response body that pauses once, right after its first frame.
+///
+/// hyper takes frames from a body for as long as the body has them ready, up to 16 (its write
+/// queue), before it writes. When the upstream sends a burst (several events in one read), the
+/// first event would wait for 15 more to be decoded and encoded before any byte went out. Pending
+/// once after the first frame (with a wake-up, so the body is polled again at once) lets hyper
+/// write the head and the first event now; later bursts are still written 16 events at a time.
+struct FirstAlone<S> {
+    inner: S,
+    /// 0: nothing yielded yet; 1: the first frame went out, pause next; 2: flowing.
+    stage: u8,
+}
+
+impl<S> FirstAlone<S> {
+    fn new(inner: S) -> Self {
+        FirstAlone { inner, stage: 0 }
+    }
+}
+
+impl<S: futures_util::Stream + Unpin> futures_util::Stream for FirstAlone<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        if self.stage == 1 {
+            self.stage = 2;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let item = self.inner.poll_next_unpin(cx);
+        if self.stage == 0 && matches!(item, std::task::Poll::Ready(Some(_))) {
+            self.stage = 1;
+        }
+        item
+    }
+}
+
 enum Encoder {
     OpenAi(openai::StreamEncoder),
     Anthropic(anthropic::StreamEncoder),
@@ -889,7 +928,7 @@ fn sse_response(
             }
         }
     });
-    let mut resp = Response::new(Body::from_stream(body));
+    let mut resp = Response::new(Body::from_stream(FirstAlone::new(Box::pin(body))));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -1379,6 +1418,27 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_body_pauses_once_after_its_first_frame() {
+        use std::task::{Context, Poll};
+        let waker = futures_util::task::noop_waker_ref();
+        let mut cx = Context::from_waker(waker);
+        let mut s = FirstAlone::new(futures_util::stream::iter([1, 2, 3]));
+        let mut seen = Vec::new();
+        loop {
+            match s.poll_next_unpin(&mut cx) {
+                Poll::Ready(Some(i)) => seen.push(Some(i)),
+                Poll::Ready(None) => break,
+                Poll::Pending => seen.push(None),
+            }
+        }
+        // the first frame alone, then the rest back to back
+        assert_eq!(seen, [Some(1), None, Some(2), Some(3)]);
+        // an empty body ends at once, without a pause
+        let mut empty = FirstAlone::new(futures_util::stream::iter(Vec::<u8>::new()));
+        assert_eq!(empty.poll_next_unpin(&mut cx), Poll::Ready(None));
+    }
 
     #[test]
     fn request_ids_are_time_ordered_uuids() {
