@@ -6,6 +6,9 @@
 #
 #   bench/ab.sh OLD_TOLLWAY NEW_TOLLWAY     # e.g. a copy of target/release/tollway from before a change
 #   ROUNDS=5 DURATION=10 bench/ab.sh A B
+#   STREAMS=1 bench/ab.sh A B               # instead: 100 streams/s of 200 chunks sent at once
+#                                           # (an upstream burst), through A, B and straight to
+#                                           # the mock; time to first byte and to the last event
 #
 # Uses target/release/tollway-mock and tollway-bench (cargo build --release -p tollway-mock
 # -p tollway-bench). Everything listens on 127.0.0.1 and is stopped at exit. Prints one line per
@@ -30,6 +33,7 @@ source bench/lib.sh # listening
 "$REL/tollway-mock" --listen 127.0.0.1:0 > "$DIR/mock.out" 2>&1 &
 PIDS+=($!)
 MOCK=$(listening "$DIR/mock.out")
+BURST='bench-stream?tokens=200&tpt_ms=0&ttft_ms=0'
 declare -A URL PID
 for g in A B; do
   mkdir -p "$DIR/$g"
@@ -42,6 +46,7 @@ providers:
   up: { kind: openai-compatible, base_url: "$MOCK/v1", api_key: none }
 models:
   small: { deployments: [{ provider: up, model: "bench-small" }] }
+  stream: { deployments: [{ provider: up, model: "$BURST" }] }
 YAML
   bin=$A; [[ $g == B ]] && bin=$B
   (cd "$DIR/$g" && RUST_LOG=warn exec "$bin" serve --listen 127.0.0.1:0 --config gw.yaml > gw.out 2> gw.err) &
@@ -57,6 +62,39 @@ run() { # NAME URL PID MODEL KEY ARGS... -> JSON file
   "$REL/tollway-bench" run --url "$url" --model "$model" "${auth[@]}" --duration "$DURATION" \
     --warmup 1 "${watch[@]}" "$@" > "$DIR/$name.json"
 }
+
+if [[ -n ${STREAMS:-} ]]; then
+  for r in $(seq "$ROUNDS"); do
+    for g in A B; do
+      run "st-$g-$r" "${URL[$g]}" "${PID[$g]}" stream sk-bench --stream --rate 100
+    done
+    run "st-direct-$r" "$MOCK" "" "$BURST" "" --stream --rate 100
+    echo "round $r of $ROUNDS done" >&2
+  done
+  python3 - "$DIR" "$ROUNDS" "$A" "$B" <<'PY'
+import json, os, statistics, sys
+d, rounds, a, b = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def fig(name, key, q):
+    with open(os.path.join(d, name + ".json")) as f:
+        j = json.load(f)
+    if key == "errors":
+        return j.get("errors")
+    src = j.get(key) or (j.get("stream_stats") or {}).get(key) or {}
+    return src.get(q)
+def cell(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "–"
+    f = (lambda v: str(v)) if all(isinstance(v, int) for v in vals) else (lambda v: f"{v:.0f}")
+    return f"{f(statistics.median(vals))} ({' / '.join(f(v) for v in vals)})"
+print(f"A = {a}\nB = {b}\n{rounds} interleaved rounds of 100 streams/s, 200 chunks sent at once; median (each round)\n")
+print("| figure | A | B | direct |\n| --- | --- | --- | --- |")
+for label, key, q in [("time to first byte p50 µs", "ttfb_us", "p50"), ("time to first byte p99 µs", "ttfb_us", "p99"),
+                      ("stream duration p50 µs", "stream_duration_us", "p50"), ("errors", "errors", None)]:
+    print(f"| {label} | " + " | ".join(cell([fig(f"st-{g}-{r}", key, q) for r in range(1, rounds + 1)]) for g in ("A", "B", "direct")) + " |")
+PY
+  exit 0
+fi
 
 for r in $(seq "$ROUNDS"); do
   for g in A B; do

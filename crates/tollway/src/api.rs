@@ -100,7 +100,7 @@ fn set_ids(h: &mut HeaderMap, request_id: &str, outcome: Option<Outcome>) {
         h.insert(H_REQUEST_ID, v);
     }
     if let Some(o) = outcome {
-        h.insert(H_ATTEMPTS, HeaderValue::from(o.attempts));
+        h.insert(H_ATTEMPTS, attempts_header(o.attempts));
         if let Some(v) = o.route.and_then(|r| HeaderValue::try_from(r).ok()) {
             h.insert(H_ROUTE, v);
         }
@@ -115,6 +115,16 @@ fn set_ids(h: &mut HeaderMap, request_id: &str, outcome: Option<Outcome>) {
                 h.insert(H_PROVIDER, v.clone());
             }
         }
+    }
+}
+
+/// `x-tollway-attempts`: a static value for the usual counts (`HeaderValue::from` a number
+/// allocates).
+fn attempts_header(n: u32) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
     }
 }
 
@@ -1418,6 +1428,13 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempts_are_written_in_decimal() {
+        for n in [0, 1, 9, 10, 123, u32::MAX] {
+            assert_eq!(attempts_header(n), HeaderValue::from(n), "{n}");
+        }
+    }
 
     #[test]
     fn a_stream_body_pauses_once_after_its_first_frame() {

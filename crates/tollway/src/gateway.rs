@@ -239,12 +239,7 @@ impl Attempts {
                 && self
                     .capacity
                     .capacity
-                    .admit(
-                        &format!("deployment:{}", d.label),
-                        d.rpm,
-                        d.tpm,
-                        Instant::now(),
-                    )
+                    .admit(&d.capacity_scope, d.rpm, d.tpm, Instant::now())
                     .is_err()
             {
                 // at capacity this minute: the next deployment takes the request
@@ -322,7 +317,7 @@ pub async fn chat(
                 d.health.success(started.elapsed());
                 if d.tpm.is_some() {
                     rt.health().capacity.add_tokens(
-                        &format!("deployment:{}", d.label),
+                        &d.capacity_scope,
                         resp.usage.total_tokens(),
                         Instant::now(),
                     );
@@ -383,20 +378,21 @@ pub async fn chat_stream(
                 // Nothing reached the client before this point; from here on, no failover.
                 d.health.success(started.elapsed());
                 let registry = rt.health().clone();
-                let scope = d.tpm.map(|_| format!("deployment:{}", d.label));
+                // the deployment whose token capacity the stream's usage counts against
+                let capped = d.tpm.map(|_| d.clone());
                 let mut counted = 0u64;
                 let rest = futures_util::stream::once(async move { Ok(first) })
                     .chain(stream)
                     .map(move |item| {
                         let _held = &in_flight;
-                        if let (Some(scope), Ok(tollway_core::StreamEvent::Usage(u))) =
-                            (&scope, &item)
+                        if let (Some(capped), Ok(tollway_core::StreamEvent::Usage(u))) =
+                            (&capped, &item)
                         {
                             // usage reports are running totals: count what is new
                             let total = u.total_tokens();
                             if total > counted {
                                 registry.capacity.add_tokens(
-                                    scope,
+                                    &capped.capacity_scope,
                                     total - counted,
                                     Instant::now(),
                                 );

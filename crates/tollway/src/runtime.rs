@@ -28,6 +28,8 @@ pub struct Deployment {
     /// Capacity per minute (requests, tokens), enforced by this gateway.
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// `deployment:LABEL`, the scope of that capacity in the health registry, built once.
+    pub capacity_scope: String,
     /// Shared with every runtime that has this deployment (survives reloads).
     pub health: Arc<Health>,
     /// The circuit-breaker settings of the group this deployment was planned from.
@@ -193,6 +195,7 @@ impl Runtime {
                     health: health.get(&label),
                     label_header: http::HeaderValue::from_str(&label).ok(),
                     provider_header: http::HeaderValue::from_str(&d.provider).ok(),
+                    capacity_scope: format!("deployment:{label}"),
                     label,
                     weight: d.weight,
                     policy: mc.health,
@@ -474,6 +477,7 @@ impl Runtime {
             health: self.health.get(&label),
             label_header: http::HeaderValue::from_str(&label).ok(),
             provider_header: http::HeaderValue::from_str(provider).ok(),
+            capacity_scope: format!("deployment:{label}"),
             label,
             weight: 1,
             policy: HealthPolicy::default(),
