@@ -6,6 +6,8 @@
 #
 #   bench/ab.sh OLD_TOLLWAY NEW_TOLLWAY     # e.g. a copy of target/release/tollway from before a change
 #   ROUNDS=5 DURATION=10 bench/ab.sh A B
+#   B_ARGS=--pin-workers bench/ab.sh T T    # one binary, two ways of serving (A_ARGS, B_ARGS:
+#                                           # extra arguments of `tollway serve`)
 #   STREAMS=1 bench/ab.sh A B               # instead: 100 streams/s of 200 chunks sent at once
 #                                           # (an upstream burst), through A, B and straight to
 #                                           # the mock; time to first byte and to the last event
@@ -48,8 +50,9 @@ models:
   small: { deployments: [{ provider: up, model: "bench-small" }] }
   stream: { deployments: [{ provider: up, model: "$BURST" }] }
 YAML
-  bin=$A; [[ $g == B ]] && bin=$B
-  (cd "$DIR/$g" && RUST_LOG=warn exec "$bin" serve --listen 127.0.0.1:0 --config gw.yaml > gw.out 2> gw.err) &
+  bin=$A; extra=${A_ARGS:-}; [[ $g == B ]] && bin=$B && extra=${B_ARGS:-}
+  # shellcheck disable=SC2086 # extra: words of arguments
+  (cd "$DIR/$g" && RUST_LOG=warn exec "$bin" serve --listen 127.0.0.1:0 --config gw.yaml $extra > gw.out 2> gw.err) &
   PID[$g]=$!
   PIDS+=(${PID[$g]})
   URL[$g]=$(listening "$DIR/$g/gw.out")
@@ -131,7 +134,7 @@ def cell(vals):
     else:
         f = (lambda v: f"{v:.3f}") if max(vals) < 10 else (lambda v: f"{v:.0f}")
     return f"{f(statistics.median(vals))} ({' / '.join(f(v) for v in vals)})"
-print(f"A = {a}\nB = {b}\n{rounds} interleaved rounds; median (each round)\n")
+print(f"A = {a} {os.environ.get('A_ARGS', '')}\nB = {b} {os.environ.get('B_ARGS', '')}\n{rounds} interleaved rounds; median (each round)\n")
 print("| figure | A | B |\n| --- | --- | --- |")
 for label, scen, what in rows:
     print(f"| {label} | " + " | ".join(cell([fig(load(f'{scen}-{g}-{r}'), what) for r in range(1, rounds + 1)]) for g in "AB") + " |")

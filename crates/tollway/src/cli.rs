@@ -41,6 +41,12 @@ enum Command {
         /// room for what shares the machine (the upstream, the clients).
         #[arg(long, env = "TOLLWAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
+        /// Pin each serving thread to a CPU of its own (round robin over the CPUs this process
+        /// may use), so that it keeps its caches instead of moving between cores. For a machine
+        /// or a cpuset given to the gateway; on a machine shared with busy neighbours, leave it
+        /// off and let the kernel move threads to idle cores.
+        #[arg(long, env = "TOLLWAY_PIN_WORKERS")]
+        pin_workers: bool,
     },
     /// Validate a config file: prints every error with its line; exits 1 on any.
     Check {
@@ -285,6 +291,7 @@ pub fn main() -> ExitCode {
             listen,
             log_format,
             workers,
+            pin_workers,
         } => {
             init_logging(&log_format);
             let lanes = workers.map(usize::from).unwrap_or_else(|| {
@@ -304,6 +311,10 @@ pub fn main() -> ExitCode {
                     eprintln!("error: could not start the async runtime: {e}");
                     return ExitCode::FAILURE;
                 }
+            };
+            let lanes = crate::server::LaneSpec {
+                count: lanes,
+                pin: pin_workers,
             };
             match rt.block_on(serve(config.as_deref(), listen, lanes)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -608,7 +619,7 @@ fn check(path: &Path) -> ExitCode {
 async fn serve(
     path: Option<&Path>,
     listen: Option<SocketAddr>,
-    lanes: usize,
+    lanes: crate::server::LaneSpec,
 ) -> anyhow::Result<()> {
     let mut cfg = match path {
         Some(p) => {

@@ -436,14 +436,32 @@ pub async fn serve(
 /// flush) while the lanes' runtimes are still up, since connections a lane opened (to the
 /// database, to Redis) are driven by that lane's runtime. Only then do the lanes stop. A lane
 /// that cannot start, or stops with an error, stops the others and is the error returned.
+/// How requests are served: `count` threads (lanes), each pinned to a CPU of its own when `pin`.
+#[derive(Clone, Copy, Debug)]
+pub struct LaneSpec {
+    pub count: usize,
+    pub pin: bool,
+}
+
 pub async fn serve_lanes(
     listener: std::net::TcpListener,
     state: AppState,
-    lanes: usize,
+    spec: LaneSpec,
     shutdown: impl Future<Output = ()> + Send + 'static,
     after_drain: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let lanes = lanes.max(1);
+    let lanes = spec.count.max(1);
+    let cpus = if spec.pin {
+        let cpus = core_affinity::get_core_ids().unwrap_or_default();
+        if cpus.is_empty() {
+            tracing::warn!(
+                "--pin-workers: this system does not say which CPUs may be used; not pinning"
+            );
+        }
+        cpus
+    } else {
+        Vec::new()
+    };
     let _ = state
         .inner
         .background
@@ -461,9 +479,22 @@ pub async fn serve_lanes(
                 release_rx.clone(),
                 done_tx.clone(),
             );
+            // lane i on the i-th allowed CPU, round robin
+            let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
             std::thread::Builder::new()
                 .name(format!("tollway-lane-{i}"))
-                .spawn(move || run_lane(i, l, state, stop, release, done))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if !core_affinity::set_for_current(cpu) {
+                            tracing::warn!(
+                                lane = i,
+                                cpu = cpu.id,
+                                "could not pin the lane to its CPU"
+                            );
+                        }
+                    }
+                    run_lane(i, l, state, stop, release, done)
+                })
         });
         match lane {
             Ok(t) => threads.push(t),

@@ -342,9 +342,10 @@ fn router_eval_writes_scores_plot_and_report() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model.json"));
 }
 
-/// `tollway serve --workers 2` serves on two lanes (threads with their own runtimes) from one
-/// listener, with lanes reading budgets from PostgreSQL; on SIGTERM the lanes drain, the final
-/// flush writes every row (held back until then by a long flush interval), and it exits 0.
+/// `tollway serve --workers 2 --pin-workers` serves on two lanes (threads with their own
+/// runtimes), each pinned to a CPU of its own, from one listener, with lanes reading budgets from
+/// PostgreSQL; on SIGTERM the lanes drain, the final flush writes every row (held back until then
+/// by a long flush interval), and it exits 0.
 #[tokio::test]
 async fn the_binary_serves_on_lanes_and_flushes_its_ledger_after_they_drain() {
     let (mut mock, mock_url) = spawn_listening(
@@ -368,6 +369,7 @@ async fn the_binary_serves_on_lanes_and_flushes_its_ledger_after_they_drain() {
                 "serve",
                 "--workers",
                 "2",
+                "--pin-workers",
                 "--listen",
                 "127.0.0.1:0",
                 "--config",
@@ -395,6 +397,43 @@ async fn the_binary_serves_on_lanes_and_flushes_its_ledger_after_they_drain() {
         lanes = lane_threads();
     }
     assert_eq!(lanes, ["tollway-lane-0", "tollway-lane-1"]);
+    // each lane may run on one CPU only, and (given two CPUs) not the other lane's
+    let allowed = |status: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|v| v.trim().to_string())
+    };
+    let own = allowed(&std::fs::read_to_string("/proc/self/status").expect("status"))
+        .expect("Cpus_allowed_list");
+    let mut pinned: Vec<(String, String)> = Vec::new();
+    for _ in 0..100 {
+        pinned = std::fs::read_dir(format!("/proc/{}/task", gw.id()))
+            .expect("tasks")
+            .filter_map(|t| {
+                let dir = t.ok()?.path();
+                let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+                let comm = comm.trim().to_string();
+                let list = allowed(&std::fs::read_to_string(dir.join("status")).ok()?)?;
+                comm.starts_with("tollway-lane-").then_some((comm, list))
+            })
+            .collect();
+        pinned.sort();
+        if pinned.iter().all(|(_, l)| l.parse::<usize>().is_ok()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        pinned.iter().all(|(_, l)| l.parse::<usize>().is_ok()),
+        "each lane on one CPU: {pinned:?}"
+    );
+    if own.contains(['-', ',']) {
+        assert_ne!(
+            pinned[0].1, pinned[1].1,
+            "two CPUs, one per lane: {pinned:?}"
+        );
+    }
 
     let http = reqwest::Client::new();
     let key: serde_json::Value = http
