@@ -853,6 +853,91 @@ struct SseState {
     encoder: Encoder,
     done: bool,
     charge: Charge,
+    scratch: Vec<u8>,
+}
+
+/// The client's SSE body: each upstream event encoded as it arrives. A hand-written `poll_next`
+/// rather than an `unfold`, which would move this state (the ledger row's `Charge` included) into
+/// a new future and back for every event.
+impl futures_util::Stream for SseState {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let s = self.get_mut();
+        loop {
+            if s.done {
+                return Poll::Ready(None);
+            }
+            let next = match s.upstream.poll_next_unpin(cx) {
+                Poll::Ready(next) => next,
+                Poll::Pending => return Poll::Pending,
+            };
+            // each event is encoded into the stream's one scratch buffer, then copied out at its
+            // exact size (a `Vec` handed to `Bytes` costs a second allocation when it has spare room)
+            let out = &mut s.scratch;
+            out.clear();
+            match next {
+                Some(Ok(ev)) => {
+                    match &ev {
+                        tollway_core::StreamEvent::TextDelta { text, .. } => {
+                            s.charge.keep_output(text)
+                        }
+                        tollway_core::StreamEvent::ToolCallDelta { arguments, .. } => {
+                            s.charge.keep_output(arguments)
+                        }
+                        _ => {}
+                    }
+                    let usage = match &mut s.encoder {
+                        Encoder::OpenAi(e) => {
+                            e.push(&ev, out);
+                            e.usage()
+                        }
+                        Encoder::Anthropic(e) => {
+                            e.push(&ev, out);
+                            e.usage()
+                        }
+                    };
+                    s.charge.usage = usage;
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "upstream stream failed after the first byte");
+                    match &mut s.encoder {
+                        Encoder::OpenAi(e) => e.error(&err, out),
+                        Encoder::Anthropic(e) => e.error(&err, out),
+                    }
+                    if let Some(row) = s.charge.row.as_mut() {
+                        row.status = i64::from(err.http_status());
+                    }
+                    s.done = true;
+                }
+                None => {
+                    let (billed, _) = s.charge.billed_usage();
+                    let cost = s.charge.cost_text(&billed);
+                    match &mut s.encoder {
+                        Encoder::OpenAi(e) => {
+                            e.set_cost_usd(cost);
+                            e.finish(out)
+                        }
+                        Encoder::Anthropic(e) => {
+                            e.set_cost_usd(cost);
+                            e.finish(out)
+                        }
+                    }
+                    if let Some(row) = s.charge.row.as_mut() {
+                        row.status = 200;
+                    }
+                    s.done = true;
+                }
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Bytes::copy_from_slice(out))));
+            }
+        }
+    }
 }
 
 /// The client's SSE body: each upstream event is encoded and sent as soon as it arrives. When the
@@ -872,73 +957,10 @@ fn sse_response(
         encoder,
         done: false,
         charge,
+        // room for a typical event, so that encoding one does not grow the buffer step by step
+        scratch: Vec::with_capacity(512),
     };
-    let body = futures_util::stream::unfold(state, |mut s| async move {
-        loop {
-            if s.done {
-                return None;
-            }
-            // room for a typical event, so that encoding it does not grow the buffer step by step
-            let mut out = Vec::with_capacity(512);
-            match s.upstream.next().await {
-                Some(Ok(ev)) => {
-                    match &ev {
-                        tollway_core::StreamEvent::TextDelta { text, .. } => {
-                            s.charge.keep_output(text)
-                        }
-                        tollway_core::StreamEvent::ToolCallDelta { arguments, .. } => {
-                            s.charge.keep_output(arguments)
-                        }
-                        _ => {}
-                    }
-                    let usage = match &mut s.encoder {
-                        Encoder::OpenAi(e) => {
-                            e.push(&ev, &mut out);
-                            e.usage()
-                        }
-                        Encoder::Anthropic(e) => {
-                            e.push(&ev, &mut out);
-                            e.usage()
-                        }
-                    };
-                    s.charge.usage = usage;
-                }
-                Some(Err(err)) => {
-                    tracing::warn!(error = %err, "upstream stream failed after the first byte");
-                    match &mut s.encoder {
-                        Encoder::OpenAi(e) => e.error(&err, &mut out),
-                        Encoder::Anthropic(e) => e.error(&err, &mut out),
-                    }
-                    if let Some(row) = s.charge.row.as_mut() {
-                        row.status = i64::from(err.http_status());
-                    }
-                    s.done = true;
-                }
-                None => {
-                    let (billed, _) = s.charge.billed_usage();
-                    let cost = s.charge.cost_text(&billed);
-                    match &mut s.encoder {
-                        Encoder::OpenAi(e) => {
-                            e.set_cost_usd(cost);
-                            e.finish(&mut out)
-                        }
-                        Encoder::Anthropic(e) => {
-                            e.set_cost_usd(cost);
-                            e.finish(&mut out)
-                        }
-                    }
-                    if let Some(row) = s.charge.row.as_mut() {
-                        row.status = 200;
-                    }
-                    s.done = true;
-                }
-            }
-            if !out.is_empty() {
-                return Some((Ok::<_, Infallible>(Bytes::from(out)), s));
-            }
-        }
-    });
-    let mut resp = Response::new(Body::from_stream(FirstAlone::new(Box::pin(body))));
+    let mut resp = Response::new(Body::from_stream(FirstAlone::new(state)));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
