@@ -44,6 +44,9 @@ pub struct SuiteArgs {
     /// The gateway's worker threads (`tollway serve --workers`); default: one per core.
     #[arg(long)]
     gateway_workers: Option<u16>,
+    /// Pin the gateway's worker threads to CPUs (`tollway serve --pin-workers`).
+    #[arg(long)]
+    gateway_pin_workers: bool,
 }
 
 /// The suite's working directory (config, SQLite file, server logs), removed when dropped.
@@ -355,6 +358,9 @@ fn start_gateway(args: &SuiteArgs, dir: &Path, config: &Path, n: usize) -> anyho
     if let Some(n) = args.gateway_workers {
         cmd.args(["--workers", &n.to_string()]);
     }
+    if args.gateway_pin_workers {
+        cmd.arg("--pin-workers");
+    }
     spawn(
         "tollway",
         cmd,
@@ -471,9 +477,14 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
     );
     eprintln!("  the load generator, the upstream mock and the gateway share this one machine");
     eprintln!(
-        "  gateway worker threads: {}",
+        "  gateway worker threads: {}{}",
         args.gateway_workers
-            .map_or("one per core".to_string(), |n| n.to_string())
+            .map_or("one per core".to_string(), |n| n.to_string()),
+        if args.gateway_pin_workers {
+            ", each pinned to a CPU (--pin-workers)"
+        } else {
+            ""
+        }
     );
 
     let tmp = TempDir(std::env::temp_dir().join(format!("tollway-bench-{}", std::process::id())));
@@ -804,6 +815,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
         "date": date,
         "commit": git_commit(),
         "gateway_workers": args.gateway_workers,
+        "gateway_pin_workers": args.gateway_pin_workers,
         "quick": args.quick,
         "machine": machine,
         "shared_machine_note": "the load generator, the upstream mock and the gateway run on this one machine and share its cores; other work on the machine (load average below) disturbs the figures",
@@ -1064,7 +1076,7 @@ pub fn markdown(r: &Value) -> String {
     s += &format!(
         "Machine: {} cores (`nproc`), {}, {:.0} GiB, Linux {}; commit {}. **The load generator, the upstream mock \
          and the gateway share this one machine**, so the gateway competes with its own load for the cores; \
-         load average before/after: {} / {}. Gateway worker threads: {}.\n\n",
+         load average before/after: {} / {}. Gateway worker threads: {}{}.\n\n",
         m["nproc"],
         m["cpu_model"].as_str().unwrap_or("?"),
         m["mem_total_kb"].as_f64().unwrap_or(0.0) / 1024.0 / 1024.0,
@@ -1075,6 +1087,11 @@ pub fn markdown(r: &Value) -> String {
         r["gateway_workers"]
             .as_u64()
             .map_or("one per core".to_string(), |n| n.to_string()),
+        if r["gateway_pin_workers"].as_bool() == Some(true) {
+            ", each pinned to a CPU (`--pin-workers`)"
+        } else {
+            ""
+        },
     );
     s += "## Against the targets (issue 6)\n\n| figure | measured | target | met | detail |\n| --- | --- | --- | --- | --- |\n";
     for h in r["headline"].as_array().into_iter().flatten() {
