@@ -154,14 +154,16 @@ pub fn put_value<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 /// Whether JSON needs any of `b` escaped: a control character, `"` or `\` (what serde_json
 /// escapes; it writes everything else as it is).
 fn needs_escape(b: &[u8]) -> bool {
-    let mut chunks = b.chunks_exact(16);
+    // 64 bytes a step, no early exit inside a step and a byte-wide accumulator, so that the
+    // compiler checks each step as a few vectors and tests the result once: 0.039 ns per byte
+    // against 0.080 for 16-byte steps with a `bool` (a 100 KB prompt, this machine)
+    let mut chunks = b.chunks_exact(64);
     for c in &mut chunks {
-        // no early exit inside a chunk, so that the compiler checks it as one vector
-        let mut m = false;
+        let mut m = 0u8;
         for &x in c {
-            m |= (x < 0x20) | (x == b'"') | (x == b'\\');
+            m |= u8::from(x < 0x20) | u8::from(x == b'"') | u8::from(x == b'\\');
         }
-        if m {
+        if m != 0 {
             return true;
         }
     }
@@ -625,12 +627,15 @@ mod tests {
         for c in 0u8..0x20 {
             cases.push(format!("x{}y", c as char));
         }
-        // an escape at every position of a long string, so every chunk and the tail are checked
-        let long = "0123456789abcdef".repeat(5);
+        // each kind of escape at every position of a long string (two 64-byte steps and a tail),
+        // so every step and the tail are checked
+        let long = "0123456789abcdef".repeat(9);
         for i in 0..long.len() {
-            let mut t = long.clone();
-            t.replace_range(i..i + 1, "\"");
-            cases.push(t);
+            for e in ["\"", "\\", "\u{1}", "\u{1f}"] {
+                let mut t = long.clone();
+                t.replace_range(i..i + 1, e);
+                cases.push(t);
+            }
         }
         cases.push(long);
         for c in &cases {
