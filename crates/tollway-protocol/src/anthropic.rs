@@ -473,7 +473,7 @@ mod req_out {
     use serde::Serialize;
     use serde_json::{Map, Value};
 
-    use crate::json::{put_str, put_value};
+    use crate::json::{put_entries, put_str, put_value};
 
     #[derive(Serialize)]
     #[serde(tag = "type", rename_all = "snake_case")]
@@ -594,12 +594,7 @@ mod req_out {
                 out.push(b'}');
             }
             out.push(b']');
-            for (k, v) in &self.rest {
-                out.push(b',');
-                put_str(&mut out, k);
-                out.push(b':');
-                put_value(&mut out, v);
-            }
+            put_entries(&mut out, &self.rest);
             out.push(b'}');
             out
         }

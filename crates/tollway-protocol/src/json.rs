@@ -151,6 +151,16 @@ pub fn put_value<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     }
 }
 
+/// Appends each entry of `rest` as `,"key":value`: the extra fields after a body's typed ones.
+pub fn put_entries(out: &mut Vec<u8>, rest: &serde_json::Map<String, serde_json::Value>) {
+    for (k, v) in rest {
+        out.push(b',');
+        put_str(out, k);
+        out.push(b':');
+        put_value(out, v);
+    }
+}
+
 /// Whether JSON needs any of `b` escaped: a control character, `"` or `\` (what serde_json
 /// escapes; it writes everything else as it is).
 fn needs_escape(b: &[u8]) -> bool {

@@ -745,7 +745,7 @@ mod req_out {
     use serde::Serialize;
     use serde_json::{Map, Value};
 
-    use crate::json::{put_str, put_value};
+    use crate::json::{put_entries, put_str, put_value};
 
     // The `Serialize` derives of `Content`, `Message` and `Body` are the reference `Body::to_vec`
     // is tested against: test builds only.
@@ -812,12 +812,7 @@ mod req_out {
                 m.write(&mut out);
             }
             out.push(b']');
-            for (k, v) in &self.rest {
-                out.push(b',');
-                put_str(&mut out, k);
-                out.push(b':');
-                put_value(&mut out, v);
-            }
+            put_entries(&mut out, &self.rest);
             out.push(b'}');
             out
         }

@@ -756,32 +756,24 @@ mod tests {
             .collect()
             .await;
         assert_eq!(texts(&stalled), ["0", "1", "2"]);
-        let e = stalled
-            .last()
-            .expect("events")
-            .as_ref()
-            .expect_err("a timeout");
-        assert_eq!(e.kind, ErrorKind::Timeout);
-        assert!(
-            e.message.contains("sent nothing for 80 ms"),
-            "{}",
-            e.message
-        );
+        // the last event is a timeout error; its message
+        let timeout = |events: &[Result<StreamEvent, ProviderError>]| {
+            let e = events
+                .last()
+                .expect("events")
+                .as_ref()
+                .expect_err("a timeout");
+            assert_eq!(e.kind, ErrorKind::Timeout);
+            e.message.clone()
+        };
+        let m = timeout(&stalled);
+        assert!(m.contains("sent nothing for 80 ms"), "{m}");
         // steady events past the total timeout: that one, named as such
         let long: Vec<_> = upstream(spaced(100, ms(50), false), ms(80), ms(300))
             .collect()
             .await;
-        let e = long
-            .last()
-            .expect("events")
-            .as_ref()
-            .expect_err("a timeout");
-        assert_eq!(e.kind, ErrorKind::Timeout);
-        assert!(
-            e.message.contains("exceeded the total timeout of 300 ms"),
-            "{}",
-            e.message
-        );
+        let m = timeout(&long);
+        assert!(m.contains("exceeded the total timeout of 300 ms"), "{m}");
         assert!((4..=6).contains(&texts(&long).len()), "{long:?}");
     }
 
