@@ -277,6 +277,9 @@ struct Charge {
 
 pub const H_COST: HeaderName = HeaderName::from_static("x-tollway-cost-usd");
 
+/// A stream's scratch buffer grown past this by one large event is let go afterwards.
+const MAX_KEPT_SCRATCH: usize = 64 << 10;
+
 /// Answers longer than this are not kept for local counting (their count is extrapolated).
 const MAX_KEPT_OUTPUT: usize = 4 << 20;
 
@@ -934,7 +937,12 @@ impl futures_util::Stream for SseState {
                 }
             }
             if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Bytes::copy_from_slice(out))));
+                let chunk = Bytes::copy_from_slice(out);
+                if out.capacity() > MAX_KEPT_SCRATCH {
+                    // one huge event (a long tool call in one piece) is not kept for the stream's life
+                    s.scratch = Vec::with_capacity(512);
+                }
+                return Poll::Ready(Some(Ok(chunk)));
             }
         }
     }
