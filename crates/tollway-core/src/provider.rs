@@ -72,15 +72,26 @@ pub struct ProviderInfo {
     pub family: ApiFamily,
 }
 
-/// An upstream account that answers chat requests. `req.model` is already the upstream model id.
+/// An upstream account that answers chat requests. `model` is the upstream model id, which
+/// replaces `req.model` (the request is borrowed, not copied per attempt); `req.stream` is ignored
+/// (each method says whether it streams).
 pub trait Provider: Send + Sync {
     fn info(&self) -> &ProviderInfo;
 
-    fn chat(&self, req: ChatRequest) -> BoxFuture<'_, Result<ChatResponse, ProviderError>>;
+    fn chat<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
 
     /// Starts a streamed answer. Resolves once the upstream has accepted the request (its status
     /// and headers arrived), so that errors before the first byte can still be retried elsewhere.
-    fn chat_stream(&self, req: ChatRequest) -> BoxFuture<'_, Result<EventStream, ProviderError>>;
+    /// The stream itself does not borrow the request.
+    fn chat_stream<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<EventStream, ProviderError>>;
 
     fn embeddings(
         &self,

@@ -26,6 +26,25 @@ impl ApiFamily {
     }
 }
 
+/// Where a request is sent: the upstream model id, and whether the answer streams. A gateway
+/// tries one request on several deployments; each attempt encodes the same borrowed request for
+/// its own target instead of copying it to change the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub model: &'a str,
+    pub stream: bool,
+}
+
+impl<'a> Target<'a> {
+    /// The request's own model and streaming.
+    pub fn of(req: &'a ChatRequest) -> Self {
+        Target {
+            model: &req.model,
+            stream: req.stream,
+        }
+    }
+}
+
 /// A chat request in canonical form.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {

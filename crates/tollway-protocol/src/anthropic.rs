@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tollway_core::{
     ApiFamily, ChatRequest, ChatResponse, ErrorKind, Extra, ImageSource, Message, Part,
-    ProviderError, ResponseFormat, Role, StopReason, StreamEvent, ToolCall, ToolChoice, ToolDef,
-    ToolResult, Usage,
+    ProviderError, ResponseFormat, Role, StopReason, StreamEvent, Target, ToolCall, ToolChoice,
+    ToolDef, ToolResult, Usage,
 };
 
 use crate::json::{self, index, invalid_value, missing, wrong_type, Obj};
@@ -787,11 +787,24 @@ fn encode_block<'a>(p: &'a Part, label: &str) -> Result<Option<req_out::Block<'a
 /// Encodes a canonical request for an Anthropic upstream. `label` (`provider/model`) names the
 /// target in errors.
 pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, ProviderError> {
-    request_body(req, label).map(|b| b.to_vec())
+    encode_request_as(req, Target::of(req), label)
 }
 
-/// The upstream body of [`encode_request`], before it is written.
-fn request_body<'a>(req: &'a ChatRequest, label: &str) -> Result<req_out::Body<'a>, ProviderError> {
+/// [`encode_request`] for `target`'s model and streaming, whatever `req` says.
+pub fn encode_request_as(
+    req: &ChatRequest,
+    target: Target<'_>,
+    label: &str,
+) -> Result<Vec<u8>, ProviderError> {
+    request_body(req, target, label).map(|b| b.to_vec())
+}
+
+/// The upstream body of [`encode_request_as`], before it is written.
+fn request_body<'a>(
+    req: &'a ChatRequest,
+    target: Target<'a>,
+    label: &str,
+) -> Result<req_out::Body<'a>, ProviderError> {
     let mut system: Vec<req_out::Block<'_>> = Vec::new();
     let mut messages: Vec<req_out::Message<'_>> = Vec::new();
     for m in &req.messages {
@@ -847,7 +860,7 @@ fn request_body<'a>(req: &'a ChatRequest, label: &str) -> Result<req_out::Body<'
         _ => Some(req_out::System::Blocks(system)),
     };
     let mut body = req_out::Body {
-        model: &req.model,
+        model: target.model,
         max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         system,
         messages,
@@ -865,7 +878,7 @@ fn request_body<'a>(req: &'a ChatRequest, label: &str) -> Result<req_out::Body<'
     if !req.stop.is_empty() {
         body.rest.insert("stop_sequences".into(), json!(req.stop));
     }
-    if req.stream {
+    if target.stream {
         body.rest.insert("stream".into(), Value::Bool(true));
     }
     let mut tools: Vec<Value> = req

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tollway_core::{
     ApiFamily, ChatRequest, ChatResponse, ErrorKind, Extra, ImageSource, Message, Part,
-    ProviderError, ResponseFormat, Role, StopReason, StreamEvent, ToolCall, ToolChoice, ToolDef,
-    ToolResult, Usage,
+    ProviderError, ResponseFormat, Role, StopReason, StreamEvent, Target, ToolCall, ToolChoice,
+    ToolDef, ToolResult, Usage,
 };
 
 use crate::json::{self, count, index, invalid_value, missing, wrong_type, Obj};
@@ -442,12 +442,23 @@ pub fn encode_request(
     label: &str,
     dialect: Dialect,
 ) -> Result<Vec<u8>, ProviderError> {
-    Ok(request_body(req, label, dialect)?.to_vec())
+    encode_request_as(req, Target::of(req), label, dialect)
 }
 
-/// The upstream body of [`encode_request`], before it is written.
+/// [`encode_request`] for `target`'s model and streaming, whatever `req` says.
+pub fn encode_request_as(
+    req: &ChatRequest,
+    target: Target<'_>,
+    label: &str,
+    dialect: Dialect,
+) -> Result<Vec<u8>, ProviderError> {
+    Ok(request_body(req, target, label, dialect)?.to_vec())
+}
+
+/// The upstream body of [`encode_request_as`], before it is written.
 fn request_body<'a>(
     req: &'a ChatRequest,
+    target: Target<'a>,
     label: &str,
     dialect: Dialect,
 ) -> Result<req_out::Body<'a>, ProviderError> {
@@ -456,7 +467,7 @@ fn request_body<'a>(
         encode_message(m, label, &mut messages)?;
     }
     let mut body = req_out::Body {
-        model: &req.model,
+        model: target.model,
         messages,
         rest: Map::new(),
     };
@@ -480,7 +491,7 @@ fn request_body<'a>(
     if !req.stop.is_empty() {
         body.rest.insert("stop".into(), json!(req.stop));
     }
-    if req.stream {
+    if target.stream {
         body.rest.insert("stream".into(), Value::Bool(true));
         // Always ask for usage: the gateway prices every request from it.
         body.rest

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tollway_core::{
     ApiFamily, BoxFuture, ChatRequest, ChatResponse, ErrorKind, EventStream, Provider,
-    ProviderError, ProviderInfo, StreamEvent,
+    ProviderError, ProviderInfo, StreamEvent, Target,
 };
 use tollway_protocol::sse::{SseEvent, SseParser};
 use tollway_protocol::{anthropic, openai};
@@ -197,11 +197,11 @@ impl HttpProvider {
         format!("{}/{}", self.info.name, model)
     }
 
-    fn encode(&self, req: &ChatRequest) -> Result<Vec<u8>, ProviderError> {
-        let label = self.label(&req.model);
+    fn encode(&self, req: &ChatRequest, target: Target<'_>) -> Result<Vec<u8>, ProviderError> {
+        let label = self.label(target.model);
         match self.info.family {
-            ApiFamily::OpenAi => openai::encode_request(req, &label, self.dialect),
-            ApiFamily::Anthropic => anthropic::encode_request(req, &label),
+            ApiFamily::OpenAi => openai::encode_request_as(req, target, &label, self.dialect),
+            ApiFamily::Anthropic => anthropic::encode_request_as(req, target, &label),
         }
     }
 
@@ -419,32 +419,47 @@ impl Provider for HttpProvider {
         })
     }
 
-    fn chat(&self, mut req: ChatRequest) -> BoxFuture<'_, Result<ChatResponse, ProviderError>> {
+    fn chat<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
-            req.stream = false;
-            let body = self.encode(&req)?;
-            let (resp, deadline) = self.send(body, &req.model).await?;
-            let buf = self.read_body(resp, deadline, &req.model).await?;
+            let body = self.encode(
+                req,
+                Target {
+                    model,
+                    stream: false,
+                },
+            )?;
+            let (resp, deadline) = self.send(body, model).await?;
+            let buf = self.read_body(resp, deadline, model).await?;
             let decoded = match self.info.family {
                 ApiFamily::OpenAi => openai::decode_response(&buf),
                 ApiFamily::Anthropic => anthropic::decode_response(&buf),
             };
             decoded.map_err(|mut e| {
-                e.message = format!("{} (from {})", e.message, self.label(&req.model));
+                e.message = format!("{} (from {})", e.message, self.label(model));
                 e
             })
         })
     }
 
-    fn chat_stream(
-        &self,
-        mut req: ChatRequest,
-    ) -> BoxFuture<'_, Result<EventStream, ProviderError>> {
+    fn chat_stream<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<EventStream, ProviderError>> {
         Box::pin(async move {
-            req.stream = true;
-            let body = self.encode(&req)?;
-            let (resp, deadline) = self.send(body, &req.model).await?;
-            let label = self.label(&req.model);
+            let body = self.encode(
+                req,
+                Target {
+                    model,
+                    stream: true,
+                },
+            )?;
+            let (resp, deadline) = self.send(body, model).await?;
+            let label = self.label(model);
             let bytes = BodyStream::new(resp.into_body()).filter_map(|frame| {
                 std::future::ready(match frame {
                     Ok(f) => f.into_data().ok().map(Ok),
@@ -869,12 +884,18 @@ mod tests {
         let p = provider(addr, serde_json::json!({"total_ms": 400}));
         // a plain answer, then a stream, well within the bounds
         let r = p
-            .chat(ChatRequest::simple("gpt-4.1?tokens=5", "hi"))
+            .chat(
+                &ChatRequest::simple("gpt-4.1?tokens=5", "hi"),
+                "gpt-4.1?tokens=5",
+            )
             .await
             .expect("answer");
         assert_eq!(r.usage.output_tokens, 5);
         let mut s = p
-            .chat_stream(ChatRequest::simple("gpt-4.1?tokens=5", "hi"))
+            .chat_stream(
+                &ChatRequest::simple("gpt-4.1?tokens=5", "hi"),
+                "gpt-4.1?tokens=5",
+            )
             .await
             .expect("stream");
         let mut n = 0;
@@ -885,7 +906,10 @@ mod tests {
         assert!(n >= 5, "{n} events");
         // a stream of 40 tokens 20 ms apart (800 ms) runs into the 400 ms total
         let mut s = p
-            .chat_stream(ChatRequest::simple("gpt-4.1?tokens=40&tpt_ms=20", "hi"))
+            .chat_stream(
+                &ChatRequest::simple("gpt-4.1?tokens=40&tpt_ms=20", "hi"),
+                "gpt-4.1?tokens=40&tpt_ms=20",
+            )
             .await
             .expect("stream starts");
         let mut last = None;
@@ -904,7 +928,10 @@ mod tests {
         // a non-streamed answer whose headers come later than the total: the wait for them is
         // bounded by the total, not by the (longer) first-byte timeout
         let e = p
-            .chat(ChatRequest::simple("gpt-4.1?ttft_ms=800", "hi"))
+            .chat(
+                &ChatRequest::simple("gpt-4.1?ttft_ms=800", "hi"),
+                "gpt-4.1?ttft_ms=800",
+            )
             .await
             .expect_err("too slow");
         assert_eq!(e.kind, ErrorKind::Timeout, "{}", e.message);
@@ -937,7 +964,7 @@ mod tests {
         });
         let p = provider(addr, serde_json::json!({"total_ms": 300}));
         let e = p
-            .chat(ChatRequest::simple("m", "hi"))
+            .chat(&ChatRequest::simple("m", "hi"), "m")
             .await
             .expect_err("the body never completes");
         assert_eq!(e.kind, ErrorKind::Timeout, "{}", e.message);
@@ -955,7 +982,7 @@ mod tests {
         let dead = "127.0.0.1:9".parse().expect("addr");
         let p = provider(dead, serde_json::json!({"connect_ms": 500}));
         let e = p
-            .chat(ChatRequest::simple("m", "hi"))
+            .chat(&ChatRequest::simple("m", "hi"), "m")
             .await
             .expect_err("refused");
         assert_eq!(e.kind, ErrorKind::Connection);

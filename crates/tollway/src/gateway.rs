@@ -127,12 +127,6 @@ fn candidates(
     Ok(able)
 }
 
-fn for_deployment(req: &ChatRequest, d: &Deployment) -> ChatRequest {
-    let mut r = req.clone();
-    r.model.clone_from(&d.model);
-    r
-}
-
 /// Deployments of the fallbacks configured for this kind of failure (context window, content
 /// policy), under the request's provider restrictions, that the plan does not hold yet.
 fn special_plan(
@@ -312,7 +306,7 @@ pub async fn chat(
         out.attempts += 1;
         out.deployment = Some(d.clone());
         let started = Instant::now();
-        match d.provider.chat(for_deployment(req, &d)).await {
+        match d.provider.chat(req, &d.model).await {
             Ok(resp) => {
                 d.health.success(started.elapsed());
                 if d.tpm.is_some() {
@@ -362,7 +356,7 @@ pub async fn chat_stream(
         out.attempts += 1;
         out.deployment = Some(d.clone());
         let started = Instant::now();
-        let first = match d.provider.chat_stream(for_deployment(req, &d)).await {
+        let first = match d.provider.chat_stream(req, &d.model).await {
             Ok(mut stream) => match stream.next().await {
                 Some(Ok(first)) => Ok((first, stream)),
                 Some(Err(e)) => Err(e),

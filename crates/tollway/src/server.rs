@@ -271,8 +271,11 @@ pub async fn active_probes(state: AppState) {
             let mut req = tollway_core::ChatRequest::simple(d.model.clone(), "ping");
             req.max_tokens = Some(1);
             let started = std::time::Instant::now();
-            match tokio::time::timeout(std::time::Duration::from_secs(30), d.provider.chat(req))
-                .await
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                d.provider.chat(&req, &d.model),
+            )
+            .await
             {
                 Ok(Ok(_)) => d.health.success(started.elapsed()),
                 Ok(Err(e)) => {

@@ -59,7 +59,7 @@ fn the_fast_path_takes_the_common_shapes_and_agrees_with_the_general_one() {
 /// The upstream body of a test request; checks on the way that the hand-written body is byte
 /// for byte what serde writes.
 fn body(r: &ChatRequest) -> Value {
-    let b = request_body(r, "ant/claude").unwrap();
+    let b = request_body(r, Target::of(r), "ant/claude").unwrap();
     let written = b.to_vec();
     assert_eq!(
         String::from_utf8(written.clone()).unwrap(),
@@ -929,4 +929,23 @@ fn client_stream_events_are_written_exactly() {
         "\n\n",
     );
     assert_eq!(String::from_utf8(out).unwrap(), expected);
+}
+
+/// An attempt encodes the borrowed request for its own target: the deployment's model, and
+/// streaming or not, whatever the request itself says.
+#[test]
+fn requests_are_encoded_for_their_target() {
+    let r = req(json!({"model": "public", "max_tokens": 5, "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]}))
+    .unwrap();
+    for stream in [false, true] {
+        let target = Target {
+            model: "claude-upstream",
+            stream,
+        };
+        let body = encode_request_as(&r, target, "ant/claude-upstream").unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["model"], "claude-upstream");
+        assert_eq!(v.get("stream").is_some(), stream, "{v}");
+    }
 }

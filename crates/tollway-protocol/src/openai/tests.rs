@@ -78,7 +78,7 @@ fn the_fast_path_takes_the_common_shapes_and_agrees_with_the_general_one() {
 /// The upstream body of a test request; checks on the way that the hand-written body is byte
 /// for byte what serde writes.
 fn body(r: &ChatRequest, dialect: Dialect) -> Value {
-    let b = request_body(r, "up/model", dialect).unwrap();
+    let b = request_body(r, Target::of(r), "up/model", dialect).unwrap();
     let written = b.to_vec();
     assert_eq!(
         String::from_utf8(written.clone()).unwrap(),
@@ -737,4 +737,32 @@ fn embeddings_requests_and_answers() {
     assert_eq!(v["data"][0]["embedding"], "AACAPwAAAAA=");
     let v: Value = serde_json::from_slice(&encode_embeddings_response(&resp, false)).unwrap();
     assert_eq!(v["data"][1]["embedding"], json!([0.5, 1.0]));
+}
+
+/// An attempt encodes the borrowed request for its own target: the deployment's model, and
+/// streaming or not, whatever the request itself says.
+#[test]
+fn requests_are_encoded_for_their_target() {
+    let r = req(json!({"model": "public", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]}))
+    .unwrap();
+    for stream in [false, true] {
+        let target = Target {
+            model: "upstream-id",
+            stream,
+        };
+        let body = encode_request_as(&r, target, "up/upstream-id", Dialect::default()).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["model"], "upstream-id");
+        assert_eq!(v.get("stream").is_some(), stream, "{v}");
+        assert_eq!(v.get("stream_options").is_some(), stream, "{v}");
+    }
+    // the plain form encodes the request's own model and streaming
+    let v: Value =
+        serde_json::from_slice(&encode_request(&r, "up/public", Dialect::default()).unwrap())
+            .unwrap();
+    assert_eq!(
+        (v["model"].as_str(), v["stream"].as_bool()),
+        (Some("public"), Some(true))
+    );
 }
