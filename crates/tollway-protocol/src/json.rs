@@ -511,21 +511,40 @@ pub mod lax {
         }
     }
 
-    struct ListVisitor<T>(std::marker::PhantomData<T>);
+    /// What a list visitor keeps of an array's objects: all of them, or only the first.
+    trait Keep<T>: Default {
+        fn keep(&mut self, x: T);
+    }
 
-    impl<'de, T: Deserialize<'de>> Visitor<'de> for ListVisitor<T> {
-        type Value = Option<Vec<T>>;
+    impl<T> Keep<T> for Vec<T> {
+        fn keep(&mut self, x: T) {
+            self.push(x);
+        }
+    }
+
+    impl<T> Keep<T> for Option<T> {
+        fn keep(&mut self, x: T) {
+            if self.is_none() {
+                *self = Some(x);
+            }
+        }
+    }
+
+    struct ListVisitor<T, K>(std::marker::PhantomData<(T, K)>);
+
+    impl<'de, T: Deserialize<'de>, K: Keep<T>> Visitor<'de> for ListVisitor<T, K> {
+        type Value = Option<K>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("any JSON value")
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-            let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
+            let mut kept = K::default();
             while let Some(x) = a.next_element::<Obj<T>>()? {
                 if let Some(x) = x.0 {
-                    v.push(x);
+                    kept.keep(x);
                 }
             }
-            Ok(Some(v))
+            Ok(Some(kept))
         }
         fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
             Ok(None)
@@ -559,8 +578,27 @@ pub mod lax {
 
     impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_any(ListVisitor(std::marker::PhantomData))
+            d.deserialize_any(ListVisitor::<T, Vec<T>>(std::marker::PhantomData))
                 .map(List)
+        }
+    }
+
+    /// The first object of a JSON array (the others, and elements that are not objects,
+    /// skipped), or `None` for an empty array or any other JSON value: for `choices`, of which
+    /// the gateway reads the first. No `Vec` per answer or per streamed chunk.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct First<T>(pub Option<T>);
+
+    impl<T> Default for First<T> {
+        fn default() -> Self {
+            First(None)
+        }
+    }
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for First<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(ListVisitor::<T, Option<T>>(std::marker::PhantomData))
+                .map(|kept| First(kept.flatten()))
         }
     }
 
@@ -609,6 +647,47 @@ fn upstream_json_error(e: serde_json::Error, what: &str) -> ProviderError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `First` keeps the first object of an array, as `Seq` keeps them all; anything else is
+    /// absent.
+    #[test]
+    fn first_keeps_the_first_object_of_an_array() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct X {
+            #[serde(default)]
+            a: lax::U64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            #[serde(default)]
+            first: lax::First<X>,
+            #[serde(default)]
+            all: lax::Seq<X>,
+        }
+        let a = |n| X {
+            a: lax::U64(Some(n)),
+        };
+        for (text, first, all) in [
+            (
+                r#"[7, {"a": 1}, "x", {"a": 2}]"#,
+                Some(a(1)),
+                vec![a(1), a(2)],
+            ),
+            (r#"[]"#, None, vec![]),
+            (r#"[1, null]"#, None, vec![]),
+            (r#"{"a": 1}"#, None, vec![]),
+            (r#""s""#, None, vec![]),
+            (r#"null"#, None, vec![]),
+        ] {
+            let d: Doc =
+                parse_upstream_str_as(&format!(r#"{{"first": {text}, "all": {text}}}"#), "t")
+                    .unwrap();
+            assert_eq!(d.first.0, first, "{text}");
+            assert_eq!(d.all.0, all, "{text}");
+        }
+        let d: Doc = parse_upstream_str_as("{}", "t").unwrap();
+        assert_eq!(d.first.0, None);
+    }
 
     #[test]
     fn bodies_are_checked_in_order_utf8_json_object() {

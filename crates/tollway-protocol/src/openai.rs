@@ -1123,7 +1123,7 @@ mod wire {
         #[serde(default)]
         pub created: lax::U64,
         #[serde(borrow, default)]
-        pub choices: lax::Seq<Choice<'a>>,
+        pub choices: lax::First<Choice<'a>>,
         #[serde(default)]
         pub usage: lax::Obj<Usage>,
     }
@@ -1172,7 +1172,7 @@ mod wire {
         #[serde(borrow, default)]
         pub model: lax::Str<'a>,
         #[serde(borrow, default)]
-        pub choices: lax::Seq<ChunkChoice<'a>>,
+        pub choices: lax::First<ChunkChoice<'a>>,
         #[serde(default)]
         pub usage: lax::Obj<Usage>,
         /// A mid-stream error (`{"error": {"message", "type"}}`).
@@ -1262,7 +1262,7 @@ pub fn decode_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
     let choice = v
         .choices
         .0
-        .first()
+        .as_ref()
         .ok_or_else(|| bad_answer("the provider's answer has no choices"))?;
     let msg = choice
         .message
@@ -1475,7 +1475,7 @@ impl StreamDecoder {
                 usage: Usage::default(),
             });
         }
-        if let Some(choice) = v.choices.0.first() {
+        if let Some(choice) = &v.choices.0 {
             if let Some(delta) = &choice.delta.0 {
                 if let Some(t) = delta.reasoning_content.as_str() {
                     if !t.is_empty() {
