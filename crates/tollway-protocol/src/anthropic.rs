@@ -1478,8 +1478,19 @@ impl StreamDecoder {
 
     pub fn feed(&mut self, ev: &SseEvent) -> Result<Vec<StreamEvent>, ProviderError> {
         let mut out = Vec::new();
+        self.feed_into(ev, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes one SSE event into canonical events, appended to `out` (on an error, what was
+    /// appended is to be dropped). [`feed`](Self::feed) returns them in a new `Vec` instead.
+    pub fn feed_into(
+        &mut self,
+        ev: &SseEvent,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), ProviderError> {
         if self.done || ev.data.trim().is_empty() {
-            return Ok(out);
+            return Ok(());
         }
         let v: wire::Event<'_> = serde_json::from_str(&ev.data).map_err(|e| {
             bad_answer(format!(
@@ -1504,7 +1515,7 @@ impl StreamDecoder {
             }
             "content_block_start" => {
                 let Some(b) = v.content_block.0.as_ref() else {
-                    return Ok(out);
+                    return Ok(());
                 };
                 match b.kind.as_str() {
                     Some("tool_use") => out.push(StreamEvent::ToolCallStart {
@@ -1525,7 +1536,7 @@ impl StreamDecoder {
             }
             "content_block_delta" => {
                 let Some(d) = v.delta.0.as_ref() else {
-                    return Ok(out);
+                    return Ok(());
                 };
                 match d.kind.as_str() {
                     Some("text_delta") => out.push(StreamEvent::TextDelta {
@@ -1569,7 +1580,7 @@ impl StreamDecoder {
             "error" => return Err(stream_error(v.error.0.as_ref())),
             _ => {} // ping and event types added later
         }
-        Ok(out)
+        Ok(())
     }
 
     pub fn finish(&mut self) -> Result<Vec<StreamEvent>, ProviderError> {

@@ -1441,16 +1441,27 @@ impl StreamDecoder {
 
     pub fn feed(&mut self, ev: &SseEvent) -> Result<Vec<StreamEvent>, ProviderError> {
         let mut out = Vec::new();
+        self.feed_into(ev, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes one SSE event into canonical events, appended to `out` (on an error, what was
+    /// appended is to be dropped). [`feed`](Self::feed) returns them in a new `Vec` instead.
+    pub fn feed_into(
+        &mut self,
+        ev: &SseEvent,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), ProviderError> {
         if self.done {
-            return Ok(out);
+            return Ok(());
         }
         let data = ev.data.trim();
         if data == "[DONE]" {
             self.done = true;
-            return Ok(out);
+            return Ok(());
         }
         if data.is_empty() {
-            return Ok(out);
+            return Ok(());
         }
         let v: wire::Chunk<'_> = json::parse_upstream_str_as(data, "a stream chunk")?;
         if let Some(err) = &v.error {
@@ -1479,7 +1490,7 @@ impl StreamDecoder {
             if let Some(delta) = &choice.delta.0 {
                 if let Some(t) = delta.reasoning_content.as_str() {
                     if !t.is_empty() {
-                        let index = self.block(BlockKind::Thinking, &mut out);
+                        let index = self.block(BlockKind::Thinking, out);
                         out.push(StreamEvent::ThinkingDelta {
                             index,
                             text: t.to_string(),
@@ -1488,7 +1499,7 @@ impl StreamDecoder {
                 }
                 if let Some(t) = delta.content.as_str() {
                     if !t.is_empty() {
-                        let index = self.block(BlockKind::Text, &mut out);
+                        let index = self.block(BlockKind::Text, out);
                         out.push(StreamEvent::TextDelta {
                             index,
                             text: t.to_string(),
@@ -1501,7 +1512,7 @@ impl StreamDecoder {
                     let index = match self.tools.get(&oi) {
                         Some(&i) => i,
                         None => {
-                            let i = self.block(BlockKind::Tool, &mut out);
+                            let i = self.block(BlockKind::Tool, out);
                             self.tools.insert(oi, i);
                             out.push(StreamEvent::ToolCallStart {
                                 index: i,
@@ -1538,7 +1549,7 @@ impl StreamDecoder {
         if let Some(u) = &v.usage.0 {
             out.push(StreamEvent::Usage(u.canonical()));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The upstream's body ended. A stream that never said why it finished was cut short.

@@ -475,6 +475,7 @@ impl Provider for HttpProvider {
                 parser: SseParser::default(),
                 decoder,
                 pending: VecDeque::new(),
+                decoded: Vec::new(),
                 unread: Bytes::new(),
                 idle: self.timeouts.idle(),
                 idle_ms: self.timeouts.idle_ms,
@@ -504,6 +505,8 @@ struct UpstreamStream {
     parser: SseParser,
     decoder: Decoder,
     pending: VecDeque<Result<StreamEvent, ProviderError>>,
+    /// The events of the SSE event being decoded (empty between events; kept for its buffer).
+    decoded: Vec<StreamEvent>,
     /// Bytes received and not parsed yet. A read often brings many events at once (the upstream
     /// wrote a burst, or this lane was busy); they are parsed one event at a time as the client's
     /// body asks for them, so the first goes out before the last is even decoded.
@@ -552,12 +555,22 @@ impl UpstreamStream {
     fn decode(&mut self, parsed: Result<Option<SseEvent>, ProviderError>) {
         match parsed {
             Ok(Some(ev)) => {
+                // decoded into one scratch list per stream (no `Vec` per event)
+                let mut events = std::mem::take(&mut self.decoded);
                 let r = match &mut self.decoder {
-                    Decoder::OpenAi(d) => d.feed(&ev),
-                    Decoder::Anthropic(d) => d.feed(&ev),
+                    Decoder::OpenAi(d) => d.feed_into(&ev, &mut events),
+                    Decoder::Anthropic(d) => d.feed_into(&ev, &mut events),
                 };
                 self.parser.recycle(ev);
-                self.queue(r);
+                match r {
+                    Ok(()) => self.pending.extend(events.drain(..).map(Ok)),
+                    Err(e) => {
+                        // what was decoded before the error is dropped with the event
+                        events.clear();
+                        self.queue(Err(e));
+                    }
+                }
+                self.decoded = events;
             }
             Ok(None) => {}
             Err(e) => self.queue(Err(e)),
@@ -712,6 +725,7 @@ mod tests {
             parser: SseParser::default(),
             decoder: Decoder::OpenAi(openai::StreamDecoder::new()),
             pending: VecDeque::new(),
+            decoded: Vec::new(),
             unread: Bytes::new(),
             idle,
             idle_ms: idle.as_millis() as u64,
