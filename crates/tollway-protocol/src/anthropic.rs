@@ -129,8 +129,8 @@ pub(crate) mod fast {
 }
 
 /// [`decode_request`]'s general path: any body, every error naming its field.
-fn decode_request_general(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
-    let mut o = Obj::new(json::parse_object(bytes)?, "");
+fn decode_request_general(text: &str) -> Result<ChatRequest, ProviderError> {
+    let mut o = Obj::new(json::parse_object_str(text)?, "");
     let model = o.req_str("model")?;
     let raw_messages = o.array("messages")?.ok_or_else(|| missing("messages"))?;
     let max_tokens = o.u32("max_tokens")?.ok_or_else(|| missing("max_tokens"))?;
