@@ -816,13 +816,24 @@ async fn chat_inner(
 /// write the head and the first event now; later bursts are still written 16 events at a time.
 struct FirstAlone<S> {
     inner: S,
-    /// 0: nothing yielded yet; 1: the first frame went out, pause next; 2: flowing.
-    stage: u8,
+    stage: Stage,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Nothing yielded yet.
+    First,
+    /// The first frame went out: pause once.
+    Pause,
+    Flowing,
 }
 
 impl<S> FirstAlone<S> {
     fn new(inner: S) -> Self {
-        FirstAlone { inner, stage: 0 }
+        FirstAlone {
+            inner,
+            stage: Stage::First,
+        }
     }
 }
 
@@ -833,22 +844,69 @@ impl<S: futures_util::Stream + Unpin> futures_util::Stream for FirstAlone<S> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<S::Item>> {
-        if self.stage == 1 {
-            self.stage = 2;
+        if self.stage == Stage::Pause {
+            self.stage = Stage::Flowing;
             cx.waker().wake_by_ref();
             return std::task::Poll::Pending;
         }
         let item = self.inner.poll_next_unpin(cx);
-        if self.stage == 0 && matches!(item, std::task::Poll::Ready(Some(_))) {
-            self.stage = 1;
+        if self.stage == Stage::First && matches!(item, std::task::Poll::Ready(Some(_))) {
+            self.stage = Stage::Pause;
         }
         item
     }
 }
 
+/// The client's stream encoder, in its API's format.
 enum Encoder {
     OpenAi(openai::StreamEncoder),
     Anthropic(anthropic::StreamEncoder),
+}
+
+impl Encoder {
+    fn new(family: ApiFamily, include_usage: bool) -> Self {
+        match family {
+            ApiFamily::OpenAi => Encoder::OpenAi(openai::StreamEncoder::new(include_usage)),
+            ApiFamily::Anthropic => {
+                Encoder::Anthropic(anthropic::StreamEncoder::new(include_usage))
+            }
+        }
+    }
+
+    /// Encodes one event; the usage seen so far.
+    fn push(&mut self, ev: &tollway_core::StreamEvent, out: &mut Vec<u8>) -> Usage {
+        match self {
+            Encoder::OpenAi(e) => {
+                e.push(ev, out);
+                e.usage()
+            }
+            Encoder::Anthropic(e) => {
+                e.push(ev, out);
+                e.usage()
+            }
+        }
+    }
+
+    fn error(&mut self, err: &ProviderError, out: &mut Vec<u8>) {
+        match self {
+            Encoder::OpenAi(e) => e.error(err, out),
+            Encoder::Anthropic(e) => e.error(err, out),
+        }
+    }
+
+    /// The end of the stream, with the request's cost in its final usage.
+    fn finish(&mut self, cost: Option<String>, out: &mut Vec<u8>) {
+        match self {
+            Encoder::OpenAi(e) => {
+                e.set_cost_usd(cost);
+                e.finish(out)
+            }
+            Encoder::Anthropic(e) => {
+                e.set_cost_usd(cost);
+                e.finish(out)
+            }
+        }
+    }
 }
 
 struct SseState {
@@ -894,24 +952,11 @@ impl futures_util::Stream for SseState {
                         }
                         _ => {}
                     }
-                    let usage = match &mut s.encoder {
-                        Encoder::OpenAi(e) => {
-                            e.push(&ev, out);
-                            e.usage()
-                        }
-                        Encoder::Anthropic(e) => {
-                            e.push(&ev, out);
-                            e.usage()
-                        }
-                    };
-                    s.charge.usage = usage;
+                    s.charge.usage = s.encoder.push(&ev, out);
                 }
                 Some(Err(err)) => {
                     tracing::warn!(error = %err, "upstream stream failed after the first byte");
-                    match &mut s.encoder {
-                        Encoder::OpenAi(e) => e.error(&err, out),
-                        Encoder::Anthropic(e) => e.error(&err, out),
-                    }
+                    s.encoder.error(&err, out);
                     if let Some(row) = s.charge.row.as_mut() {
                         row.status = i64::from(err.http_status());
                     }
@@ -920,16 +965,7 @@ impl futures_util::Stream for SseState {
                 None => {
                     let (billed, _) = s.charge.billed_usage();
                     let cost = s.charge.cost_text(&billed);
-                    match &mut s.encoder {
-                        Encoder::OpenAi(e) => {
-                            e.set_cost_usd(cost);
-                            e.finish(out)
-                        }
-                        Encoder::Anthropic(e) => {
-                            e.set_cost_usd(cost);
-                            e.finish(out)
-                        }
-                    }
+                    s.encoder.finish(cost, out);
                     if let Some(row) = s.charge.row.as_mut() {
                         row.status = 200;
                     }
@@ -956,10 +992,7 @@ fn sse_response(
     upstream: EventStream,
     charge: Charge,
 ) -> Response {
-    let encoder = match family {
-        ApiFamily::OpenAi => Encoder::OpenAi(openai::StreamEncoder::new(include_usage)),
-        ApiFamily::Anthropic => Encoder::Anthropic(anthropic::StreamEncoder::new(include_usage)),
-    };
+    let encoder = Encoder::new(family, include_usage);
     let state = SseState {
         upstream,
         encoder,
