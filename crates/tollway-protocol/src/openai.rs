@@ -41,7 +41,7 @@ pub(crate) mod fast {
 
     use serde::Deserialize;
     use serde_json::Map;
-    use tollway_core::{ApiFamily, ChatRequest, Extra, Message, Part, Role};
+    use tollway_core::{ApiFamily, ChatRequest, Extra, Message, Role};
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -93,10 +93,7 @@ pub(crate) mod fast {
                 "assistant" => Role::Assistant,
                 _ => return None,
             };
-            messages.push(Message {
-                role,
-                content: vec![Part::text(m.content.into_owned())],
-            });
+            messages.push(Message::text(role, m.content.into_owned()));
         }
         Some(ChatRequest {
             model: r.model.into_owned(),
