@@ -293,6 +293,8 @@ pub fn main() -> ExitCode {
             workers,
             pin_workers,
         } => {
+            // first, while this is the only thread: may run the process again (same id)
+            crate::malloc::tune();
             init_logging(&log_format);
             let lanes = workers.map(usize::from).unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

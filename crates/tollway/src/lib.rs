@@ -8,6 +8,7 @@ pub mod budgets;
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod malloc;
 pub mod metrics;
 pub mod prices;
 pub mod router_cli;

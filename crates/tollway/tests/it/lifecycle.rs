@@ -52,9 +52,17 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits_zero() {
     let (mut gw, gw_url) = spawn_listening(
         Command::new(env!("CARGO_BIN_EXE_tollway"))
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&cfg),
+            .arg(&cfg)
+            // glibc's defaults, as asked: no restart with tuned tunables (the lanes test below
+            // checks the default)
+            .env(tollway::malloc::OPT_OUT, "off")
+            .env_remove("GLIBC_TUNABLES"),
         "tollway listening on ",
     );
+    let environ = std::fs::read(format!("/proc/{}/environ", gw.id())).expect("environ");
+    assert!(!environ
+        .split(|&b| b == 0)
+        .any(|v| v.starts_with(b"GLIBC_TUNABLES=")));
     let http = reqwest::Client::new();
     let mut r = http
         .post(format!("{gw_url}/v1/chat/completions"))
@@ -365,6 +373,8 @@ async fn the_binary_serves_on_lanes_and_flushes_its_ledger_after_they_drain() {
     std::fs::write(&cfg, text).expect("write config");
     let (mut gw, gw_url) = spawn_listening(
         Command::new(env!("CARGO_BIN_EXE_tollway"))
+            .env_remove("GLIBC_TUNABLES")
+            .env_remove(tollway::malloc::OPT_OUT)
             .args([
                 "serve",
                 "--workers",
@@ -397,6 +407,20 @@ async fn the_binary_serves_on_lanes_and_flushes_its_ledger_after_they_drain() {
         lanes = lane_threads();
     }
     assert_eq!(lanes, ["tollway-lane-0", "tollway-lane-1"]);
+    // the process that serves (the one spawned: a restart keeps the id) runs with glibc's
+    // larger per-thread cache (`tollway::malloc`)
+    let environ = std::fs::read(format!("/proc/{}/environ", gw.id())).expect("environ");
+    let tunables = environ
+        .split(|&b| b == 0)
+        .find_map(|v| v.strip_prefix(b"GLIBC_TUNABLES="))
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(
+        tunables,
+        Some(format!(
+            "glibc.malloc.tcache_count={}",
+            tollway::malloc::TCACHE_COUNT
+        ))
+    );
     // each lane may run on one CPU only, and (given two CPUs) not the other lane's
     let allowed = |status: &str| {
         status
