@@ -61,7 +61,9 @@ teams:
   bench: { rpm: 100000000, tpm: 100000000000, budget: { usd: "1000000", period: monthly, hard: true } }
 YAML
 [[ -n ${ALL:-} ]] || sed -i '/rpm:\|tpm:\|^teams:/d; s/, price: {[^}]*}//' "$OUT/gw.yaml"
-(cd "$OUT" && RUST_LOG=warn exec valgrind --tool=callgrind --callgrind-out-file=cg.out \
+# --trace-children: `tollway serve` restarts itself once (exec, same pid) with its allocator
+# settings (crates/tollway/src/malloc.rs); the profile is of the restarted process
+(cd "$OUT" && RUST_LOG=warn exec valgrind --tool=callgrind --trace-children=yes --callgrind-out-file=cg.out \
   "$TOLLWAY" serve --workers 1 --listen 127.0.0.1:0 --config gw.yaml > gw.out 2> gw.err) &
 PIDS+=($!)
 URL=$(listening "$OUT/gw.out" 60) # valgrind starts slowly
