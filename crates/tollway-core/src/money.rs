@@ -194,15 +194,86 @@ impl Micros {
 impl fmt::Display for Micros {
     /// `1234567` → `1.234567` (dollars, always six decimals).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let m = self.0.unsigned_abs();
-        write!(f, "{sign}{}.{:06}", m / 1_000_000, m % 1_000_000)
+        f.write_str(self.dollars().as_str())
+    }
+}
+
+impl Micros {
+    /// The amount in dollars as text (`1234567` → `1.234567`, always six decimals), written
+    /// into a buffer on the stack: the cost header of every priced answer, without the
+    /// formatting machinery or an allocation.
+    pub fn dollars(self) -> Dollars {
+        let mut buf = [0u8; Dollars::CAP];
+        let mut at = Dollars::CAP;
+        let mut m = self.0.unsigned_abs();
+        let mut put = |b: u8| {
+            at -= 1;
+            buf[at] = b;
+        };
+        for _ in 0..6 {
+            put(b'0' + (m % 10) as u8);
+            m /= 10;
+        }
+        put(b'.');
+        loop {
+            put(b'0' + (m % 10) as u8);
+            m /= 10;
+            if m == 0 {
+                break;
+            }
+        }
+        if self.0 < 0 {
+            put(b'-');
+        }
+        Dollars {
+            buf,
+            start: at as u8,
+        }
+    }
+}
+
+/// [`Micros::dollars`]: at most 21 characters (`-9223372036854.775808`).
+#[derive(Clone, Copy)]
+pub struct Dollars {
+    buf: [u8; Dollars::CAP],
+    start: u8,
+}
+
+impl Dollars {
+    const CAP: usize = 24;
+
+    pub fn as_str(&self) -> &str {
+        // only ASCII digits, '.' and '-' were written
+        std::str::from_utf8(&self.buf[usize::from(self.start)..]).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for Dollars {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dollars_are_written_with_six_decimals() {
+        for (m, text) in [
+            (0, "0.000000"),
+            (1, "0.000001"),
+            (1_234_567, "1.234567"),
+            (1_000_000, "1.000000"),
+            (-5, "-0.000005"),
+            (-12_000_001, "-12.000001"),
+            (i64::MAX, "9223372036854.775807"),
+            (i64::MIN, "-9223372036854.775808"),
+        ] {
+            assert_eq!(Micros(m).dollars().as_str(), text);
+            assert_eq!(Micros(m).to_string(), text);
+        }
+    }
 
     #[test]
     fn prices_parse_exactly() {

@@ -350,16 +350,16 @@ impl Charge {
     }
 
     /// The cost of `usage` at the answering deployment's price, as a decimal string.
-    fn cost_text(&self, usage: &Usage) -> Option<String> {
+    fn cost_text(&self, usage: &Usage) -> Option<tollway_core::money::Dollars> {
         self.price
             .as_ref()
-            .map(|p| p.cost(usage).micros().to_string())
+            .map(|p| p.cost(usage).micros().dollars())
     }
 
     /// `x-tollway-cost-usd`: the cost, or `unknown` when the deployment has no price.
     fn cost_header(&self, usage: &Usage) -> HeaderValue {
         self.cost_text(usage)
-            .and_then(|t| HeaderValue::try_from(t).ok())
+            .and_then(|t| HeaderValue::from_str(t.as_str()).ok())
             .unwrap_or(HeaderValue::from_static("unknown"))
     }
 
@@ -433,14 +433,33 @@ fn scope(kind: &str, name: &str) -> String {
 }
 
 /// The `x-ratelimit-*` headers of the tightest limits (the ones a client should pace itself by).
+/// Their values are slices of one buffer (`HeaderValue::from(u64)` allocates twice per value).
 fn limit_headers(h: &mut Vec<(HeaderName, HeaderValue)>, st: &crate::accounts::LimitState) {
-    if let Some((limit, left)) = st.requests {
-        h.push((H_LIMIT_REQUESTS, HeaderValue::from(limit)));
-        h.push((H_REMAINING_REQUESTS, HeaderValue::from(left)));
+    let fields = [
+        st.requests.map(|(limit, _)| (H_LIMIT_REQUESTS, limit)),
+        st.requests.map(|(_, left)| (H_REMAINING_REQUESTS, left)),
+        st.tokens.map(|(limit, _)| (H_LIMIT_TOKENS, limit)),
+        st.tokens.map(|(_, left)| (H_REMAINING_TOKENS, left)),
+    ];
+    let mut text = Vec::with_capacity(4 * 20); // 20: the digits of u64::MAX
+    let mut spans = [(0, 0); 4];
+    for (f, span) in fields.iter().zip(spans.iter_mut()) {
+        if let Some((_, n)) = f {
+            let start = text.len();
+            text.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
+            *span = (start, text.len());
+        }
     }
-    if let Some((limit, left)) = st.tokens {
-        h.push((H_LIMIT_TOKENS, HeaderValue::from(limit)));
-        h.push((H_REMAINING_TOKENS, HeaderValue::from(left)));
+    if text.is_empty() {
+        return;
+    }
+    let text = bytes::Bytes::from(text);
+    for (f, (start, end)) in fields.into_iter().zip(spans) {
+        if let Some((name, _)) = f {
+            if let Ok(v) = HeaderValue::from_maybe_shared(text.slice(start..end)) {
+                h.push((name, v));
+            }
+        }
     }
 }
 
@@ -485,7 +504,7 @@ async fn admit(
         .and_then(|k| k.team.as_deref())
         .and_then(|t| rt.config.teams.get(t).map(|tc| (t, tc)));
     let model_cfg = rt.config.models.get(&req.model);
-    let mut scopes: Vec<(String, Option<u64>, Option<u64>)> = Vec::new();
+    let mut scopes: Vec<(String, Option<u64>, Option<u64>)> = Vec::with_capacity(3);
     if let Some(k) = key {
         scopes.push((scope("key", &k.id), k.rpm, k.tpm));
     }
@@ -535,11 +554,11 @@ async fn admit(
             .filter(|(_, _, tpm)| tpm.is_some())
             .map(|(scope, _, _)| scope),
     );
-    let mut h = Vec::new();
+    let mut h = Vec::with_capacity(4);
     limit_headers(&mut h, &tightest);
     let mut planned = None;
 
-    let mut budgets = Vec::new();
+    let mut budgets = Vec::with_capacity(3);
     if let Some(k) = key {
         if let (Some(limit), Some(period)) = (
             k.budget_micros,
@@ -964,7 +983,7 @@ impl futures_util::Stream for SseState {
                 }
                 None => {
                     let (billed, _) = s.charge.billed_usage();
-                    let cost = s.charge.cost_text(&billed);
+                    let cost = s.charge.cost_text(&billed).map(|t| t.as_str().to_owned());
                     s.encoder.finish(cost, out);
                     if let Some(row) = s.charge.row.as_mut() {
                         row.status = 200;
@@ -1497,6 +1516,41 @@ mod tests {
         for n in [0, 1, 9, 10, 123, u32::MAX] {
             assert_eq!(attempts_header(n), HeaderValue::from(n), "{n}");
         }
+    }
+
+    #[test]
+    fn limit_headers_carry_each_number_once() {
+        use crate::accounts::LimitState;
+        let text = |st: &LimitState| {
+            let mut h = Vec::new();
+            limit_headers(&mut h, st);
+            h.into_iter()
+                .map(|(n, v)| format!("{n}={}", v.to_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+        };
+        assert!(text(&LimitState::default()).is_empty());
+        assert_eq!(
+            text(&LimitState {
+                requests: None,
+                tokens: Some((u64::MAX, 0)),
+            }),
+            [
+                format!("x-ratelimit-limit-tokens={}", u64::MAX),
+                "x-ratelimit-remaining-tokens=0".to_string()
+            ]
+        );
+        assert_eq!(
+            text(&LimitState {
+                requests: Some((60, 59)),
+                tokens: Some((1000, 12)),
+            }),
+            [
+                "x-ratelimit-limit-requests=60",
+                "x-ratelimit-remaining-requests=59",
+                "x-ratelimit-limit-tokens=1000",
+                "x-ratelimit-remaining-tokens=12"
+            ]
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 // foldhash: these maps are looked up several times per request, by keys the operator controls
 use foldhash::HashMap;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -302,13 +303,14 @@ impl Runtime {
     /// deployments that are cooling down. Unknown names are a 404 naming the model.
     pub fn plan(&self, name: &str, opts: &RouteOptions) -> Result<Plan, ProviderError> {
         let now = Instant::now();
-        let mut groups: Vec<(Strategy, Vec<Arc<Deployment>>)> = Vec::new();
+        // borrowed from the model groups; owned only for a direct `provider/model`
+        let mut groups: Vec<(Strategy, Cow<'_, [Arc<Deployment>]>)> = Vec::with_capacity(1);
         if let Some(m) = self.models.get(name) {
-            groups.push((m.strategy, m.deployments.clone()));
+            groups.push((m.strategy, Cow::Borrowed(&m.deployments[..])));
             if opts.allow_fallbacks {
                 for f in m.fallbacks.iter() {
                     if let Some(fm) = self.models.get(f) {
-                        groups.push((fm.strategy, fm.deployments.clone()));
+                        groups.push((fm.strategy, Cow::Borrowed(&fm.deployments[..])));
                     }
                 }
             }
@@ -319,14 +321,14 @@ impl Runtime {
             .then(|| self.direct(name))
             .flatten()
         {
-            groups.push((Strategy::Failover, vec![d]));
+            groups.push((Strategy::Failover, Cow::Owned(vec![d])));
         } else {
             return Err(unknown_model(name));
         }
         if opts.allow_fallbacks {
             for extra in &opts.models {
                 match self.models.get(extra) {
-                    Some(m) => groups.push((m.strategy, m.deployments.clone())),
+                    Some(m) => groups.push((m.strategy, Cow::Borrowed(&m.deployments[..]))),
                     None => match self
                         .config
                         .server
@@ -334,7 +336,7 @@ impl Runtime {
                         .then(|| self.direct(extra))
                         .flatten()
                     {
-                        Some(d) => groups.push((Strategy::Failover, vec![d])),
+                        Some(d) => groups.push((Strategy::Failover, Cow::Owned(vec![d]))),
                         None => return Err(unknown_model(extra).with_param("models")),
                     },
                 }
@@ -355,22 +357,32 @@ impl Runtime {
                         .is_some_and(|r| regions.iter().any(|x| x == r))
                 })
         };
-        let mut tries: Vec<Arc<Deployment>> = Vec::new();
+        let mut tries: Vec<Arc<Deployment>> = Vec::with_capacity(groups[0].1.len());
         let mut cooling: Option<Duration> = None;
         let mut excluded = 0usize;
-        for (strategy, deployments) in groups {
-            let candidates: Vec<Arc<Deployment>> = deployments
-                .into_iter()
+        for (strategy, deployments) in &groups {
+            let candidates: Vec<&Arc<Deployment>> = deployments
+                .iter()
                 .filter(|d| {
                     let ok = allowed(d);
                     excluded += usize::from(!ok);
                     ok
                 })
                 .collect();
+            let mut available = 0;
             for d in &candidates {
                 if let Admission::No(wait) = d.health.peek(now) {
                     cooling = Some(cooling.map_or(wait, |c| c.min(wait)));
+                } else {
+                    available += 1;
                 }
+            }
+            if let [d] = candidates[..] {
+                // one deployment: nothing to order (the usual group)
+                if available == 1 && !tries.iter().any(|t| t.label == d.label) {
+                    tries.push(d.clone());
+                }
+                continue;
             }
             let items: Vec<(u32, &Health)> = candidates
                 .iter()
@@ -384,8 +396,8 @@ impl Runtime {
                         .map_or(u64::MAX, |p| p.input.0.saturating_add(p.output.0))
                 })
                 .collect();
-            for i in routing::order_by(strategy, &items, &costs, now) {
-                let d = &candidates[i];
+            for i in routing::order_by(*strategy, &items, &costs, now) {
+                let d = candidates[i];
                 if !tries.iter().any(|t| t.label == d.label) {
                     tries.push(d.clone());
                 }
