@@ -104,7 +104,7 @@ impl ProviderError {
     }
 
     /// The target cannot do what the request asks: a 400 naming the feature and the model.
-    pub fn unsupported(feature: &str, model: &str) -> Self {
+    pub fn unsupported(feature: &str, model: impl std::fmt::Display) -> Self {
         Self::invalid(format!("{feature} is not supported by model {model}"))
     }
 

@@ -45,6 +45,44 @@ impl<'a> Target<'a> {
     }
 }
 
+/// How error messages name a deployment: `provider/model`. Carried as its two parts and written
+/// only when an error needs it (an encoder is given one on every attempt and almost never uses
+/// it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Label<'a> {
+    pub provider: Option<&'a str>,
+    pub model: &'a str,
+}
+
+impl<'a> Label<'a> {
+    pub fn new(provider: &'a str, model: &'a str) -> Self {
+        Label {
+            provider: Some(provider),
+            model,
+        }
+    }
+}
+
+/// A whole label given as text (`"openai/gpt-4.1"`).
+impl<'a> From<&'a str> for Label<'a> {
+    fn from(whole: &'a str) -> Self {
+        Label {
+            provider: None,
+            model: whole,
+        }
+    }
+}
+
+impl std::fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(p) = self.provider {
+            f.write_str(p)?;
+            f.write_str("/")?;
+        }
+        f.write_str(self.model)
+    }
+}
+
 /// A chat request in canonical form.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
@@ -411,6 +449,17 @@ pub struct EmbeddingsResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ProviderError;
+
+    #[test]
+    fn labels_name_provider_and_model() {
+        assert_eq!(Label::new("oai", "gpt-4.1").to_string(), "oai/gpt-4.1");
+        assert_eq!(Label::from("ant/claude").to_string(), "ant/claude");
+        assert_eq!(
+            ProviderError::unsupported("images", Label::new("p", "m")).message,
+            "images is not supported by model p/m"
+        );
+    }
 
     #[test]
     fn data_urls_round_trip() {

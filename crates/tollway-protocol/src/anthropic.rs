@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 use tollway_core::{
-    ApiFamily, ChatRequest, ChatResponse, ErrorKind, Extra, ImageSource, Message, Part,
+    ApiFamily, ChatRequest, ChatResponse, ErrorKind, Extra, ImageSource, Label, Message, Part,
     ProviderError, ResponseFormat, Role, StopReason, StreamEvent, Target, ToolCall, ToolChoice,
     ToolDef, ToolResult, Usage,
 };
@@ -710,7 +710,10 @@ fn is_off(v: &Value) -> bool {
     }
 }
 
-fn encode_block<'a>(p: &'a Part, label: &str) -> Result<Option<req_out::Block<'a>>, ProviderError> {
+fn encode_block<'a>(
+    p: &'a Part,
+    label: Label<'_>,
+) -> Result<Option<req_out::Block<'a>>, ProviderError> {
     Ok(Some(match p {
         Part::Text {
             text,
@@ -786,24 +789,27 @@ fn encode_block<'a>(p: &'a Part, label: &str) -> Result<Option<req_out::Block<'a
 
 /// Encodes a canonical request for an Anthropic upstream. `label` (`provider/model`) names the
 /// target in errors.
-pub fn encode_request(req: &ChatRequest, label: &str) -> Result<Vec<u8>, ProviderError> {
+pub fn encode_request<'l>(
+    req: &ChatRequest,
+    label: impl Into<Label<'l>>,
+) -> Result<Vec<u8>, ProviderError> {
     encode_request_as(req, Target::of(req), label)
 }
 
 /// [`encode_request`] for `target`'s model and streaming, whatever `req` says.
-pub fn encode_request_as(
+pub fn encode_request_as<'l>(
     req: &ChatRequest,
     target: Target<'_>,
-    label: &str,
+    label: impl Into<Label<'l>>,
 ) -> Result<Vec<u8>, ProviderError> {
-    request_body(req, target, label).map(|b| b.to_vec())
+    request_body(req, target, label.into()).map(|b| b.to_vec())
 }
 
 /// The upstream body of [`encode_request_as`], before it is written.
 fn request_body<'a>(
     req: &'a ChatRequest,
     target: Target<'a>,
-    label: &str,
+    label: Label<'_>,
 ) -> Result<req_out::Body<'a>, ProviderError> {
     let mut system: Vec<req_out::Block<'_>> = Vec::new();
     let mut messages: Vec<req_out::Message<'_>> = Vec::new();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 use tollway_core::{
-    ApiFamily, ChatRequest, ChatResponse, ErrorKind, Extra, ImageSource, Message, Part,
+    ApiFamily, ChatRequest, ChatResponse, ErrorKind, Extra, ImageSource, Label, Message, Part,
     ProviderError, ResponseFormat, Role, StopReason, StreamEvent, Target, ToolCall, ToolChoice,
     ToolDef, ToolResult, Usage,
 };
@@ -434,29 +434,29 @@ const HARMLESS_FROM_ANTHROPIC: &[&str] = &[
 
 /// Encodes a canonical request for an OpenAI-format upstream. `label` (`provider/model`) names the
 /// target in errors.
-pub fn encode_request(
+pub fn encode_request<'l>(
     req: &ChatRequest,
-    label: &str,
+    label: impl Into<Label<'l>>,
     dialect: Dialect,
 ) -> Result<Vec<u8>, ProviderError> {
     encode_request_as(req, Target::of(req), label, dialect)
 }
 
 /// [`encode_request`] for `target`'s model and streaming, whatever `req` says.
-pub fn encode_request_as(
+pub fn encode_request_as<'l>(
     req: &ChatRequest,
     target: Target<'_>,
-    label: &str,
+    label: impl Into<Label<'l>>,
     dialect: Dialect,
 ) -> Result<Vec<u8>, ProviderError> {
-    Ok(request_body(req, target, label, dialect)?.to_vec())
+    Ok(request_body(req, target, label.into(), dialect)?.to_vec())
 }
 
 /// The upstream body of [`encode_request_as`], before it is written.
 fn request_body<'a>(
     req: &'a ChatRequest,
     target: Target<'a>,
-    label: &str,
+    label: Label<'_>,
     dialect: Dialect,
 ) -> Result<req_out::Body<'a>, ProviderError> {
     let mut messages = Vec::with_capacity(req.messages.len());
@@ -613,7 +613,7 @@ fn request_body<'a>(
 
 fn text_or_parts<'a>(
     parts: &[&'a Part],
-    label: &str,
+    label: Label<'_>,
     images: bool,
 ) -> Result<req_out::Content<'a>, ProviderError> {
     let texts: Vec<&'a str> = parts
@@ -660,7 +660,7 @@ fn text_or_parts<'a>(
 
 fn encode_message<'a>(
     m: &'a Message,
-    label: &str,
+    label: Label<'_>,
     out: &mut Vec<req_out::Message<'a>>,
 ) -> Result<(), ProviderError> {
     let msg = |role, content| req_out::Message {

@@ -19,7 +19,7 @@ use crate::lanes::Lanes;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tollway_core::{
-    ApiFamily, BoxFuture, ChatRequest, ChatResponse, ErrorKind, EventStream, Provider,
+    ApiFamily, BoxFuture, ChatRequest, ChatResponse, ErrorKind, EventStream, Label, Provider,
     ProviderError, ProviderInfo, StreamEvent, Target,
 };
 use tollway_protocol::sse::{SseEvent, SseParser};
@@ -193,15 +193,16 @@ impl HttpProvider {
         })
     }
 
-    fn label(&self, model: &str) -> String {
-        format!("{}/{}", self.info.name, model)
+    /// `provider/model`, for error messages (written only when one is).
+    fn label<'a>(&'a self, model: &'a str) -> Label<'a> {
+        Label::new(&self.info.name, model)
     }
 
     fn encode(&self, req: &ChatRequest, target: Target<'_>) -> Result<Vec<u8>, ProviderError> {
         let label = self.label(target.model);
         match self.info.family {
-            ApiFamily::OpenAi => openai::encode_request_as(req, target, &label, self.dialect),
-            ApiFamily::Anthropic => anthropic::encode_request_as(req, target, &label),
+            ApiFamily::OpenAi => openai::encode_request_as(req, target, label, self.dialect),
+            ApiFamily::Anthropic => anthropic::encode_request_as(req, target, label),
         }
     }
 
@@ -481,7 +482,7 @@ impl Provider for HttpProvider {
                 idle_ms: self.timeouts.idle_ms,
                 deadline,
                 total_ms: self.timeouts.total_ms,
-                label,
+                label: label.to_string(),
                 done: false,
                 waiting: None,
                 timer: Box::pin(tokio::time::sleep_until(deadline)),

@@ -78,7 +78,7 @@ fn the_fast_path_takes_the_common_shapes_and_agrees_with_the_general_one() {
 /// The upstream body of a test request; checks on the way that the hand-written body is byte
 /// for byte what serde writes.
 fn body(r: &ChatRequest, dialect: Dialect) -> Value {
-    let b = request_body(r, Target::of(r), "up/model", dialect).unwrap();
+    let b = request_body(r, Target::of(r), "up/model".into(), dialect).unwrap();
     let written = b.to_vec();
     assert_eq!(
         String::from_utf8(written.clone()).unwrap(),

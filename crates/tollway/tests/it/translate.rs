@@ -374,8 +374,9 @@ async fn images_cross_both_ways_and_unsupported_features_are_refused() {
         .await;
     assert_eq!(status, 400, "{body}");
     let msg = body["error"]["message"].as_str().unwrap_or("");
+    // named as provider/upstream model
     assert!(
-        msg.contains("json_object") && msg.contains("claude"),
+        msg.contains("json_object") && msg.contains("ant/claude-sonnet-4-5"),
         "{msg}"
     );
     // json_schema reaches an Anthropic model as its structured-output `output_config.format`
