@@ -30,13 +30,38 @@ pub fn generate_secret() -> String {
 
 /// Hex SHA-256 of a secret: what is stored and looked up.
 pub fn hash_secret(secret: &str) -> String {
-    let digest = Sha256::digest(secret.as_bytes());
+    let digest = secret_digest(secret);
     let mut out = String::with_capacity(64);
     for b in digest {
         out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
         out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
     }
     out
+}
+
+/// The SHA-256 of a secret, as bytes: what the gateway's key cache is keyed by (no hex text to
+/// build on every request). [`hash_secret`] is its hex form, as stored.
+pub fn secret_digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// The bytes of a stored hex hash ([`hash_secret`]); `None` if it is not 64 hex digits.
+pub fn digest_from_hex(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *o = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
 }
 
 /// A stored key (never its secret).
@@ -66,6 +91,10 @@ pub struct KeyRecord {
     pub routing: serde_json::Map<String, serde_json::Value>,
     #[serde(skip)]
     pub hash: String,
+    /// `key:<id>`: how rate limits and budgets name this key, built once when the record is
+    /// made (not on every request).
+    #[serde(skip)]
+    pub limit_scope: std::sync::Arc<str>,
 }
 
 impl KeyRecord {
@@ -107,9 +136,16 @@ fn to_i64(v: Option<u64>) -> Option<i64> {
     v.map(|x| i64::try_from(x).unwrap_or(i64::MAX))
 }
 
+/// `key:<id>`, the name of a key's rate limits and budgets ([`KeyRecord::limit_scope`]).
+pub fn key_scope(id: &str) -> std::sync::Arc<str> {
+    format!("key:{id}").into()
+}
+
 fn record(row: &sqlx::any::AnyRow) -> Result<KeyRecord> {
+    let id: String = row.try_get("id")?;
     Ok(KeyRecord {
-        id: row.try_get("id")?,
+        limit_scope: key_scope(&id),
+        id,
         hash: row.try_get("hash")?,
         prefix: row.try_get("prefix")?,
         name: row.try_get("name")?,
@@ -147,8 +183,10 @@ impl Store {
             ));
         }
         let secret = generate_secret();
+        let id = format!("key_{}", &hash_secret(&secret)[..16]);
         let rec = KeyRecord {
-            id: format!("key_{}", &hash_secret(&secret)[..16]),
+            limit_scope: key_scope(&id),
+            id,
             hash: hash_secret(&secret),
             prefix: format!("{}…", &secret[..SECRET_PREFIX.len() + 4]),
             name: k.name,
@@ -254,6 +292,14 @@ mod tests {
             hash_secret("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        // the cache's byte form and the stored hex form are the same digest
+        assert_eq!(digest_from_hex(&hash_secret(&a)), Some(secret_digest(&a)));
+        assert_eq!(
+            digest_from_hex(&hash_secret("abc").to_uppercase()),
+            Some(secret_digest("abc"))
+        );
+        assert_eq!(digest_from_hex("ba78"), None);
+        assert_eq!(digest_from_hex(&"g".repeat(64)), None);
     }
 
     async fn lifecycle(store: Store) {

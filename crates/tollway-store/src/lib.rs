@@ -12,7 +12,10 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 use sqlx::Executor;
 
-pub use keys::{generate_secret, hash_secret, KeyRecord, NewKey, SECRET_PREFIX};
+pub use keys::{
+    digest_from_hex, generate_secret, hash_secret, key_scope, secret_digest, KeyRecord, NewKey,
+    SECRET_PREFIX,
+};
 pub use ledger::{
     civil_from_days, day_string, days_from_civil, parse_day, LedgerRow, LedgerTask, LedgerWriter,
     UsageQuery, UsageRow, GROUP_BY,

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tollway_core::{ErrorKind, ProviderError, Retry};
-use tollway_store::{hash_secret, now_ms, KeyRecord, LedgerRow, LedgerTask, LedgerWriter, Store};
+use tollway_store::{
+    digest_from_hex, now_ms, secret_digest, KeyRecord, LedgerRow, LedgerTask, LedgerWriter, Store,
+};
 
 /// The caller of one request.
 #[derive(Debug, Clone)]
@@ -40,7 +42,8 @@ pub struct Accounts {
     store: Store,
     /// hash → key, for every key that was active at the last refresh (and revoked ones, so that
     /// the error can say "revoked").
-    keys: ArcSwap<HashMap<String, Arc<KeyRecord>>>,
+    /// By the SHA-256 of the secret (its bytes: a lookup builds no hex text).
+    keys: ArcSwap<HashMap<[u8; 32], Arc<KeyRecord>>>,
     ledger: LedgerWriter,
     ledger_task: Mutex<Option<LedgerTask>>,
     limits: Limits,
@@ -113,9 +116,16 @@ impl Accounts {
     /// Reloads the key cache from storage.
     pub async fn refresh(&self) -> Result<(), tollway_store::StoreError> {
         let all = self.store.list_keys().await?;
-        let map: HashMap<String, Arc<KeyRecord>> = all
+        let map: HashMap<[u8; 32], Arc<KeyRecord>> = all
             .into_iter()
-            .map(|k| (k.hash.clone(), Arc::new(k)))
+            .filter_map(|k| match digest_from_hex(&k.hash) {
+                Some(d) => Some((d, Arc::new(k))),
+                None => {
+                    // written by this store, so never expected; such a key cannot authenticate
+                    tracing::warn!(key = %k.id, "a stored key's hash is not 64 hex digits; skipped");
+                    None
+                }
+            })
             .collect();
         self.keys.store(Arc::new(map));
         Ok(())
@@ -140,7 +150,7 @@ impl Accounts {
             return Ok(None);
         }
         let keys = self.keys.load();
-        let Some(k) = keys.get(&hash_secret(secret)) else {
+        let Some(k) = keys.get(&secret_digest(secret)) else {
             return Ok(None);
         };
         if k.revoked_ms.is_some() {

@@ -259,7 +259,7 @@ struct Charge {
     row: Option<LedgerRow>,
     started: Instant,
     /// Rate-limit scopes whose token counters this request's usage feeds.
-    token_scopes: Vec<String>,
+    token_scopes: Vec<Arc<str>>,
     usage: Usage,
     /// The answering deployment's price (`None`: unknown).
     price: Option<Arc<ModelPrice>>,
@@ -423,13 +423,10 @@ fn permission(msg: String) -> ProviderError {
 
 /// A limit scope's name, `KIND:NAME` (`key:ID`, `team:NAME`, `model:NAME`): the key of the rate
 /// windows, budget counters and shared-state entries.
-fn scope(kind: &str, name: &str) -> String {
-    // no formatting machinery: this runs for every scope of every request
-    let mut s = String::with_capacity(kind.len() + 1 + name.len());
-    s.push_str(kind);
-    s.push(':');
-    s.push_str(name);
-    s
+/// The scope of the global budget, made once.
+fn global_scope() -> Arc<str> {
+    static GLOBAL: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    GLOBAL.get_or_init(|| Arc::from("global")).clone()
 }
 
 /// The `x-ratelimit-*` headers of the tightest limits (the ones a client should pace itself by).
@@ -504,15 +501,15 @@ async fn admit(
         .and_then(|k| k.team.as_deref())
         .and_then(|t| rt.config.teams.get(t).map(|tc| (t, tc)));
     let model_cfg = rt.config.models.get(&req.model);
-    let mut scopes: Vec<(String, Option<u64>, Option<u64>)> = Vec::with_capacity(3);
+    let mut scopes: Vec<(Arc<str>, Option<u64>, Option<u64>)> = Vec::with_capacity(3);
     if let Some(k) = key {
-        scopes.push((scope("key", &k.id), k.rpm, k.tpm));
+        scopes.push((k.limit_scope.clone(), k.rpm, k.tpm));
     }
-    if let Some((name, tc)) = team {
-        scopes.push((scope("team", name), tc.rpm, tc.tpm));
+    if let Some((_, tc)) = team {
+        scopes.push((tc.limit_scope.clone(), tc.rpm, tc.tpm));
     }
     if let Some(mc) = model_cfg {
-        scopes.push((scope("model", &req.model), mc.rpm, mc.tpm));
+        scopes.push((mc.limit_scope.clone(), mc.rpm, mc.tpm));
     }
     let mut tightest = crate::accounts::LimitState::default();
     let now = Instant::now();
@@ -524,7 +521,7 @@ async fn admit(
             match sh.admit_all(&scopes).await {
                 Ok(states) => Some(states),
                 Err(Some((i, what, limit))) => {
-                    let scope = scopes.get(i).map_or("", |s| s.0.as_str());
+                    let scope = scopes.get(i).map_or("", |s| &*s.0);
                     return Err(ProviderError::new(
                         ErrorKind::RateLimited,
                         format!("Rate limit reached for {scope}: {limit} {what} per minute (shared across instances). Retry in up to 60 s."),
@@ -565,17 +562,17 @@ async fn admit(
             k.budget_period.as_deref().and_then(Period::parse),
         ) {
             budgets.push(Budget {
-                scope: scope("key", &k.id),
+                scope: k.limit_scope.clone(),
                 limit: Micros(limit),
                 period,
                 hard: true,
             });
         }
     }
-    if let Some((name, tc)) = team {
+    if let Some((_, tc)) = team {
         if let Some(b) = &tc.budget {
             budgets.push(Budget {
-                scope: scope("team", name),
+                scope: tc.limit_scope.clone(),
                 limit: b.limit,
                 period: b.period,
                 hard: b.hard,
@@ -584,7 +581,7 @@ async fn admit(
     }
     if let Some(b) = &rt.config.global_budget {
         budgets.push(Budget {
-            scope: "global".into(),
+            scope: global_scope(),
             limit: b.limit,
             period: b.period,
             hard: b.hard,

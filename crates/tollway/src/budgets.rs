@@ -69,8 +69,8 @@ impl Period {
 /// One budget: a limit on spend per period, for a scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Budget {
-    /// `key:ID`, `team:NAME` or `global`.
-    pub scope: String,
+    /// `key:ID`, `team:NAME` or `global` (shared, not copied per request).
+    pub scope: Arc<str>,
     pub limit: Micros,
     pub period: Period,
     pub hard: bool,
@@ -89,7 +89,7 @@ struct Counter {
 #[derive(Debug)]
 pub struct Reservation {
     budgets: Arc<Budgets>,
-    scopes: Vec<(String, i64)>,
+    scopes: Vec<(Arc<str>, i64)>,
     settled: bool,
 }
 
@@ -119,7 +119,7 @@ pub struct Alert {
 
 #[derive(Debug, Default)]
 pub struct Budgets {
-    counters: Mutex<HashMap<String, Counter>>,
+    counters: Mutex<HashMap<Arc<str>, Counter>>,
     alerts: Mutex<Vec<Alert>>,
 }
 
@@ -159,7 +159,7 @@ impl Budgets {
             let (start, _) = b.period.window(now);
             let known = {
                 let map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-                map.get(&b.scope).is_some_and(|c| c.period_start == start)
+                map.get(&*b.scope).is_some_and(|c| c.period_start == start)
             };
             if known {
                 continue;
@@ -198,13 +198,7 @@ impl Budgets {
         let mut map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         for b in budgets {
             let (start, end) = b.period.window(now);
-            // the scope is copied into the map only the first time it is seen
-            if !map.contains_key(&b.scope) {
-                map.insert(b.scope.clone(), Counter::default());
-            }
-            let Some(c) = map.get_mut(&b.scope) else {
-                continue;
-            };
+            let c = map.entry(b.scope.clone()).or_default();
             if c.period_start != start {
                 // a new period (or a scope never primed): start from zero
                 *c = Counter {
@@ -218,7 +212,7 @@ impl Budgets {
         }
         let mut scopes = Vec::with_capacity(budgets.len());
         for b in budgets {
-            if let Some(c) = map.get_mut(&b.scope) {
+            if let Some(c) = map.get_mut(&*b.scope) {
                 c.reserved += ceiling.0;
                 if !b.hard && !c.alerted && c.spent + c.reserved > b.limit.0 {
                     c.alerted = true;
@@ -242,10 +236,10 @@ impl Budgets {
         })
     }
 
-    fn release(&self, scopes: &[(String, i64)], cost: i64) {
+    fn release(&self, scopes: &[(Arc<str>, i64)], cost: i64) {
         let mut map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         for (scope, reserved) in scopes {
-            if let Some(c) = map.get_mut(scope) {
+            if let Some(c) = map.get_mut(&**scope) {
                 c.reserved = (c.reserved - reserved).max(0);
                 c.spent += cost;
             }
@@ -356,7 +350,7 @@ mod tests {
         assert_eq!(b.spent("team:t"), Micros(150));
         let alerts = b.take_alerts();
         assert_eq!(alerts.len(), 1, "once per period");
-        assert_eq!(alerts[0].budget.scope, "team:t");
+        assert_eq!(&*alerts[0].budget.scope, "team:t");
         assert!(b.take_alerts().is_empty());
     }
 }

@@ -47,8 +47,10 @@ pub struct Config {
     pub alert_webhook: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TeamConfig {
+    /// `team:<name>`: how rate limits and budgets name this team.
+    pub limit_scope: std::sync::Arc<str>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     pub budget: Option<BudgetConfig>,
@@ -81,6 +83,8 @@ pub struct ServerConfig {
 
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
+    /// `model:<name>`: how rate limits name this public model.
+    pub limit_scope: std::sync::Arc<str>,
     pub strategy: Strategy,
     pub health: HealthPolicy,
     pub deployments: Vec<DeploymentConfig>,
@@ -654,8 +658,9 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
             }
         }
         models.insert(
-            name,
+            name.clone(),
             ModelConfig {
+                limit_scope: format!("model:{name}").into(),
                 strategy,
                 health,
                 deployments,
@@ -742,8 +747,9 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                 None => None,
             };
             teams.insert(
-                name,
+                name.clone(),
                 TeamConfig {
+                    limit_scope: format!("team:{name}").into(),
                     rpm: rt.rpm,
                     tpm: rt.tpm,
                     budget: b,

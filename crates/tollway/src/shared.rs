@@ -101,7 +101,7 @@ pub struct Shared {
     /// During an outage, one request a second probes Redis; the rest use local state at once.
     last_probe_ms: std::sync::atomic::AtomicI64,
     /// Budget hashes this instance has seeded from the ledger (scope, period start).
-    seeded: Mutex<HashSet<(String, i64)>>,
+    seeded: Mutex<HashSet<(Arc<str>, i64)>>,
     limit_all: Script,
     tokens: Script,
     reserve: Script,
