@@ -101,7 +101,7 @@ pub trait Provider: Send + Sync {
         Box::pin(async move {
             Err(ProviderError::unsupported(
                 "embeddings",
-                &format!("{name}/{}", req.model),
+                crate::Label::new(&name, &req.model),
             ))
         })
     }

@@ -407,7 +407,7 @@ impl Provider for HttpProvider {
             let Some(url) = &self.embeddings_url else {
                 return Err(ProviderError::unsupported(
                     "embeddings",
-                    &self.label(&req.model),
+                    self.label(&req.model),
                 ));
             };
             let body = openai::encode_embeddings_request(&req);
