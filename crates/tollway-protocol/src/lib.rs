@@ -18,6 +18,7 @@
 pub mod anthropic;
 mod json;
 pub mod openai;
+mod scan;
 pub mod sse;
 
 pub use json::now_unix;

@@ -1109,9 +1109,11 @@ fn bad_answer(msg: impl Into<String>) -> ProviderError {
 /// type reads as absent), borrowing strings from the body.
 mod wire {
     use crate::json::lax;
+    use crate::scan::{Scan, Seen};
     use serde::Deserialize;
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Completion<'a> {
         #[serde(borrow, default)]
         pub id: lax::Str<'a>,
@@ -1126,6 +1128,7 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Choice<'a> {
         #[serde(borrow, default)]
         pub message: lax::Obj<Message<'a>>,
@@ -1134,6 +1137,7 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Message<'a> {
         #[serde(borrow, default)]
         pub reasoning_content: lax::Str<'a>,
@@ -1146,6 +1150,7 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct ToolCall<'a> {
         #[serde(borrow, default)]
         pub id: lax::Str<'a>,
@@ -1154,6 +1159,7 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Function<'a> {
         #[serde(borrow, default)]
         pub name: lax::Str<'a>,
@@ -1161,8 +1167,326 @@ mod wire {
         pub arguments: lax::Str<'a>,
     }
 
+    /// A `lax::Str` field as serde reads the usual values (a string or `null`).
+    fn scan_str<'a>(s: &mut Scan<'a>) -> Option<lax::Str<'a>> {
+        if s.null() {
+            return Some(lax::Str(None));
+        }
+        if s.peek()? != b'"' {
+            return None;
+        }
+        s.str().map(|v| lax::Str(Some(v)))
+    }
+
+    /// A `lax::Obj` field: `null`, or an object read by `read`.
+    fn scan_obj<'a, T>(
+        s: &mut Scan<'a>,
+        read: impl FnOnce(&mut Scan<'a>) -> Option<T>,
+    ) -> Option<lax::Obj<T>> {
+        if s.null() {
+            return Some(lax::Obj(None));
+        }
+        if s.peek()? != b'{' {
+            return None;
+        }
+        read(s).map(|v| lax::Obj(Some(v)))
+    }
+
+    /// `choices` as `lax::First` reads it, for `null`, `[]` and one object.
+    fn scan_first<'a, T>(
+        s: &mut Scan<'a>,
+        mut read: impl FnMut(&mut Scan<'a>) -> Option<T>,
+    ) -> Option<lax::First<T>> {
+        if s.null() {
+            return Some(lax::First(None));
+        }
+        let mut first = None;
+        s.array(|s, i| {
+            if i > 0 || s.peek()? != b'{' {
+                return None;
+            }
+            first = Some(read(s)?);
+            Some(())
+        })?;
+        Some(lax::First(first))
+    }
+
+    /// A `lax::Count` field: a non-negative integer, or `null` (0).
+    fn scan_count(s: &mut Scan<'_>) -> Option<lax::Count> {
+        if s.null() {
+            return Some(lax::Count(0));
+        }
+        s.u64().map(lax::Count)
+    }
+
+    impl<'a> Completion<'a> {
+        /// The usual answer (text, reasoning or a refusal, a finish reason, usage) without
+        /// serde; `None` for anything else (tool calls, several choices...), which serde then
+        /// reads (see `crate::scan`).
+        pub fn scan(text: &'a str) -> Option<Self> {
+            let mut s = Scan::new(text);
+            let mut c = Completion {
+                id: lax::Str(None),
+                model: lax::Str(None),
+                created: lax::U64(None),
+                choices: lax::First(None),
+                usage: lax::Obj(None),
+            };
+            let mut seen = Seen::default();
+            s.object(|s, key| match key {
+                "id" => {
+                    seen.first(0)?;
+                    c.id = scan_str(s)?;
+                    Some(())
+                }
+                "model" => {
+                    seen.first(1)?;
+                    c.model = scan_str(s)?;
+                    Some(())
+                }
+                "created" => {
+                    seen.first(2)?;
+                    c.created = if s.null() {
+                        lax::U64(None)
+                    } else {
+                        lax::U64(Some(s.u64()?))
+                    };
+                    Some(())
+                }
+                "choices" => {
+                    seen.first(3)?;
+                    c.choices = scan_first(s, Choice::scan)?;
+                    Some(())
+                }
+                "usage" => {
+                    seen.first(4)?;
+                    c.usage = scan_obj(s, Usage::scan)?;
+                    Some(())
+                }
+                _ => s.skip(),
+            })?;
+            s.end()?;
+            Some(c)
+        }
+    }
+
+    impl<'a> Choice<'a> {
+        fn scan(s: &mut Scan<'a>) -> Option<Self> {
+            let mut c = Choice {
+                message: lax::Obj(None),
+                finish_reason: lax::Str(None),
+            };
+            let mut seen = Seen::default();
+            s.object(|s, key| match key {
+                "message" => {
+                    seen.first(0)?;
+                    c.message = scan_obj(s, Message::scan)?;
+                    Some(())
+                }
+                "finish_reason" => {
+                    seen.first(1)?;
+                    c.finish_reason = scan_str(s)?;
+                    Some(())
+                }
+                _ => s.skip(),
+            })?;
+            Some(c)
+        }
+    }
+
+    impl<'a> Message<'a> {
+        fn scan(s: &mut Scan<'a>) -> Option<Self> {
+            let mut m = Message {
+                reasoning_content: lax::Str(None),
+                content: lax::Str(None),
+                refusal: lax::Str(None),
+                tool_calls: lax::Seq(Vec::new()),
+            };
+            let mut seen = Seen::default();
+            s.object(|s, key| match key {
+                "reasoning_content" => {
+                    seen.first(0)?;
+                    m.reasoning_content = scan_str(s)?;
+                    Some(())
+                }
+                "content" => {
+                    seen.first(1)?;
+                    m.content = scan_str(s)?;
+                    Some(())
+                }
+                "refusal" => {
+                    seen.first(2)?;
+                    m.refusal = scan_str(s)?;
+                    Some(())
+                }
+                // tool calls: serde (`null` and `[]` are none)
+                "tool_calls" => {
+                    seen.first(3)?;
+                    if s.null() {
+                        return Some(());
+                    }
+                    s.array(|_, _| None)
+                }
+                _ => s.skip(),
+            })?;
+            Some(m)
+        }
+    }
+
+    impl Usage {
+        fn scan(s: &mut Scan<'_>) -> Option<Self> {
+            let mut u = Usage::default();
+            let mut seen = Seen::default();
+            s.object(|s, key| match key {
+                "prompt_tokens" => {
+                    seen.first(0)?;
+                    u.prompt_tokens = scan_count(s)?;
+                    Some(())
+                }
+                "completion_tokens" => {
+                    seen.first(1)?;
+                    u.completion_tokens = scan_count(s)?;
+                    Some(())
+                }
+                "prompt_tokens_details" => {
+                    seen.first(2)?;
+                    u.prompt_tokens_details = scan_obj(s, |s| {
+                        let mut d = PromptDetails::default();
+                        let mut seen = Seen::default();
+                        s.object(|s, key| match key {
+                            "cached_tokens" => {
+                                seen.first(0)?;
+                                d.cached_tokens = scan_count(s)?;
+                                Some(())
+                            }
+                            _ => s.skip(),
+                        })?;
+                        Some(d)
+                    })?;
+                    Some(())
+                }
+                "completion_tokens_details" => {
+                    seen.first(3)?;
+                    u.completion_tokens_details = scan_obj(s, |s| {
+                        let mut d = CompletionDetails::default();
+                        let mut seen = Seen::default();
+                        s.object(|s, key| match key {
+                            "reasoning_tokens" => {
+                                seen.first(0)?;
+                                d.reasoning_tokens = scan_count(s)?;
+                                Some(())
+                            }
+                            _ => s.skip(),
+                        })?;
+                        Some(d)
+                    })?;
+                    Some(())
+                }
+                _ => s.skip(),
+            })?;
+            Some(u)
+        }
+    }
+
+    impl<'a> Chunk<'a> {
+        /// The usual chunk (text or reasoning deltas, a finish reason, `usage: null`) without
+        /// serde; `None` for anything else, which serde then reads (see `crate::scan`).
+        pub fn scan(text: &'a str) -> Option<Self> {
+            let mut s = Scan::new(text);
+            let mut c = Chunk {
+                id: lax::Str(None),
+                model: lax::Str(None),
+                choices: lax::First(None),
+                usage: lax::Obj(None),
+                error: None,
+            };
+            let mut seen = Seen::default();
+            s.object(|s, key| match key {
+                "id" => {
+                    seen.first(0)?;
+                    c.id = scan_str(s)?;
+                    Some(())
+                }
+                "model" => {
+                    seen.first(1)?;
+                    c.model = scan_str(s)?;
+                    Some(())
+                }
+                "choices" => {
+                    seen.first(2)?;
+                    c.choices = scan_first(s, ChunkChoice::scan)?;
+                    Some(())
+                }
+                // the last chunk's usage, and errors: serde
+                "usage" => {
+                    seen.first(3)?;
+                    s.null().then_some(())
+                }
+                "error" => None,
+                _ => s.skip(),
+            })?;
+            s.end()?;
+            Some(c)
+        }
+    }
+
+    impl<'a> ChunkChoice<'a> {
+        fn scan(s: &mut Scan<'a>) -> Option<Self> {
+            let mut c = ChunkChoice {
+                delta: lax::Obj(None),
+                finish_reason: lax::Str(None),
+            };
+            let mut seen = Seen::default();
+            s.object(|s, key| match key {
+                "delta" => {
+                    seen.first(0)?;
+                    c.delta = scan_obj(s, Delta::scan)?;
+                    Some(())
+                }
+                "finish_reason" => {
+                    seen.first(1)?;
+                    c.finish_reason = scan_str(s)?;
+                    Some(())
+                }
+                _ => s.skip(),
+            })?;
+            Some(c)
+        }
+    }
+
+    impl<'a> Delta<'a> {
+        fn scan(s: &mut Scan<'a>) -> Option<Self> {
+            let mut d = Delta {
+                reasoning_content: lax::Str(None),
+                content: lax::Str(None),
+                tool_calls: lax::Seq(Vec::new()),
+            };
+            let mut seen = Seen::default();
+            s.object(|s, key| match key {
+                "reasoning_content" => {
+                    seen.first(0)?;
+                    d.reasoning_content = scan_str(s)?;
+                    Some(())
+                }
+                "content" => {
+                    seen.first(1)?;
+                    d.content = scan_str(s)?;
+                    Some(())
+                }
+                // tool-call deltas: serde
+                "tool_calls" => {
+                    seen.first(2)?;
+                    s.null().then_some(())
+                }
+                _ => s.skip(),
+            })?;
+            Some(d)
+        }
+    }
+
     /// One `chat.completion.chunk` of an upstream stream.
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Chunk<'a> {
         #[serde(borrow, default)]
         pub id: lax::Str<'a>,
@@ -1178,6 +1502,7 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct ChunkChoice<'a> {
         #[serde(borrow, default)]
         pub delta: lax::Obj<Delta<'a>>,
@@ -1186,6 +1511,7 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Delta<'a> {
         #[serde(borrow, default)]
         pub reasoning_content: lax::Str<'a>,
@@ -1196,6 +1522,7 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct ToolDelta<'a> {
         #[serde(default)]
         pub index: lax::U64,
@@ -1206,6 +1533,7 @@ mod wire {
     }
 
     #[derive(Deserialize, Default)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Usage {
         #[serde(default)]
         pub prompt_tokens: lax::Count,
@@ -1218,12 +1546,14 @@ mod wire {
     }
 
     #[derive(Deserialize, Default)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct PromptDetails {
         #[serde(default)]
         pub cached_tokens: lax::Count,
     }
 
     #[derive(Deserialize, Default)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct CompletionDetails {
         #[serde(default)]
         pub reasoning_tokens: lax::Count,
@@ -1255,7 +1585,14 @@ mod wire {
 
 /// Decodes an OpenAI-format upstream's `chat.completion` answer.
 pub fn decode_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
-    let v: wire::Completion<'_> = json::parse_upstream_as(bytes, "an answer")?;
+    // the usual shape without serde; anything else (and every error) through serde
+    let v = match std::str::from_utf8(bytes)
+        .ok()
+        .and_then(wire::Completion::scan)
+    {
+        Some(v) => v,
+        None => json::parse_upstream_as::<wire::Completion<'_>>(bytes, "an answer")?,
+    };
     let choice = v
         .choices
         .0
@@ -1460,7 +1797,11 @@ impl StreamDecoder {
         if data.is_empty() {
             return Ok(());
         }
-        let v: wire::Chunk<'_> = json::parse_upstream_str_as(data, "a stream chunk")?;
+        // the usual shape without serde; anything else (and every error) through serde
+        let v = match wire::Chunk::scan(data) {
+            Some(v) => v,
+            None => json::parse_upstream_str_as::<wire::Chunk<'_>>(data, "a stream chunk")?,
+        };
         if let Some(err) = &v.error {
             let message = err
                 .get("message")

@@ -766,3 +766,206 @@ fn requests_are_encoded_for_their_target() {
         (Some("public"), Some(true))
     );
 }
+
+/// Every chunk the scanner reads, serde reads the same; what it leaves (the usage chunk, tool
+/// calls, errors, anything unusual) serde reads or refuses.
+fn scan_agrees(text: &str) -> bool {
+    let general = json::parse_upstream_str_as::<wire::Chunk<'_>>(text, "a stream chunk");
+    match wire::Chunk::scan(text) {
+        Some(fast) => {
+            assert_eq!(general.as_ref().ok(), Some(&fast), "{text}");
+            true
+        }
+        None => false,
+    }
+}
+
+const CHUNKS: &[&str] = &[
+    r#"{"id":"chatcmpl-123","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini","service_tier":"default","system_fingerprint":"fp_44709d6fcb","choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+    r#"{"id":"chatcmpl-123","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]}"#,
+    r#"{"id":"c","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],"usage":null}"#,
+    r#"{"id":"c","choices":[]}"#,
+    r#"{"choices":[{"delta":{"reasoning_content":"Let me think"}}]}"#,
+    r#" { "id" : "c" , "choices" : [ { "delta" : { "content" : "a\"b\\c\nd\u00e9\ud83d\ude00" } , "finish_reason" : "length" } ] } "#,
+    r#"{"id":null,"model":null,"choices":null}"#,
+    r#"{"choices":[{"delta":null,"finish_reason":null,"logprobs":{"content":[{"token":"a","logprob":-0.5,"bytes":[97],"top_logprobs":[]}]}}],"x":[1,2.5e-3,true,false,{}]}"#,
+    r#"{"choices":[{"delta":{"content":"hi","tool_calls":null}}]}"#,
+    "{\"choices\":[{\"delta\":{\"content\":\"raw UTF-8: é 中 😀\"}}]}",
+];
+
+#[test]
+fn the_chunk_scanner_reads_the_usual_chunks_as_serde_does() {
+    for t in CHUNKS {
+        assert!(scan_agrees(t), "the scanner should take {t}");
+    }
+    // left to serde: read there, or refused there
+    for t in [
+        r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2}}"#,
+        r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{}"}}]}}]}"#,
+        r#"{"error":{"message":"overloaded","type":"server_error"}}"#,
+        r#"{"choices":[{"delta":{"content":"a"}},{"delta":{"content":"b"}}]}"#,
+        r#"{"id":1,"choices":[]}"#,
+        r#"{"id":"a","id":"b"}"#,
+        r#"{"choices":[{"delta":{"content":"a","content":"b"}}]}"#,
+        r#"{"con\u0074ent":"x"}"#,
+        r#"{"x":"\u0041"}"#,
+        r#"{"choices":[{"delta":{"content":"lone \ud83d"}}]}"#,
+        r#"{"choices":[]} x"#,
+        r#"{"choices":[],}"#,
+        r#"{"created":01}"#,
+        "{\"choices\":[{\"delta\":{\"content\":\"tab\there\"}}]}",
+        "[1]",
+        "",
+    ] {
+        assert!(!scan_agrees(t), "the scanner should leave {t} to serde");
+    }
+}
+
+/// `samples`, mutated many ways (a deterministic xorshift); `agrees` checks one text and says
+/// whether the scanner took it. Returns (taken, total).
+fn mutate_and_check(
+    samples: &[&str],
+    rounds: usize,
+    agrees: impl Fn(&str) -> bool,
+) -> (usize, usize) {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    const PIECES: &[&str] = &[
+        " ",
+        "\n",
+        "\"",
+        "\\",
+        ",",
+        ":",
+        "{",
+        "}",
+        "[",
+        "]",
+        "0",
+        "1",
+        "-",
+        ".",
+        "e",
+        "null",
+        "true",
+        "\\u00e9",
+        "\\ud83d",
+        "\\n",
+        "é",
+        "\u{1}",
+        "\"content\":\"x\",",
+        "\"usage\":null,",
+        "\"id\":\"y\",",
+        "{\"a\":[]}",
+        "\"delta\":{},",
+        "x",
+        "\"prompt_tokens\":7,",
+        "\"created\":-1,",
+        "\"tool_calls\":[],",
+        "12345678901234567890",
+    ];
+    let (mut taken, mut total) = (0, 0);
+    for round in 0..rounds {
+        let base = samples[round % samples.len()];
+        let mut t: Vec<char> = base.chars().collect();
+        for _ in 0..1 + next(3) {
+            let at = next(t.len() + 1);
+            match next(3) {
+                0 => {
+                    let piece = PIECES[next(PIECES.len())];
+                    for (k, c) in piece.chars().enumerate() {
+                        t.insert(at + k, c);
+                    }
+                }
+                1 if at < t.len() => {
+                    t.remove(at);
+                }
+                _ => {
+                    let end = (at + next(8)).min(t.len());
+                    let cut: Vec<char> = t[at..end].to_vec();
+                    let to = next(t.len() + 1);
+                    for (k, c) in cut.into_iter().enumerate() {
+                        t.insert(to + k, c);
+                    }
+                }
+            }
+        }
+        let text: String = t.into_iter().collect();
+        total += 1;
+        taken += usize::from(agrees(&text));
+    }
+    (taken, total)
+}
+
+/// The chunks above, mutated: whenever the scanner takes one, serde takes it too and reads the
+/// same.
+#[test]
+fn the_chunk_scanner_never_disagrees_with_serde_on_mutated_chunks() {
+    let (taken, total) = mutate_and_check(CHUNKS, 6000, scan_agrees);
+    // the mutations reach both outcomes
+    assert!(taken > 100 && taken < total, "{taken} of {total} taken");
+}
+
+fn answer_scan_agrees(text: &str) -> bool {
+    let general = json::parse_upstream_str_as::<wire::Completion<'_>>(text, "an answer");
+    match wire::Completion::scan(text) {
+        Some(fast) => {
+            assert_eq!(general.as_ref().ok(), Some(&fast), "{text}");
+            true
+        }
+        None => false,
+    }
+}
+
+const ANSWERS: &[&str] = &[
+    include_str!("../../../tollway-mock/testdata/openai_chat_completion.json"),
+    r#"{"choices":[{"finish_reason":"stop","index":0,"logprobs":null,"message":{"annotations":[],"content":"Hello! This is a deterministic reply from the tollway mock upstream server.","refusal":null,"role":"assistant"}}],"created":1795853218,"id":"chatcmpl-00000000000000000001","model":"bench-small","object":"chat.completion","service_tier":"default","system_fingerprint":"fp_t0llwaym0ck","usage":{"completion_tokens":12,"completion_tokens_details":{"accepted_prediction_tokens":0,"audio_tokens":0,"reasoning_tokens":0,"rejected_prediction_tokens":0},"prompt_tokens":13,"prompt_tokens_details":{"audio_tokens":0,"cached_tokens":0},"total_tokens":25}}"#,
+    r#"{"id":"x","choices":[{"message":{"reasoning_content":"think","content":"a\nb \u00e9","tool_calls":null},"finish_reason":"length"}],"usage":{"prompt_tokens":100,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":60},"completion_tokens_details":{"reasoning_tokens":3}}}"#,
+    r#"{"choices":[{"message":{"content":null,"refusal":"I can't help with that.","tool_calls":[]}}],"usage":null,"created":null}"#,
+    r#"{"choices":[],"usage":{"prompt_tokens":null,"completion_tokens":0,"prompt_tokens_details":null}}"#,
+];
+
+#[test]
+fn the_answer_scanner_reads_the_usual_answers_as_serde_does() {
+    for t in ANSWERS {
+        assert!(answer_scan_agrees(t), "the scanner should take {t}");
+    }
+    for t in [
+        // tool calls, several choices, odd counts, duplicates: serde reads or refuses them
+        r#"{"choices":[{"message":{"tool_calls":[{"id":"c","function":{"name":"f","arguments":"{}"}}]}}]}"#,
+        r#"{"choices":[{"message":{"content":"a"}},{"message":{"content":"b"}}]}"#,
+        r#"{"usage":{"prompt_tokens":1.5}}"#,
+        r#"{"usage":{"prompt_tokens":-1}}"#,
+        r#"{"usage":{"prompt_tokens":"7"}}"#,
+        r#"{"created":-5}"#,
+        r#"{"usage":{"prompt_tokens":1,"prompt_tokens":2}}"#,
+        r#"{"choices":[{"message":{"content":"a"},"message":null}]}"#,
+        r#"{"choices":[] "#,
+    ] {
+        assert!(
+            !answer_scan_agrees(t),
+            "the scanner should leave {t} to serde"
+        );
+    }
+    let (taken, total) = mutate_and_check(ANSWERS, 6000, answer_scan_agrees);
+    assert!(taken > 100 && taken < total, "{taken} of {total} taken");
+}
+
+/// An answer decodes the same whichever way it was read.
+#[test]
+fn answers_decode_the_same_through_the_scanner_and_serde() {
+    for t in ANSWERS {
+        assert!(wire::Completion::scan(t).is_some());
+        // the same answer with a first key spelled with an escape: the scanner leaves it to serde
+        let escaped = format!("{{\"\\u0020\":0,{}", &t.trim_start()[1..]);
+        assert!(wire::Completion::scan(&escaped).is_none());
+        let fast = decode_response(t.as_bytes()).map_err(|e| e.message);
+        let general = decode_response(escaped.as_bytes()).map_err(|e| e.message);
+        assert_eq!(fast, general, "{t}");
+    }
+}

@@ -1,0 +1,488 @@
+//! A JSON scanner for the usual shape of an upstream's answers and stream chunks, read without
+//! serde's per-field machinery (about half the cost of a streamed chunk).
+//!
+//! It is a fast path only. Every method returns `None` for anything it does not read exactly as
+//! serde_json would (an escape in a key, a `\u` escape in a skipped string, a number with a
+//! fraction where a count is expected, a duplicate field, invalid JSON...), and the caller then
+//! parses the same text with serde, which gives the answer or the error. So the scanner never
+//! accepts a text serde rejects, and never reads one differently: the tests compare both on every
+//! sample and on thousands of mutations of them.
+
+use std::borrow::Cow;
+
+/// Nesting deeper than this is left to serde (its own limit is 128).
+const MAX_DEPTH: u32 = 100;
+
+pub(crate) struct Scan<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Scan<'a> {
+    pub(crate) fn new(text: &'a str) -> Self {
+        Scan { text, at: 0 }
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    fn skip_ws(&mut self) {
+        let b = self.bytes();
+        while let Some(&c) = b.get(self.at) {
+            if matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                self.at += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The next byte after whitespace, not consumed.
+    pub(crate) fn peek(&mut self) -> Option<u8> {
+        self.skip_ws();
+        self.bytes().get(self.at).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.at += 1)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        self.skip_ws();
+        let rest = self.bytes().get(self.at..)?;
+        rest.starts_with(word).then(|| self.at += word.len())
+    }
+
+    /// `null`, consumed; false (nothing consumed) for anything else.
+    pub(crate) fn null(&mut self) -> bool {
+        self.literal(b"null").is_some()
+    }
+
+    /// Only whitespace is left.
+    pub(crate) fn end(&mut self) -> Option<()> {
+        self.skip_ws();
+        (self.at == self.text.len()).then_some(())
+    }
+
+    /// An object: `field` is called with each key and must read its value.
+    pub(crate) fn object(
+        &mut self,
+        mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            let key = self.plain_str()?;
+            self.eat(b':')?;
+            field(self, key)?;
+            match self.peek()? {
+                b',' => self.at += 1,
+                b'}' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// An array: `item` is called for each element (its index) and must read it.
+    pub(crate) fn array(
+        &mut self,
+        mut item: impl FnMut(&mut Self, usize) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(b'[')?;
+        if self.peek()? == b']' {
+            self.at += 1;
+            return Some(());
+        }
+        let mut i = 0;
+        loop {
+            item(self, i)?;
+            i += 1;
+            match self.peek()? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// From `from`, the next quote or backslash; `None` if a control byte (which JSON forbids
+    /// in strings) or the end comes first. Eight bytes at a time (no vector set-up, which costs
+    /// more than it saves on the short strings of an answer).
+    fn next_special(&self, from: usize) -> Option<usize> {
+        let b = self.bytes();
+        let mut i = from;
+        while let Some(block) = b.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(block);
+            let hits = special_bytes(u64::from_le_bytes(word));
+            if hits != 0 {
+                // the lowest flagged byte is exact (higher ones may be false alarms)
+                i += (hits.trailing_zeros() / 8) as usize;
+                return (b[i] >= 0x20).then_some(i);
+            }
+            i += 8;
+        }
+        while i < b.len() {
+            let c = b[i];
+            if c == b'"' || c == b'\\' || c < 0x20 {
+                return (c >= 0x20).then_some(i);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// A string without escapes (keys): borrowed.
+    fn plain_str(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let end = self.next_special(start)?;
+        if self.bytes()[end] != b'"' {
+            return None;
+        }
+        self.at = end + 1;
+        self.text.get(start..end)
+    }
+
+    /// A string value: borrowed when it has no escapes, else unescaped into a new one.
+    pub(crate) fn str(&mut self) -> Option<Cow<'a, str>> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let end = self.next_special(start)?;
+        self.at = end;
+        if self.bytes()[end] == b'"' {
+            self.at = end + 1;
+            return self.text.get(start..end).map(Cow::Borrowed);
+        }
+        self.unescape(start).map(Cow::Owned)
+    }
+
+    /// The rest of a string from `start`, the first escape being at `self.at`.
+    fn unescape(&mut self, start: usize) -> Option<String> {
+        let b = self.bytes();
+        let mut out = String::with_capacity(self.at - start + 16);
+        out.push_str(self.text.get(start..self.at)?);
+        loop {
+            match *b.get(self.at)? {
+                b'"' => {
+                    self.at += 1;
+                    return Some(out);
+                }
+                _ => {
+                    // a backslash
+                    let c = *b.get(self.at + 1)?;
+                    self.at += 2;
+                    match c {
+                        b'"' => out.push('"'),
+                        b'\\' => out.push('\\'),
+                        b'/' => out.push('/'),
+                        b'b' => out.push('\u{8}'),
+                        b'f' => out.push('\u{c}'),
+                        b'n' => out.push('\n'),
+                        b'r' => out.push('\r'),
+                        b't' => out.push('\t'),
+                        b'u' => out.push(self.unicode_escape()?),
+                        _ => return None,
+                    }
+                    let run = self.at;
+                    self.at = self.next_special(run)?;
+                    out.push_str(self.text.get(run..self.at)?);
+                }
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = self.bytes().get(self.at..self.at + 4)?;
+        let mut v = 0u32;
+        for &d in digits {
+            v = v * 16 + char::from(d).to_digit(16)?;
+        }
+        self.at += 4;
+        Some(v)
+    }
+
+    /// After `\u`: one code point, a surrogate pair taken together (a lone surrogate: `None`).
+    fn unicode_escape(&mut self) -> Option<char> {
+        let hi = self.hex4()?;
+        match hi {
+            0xD800..=0xDBFF => {
+                if self.bytes().get(self.at..self.at + 2)? != b"\\u" {
+                    return None;
+                }
+                self.at += 2;
+                let lo = self.hex4()?;
+                if !(0xDC00..=0xDFFF).contains(&lo) {
+                    return None;
+                }
+                char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
+            }
+            0xDC00..=0xDFFF => None,
+            _ => char::from_u32(hi),
+        }
+    }
+
+    /// A non-negative integer that fits a `u64` (`0`, `42`); `None` for anything else (a
+    /// fraction, an exponent, a sign), which serde reads differently.
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        self.skip_ws();
+        let b = self.bytes();
+        let start = self.at;
+        let mut v: u64 = 0;
+        while let Some(&d) = b.get(self.at) {
+            if !d.is_ascii_digit() {
+                break;
+            }
+            v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            self.at += 1;
+        }
+        let digits = self.at - start;
+        if digits == 0 || (digits > 1 && b[start] == b'0') {
+            return None;
+        }
+        match b.get(self.at) {
+            Some(b'.' | b'e' | b'E') => None,
+            _ => Some(v),
+        }
+    }
+
+    /// Any value, checked as serde_json checks a value it ignores, and dropped.
+    pub(crate) fn skip(&mut self) -> Option<()> {
+        self.skip_at(0)
+    }
+
+    fn skip_at(&mut self, depth: u32) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => self.skip_str(),
+            b'{' => self.object(|s, _| s.skip_at(depth + 1)),
+            b'[' => self.array(|s, _| s.skip_at(depth + 1)),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.skip_number(),
+            _ => None,
+        }
+    }
+
+    /// A string whose value is not needed. A `\u` escape is left to serde.
+    fn skip_str(&mut self) -> Option<()> {
+        self.eat(b'"')?;
+        let b = self.bytes();
+        loop {
+            self.at = self.next_special(self.at)?;
+            if b[self.at] == b'"' {
+                self.at += 1;
+                return Some(());
+            }
+            match *b.get(self.at + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                _ => return None,
+            }
+            self.at += 2;
+        }
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    fn skip_number(&mut self) -> Option<()> {
+        let b = self.bytes();
+        let digits = |at: &mut usize| {
+            let from = *at;
+            while b.get(*at).is_some_and(u8::is_ascii_digit) {
+                *at += 1;
+            }
+            *at - from
+        };
+        let mut at = self.at;
+        if b.get(at) == Some(&b'-') {
+            at += 1;
+        }
+        let first = *b.get(at)?;
+        let n = digits(&mut at);
+        if n == 0 || (first == b'0' && n > 1) {
+            return None;
+        }
+        if b.get(at) == Some(&b'.') {
+            at += 1;
+            if digits(&mut at) == 0 {
+                return None;
+            }
+        }
+        if matches!(b.get(at), Some(b'e' | b'E')) {
+            at += 1;
+            if matches!(b.get(at), Some(b'+' | b'-')) {
+                at += 1;
+            }
+            if digits(&mut at) == 0 {
+                return None;
+            }
+        }
+        self.at = at;
+        Some(())
+    }
+}
+
+/// The high bit of each byte of `w` that is `"`, `\\` or below 0x20 is set, exactly for the
+/// lowest such byte (the subtractions may borrow into the bytes above it).
+fn special_bytes(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    zero(w ^ (ONES * u64::from(b'"')))
+        | zero(w ^ (ONES * u64::from(b'\\')))
+        | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+}
+
+/// Fields of one object already read, to refuse a duplicate (serde's derive rejects one).
+#[derive(Default)]
+pub(crate) struct Seen(u32);
+
+impl Seen {
+    /// Marks field `bit`; `None` if it was already there.
+    pub(crate) fn first(&mut self, bit: u32) -> Option<()> {
+        let mask = 1 << bit;
+        if self.0 & mask != 0 {
+            return None;
+        }
+        self.0 |= mask;
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str) -> Option<Cow<'_, str>> {
+        let mut s = Scan::new(text);
+        let v = s.str()?;
+        s.end()?;
+        Some(v)
+    }
+
+    #[test]
+    fn strings_read_as_serde_reads_them() {
+        for text in [
+            r#""plain""#,
+            r#""""#,
+            r#""a\"b\\c\/d\b\f\n\r\t""#,
+            r#""caf\u00e9 \u4e2d \ud83d\ude00""#,
+            "\"raw UTF-8: é 中 😀\"",
+        ] {
+            let want: String = serde_json::from_str(text).unwrap();
+            assert_eq!(value(text).as_deref(), Some(want.as_str()), "{text}");
+        }
+        // what serde refuses, the scanner leaves to it
+        for text in [
+            r#""\ud83d""#,
+            r#""\ude00""#,
+            r#""\ud83dx""#,
+            r#""\u12g4""#,
+            r#""\x""#,
+            "\"tab\there\"",
+            r#""unterminated"#,
+        ] {
+            assert!(serde_json::from_str::<String>(text).is_err(), "{text}");
+            assert_eq!(value(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_first_special_byte_is_found_at_every_offset() {
+        // before it: ASCII, multi-byte UTF-8 and bytes that differ from the special ones by one
+        // bit or borrow (`!`, `#`, `[`, `]`, space)
+        let filler = ["a", "é", "中", "!", "#", "[", "]", " ", "😀"];
+        for special in ["\"", "\\", "\u{1}", "\u{1f}"] {
+            for len in 0..24 {
+                let mut text = String::new();
+                for k in 0..len {
+                    text.push_str(filler[(k * 7 + len) % filler.len()]);
+                }
+                let at = text.len();
+                text.push_str(special);
+                text.push_str("\"tail \\ \u{2}");
+                let found = Scan::new(&text).next_special(0);
+                let want = (special == "\"" || special == "\\").then_some(at);
+                assert_eq!(found, want, "{special:?} after {len} characters");
+            }
+        }
+        assert_eq!(
+            Scan::new("no end in sight, eight+ bytes").next_special(0),
+            None
+        );
+    }
+
+    #[test]
+    fn counts_are_plain_non_negative_integers() {
+        let read = |t: &str| {
+            let mut s = Scan::new(t);
+            let v = s.u64()?;
+            s.end()?;
+            Some(v)
+        };
+        assert_eq!(read("0"), Some(0));
+        assert_eq!(read(" 42 "), Some(42));
+        assert_eq!(read("18446744073709551615"), Some(u64::MAX));
+        for t in ["18446744073709551616", "-1", "1.0", "1e3", "01", "", "x"] {
+            assert_eq!(read(t), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn skipped_values_are_checked_as_json() {
+        let skips = |t: &str| {
+            let mut s = Scan::new(t);
+            s.skip().and_then(|()| s.end()).is_some()
+        };
+        for t in [
+            "null",
+            "true",
+            "false",
+            "-0.5e+10",
+            "12",
+            r#"{"a": [1, {"b": "c\n"}, []], "d": {}}"#,
+            r#"  [ "x" , 2 ]  "#,
+        ] {
+            assert!(
+                serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok(),
+                "{t}"
+            );
+            assert!(skips(t), "{t}");
+        }
+        for t in [
+            "nul",
+            "01",
+            "1.",
+            "-",
+            "1e",
+            "[1,]",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "[1 2]",
+            "\"a",
+            "{",
+            "tru",
+        ] {
+            assert!(
+                serde_json::from_str::<serde::de::IgnoredAny>(t).is_err(),
+                "{t}"
+            );
+            assert!(!skips(t), "{t}");
+        }
+        // deeper than the scanner goes: left to serde
+        let deep = format!("{}{}", "[".repeat(120), "]".repeat(120));
+        assert!(!skips(&deep));
+    }
+}
