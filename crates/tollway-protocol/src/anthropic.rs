@@ -1169,6 +1169,7 @@ mod out {
 /// another type reads as absent), borrowing strings from the body.
 mod wire {
     use crate::json::lax;
+    use crate::scan::{scan_obj, scan_str, scan_u64, Scan, Seen};
     use serde::Deserialize;
     use serde_json::value::RawValue;
 
@@ -1254,6 +1255,7 @@ mod wire {
 
     /// A `content_block_delta`'s or a `message_delta`'s delta.
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Delta<'a> {
         #[serde(rename = "type", borrow, default)]
         pub kind: lax::Str<'a>,
@@ -1272,11 +1274,83 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Error<'a> {
         #[serde(rename = "type", borrow, default)]
         pub kind: lax::Str<'a>,
         #[serde(borrow, default)]
         pub message: lax::Str<'a>,
+    }
+
+    impl<'a> Event<'a> {
+        /// The usual event (a delta, `content_block_stop`, `ping`, `message_stop`) without
+        /// serde; `None` for anything else (events with a message, a content block, usage or an
+        /// error), which serde then reads (see `crate::scan`).
+        pub fn scan(text: &'a str) -> Option<Self> {
+            let mut s = Scan::new(text);
+            let mut e = Event {
+                kind: lax::Str(None),
+                index: lax::U64(None),
+                message: lax::Obj(None),
+                content_block: lax::Obj(None),
+                delta: lax::Obj(None),
+                usage: lax::Obj(None),
+                error: lax::Obj(None),
+            };
+            let mut seen = Seen::default();
+            s.object(|s, key| match key {
+                "type" => {
+                    seen.first(0)?;
+                    e.kind = scan_str(s)?;
+                    Some(())
+                }
+                "index" => {
+                    seen.first(1)?;
+                    e.index = scan_u64(s)?;
+                    Some(())
+                }
+                "delta" => {
+                    seen.first(2)?;
+                    e.delta = scan_obj(s, Delta::scan)?;
+                    Some(())
+                }
+                "message" | "content_block" | "usage" | "error" => None,
+                _ => s.skip(),
+            })?;
+            s.end()?;
+            Some(e)
+        }
+    }
+
+    impl<'a> Delta<'a> {
+        fn scan(s: &mut Scan<'a>) -> Option<Self> {
+            let mut d = Delta {
+                kind: lax::Str(None),
+                text: lax::Str(None),
+                partial_json: lax::Str(None),
+                thinking: lax::Str(None),
+                signature: lax::Str(None),
+                stop_reason: lax::Str(None),
+                stop_sequence: lax::Str(None),
+            };
+            let mut seen = Seen::default();
+            s.object(|s, key| {
+                let (bit, field) = match key {
+                    "type" => (0, &mut d.kind),
+                    "text" => (1, &mut d.text),
+                    "partial_json" => (2, &mut d.partial_json),
+                    "thinking" => (3, &mut d.thinking),
+                    "signature" => (4, &mut d.signature),
+                    "stop_reason" => (5, &mut d.stop_reason),
+                    "stop_sequence" => (6, &mut d.stop_sequence),
+                    _ => return s.skip(),
+                };
+                seen.first(bit)?;
+                *field = scan_str(s)?;
+                Some(())
+            })?;
+            Some(d)
+        }
     }
 }
 
@@ -1498,11 +1572,15 @@ impl StreamDecoder {
         if self.done || ev.data.trim().is_empty() {
             return Ok(());
         }
-        let v: wire::Event<'_> = serde_json::from_str(&ev.data).map_err(|e| {
-            bad_answer(format!(
-                "the provider sent a stream event that is not valid JSON: {e}"
-            ))
-        })?;
+        // the usual shape without serde; anything else (and every error) through serde
+        let v = match wire::Event::scan(&ev.data) {
+            Some(v) => v,
+            None => serde_json::from_str::<wire::Event<'_>>(&ev.data).map_err(|e| {
+                bad_answer(format!(
+                    "the provider sent a stream event that is not valid JSON: {e}"
+                ))
+            })?,
+        };
         let ty = v.kind.as_str().or(ev.event.as_deref()).unwrap_or_default();
         let index = v.index.0.unwrap_or(0) as u32;
         let text = |s: &json::lax::Str<'_>| s.as_str().unwrap_or_default().to_string();

@@ -1109,7 +1109,7 @@ fn bad_answer(msg: impl Into<String>) -> ProviderError {
 /// type reads as absent), borrowing strings from the body.
 mod wire {
     use crate::json::lax;
-    use crate::scan::{Scan, Seen};
+    use crate::scan::{scan_count, scan_first, scan_obj, scan_str, scan_u64, Scan, Seen};
     use serde::Deserialize;
 
     #[derive(Deserialize)]
@@ -1167,58 +1167,6 @@ mod wire {
         pub arguments: lax::Str<'a>,
     }
 
-    /// A `lax::Str` field as serde reads the usual values (a string or `null`).
-    fn scan_str<'a>(s: &mut Scan<'a>) -> Option<lax::Str<'a>> {
-        if s.null() {
-            return Some(lax::Str(None));
-        }
-        if s.peek()? != b'"' {
-            return None;
-        }
-        s.str().map(|v| lax::Str(Some(v)))
-    }
-
-    /// A `lax::Obj` field: `null`, or an object read by `read`.
-    fn scan_obj<'a, T>(
-        s: &mut Scan<'a>,
-        read: impl FnOnce(&mut Scan<'a>) -> Option<T>,
-    ) -> Option<lax::Obj<T>> {
-        if s.null() {
-            return Some(lax::Obj(None));
-        }
-        if s.peek()? != b'{' {
-            return None;
-        }
-        read(s).map(|v| lax::Obj(Some(v)))
-    }
-
-    /// `choices` as `lax::First` reads it, for `null`, `[]` and one object.
-    fn scan_first<'a, T>(
-        s: &mut Scan<'a>,
-        mut read: impl FnMut(&mut Scan<'a>) -> Option<T>,
-    ) -> Option<lax::First<T>> {
-        if s.null() {
-            return Some(lax::First(None));
-        }
-        let mut first = None;
-        s.array(|s, i| {
-            if i > 0 || s.peek()? != b'{' {
-                return None;
-            }
-            first = Some(read(s)?);
-            Some(())
-        })?;
-        Some(lax::First(first))
-    }
-
-    /// A `lax::Count` field: a non-negative integer, or `null` (0).
-    fn scan_count(s: &mut Scan<'_>) -> Option<lax::Count> {
-        if s.null() {
-            return Some(lax::Count(0));
-        }
-        s.u64().map(lax::Count)
-    }
-
     impl<'a> Completion<'a> {
         /// The usual answer (text, reasoning or a refusal, a finish reason, usage) without
         /// serde; `None` for anything else (tool calls, several choices...), which serde then
@@ -1246,11 +1194,7 @@ mod wire {
                 }
                 "created" => {
                     seen.first(2)?;
-                    c.created = if s.null() {
-                        lax::U64(None)
-                    } else {
-                        lax::U64(Some(s.u64()?))
-                    };
+                    c.created = scan_u64(s)?;
                     Some(())
                 }
                 "choices" => {

@@ -10,6 +10,8 @@
 
 use std::borrow::Cow;
 
+use crate::json::lax;
+
 /// Nesting deeper than this is left to serde (its own limit is 128).
 const MAX_DEPTH: u32 = 100;
 
@@ -334,6 +336,69 @@ impl<'a> Scan<'a> {
     }
 }
 
+// The fields of the `lax` types (`crate::json::lax`), for the usual values; anything else
+// is left to serde.
+
+/// A `lax::Str` field as serde reads the usual values (a string or `null`).
+pub(crate) fn scan_str<'a>(s: &mut Scan<'a>) -> Option<lax::Str<'a>> {
+    if s.null() {
+        return Some(lax::Str(None));
+    }
+    if s.peek()? != b'"' {
+        return None;
+    }
+    s.str().map(|v| lax::Str(Some(v)))
+}
+
+/// A `lax::Obj` field: `null`, or an object read by `read`.
+pub(crate) fn scan_obj<'a, T>(
+    s: &mut Scan<'a>,
+    read: impl FnOnce(&mut Scan<'a>) -> Option<T>,
+) -> Option<lax::Obj<T>> {
+    if s.null() {
+        return Some(lax::Obj(None));
+    }
+    if s.peek()? != b'{' {
+        return None;
+    }
+    read(s).map(|v| lax::Obj(Some(v)))
+}
+
+/// `choices` as `lax::First` reads it, for `null`, `[]` and one object.
+pub(crate) fn scan_first<'a, T>(
+    s: &mut Scan<'a>,
+    mut read: impl FnMut(&mut Scan<'a>) -> Option<T>,
+) -> Option<lax::First<T>> {
+    if s.null() {
+        return Some(lax::First(None));
+    }
+    let mut first = None;
+    s.array(|s, i| {
+        if i > 0 || s.peek()? != b'{' {
+            return None;
+        }
+        first = Some(read(s)?);
+        Some(())
+    })?;
+    Some(lax::First(first))
+}
+
+/// A `lax::Count` field: a non-negative integer, or `null` (0).
+pub(crate) fn scan_count(s: &mut Scan<'_>) -> Option<lax::Count> {
+    if s.null() {
+        return Some(lax::Count(0));
+    }
+    s.u64().map(lax::Count)
+}
+
+/// A `lax::U64` field: a non-negative integer, or `null` (none).
+pub(crate) fn scan_u64(s: &mut Scan<'_>) -> Option<lax::U64> {
+    if s.null() {
+        return Some(lax::U64(None));
+    }
+    s.u64().map(|v| lax::U64(Some(v)))
+}
+
 /// The high bit of each byte of `w` that is `"`, `\\` or below 0x20 is set, exactly for the
 /// lowest such byte (the subtractions may borrow into the bytes above it).
 fn special_bytes(w: u64) -> u64 {
@@ -359,6 +424,88 @@ impl Seen {
         self.0 |= mask;
         Some(())
     }
+}
+
+#[cfg(test)]
+/// `samples`, mutated many ways (a deterministic xorshift); `agrees` checks one text and says
+/// whether the scanner took it. Returns (taken, total).
+pub(crate) fn mutate_and_check(
+    samples: &[&str],
+    rounds: usize,
+    agrees: impl Fn(&str) -> bool,
+) -> (usize, usize) {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    const PIECES: &[&str] = &[
+        " ",
+        "\n",
+        "\"",
+        "\\",
+        ",",
+        ":",
+        "{",
+        "}",
+        "[",
+        "]",
+        "0",
+        "1",
+        "-",
+        ".",
+        "e",
+        "null",
+        "true",
+        "\\u00e9",
+        "\\ud83d",
+        "\\n",
+        "é",
+        "\u{1}",
+        "\"content\":\"x\",",
+        "\"usage\":null,",
+        "\"id\":\"y\",",
+        "{\"a\":[]}",
+        "\"delta\":{},",
+        "x",
+        "\"prompt_tokens\":7,",
+        "\"created\":-1,",
+        "\"tool_calls\":[],",
+        "12345678901234567890",
+    ];
+    let (mut taken, mut total) = (0, 0);
+    for round in 0..rounds {
+        let base = samples[round % samples.len()];
+        let mut t: Vec<char> = base.chars().collect();
+        for _ in 0..1 + next(3) {
+            let at = next(t.len() + 1);
+            match next(3) {
+                0 => {
+                    let piece = PIECES[next(PIECES.len())];
+                    for (k, c) in piece.chars().enumerate() {
+                        t.insert(at + k, c);
+                    }
+                }
+                1 if at < t.len() => {
+                    t.remove(at);
+                }
+                _ => {
+                    let end = (at + next(8)).min(t.len());
+                    let cut: Vec<char> = t[at..end].to_vec();
+                    let to = next(t.len() + 1);
+                    for (k, c) in cut.into_iter().enumerate() {
+                        t.insert(to + k, c);
+                    }
+                }
+            }
+        }
+        let text: String = t.into_iter().collect();
+        total += 1;
+        taken += usize::from(agrees(&text));
+    }
+    (taken, total)
 }
 
 #[cfg(test)]

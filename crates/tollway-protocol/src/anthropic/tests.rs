@@ -949,3 +949,61 @@ fn requests_are_encoded_for_their_target() {
         assert_eq!(v.get("stream").is_some(), stream, "{v}");
     }
 }
+
+/// Every event the scanner reads, serde reads the same (the scanner leaves message, content
+/// block, usage and error to serde, so those are absent on both sides).
+fn event_scan_agrees(text: &str) -> bool {
+    let general = serde_json::from_str::<wire::Event<'_>>(text);
+    match wire::Event::scan(text) {
+        Some(fast) => {
+            let Ok(general) = general else {
+                panic!("the scanner took what serde refuses: {text}");
+            };
+            assert_eq!(fast.kind, general.kind, "{text}");
+            assert_eq!(fast.index, general.index, "{text}");
+            assert_eq!(fast.delta, general.delta, "{text}");
+            assert!(general.message.0.is_none(), "{text}");
+            assert!(general.content_block.0.is_none(), "{text}");
+            assert!(general.usage.0.is_none(), "{text}");
+            assert!(general.error.0.is_none(), "{text}");
+            true
+        }
+        None => false,
+    }
+}
+
+const EVENTS: &[&str] = &[
+    r#"{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}"#,
+    r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"location\": \"San Fra"}}"#,
+    r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me solve this step by step:\n\n1. First break down 27 * 453"}}"#,
+    r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"}}"#,
+    r#"{"type": "content_block_stop", "index": 0}"#,
+    r#"{"type": "ping"}"#,
+    r#"{"type": "message_stop"}"#,
+    r#"{"type":"content_block_delta","index":null,"delta":null,"extra":[1,{"a":true}]}"#,
+    "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"é 中 😀 \\u00e9\"}}",
+];
+
+#[test]
+fn the_event_scanner_reads_the_usual_events_as_serde_does() {
+    for t in EVENTS {
+        assert!(event_scan_agrees(t), "the scanner should take {t}");
+    }
+    for t in [
+        r#"{"type": "message_start", "message": {"id": "msg_1", "model": "claude", "usage": {"input_tokens": 25}}}"#,
+        r#"{"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}"#,
+        r#"{"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence":null}, "usage": {"output_tokens": 15}}"#,
+        r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#,
+        r#"{"type":"content_block_delta","index":-1}"#,
+        r#"{"type":"a","type":"b"}"#,
+        r#"{"type":"content_block_delta","delta":{"text":"a","text":"b"}}"#,
+        r#"{"type": "ping"} {"#,
+    ] {
+        assert!(
+            !event_scan_agrees(t),
+            "the scanner should leave {t} to serde"
+        );
+    }
+    let (taken, total) = crate::scan::mutate_and_check(EVENTS, 6000, event_scan_agrees);
+    assert!(taken > 100 && taken < total, "{taken} of {total} taken");
+}

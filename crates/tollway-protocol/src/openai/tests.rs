@@ -821,92 +821,11 @@ fn the_chunk_scanner_reads_the_usual_chunks_as_serde_does() {
     }
 }
 
-/// `samples`, mutated many ways (a deterministic xorshift); `agrees` checks one text and says
-/// whether the scanner took it. Returns (taken, total).
-fn mutate_and_check(
-    samples: &[&str],
-    rounds: usize,
-    agrees: impl Fn(&str) -> bool,
-) -> (usize, usize) {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move |n: usize| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % n as u64) as usize
-    };
-    const PIECES: &[&str] = &[
-        " ",
-        "\n",
-        "\"",
-        "\\",
-        ",",
-        ":",
-        "{",
-        "}",
-        "[",
-        "]",
-        "0",
-        "1",
-        "-",
-        ".",
-        "e",
-        "null",
-        "true",
-        "\\u00e9",
-        "\\ud83d",
-        "\\n",
-        "é",
-        "\u{1}",
-        "\"content\":\"x\",",
-        "\"usage\":null,",
-        "\"id\":\"y\",",
-        "{\"a\":[]}",
-        "\"delta\":{},",
-        "x",
-        "\"prompt_tokens\":7,",
-        "\"created\":-1,",
-        "\"tool_calls\":[],",
-        "12345678901234567890",
-    ];
-    let (mut taken, mut total) = (0, 0);
-    for round in 0..rounds {
-        let base = samples[round % samples.len()];
-        let mut t: Vec<char> = base.chars().collect();
-        for _ in 0..1 + next(3) {
-            let at = next(t.len() + 1);
-            match next(3) {
-                0 => {
-                    let piece = PIECES[next(PIECES.len())];
-                    for (k, c) in piece.chars().enumerate() {
-                        t.insert(at + k, c);
-                    }
-                }
-                1 if at < t.len() => {
-                    t.remove(at);
-                }
-                _ => {
-                    let end = (at + next(8)).min(t.len());
-                    let cut: Vec<char> = t[at..end].to_vec();
-                    let to = next(t.len() + 1);
-                    for (k, c) in cut.into_iter().enumerate() {
-                        t.insert(to + k, c);
-                    }
-                }
-            }
-        }
-        let text: String = t.into_iter().collect();
-        total += 1;
-        taken += usize::from(agrees(&text));
-    }
-    (taken, total)
-}
-
 /// The chunks above, mutated: whenever the scanner takes one, serde takes it too and reads the
 /// same.
 #[test]
 fn the_chunk_scanner_never_disagrees_with_serde_on_mutated_chunks() {
-    let (taken, total) = mutate_and_check(CHUNKS, 6000, scan_agrees);
+    let (taken, total) = crate::scan::mutate_and_check(CHUNKS, 6000, scan_agrees);
     // the mutations reach both outcomes
     assert!(taken > 100 && taken < total, "{taken} of {total} taken");
 }
@@ -952,7 +871,7 @@ fn the_answer_scanner_reads_the_usual_answers_as_serde_does() {
             "the scanner should leave {t} to serde"
         );
     }
-    let (taken, total) = mutate_and_check(ANSWERS, 6000, answer_scan_agrees);
+    let (taken, total) = crate::scan::mutate_and_check(ANSWERS, 6000, answer_scan_agrees);
     assert!(taken > 100 && taken < total, "{taken} of {total} taken");
 }
 
