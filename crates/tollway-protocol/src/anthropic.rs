@@ -1169,7 +1169,7 @@ mod out {
 /// another type reads as absent), borrowing strings from the body.
 mod wire {
     use crate::json::lax;
-    use crate::scan::{scan_obj, scan_str, scan_u64, Scan, Seen};
+    use crate::scan::{scan_count, scan_list, scan_obj, scan_str, scan_u64, Scan, Seen};
     use serde::Deserialize;
     use serde_json::value::RawValue;
 
@@ -1210,6 +1210,7 @@ mod wire {
     }
 
     #[derive(Deserialize, Default)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Usage {
         #[serde(default)]
         pub input_tokens: lax::Count,
@@ -1280,6 +1281,110 @@ mod wire {
         pub kind: lax::Str<'a>,
         #[serde(borrow, default)]
         pub message: lax::Str<'a>,
+    }
+
+    impl<'a> Message<'a> {
+        /// The usual answer (text and thinking blocks, usage) without serde; `None` for anything
+        /// else (tool calls...), which serde then reads (see `crate::scan`).
+        pub fn scan(text: &'a str) -> Option<Self> {
+            let mut s = Scan::new(text);
+            let mut m = Message {
+                id: lax::Str(None),
+                model: lax::Str(None),
+                content: lax::List(None),
+                stop_reason: lax::Str(None),
+                stop_sequence: lax::Str(None),
+                usage: lax::Obj(None),
+            };
+            let mut seen = Seen::default();
+            s.object(|s, key| match key {
+                "id" => {
+                    seen.first(0)?;
+                    m.id = scan_str(s)?;
+                    Some(())
+                }
+                "model" => {
+                    seen.first(1)?;
+                    m.model = scan_str(s)?;
+                    Some(())
+                }
+                "content" => {
+                    seen.first(2)?;
+                    m.content = scan_list(s, Block::scan)?;
+                    Some(())
+                }
+                "stop_reason" => {
+                    seen.first(3)?;
+                    m.stop_reason = scan_str(s)?;
+                    Some(())
+                }
+                "stop_sequence" => {
+                    seen.first(4)?;
+                    m.stop_sequence = scan_str(s)?;
+                    Some(())
+                }
+                "usage" => {
+                    seen.first(5)?;
+                    m.usage = scan_obj(s, Usage::scan)?;
+                    Some(())
+                }
+                _ => s.skip(),
+            })?;
+            s.end()?;
+            Some(m)
+        }
+    }
+
+    impl<'a> Block<'a> {
+        fn scan(s: &mut Scan<'a>) -> Option<Self> {
+            let mut b = Block {
+                kind: lax::Str(None),
+                text: lax::Str(None),
+                id: lax::Str(None),
+                name: lax::Str(None),
+                input: None,
+                thinking: lax::Str(None),
+                signature: lax::Str(None),
+            };
+            let mut seen = Seen::default();
+            s.object(|s, key| {
+                let (bit, field) = match key {
+                    "type" => (0, &mut b.kind),
+                    "text" => (1, &mut b.text),
+                    "id" => (2, &mut b.id),
+                    "name" => (3, &mut b.name),
+                    "thinking" => (4, &mut b.thinking),
+                    "signature" => (5, &mut b.signature),
+                    // a tool call's arguments: serde keeps them as raw JSON
+                    "input" => return None,
+                    _ => return s.skip(),
+                };
+                seen.first(bit)?;
+                *field = scan_str(s)?;
+                Some(())
+            })?;
+            Some(b)
+        }
+    }
+
+    impl Usage {
+        fn scan(s: &mut Scan<'_>) -> Option<Self> {
+            let mut u = Usage::default();
+            let mut seen = Seen::default();
+            s.object(|s, key| {
+                let (bit, field) = match key {
+                    "input_tokens" => (0, &mut u.input_tokens),
+                    "output_tokens" => (1, &mut u.output_tokens),
+                    "cache_read_input_tokens" => (2, &mut u.cache_read_input_tokens),
+                    "cache_creation_input_tokens" => (3, &mut u.cache_creation_input_tokens),
+                    _ => return s.skip(),
+                };
+                seen.first(bit)?;
+                *field = scan_count(s)?;
+                Some(())
+            })?;
+            Some(u)
+        }
     }
 
     impl<'a> Event<'a> {
@@ -1444,7 +1549,14 @@ fn block_part(b: &wire::Block<'_>) -> Option<Part> {
 
 /// Decodes an Anthropic upstream's `message` answer.
 pub fn decode_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
-    let v: wire::Message<'_> = json::parse_upstream_as(bytes, "an answer")?;
+    // the usual shape without serde; anything else (and every error) through serde
+    let v = match std::str::from_utf8(bytes)
+        .ok()
+        .and_then(wire::Message::scan)
+    {
+        Some(v) => v,
+        None => json::parse_upstream_as::<wire::Message<'_>>(bytes, "an answer")?,
+    };
     let blocks = v
         .content
         .0

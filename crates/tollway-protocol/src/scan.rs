@@ -391,6 +391,25 @@ pub(crate) fn scan_count(s: &mut Scan<'_>) -> Option<lax::Count> {
     s.u64().map(lax::Count)
 }
 
+/// A `lax::List` field: `null`, or an array of objects each read by `read`.
+pub(crate) fn scan_list<'a, T>(
+    s: &mut Scan<'a>,
+    mut read: impl FnMut(&mut Scan<'a>) -> Option<T>,
+) -> Option<lax::List<T>> {
+    if s.null() {
+        return Some(lax::List(None));
+    }
+    let mut items = Vec::new();
+    s.array(|s, _| {
+        if s.peek()? != b'{' {
+            return None;
+        }
+        items.push(read(s)?);
+        Some(())
+    })?;
+    Some(lax::List(Some(items)))
+}
+
 /// A `lax::U64` field: a non-negative integer, or `null` (none).
 pub(crate) fn scan_u64(s: &mut Scan<'_>) -> Option<lax::U64> {
     if s.null() {

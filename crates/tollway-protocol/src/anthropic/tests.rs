@@ -1007,3 +1007,85 @@ fn the_event_scanner_reads_the_usual_events_as_serde_does() {
     let (taken, total) = crate::scan::mutate_and_check(EVENTS, 6000, event_scan_agrees);
     assert!(taken > 100 && taken < total, "{taken} of {total} taken");
 }
+
+/// What a scanned answer holds, to compare with serde's (a tool call's raw `input` has no `==`).
+fn answer_fields(m: &wire::Message<'_>) -> String {
+    let blocks: Vec<_> = m.content.0.as_ref().map_or(Vec::new(), |bs| {
+        bs.iter()
+            .map(|b| {
+                (
+                    b.kind.clone(),
+                    b.text.clone(),
+                    b.id.clone(),
+                    b.name.clone(),
+                    b.input.map(|r| r.get().to_string()),
+                    b.thinking.clone(),
+                    b.signature.clone(),
+                )
+            })
+            .collect()
+    });
+    format!(
+        "{:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+        m.id,
+        m.model,
+        m.content.0.is_some(),
+        blocks,
+        m.stop_reason,
+        m.stop_sequence,
+        m.usage
+    )
+}
+
+fn answer_scan_agrees(text: &str) -> bool {
+    let general = json::parse_upstream_str_as::<wire::Message<'_>>(text, "an answer");
+    match wire::Message::scan(text) {
+        Some(fast) => {
+            let Ok(general) = general else {
+                panic!("the scanner took what serde refuses: {text}");
+            };
+            assert_eq!(answer_fields(&fast), answer_fields(&general), "{text}");
+            true
+        }
+        None => false,
+    }
+}
+
+const ANSWERS: &[&str] = &[
+    include_str!("../../../tollway-mock/testdata/anthropic_message.json"),
+    r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[{"type":"thinking","thinking":"Hmm\n","signature":"sig"},{"type":"text","text":"a \"quoted\" \u00e9"}],"stop_reason":"max_tokens","stop_sequence":null,"usage":{"input_tokens":10,"cache_creation_input_tokens":null,"cache_read_input_tokens":4,"output_tokens":2,"service_tier":"standard"}}"#,
+    r#"{"content":[],"usage":null,"stop_reason":"stop_sequence","stop_sequence":"\n\nHuman:"}"#,
+    r#"{"content":null}"#,
+];
+
+#[test]
+fn the_answer_scanner_reads_the_usual_answers_as_serde_does() {
+    for t in ANSWERS {
+        assert!(answer_scan_agrees(t), "the scanner should take {t}");
+    }
+    for t in [
+        r#"{"content":[{"type":"tool_use","id":"t","name":"f","input":{"a":1}}]}"#,
+        r#"{"content":["text"]}"#,
+        r#"{"usage":{"input_tokens":1.5}}"#,
+        r#"{"usage":{"input_tokens":1,"input_tokens":2}}"#,
+        r#"{"content":[{"type":"text","text":"a","text":"b"}]}"#,
+        r#"{"id":"a"}x"#,
+    ] {
+        assert!(
+            !answer_scan_agrees(t),
+            "the scanner should leave {t} to serde"
+        );
+    }
+    let (taken, total) = crate::scan::mutate_and_check(ANSWERS, 6000, answer_scan_agrees);
+    assert!(taken > 100 && taken < total, "{taken} of {total} taken");
+    // and the answer decodes the same either way (an escaped first key sends it to serde)
+    for t in ANSWERS {
+        let escaped = format!("{{\"\\u0020\":0,{}", &t.trim_start()[1..]);
+        assert!(wire::Message::scan(&escaped).is_none());
+        assert_eq!(
+            decode_response(t.as_bytes()).map_err(|e| e.message),
+            decode_response(escaped.as_bytes()).map_err(|e| e.message),
+            "{t}"
+        );
+    }
+}
