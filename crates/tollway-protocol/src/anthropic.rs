@@ -1298,36 +1298,12 @@ mod wire {
             };
             let mut seen = Seen::default();
             s.object(|s, key| match key {
-                "id" => {
-                    seen.first(0)?;
-                    m.id = scan_str(s)?;
-                    Some(())
-                }
-                "model" => {
-                    seen.first(1)?;
-                    m.model = scan_str(s)?;
-                    Some(())
-                }
-                "content" => {
-                    seen.first(2)?;
-                    m.content = scan_list(s, Block::scan)?;
-                    Some(())
-                }
-                "stop_reason" => {
-                    seen.first(3)?;
-                    m.stop_reason = scan_str(s)?;
-                    Some(())
-                }
-                "stop_sequence" => {
-                    seen.first(4)?;
-                    m.stop_sequence = scan_str(s)?;
-                    Some(())
-                }
-                "usage" => {
-                    seen.first(5)?;
-                    m.usage = scan_obj(s, Usage::scan)?;
-                    Some(())
-                }
+                "id" => seen.read(0, &mut m.id, s, scan_str),
+                "model" => seen.read(1, &mut m.model, s, scan_str),
+                "content" => seen.read(2, &mut m.content, s, |s| scan_list(s, Block::scan)),
+                "stop_reason" => seen.read(3, &mut m.stop_reason, s, scan_str),
+                "stop_sequence" => seen.read(4, &mut m.stop_sequence, s, scan_str),
+                "usage" => seen.read(5, &mut m.usage, s, |s| scan_obj(s, Usage::scan)),
                 _ => s.skip(),
             })?;
             s.end()?;
@@ -1359,9 +1335,7 @@ mod wire {
                     "input" => return None,
                     _ => return s.skip(),
                 };
-                seen.first(bit)?;
-                *field = scan_str(s)?;
-                Some(())
+                seen.read(bit, field, s, scan_str)
             })?;
             Some(b)
         }
@@ -1379,9 +1353,7 @@ mod wire {
                     "cache_creation_input_tokens" => (3, &mut u.cache_creation_input_tokens),
                     _ => return s.skip(),
                 };
-                seen.first(bit)?;
-                *field = scan_count(s)?;
-                Some(())
+                seen.read(bit, field, s, scan_count)
             })?;
             Some(u)
         }
@@ -1404,21 +1376,9 @@ mod wire {
             };
             let mut seen = Seen::default();
             s.object(|s, key| match key {
-                "type" => {
-                    seen.first(0)?;
-                    e.kind = scan_str(s)?;
-                    Some(())
-                }
-                "index" => {
-                    seen.first(1)?;
-                    e.index = scan_u64(s)?;
-                    Some(())
-                }
-                "delta" => {
-                    seen.first(2)?;
-                    e.delta = scan_obj(s, Delta::scan)?;
-                    Some(())
-                }
+                "type" => seen.read(0, &mut e.kind, s, scan_str),
+                "index" => seen.read(1, &mut e.index, s, scan_u64),
+                "delta" => seen.read(2, &mut e.delta, s, |s| scan_obj(s, Delta::scan)),
                 "message" | "content_block" | "usage" | "error" => None,
                 _ => s.skip(),
             })?;
@@ -1450,9 +1410,7 @@ mod wire {
                     "stop_sequence" => (6, &mut d.stop_sequence),
                     _ => return s.skip(),
                 };
-                seen.first(bit)?;
-                *field = scan_str(s)?;
-                Some(())
+                seen.read(bit, field, s, scan_str)
             })?;
             Some(d)
         }

@@ -1182,31 +1182,11 @@ mod wire {
             };
             let mut seen = Seen::default();
             s.object(|s, key| match key {
-                "id" => {
-                    seen.first(0)?;
-                    c.id = scan_str(s)?;
-                    Some(())
-                }
-                "model" => {
-                    seen.first(1)?;
-                    c.model = scan_str(s)?;
-                    Some(())
-                }
-                "created" => {
-                    seen.first(2)?;
-                    c.created = scan_u64(s)?;
-                    Some(())
-                }
-                "choices" => {
-                    seen.first(3)?;
-                    c.choices = scan_first(s, Choice::scan)?;
-                    Some(())
-                }
-                "usage" => {
-                    seen.first(4)?;
-                    c.usage = scan_obj(s, Usage::scan)?;
-                    Some(())
-                }
+                "id" => seen.read(0, &mut c.id, s, scan_str),
+                "model" => seen.read(1, &mut c.model, s, scan_str),
+                "created" => seen.read(2, &mut c.created, s, scan_u64),
+                "choices" => seen.read(3, &mut c.choices, s, |s| scan_first(s, Choice::scan)),
+                "usage" => seen.read(4, &mut c.usage, s, |s| scan_obj(s, Usage::scan)),
                 _ => s.skip(),
             })?;
             s.end()?;
@@ -1222,16 +1202,8 @@ mod wire {
             };
             let mut seen = Seen::default();
             s.object(|s, key| match key {
-                "message" => {
-                    seen.first(0)?;
-                    c.message = scan_obj(s, Message::scan)?;
-                    Some(())
-                }
-                "finish_reason" => {
-                    seen.first(1)?;
-                    c.finish_reason = scan_str(s)?;
-                    Some(())
-                }
+                "message" => seen.read(0, &mut c.message, s, |s| scan_obj(s, Message::scan)),
+                "finish_reason" => seen.read(1, &mut c.finish_reason, s, scan_str),
                 _ => s.skip(),
             })?;
             Some(c)
@@ -1248,21 +1220,9 @@ mod wire {
             };
             let mut seen = Seen::default();
             s.object(|s, key| match key {
-                "reasoning_content" => {
-                    seen.first(0)?;
-                    m.reasoning_content = scan_str(s)?;
-                    Some(())
-                }
-                "content" => {
-                    seen.first(1)?;
-                    m.content = scan_str(s)?;
-                    Some(())
-                }
-                "refusal" => {
-                    seen.first(2)?;
-                    m.refusal = scan_str(s)?;
-                    Some(())
-                }
+                "reasoning_content" => seen.read(0, &mut m.reasoning_content, s, scan_str),
+                "content" => seen.read(1, &mut m.content, s, scan_str),
+                "refusal" => seen.read(2, &mut m.refusal, s, scan_str),
                 // tool calls: serde (`null` and `[]` are none)
                 "tool_calls" => {
                     seen.first(3)?;
@@ -1282,27 +1242,15 @@ mod wire {
             let mut u = Usage::default();
             let mut seen = Seen::default();
             s.object(|s, key| match key {
-                "prompt_tokens" => {
-                    seen.first(0)?;
-                    u.prompt_tokens = scan_count(s)?;
-                    Some(())
-                }
-                "completion_tokens" => {
-                    seen.first(1)?;
-                    u.completion_tokens = scan_count(s)?;
-                    Some(())
-                }
+                "prompt_tokens" => seen.read(0, &mut u.prompt_tokens, s, scan_count),
+                "completion_tokens" => seen.read(1, &mut u.completion_tokens, s, scan_count),
                 "prompt_tokens_details" => {
                     seen.first(2)?;
                     u.prompt_tokens_details = scan_obj(s, |s| {
                         let mut d = PromptDetails::default();
                         let mut seen = Seen::default();
                         s.object(|s, key| match key {
-                            "cached_tokens" => {
-                                seen.first(0)?;
-                                d.cached_tokens = scan_count(s)?;
-                                Some(())
-                            }
+                            "cached_tokens" => seen.read(0, &mut d.cached_tokens, s, scan_count),
                             _ => s.skip(),
                         })?;
                         Some(d)
@@ -1316,9 +1264,7 @@ mod wire {
                         let mut seen = Seen::default();
                         s.object(|s, key| match key {
                             "reasoning_tokens" => {
-                                seen.first(0)?;
-                                d.reasoning_tokens = scan_count(s)?;
-                                Some(())
+                                seen.read(0, &mut d.reasoning_tokens, s, scan_count)
                             }
                             _ => s.skip(),
                         })?;
@@ -1346,21 +1292,9 @@ mod wire {
             };
             let mut seen = Seen::default();
             s.object(|s, key| match key {
-                "id" => {
-                    seen.first(0)?;
-                    c.id = scan_str(s)?;
-                    Some(())
-                }
-                "model" => {
-                    seen.first(1)?;
-                    c.model = scan_str(s)?;
-                    Some(())
-                }
-                "choices" => {
-                    seen.first(2)?;
-                    c.choices = scan_first(s, ChunkChoice::scan)?;
-                    Some(())
-                }
+                "id" => seen.read(0, &mut c.id, s, scan_str),
+                "model" => seen.read(1, &mut c.model, s, scan_str),
+                "choices" => seen.read(2, &mut c.choices, s, |s| scan_first(s, ChunkChoice::scan)),
                 // the last chunk's usage, and errors: serde
                 "usage" => {
                     seen.first(3)?;
@@ -1382,16 +1316,8 @@ mod wire {
             };
             let mut seen = Seen::default();
             s.object(|s, key| match key {
-                "delta" => {
-                    seen.first(0)?;
-                    c.delta = scan_obj(s, Delta::scan)?;
-                    Some(())
-                }
-                "finish_reason" => {
-                    seen.first(1)?;
-                    c.finish_reason = scan_str(s)?;
-                    Some(())
-                }
+                "delta" => seen.read(0, &mut c.delta, s, |s| scan_obj(s, Delta::scan)),
+                "finish_reason" => seen.read(1, &mut c.finish_reason, s, scan_str),
                 _ => s.skip(),
             })?;
             Some(c)
@@ -1407,16 +1333,8 @@ mod wire {
             };
             let mut seen = Seen::default();
             s.object(|s, key| match key {
-                "reasoning_content" => {
-                    seen.first(0)?;
-                    d.reasoning_content = scan_str(s)?;
-                    Some(())
-                }
-                "content" => {
-                    seen.first(1)?;
-                    d.content = scan_str(s)?;
-                    Some(())
-                }
+                "reasoning_content" => seen.read(0, &mut d.reasoning_content, s, scan_str),
+                "content" => seen.read(1, &mut d.content, s, scan_str),
                 // tool-call deltas: serde
                 "tool_calls" => {
                     seen.first(2)?;

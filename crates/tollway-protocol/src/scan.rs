@@ -443,6 +443,19 @@ impl Seen {
         self.0 |= mask;
         Some(())
     }
+
+    /// Reads field `bit` into `slot` with `read`; `None` for a duplicate or what `read` leaves.
+    pub(crate) fn read<'a, T>(
+        &mut self,
+        bit: u32,
+        slot: &mut T,
+        s: &mut Scan<'a>,
+        read: impl FnOnce(&mut Scan<'a>) -> Option<T>,
+    ) -> Option<()> {
+        self.first(bit)?;
+        *slot = read(s)?;
+        Some(())
+    }
 }
 
 #[cfg(test)]
