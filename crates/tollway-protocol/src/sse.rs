@@ -140,8 +140,16 @@ impl SseParser {
         if line.starts_with(':') {
             return Ok(None);
         }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+        // `memchr`: `split_once(':')` sets up a general pattern search on every line
+        let (field, value) = match memchr::memchr(b':', line.as_bytes()) {
+            // ':' is ASCII, so both sides are on character boundaries
+            Some(at) => {
+                let v = line.get(at + 1..).unwrap_or_default();
+                (
+                    line.get(..at).unwrap_or_default(),
+                    v.strip_prefix(' ').unwrap_or(v),
+                )
+            }
             None => (line, ""),
         };
         match field {
