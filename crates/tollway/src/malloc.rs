@@ -3,9 +3,10 @@
 //! A request allocates and frees about a hundred small blocks (header maps, the JSON it decodes,
 //! the ledger row), several of the same size at once. glibc keeps at most 7 freed blocks per size
 //! in a thread's cache (`tcache`); the rest go back to the arena's bins, and the next allocations
-//! of that size take glibc's slow path. With room for [`TCACHE_COUNT`] blocks per size, a plain
-//! chat costs about 5% fewer instructions (callgrind, `bench/callgrind.sh`) and the gateway about
-//! 8% less CPU at saturation (`bench/ab.sh`); see `bench/RESULTS.md`.
+//! of that size take glibc's slow path. With room for [`TCACHE_COUNT`] blocks per size, a request
+//! with everything on costs about 4% fewer instructions (callgrind, `bench/callgrind.sh`; see
+//! `bench/RESULTS.md`). Wall-clock runs on the shared benchmark machine could not tell it apart
+//! from their noise.
 //!
 //! glibc reads that setting only from the environment (`GLIBC_TUNABLES`), when a process starts,
 //! so `tollway serve` runs itself again with it set ([`tune`]), before it starts any thread. The

@@ -357,7 +357,8 @@ impl Runtime {
                         .is_some_and(|r| regions.iter().any(|x| x == r))
                 })
         };
-        let mut tries: Vec<Arc<Deployment>> = Vec::with_capacity(groups[0].1.len());
+        let mut tries: Vec<Arc<Deployment>> =
+            Vec::with_capacity(groups.first().map_or(0, |(_, ds)| ds.len()));
         let mut cooling: Option<Duration> = None;
         let mut excluded = 0usize;
         for (strategy, deployments) in &groups {
