@@ -171,8 +171,14 @@ pub fn put_entries(out: &mut Vec<u8>, rest: &serde_json::Map<String, serde_json:
     }
 }
 
-/// Whether JSON needs any of `b` escaped: a control character, `"` or `\` (what serde_json
-/// escapes; it writes everything else as it is).
+/// A byte a JSON string cannot hold as it is: a control character, `"` or `\` (what serde_json
+/// escapes when writing, and what ends a run of plain content when reading, `crate::scan`).
+pub(crate) fn is_special(x: u8) -> bool {
+    x < 0x20 || x == b'"' || x == b'\\'
+}
+
+/// Whether JSON needs any of `b` escaped ([`is_special`]; serde_json writes everything else as
+/// it is).
 fn needs_escape(b: &[u8]) -> bool {
     // 64 bytes a step, no early exit inside a step and a byte-wide accumulator, so that the
     // compiler checks each step as a few vectors and tests the result once: 0.039 ns per byte
@@ -187,10 +193,7 @@ fn needs_escape(b: &[u8]) -> bool {
             return true;
         }
     }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&x| x < 0x20 || x == b'"' || x == b'\\')
+    chunks.remainder().iter().any(|&x| is_special(x))
 }
 
 /// A JSON object being taken apart field by field. Fields are removed as they are read, so what

@@ -134,14 +134,11 @@ impl<'a> Scan<'a> {
             }
             i += 8;
         }
-        while i < b.len() {
-            let c = b[i];
-            if c == b'"' || c == b'\\' || c < 0x20 {
-                return (c >= 0x20).then_some(i);
-            }
-            i += 1;
-        }
-        None
+        let at = i + b
+            .get(i..)?
+            .iter()
+            .position(|&c| crate::json::is_special(c))?;
+        (b[at] >= 0x20).then_some(at)
     }
 
     /// A string without escapes (keys): borrowed.
@@ -418,8 +415,8 @@ pub(crate) fn scan_u64(s: &mut Scan<'_>) -> Option<lax::U64> {
     s.u64().map(|v| lax::U64(Some(v)))
 }
 
-/// The high bit of each byte of `w` that is `"`, `\\` or below 0x20 is set, exactly for the
-/// lowest such byte (the subtractions may borrow into the bytes above it).
+/// The high bit of each byte of `w` that is special (`crate::json::is_special`: `"`, `\\` or
+/// below 0x20) is set, exactly for the lowest such byte (the subtractions may borrow into the bytes above it).
 fn special_bytes(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
