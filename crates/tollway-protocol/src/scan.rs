@@ -455,6 +455,34 @@ impl Seen {
     }
 }
 
+/// For the scanner's tests: whether the scanner took `text` (`fast`), after checking that serde
+/// took it too (`general`) and that `same` holds of the two readings.
+#[cfg(test)]
+pub(crate) fn agrees<F, G, E: std::fmt::Debug>(
+    text: &str,
+    fast: Option<F>,
+    general: Result<G, E>,
+    same: impl FnOnce(&F, &G),
+) -> bool {
+    let Some(fast) = fast else {
+        return false;
+    };
+    match general {
+        Ok(general) => {
+            same(&fast, &general);
+            true
+        }
+        Err(e) => panic!("the scanner took what serde refuses ({e:?}): {text}"),
+    }
+}
+
+/// An object's text with a first key spelled with an escape (`"\u0020"`), which the scanner
+/// leaves to serde: the same answer, read the other way.
+#[cfg(test)]
+pub(crate) fn with_escaped_first_key(text: &str) -> String {
+    format!("{{\"\\u0020\":0,{}", &text.trim_start()[1..])
+}
+
 #[cfg(test)]
 /// `samples`, mutated many ways (a deterministic xorshift); `agrees` checks one text and says
 /// whether the scanner took it. Returns (taken, total).

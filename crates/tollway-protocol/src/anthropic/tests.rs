@@ -953,12 +953,11 @@ fn requests_are_encoded_for_their_target() {
 /// Every event the scanner reads, serde reads the same (the scanner leaves message, content
 /// block, usage and error to serde, so those are absent on both sides).
 fn event_scan_agrees(text: &str) -> bool {
-    let general = serde_json::from_str::<wire::Event<'_>>(text);
-    match wire::Event::scan(text) {
-        Some(fast) => {
-            let Ok(general) = general else {
-                panic!("the scanner took what serde refuses: {text}");
-            };
+    crate::scan::agrees(
+        text,
+        wire::Event::scan(text),
+        serde_json::from_str::<wire::Event<'_>>(text),
+        |fast, general| {
             assert_eq!(fast.kind, general.kind, "{text}");
             assert_eq!(fast.index, general.index, "{text}");
             assert_eq!(fast.delta, general.delta, "{text}");
@@ -966,10 +965,8 @@ fn event_scan_agrees(text: &str) -> bool {
             assert!(general.content_block.0.is_none(), "{text}");
             assert!(general.usage.0.is_none(), "{text}");
             assert!(general.error.0.is_none(), "{text}");
-            true
-        }
-        None => false,
-    }
+        },
+    )
 }
 
 const EVENTS: &[&str] = &[
@@ -1038,17 +1035,12 @@ fn answer_fields(m: &wire::Message<'_>) -> String {
 }
 
 fn answer_scan_agrees(text: &str) -> bool {
-    let general = json::parse_upstream_str_as::<wire::Message<'_>>(text, "an answer");
-    match wire::Message::scan(text) {
-        Some(fast) => {
-            let Ok(general) = general else {
-                panic!("the scanner took what serde refuses: {text}");
-            };
-            assert_eq!(answer_fields(&fast), answer_fields(&general), "{text}");
-            true
-        }
-        None => false,
-    }
+    crate::scan::agrees(
+        text,
+        wire::Message::scan(text),
+        json::parse_upstream_str_as::<wire::Message<'_>>(text, "an answer"),
+        |fast, general| assert_eq!(answer_fields(fast), answer_fields(general), "{text}"),
+    )
 }
 
 const ANSWERS: &[&str] = &[
@@ -1080,7 +1072,7 @@ fn the_answer_scanner_reads_the_usual_answers_as_serde_does() {
     assert!(taken > 100 && taken < total, "{taken} of {total} taken");
     // and the answer decodes the same either way (an escaped first key sends it to serde)
     for t in ANSWERS {
-        let escaped = format!("{{\"\\u0020\":0,{}", &t.trim_start()[1..]);
+        let escaped = crate::scan::with_escaped_first_key(t);
         assert!(wire::Message::scan(&escaped).is_none());
         assert_eq!(
             decode_response(t.as_bytes()).map_err(|e| e.message),

@@ -770,14 +770,12 @@ fn requests_are_encoded_for_their_target() {
 /// Every chunk the scanner reads, serde reads the same; what it leaves (the usage chunk, tool
 /// calls, errors, anything unusual) serde reads or refuses.
 fn scan_agrees(text: &str) -> bool {
-    let general = json::parse_upstream_str_as::<wire::Chunk<'_>>(text, "a stream chunk");
-    match wire::Chunk::scan(text) {
-        Some(fast) => {
-            assert_eq!(general.as_ref().ok(), Some(&fast), "{text}");
-            true
-        }
-        None => false,
-    }
+    crate::scan::agrees(
+        text,
+        wire::Chunk::scan(text),
+        json::parse_upstream_str_as::<wire::Chunk<'_>>(text, "a stream chunk"),
+        |fast, general| assert_eq!(fast, general, "{text}"),
+    )
 }
 
 const CHUNKS: &[&str] = &[
@@ -831,14 +829,12 @@ fn the_chunk_scanner_never_disagrees_with_serde_on_mutated_chunks() {
 }
 
 fn answer_scan_agrees(text: &str) -> bool {
-    let general = json::parse_upstream_str_as::<wire::Completion<'_>>(text, "an answer");
-    match wire::Completion::scan(text) {
-        Some(fast) => {
-            assert_eq!(general.as_ref().ok(), Some(&fast), "{text}");
-            true
-        }
-        None => false,
-    }
+    crate::scan::agrees(
+        text,
+        wire::Completion::scan(text),
+        json::parse_upstream_str_as::<wire::Completion<'_>>(text, "an answer"),
+        |fast, general| assert_eq!(fast, general, "{text}"),
+    )
 }
 
 const ANSWERS: &[&str] = &[
@@ -881,7 +877,7 @@ fn answers_decode_the_same_through_the_scanner_and_serde() {
     for t in ANSWERS {
         assert!(wire::Completion::scan(t).is_some());
         // the same answer with a first key spelled with an escape: the scanner leaves it to serde
-        let escaped = format!("{{\"\\u0020\":0,{}", &t.trim_start()[1..]);
+        let escaped = crate::scan::with_escaped_first_key(t);
         assert!(wire::Completion::scan(&escaped).is_none());
         let fast = decode_response(t.as_bytes()).map_err(|e| e.message);
         let general = decode_response(escaped.as_bytes()).map_err(|e| e.message);
