@@ -1,10 +1,12 @@
-//! The HTTP engine shared by every provider kind: one pooled client per account (hyper-util's, with
-//! rustls and the webpki roots for HTTPS, HTTP/2 by ALPN), the four timeouts (connect, first byte,
+//! The HTTP engine shared by every provider kind: pooled connections per account and serving lane
+//! (plain HTTP: the lane's own HTTP/1.1 connections, [`crate::pool`]; HTTPS: hyper-util's client
+//! with rustls and the webpki roots, HTTP/2 by ALPN), the four timeouts (connect, first byte,
 //! idle between chunks, total), bounded reads of bodies, upstream SSE streams decoded chunk by
 //! chunk as they arrive, and classified errors. hyper directly rather than reqwest: reqwest's
 //! layers (redirect policy, URL handling) cost ~20% of the gateway's instructions per request.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -16,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
 use crate::lanes::Lanes;
+use crate::pool::{Pool, PooledBody, SendError};
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tollway_core::{
@@ -36,11 +39,11 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 pub struct HttpProvider {
     info: ProviderInfo,
     /// One pool per serving lane (see [`crate::lanes`]).
-    clients: Lanes<HttpClient>,
+    transport: Transport,
     /// Parsed once: parsing a URL per request is measurable on the hot path.
-    chat_url: Uri,
+    chat_url: Endpoint,
     /// OpenAI-format accounts only.
-    embeddings_url: Option<Uri>,
+    embeddings_url: Option<Endpoint>,
     /// The account's headers and `content-type: application/json`.
     headers: HeaderMap,
     timeouts: Timeouts,
@@ -48,7 +51,54 @@ pub struct HttpProvider {
 }
 
 type HttpClient = Client<Connector, Full<Bytes>>;
-type Response = http::Response<hyper::body::Incoming>;
+type Response = http::Response<PooledBody>;
+
+/// How requests reach the account's upstream, per serving lane.
+enum Transport {
+    /// Plain HTTP (local model servers, sidecars, internal proxies): always HTTP/1.1, on the
+    /// lane's own connections.
+    Pooled(Lanes<Arc<Pool>>),
+    /// HTTPS: hyper-util's client, whose connections may be HTTP/2 (ALPN).
+    Client(Box<Lanes<HttpClient>>),
+}
+
+impl Transport {
+    fn new(url: &Uri, timeouts: &Timeouts) -> Result<Transport, String> {
+        if url.scheme_str() == Some("http") {
+            let mut origin = http::uri::Parts::default();
+            origin.scheme = url.scheme().cloned();
+            origin.authority = url.authority().cloned();
+            origin.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            let origin = Uri::from_parts(origin).map_err(|e| e.to_string())?;
+            let connector = http_connector(timeouts);
+            Ok(Transport::Pooled(Lanes::new(|| {
+                Ok(Arc::new(Pool::new(connector.clone(), origin.clone())))
+            })?))
+        } else {
+            Ok(Transport::Client(Box::new(lane_clients(timeouts)?)))
+        }
+    }
+}
+
+/// An upstream URL, absolute (hyper-util's client wants that) and in origin form (the path and
+/// query an HTTP/1.1 request line carries).
+struct Endpoint {
+    absolute: Uri,
+    origin_form: Uri,
+}
+
+impl Endpoint {
+    fn parse(url: &str, provider: &str) -> Result<Endpoint, String> {
+        let absolute = parse_url(url, provider)?;
+        let origin_form = absolute
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        Ok(Endpoint {
+            absolute,
+            origin_form,
+        })
+    }
+}
 
 fn header_map(pairs: &[(String, String)], provider: &str) -> Result<HeaderMap, String> {
     let mut map = HeaderMap::new();
@@ -68,9 +118,10 @@ fn header_map(pairs: &[(String, String)], provider: &str) -> Result<HeaderMap, S
 }
 
 /// Adds `Host` for a plain-HTTP upstream (a local model server, an internal proxy) to the headers
-/// every request clones, so that hyper-util does not format and insert it per request. Plain HTTP
-/// is always HTTP/1.1 here; over TLS the connection may be HTTP/2, which carries the authority in
-/// `:authority` instead, so hyper-util keeps doing it there. A `host` header from the config wins.
+/// every request clones: such requests go out on the lane's own HTTP/1.1 connections
+/// ([`crate::pool`]), whose requests must carry it. Over TLS the connection may be HTTP/2, which
+/// carries the authority in `:authority` instead, and hyper-util's client adds `Host` itself when
+/// the connection is HTTP/1.1. A `host` header from the config wins.
 fn with_host(mut headers: HeaderMap, url: &Uri) -> HeaderMap {
     if url.scheme_str() != Some("http") {
         return headers;
@@ -101,11 +152,17 @@ fn lane_clients(timeouts: &Timeouts) -> Result<Lanes<HttpClient>, String> {
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-fn connector(timeouts: &Timeouts) -> Result<Connector, String> {
+/// TCP connections: the connect timeout, no Nagle delay.
+fn http_connector(timeouts: &Timeouts) -> HttpConnector {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(timeouts.connect()));
     http.set_nodelay(true);
     http.enforce_http(false);
+    http
+}
+
+fn connector(timeouts: &Timeouts) -> Result<Connector, String> {
+    let http = http_connector(timeouts);
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
         .map_err(|e| format!("could not set up TLS: {e}"))?
@@ -144,16 +201,16 @@ impl HttpProvider {
             pairs.push(("openai-organization".into(), org.clone()));
         }
         pairs.extend(c.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let chat_url = parse_url(&format!("{base}/chat/completions"), name)?;
-        let headers = with_host(header_map(&pairs, name)?, &chat_url);
+        let chat_url = Endpoint::parse(&format!("{base}/chat/completions"), name)?;
+        let headers = with_host(header_map(&pairs, name)?, &chat_url.absolute);
         Ok(HttpProvider {
             info: ProviderInfo {
                 name: name.to_string(),
                 family: ApiFamily::OpenAi,
             },
-            clients: lane_clients(&c.timeouts)?,
+            transport: Transport::new(&chat_url.absolute, &c.timeouts)?,
             chat_url,
-            embeddings_url: Some(parse_url(&format!("{base}/embeddings"), name)?),
+            embeddings_url: Some(Endpoint::parse(&format!("{base}/embeddings"), name)?),
             headers,
             timeouts: c.timeouts,
             dialect: openai::Dialect {
@@ -177,14 +234,14 @@ impl HttpProvider {
             pairs.push(("x-api-key".into(), c.api_key.expose().to_string()));
         }
         pairs.extend(c.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let chat_url = parse_url(&format!("{base}/v1/messages"), name)?;
-        let headers = with_host(header_map(&pairs, name)?, &chat_url);
+        let chat_url = Endpoint::parse(&format!("{base}/v1/messages"), name)?;
+        let headers = with_host(header_map(&pairs, name)?, &chat_url.absolute);
         Ok(HttpProvider {
             info: ProviderInfo {
                 name: name.to_string(),
                 family: ApiFamily::Anthropic,
             },
-            clients: lane_clients(&c.timeouts)?,
+            transport: Transport::new(&chat_url.absolute, &c.timeouts)?,
             chat_url,
             embeddings_url: None,
             headers,
@@ -215,14 +272,13 @@ impl HttpProvider {
 
     async fn send_to(
         &self,
-        url: &Uri,
+        url: &Endpoint,
         body: Vec<u8>,
         model: &str,
     ) -> Result<(Response, Instant), ProviderError> {
         let deadline = Instant::now() + self.timeouts.total();
-        let req = post(url.clone(), self.headers.clone(), body);
         let wait = self.timeouts.first_byte().min(self.timeouts.total());
-        let resp = match tokio::time::timeout(wait, self.clients.pick().request(req)).await {
+        let resp = match tokio::time::timeout(wait, self.request(url, body)).await {
             Err(_) => {
                 return Err(ProviderError::new(
                     ErrorKind::Timeout,
@@ -233,7 +289,7 @@ impl HttpProvider {
                     ),
                 ))
             }
-            Ok(Err(e)) => return Err(self.transport_error(&e, model)),
+            Ok(Err(e)) => return Err(self.transport_error(&*e, model)),
             Ok(Ok(r)) => r,
         };
         let status = resp.status().as_u16();
@@ -254,12 +310,37 @@ impl HttpProvider {
         Err(err)
     }
 
+    /// Sends a POST of `body` on the calling lane's connections; status and headers, or why not.
+    async fn request(
+        &self,
+        url: &Endpoint,
+        body: Vec<u8>,
+    ) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
+        match &self.transport {
+            Transport::Pooled(pools) => {
+                let req = post(url.origin_form.clone(), self.headers.clone(), body);
+                match pools.pick().send(req).await {
+                    Ok(resp) => Ok(resp),
+                    // hyper's own error, so that its causes read as they always have
+                    Err(SendError::Http(e)) => Err(Box::new(e)),
+                    Err(e) => Err(Box::new(e)),
+                }
+            }
+            Transport::Client(clients) => {
+                let req = post(url.absolute.clone(), self.headers.clone(), body);
+                let resp = clients.pick().request(req).await?;
+                Ok(resp.map(PooledBody::unpooled))
+            }
+        }
+    }
+
     fn transport_error(&self, e: &(dyn std::error::Error + 'static), model: &str) -> ProviderError {
         let label = self.label(model);
         let cause = root_cause(e);
         let connect = e
             .downcast_ref::<hyper_util::client::legacy::Error>()
-            .is_some_and(|e| e.is_connect());
+            .is_some_and(|e| e.is_connect())
+            || matches!(e.downcast_ref::<SendError>(), Some(SendError::Connect(_)));
         if timed_out(e) {
             ProviderError::new(
                 ErrorKind::Timeout,
@@ -709,6 +790,7 @@ impl JsonPoster {
         };
         let status = resp.status().as_u16();
         // read the answer so the connection can be reused; its content is not needed
+        let resp = resp.map(PooledBody::unpooled);
         let _ = tokio::time::timeout_at(deadline, read_bounded(resp, MAX_ERROR_BODY, false)).await;
         Ok(status)
     }

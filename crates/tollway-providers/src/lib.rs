@@ -9,6 +9,7 @@
 mod config;
 mod http;
 pub mod lanes;
+mod pool;
 
 pub use config::{
     AnthropicConfig, MockConfig, MockFormat, OpenAiConfig, ProviderConfig, Secret, Timeouts,
