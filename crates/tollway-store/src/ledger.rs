@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::any::AnyArguments;
+use sqlx::{Arguments, Row};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -45,6 +46,9 @@ const INSERT_INTO: &str = "tollway_ledger (request_id, ts_ms, key_id, team, mode
     provider, deployment, api, status, stream, attempts, latency_ms, input_tokens, output_tokens, \
     cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, cost_estimated) VALUES ";
 
+/// Columns in [`INSERT_INTO`] (and values [`bind_row`] adds per row).
+const LEDGER_COLUMNS: usize = 19;
+
 /// The ledger insert of `rows` rows (1, 4, 16, 64 or 256), built once per size and backend:
 /// numbered `$N` parameters for PostgreSQL, anonymous `?` for SQLite (binding a named or numbered
 /// parameter makes SQLite scan its list of names, which made wide statements quadratic).
@@ -73,12 +77,12 @@ fn insert_sql(rows: usize, backend: crate::Backend) -> &'static str {
                         sql.push_str(", ");
                     }
                     sql.push('(');
-                    for c in 0..19 {
+                    for c in 0..LEDGER_COLUMNS {
                         if c > 0 {
                             sql.push_str(", ");
                         }
                         if numbered {
-                            sql.push_str(&format!("${}", i * 19 + c + 1));
+                            sql.push_str(&format!("${}", i * LEDGER_COLUMNS + c + 1));
                         } else {
                             sql.push('?');
                         }
@@ -178,6 +182,33 @@ pub fn parse_day(s: &str) -> Option<i64> {
     (civil_from_days(days) == (y, m, d)).then_some(days)
 }
 
+/// One row's values, in [`INSERT_INTO`]'s order.
+fn bind_row<'q>(
+    args: &mut AnyArguments<'q>,
+    r: &'q LedgerRow,
+) -> std::result::Result<(), sqlx::error::BoxDynError> {
+    args.add(r.request_id.as_str())?;
+    args.add(r.ts_ms)?;
+    args.add(r.key_id.as_deref())?;
+    args.add(r.team.as_deref())?;
+    args.add(r.model.as_str())?;
+    args.add(r.provider.as_str())?;
+    args.add(r.deployment.as_str())?;
+    args.add(r.api.as_str())?;
+    args.add(r.status)?;
+    args.add(i64::from(r.stream))?;
+    args.add(r.attempts)?;
+    args.add(r.latency_ms)?;
+    args.add(r.input_tokens)?;
+    args.add(r.output_tokens)?;
+    args.add(r.cache_read_tokens)?;
+    args.add(r.cache_write_tokens)?;
+    args.add(r.reasoning_tokens)?;
+    args.add(r.cost_micros)?;
+    args.add(i64::from(r.cost_estimated))?;
+    Ok(())
+}
+
 impl Store {
     /// Writes rows in one transaction; rows already present (same request id) are skipped.
     ///
@@ -198,32 +229,16 @@ impl Store {
                 .unwrap_or(&1);
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
-            let mut q = sqlx::query(insert_sql(n, self.backend()));
-            // strings bound as `&str`: sqlx's `Any` driver keeps those borrowed, where a
-            // `String` is cloned into its argument buffer
+            // the arguments' list sized once (binding one by one grows it step by step); strings
+            // as `&str`: sqlx's `Any` driver keeps those borrowed, where a `String` is cloned
+            let mut args = AnyArguments::default();
+            args.reserve(n * LEDGER_COLUMNS, 0);
             for r in chunk {
-                q = q
-                    .bind(r.request_id.as_str())
-                    .bind(r.ts_ms)
-                    .bind(r.key_id.as_deref())
-                    .bind(r.team.as_deref())
-                    .bind(r.model.as_str())
-                    .bind(r.provider.as_str())
-                    .bind(r.deployment.as_str())
-                    .bind(r.api.as_str())
-                    .bind(r.status)
-                    .bind(i64::from(r.stream))
-                    .bind(r.attempts)
-                    .bind(r.latency_ms)
-                    .bind(r.input_tokens)
-                    .bind(r.output_tokens)
-                    .bind(r.cache_read_tokens)
-                    .bind(r.cache_write_tokens)
-                    .bind(r.reasoning_tokens)
-                    .bind(r.cost_micros)
-                    .bind(i64::from(r.cost_estimated));
+                bind_row(&mut args, r).map_err(sqlx::Error::Encode)?;
             }
-            q.execute(&mut *tx).await?;
+            sqlx::query_with(insert_sql(n, self.backend()), args)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
