@@ -93,6 +93,10 @@ impl IntoResponse for ApiError {
 }
 
 /// The `x-tollway-*` headers, and the outcome's own (rate limits, cost), moved into the response.
+/// Room in an answer's header map for its own headers, ours (`set_ids`: ids, cost, rate limits)
+/// and hyper's `content-length`, so that adding them never grows it.
+const ANSWER_HEADERS: usize = 20;
+
 fn set_ids(h: &mut HeaderMap, request_id: &str, outcome: Option<Outcome>) {
     // room for every header below at once, rather than growing the map as they come
     h.reserve(8 + outcome.as_ref().map_or(0, |o| o.headers.len()));
@@ -808,6 +812,7 @@ async fn chat_inner(
                     ApiFamily::Anthropic => anthropic::encode_response(&answer),
                 };
                 let mut resp = Response::new(Body::from(body));
+                *resp.headers_mut() = HeaderMap::with_capacity(ANSWER_HEADERS);
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
@@ -1018,6 +1023,7 @@ fn sse_response(
         scratch: Vec::with_capacity(512),
     };
     let mut resp = Response::new(Body::from_stream(FirstAlone::new(state)));
+    *resp.headers_mut() = HeaderMap::with_capacity(ANSWER_HEADERS);
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
