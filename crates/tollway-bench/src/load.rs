@@ -517,6 +517,11 @@ pub async fn run(spec: Spec) -> anyhow::Result<Value> {
             let per_1k = cpu / ((r.ok + errors) as f64) * 1000.0;
             v["cpu_s_per_1k_requests"] = json!(round3(per_1k));
         }
+        if let (Some(cpu), Some(sys)) = (p.cpu_s, p.sys_cpu_s) {
+            if cpu > 0.0 {
+                v["cpu_system_share"] = json!(round3(sys / cpu));
+            }
+        }
         procs_json.insert(p.name.clone(), v);
     }
     let (mode, rate, conns, requests) = match spec.mode {

@@ -17,24 +17,43 @@ pub fn rss_kb(pid: u32) -> anyhow::Result<u64> {
     anyhow::bail!("no VmRSS in /proc/{pid}/status")
 }
 
-/// User + system CPU time of a process, in clock ticks.
-pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+/// CPU time of a process in clock ticks: in its own code, and in the kernel on its behalf.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ticks {
+    pub user: u64,
+    pub system: u64,
+}
+
+impl Ticks {
+    fn since(self, start: Ticks) -> Ticks {
+        Ticks {
+            user: self.user.saturating_sub(start.user),
+            system: self.system.saturating_sub(start.system),
+        }
+    }
+}
+
+/// User and system CPU time of a process.
+pub fn cpu_ticks(pid: u32) -> anyhow::Result<Ticks> {
     stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)
 }
 
 /// CPU ticks of this process.
-pub fn self_cpu_ticks() -> anyhow::Result<u64> {
+pub fn self_cpu_ticks() -> anyhow::Result<Ticks> {
     stat_ticks(&std::fs::read_to_string("/proc/self/stat")?)
 }
 
-fn stat_ticks(stat: &str) -> anyhow::Result<u64> {
+fn stat_ticks(stat: &str) -> anyhow::Result<Ticks> {
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = stat.rfind(')').map(|i| &stat[i + 1..]).context("stat")?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the name: state(3) ... utime(14) stime(15), i.e. indexes 11 and 12 here.
     let utime: u64 = f.get(11).context("utime")?.parse()?;
     let stime: u64 = f.get(12).context("stime")?.parse()?;
-    Ok(utime + stime)
+    Ok(Ticks {
+        user: utime,
+        system: stime,
+    })
 }
 
 /// One watched process's figures over a window.
@@ -45,8 +64,11 @@ pub struct ProcFigures {
     pub rss_start_kb: Option<u64>,
     pub rss_max_kb: Option<u64>,
     pub rss_end_kb: Option<u64>,
+    /// User + system CPU seconds over the window.
     pub cpu_s: Option<f64>,
-    ticks_start: Option<u64>,
+    /// Of which in the kernel (system time).
+    pub sys_cpu_s: Option<f64>,
+    ticks_start: Option<Ticks>,
 }
 
 impl ProcFigures {
@@ -57,6 +79,7 @@ impl ProcFigures {
             "rss_max_kb": self.rss_max_kb,
             "rss_end_kb": self.rss_end_kb,
             "cpu_s": self.cpu_s.map(crate::load::round3),
+            "sys_cpu_s": self.sys_cpu_s.map(crate::load::round3),
         })
     }
 }
@@ -90,7 +113,7 @@ impl ProcWatch {
         }
     }
 
-    fn ticks(p: &ProcFigures) -> Option<u64> {
+    fn ticks(p: &ProcFigures) -> Option<Ticks> {
         if p.pid == std::process::id() {
             self_cpu_ticks().ok()
         } else {
@@ -126,9 +149,11 @@ impl ProcWatch {
         for p in v.iter_mut() {
             p.rss_end_kb = rss_kb(p.pid).ok();
             if let (Some(a), Some(b)) = (p.ticks_start, Self::ticks(p)) {
+                let d = b.since(a);
                 #[allow(clippy::cast_precision_loss)]
-                let s = b.saturating_sub(a) as f64 / self.clk_tck as f64;
-                p.cpu_s = Some(s);
+                let secs = |t: u64| t as f64 / self.clk_tck as f64;
+                p.cpu_s = Some(secs(d.user + d.system));
+                p.sys_cpu_s = Some(secs(d.system));
             }
         }
         v.clone()
@@ -142,7 +167,13 @@ mod tests {
     #[test]
     fn parses_stat_with_odd_names() {
         let stat = "42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0";
-        assert_eq!(stat_ticks(stat).unwrap(), 175);
+        assert_eq!(
+            stat_ticks(stat).unwrap(),
+            Ticks {
+                user: 150,
+                system: 25
+            }
+        );
     }
 
     #[test]

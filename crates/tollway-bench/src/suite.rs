@@ -917,6 +917,7 @@ fn definitions() -> Value {
         "event_gap": "time between consecutive SSE events' arrival at the client (events that arrive in one read count a 0 gap); its added figure is the gateway's gap percentile minus the direct one",
         "rss": "VmRSS from /proc/PID/status; idle = 2 s after /readyz answered 200; under load = the maximum sampled every 100 ms during a run",
         "cpu_s_per_1k_requests": "utime+stime from /proc/PID/stat over the measured window, per 1,000 requests (ok + errors)",
+        "cpu_system_share": "stime / (utime+stime) over the measured window: the share of a process's CPU spent in the kernel on its behalf (socket calls, wake-ups)",
     })
 }
 
@@ -1211,13 +1212,16 @@ pub fn markdown(r: &Value) -> String {
             );
         }
     }
-    s += "\n### Processes (max RSS MB / CPU s per 1,000 requests)\n\n| scenario | path | tollway | mock | load generator |\n| --- | --- | --- | --- | --- |\n";
+    s += "\n### Processes (max RSS MB / CPU s per 1,000 requests, of which in the kernel)\n\n| scenario | path | tollway | mock | load generator |\n| --- | --- | --- | --- | --- |\n";
     for e in r["scenarios"].as_array().into_iter().flatten() {
         for (name, run) in e["runs"].as_object().into_iter().flatten() {
             let p = |n: &str| {
                 let x = &run["procs"][n];
+                let sys = x["cpu_system_share"]
+                    .as_f64()
+                    .map_or(String::new(), |f| format!(" ({:.0}% system)", f * 100.0));
                 format!(
-                    "{} / {}",
+                    "{} / {}{sys}",
                     x["rss_max_kb"]
                         .as_u64()
                         .map_or("–".into(), |k| format!("{:.1}", mb(k))),
