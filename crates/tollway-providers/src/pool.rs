@@ -8,13 +8,15 @@
 //! pops a connection, sends, and the answer's body pushes it back when it has been read to its end.
 //!
 //! Upstreams over TLS keep hyper-util's client (see `http.rs`): there a connection may be HTTP/2
-//! by ALPN, and encrypting each request and answer costs far more than the pool does.
+//! by ALPN, which this pool does not speak, and the tests have no TLS upstream yet.
 //!
 //! - A connection goes back only after its answer was read whole. An answer dropped half-read (a
 //!   client that went away mid-stream, a body over the size limit) closes its connection, as
 //!   HTTP/1.1 requires.
-//! - The most recently used connection goes first (warm in both kernels' caches); those idle
-//!   longer than [`IDLE_TIMEOUT`] are closed at the next checkout, at most [`MAX_IDLE`] are kept.
+//! - The most recently used connection goes first (warm in both kernels' caches). Those idle
+//!   longer than [`IDLE_TIMEOUT`] are closed at the next checkout, or by a task that looks every
+//!   [`REAP_EVERY`] while any are idle (so a gateway whose traffic stopped holds none open for
+//!   long); at most [`MAX_IDLE`] are kept.
 //! - An idle connection the upstream has closed is skipped once its task has seen the close. If
 //!   the connection ends while a request waits to be written, hyper gives the request back and it
 //!   goes out on another connection. A request that may have been written is never sent twice
@@ -40,15 +42,43 @@ use tower_service::Service;
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per lane and upstream; more are closed as they come back.
 pub(crate) const MAX_IDLE: usize = 1024;
+/// How often idle connections are looked over for closing while there are any.
+pub(crate) const REAP_EVERY: Duration = Duration::from_secs(30);
 
 type Conn = SendRequest<Full<Bytes>>;
 
 /// One lane's idle connections to one upstream.
 pub(crate) struct Pool {
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Mutex<Idles>,
     connector: HttpConnector,
     /// Where to connect (scheme, host and port of the provider's base URL).
     origin: Uri,
+    /// [`REAP_EVERY`]; shorter in tests.
+    reap_every: Duration,
+}
+
+#[derive(Default)]
+struct Idles {
+    /// Oldest first: connections come back at the end and are taken from it.
+    list: VecDeque<Idle>,
+    /// A reaper task is running (it stops when nothing is idle; the next return starts one).
+    reaping: bool,
+}
+
+impl Idles {
+    /// Closes the connections idle too long (at the front) and, if `all`, every closed one.
+    fn prune(&mut self, now: Instant, all: bool) {
+        while self
+            .list
+            .front()
+            .is_some_and(|i| now.saturating_duration_since(i.since) > IDLE_TIMEOUT)
+        {
+            self.list.pop_front();
+        }
+        if all {
+            self.list.retain(|i| !i.conn.is_closed());
+        }
+    }
 }
 
 struct Idle {
@@ -87,9 +117,10 @@ impl std::error::Error for SendError {
 impl Pool {
     pub(crate) fn new(connector: HttpConnector, origin: Uri) -> Pool {
         Pool {
-            idle: Mutex::new(VecDeque::new()),
+            idle: Mutex::new(Idles::default()),
             connector,
             origin,
+            reap_every: REAP_EVERY,
         }
     }
 
@@ -138,17 +169,11 @@ impl Pool {
     /// The most recently returned open connection, after closing those idle too long.
     fn take(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.is_empty() {
+        if idle.list.is_empty() {
             return None;
         }
-        let now = Instant::now();
-        while idle
-            .front()
-            .is_some_and(|i| now.saturating_duration_since(i.since) > IDLE_TIMEOUT)
-        {
-            idle.pop_front();
-        }
-        while let Some(i) = idle.pop_back() {
+        idle.prune(Instant::now(), false);
+        while let Some(i) = idle.list.pop_back() {
             if !i.conn.is_closed() {
                 return Some(i.conn);
             }
@@ -156,24 +181,31 @@ impl Pool {
         None
     }
 
-    fn put(&self, conn: Conn) {
+    fn put(self: &Arc<Self>, conn: Conn) {
         if conn.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() >= MAX_IDLE {
-            idle.pop_front();
+        if idle.list.len() >= MAX_IDLE {
+            idle.list.pop_front();
         }
-        idle.push_back(Idle {
+        idle.list.push_back(Idle {
             conn,
             since: Instant::now(),
         });
+        if !idle.reaping {
+            // on this thread's runtime (the lane's), as the connection's own task is
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                idle.reaping = true;
+                rt.spawn(reap(Arc::downgrade(self)));
+            }
+        }
     }
 
     /// Idle connections held (for tests).
     #[cfg(test)]
     pub(crate) fn idle(&self) -> usize {
-        self.idle.lock().map_or(0, |i| i.len())
+        self.idle.lock().map_or(0, |i| i.list.len())
     }
 
     /// A new connection, driven by a task on the calling thread's runtime (the lane's own).
@@ -196,6 +228,26 @@ impl Pool {
             }
         });
         Ok(conn)
+    }
+}
+
+/// Closes idle connections past [`IDLE_TIMEOUT`], and those the upstream closed, every
+/// `reap_every`, until none is idle or the pool is gone (a reload dropped its provider).
+async fn reap(pool: std::sync::Weak<Pool>) {
+    let Some(every) = pool.upgrade().map(|p| p.reap_every) else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.prune(Instant::now(), true);
+        if idle.list.is_empty() {
+            idle.reaping = false;
+            return;
+        }
     }
 }
 
@@ -266,18 +318,22 @@ mod tests {
     }
 
     /// A plain HTTP/1.1 server answering every request with `200` and a body of `body_len` bytes
-    /// (in two writes, 20 ms apart, when it is over 1,000); counts the connections it accepted.
-    async fn upstream(how: Upstream, body_len: usize) -> (Uri, Arc<AtomicUsize>) {
+    /// (in two writes, 20 ms apart, when it is over 1,000); counts the connections it accepted,
+    /// and those it saw closed by the client.
+    async fn upstream(how: Upstream, body_len: usize) -> (Uri, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
+        let closes = closed.clone();
         tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
                 let _ = sock.set_nodelay(true);
+                let closes = closes.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     loop {
@@ -288,7 +344,11 @@ mod tests {
                             }
                             let mut chunk = [0u8; 4096];
                             match sock.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
+                                Ok(0) => {
+                                    closes.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
+                                Err(_) => return,
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
                         };
@@ -332,7 +392,7 @@ mod tests {
             }
         });
         let uri: Uri = format!("http://{addr}/").parse().expect("uri");
-        (uri, accepted)
+        (uri, accepted, closed)
     }
 
     fn pool(origin: Uri) -> Arc<Pool> {
@@ -361,7 +421,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_serves_one_request_after_another() {
-        let (origin, accepted) = upstream(Upstream::KeepAlive, 2).await;
+        let (origin, accepted, _) = upstream(Upstream::KeepAlive, 2).await;
         let p = pool(origin.clone());
         for _ in 0..5 {
             assert_eq!(roundtrip(&p, &origin).await, 2);
@@ -373,7 +433,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_requests_open_connections_that_all_come_back() {
-        let (origin, accepted) = upstream(Upstream::KeepAlive, 2).await;
+        let (origin, accepted, _) = upstream(Upstream::KeepAlive, 2).await;
         let p = pool(origin.clone());
         // four answers' heads held at once: four connections
         let heads = futures_util::future::join_all((0..4).map(|_| p.send(request(&origin)))).await;
@@ -400,7 +460,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_dropped_half_read_closes_its_connection() {
         // 4,000 bytes in two writes 20 ms apart: the first read cannot be the whole body
-        let (origin, accepted) = upstream(Upstream::KeepAlive, 4000).await;
+        let (origin, accepted, _) = upstream(Upstream::KeepAlive, 4000).await;
         let p = pool(origin.clone());
         let resp = p.send(request(&origin)).await.expect("answer");
         let mut body = resp.into_body();
@@ -419,7 +479,7 @@ mod tests {
         // the upstream closes each connection after its answer without announcing it: the pooled
         // connection is closed (or found closing as the request is handed to it, which hyper
         // gives back unsent), and every request still gets its answer
-        let (origin, accepted) = upstream(Upstream::CloseSilently, 2).await;
+        let (origin, accepted, _) = upstream(Upstream::CloseSilently, 2).await;
         let p = pool(origin.clone());
         for i in 1..=20 {
             assert_eq!(roundtrip(&p, &origin).await, 2, "request {i}");
@@ -429,20 +489,61 @@ mod tests {
 
     #[tokio::test]
     async fn connections_idle_too_long_are_closed_at_the_next_checkout() {
-        let (origin, accepted) = upstream(Upstream::KeepAlive, 2).await;
+        let (origin, accepted, _) = upstream(Upstream::KeepAlive, 2).await;
         let p = pool(origin.clone());
         roundtrip(&p, &origin).await;
         roundtrip(&p, &origin).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         // age the idle connection past the timeout
-        if let Ok(mut idle) = p.idle.lock() {
-            for i in idle.iter_mut() {
-                i.since -= IDLE_TIMEOUT + Duration::from_secs(1);
-            }
-        }
+        age(&p);
         roundtrip(&p, &origin).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection");
         assert_eq!(p.idle(), 1);
+    }
+
+    /// Makes every idle connection look idle past the timeout.
+    fn age(p: &Pool) {
+        if let Ok(mut idle) = p.idle.lock() {
+            for i in idle.list.iter_mut() {
+                i.since -= IDLE_TIMEOUT + Duration::from_secs(1);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn with_no_traffic_idle_connections_are_closed_by_the_reaper() {
+        let (origin, accepted, closed) = upstream(Upstream::KeepAlive, 2).await;
+        let mut pool = Pool::new(HttpConnector::new(), origin.clone());
+        pool.reap_every = Duration::from_millis(20);
+        let p = Arc::new(pool);
+        roundtrip(&p, &origin).await;
+        roundtrip(&p, &origin).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // not yet idle long enough: the reaper keeps it
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(p.idle(), 1);
+        assert!(p.idle.lock().is_ok_and(|i| i.reaping));
+        // past the timeout: closed without any request coming, and the reaper stops
+        assert_eq!(closed.load(Ordering::SeqCst), 0);
+        age(&p);
+        // a few of the reaper's rounds, however busy the machine
+        for _ in 0..250 {
+            if p.idle() == 0 && closed.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(p.idle(), 0);
+        assert!(p.idle.lock().is_ok_and(|i| !i.reaping));
+        assert_eq!(
+            closed.load(Ordering::SeqCst),
+            1,
+            "the upstream saw it closed"
+        );
+        // the next answer's connection starts it again
+        roundtrip(&p, &origin).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert!(p.idle.lock().is_ok_and(|i| i.reaping));
     }
 
     #[tokio::test]
