@@ -93,12 +93,10 @@ impl IntoResponse for ApiError {
 }
 
 /// The `x-tollway-*` headers, and the outcome's own (rate limits, cost), moved into the response.
-/// Room in an answer's header map for its own headers, ours (`set_ids`: ids, cost, rate limits)
-/// and hyper's `content-length`, so that adding them never grows it.
-const ANSWER_HEADERS: usize = 20;
-
 fn set_ids(h: &mut HeaderMap, request_id: &str, outcome: Option<Outcome>) {
-    // room for every header below at once, rather than growing the map as they come
+    // Room for every header below at once, rather than growing the map as they come, and for
+    // three more (the answer's content type and the like, hyper's `content-length`): called on
+    // an answer's empty map, this is its one allocation.
     h.reserve(8 + outcome.as_ref().map_or(0, |o| o.headers.len()));
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert(H_REQUEST_ID, v);
@@ -779,9 +777,7 @@ async fn chat_inner(
         match gateway::chat_stream(&rt, &req, &opts, planned, &mut outcome).await {
             Ok(stream) => {
                 charge.outcome(499, &outcome);
-                let mut resp = sse_response(family, include_usage, stream, charge);
-                set_ids(resp.headers_mut(), &request_id, Some(outcome));
-                resp
+                sse_response(family, include_usage, stream, charge, &request_id, outcome)
             }
             Err(e) => {
                 charge.outcome(e.http_status(), &outcome);
@@ -812,12 +808,11 @@ async fn chat_inner(
                     ApiFamily::Anthropic => anthropic::encode_response(&answer),
                 };
                 let mut resp = Response::new(Body::from(body));
-                *resp.headers_mut() = HeaderMap::with_capacity(ANSWER_HEADERS);
+                set_ids(resp.headers_mut(), &request_id, Some(outcome));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
-                set_ids(resp.headers_mut(), &request_id, Some(outcome));
                 resp
             }
             Err(e) => {
@@ -1012,6 +1007,8 @@ fn sse_response(
     include_usage: bool,
     upstream: EventStream,
     charge: Charge,
+    request_id: &str,
+    outcome: Outcome,
 ) -> Response {
     let encoder = Encoder::new(family, include_usage);
     let state = SseState {
@@ -1023,8 +1020,8 @@ fn sse_response(
         scratch: Vec::with_capacity(512),
     };
     let mut resp = Response::new(Body::from_stream(FirstAlone::new(state)));
-    *resp.headers_mut() = HeaderMap::with_capacity(ANSWER_HEADERS);
     let h = resp.headers_mut();
+    set_ids(h, request_id, Some(outcome));
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
@@ -1492,11 +1489,11 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
                 let mut resp = Response::new(Body::from(openai::encode_embeddings_response(
                     &answer, base64,
                 )));
+                set_ids(resp.headers_mut(), &request_id, Some(outcome));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
-                set_ids(resp.headers_mut(), &request_id, Some(outcome));
                 resp
             }
             Err(e) => {
