@@ -65,14 +65,9 @@ enum Transport {
 impl Transport {
     fn new(url: &Uri, timeouts: &Timeouts) -> Result<Transport, String> {
         if url.scheme_str() == Some("http") {
-            let mut origin = http::uri::Parts::default();
-            origin.scheme = url.scheme().cloned();
-            origin.authority = url.authority().cloned();
-            origin.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-            let origin = Uri::from_parts(origin).map_err(|e| e.to_string())?;
             let connector = http_connector(timeouts);
             Ok(Transport::Pooled(Lanes::new(|| {
-                Ok(Arc::new(Pool::new(connector.clone(), origin.clone())))
+                Ok(Arc::new(Pool::new(connector.clone(), url.clone())))
             })?))
         } else {
             Ok(Transport::Client(Box::new(lane_clients(timeouts)?)))

@@ -51,7 +51,7 @@ type Conn = SendRequest<Full<Bytes>>;
 pub(crate) struct Pool {
     idle: Mutex<Idles>,
     connector: HttpConnector,
-    /// Where to connect (scheme, host and port of the provider's base URL).
+    /// Where to connect: a URL of the upstream's (the connector reads its host and port only).
     origin: Uri,
     /// [`REAP_EVERY`]; shorter in tests.
     reap_every: Duration,
@@ -109,7 +109,8 @@ impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             SendError::Connect(e) => Some(&**e),
-            SendError::Http(e) => Some(e),
+            // transparent: its text is hyper's, so its causes are hyper's
+            SendError::Http(e) => e.source(),
         }
     }
 }
@@ -336,20 +337,30 @@ mod tests {
                 let closes = closes.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
+                    // more of the request into `buf`; false when the client closed or failed
+                    let mut read_more =
+                        async |sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>| {
+                            let mut chunk = [0u8; 4096];
+                            match sock.read(&mut chunk).await {
+                                Ok(0) => {
+                                    closes.fetch_add(1, Ordering::SeqCst);
+                                    false
+                                }
+                                Err(_) => false,
+                                Ok(n) => {
+                                    buf.extend_from_slice(&chunk[..n]);
+                                    true
+                                }
+                            }
+                        };
                     loop {
                         // one request: its head, then a body of its content-length
                         let head_end = loop {
                             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                                 break i + 4;
                             }
-                            let mut chunk = [0u8; 4096];
-                            match sock.read(&mut chunk).await {
-                                Ok(0) => {
-                                    closes.fetch_add(1, Ordering::SeqCst);
-                                    return;
-                                }
-                                Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            if !read_more(&mut sock, &mut buf).await {
+                                return;
                             }
                         };
                         let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
@@ -359,10 +370,8 @@ mod tests {
                             .and_then(|v| v.trim().parse().ok())
                             .unwrap_or(0);
                         while buf.len() < head_end + len {
-                            let mut chunk = [0u8; 4096];
-                            match sock.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            if !read_more(&mut sock, &mut buf).await {
+                                return;
                             }
                         }
                         buf.drain(..head_end + len);
@@ -396,10 +405,16 @@ mod tests {
     }
 
     fn pool(origin: Uri) -> Arc<Pool> {
+        pool_reaping_every(origin, REAP_EVERY)
+    }
+
+    fn pool_reaping_every(origin: Uri, every: Duration) -> Arc<Pool> {
         let mut c = HttpConnector::new();
         c.set_connect_timeout(Some(Duration::from_secs(2)));
         c.set_nodelay(true);
-        Arc::new(Pool::new(c, origin))
+        let mut pool = Pool::new(c, origin);
+        pool.reap_every = every;
+        Arc::new(pool)
     }
 
     fn request(origin: &Uri) -> http::Request<Full<Bytes>> {
@@ -513,9 +528,7 @@ mod tests {
     #[tokio::test]
     async fn with_no_traffic_idle_connections_are_closed_by_the_reaper() {
         let (origin, accepted, closed) = upstream(Upstream::KeepAlive, 2).await;
-        let mut pool = Pool::new(HttpConnector::new(), origin.clone());
-        pool.reap_every = Duration::from_millis(20);
-        let p = Arc::new(pool);
+        let p = pool_reaping_every(origin.clone(), Duration::from_millis(20));
         roundtrip(&p, &origin).await;
         roundtrip(&p, &origin).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
