@@ -19,7 +19,8 @@
 //!   long); at most [`MAX_IDLE`] are kept.
 //! - An idle connection the upstream has closed is skipped once its task has seen the close. If
 //!   the connection ends while a request waits to be written, hyper gives the request back and it
-//!   goes out on another connection. A request that may have been written is never sent twice
+//!   goes out on another connection (no test brings that about: it needs the close to land between
+//!   the checkout and the write). A request that may have been written is never sent twice
 //!   here: when an upstream closes an idle connection just as a request goes out on it (its
 //!   keep-alive timeout, racing the request, as with any HTTP/1.1 client), the attempt fails with
 //!   a connection error, which the gateway retries like any other.
