@@ -339,21 +339,20 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     // more of the request into `buf`; false when the client closed or failed
-                    let mut read_more =
-                        async |sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>| {
-                            let mut chunk = [0u8; 4096];
-                            match sock.read(&mut chunk).await {
-                                Ok(0) => {
-                                    closes.fetch_add(1, Ordering::SeqCst);
-                                    false
-                                }
-                                Err(_) => false,
-                                Ok(n) => {
-                                    buf.extend_from_slice(&chunk[..n]);
-                                    true
-                                }
+                    let read_more = async |sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>| {
+                        let mut chunk = [0u8; 4096];
+                        match sock.read(&mut chunk).await {
+                            Ok(0) => {
+                                closes.fetch_add(1, Ordering::SeqCst);
+                                false
                             }
-                        };
+                            Err(_) => false,
+                            Ok(n) => {
+                                buf.extend_from_slice(&chunk[..n]);
+                                true
+                            }
+                        }
+                    };
                     loop {
                         // one request: its head, then a body of its content-length
                         let head_end = loop {
