@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -418,8 +418,13 @@ fn stop_fields(f: &Finish) -> (&'static str, Value) {
     }
 }
 
-pub async fn messages(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (flight, seq) = s.begin(Route::Messages, &headers, &body);
+pub async fn messages(
+    State(s): State<Arc<Shared>>,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (flight, seq) = s.begin(Route::Messages, version, &headers, &body);
     let req = match serde_json::from_slice::<Value>(&body) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => return invalid("Input should be a valid dictionary").into_response(seq),

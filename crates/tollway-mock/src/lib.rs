@@ -12,7 +12,7 @@
 //! | `POST /v1/messages` | Anthropic message, or SSE events with `stream: true` (`anthropic-version` header required) |
 //! | `GET /v1/models` | OpenAI model list |
 //! | `GET /_mock/stats` | `{"requests", "by_path", "streams_started", "streams_completed", "streams_aborted", "in_flight"}` |
-//! | `GET /_mock/requests` | the last ≤1000 provider-API requests, oldest first: `[{"path", "headers", "body"}]` |
+//! | `GET /_mock/requests` | the last ≤1000 provider-API requests, oldest first: `[{"path", "version", "headers", "body"}]` (`version`: `HTTP/1.1` or `HTTP/2.0`) |
 //! | `POST /_mock/reset` | clears the stats and the request log (204) |
 //!
 //! Any other path: 404 in OpenAI's error shape. Any API key is accepted.
@@ -52,6 +52,7 @@ mod anthropic;
 mod gen;
 mod knobs;
 mod openai;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
@@ -61,7 +62,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -80,6 +81,7 @@ const BODY_LIMIT: usize = 64 * 1024 * 1024;
 /// Dropping it stops accepting connections (its task is aborted).
 pub struct MockServer {
     addr: SocketAddr,
+    tls: bool,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -91,12 +93,31 @@ impl MockServer {
         let task = tokio::spawn(async move {
             let _ = serve(listener, std::future::pending()).await;
         });
-        Ok(MockServer { addr, task })
+        Ok(MockServer {
+            addr,
+            tls: false,
+            task,
+        })
     }
 
-    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    /// As [`MockServer::start`], over TLS ([`tls::serve_tls`]).
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> std::io::Result<MockServer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = tls::serve_tls(listener, config, std::future::pending()).await;
+        });
+        Ok(MockServer {
+            addr,
+            tls: true,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` over TLS), without a trailing slash.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -185,6 +206,7 @@ impl Route {
 
 struct LogEntry {
     route: Route,
+    version: Version,
     headers: Vec<(String, String)>,
     body: Bytes,
 }
@@ -205,7 +227,13 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Counts and logs a provider-API request; the guard keeps it in flight until dropped.
-    fn begin(self: &Arc<Self>, route: Route, headers: &HeaderMap, body: &Bytes) -> (InFlight, u64) {
+    fn begin(
+        self: &Arc<Self>,
+        route: Route,
+        version: Version,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> (InFlight, u64) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.by_path[route as usize].fetch_add(1, Ordering::Relaxed);
@@ -221,6 +249,7 @@ impl Shared {
             .collect();
         let entry = LogEntry {
             route,
+            version,
             headers,
             body: body.clone(),
         };
@@ -307,7 +336,12 @@ async fn requests(State(s): State<Arc<Shared>>) -> Json<Value> {
                     Value::String(String::from_utf8_lossy(&e.body).into_owned())
                 })
             };
-            json!({"path": e.route.path(), "headers": headers, "body": body})
+            json!({
+                "path": e.route.path(),
+                "version": format!("{:?}", e.version),
+                "headers": headers,
+                "body": body,
+            })
         })
         .collect();
     Json(Value::Array(out))

@@ -1,4 +1,5 @@
-//! `tollway-mock [--listen ADDR]`: runs the upstream simulator until SIGTERM or Ctrl-C.
+//! `tollway-mock [--listen ADDR] [--tls-cert FILE --tls-key FILE]`: runs the upstream simulator
+//! until SIGTERM or Ctrl-C.
 
 use std::io::Write;
 
@@ -12,11 +13,38 @@ struct Args {
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:8090")]
     listen: String,
+    /// Serve HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with this PEM certificate chain, leaf first.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+/// The TLS set-up from `--tls-cert` and `--tls-key`, if given.
+fn tls(args: &Args) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, String> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))
+    };
+    let config =
+        tollway_mock::tls::server_config(&read(cert)?, &read(key)?, tollway_mock::tls::Alpn::Both)
+            .map_err(|e| format!("`{}`, `{}`: {e}", cert.display(), key.display()))?;
+    Ok(Some(config))
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let tls = match tls(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tollway-mock: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -32,10 +60,15 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "tollway-mock listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let _ = writeln!(out, "tollway-mock listening on {scheme}://{addr}");
     let _ = out.flush();
     drop(out);
-    match tollway_mock::serve(listener, shutdown_signal()).await {
+    let served = match tls {
+        Some(config) => tollway_mock::tls::serve_tls(listener, config, shutdown_signal()).await,
+        None => tollway_mock::serve(listener, shutdown_signal()).await,
+    };
+    match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tollway-mock: {e}");

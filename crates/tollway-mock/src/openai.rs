@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -421,8 +421,13 @@ fn usage(prompt: u64, completion: u64, cached: u64, reasoning: u64) -> Value {
     })
 }
 
-pub async fn chat(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (flight, seq) = s.begin(Route::Chat, &headers, &body);
+pub async fn chat(
+    State(s): State<Arc<Shared>>,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (flight, seq) = s.begin(Route::Chat, version, &headers, &body);
     let req = match parse_body(&body) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
@@ -676,8 +681,13 @@ fn json_stream(body: axum::body::Body) -> Response {
 
 // ---- embeddings ----
 
-pub async fn embeddings(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (flight, seq) = s.begin(Route::Embeddings, &headers, &body);
+pub async fn embeddings(
+    State(s): State<Arc<Shared>>,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (flight, seq) = s.begin(Route::Embeddings, version, &headers, &body);
     let req = match parse_body(&body) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
@@ -860,8 +870,12 @@ const MODELS: [(&str, &str, u64); 8] = [
     ("mock-model", "tollway-mock", 1_700_000_000),
 ];
 
-pub async fn models(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let (_flight, seq) = s.begin(Route::Models, &headers, &Bytes::new());
+pub async fn models(
+    State(s): State<Arc<Shared>>,
+    version: Version,
+    headers: HeaderMap,
+) -> Response {
+    let (_flight, seq) = s.begin(Route::Models, version, &headers, &Bytes::new());
     let data: Vec<Value> = MODELS
         .iter()
         .map(|(id, owner, created)| {

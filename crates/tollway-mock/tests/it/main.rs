@@ -6,6 +6,7 @@ mod control;
 mod faults;
 mod golden;
 mod openai;
+mod tls;
 
 use serde_json::{json, Value};
 use tollway_mock::MockServer;
