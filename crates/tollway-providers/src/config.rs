@@ -96,6 +96,10 @@ pub struct OpenAiConfig {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// A PEM file of certificate authorities to trust for this account's HTTPS upstream, besides
+    /// the public ones (a server with a private or corporate CA).
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -113,6 +117,10 @@ pub struct AnthropicConfig {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// A PEM file of certificate authorities to trust for this account's HTTPS upstream, besides
+    /// the public ones (a server with a private or corporate CA).
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 /// Which wire format a simulated provider speaks.
@@ -168,11 +176,32 @@ impl ProviderConfig {
             None if required => out.push("base_url is required for this kind".to_string()),
             _ => {}
         };
-        match self {
-            ProviderConfig::Openai(c) => check_url(&c.base_url, false, &mut out),
-            ProviderConfig::OpenaiCompatible(c) => check_url(&c.base_url, true, &mut out),
-            ProviderConfig::Anthropic(c) => check_url(&c.base_url, false, &mut out),
-            ProviderConfig::Mock(_) => {}
+        let (base_url, ca_file) = match self {
+            ProviderConfig::Openai(c) => {
+                check_url(&c.base_url, false, &mut out);
+                (&c.base_url, &c.ca_file)
+            }
+            ProviderConfig::OpenaiCompatible(c) => {
+                check_url(&c.base_url, true, &mut out);
+                (&c.base_url, &c.ca_file)
+            }
+            ProviderConfig::Anthropic(c) => {
+                check_url(&c.base_url, false, &mut out);
+                (&c.base_url, &c.ca_file)
+            }
+            ProviderConfig::Mock(_) => return out,
+        };
+        if let Some(path) = ca_file {
+            if base_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("http://"))
+            {
+                out.push(format!(
+                    "ca_file `{path}` is for https:// upstreams; base_url is plain http://"
+                ));
+            } else if let Err(e) = crate::http::root_store(Some(path)) {
+                out.push(e);
+            }
         }
         out
     }
@@ -205,6 +234,7 @@ impl ProviderConfig {
                 organization: None,
                 headers: BTreeMap::new(),
                 timeouts: Timeouts::default(),
+                ca_file: None,
             }),
             MockFormat::Anthropic => ProviderConfig::Anthropic(AnthropicConfig {
                 api_key: Secret::new("mock"),
@@ -212,6 +242,7 @@ impl ProviderConfig {
                 version: None,
                 headers: BTreeMap::new(),
                 timeouts: Timeouts::default(),
+                ca_file: None,
             }),
         })
     }
@@ -229,6 +260,7 @@ mod tests {
             organization: None,
             headers: BTreeMap::new(),
             timeouts: Timeouts::default(),
+            ca_file: None,
         });
         let shown = format!("{c:?}");
         assert!(!shown.contains("very-secret"), "{shown}");

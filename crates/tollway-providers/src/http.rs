@@ -16,6 +16,8 @@ use http::Uri;
 use http_body_util::{BodyExt, BodyStream, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use crate::lanes::Lanes;
 use crate::pool::{Pool, PooledBody, SendError};
@@ -63,14 +65,17 @@ enum Transport {
 }
 
 impl Transport {
-    fn new(url: &Uri, timeouts: &Timeouts) -> Result<Transport, String> {
+    /// `ca_file`: extra authorities for an HTTPS upstream ([`root_store`]).
+    fn new(url: &Uri, timeouts: &Timeouts, ca_file: Option<&str>) -> Result<Transport, String> {
         if url.scheme_str() == Some("http") {
             let connector = http_connector(timeouts);
             Ok(Transport::Pooled(Lanes::new(|| {
                 Ok(Arc::new(Pool::new(connector.clone(), url.clone())))
             })?))
         } else {
-            Ok(Transport::Client(Box::new(lane_clients(timeouts)?)))
+            Ok(Transport::Client(Box::new(lane_clients(
+                timeouts, ca_file,
+            )?)))
         }
     }
 }
@@ -136,12 +141,12 @@ fn with_host(mut headers: HeaderMap, url: &Uri) -> HeaderMap {
 }
 
 fn client(timeouts: &Timeouts) -> Result<HttpClient, String> {
-    Ok(client_on(connector(timeouts)?))
+    Ok(client_on(connector(timeouts, None)?))
 }
 
 /// One pool per lane over one connector (the TLS set-up is built once).
-fn lane_clients(timeouts: &Timeouts) -> Result<Lanes<HttpClient>, String> {
-    let connector = connector(timeouts)?;
+fn lane_clients(timeouts: &Timeouts, ca_file: Option<&str>) -> Result<Lanes<HttpClient>, String> {
+    let connector = connector(timeouts, ca_file)?;
     Lanes::new(|| Ok(client_on(connector.clone())))
 }
 
@@ -156,11 +161,45 @@ fn http_connector(timeouts: &Timeouts) -> HttpConnector {
     http
 }
 
-fn connector(timeouts: &Timeouts) -> Result<Connector, String> {
+/// The certificate authorities an HTTPS upstream's certificate must chain to: the public ones
+/// (Mozilla's, as the `webpki-roots` crate ships them) and those in `ca_file` (PEM), if given.
+pub fn root_store(ca_file: Option<&str>) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let Some(path) = ca_file else {
+        return Ok(roots);
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("ca_file `{path}`: cannot read it: {e}"))?;
+    let mut added = 0;
+    for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+        let cert = cert.map_err(|e| format!("ca_file `{path}`: not valid PEM: {e}"))?;
+        roots.add(cert).map_err(|e| {
+            format!(
+                "ca_file `{path}`: certificate {} is not usable as an authority: {e}",
+                i + 1
+            )
+        })?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(format!("ca_file `{path}` holds no PEM certificate"));
+    }
+    Ok(roots)
+}
+
+/// TCP, and TLS to the authorities of [`root_store`] with HTTP/2 or HTTP/1.1 by ALPN.
+fn connector(timeouts: &Timeouts, ca_file: Option<&str>) -> Result<Connector, String> {
     let http = http_connector(timeouts);
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("could not set up TLS: {e}"))?
+    .with_root_certificates(root_store(ca_file)?)
+    .with_no_client_auth();
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| format!("could not set up TLS: {e}"))?
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
@@ -203,7 +242,8 @@ impl HttpProvider {
                 name: name.to_string(),
                 family: ApiFamily::OpenAi,
             },
-            transport: Transport::new(&chat_url.absolute, &c.timeouts)?,
+            transport: Transport::new(&chat_url.absolute, &c.timeouts, c.ca_file.as_deref())
+                .map_err(|e| format!("provider `{name}`: {e}"))?,
             chat_url,
             embeddings_url: Some(Endpoint::parse(&format!("{base}/embeddings"), name)?),
             headers,
@@ -236,7 +276,8 @@ impl HttpProvider {
                 name: name.to_string(),
                 family: ApiFamily::Anthropic,
             },
-            transport: Transport::new(&chat_url.absolute, &c.timeouts)?,
+            transport: Transport::new(&chat_url.absolute, &c.timeouts, c.ca_file.as_deref())
+                .map_err(|e| format!("provider `{name}`: {e}"))?,
             chat_url,
             embeddings_url: None,
             headers,
@@ -1126,5 +1167,182 @@ mod tests {
             .await
             .expect_err("not http");
         assert!(e.contains("http://"), "{e}");
+    }
+    /// A mock over TLS on a throwaway authority, and that authority's certificate in a PEM file.
+    struct TlsUpstream {
+        mock: tollway_mock::MockServer,
+        dir: std::path::PathBuf,
+        ca_file: String,
+    }
+
+    impl TlsUpstream {
+        async fn start(alpn: tollway_mock::tls::Alpn, tag: &str) -> TlsUpstream {
+            let certs = tollway_mock::tls::TestCerts::generate().expect("certificates");
+            let mock = tollway_mock::MockServer::start_tls(certs.server_config(alpn).expect("TLS"))
+                .await
+                .expect("mock");
+            let dir =
+                std::env::temp_dir().join(format!("tollway-tls-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let ca_file = dir.join("ca.pem");
+            std::fs::write(&ca_file, &certs.ca_pem).expect("write CA");
+            TlsUpstream {
+                mock,
+                ca_file: ca_file.to_string_lossy().into_owned(),
+                dir,
+            }
+        }
+
+        fn provider(&self, ca_file: Option<&str>) -> HttpProvider {
+            let c: OpenAiConfig = serde_json::from_value(serde_json::json!({
+                "api_key": "sk-tls",
+                "base_url": format!("{}/v1", self.mock.url()),
+                "ca_file": ca_file,
+            }))
+            .expect("config");
+            HttpProvider::openai("up", &c, true).expect("provider")
+        }
+
+        /// The mock's request log, read over TLS.
+        async fn requests(&self) -> Vec<serde_json::Value> {
+            let client =
+                client_on(connector(&Timeouts::default(), Some(&self.ca_file)).expect("connector"));
+            let uri: Uri = format!("{}/_mock/requests", self.mock.url())
+                .parse()
+                .expect("uri");
+            let resp = client
+                .request(
+                    http::Request::get(uri)
+                        .body(Full::new(Bytes::new()))
+                        .expect("request"),
+                )
+                .await
+                .expect("log");
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .expect("log body")
+                .to_bytes();
+            serde_json::from_slice(&body).expect("log JSON")
+        }
+    }
+
+    impl Drop for TlsUpstream {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[tokio::test]
+    async fn https_upstreams_with_a_private_ca_over_http2_and_http1() {
+        use tollway_mock::tls::Alpn;
+        for (alpn, version) in [(Alpn::Both, "HTTP/2.0"), (Alpn::Http1, "HTTP/1.1")] {
+            let up = TlsUpstream::start(alpn, version).await;
+            let p = up.provider(Some(&up.ca_file));
+            let r = p
+                .chat(
+                    &ChatRequest::simple("gpt-4.1?tokens=5", "hi"),
+                    "gpt-4.1?tokens=5",
+                )
+                .await
+                .expect("answer");
+            assert_eq!(r.usage.output_tokens, 5, "{version}");
+            let mut s = p
+                .chat_stream(
+                    &ChatRequest::simple("gpt-4.1?tokens=7", "hi"),
+                    "gpt-4.1?tokens=7",
+                )
+                .await
+                .expect("stream");
+            let mut text = String::new();
+            let mut finished = false;
+            while let Some(ev) = s.next().await {
+                match ev.expect("event") {
+                    StreamEvent::TextDelta { text: t, .. } => text.push_str(&t),
+                    StreamEvent::Finish { .. } => finished = true,
+                    _ => {}
+                }
+            }
+            assert!(finished, "{version}: the stream ended without its finish");
+            assert_eq!(text.split_whitespace().count(), 7, "{version}: {text:?}");
+            let log = up.requests().await;
+            assert_eq!(log.len(), 2, "{log:?}");
+            for req in &log {
+                assert_eq!(req["version"], version, "{req}");
+                assert_eq!(req["headers"]["authorization"], "Bearer sk-tls");
+                // HTTP/2 carries the authority as `:authority`, HTTP/1.1 as one Host header
+                let host = req["headers"]["host"].as_str();
+                let authority = up.mock.url().trim_start_matches("https://").to_string();
+                match version {
+                    "HTTP/1.1" => assert_eq!(host, Some(authority.as_str()), "{req}"),
+                    _ => assert!(host.is_none_or(|h| h == authority), "{req}"),
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upstream_certificate_from_an_unknown_authority_is_a_connection_error() {
+        let up = TlsUpstream::start(tollway_mock::tls::Alpn::Both, "unknown").await;
+        // the public roots only
+        let e = up
+            .provider(None)
+            .chat(&ChatRequest::simple("m", "hi"), "m")
+            .await
+            .expect_err("untrusted");
+        assert_eq!(e.kind, ErrorKind::Connection);
+        assert!(
+            e.message.contains("could not connect to provider up/m")
+                && e.message.contains("UnknownIssuer"),
+            "{}",
+            e.message
+        );
+        assert!(up.requests().await.is_empty());
+    }
+
+    #[test]
+    fn ca_files_that_cannot_serve_are_named() {
+        let dir = std::env::temp_dir().join(format!("tollway-ca-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).expect("write");
+            p.to_string_lossy().into_owned()
+        };
+        let certs = tollway_mock::tls::TestCerts::generate().expect("certificates");
+        let missing = dir.join("missing.pem").to_string_lossy().into_owned();
+        let empty = write("empty.pem", "no certificate here\n");
+        let key_only = write("key.pem", &certs.key_pem);
+        let broken = write(
+            "broken.pem",
+            "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+        );
+        let garbage = write(
+            "garbage.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        );
+        for (path, why) in [
+            (&missing, "cannot read it"),
+            (&empty, "holds no PEM certificate"),
+            (&key_only, "holds no PEM certificate"),
+            (&broken, "not valid PEM"),
+            (&garbage, "certificate 1 is not usable as an authority"),
+        ] {
+            let e = root_store(Some(path)).expect_err("refused");
+            assert!(e.contains(why) && e.contains(path.as_str()), "{path}: {e}");
+            // the provider is not built, and says which one
+            let c: OpenAiConfig = serde_json::from_value(serde_json::json!({
+                "base_url": "https://models.internal/v1", "ca_file": path,
+            }))
+            .expect("config");
+            let e = HttpProvider::openai("up", &c, true).err().expect("refused");
+            assert!(e.starts_with("provider `up`: ") && e.contains(why), "{e}");
+        }
+        // a good file adds to the public roots
+        let good = write("ca.pem", &certs.ca_pem);
+        let public = root_store(None).expect("public roots").len();
+        assert_eq!(root_store(Some(&good)).expect("roots").len(), public + 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1201,6 +1201,7 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
                 organization: env.get("OPENAI_ORG_ID").filter(|u| !u.is_empty()),
                 headers: BTreeMap::new(),
                 timeouts: Timeouts::default(),
+                ca_file: None,
             }),
         );
     }
@@ -1213,6 +1214,7 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
                 version: None,
                 headers: BTreeMap::new(),
                 timeouts: Timeouts::default(),
+                ca_file: None,
             }),
         );
     }

@@ -67,7 +67,11 @@ pub async fn start() -> Env {
 
 /// Starts a mock and a gateway whose config `config(mock_url)` returns.
 pub async fn start_with(config: impl Fn(&str) -> String) -> Env {
-    let mock = MockServer::start().await.expect("mock");
+    start_on(MockServer::start().await.expect("mock"), config).await
+}
+
+/// As [`start_with`], on a mock already started (over TLS, say).
+pub async fn start_on(mock: MockServer, config: impl Fn(&str) -> String) -> Env {
     let text = config(&mock.url());
     let cfg = match config::parse(&text, &ProcessEnv) {
         Ok(c) => c,

@@ -8,4 +8,5 @@ mod lifecycle;
 mod reload;
 mod routing;
 mod shared;
+mod tls;
 mod translate;

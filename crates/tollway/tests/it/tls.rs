@@ -1,0 +1,144 @@
+//! HTTPS upstreams end to end: a provider account trusting a private authority (`ca_file`)
+//! reached over HTTP/2, streams included; an upstream whose certificate nobody vouches for is a
+//! connection failure the router fails over from; an unusable `ca_file` is a config error.
+
+use serde_json::{json, Value};
+use tollway::config::{self, ProcessEnv};
+use tollway_mock::tls::{Alpn, TestCerts};
+use tollway_mock::MockServer;
+
+use crate::harness::{header, sse, start_on};
+
+#[tokio::test]
+async fn a_provider_behind_a_private_ca_is_reached_over_https_and_an_untrusted_one_failed_over() {
+    let certs = TestCerts::generate().expect("certificates");
+    let dir = std::env::temp_dir().join(format!("tollway-it-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &certs.ca_pem).expect("write CA");
+    let ca = ca_file.to_string_lossy().into_owned();
+    let mock = MockServer::start_tls(certs.server_config(Alpn::Both).expect("TLS"))
+        .await
+        .expect("mock");
+    let env = start_on(mock, |mock| {
+        format!(
+            r#"
+server: {{ master_key: {master} }}
+providers:
+  ant: {{ kind: anthropic, base_url: "{mock}", api_key: sk-ant-tls, ca_file: "{ca}" }}
+  untrusting: {{ kind: anthropic, base_url: "{mock}", api_key: sk-ant-tls }}
+models:
+  claude: {{ deployments: [{{ provider: ant, model: claude-sonnet-4-5 }}] }}
+  guarded:
+    deployments:
+      - {{ provider: untrusting, model: claude-first }}
+      - {{ provider: ant, model: claude-second }}
+"#,
+            master = crate::harness::MASTER
+        )
+    })
+    .await;
+    assert!(env.mock.url().starts_with("https://"));
+
+    // OpenAI-shaped client, Anthropic upstream over TLS
+    let (status, _, v) = env
+        .openai(json!({"model": "claude", "messages": [{"role": "user", "content": "hi [mock tokens=4]"}]}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
+
+    // a stream over the same connection
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "claude", "stream": true,
+                   "messages": [{"role": "user", "content": "hi [mock tokens=6]"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let events = sse(&r.text().await.expect("stream"));
+    let text: String = events
+        .iter()
+        .filter(|(_, d)| d != "[DONE]")
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text.split_whitespace().count(), 6, "{events:?}");
+    assert_eq!(events.last().map(|(_, d)| d.as_str()), Some("[DONE]"));
+
+    // the first deployment's certificate is not trusted by its account: the second answers
+    let (status, h, v) = env
+        .openai(json!({"model": "guarded", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-tollway-provider"), "ant");
+    assert_eq!(header(&h, "x-tollway-attempts"), "2");
+
+    // what the upstream saw: HTTP/2, the account's key, and no request from the untrusting one
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certs.ca_pem.as_bytes()).expect("CA certificate"),
+        )
+        .build()
+        .expect("client");
+    let log: Value = trusting
+        .get(format!("{}/_mock/requests", env.mock.url()))
+        .send()
+        .await
+        .expect("log")
+        .json()
+        .await
+        .expect("log JSON");
+    let log = log.as_array().expect("log array");
+    assert_eq!(log.len(), 3, "{log:?}");
+    for req in log {
+        assert_eq!(req["version"], "HTTP/2.0", "{req}");
+        assert_eq!(req["headers"]["x-api-key"], "sk-ant-tls", "{req}");
+        assert_ne!(req["body"]["model"], "claude-first", "{req}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unusable_ca_file_is_a_config_error_naming_the_account_and_the_file() {
+    let dir = std::env::temp_dir().join(format!("tollway-it-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let not_pem = dir.join("notes.txt");
+    std::fs::write(&not_pem, "not a certificate").expect("write");
+    let not_pem = not_pem.to_string_lossy().into_owned();
+    let missing = dir.join("missing.pem").to_string_lossy().into_owned();
+    for (account, why) in [
+        (
+            format!(
+                r#"{{ kind: openai-compatible, base_url: "https://llm.internal/v1", ca_file: "{not_pem}" }}"#
+            ),
+            format!("ca_file `{not_pem}` holds no PEM certificate"),
+        ),
+        (
+            format!(r#"{{ kind: anthropic, api_key: k, ca_file: "{missing}" }}"#),
+            format!("ca_file `{missing}`: cannot read it"),
+        ),
+        (
+            format!(
+                r#"{{ kind: openai-compatible, base_url: "http://llm.internal/v1", ca_file: "{missing}" }}"#
+            ),
+            "is for https:// upstreams; base_url is plain http://".to_string(),
+        ),
+    ] {
+        let text = format!(
+            "providers:\n  inhouse: {account}\nmodels:\n  m: {{ deployments: [{{ provider: inhouse, model: x }}] }}\n"
+        );
+        let errs = config::parse(&text, &ProcessEnv).expect_err("refused");
+        let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(
+            errs.iter()
+                .any(|e| e.path == "providers.inhouse" && e.message.contains(&why)),
+            "{all:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
