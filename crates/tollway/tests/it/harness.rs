@@ -67,11 +67,16 @@ pub async fn start() -> Env {
 
 /// Starts a mock and a gateway whose config `config(mock_url)` returns.
 pub async fn start_with(config: impl Fn(&str) -> String) -> Env {
-    start_on(MockServer::start().await.expect("mock"), config).await
+    start_on(MockServer::start().await.expect("mock"), None, config).await
 }
 
-/// As [`start_with`], on a mock already started (over TLS, say).
-pub async fn start_on(mock: MockServer, config: impl Fn(&str) -> String) -> Env {
+/// As [`start_with`], on a mock already started (over TLS, say); the test's client trusts the
+/// authority `ca_pem` too, to reach such a mock's stats and log.
+pub async fn start_on(
+    mock: MockServer,
+    ca_pem: Option<&str>,
+    config: impl Fn(&str) -> String,
+) -> Env {
     let text = config(&mock.url());
     let cfg = match config::parse(&text, &ProcessEnv) {
         Ok(c) => c,
@@ -88,13 +93,17 @@ pub async fn start_on(mock: MockServer, config: impl Fn(&str) -> String) -> Env 
     let done = tokio::spawn(tollway::serve(listener, state.clone(), async move {
         let _ = rx.await;
     }));
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(20));
+    if let Some(pem) = ca_pem {
+        http = http.add_root_certificate(
+            reqwest::Certificate::from_pem(pem.as_bytes()).expect("CA certificate"),
+        );
+    }
+    let http = http.build().expect("client");
     Env {
         mock,
         url: format!("http://{addr}"),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("client"),
+        http,
         state,
         stop: Some(tx),
         done: Some(done),

@@ -1,6 +1,7 @@
 //! HTTPS upstreams end to end: a provider account trusting a private authority (`ca_file`)
-//! reached over HTTP/2, streams included; an upstream whose certificate nobody vouches for is a
-//! connection failure the router fails over from; an unusable `ca_file` is a config error.
+//! reached over HTTP/2, streams included, and a client leaving mid-stream cancels its HTTP/2
+//! stream upstream; an upstream whose certificate nobody vouches for is a connection failure the
+//! router fails over from; an unusable `ca_file` is a config error.
 
 use serde_json::{json, Value};
 use tollway::config::{self, ProcessEnv};
@@ -10,7 +11,8 @@ use tollway_mock::MockServer;
 use crate::harness::{header, sse, start_on};
 
 #[tokio::test]
-async fn a_provider_behind_a_private_ca_is_reached_over_https_and_an_untrusted_one_failed_over() {
+async fn a_private_ca_upstream_over_http2_answers_streams_cancels_and_an_untrusted_one_fails_over()
+{
     let certs = TestCerts::generate().expect("certificates");
     let dir = std::env::temp_dir().join(format!("tollway-it-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -20,7 +22,7 @@ async fn a_provider_behind_a_private_ca_is_reached_over_https_and_an_untrusted_o
     let mock = MockServer::start_tls(certs.server_config(Alpn::Both).expect("TLS"))
         .await
         .expect("mock");
-    let env = start_on(mock, |mock| {
+    let env = start_on(mock, Some(&certs.ca_pem), |mock| {
         format!(
             r#"
 server: {{ master_key: {master} }}
@@ -79,13 +81,8 @@ models:
     assert_eq!(header(&h, "x-tollway-attempts"), "2");
 
     // what the upstream saw: HTTP/2, the account's key, and no request from the untrusting one
-    let trusting = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(certs.ca_pem.as_bytes()).expect("CA certificate"),
-        )
-        .build()
-        .expect("client");
-    let log: Value = trusting
+    let log: Value = env
+        .http
         .get(format!("{}/_mock/requests", env.mock.url()))
         .send()
         .await
@@ -100,6 +97,32 @@ models:
         assert_eq!(req["headers"]["x-api-key"], "sk-ant-tls", "{req}");
         assert_ne!(req["body"]["model"], "claude-first", "{req}");
     }
+
+    // a client that leaves mid-stream: the upstream stream (an HTTP/2 stream on a shared
+    // connection) is cancelled, and the connection keeps serving
+    let mut r = env
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "claude", "stream": true,
+                   "messages": [{"role": "user", "content": "hi [mock tpt_ms=100 tokens=2000]"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(!r.chunk().await.expect("chunk").expect("a chunk").is_empty());
+    drop(r);
+    let mut stats = env.mock_stats().await;
+    for _ in 0..100 {
+        if stats["streams_aborted"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        stats = env.mock_stats().await;
+    }
+    assert_eq!(stats["streams_aborted"], 1, "{stats}");
+    let (status, _, v) = env
+        .openai(json!({"model": "claude", "messages": [{"role": "user", "content": "again"}]}))
+        .await;
+    assert_eq!(status, 200, "{v}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
