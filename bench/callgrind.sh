@@ -11,6 +11,8 @@
 #                                       # priced model with limits
 #   PROMPT_BYTES=4000 bench/callgrind.sh  # a ~1,000-token prompt instead of a short one
 #   API=anthropic bench/callgrind.sh    # the client speaks Anthropic's Messages API (/v1/messages)
+#   TLS=1 bench/callgrind.sh            # the upstream over HTTPS (HTTP/2 by ALPN), trusted by
+#                                       # ca_file (certificates from openssl, bench/lib.sh)
 #   N=2000 TOLLWAY=/tmp/old-tollway bench/callgrind.sh
 #
 # The gateway runs with `--workers 1` and the SQLite ledger on; 200 requests warm it up, then the
@@ -37,12 +39,18 @@ trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 
 source bench/lib.sh # listening
 
-"$REL/tollway-mock" --listen 127.0.0.1:0 > "$OUT/mock.out" 2>&1 &
+MOCK_TLS=() CA=""
+if [[ -n ${TLS:-} ]]; then
+  test_certs "$OUT"
+  MOCK_TLS=(--tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem")
+  CA=", ca_file: \"$OUT/ca.pem\""
+fi
+"$REL/tollway-mock" --listen 127.0.0.1:0 "${MOCK_TLS[@]}" > "$OUT/mock.out" 2>&1 &
 PIDS+=($!)
 MOCK=$(listening "$OUT/mock.out")
 case $KIND in
-  openai) PROVIDER="{ kind: openai-compatible, base_url: \"$MOCK/v1\", api_key: none }" ;;
-  anthropic) PROVIDER="{ kind: anthropic, base_url: \"$MOCK\", api_key: none }" ;;
+  openai) PROVIDER="{ kind: openai-compatible, base_url: \"$MOCK/v1\", api_key: none$CA }" ;;
+  anthropic) PROVIDER="{ kind: anthropic, base_url: \"$MOCK\", api_key: none$CA }" ;;
   *) echo "KIND is openai or anthropic" >&2; exit 1 ;;
 esac
 cat > "$OUT/gw.yaml" <<YAML

@@ -1,11 +1,26 @@
 # Shell helpers shared by the bench scripts (sourced, not run).
 
-# listening FILE [SECONDS] -> the URL a server printed to FILE, waiting up to SECONDS (default 10).
+# listening FILE [SECONDS] -> the URL a server printed to FILE (http:// or https://), waiting up
+# to SECONDS (default 10).
 listening() {
   local tries=$(( ${2:-10} * 10 ))
   for _ in $(seq "$tries"); do
-    if grep -qo 'http://[0-9.:]*' "$1" 2>/dev/null; then grep -o 'http://[0-9.:]*' "$1" | head -1; return; fi
+    if grep -qo 'https\?://[0-9.:]*' "$1" 2>/dev/null; then grep -o 'https\?://[0-9.:]*' "$1" | head -1; return; fi
     sleep 0.1
   done
   echo "no listening line in $1" >&2; exit 1
+}
+
+# test_certs DIR -> DIR/ca.pem (a throwaway certificate authority), DIR/cert.pem and DIR/key.pem
+# (a certificate for 127.0.0.1 and localhost it signed): for a mock served over TLS
+# (tollway-mock --tls-cert --tls-key) and a provider account trusting it (ca_file).
+test_certs() {
+  local d=$1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=bench-ca -keyout "$d/ca-key.pem" -out "$d/ca.pem" 2> /dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=bench-mock \
+    -keyout "$d/key.pem" -out "$d/cert.csr" 2> /dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' > "$d/ext.cnf"
+  openssl x509 -req -in "$d/cert.csr" -CA "$d/ca.pem" -CAkey "$d/ca-key.pem" -CAcreateserial \
+    -days 2 -extfile "$d/ext.cnf" -out "$d/cert.pem" 2> /dev/null
 }

@@ -102,10 +102,20 @@ impl MockServer {
 
     /// As [`MockServer::start`], over TLS ([`tls::serve_tls`]).
     pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> std::io::Result<MockServer> {
+        MockServer::start_tls_limited(config, None).await
+    }
+
+    /// As [`MockServer::start_tls`], announcing at most `http2_max_streams` concurrent HTTP/2
+    /// streams per connection.
+    pub async fn start_tls_limited(
+        config: Arc<rustls::ServerConfig>,
+        http2_max_streams: Option<u32>,
+    ) -> std::io::Result<MockServer> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
-            let _ = tls::serve_tls(listener, config, std::future::pending()).await;
+            let _ =
+                tls::serve_tls(listener, config, http2_max_streams, std::future::pending()).await;
         });
         Ok(MockServer {
             addr,

@@ -19,6 +19,9 @@ struct Args {
     /// The PEM private key of `--tls-cert`.
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
     tls_key: Option<std::path::PathBuf>,
+    /// HTTP/2 over TLS: the most concurrent streams per connection (default 200).
+    #[arg(long, requires = "tls_cert", value_name = "N")]
+    h2_max_streams: Option<u32>,
 }
 
 /// The TLS set-up from `--tls-cert` and `--tls-key`, if given.
@@ -65,7 +68,10 @@ async fn main() -> std::process::ExitCode {
     let _ = out.flush();
     drop(out);
     let served = match tls {
-        Some(config) => tollway_mock::tls::serve_tls(listener, config, shutdown_signal()).await,
+        Some(config) => {
+            tollway_mock::tls::serve_tls(listener, config, args.h2_max_streams, shutdown_signal())
+                .await
+        }
         None => tollway_mock::serve(listener, shutdown_signal()).await,
     };
     match served {

@@ -56,15 +56,21 @@ pub fn server_config(
 
 /// Serves the mock over TLS on `listener` until `shutdown` completes, then lets open requests
 /// finish for up to two seconds. A handshake that fails (a client that does not trust the
-/// certificate, say) closes that connection only.
+/// certificate, say) closes that connection only. `http2_max_streams`: the HTTP/2
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` the mock announces (hyper's default, 200, when `None`), as
+/// providers' edges announce theirs (commonly 100 to 250).
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    http2_max_streams: Option<u32>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     let service = TowerToHyperService::new(crate::app());
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if let Some(n) = http2_max_streams {
+        builder.http2().max_concurrent_streams(n);
+    }
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

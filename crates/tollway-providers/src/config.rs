@@ -100,6 +100,10 @@ pub struct OpenAiConfig {
     /// the public ones (a server with a private or corporate CA).
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Offer HTTP/2 to an HTTPS upstream (ALPN), multiplexing a worker's requests on one
+    /// connection; by default HTTP/1.1, one connection per request in flight.
+    #[serde(default)]
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -121,6 +125,10 @@ pub struct AnthropicConfig {
     /// the public ones (a server with a private or corporate CA).
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Offer HTTP/2 to an HTTPS upstream (ALPN), multiplexing a worker's requests on one
+    /// connection; by default HTTP/1.1, one connection per request in flight.
+    #[serde(default)]
+    pub http2: bool,
 }
 
 /// Which wire format a simulated provider speaks.
@@ -176,32 +184,39 @@ impl ProviderConfig {
             None if required => out.push("base_url is required for this kind".to_string()),
             _ => {}
         };
-        let (base_url, ca_file) = match self {
+        let (base_url, ca_file, http2) = match self {
             ProviderConfig::Openai(c) => {
                 check_url(&c.base_url, false, &mut out);
-                (&c.base_url, &c.ca_file)
+                (&c.base_url, &c.ca_file, c.http2)
             }
             ProviderConfig::OpenaiCompatible(c) => {
                 check_url(&c.base_url, true, &mut out);
-                (&c.base_url, &c.ca_file)
+                (&c.base_url, &c.ca_file, c.http2)
             }
             ProviderConfig::Anthropic(c) => {
                 check_url(&c.base_url, false, &mut out);
-                (&c.base_url, &c.ca_file)
+                (&c.base_url, &c.ca_file, c.http2)
             }
             ProviderConfig::Mock(_) => return out,
         };
+        let plain = base_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("http://"));
         if let Some(path) = ca_file {
-            if base_url
-                .as_deref()
-                .is_some_and(|u| u.starts_with("http://"))
-            {
+            if plain {
                 out.push(format!(
                     "ca_file `{path}` is for https:// upstreams; base_url is plain http://"
                 ));
             } else if let Err(e) = crate::http::root_store(Some(path)) {
                 out.push(e);
             }
+        }
+        if http2 && plain {
+            out.push(
+                "http2 is for https:// upstreams (HTTP/2 is offered in the TLS handshake); \
+                 base_url is plain http://"
+                    .to_string(),
+            );
         }
         out
     }
@@ -235,6 +250,7 @@ impl ProviderConfig {
                 headers: BTreeMap::new(),
                 timeouts: Timeouts::default(),
                 ca_file: None,
+                http2: false,
             }),
             MockFormat::Anthropic => ProviderConfig::Anthropic(AnthropicConfig {
                 api_key: Secret::new("mock"),
@@ -243,6 +259,7 @@ impl ProviderConfig {
                 headers: BTreeMap::new(),
                 timeouts: Timeouts::default(),
                 ca_file: None,
+                http2: false,
             }),
         })
     }
@@ -261,6 +278,7 @@ mod tests {
             headers: BTreeMap::new(),
             timeouts: Timeouts::default(),
             ca_file: None,
+            http2: false,
         });
         let shown = format!("{c:?}");
         assert!(!shown.contains("very-secret"), "{shown}");

@@ -1,6 +1,7 @@
 //! The HTTP engine shared by every provider kind: pooled connections per account and serving lane
-//! (plain HTTP: the lane's own HTTP/1.1 connections, [`crate::pool`]; HTTPS: hyper-util's client
-//! with rustls and the webpki roots, HTTP/2 by ALPN), the four timeouts (connect, first byte,
+//! (the lane's own HTTP/1.1 connections, plain or over TLS, [`crate::pool`]; with `http2`,
+//! hyper-util's client, HTTP/2 by ALPN; TLS by rustls to the webpki roots and the account's
+//! `ca_file`), the four timeouts (connect, first byte,
 //! idle between chunks, total), bounded reads of bodies, upstream SSE streams decoded chunk by
 //! chunk as they arrive, and classified errors. hyper directly rather than reqwest: reqwest's
 //! layers (redirect policy, URL handling) cost ~20% of the gateway's instructions per request.
@@ -20,7 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use crate::lanes::Lanes;
-use crate::pool::{Pool, PooledBody, SendError};
+use crate::pool::{Connector, Pool, PooledBody, SendError};
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tollway_core::{
@@ -57,25 +58,30 @@ type Response = http::Response<PooledBody>;
 
 /// How requests reach the account's upstream, per serving lane.
 enum Transport {
-    /// Plain HTTP (local model servers, sidecars, internal proxies): always HTTP/1.1, on the
-    /// lane's own connections.
+    /// HTTP/1.1, plain or over TLS, on the lane's own connections ([`crate::pool`]): the default.
     Pooled(Lanes<Arc<Pool>>),
-    /// HTTPS: hyper-util's client, whose connections may be HTTP/2 (ALPN).
+    /// HTTPS with HTTP/2 offered by ALPN (`http2: true`): hyper-util's client, which multiplexes a
+    /// lane's requests on one connection per upstream.
     Client(Box<Lanes<HttpClient>>),
 }
 
 impl Transport {
     /// `ca_file`: extra authorities for an HTTPS upstream ([`root_store`]).
-    fn new(url: &Uri, timeouts: &Timeouts, ca_file: Option<&str>) -> Result<Transport, String> {
-        if url.scheme_str() == Some("http") {
-            let connector = http_connector(timeouts);
-            Ok(Transport::Pooled(Lanes::new(|| {
-                Ok(Arc::new(Pool::new(connector.clone(), url.clone())))
-            })?))
-        } else {
+    fn new(
+        url: &Uri,
+        timeouts: &Timeouts,
+        ca_file: Option<&str>,
+        http2: bool,
+    ) -> Result<Transport, String> {
+        if http2 {
             Ok(Transport::Client(Box::new(lane_clients(
                 timeouts, ca_file,
             )?)))
+        } else {
+            let connector = h1_connector(timeouts, ca_file)?;
+            Ok(Transport::Pooled(Lanes::new(|| {
+                Ok(Arc::new(Pool::new(connector.clone(), url.clone())))
+            })?))
         }
     }
 }
@@ -117,21 +123,25 @@ fn header_map(pairs: &[(String, String)], provider: &str) -> Result<HeaderMap, S
     Ok(map)
 }
 
-/// Adds `Host` for a plain-HTTP upstream (a local model server, an internal proxy) to the headers
-/// every request clones: such requests go out on the lane's own HTTP/1.1 connections
-/// ([`crate::pool`]), whose requests must carry it. Over TLS the connection may be HTTP/2, which
-/// carries the authority in `:authority` instead, and hyper-util's client adds `Host` itself when
-/// the connection is HTTP/1.1. A `host` header from the config wins.
-fn with_host(mut headers: HeaderMap, url: &Uri) -> HeaderMap {
-    if url.scheme_str() != Some("http") {
+/// Adds `Host` to the headers every request clones when requests go out on the lane's own
+/// HTTP/1.1 connections ([`crate::pool`]), whose requests must carry it. With `http2` the
+/// connection may be HTTP/2, which carries the authority in `:authority` instead, and hyper-util's
+/// client adds `Host` itself when the connection is HTTP/1.1. A `host` header from the config wins.
+fn with_host(mut headers: HeaderMap, url: &Uri, http2: bool) -> HeaderMap {
+    if http2 {
         return headers;
     }
     let Some(host) = url.host() else {
         return headers;
     };
     // as hyper-util writes it: the port only when it is not the scheme's default
+    let default_port = if url.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
     let value = match url.port_u16() {
-        Some(port) if port != 80 => HeaderValue::from_str(&format!("{host}:{port}")),
+        Some(port) if port != default_port => HeaderValue::from_str(&format!("{host}:{port}")),
         _ => HeaderValue::from_str(host),
     };
     if let Ok(v) = value {
@@ -149,8 +159,6 @@ fn lane_clients(timeouts: &Timeouts, ca_file: Option<&str>) -> Result<Lanes<Http
     let connector = connector(timeouts, ca_file)?;
     Lanes::new(|| Ok(client_on(connector.clone())))
 }
-
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// TCP connections: the connect timeout, no Nagle delay.
 fn http_connector(timeouts: &Timeouts) -> HttpConnector {
@@ -188,18 +196,34 @@ pub fn root_store(ca_file: Option<&str>) -> Result<rustls::RootCertStore, String
     Ok(roots)
 }
 
-/// TCP, and TLS to the authorities of [`root_store`] with HTTP/2 or HTTP/1.1 by ALPN.
-fn connector(timeouts: &Timeouts, ca_file: Option<&str>) -> Result<Connector, String> {
-    let http = http_connector(timeouts);
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+/// TLS to the authorities of [`root_store`] (session tickets cached, so reconnects are short).
+fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, String> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| format!("could not set up TLS: {e}"))?
     .with_root_certificates(root_store(ca_file)?)
-    .with_no_client_auth();
+    .with_no_client_auth())
+}
+
+/// TCP, and TLS for `https://` without ALPN (HTTP/1.1): the lane pools' connector.
+pub(crate) fn h1_connector(
+    timeouts: &Timeouts,
+    ca_file: Option<&str>,
+) -> Result<Connector, String> {
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+        .with_tls_config(tls_config(ca_file)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http_connector(timeouts)))
+}
+
+/// TCP, and TLS for `https://` with HTTP/2 or HTTP/1.1 by ALPN: hyper-util's client's connector.
+fn connector(timeouts: &Timeouts, ca_file: Option<&str>) -> Result<Connector, String> {
+    let http = http_connector(timeouts);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(ca_file)?)
         .https_or_http()
         .enable_http1()
         .enable_http2()
@@ -236,14 +260,19 @@ impl HttpProvider {
         }
         pairs.extend(c.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         let chat_url = Endpoint::parse(&format!("{base}/chat/completions"), name)?;
-        let headers = with_host(header_map(&pairs, name)?, &chat_url.absolute);
+        let headers = with_host(header_map(&pairs, name)?, &chat_url.absolute, c.http2);
         Ok(HttpProvider {
             info: ProviderInfo {
                 name: name.to_string(),
                 family: ApiFamily::OpenAi,
             },
-            transport: Transport::new(&chat_url.absolute, &c.timeouts, c.ca_file.as_deref())
-                .map_err(|e| format!("provider `{name}`: {e}"))?,
+            transport: Transport::new(
+                &chat_url.absolute,
+                &c.timeouts,
+                c.ca_file.as_deref(),
+                c.http2,
+            )
+            .map_err(|e| format!("provider `{name}`: {e}"))?,
             chat_url,
             embeddings_url: Some(Endpoint::parse(&format!("{base}/embeddings"), name)?),
             headers,
@@ -270,14 +299,19 @@ impl HttpProvider {
         }
         pairs.extend(c.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         let chat_url = Endpoint::parse(&format!("{base}/v1/messages"), name)?;
-        let headers = with_host(header_map(&pairs, name)?, &chat_url.absolute);
+        let headers = with_host(header_map(&pairs, name)?, &chat_url.absolute, c.http2);
         Ok(HttpProvider {
             info: ProviderInfo {
                 name: name.to_string(),
                 family: ApiFamily::Anthropic,
             },
-            transport: Transport::new(&chat_url.absolute, &c.timeouts, c.ca_file.as_deref())
-                .map_err(|e| format!("provider `{name}`: {e}"))?,
+            transport: Transport::new(
+                &chat_url.absolute,
+                &c.timeouts,
+                c.ca_file.as_deref(),
+                c.http2,
+            )
+            .map_err(|e| format!("provider `{name}`: {e}"))?,
             chat_url,
             embeddings_url: None,
             headers,
@@ -960,11 +994,12 @@ mod tests {
     }
 
     #[test]
-    fn plain_http_upstreams_get_their_host_header_once_built() {
-        let h = |url: &str, pairs: &[(String, String)]| {
+    fn http1_upstreams_get_their_host_header_once_built() {
+        let h2 = |url: &str, pairs: &[(String, String)], http2: bool| {
             let uri: Uri = url.parse().expect("uri");
-            with_host(header_map(pairs, "p").expect("headers"), &uri)
+            with_host(header_map(pairs, "p").expect("headers"), &uri, http2)
         };
+        let h = |url: &str, pairs: &[(String, String)]| h2(url, pairs, false);
         let host = |m: &HeaderMap| {
             m.get(http::header::HOST)
                 .map(|v| v.to_str().expect("ascii").to_string())
@@ -980,11 +1015,20 @@ mod tests {
             ),
             ("http://models.internal:80/v1", Some("models.internal")),
             ("http://[::1]:9000/v1", Some("[::1]:9000")),
-            // TLS may be HTTP/2 (`:authority`): left to hyper-util
-            ("https://api.openai.com/v1/chat/completions", None),
+            (
+                "https://api.openai.com/v1/chat/completions",
+                Some("api.openai.com"),
+            ),
+            (
+                "https://api.anthropic.com:443/v1",
+                Some("api.anthropic.com"),
+            ),
+            ("https://llm.internal:8443/v1", Some("llm.internal:8443")),
         ] {
             assert_eq!(host(&h(url, &[])).as_deref(), expected, "{url}");
         }
+        // with HTTP/2 offered the connection may be HTTP/2 (`:authority`): left to hyper-util
+        assert_eq!(host(&h2("https://api.openai.com/v1", &[], true)), None);
         // the operator's own Host header wins
         let own = [("host".to_string(), "llm.example".to_string())];
         let m = h("http://10.0.0.5:8000/v1", &own);
@@ -1177,10 +1221,22 @@ mod tests {
 
     impl TlsUpstream {
         async fn start(alpn: tollway_mock::tls::Alpn, tag: &str) -> TlsUpstream {
+            TlsUpstream::start_limited(alpn, None, tag).await
+        }
+
+        /// At most `http2_max_streams` concurrent HTTP/2 streams per connection.
+        async fn start_limited(
+            alpn: tollway_mock::tls::Alpn,
+            http2_max_streams: Option<u32>,
+            tag: &str,
+        ) -> TlsUpstream {
             let certs = tollway_mock::tls::TestCerts::generate().expect("certificates");
-            let mock = tollway_mock::MockServer::start_tls(certs.server_config(alpn).expect("TLS"))
-                .await
-                .expect("mock");
+            let mock = tollway_mock::MockServer::start_tls_limited(
+                certs.server_config(alpn).expect("TLS"),
+                http2_max_streams,
+            )
+            .await
+            .expect("mock");
             let dir =
                 std::env::temp_dir().join(format!("tollway-tls-{tag}-{}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("temp dir");
@@ -1193,38 +1249,36 @@ mod tests {
             }
         }
 
-        fn provider(&self, ca_file: Option<&str>) -> HttpProvider {
+        fn provider(&self, ca_file: Option<&str>, http2: bool) -> HttpProvider {
             let c: OpenAiConfig = serde_json::from_value(serde_json::json!({
                 "api_key": "sk-tls",
                 "base_url": format!("{}/v1", self.mock.url()),
                 "ca_file": ca_file,
+                "http2": http2,
             }))
             .expect("config");
             HttpProvider::openai("up", &c, true).expect("provider")
         }
 
-        /// The mock's request log, read over TLS.
+        /// The mock's request log.
         async fn requests(&self) -> Vec<serde_json::Value> {
+            match self.get("/_mock/requests").await {
+                serde_json::Value::Array(log) => log,
+                other => panic!("not a log: {other}"),
+            }
+        }
+
+        /// A GET of one of the mock's own routes, over TLS.
+        async fn get(&self, path: &str) -> serde_json::Value {
             let client =
                 client_on(connector(&Timeouts::default(), Some(&self.ca_file)).expect("connector"));
-            let uri: Uri = format!("{}/_mock/requests", self.mock.url())
-                .parse()
-                .expect("uri");
-            let resp = client
-                .request(
-                    http::Request::get(uri)
-                        .body(Full::new(Bytes::new()))
-                        .expect("request"),
-                )
-                .await
-                .expect("log");
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .expect("log body")
-                .to_bytes();
-            serde_json::from_slice(&body).expect("log JSON")
+            let uri: Uri = format!("{}{path}", self.mock.url()).parse().expect("uri");
+            let req = http::Request::get(uri)
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let resp = client.request(req).await.expect("answer");
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            serde_json::from_slice(&body).expect("JSON")
         }
     }
 
@@ -1235,24 +1289,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn https_upstreams_with_a_private_ca_over_http2_and_http1() {
+    async fn https_upstreams_with_a_private_ca_over_http1_or_http2_when_asked() {
         use tollway_mock::tls::Alpn;
-        for (alpn, version) in [(Alpn::Both, "HTTP/2.0"), (Alpn::Http1, "HTTP/1.1")] {
-            let up = TlsUpstream::start(alpn, version).await;
-            let p = up.provider(Some(&up.ca_file));
+        // (what the upstream offers, whether the account offers HTTP/2, what they speak)
+        for (alpn, http2, version) in [
+            (Alpn::Both, false, "HTTP/1.1"),
+            (Alpn::Http1, false, "HTTP/1.1"),
+            (Alpn::Both, true, "HTTP/2.0"),
+            (Alpn::Http1, true, "HTTP/1.1"),
+        ] {
+            let up = TlsUpstream::start(alpn, &format!("{alpn:?}-{http2}")).await;
+            let p = up.provider(Some(&up.ca_file), http2);
+            let model = "gpt-4.1?tokens=5";
             let r = p
-                .chat(
-                    &ChatRequest::simple("gpt-4.1?tokens=5", "hi"),
-                    "gpt-4.1?tokens=5",
-                )
+                .chat(&ChatRequest::simple(model, "hi"), model)
                 .await
                 .expect("answer");
             assert_eq!(r.usage.output_tokens, 5, "{version}");
+            let model = "gpt-4.1?tokens=7";
             let mut s = p
-                .chat_stream(
-                    &ChatRequest::simple("gpt-4.1?tokens=7", "hi"),
-                    "gpt-4.1?tokens=7",
-                )
+                .chat_stream(&ChatRequest::simple(model, "hi"), model)
                 .await
                 .expect("stream");
             let mut text = String::new();
@@ -1283,22 +1339,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn requests_in_flight_over_https_are_not_capped_by_an_http2_stream_limit() {
+        // the upstream offers HTTP/2 with at most 4 streams per connection; the account's
+        // default, HTTP/1.1, holds 8 streams open at once, one connection each
+        let up = TlsUpstream::start_limited(tollway_mock::tls::Alpn::Both, Some(4), "limit").await;
+        let p = up.provider(Some(&up.ca_file), false);
+        let model = "gpt-4.1?tokens=200&tpt_ms=50";
+        let mut streams = Vec::new();
+        for _ in 0..8 {
+            let mut s = p
+                .chat_stream(&ChatRequest::simple(model, "hi"), model)
+                .await
+                .expect("stream");
+            // its first event: the upstream is producing it
+            s.next().await.expect("an event").expect("not an error");
+            streams.push(s);
+        }
+        // each lasts 10 s: all 8 are still being produced
+        let stats = up.get("/_mock/stats").await;
+        assert_eq!(stats["in_flight"], 8, "{stats}");
+        assert_eq!(stats["streams_started"], 8, "{stats}");
+        let log = up.requests().await;
+        assert!(log.iter().all(|r| r["version"] == "HTTP/1.1"), "{log:?}");
+    }
+
+    #[tokio::test]
     async fn an_upstream_certificate_from_an_unknown_authority_is_a_connection_error() {
-        let up = TlsUpstream::start(tollway_mock::tls::Alpn::Both, "unknown").await;
-        // the public roots only
-        let e = up
-            .provider(None)
-            .chat(&ChatRequest::simple("m", "hi"), "m")
-            .await
-            .expect_err("untrusted");
-        assert_eq!(e.kind, ErrorKind::Connection);
-        assert!(
-            e.message.contains("could not connect to provider up/m")
-                && e.message.contains("UnknownIssuer"),
-            "{}",
-            e.message
-        );
-        assert!(up.requests().await.is_empty());
+        for http2 in [false, true] {
+            let up = TlsUpstream::start(tollway_mock::tls::Alpn::Both, &format!("unknown-{http2}"))
+                .await;
+            // the public roots only
+            let e = up
+                .provider(None, http2)
+                .chat(&ChatRequest::simple("m", "hi"), "m")
+                .await
+                .expect_err("untrusted");
+            assert_eq!(e.kind, ErrorKind::Connection);
+            assert!(
+                e.message.contains("could not connect to provider up/m")
+                    && e.message.contains("UnknownIssuer"),
+                "http2 {http2}: {}",
+                e.message
+            );
+            assert!(up.requests().await.is_empty());
+        }
     }
 
     #[test]

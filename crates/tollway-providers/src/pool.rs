@@ -1,5 +1,5 @@
-//! A lane's own HTTP/1.1 connections to one plain-HTTP upstream (a local model server, a sidecar,
-//! an internal proxy), on hyper's connection API rather than hyper-util's pooled client.
+//! A lane's own HTTP/1.1 connections to one upstream, plain or over TLS, on hyper's connection API
+//! rather than hyper-util's pooled client.
 //!
 //! hyper-util's client keys its shared pool by scheme and authority (a SipHash per checkout and
 //! per return), races each checkout against a new connect, and moves large futures around: about
@@ -7,8 +7,11 @@
 //! a provider's lane has one stack of idle connections behind an uncontended mutex, so a request
 //! pops a connection, sends, and the answer's body pushes it back when it has been read to its end.
 //!
-//! Upstreams over TLS keep hyper-util's client (see `http.rs`): there a connection may be HTTP/2
-//! by ALPN, which this pool does not speak, and the tests have no TLS upstream yet.
+//! HTTP/1.1 over TLS too, by default, as the providers' own SDKs connect: one connection per
+//! request in flight, so concurrency is not capped by an upstream's limit on streams per HTTP/2
+//! connection (hyper-util's client puts all of a host's requests on one HTTP/2 connection and
+//! queues those past the limit). An account may opt into HTTP/2 (`http2: true`), which keeps
+//! hyper-util's client (see `http.rs`).
 //!
 //! - A connection goes back only after its answer was read whole. An answer dropped half-read (a
 //!   client that went away mid-stream, a body over the size limit) closes its connection, as
@@ -36,8 +39,11 @@ use http::Uri;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
+
+/// TCP, and TLS for `https://` upstreams (no ALPN: HTTP/1.1).
+pub(crate) type Connector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
 /// Idle connections older than this are closed rather than reused (as hyper-util's pool did).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -51,7 +57,7 @@ type Conn = SendRequest<Full<Bytes>>;
 /// One lane's idle connections to one upstream.
 pub(crate) struct Pool {
     idle: Mutex<Idles>,
-    connector: HttpConnector,
+    connector: Connector,
     /// Where to connect: a URL of the upstream's (the connector reads its host and port only).
     origin: Uri,
     /// [`REAP_EVERY`]; shorter in tests.
@@ -117,7 +123,7 @@ impl std::error::Error for SendError {
 }
 
 impl Pool {
-    pub(crate) fn new(connector: HttpConnector, origin: Uri) -> Pool {
+    pub(crate) fn new(connector: Connector, origin: Uri) -> Pool {
         Pool {
             idle: Mutex::new(Idles::default()),
             connector,
@@ -215,11 +221,11 @@ impl Pool {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
-            .map_err(|e| SendError::Connect(Box::new(e)))?;
+            .map_err(SendError::Connect)?;
         let io = connector
             .call(self.origin.clone())
             .await
-            .map_err(|e| SendError::Connect(Box::new(e)))?;
+            .map_err(SendError::Connect)?;
         let (conn, driver) = http1::Builder::new()
             .handshake(io)
             .await
@@ -409,9 +415,11 @@ mod tests {
     }
 
     fn pool_reaping_every(origin: Uri, every: Duration) -> Arc<Pool> {
-        let mut c = HttpConnector::new();
-        c.set_connect_timeout(Some(Duration::from_secs(2)));
-        c.set_nodelay(true);
+        let timeouts = crate::config::Timeouts {
+            connect_ms: 2_000,
+            ..Default::default()
+        };
+        let c = crate::http::h1_connector(&timeouts, None).expect("connector");
         let mut pool = Pool::new(c, origin);
         pool.reap_every = every;
         Arc::new(pool)

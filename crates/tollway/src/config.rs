@@ -1202,6 +1202,7 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
                 headers: BTreeMap::new(),
                 timeouts: Timeouts::default(),
                 ca_file: None,
+                http2: false,
             }),
         );
     }
@@ -1215,6 +1216,7 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
                 headers: BTreeMap::new(),
                 timeouts: Timeouts::default(),
                 ca_file: None,
+                http2: false,
             }),
         );
     }

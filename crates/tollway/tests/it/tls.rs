@@ -1,6 +1,6 @@
-//! HTTPS upstreams end to end: a provider account trusting a private authority (`ca_file`)
-//! reached over HTTP/2, streams included, and a client leaving mid-stream cancels its HTTP/2
-//! stream upstream; an upstream whose certificate nobody vouches for is a connection failure the
+//! HTTPS upstreams end to end: provider accounts trusting a private authority (`ca_file`)
+//! reached over HTTP/1.1 (the default) and HTTP/2 (`http2: true`), streams included, and a client
+//! leaving mid-stream cancels its request upstream on either; an upstream whose certificate nobody vouches for is a connection failure the
 //! router fails over from; an unusable `ca_file` is a config error.
 
 use serde_json::{json, Value};
@@ -11,8 +11,8 @@ use tollway_mock::MockServer;
 use crate::harness::{header, sse, start_on};
 
 #[tokio::test]
-async fn a_private_ca_upstream_over_http2_answers_streams_cancels_and_an_untrusted_one_fails_over()
-{
+async fn private_ca_upstreams_over_http1_and_http2_answer_stream_cancel_and_an_untrusted_one_fails_over(
+) {
     let certs = TestCerts::generate().expect("certificates");
     let dir = std::env::temp_dir().join(format!("tollway-it-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -28,9 +28,11 @@ async fn a_private_ca_upstream_over_http2_answers_streams_cancels_and_an_untrust
 server: {{ master_key: {master} }}
 providers:
   ant: {{ kind: anthropic, base_url: "{mock}", api_key: sk-ant-tls, ca_file: "{ca}" }}
+  ant-h2: {{ kind: anthropic, base_url: "{mock}", api_key: sk-ant-tls, ca_file: "{ca}", http2: true }}
   untrusting: {{ kind: anthropic, base_url: "{mock}", api_key: sk-ant-tls }}
 models:
-  claude: {{ deployments: [{{ provider: ant, model: claude-sonnet-4-5 }}] }}
+  claude: {{ deployments: [{{ provider: ant, model: claude-one }}] }}
+  claude-h2: {{ deployments: [{{ provider: ant-h2, model: claude-two }}] }}
   guarded:
     deployments:
       - {{ provider: untrusting, model: claude-first }}
@@ -49,11 +51,11 @@ models:
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
 
-    // a stream over the same connection
+    // a stream, over HTTP/2
     let r = env
         .post(
             "/v1/chat/completions",
-            json!({"model": "claude", "stream": true,
+            json!({"model": "claude-h2", "stream": true,
                    "messages": [{"role": "user", "content": "hi [mock tokens=6]"}]}),
         )
         .await;
@@ -80,7 +82,8 @@ models:
     assert_eq!(header(&h, "x-tollway-provider"), "ant");
     assert_eq!(header(&h, "x-tollway-attempts"), "2");
 
-    // what the upstream saw: HTTP/2, the account's key, and no request from the untrusting one
+    // what the upstream saw: HTTP/1.1, or HTTP/2 from the account that offers it; the account's
+    // key; and no request from the untrusting account
     let log: Value = env
         .http
         .get(format!("{}/_mock/requests", env.mock.url()))
@@ -93,36 +96,43 @@ models:
     let log = log.as_array().expect("log array");
     assert_eq!(log.len(), 3, "{log:?}");
     for req in log {
-        assert_eq!(req["version"], "HTTP/2.0", "{req}");
+        let version = if req["body"]["model"] == "claude-two" {
+            "HTTP/2.0"
+        } else {
+            "HTTP/1.1"
+        };
+        assert_eq!(req["version"], version, "{req}");
         assert_eq!(req["headers"]["x-api-key"], "sk-ant-tls", "{req}");
         assert_ne!(req["body"]["model"], "claude-first", "{req}");
     }
 
-    // a client that leaves mid-stream: the upstream stream (an HTTP/2 stream on a shared
-    // connection) is cancelled, and the connection keeps serving
-    let mut r = env
-        .post(
-            "/v1/chat/completions",
-            json!({"model": "claude", "stream": true,
-                   "messages": [{"role": "user", "content": "hi [mock tpt_ms=100 tokens=2000]"}]}),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    assert!(!r.chunk().await.expect("chunk").expect("a chunk").is_empty());
-    drop(r);
-    let mut stats = env.mock_stats().await;
-    for _ in 0..100 {
-        if stats["streams_aborted"] == 1 {
-            break;
+    // a client that leaves mid-stream: the upstream request (its own HTTP/1.1 connection, or an
+    // HTTP/2 stream on a shared one) is cancelled, and the account keeps serving
+    for (i, model) in ["claude", "claude-h2"].into_iter().enumerate() {
+        let mut r = env
+            .post(
+                "/v1/chat/completions",
+                json!({"model": model, "stream": true,
+                       "messages": [{"role": "user", "content": "hi [mock tpt_ms=100 tokens=2000]"}]}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        assert!(!r.chunk().await.expect("chunk").expect("a chunk").is_empty());
+        drop(r);
+        let mut stats = env.mock_stats().await;
+        for _ in 0..100 {
+            if stats["streams_aborted"] == i + 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            stats = env.mock_stats().await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        stats = env.mock_stats().await;
+        assert_eq!(stats["streams_aborted"], i + 1, "{model}: {stats}");
+        let (status, _, v) = env
+            .openai(json!({"model": model, "messages": [{"role": "user", "content": "again"}]}))
+            .await;
+        assert_eq!(status, 200, "{model}: {v}");
     }
-    assert_eq!(stats["streams_aborted"], 1, "{stats}");
-    let (status, _, v) = env
-        .openai(json!({"model": "claude", "messages": [{"role": "user", "content": "again"}]}))
-        .await;
-    assert_eq!(status, 200, "{v}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -144,6 +154,11 @@ fn an_unusable_ca_file_is_a_config_error_naming_the_account_and_the_file() {
         (
             format!(r#"{{ kind: anthropic, api_key: k, ca_file: "{missing}" }}"#),
             format!("ca_file `{missing}`: cannot read it"),
+        ),
+        (
+            r#"{ kind: openai-compatible, base_url: "http://llm.internal/v1", http2: true }"#
+                .to_string(),
+            "http2 is for https:// upstreams".to_string(),
         ),
         (
             format!(
