@@ -150,6 +150,22 @@ fn with_host(mut headers: HeaderMap, url: &Uri, http2: bool) -> HeaderMap {
     headers
 }
 
+/// An account's request headers (`pairs`, with `Host` where its connections need it) and its
+/// transport to `url`.
+fn connection(
+    name: &str,
+    pairs: &[(String, String)],
+    url: &Uri,
+    timeouts: &Timeouts,
+    ca_file: Option<&str>,
+    http2: bool,
+) -> Result<(HeaderMap, Transport), String> {
+    let headers = with_host(header_map(pairs, name)?, url, http2);
+    let transport = Transport::new(url, timeouts, ca_file, http2)
+        .map_err(|e| format!("provider `{name}`: {e}"))?;
+    Ok((headers, transport))
+}
+
 fn client(timeouts: &Timeouts) -> Result<HttpClient, String> {
     Ok(client_on(connector(timeouts, None)?))
 }
@@ -260,19 +276,20 @@ impl HttpProvider {
         }
         pairs.extend(c.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         let chat_url = Endpoint::parse(&format!("{base}/chat/completions"), name)?;
-        let headers = with_host(header_map(&pairs, name)?, &chat_url.absolute, c.http2);
+        let (headers, transport) = connection(
+            name,
+            &pairs,
+            &chat_url.absolute,
+            &c.timeouts,
+            c.ca_file.as_deref(),
+            c.http2,
+        )?;
         Ok(HttpProvider {
             info: ProviderInfo {
                 name: name.to_string(),
                 family: ApiFamily::OpenAi,
             },
-            transport: Transport::new(
-                &chat_url.absolute,
-                &c.timeouts,
-                c.ca_file.as_deref(),
-                c.http2,
-            )
-            .map_err(|e| format!("provider `{name}`: {e}"))?,
+            transport,
             chat_url,
             embeddings_url: Some(Endpoint::parse(&format!("{base}/embeddings"), name)?),
             headers,
@@ -299,19 +316,20 @@ impl HttpProvider {
         }
         pairs.extend(c.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         let chat_url = Endpoint::parse(&format!("{base}/v1/messages"), name)?;
-        let headers = with_host(header_map(&pairs, name)?, &chat_url.absolute, c.http2);
+        let (headers, transport) = connection(
+            name,
+            &pairs,
+            &chat_url.absolute,
+            &c.timeouts,
+            c.ca_file.as_deref(),
+            c.http2,
+        )?;
         Ok(HttpProvider {
             info: ProviderInfo {
                 name: name.to_string(),
                 family: ApiFamily::Anthropic,
             },
-            transport: Transport::new(
-                &chat_url.absolute,
-                &c.timeouts,
-                c.ca_file.as_deref(),
-                c.http2,
-            )
-            .map_err(|e| format!("provider `{name}`: {e}"))?,
+            transport,
             chat_url,
             embeddings_url: None,
             headers,

@@ -3,10 +3,10 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-#[tokio::test]
-async fn binary_prints_its_address_serves_and_stops_on_sigterm() {
+/// Starts the binary with `args` and reads the URL from its listening line.
+pub async fn spawn(args: &[&std::ffi::OsStr]) -> (std::process::Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tollway-mock"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn tollway-mock");
@@ -16,13 +16,19 @@ async fn binary_prints_its_address_serves_and_stops_on_sigterm() {
         BufReader::new(stdout).read_line(&mut line).map(|_| line)
     })
     .await
-    .unwrap()
-    .unwrap();
+    .expect("join")
+    .expect("first line");
     let url = line
         .trim_end()
         .strip_prefix("tollway-mock listening on ")
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .to_string();
+    (child, url)
+}
+
+#[tokio::test]
+async fn binary_prints_its_address_serves_and_stops_on_sigterm() {
+    let (mut child, url) = spawn(&["--listen".as_ref(), "127.0.0.1:0".as_ref()]).await;
     assert!(
         url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"),
         "{url}"

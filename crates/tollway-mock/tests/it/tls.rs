@@ -1,8 +1,7 @@
 //! The mock over TLS: HTTP/2 or HTTP/1.1 by ALPN, streams, a client that does not trust the
 //! certificate, and the binary's `--tls-cert` / `--tls-key`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{json, Value};
 use tollway_mock::tls::{Alpn, TestCerts};
@@ -138,27 +137,15 @@ async fn binary_serves_https_with_tls_cert_and_key() {
         "{stderr}"
     );
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollway-mock"))
-        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn tollway-mock");
-    let stdout = child.stdout.take().expect("stdout");
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
-    })
-    .await
-    .expect("join")
-    .expect("first line");
-    let url = line
-        .trim_end()
-        .strip_prefix("tollway-mock listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_string();
+    let (mut child, url) = crate::binary::spawn(&[
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ])
+    .await;
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     let r = trusting(&certs)
         .get(format!("{url}/v1/models"))
