@@ -158,6 +158,11 @@ impl Env {
 
     /// The last request the mock received, parsed.
     pub async fn last_upstream(&self) -> Value {
+        self.upstream_log().await.pop().unwrap_or(Value::Null)
+    }
+
+    /// The requests the mock received (its last 1,000), oldest first.
+    pub async fn upstream_log(&self) -> Vec<Value> {
         let all: Value = self
             .http
             .get(format!("{}/_mock/requests", self.mock.url()))
@@ -167,10 +172,10 @@ impl Env {
             .json()
             .await
             .expect("json");
-        all.as_array()
-            .and_then(|a| a.last())
-            .cloned()
-            .unwrap_or(Value::Null)
+        match all {
+            Value::Array(log) => log,
+            other => panic!("the mock's log is not an array: {other}"),
+        }
     }
 
     pub async fn mock_stats(&self) -> Value {

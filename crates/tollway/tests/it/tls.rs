@@ -84,18 +84,9 @@ models:
 
     // what the upstream saw: HTTP/1.1, or HTTP/2 from the account that offers it; the account's
     // key; and no request from the untrusting account
-    let log: Value = env
-        .http
-        .get(format!("{}/_mock/requests", env.mock.url()))
-        .send()
-        .await
-        .expect("log")
-        .json()
-        .await
-        .expect("log JSON");
-    let log = log.as_array().expect("log array");
+    let log = env.upstream_log().await;
     assert_eq!(log.len(), 3, "{log:?}");
-    for req in log {
+    for req in &log {
         let version = if req["body"]["model"] == "claude-two" {
             "HTTP/2.0"
         } else {
