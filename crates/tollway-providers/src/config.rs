@@ -39,6 +39,27 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// An account's `proxy` setting: `none`, or a proxy URL that may carry credentials. Its `Debug`
+/// hides them.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct ProxySetting(String);
+
+impl ProxySetting {
+    pub fn new(s: impl Into<String>) -> Self {
+        ProxySetting(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ProxySetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::proxy::mask(&self.0))
+    }
+}
+
 /// Timeouts for one provider account, in milliseconds in the config file.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -104,6 +125,10 @@ pub struct OpenAiConfig {
     /// connection; by default HTTP/1.1, one connection per request in flight.
     #[serde(default)]
     pub http2: bool,
+    /// An HTTP proxy for this account (`http://[user:password@]host:port`), or `none`; unset,
+    /// the environment's `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY`.
+    #[serde(default)]
+    pub proxy: Option<ProxySetting>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -129,6 +154,10 @@ pub struct AnthropicConfig {
     /// connection; by default HTTP/1.1, one connection per request in flight.
     #[serde(default)]
     pub http2: bool,
+    /// An HTTP proxy for this account (`http://[user:password@]host:port`), or `none`; unset,
+    /// the environment's `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY`.
+    #[serde(default)]
+    pub proxy: Option<ProxySetting>,
 }
 
 /// Which wire format a simulated provider speaks.
@@ -184,21 +213,31 @@ impl ProviderConfig {
             None if required => out.push("base_url is required for this kind".to_string()),
             _ => {}
         };
-        let (base_url, ca_file, http2) = match self {
+        let (base_url, ca_file, http2, proxy) = match self {
             ProviderConfig::Openai(c) => {
                 check_url(&c.base_url, false, &mut out);
-                (&c.base_url, &c.ca_file, c.http2)
+                (&c.base_url, &c.ca_file, c.http2, &c.proxy)
             }
             ProviderConfig::OpenaiCompatible(c) => {
                 check_url(&c.base_url, true, &mut out);
-                (&c.base_url, &c.ca_file, c.http2)
+                (&c.base_url, &c.ca_file, c.http2, &c.proxy)
             }
             ProviderConfig::Anthropic(c) => {
                 check_url(&c.base_url, false, &mut out);
-                (&c.base_url, &c.ca_file, c.http2)
+                (&c.base_url, &c.ca_file, c.http2, &c.proxy)
             }
             ProviderConfig::Mock(_) => return out,
         };
+        if let Some(p) = proxy {
+            let url: http::Uri = match base_url.as_deref().map(str::parse) {
+                Some(Ok(u)) => u,
+                // a missing or bad base_url is reported above; check the proxy on its own
+                _ => http::Uri::from_static("https://upstream.invalid/"),
+            };
+            if let Err(e) = crate::proxy::resolve(&url, Some(p.expose()), &|_| None) {
+                out.push(e);
+            }
+        }
         let plain = base_url
             .as_deref()
             .is_some_and(|u| u.starts_with("http://"));
@@ -251,6 +290,7 @@ impl ProviderConfig {
                 timeouts: Timeouts::default(),
                 ca_file: None,
                 http2: false,
+                proxy: None,
             }),
             MockFormat::Anthropic => ProviderConfig::Anthropic(AnthropicConfig {
                 api_key: Secret::new("mock"),
@@ -260,6 +300,7 @@ impl ProviderConfig {
                 timeouts: Timeouts::default(),
                 ca_file: None,
                 http2: false,
+                proxy: None,
             }),
         })
     }
@@ -279,9 +320,14 @@ mod tests {
             timeouts: Timeouts::default(),
             ca_file: None,
             http2: false,
+            proxy: Some(ProxySetting::new("http://alice:hunter2@proxy:3128")),
         });
         let shown = format!("{c:?}");
         assert!(!shown.contains("very-secret"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("proxy:3128"),
+            "{shown}"
+        );
         assert!(shown.contains("<redacted>"));
     }
 }

@@ -31,7 +31,8 @@ use tollway_core::{
 use tollway_protocol::sse::{SseEvent, SseParser};
 use tollway_protocol::{anthropic, openai};
 
-use crate::config::{AnthropicConfig, OpenAiConfig, Timeouts};
+use crate::config::{AnthropicConfig, OpenAiConfig, ProxySetting, Timeouts};
+use crate::proxy::{Tcp, Via};
 
 /// Largest upstream body read whole (non-streaming answers and error bodies).
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -59,30 +60,46 @@ type Response = http::Response<PooledBody>;
 /// How requests reach the account's upstream, per serving lane.
 enum Transport {
     /// HTTP/1.1, plain or over TLS, on the lane's own connections ([`crate::pool`]): the default.
-    Pooled(Lanes<Arc<Pool>>),
+    /// `absolute_form`: requests name the whole URL, for a proxy that forwards plain HTTP.
+    Pooled {
+        pools: Lanes<Arc<Pool>>,
+        absolute_form: bool,
+    },
     /// HTTPS with HTTP/2 offered by ALPN (`http2: true`): hyper-util's client, which multiplexes a
     /// lane's requests on one connection per upstream.
     Client(Box<Lanes<HttpClient>>),
 }
 
+/// How an account connects, from its config.
+struct Link<'a> {
+    timeouts: &'a Timeouts,
+    /// Extra authorities for an HTTPS upstream ([`root_store`]).
+    ca_file: Option<&'a str>,
+    http2: bool,
+    /// The account's `proxy` setting ([`crate::proxy::resolve`]).
+    proxy: Option<&'a str>,
+}
+
 impl Transport {
-    /// `ca_file`: extra authorities for an HTTPS upstream ([`root_store`]).
-    fn new(
-        url: &Uri,
-        timeouts: &Timeouts,
-        ca_file: Option<&str>,
-        http2: bool,
-    ) -> Result<Transport, String> {
-        if http2 {
-            Ok(Transport::Client(Box::new(lane_clients(
-                timeouts, ca_file,
-            )?)))
-        } else {
-            let connector = h1_connector(timeouts, ca_file)?;
-            Ok(Transport::Pooled(Lanes::new(|| {
-                Ok(Arc::new(Pool::new(connector.clone(), url.clone())))
-            })?))
+    /// To `url` through `via`, if any: an HTTPS upstream through the proxy's tunnel, a plain one
+    /// forwarded by it.
+    fn new(url: &Uri, link: &Link<'_>, via: Option<&Via>) -> Result<Transport, String> {
+        let http = http_connector(link.timeouts);
+        if link.http2 {
+            let connector = tls_connector(Tcp::new(http, via), link.ca_file, true)?;
+            return Ok(Transport::Client(Box::new(Lanes::new(|| {
+                Ok(client_on(connector.clone()))
+            })?)));
         }
+        let (tcp, origin, absolute_form) = match via {
+            Some(v) if url.scheme_str() == Some("http") => (Tcp::Direct(http), v.uri.clone(), true),
+            via => (Tcp::new(http, via), url.clone(), false),
+        };
+        let connector = tls_connector(tcp, link.ca_file, false)?;
+        Ok(Transport::Pooled {
+            pools: Lanes::new(|| Ok(Arc::new(Pool::new(connector.clone(), origin.clone()))))?,
+            absolute_form,
+        })
     }
 }
 
@@ -150,34 +167,37 @@ fn with_host(mut headers: HeaderMap, url: &Uri, http2: bool) -> HeaderMap {
     headers
 }
 
-/// An account's request headers (`pairs`, with `Host` where its connections need it) and its
-/// transport to `url`.
+/// An account's request headers (`pairs`, with `Host` where its connections need it, and the
+/// proxy's credentials when it forwards plain HTTP) and its transport to `url`. Without a `proxy`
+/// setting the proxy comes from the process's environment.
 fn connection(
     name: &str,
     pairs: &[(String, String)],
     url: &Uri,
-    timeouts: &Timeouts,
-    ca_file: Option<&str>,
-    http2: bool,
+    link: &Link<'_>,
 ) -> Result<(HeaderMap, Transport), String> {
-    let headers = with_host(header_map(pairs, name)?, url, http2);
-    let transport = Transport::new(url, timeouts, ca_file, http2)
-        .map_err(|e| format!("provider `{name}`: {e}"))?;
+    let err = |e: String| format!("provider `{name}`: {e}");
+    let via = crate::proxy::resolve(url, link.proxy, &|k| std::env::var(k).ok()).map_err(err)?;
+    let mut headers = with_host(header_map(pairs, name)?, url, link.http2);
+    if url.scheme_str() == Some("http") {
+        if let Some(auth) = via.as_ref().and_then(|v| v.auth.clone()) {
+            headers.insert(http::header::PROXY_AUTHORIZATION, auth);
+        }
+    }
+    let transport = Transport::new(url, link, via.as_ref()).map_err(err)?;
     Ok((headers, transport))
 }
 
 fn client(timeouts: &Timeouts) -> Result<HttpClient, String> {
-    Ok(client_on(connector(timeouts, None)?))
-}
-
-/// One pool per lane over one connector (the TLS set-up is built once).
-fn lane_clients(timeouts: &Timeouts, ca_file: Option<&str>) -> Result<Lanes<HttpClient>, String> {
-    let connector = connector(timeouts, ca_file)?;
-    Lanes::new(|| Ok(client_on(connector.clone())))
+    Ok(client_on(tls_connector(
+        Tcp::Direct(http_connector(timeouts)),
+        None,
+        true,
+    )?))
 }
 
 /// TCP connections: the connect timeout, no Nagle delay.
-fn http_connector(timeouts: &Timeouts) -> HttpConnector {
+pub(crate) fn http_connector(timeouts: &Timeouts) -> HttpConnector {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(timeouts.connect()));
     http.set_nodelay(true);
@@ -223,30 +243,25 @@ fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, String> {
     .with_no_client_auth())
 }
 
-/// TCP, and TLS for `https://` without ALPN (HTTP/1.1): the lane pools' connector.
-pub(crate) fn h1_connector(
-    timeouts: &Timeouts,
+/// TLS for `https://` upstreams over `tcp` (plain HTTP passes through): with `http2`, HTTP/2 or
+/// HTTP/1.1 by ALPN (hyper-util's client); without, no ALPN, so HTTP/1.1 (the lane pools).
+pub(crate) fn tls_connector(
+    tcp: Tcp,
     ca_file: Option<&str>,
+    http2: bool,
 ) -> Result<Connector, String> {
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config(ca_file)?)
         .https_or_http()
-        .enable_http1()
-        .wrap_connector(http_connector(timeouts)))
+        .enable_http1();
+    Ok(if http2 {
+        builder.enable_http2().wrap_connector(tcp)
+    } else {
+        builder.wrap_connector(tcp)
+    })
 }
 
-/// TCP, and TLS for `https://` with HTTP/2 or HTTP/1.1 by ALPN: hyper-util's client's connector.
-fn connector(timeouts: &Timeouts, ca_file: Option<&str>) -> Result<Connector, String> {
-    let http = http_connector(timeouts);
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(ca_file)?)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http))
-}
-
-fn client_on(connector: Connector) -> HttpClient {
+pub(crate) fn client_on(connector: Connector) -> HttpClient {
     // An upstream's redirect is its answer (a redirect is never followed: it would resend the
     // provider key to another address).
     Client::builder(TokioExecutor::new())
@@ -280,9 +295,12 @@ impl HttpProvider {
             name,
             &pairs,
             &chat_url.absolute,
-            &c.timeouts,
-            c.ca_file.as_deref(),
-            c.http2,
+            &Link {
+                timeouts: &c.timeouts,
+                ca_file: c.ca_file.as_deref(),
+                http2: c.http2,
+                proxy: c.proxy.as_ref().map(ProxySetting::expose),
+            },
         )?;
         Ok(HttpProvider {
             info: ProviderInfo {
@@ -320,9 +338,12 @@ impl HttpProvider {
             name,
             &pairs,
             &chat_url.absolute,
-            &c.timeouts,
-            c.ca_file.as_deref(),
-            c.http2,
+            &Link {
+                timeouts: &c.timeouts,
+                ca_file: c.ca_file.as_deref(),
+                http2: c.http2,
+                proxy: c.proxy.as_ref().map(ProxySetting::expose),
+            },
         )?;
         Ok(HttpProvider {
             info: ProviderInfo {
@@ -405,8 +426,16 @@ impl HttpProvider {
         body: Vec<u8>,
     ) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
         match &self.transport {
-            Transport::Pooled(pools) => {
-                let req = post(url.origin_form.clone(), self.headers.clone(), body);
+            Transport::Pooled {
+                pools,
+                absolute_form,
+            } => {
+                let uri = if *absolute_form {
+                    &url.absolute
+                } else {
+                    &url.origin_form
+                };
+                let req = post(uri.clone(), self.headers.clone(), body);
                 match pools.pick().send(req).await {
                     Ok(resp) => Ok(resp),
                     // hyper's own error, so that its causes read as they always have
@@ -887,6 +916,7 @@ impl JsonPoster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TlsUpstream;
     use tollway_core::{ChatRequest, Provider};
 
     fn upstream(bytes: ByteStream, idle: Duration, total: Duration) -> UpstreamStream {
@@ -1230,82 +1260,6 @@ mod tests {
             .expect_err("not http");
         assert!(e.contains("http://"), "{e}");
     }
-    /// A mock over TLS on a throwaway authority, and that authority's certificate in a PEM file.
-    struct TlsUpstream {
-        mock: tollway_mock::MockServer,
-        dir: std::path::PathBuf,
-        ca_file: String,
-    }
-
-    impl TlsUpstream {
-        async fn start(alpn: tollway_mock::tls::Alpn, tag: &str) -> TlsUpstream {
-            TlsUpstream::start_limited(alpn, None, tag).await
-        }
-
-        /// At most `http2_max_streams` concurrent HTTP/2 streams per connection.
-        async fn start_limited(
-            alpn: tollway_mock::tls::Alpn,
-            http2_max_streams: Option<u32>,
-            tag: &str,
-        ) -> TlsUpstream {
-            let certs = tollway_mock::tls::TestCerts::generate().expect("certificates");
-            let mock = tollway_mock::MockServer::start_tls_limited(
-                certs.server_config(alpn).expect("TLS"),
-                http2_max_streams,
-            )
-            .await
-            .expect("mock");
-            let dir =
-                std::env::temp_dir().join(format!("tollway-tls-{tag}-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).expect("temp dir");
-            let ca_file = dir.join("ca.pem");
-            std::fs::write(&ca_file, &certs.ca_pem).expect("write CA");
-            TlsUpstream {
-                mock,
-                ca_file: ca_file.to_string_lossy().into_owned(),
-                dir,
-            }
-        }
-
-        fn provider(&self, ca_file: Option<&str>, http2: bool) -> HttpProvider {
-            let c: OpenAiConfig = serde_json::from_value(serde_json::json!({
-                "api_key": "sk-tls",
-                "base_url": format!("{}/v1", self.mock.url()),
-                "ca_file": ca_file,
-                "http2": http2,
-            }))
-            .expect("config");
-            HttpProvider::openai("up", &c, true).expect("provider")
-        }
-
-        /// The mock's request log.
-        async fn requests(&self) -> Vec<serde_json::Value> {
-            match self.get("/_mock/requests").await {
-                serde_json::Value::Array(log) => log,
-                other => panic!("not a log: {other}"),
-            }
-        }
-
-        /// A GET of one of the mock's own routes, over TLS.
-        async fn get(&self, path: &str) -> serde_json::Value {
-            let client =
-                client_on(connector(&Timeouts::default(), Some(&self.ca_file)).expect("connector"));
-            let uri: Uri = format!("{}{path}", self.mock.url()).parse().expect("uri");
-            let req = http::Request::get(uri)
-                .body(Full::new(Bytes::new()))
-                .expect("request");
-            let resp = client.request(req).await.expect("answer");
-            let body = resp.into_body().collect().await.expect("body").to_bytes();
-            serde_json::from_slice(&body).expect("JSON")
-        }
-    }
-
-    impl Drop for TlsUpstream {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
     #[tokio::test]
     async fn https_upstreams_with_a_private_ca_over_http1_or_http2_when_asked() {
         use tollway_mock::tls::Alpn;

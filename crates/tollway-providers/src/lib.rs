@@ -10,8 +10,12 @@ mod config;
 mod http;
 pub mod lanes;
 mod pool;
+mod proxy;
+#[cfg(test)]
+mod testing;
 
 pub use config::{
-    AnthropicConfig, MockConfig, MockFormat, OpenAiConfig, ProviderConfig, Secret, Timeouts,
+    AnthropicConfig, MockConfig, MockFormat, OpenAiConfig, ProviderConfig, ProxySetting, Secret,
+    Timeouts,
 };
 pub use http::{HttpProvider, JsonPoster};

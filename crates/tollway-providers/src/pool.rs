@@ -41,9 +41,8 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use tower_service::Service;
 
-/// TCP, and TLS for `https://` upstreams (no ALPN: HTTP/1.1).
-pub(crate) type Connector =
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+/// TCP (straight or through a proxy's tunnel), and TLS for `https://` upstreams.
+pub(crate) type Connector = hyper_rustls::HttpsConnector<crate::proxy::Tcp>;
 
 /// Idle connections older than this are closed rather than reused (as hyper-util's pool did).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -422,7 +421,8 @@ mod tests {
             connect_ms: 2_000,
             ..Default::default()
         };
-        let c = crate::http::h1_connector(&timeouts, None).expect("connector");
+        let tcp = crate::proxy::Tcp::Direct(crate::http::http_connector(&timeouts));
+        let c = crate::http::tls_connector(tcp, None, false).expect("connector");
         let mut pool = Pool::new(c, origin);
         pool.reap_every = every;
         Arc::new(pool)

@@ -1203,6 +1203,7 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
                 timeouts: Timeouts::default(),
                 ca_file: None,
                 http2: false,
+                proxy: None,
             }),
         );
     }
@@ -1217,6 +1218,7 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
                 timeouts: Timeouts::default(),
                 ca_file: None,
                 http2: false,
+                proxy: None,
             }),
         );
     }

@@ -128,7 +128,7 @@ models:
 }
 
 #[test]
-fn an_unusable_ca_file_is_a_config_error_naming_the_account_and_the_file() {
+fn unusable_tls_and_proxy_settings_are_config_errors_naming_the_account() {
     let dir = std::env::temp_dir().join(format!("tollway-it-ca-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let not_pem = dir.join("notes.txt");
@@ -152,6 +152,10 @@ fn an_unusable_ca_file_is_a_config_error_naming_the_account_and_the_file() {
             "http2 is for https:// upstreams".to_string(),
         ),
         (
+            r#"{ kind: anthropic, api_key: k, proxy: "socks5://bob:pa55@proxy:1080" }"#.to_string(),
+            "proxy `socks5://***@proxy:1080`: `socks5://` proxies are not supported".to_string(),
+        ),
+        (
             format!(
                 r#"{{ kind: openai-compatible, base_url: "http://llm.internal/v1", ca_file: "{missing}" }}"#
             ),
@@ -168,6 +172,7 @@ fn an_unusable_ca_file_is_a_config_error_naming_the_account_and_the_file() {
                 .any(|e| e.path == "providers.inhouse" && e.message.contains(&why)),
             "{all:?}"
         );
+        assert!(!all.iter().any(|e| e.contains("pa55")), "{all:?}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
