@@ -16,6 +16,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+/// How long a client has to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Which HTTP versions the mock offers in the TLS handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alpn {
@@ -92,7 +95,9 @@ pub async fn serve_tls(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let Ok(stream) = acceptor.accept(tcp).await else {
+            // a client that never completes its handshake holds nothing for long
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+            let Ok(Ok(stream)) = handshake.await else {
                 return;
             };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

@@ -1,7 +1,8 @@
 //! The HTTP engine shared by every provider kind: pooled connections per account and serving lane
 //! (the lane's own HTTP/1.1 connections, plain or over TLS, [`crate::pool`]; with `http2`,
 //! hyper-util's client, HTTP/2 by ALPN; TLS by rustls to the webpki roots and the account's
-//! `ca_file`), the four timeouts (connect, first byte,
+//! `ca_file`; through an HTTP proxy when the account or the environment names one,
+//! [`crate::proxy`]), the four timeouts (connect, first byte,
 //! idle between chunks, total), bounded reads of bodies, upstream SSE streams decoded chunk by
 //! chunk as they arrive, and classified errors. hyper directly rather than reqwest: reqwest's
 //! layers (redirect policy, URL handling) cost ~20% of the gateway's instructions per request.
@@ -1260,6 +1261,7 @@ mod tests {
             .expect_err("not http");
         assert!(e.contains("http://"), "{e}");
     }
+
     #[tokio::test]
     async fn https_upstreams_with_a_private_ca_over_http1_or_http2_when_asked() {
         use tollway_mock::tls::Alpn;

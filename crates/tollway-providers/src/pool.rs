@@ -57,7 +57,8 @@ type Conn = SendRequest<Full<Bytes>>;
 pub(crate) struct Pool {
     idle: Mutex<Idles>,
     connector: Connector,
-    /// Where to connect: a URL of the upstream's (the connector reads its host and port only).
+    /// Where to connect: the upstream's URL, or that of a proxy forwarding plain HTTP to it (the
+    /// connector reads the scheme, host and port only).
     origin: Uri,
     /// [`REAP_EVERY`]; shorter in tests.
     reap_every: Duration,
