@@ -872,36 +872,62 @@ impl Stream for UpstreamStream {
     }
 }
 
+/// Reads one environment variable (the process's, or a test's).
+pub(crate) type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// JSON POSTs for the gateway's own notifications (budget-alert webhooks), on the same client
-/// stack as the providers (pooled, rustls, redirects not followed).
+/// stack as the providers (pooled, rustls, redirects not followed), through the environment's
+/// proxy when it names one for the webhook's URL ([`crate::proxy`]; a `CONNECT` tunnel for
+/// `http://` and `https://` alike).
 pub struct JsonPoster {
+    /// Straight to the webhook; reused across deliveries.
     client: HttpClient,
     /// `content-type: application/json`.
     headers: HeaderMap,
+    timeouts: Timeouts,
     timeout: Duration,
+    env: EnvLookup,
 }
 
 impl JsonPoster {
     /// `timeout` bounds each delivery: connecting, the answer, and reading its (discarded) body.
     pub fn new(timeout: Duration) -> Result<Self, String> {
-        let t = Timeouts {
+        JsonPoster::with_env(timeout, Arc::new(|k: &str| std::env::var(k).ok()))
+    }
+
+    /// As [`JsonPoster::new`], with the proxy variables read through `env`.
+    pub(crate) fn with_env(timeout: Duration, env: EnvLookup) -> Result<Self, String> {
+        let timeouts = Timeouts {
             connect_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             ..Timeouts::default()
         };
         Ok(JsonPoster {
-            client: client(&t)?,
+            client: client(&timeouts)?,
             headers: header_map(&[], "webhook")?,
+            timeouts,
             timeout,
+            env,
         })
     }
 
     /// Posts `body` to `url`; the answer's status, or why there is none.
     pub async fn post(&self, url: &str, body: &serde_json::Value) -> Result<u16, String> {
         let uri = parse_url(url, "webhook")?;
+        let via = crate::proxy::resolve(&uri, None, &*self.env)?;
+        // through a proxy: a client of its own for this delivery (webhooks are rare)
+        let tunneled = match &via {
+            Some(v) => Some(client_on(tls_connector(
+                Tcp::new(http_connector(&self.timeouts), Some(v)),
+                None,
+                true,
+            )?)),
+            None => None,
+        };
+        let client = tunneled.as_ref().unwrap_or(&self.client);
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
         let req = post(uri, self.headers.clone(), bytes);
         let deadline = Instant::now() + self.timeout;
-        let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+        let resp = match tokio::time::timeout_at(deadline, client.request(req)).await {
             Err(_) => return Err(format!("no answer within {} ms", self.timeout.as_millis())),
             Ok(Err(e)) => return Err(root_cause(&e)),
             Ok(Ok(r)) => r,

@@ -411,4 +411,39 @@ mod tests {
             before
         );
     }
+    #[tokio::test]
+    async fn webhooks_go_through_the_environments_proxy() {
+        let mock = tollway_mock::MockServer::start().await.expect("mock");
+        // a name only the proxy can reach (it sends every tunnel to the mock)
+        let proxy = TestProxy::start_aliasing(None, Some(mock.addr())).await;
+        let proxy_url = proxy.url(None);
+        let env: crate::http::EnvLookup =
+            std::sync::Arc::new(move |k| (k == "HTTP_PROXY").then(|| proxy_url.clone()));
+        let poster = crate::http::JsonPoster::with_env(std::time::Duration::from_secs(5), env)
+            .expect("poster");
+        let status = poster
+            .post(
+                "http://hooks.example.test:8080/v1/chat/completions",
+                &serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "budget"}]}),
+            )
+            .await
+            .expect("delivered");
+        assert_eq!(status, 200);
+        let seen = proxy.seen();
+        assert_eq!(
+            seen,
+            [(
+                "CONNECT".to_string(),
+                "hooks.example.test:8080".to_string(),
+                None
+            )]
+        );
+        // a loopback webhook goes straight, the proxy untouched
+        let status = poster
+            .post(&format!("{}/nowhere", mock.url()), &serde_json::json!({}))
+            .await
+            .expect("delivered");
+        assert_eq!(status, 404);
+        assert_eq!(proxy.seen().len(), 1);
+    }
 }

@@ -127,6 +127,15 @@ impl Drop for TestProxy {
 
 impl TestProxy {
     pub async fn start(require: Option<&str>) -> TestProxy {
+        TestProxy::start_aliasing(require, None).await
+    }
+
+    /// With `alias`, every target (whatever its name, which only the proxy sees) is reached at
+    /// that address: a client that connected anywhere but through the proxy would fail.
+    pub async fn start_aliasing(
+        require: Option<&str>,
+        alias: Option<std::net::SocketAddr>,
+    ) -> TestProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -139,7 +148,7 @@ impl TestProxy {
             let mut tasks = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
                 conns2.fetch_add(1, Ordering::SeqCst);
-                tasks.spawn(relay(client, seen2.clone(), require.clone()));
+                tasks.spawn(relay(client, seen2.clone(), require.clone(), alias));
             }
         });
         TestProxy {
@@ -167,6 +176,7 @@ async fn relay(
     mut client: tokio::net::TcpStream,
     seen: Arc<Mutex<Vec<Asked>>>,
     require: Option<String>,
+    alias: Option<std::net::SocketAddr>,
 ) {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
@@ -211,7 +221,11 @@ async fn relay(
         };
         a.to_string()
     };
-    let Ok(mut upstream) = tokio::net::TcpStream::connect(host.as_str()).await else {
+    let connected = match alias {
+        Some(addr) => tokio::net::TcpStream::connect(addr).await,
+        None => tokio::net::TcpStream::connect(host.as_str()).await,
+    };
+    let Ok(mut upstream) = connected else {
         let _ = client
             .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
             .await;
