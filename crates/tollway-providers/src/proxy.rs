@@ -189,11 +189,28 @@ impl Service<Uri> for Tcp {
                 Box::pin(async move { f.await.map_err(Into::into) })
             }
             Tcp::Tunnel(c) => {
-                let f = c.call(dst);
+                let f = c.call(with_default_port(dst));
                 Box::pin(async move { f.await.map_err(Into::into) })
             }
         }
     }
+}
+
+/// `dst` with port 80 written out for a plain-HTTP URL that names none: hyper-util's tunnel asks
+/// the proxy for port 443 whenever the URL has no port.
+fn with_default_port(dst: Uri) -> Uri {
+    if dst.port().is_some() || dst.scheme_str() != Some("http") {
+        return dst;
+    }
+    let Some(host) = dst.host() else {
+        return dst;
+    };
+    Uri::builder()
+        .scheme("http")
+        .authority(format!("{host}:80"))
+        .path_and_query("/")
+        .build()
+        .unwrap_or(dst)
 }
 
 #[cfg(test)]
@@ -429,14 +446,26 @@ mod tests {
             .await
             .expect("delivered");
         assert_eq!(status, 200);
-        let seen = proxy.seen();
+        // without a port: the tunnel is asked for port 80, not 443
+        let status = poster
+            .post(
+                "http://hooks.example.test/v1/chat/completions",
+                &serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "budget"}]}),
+            )
+            .await
+            .expect("delivered");
+        assert_eq!(status, 200);
+        let asked: Vec<String> = proxy
+            .seen()
+            .into_iter()
+            .map(|(m, t, a)| format!("{m} {t} {a:?}"))
+            .collect();
         assert_eq!(
-            seen,
-            [(
-                "CONNECT".to_string(),
-                "hooks.example.test:8080".to_string(),
-                None
-            )]
+            asked,
+            [
+                "CONNECT hooks.example.test:8080 None",
+                "CONNECT hooks.example.test:80 None"
+            ]
         );
         // a loopback webhook goes straight, the proxy untouched
         let status = poster
@@ -444,6 +473,6 @@ mod tests {
             .await
             .expect("delivered");
         assert_eq!(status, 404);
-        assert_eq!(proxy.seen().len(), 1);
+        assert_eq!(proxy.seen().len(), 2);
     }
 }
