@@ -39,6 +39,11 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Where `openai` accounts send requests without a `base_url`.
+pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+/// Where `anthropic` accounts send requests without a `base_url`.
+pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
+
 /// An account's `proxy` setting: `none`, or a proxy URL that may carry credentials. Its `Debug`
 /// hides them.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -203,8 +208,9 @@ impl ProviderConfig {
         }
     }
 
-    /// Problems a config check should report (beyond what deserialisation caught).
-    pub fn problems(&self) -> Vec<String> {
+    /// Problems a config check should report (beyond what deserialisation caught). `env` reads
+    /// the environment the gateway will run in (its proxy variables).
+    pub fn problems(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
         let mut out = Vec::new();
         let check_url = |url: &Option<String>, required: bool, out: &mut Vec<String>| match url {
             Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => out.push(
@@ -213,30 +219,36 @@ impl ProviderConfig {
             None if required => out.push("base_url is required for this kind".to_string()),
             _ => {}
         };
-        let (base_url, ca_file, http2, proxy) = match self {
+        let (base_url, default_url, ca_file, http2, proxy) = match self {
             ProviderConfig::Openai(c) => {
                 check_url(&c.base_url, false, &mut out);
-                (&c.base_url, &c.ca_file, c.http2, &c.proxy)
+                (&c.base_url, OPENAI_BASE_URL, &c.ca_file, c.http2, &c.proxy)
             }
             ProviderConfig::OpenaiCompatible(c) => {
                 check_url(&c.base_url, true, &mut out);
-                (&c.base_url, &c.ca_file, c.http2, &c.proxy)
+                (&c.base_url, OPENAI_BASE_URL, &c.ca_file, c.http2, &c.proxy)
             }
             ProviderConfig::Anthropic(c) => {
                 check_url(&c.base_url, false, &mut out);
-                (&c.base_url, &c.ca_file, c.http2, &c.proxy)
+                (
+                    &c.base_url,
+                    ANTHROPIC_BASE_URL,
+                    &c.ca_file,
+                    c.http2,
+                    &c.proxy,
+                )
             }
             ProviderConfig::Mock(_) => return out,
         };
-        if let Some(p) = proxy {
-            let url: http::Uri = match base_url.as_deref().map(str::parse) {
-                Some(Ok(u)) => u,
-                // a missing or bad base_url is reported above; check the proxy on its own
-                _ => http::Uri::from_static("https://upstream.invalid/"),
-            };
-            if let Err(e) = crate::proxy::resolve(&url, Some(p.expose()), &|_| None) {
-                out.push(e);
-            }
+        // the account's proxy, or the environment's for its upstream (a bad base_url is reported
+        // above; the proxy is then checked against the default upstream)
+        let url = base_url
+            .as_deref()
+            .unwrap_or(default_url)
+            .parse::<http::Uri>()
+            .unwrap_or_else(|_| http::Uri::from_static(OPENAI_BASE_URL));
+        if let Err(e) = crate::proxy::resolve(&url, proxy.as_ref().map(ProxySetting::expose), env) {
+            out.push(e);
         }
         let plain = base_url
             .as_deref()

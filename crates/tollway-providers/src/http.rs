@@ -32,7 +32,9 @@ use tollway_core::{
 use tollway_protocol::sse::{SseEvent, SseParser};
 use tollway_protocol::{anthropic, openai};
 
-use crate::config::{AnthropicConfig, OpenAiConfig, ProxySetting, Timeouts};
+use crate::config::{
+    AnthropicConfig, OpenAiConfig, ProxySetting, Timeouts, ANTHROPIC_BASE_URL, OPENAI_BASE_URL,
+};
 use crate::proxy::{Tcp, Via};
 
 /// Largest upstream body read whole (non-streaming answers and error bodies).
@@ -278,7 +280,7 @@ impl HttpProvider {
         let base = c
             .base_url
             .as_deref()
-            .unwrap_or("https://api.openai.com/v1")
+            .unwrap_or(OPENAI_BASE_URL)
             .trim_end_matches('/');
         let mut pairs: Vec<(String, String)> = Vec::new();
         if !c.api_key.is_none() {
@@ -323,7 +325,7 @@ impl HttpProvider {
         let base = c
             .base_url
             .as_deref()
-            .unwrap_or("https://api.anthropic.com")
+            .unwrap_or(ANTHROPIC_BASE_URL)
             .trim_end_matches('/');
         let base = base.strip_suffix("/v1").unwrap_or(base);
         let mut pairs: Vec<(String, String)> = vec![(

@@ -515,7 +515,7 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
     for (name, v) in entries(sections.remove("providers"), "providers", &mut c) {
         let base = format!("providers.{name}");
         if let Some(p) = c.parse::<ProviderConfig>(&base, v) {
-            for problem in p.problems() {
+            for problem in p.problems(&|k| env.get(k)) {
                 c.push(base.clone(), problem);
             }
             providers.insert(name, p);
@@ -1470,6 +1470,37 @@ models:
         )
         .unwrap_err();
         assert!(errs[0].path.starts_with("prices"), "{errs:?}");
+    }
+
+    #[test]
+    fn an_unusable_proxy_in_the_environment_is_a_config_error_unless_overridden() {
+        let text = |account: &str| {
+            format!(
+                "providers:\n  up: {account}\nmodels:\n  m: {{ deployments: [{{ provider: up, model: x }}] }}\n"
+            )
+        };
+        let e = env(&[("HTTPS_PROXY", "socks5://bob:pa55@proxy:1080")]);
+        let errs = parse(&text("{ kind: anthropic, api_key: k }"), &e).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "providers.up");
+        assert!(
+            errs[0]
+                .message
+                .contains("HTTPS_PROXY `socks5://***@proxy:1080` in the environment")
+                && errs[0].message.contains("set the account's `proxy`")
+                && !errs[0].message.contains("pa55"),
+            "{errs:?}"
+        );
+        // the account's own setting, or a loopback upstream, does not read it
+        for account in [
+            "{ kind: anthropic, api_key: k, proxy: none }",
+            "{ kind: anthropic, api_key: k, proxy: \"http://proxy:3128\" }",
+            "{ kind: openai-compatible, base_url: \"http://127.0.0.1:8000/v1\" }",
+        ] {
+            if let Err(errs) = parse(&text(account), &e) {
+                panic!("{account}: {errs:?}");
+            }
+        }
     }
 
     /// The complete example in docs/config.md is a valid config.
