@@ -59,27 +59,37 @@ pub(crate) fn resolve(
             if is_loopback(url) {
                 return Ok(None);
             }
-            let first =
-                |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
-            let (https, http, all) = (first(&ENV_HTTPS), first(&ENV_HTTP), first(&ENV_ALL));
-            for (names, value) in [(ENV_HTTPS, &https), (ENV_HTTP, &http), (ENV_ALL, &all)] {
-                if let Some(v) = value {
-                    check(v).map_err(|e| {
-                        format!(
-                            "{} `{}` in the environment: {e}; set the account's `proxy` (a URL, or `none`) to override it",
-                            names[0],
-                            mask(v)
-                        )
-                    })?;
-                }
+            let first = |names: &[&'static str]| {
+                names
+                    .iter()
+                    .find_map(|n| env(n).filter(|v| !v.is_empty()).map(|v| (names[0], v)))
+            };
+            // the variable this upstream's scheme reads, else ALL_PROXY
+            let chosen = match url.scheme_str() {
+                Some("https") => first(&ENV_HTTPS),
+                Some("http") => first(&ENV_HTTP),
+                _ => None,
             }
-            let matcher = Matcher::builder()
-                .https(https.unwrap_or_default())
-                .http(http.unwrap_or_default())
-                .all(all.unwrap_or_default())
-                .no(first(&ENV_NO).unwrap_or_default())
+            .or_else(|| first(&ENV_ALL));
+            let Some((name, value)) = chosen else {
+                return Ok(None);
+            };
+            let no = first(&ENV_NO).map(|(_, v)| v).unwrap_or_default();
+            // NO_PROXY exempts the host: the variable is not used, whatever it holds
+            let probe = Matcher::builder()
+                .all("http://probe:1".to_string())
+                .no(no.clone())
                 .build();
-            Ok(intercept(matcher, url))
+            if probe.intercept(url).is_none() {
+                return Ok(None);
+            }
+            check(&value).map_err(|e| {
+                format!(
+                    "{name} `{}` in the environment: {e}; set the account's `proxy` (a URL, or `none`) to override it",
+                    mask(&value)
+                )
+            })?;
+            Ok(intercept(Matcher::builder().all(value).no(no).build(), url))
         }
     }
 }
@@ -266,6 +276,18 @@ mod tests {
             Some("http://everything:3128/")
         );
         assert_eq!(via("https://api.anthropic.com", None, &[]), None);
+        // only the variable an upstream reads is checked: a SOCKS ALL_PROXY (for other tools)
+        // does not matter beside HTTPS_PROXY, nor to a host NO_PROXY exempts
+        let mixed = [
+            ("ALL_PROXY", "socks5://other:1080"),
+            ("HTTPS_PROXY", "http://secure-proxy:3128"),
+            ("NO_PROXY", "internal.example"),
+        ];
+        assert_eq!(
+            via("https://api.openai.com/v1", None, &mixed).as_deref(),
+            Some("http://secure-proxy:3128/")
+        );
+        assert_eq!(via("http://models.internal.example/v1", None, &mixed), None);
     }
 
     #[test]
