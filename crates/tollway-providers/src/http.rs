@@ -181,6 +181,10 @@ fn connection(
 ) -> Result<(HeaderMap, Transport), String> {
     let err = |e: String| format!("provider `{name}`: {e}");
     let via = crate::proxy::resolve(url, link.proxy, &|k| std::env::var(k).ok()).map_err(err)?;
+    if let Some(v) = &via {
+        // the proxy's address only: its credentials are not part of `uri`
+        tracing::info!(provider = name, proxy = %v.uri, "upstream connections go through a proxy");
+    }
     let mut headers = with_host(header_map(pairs, name)?, url, link.http2);
     if url.scheme_str() == Some("http") {
         if let Some(auth) = via.as_ref().and_then(|v| v.auth.clone()) {
