@@ -4,6 +4,9 @@
 //! protocol crates, so tests of the gateway against it check the gateway's translations
 //! against an independent reading of the API references.
 //!
+//! It serves plain HTTP ([`serve`], [`MockServer::start`]) or, as real providers are reached,
+//! HTTPS with HTTP/2 or HTTP/1.1 by ALPN ([`tls`], [`MockServer::start_tls`]).
+//!
 //! # Routes
 //! | route | answers |
 //! | --- | --- |
