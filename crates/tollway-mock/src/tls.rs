@@ -1,6 +1,6 @@
 //! The mock over TLS, as real providers are reached: HTTP/2 or HTTP/1.1 by ALPN (or HTTP/1.1
 //! only), on a certificate chain and key given as PEM. With the `test-certs` feature,
-//! [`TestCerts`] makes a throwaway certificate authority and a certificate for `localhost` and
+//! `TestCerts` makes a throwaway certificate authority and a certificate for `localhost` and
 //! `127.0.0.1` signed by it, so tests can trust the mock without touching the system's roots.
 
 use std::future::Future;

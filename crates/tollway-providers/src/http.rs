@@ -883,7 +883,7 @@ pub(crate) type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// JSON POSTs for the gateway's own notifications (budget-alert webhooks), on the same client
 /// stack as the providers (pooled, rustls, redirects not followed), through the environment's
-/// proxy when it names one for the webhook's URL ([`crate::proxy`]; a `CONNECT` tunnel for
+/// proxy when it names one for the webhook's URL (`proxy.rs`; a `CONNECT` tunnel for
 /// `http://` and `https://` alike).
 pub struct JsonPoster {
     /// Straight to the webhook; reused across deliveries.
