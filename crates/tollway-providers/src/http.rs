@@ -1312,21 +1312,11 @@ mod tests {
                 .await
                 .expect("answer");
             assert_eq!(r.usage.output_tokens, 5, "{version}");
-            let model = "gpt-4.1?tokens=7";
-            let mut s = p
-                .chat_stream(&ChatRequest::simple(model, "hi"), model)
+            let s = crate::testing::stream(&p, "gpt-4.1?tokens=7")
                 .await
                 .expect("stream");
-            let mut text = String::new();
-            let mut finished = false;
-            while let Some(ev) = s.next().await {
-                match ev.expect("event") {
-                    StreamEvent::TextDelta { text: t, .. } => text.push_str(&t),
-                    StreamEvent::Finish { .. } => finished = true,
-                    _ => {}
-                }
-            }
-            assert!(finished, "{version}: the stream ended without its finish");
+            assert!(s.finished, "{version}: the stream ended without its finish");
+            let text = s.text;
             assert_eq!(text.split_whitespace().count(), 7, "{version}: {text:?}");
             let log = up.requests().await;
             assert_eq!(log.len(), 2, "{log:?}");

@@ -338,8 +338,7 @@ mod tests {
         assert_eq!(mask("h:1"), "h:1");
     }
     use crate::testing::{TestProxy, TlsUpstream};
-    use futures_util::StreamExt;
-    use tollway_core::{ChatRequest, ErrorKind, Provider, StreamEvent};
+    use tollway_core::{ChatRequest, ErrorKind, Provider};
 
     /// A chat and a 5-token stream through `p`.
     async fn chat_and_stream(p: &crate::HttpProvider, what: &str) {
@@ -351,18 +350,10 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{what}: {}", e.message));
         assert_eq!(r.usage.output_tokens, 3, "{what}");
-        let model = "gpt-4.1?tokens=5";
-        let mut s = p
-            .chat_stream(&ChatRequest::simple(model, "hi"), model)
+        let s = crate::testing::stream(p, "gpt-4.1?tokens=5")
             .await
-            .unwrap_or_else(|e| panic!("{what}: {}", e.message));
-        let mut deltas = 0;
-        while let Some(ev) = s.next().await {
-            if let StreamEvent::TextDelta { .. } = ev.expect("event") {
-                deltas += 1;
-            }
-        }
-        assert_eq!(deltas, 5, "{what}");
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(s.deltas, 5, "{what}");
     }
 
     #[tokio::test]
@@ -450,6 +441,7 @@ mod tests {
             before
         );
     }
+
     #[tokio::test]
     async fn webhooks_go_through_the_environments_proxy() {
         let mock = tollway_mock::MockServer::start().await.expect("mock");
@@ -460,23 +452,15 @@ mod tests {
             std::sync::Arc::new(move |k| (k == "HTTP_PROXY").then(|| proxy_url.clone()));
         let poster = crate::http::JsonPoster::with_env(std::time::Duration::from_secs(5), env)
             .expect("poster");
-        let status = poster
-            .post(
-                "http://hooks.example.test:8080/v1/chat/completions",
-                &serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "budget"}]}),
-            )
-            .await
-            .expect("delivered");
-        assert_eq!(status, 200);
-        // without a port: the tunnel is asked for port 80, not 443
-        let status = poster
-            .post(
-                "http://hooks.example.test/v1/chat/completions",
-                &serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "budget"}]}),
-            )
-            .await
-            .expect("delivered");
-        assert_eq!(status, 200);
+        // with a port, and without one: then the tunnel is asked for port 80, not 443
+        for url in [
+            "http://hooks.example.test:8080/v1/chat/completions",
+            "http://hooks.example.test/v1/chat/completions",
+        ] {
+            let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "budget"}]});
+            let status = poster.post(url, &body).await.expect("delivered");
+            assert_eq!(status, 200, "{url}");
+        }
         let asked: Vec<String> = proxy
             .seen()
             .into_iter()

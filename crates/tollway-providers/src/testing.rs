@@ -105,6 +105,40 @@ impl Drop for TlsUpstream {
     }
 }
 
+/// What a stream of `p` for `model` delivered: its text, its text deltas, and whether it ended
+/// with its finish event.
+pub(crate) struct Streamed {
+    pub text: String,
+    pub deltas: usize,
+    pub finished: bool,
+}
+
+/// Reads a whole stream of `p` for `model`; an error event fails the test.
+pub(crate) async fn stream(p: &HttpProvider, model: &str) -> Result<Streamed, String> {
+    use futures_util::StreamExt;
+    use tollway_core::{ChatRequest, Provider, StreamEvent};
+    let mut s = p
+        .chat_stream(&ChatRequest::simple(model, "hi"), model)
+        .await
+        .map_err(|e| e.message)?;
+    let mut out = Streamed {
+        text: String::new(),
+        deltas: 0,
+        finished: false,
+    };
+    while let Some(ev) = s.next().await {
+        match ev.map_err(|e| e.message)? {
+            StreamEvent::TextDelta { text, .. } => {
+                out.text.push_str(&text);
+                out.deltas += 1;
+            }
+            StreamEvent::Finish { .. } => out.finished = true,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 /// What a connection to [`TestProxy`] asked for: its request line's method and target, and its
 /// `Proxy-Authorization`.
 pub(crate) type Asked = (String, String, Option<String>);
