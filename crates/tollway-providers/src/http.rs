@@ -83,6 +83,23 @@ struct Link<'a> {
     proxy: Option<&'a str>,
 }
 
+impl<'a> Link<'a> {
+    /// From an account's fields (the two account kinds spell them alike).
+    fn new(
+        timeouts: &'a Timeouts,
+        ca_file: &'a Option<String>,
+        http2: bool,
+        proxy: &'a Option<ProxySetting>,
+    ) -> Link<'a> {
+        Link {
+            timeouts,
+            ca_file: ca_file.as_deref(),
+            http2,
+            proxy: proxy.as_ref().map(ProxySetting::expose),
+        }
+    }
+}
+
 impl Transport {
     /// To `url` through `via`, if any: an HTTPS upstream through the proxy's tunnel, a plain one
     /// forwarded by it.
@@ -302,12 +319,7 @@ impl HttpProvider {
             name,
             &pairs,
             &chat_url.absolute,
-            &Link {
-                timeouts: &c.timeouts,
-                ca_file: c.ca_file.as_deref(),
-                http2: c.http2,
-                proxy: c.proxy.as_ref().map(ProxySetting::expose),
-            },
+            &Link::new(&c.timeouts, &c.ca_file, c.http2, &c.proxy),
         )?;
         Ok(HttpProvider {
             info: ProviderInfo {
@@ -345,12 +357,7 @@ impl HttpProvider {
             name,
             &pairs,
             &chat_url.absolute,
-            &Link {
-                timeouts: &c.timeouts,
-                ca_file: c.ca_file.as_deref(),
-                http2: c.http2,
-                proxy: c.proxy.as_ref().map(ProxySetting::expose),
-            },
+            &Link::new(&c.timeouts, &c.ca_file, c.http2, &c.proxy),
         )?;
         Ok(HttpProvider {
             info: ProviderInfo {
