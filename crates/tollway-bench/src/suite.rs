@@ -342,6 +342,10 @@ models:
     rpm: 100000000
     tpm: 100000000000
     deployments: [{{ provider: up, model: "bench-small", price: {{ input: "0.15", output: "0.60" }} }}]
+  stream200_all:
+    rpm: 100000000
+    tpm: 100000000000
+    deployments: [{{ provider: up, model: "bench-stream?tokens={STREAM_TOKENS}&tpt_ms=0&ttft_ms=0", price: {{ input: "0.15", output: "0.60" }} }}]
 teams:
   bench: {{ rpm: 100000000, tpm: 100000000000, budget: {{ usd: "1000000", period: monthly, hard: true }} }}
 "#
@@ -673,12 +677,44 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
     }
 
     // Everything on (before the held streams, so that it starts from the same state as the
-    // plain runs rather than right after 1,000 streams closed): a virtual key with limits and a hard budget, in a team with limits and a
-    // hard budget, a model with limits and a price (so budgets are reserved and settled), and the
-    // ledger (always on).
+    // plain runs rather than right after 1,000 streams closed): a virtual key with limits and a
+    // hard budget, in a team with limits and a hard budget, a model with limits and a price (so
+    // budgets are reserved and settled: a stream's at its end, from the usage it streamed), and
+    // the ledger (always on). The small chat at 1,000 RPS, then the 200-chunk stream.
     {
-        let title = "everything on: non-streaming small chat, open loop 1,000 RPS, virtual key (rpm/tpm, hard budget) of a team (rpm/tpm, hard budget), model rpm/tpm, priced deployment, SQLite ledger".to_string();
-        eprintln!("scenario chat_1000rps_all: {title}");
+        const ON: &str = "virtual key (rpm/tpm, hard budget) of a team (rpm/tpm, hard budget), model rpm/tpm, priced deployment, SQLite ledger";
+        let all = [
+            Scenario {
+                id: "chat_1000rps_all",
+                title: format!("everything on: non-streaming small chat, open loop 1,000 RPS, {ON}"),
+                model_direct: "bench-small".into(),
+                model_gateway: "small_all",
+                stream: false,
+                mode: Mode::Open {
+                    rate: 1000.0,
+                    requests: None,
+                },
+                warmup: ph.warmup,
+                duration: ph.latency,
+                direct: true,
+            },
+            Scenario {
+                id: "stream200_100rps_all",
+                title: format!(
+                    "everything on: streaming {STREAM_TOKENS} chunks (tpt 0), open loop 100 streams/s, {ON}"
+                ),
+                model_direct: format!("bench-stream?tokens={STREAM_TOKENS}&tpt_ms=0&ttft_ms=0"),
+                model_gateway: "stream200_all",
+                stream: true,
+                mode: Mode::Open {
+                    rate: 100.0,
+                    requests: None,
+                },
+                warmup: ph.warmup,
+                duration: ph.stream,
+                direct: true,
+            },
+        ];
         let created = post_json(
             gateway.addr,
             "/admin/keys",
@@ -688,64 +724,62 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
                 "budget_usd": "1000000", "budget_period": "monthly",
             }),
         );
-        let entry = match created {
+        let secret = match created {
             Ok((status, body)) if (200..300).contains(&status) && body["key"].is_string() => {
-                let secret = body["key"].as_str().unwrap_or_default().to_string();
-                // its own direct run, just before: the machine's state drifts between scenarios
-                let direct = ctx.spec(
-                    "chat_1000rps_all/direct".into(),
-                    Target {
-                        id: "direct",
-                        addr: mock.addr,
-                        key: Some(MASTER_KEY),
-                    },
-                    "bench-small",
-                    false,
-                    Mode::Open {
-                        rate: 1000.0,
-                        requests: None,
-                    },
-                    ph.warmup,
-                    ph.latency,
-                )?;
-                let d = load::run(direct).await?;
-                print_run("chat_1000rps_all", "direct", &d);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let spec = ctx.spec(
-                    "chat_1000rps_all/tollway".into(),
-                    Target {
-                        id: "tollway",
-                        addr: gateway.addr,
-                        key: Some(&secret),
-                    },
-                    "small_all",
-                    false,
-                    Mode::Open {
-                        rate: 1000.0,
-                        requests: None,
-                    },
-                    ph.warmup,
-                    ph.latency,
-                )?;
-                let r = load::run(spec).await?;
-                print_run("chat_1000rps_all", "tollway", &r);
-                let mut runs = serde_json::Map::new();
-                runs.insert("direct".into(), d);
-                runs.insert("tollway".into(), r);
-                let mut e = scenario_entry("chat_1000rps_all", &title, runs, false);
-                e["note"] = json!("own direct run just before; no global budget configured");
-                e
+                Ok(body["key"].as_str().unwrap_or_default().to_string())
             }
-            Ok((status, body)) => json!({
-                "id": "chat_1000rps_all", "title": title,
-                "skipped": format!("not available (issue 3): POST /admin/keys answered {status}: {body}"),
-            }),
-            Err(e) => json!({
-                "id": "chat_1000rps_all", "title": title,
-                "skipped": format!("not available (issue 3): POST /admin/keys failed: {e:#}"),
-            }),
+            Ok((status, body)) => Err(format!(
+                "not available (issue 3): POST /admin/keys answered {status}: {body}"
+            )),
+            Err(e) => Err(format!(
+                "not available (issue 3): POST /admin/keys failed: {e:#}"
+            )),
         };
-        results.push(entry);
+        for s in &all {
+            eprintln!("scenario {}: {}", s.id, s.title);
+            let entry = match &secret {
+                Ok(secret) => {
+                    let mut runs = serde_json::Map::new();
+                    // its own direct run, just before: the machine's state drifts between scenarios
+                    for t in [
+                        Target {
+                            id: "direct",
+                            addr: mock.addr,
+                            key: Some(MASTER_KEY),
+                        },
+                        Target {
+                            id: "tollway",
+                            addr: gateway.addr,
+                            key: Some(secret),
+                        },
+                    ] {
+                        let model = if t.id == "direct" {
+                            s.model_direct.as_str()
+                        } else {
+                            s.model_gateway
+                        };
+                        let spec = ctx.spec(
+                            format!("{}/{}", s.id, t.id),
+                            t,
+                            model,
+                            s.stream,
+                            s.mode,
+                            s.warmup,
+                            s.duration,
+                        )?;
+                        let r = load::run(spec).await?;
+                        print_run(s.id, t.id, &r);
+                        runs.insert(t.id.into(), r);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    let mut e = scenario_entry(s.id, &s.title, runs, s.stream);
+                    e["note"] = json!("own direct run just before; no global budget configured");
+                    e
+                }
+                Err(why) => json!({ "id": s.id, "title": s.title, "skipped": why }),
+            };
+            results.push(entry);
+        }
     }
 
     // Held-open slow streams: the gateway's memory with many streams open.
@@ -807,7 +841,9 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
             .filter(|e| e["skipped"].is_null())
             .or_else(|| get("chat_1000rps")),
         get("chat_saturation"),
-        get("stream200_100rps"),
+        get("stream200_100rps_all")
+            .filter(|e| e["skipped"].is_null())
+            .or_else(|| get("stream200_100rps")),
         get("hold_streams"),
     );
     let report = json!({
@@ -1018,9 +1054,14 @@ fn headline(
         ),
     );
     let st = stream.unwrap_or(Value::Null);
+    let which = if st["id"] == "stream200_100rps_all" {
+        "everything on"
+    } else {
+        "plain: master key, unpriced model"
+    };
     let ad = &st["added"]["tollway"];
     row(
-        "per-chunk added latency p99 ((stream duration through tollway − direct) / 200, at p99)",
+        &format!("per-chunk added latency p99 ((stream duration through tollway − direct) / 200, at p99; {which})"),
         ad["per_chunk_from_duration_us"]["p99"].as_f64(),
         "µs",
         100.0,
