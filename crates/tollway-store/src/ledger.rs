@@ -105,6 +105,15 @@ fn insert_sql(rows: usize, backend: crate::Backend) -> &'static str {
         .map_or("", |(_, s)| s.as_str())
 }
 
+/// The rows of the next statement for `left` rows to write: the largest size that fits (19
+/// columns × 256 rows stays below SQLite's parameter limit).
+fn statement_rows(left: usize) -> usize {
+    [256, 64, 16, 4, 1]
+        .into_iter()
+        .find(|&n| n <= left)
+        .unwrap_or(1)
+}
+
 /// Dimensions a usage report can group by.
 pub const GROUP_BY: &[&str] = &["key", "team", "model", "provider", "day"];
 
@@ -222,11 +231,7 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         let mut rest = rows;
         while !rest.is_empty() {
-            // the largest size that fits: 19 columns × 256 rows stays below the parameter limit
-            let n = *[256, 64, 16, 4, 1]
-                .iter()
-                .find(|&&n| n <= rest.len())
-                .unwrap_or(&1);
+            let n = statement_rows(rest.len());
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
             // the arguments' list sized once (binding one by one grows it step by step); strings
@@ -495,6 +500,148 @@ enum BindValue {
     S(String),
 }
 
+/// The ledger writer's own connection to a SQLite file, through rusqlite rather than sqlx.
+///
+/// sqlx runs SQLite on a worker thread behind its async interface: each row's values were turned
+/// into sqlx's `Any` arguments, converted to SQLite's, copied to own their strings for the hop
+/// to the worker, and bound there, about 10 k instructions per row beside SQLite's own work
+/// (callgrind). Here the writer binds the row's fields straight into the same multi-row
+/// `INSERT OR IGNORE` statements, prepared once, on a blocking thread. The gateway's other
+/// queries keep the sqlx pool; SQLite's WAL mode lets them read while this connection writes,
+/// and the two wait for each other's writes (busy timeout), as two processes would.
+struct SqliteLedger {
+    conn: rusqlite::Connection,
+}
+
+impl SqliteLedger {
+    fn open(path: &std::path::Path) -> rusqlite::Result<SqliteLedger> {
+        use rusqlite::OpenFlags;
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // as the pool's connections (journal_mode = WAL is the file's, set by the pool)
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.set_prepared_statement_cache_capacity(8);
+        Ok(SqliteLedger { conn })
+    }
+
+    /// Writes rows in one transaction; rows already present (same request id) are skipped.
+    fn insert(&mut self, rows: &[LedgerRow]) -> rusqlite::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let n = statement_rows(rest.len());
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            let mut st = tx.prepare_cached(insert_sql(n, crate::Backend::Sqlite))?;
+            let mut i = 0;
+            let mut bind = |v: &dyn rusqlite::ToSql| {
+                i += 1;
+                st.raw_bind_parameter(i, v)
+            };
+            for r in chunk {
+                // the order of INSERT_INTO's columns, as bind_row
+                bind(&r.request_id)?;
+                bind(&r.ts_ms)?;
+                bind(&r.key_id)?;
+                bind(&r.team)?;
+                bind(&r.model)?;
+                bind(&r.provider)?;
+                bind(&r.deployment)?;
+                bind(&r.api)?;
+                bind(&r.status)?;
+                bind(&r.stream)?;
+                bind(&r.attempts)?;
+                bind(&r.latency_ms)?;
+                bind(&r.input_tokens)?;
+                bind(&r.output_tokens)?;
+                bind(&r.cache_read_tokens)?;
+                bind(&r.cache_write_tokens)?;
+                bind(&r.reasoning_tokens)?;
+                bind(&r.cost_micros)?;
+                bind(&r.cost_estimated)?;
+            }
+            st.raw_execute()?;
+        }
+        tx.commit()
+    }
+}
+
+/// Where the writer puts its batches: the store's pool, or its own SQLite connection.
+enum Sink {
+    Pool(Store),
+    /// `None` only while a batch is being written on the blocking thread.
+    Sqlite(Option<SqliteLedger>, Store),
+}
+
+impl Sink {
+    fn new(store: Store) -> Sink {
+        let Some(path) = store.sqlite_file() else {
+            return Sink::Pool(store);
+        };
+        match SqliteLedger::open(path) {
+            Ok(ledger) => Sink::Sqlite(Some(ledger), store),
+            Err(e) => {
+                tracing::warn!(error = %e, "ledger writer: own SQLite connection failed; writing through the pool");
+                Sink::Pool(store)
+            }
+        }
+    }
+
+    /// Writes `rows`, and hands them back (for a retry if the write failed).
+    async fn write(&mut self, rows: Vec<LedgerRow>) -> (Vec<LedgerRow>, Result<()>) {
+        match self {
+            Sink::Pool(store) => {
+                let r = store.insert_ledger(&rows).await;
+                (rows, r)
+            }
+            Sink::Sqlite(slot, store) => {
+                let ledger = match slot.take() {
+                    Some(l) => l,
+                    // the last write's thread panicked with the connection: open another
+                    None => match store.sqlite_file().map(SqliteLedger::open) {
+                        Some(Ok(l)) => l,
+                        Some(Err(e)) => return (rows, Err(e.into())),
+                        None => return (rows, Err(StoreError::Invalid("no SQLite file".into()))),
+                    },
+                };
+                let done = tokio::task::spawn_blocking(move || {
+                    let mut ledger = ledger;
+                    // a panic must not take the rows with it
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        ledger.insert(&rows)
+                    }));
+                    match r {
+                        Ok(r) => (Some(ledger), rows, r.map_err(StoreError::from)),
+                        Err(_) => (
+                            None,
+                            rows,
+                            Err(StoreError::Invalid("the ledger insert panicked".into())),
+                        ),
+                    }
+                })
+                .await;
+                match done {
+                    Ok((ledger, rows, r)) => {
+                        *slot = ledger;
+                        (rows, r)
+                    }
+                    // only if the runtime shuts down before the thread started
+                    Err(e) => (
+                        Vec::new(),
+                        Err(StoreError::Invalid(format!("ledger insert not run: {e}"))),
+                    ),
+                }
+            }
+        }
+    }
+}
+
 /// Batches ledger rows off the request path: `record` never blocks and never drops; a background
 /// task writes whatever arrived every `flush_every` (or sooner when `batch` rows are waiting).
 /// `shutdown` writes everything still queued. A failed write is retried with the same rows
@@ -568,6 +715,7 @@ async fn run(
     flush_every: Duration,
     batch: usize,
 ) -> u64 {
+    let mut sink = Sink::new(store);
     let mut pending: Vec<LedgerRow> = Vec::with_capacity(batch);
     let mut written = 0u64;
     let mut tick = tokio::time::interval(flush_every);
@@ -602,7 +750,9 @@ async fn run(
         let mut delay = Duration::from_millis(50);
         let mut tries = 0;
         loop {
-            match store.insert_ledger(&pending).await {
+            let (rows, result) = sink.write(std::mem::take(&mut pending)).await;
+            pending = rows;
+            match result {
                 Ok(()) => {
                     written += pending.len() as u64;
                     pending.clear();
@@ -762,6 +912,43 @@ mod tests {
         drop(w);
         assert_eq!(task.finish().await, 500);
         assert_eq!(store.spend_micros(Some("k3"), None, 0).await.unwrap(), 500);
+        // through the writer (on a SQLite file: its own connection), every column round-trips,
+        // NULLs and flags included, and rows already written are skipped, their values kept
+        let full = LedgerRow {
+            request_id: "w-full".into(),
+            ts_ms: 1_700_000_000_123,
+            key_id: None,
+            team: None,
+            model: "m-é".into(),
+            provider: "anthropic-main".into(),
+            deployment: "anthropic-main/claude".into(),
+            api: "anthropic".into(),
+            status: 499,
+            stream: true,
+            attempts: 3,
+            latency_ms: 1234,
+            input_tokens: 11,
+            output_tokens: 22,
+            cache_read_tokens: 33,
+            cache_write_tokens: 44,
+            reasoning_tokens: 55,
+            cost_micros: None,
+            cost_estimated: true,
+        };
+        let (w, task) = LedgerWriter::start(store.clone(), Duration::from_millis(200), 64);
+        w.record(full.clone());
+        let mut changed = row("w7", "k3", "t3", "gpt", 1, Some(1000));
+        changed.status = 500;
+        w.record(changed);
+        w.record(row("w-new", "k3", "t3", "gpt", 1, Some(1)));
+        drop(w);
+        assert_eq!(task.finish().await, 3);
+        assert_eq!(store.ledger_row("w-full").await.unwrap().unwrap(), full);
+        assert_eq!(
+            store.ledger_row("w7").await.unwrap().unwrap(),
+            row("w7", "k3", "t3", "gpt", 1, Some(1))
+        );
+        assert_eq!(store.spend_micros(Some("k3"), None, 0).await.unwrap(), 501);
         // one batch of an odd size uses every statement size (256 + 64 + 16 + 4×3 + 1×2 on
         // PostgreSQL), and re-inserting an overlapping batch adds only the new rows
         let batch: Vec<LedgerRow> = (0..350)
@@ -777,6 +964,40 @@ mod tests {
             2 * 420
         );
         assert_eq!(store.ledger_row("b349").await.unwrap().unwrap(), batch[349]);
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_files_writer_has_its_own_connection() {
+        let file = testing::sqlite().await;
+        assert!(matches!(Sink::new(file.clone()), Sink::Sqlite(Some(_), _)));
+        let memory = Store::connect("sqlite::memory:").await.unwrap();
+        assert!(memory.sqlite_file().is_none());
+        assert!(matches!(Sink::new(memory), Sink::Pool(_)));
+
+        // the writer's connection and the pool write to the same file at once: each waits for
+        // the other's lock, and nothing is lost
+        let (w, task) = LedgerWriter::start(file.clone(), Duration::from_millis(1), 16);
+        let feedback = async {
+            for i in 0..200 {
+                file.add_feedback(&format!("c{i}"), None, "bad", None)
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+            }
+        };
+        let rows = async {
+            for i in 0..2000 {
+                w.record(row(&format!("c{i}"), "k", "t", "gpt", 1, Some(1)));
+                if i % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        tokio::join!(feedback, rows);
+        drop(w);
+        assert_eq!(task.finish().await, 2000);
+        assert_eq!(file.ledger_count().await.unwrap(), 2000);
+        assert_eq!(file.feedback("c199").await.unwrap().as_deref(), Some("bad"));
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! Storage for virtual keys and the usage ledger: SQLite (WAL) by default, PostgreSQL by URL, both
 //! through one interface (`sqlx`'s `Any` driver) with the same migrations. Nothing here is on a
 //! request's path: keys are read into a cache by the gateway, and ledger rows arrive in batches
-//! from [`LedgerWriter`], which flushes off the request path and loses nothing on shutdown.
+//! from [`LedgerWriter`], which flushes off the request path and loses nothing on shutdown (into
+//! a SQLite file through a connection of its own, opened with `rusqlite`).
 
 mod keys;
 mod ledger;
@@ -27,6 +28,9 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("storage: {0}")]
     Invalid(String),
+    /// From the ledger writer's own SQLite connection.
+    #[error("storage: {0}")]
+    Sqlite(#[from] rusqlite::Error),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -42,6 +46,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The database file of a SQLite store that is a writable file (not in memory, not read-only):
+    /// the ledger writer opens its own connection to it.
+    sqlite_file: Option<std::sync::Arc<std::path::Path>>,
 }
 
 pub fn now_ms() -> i64 {
@@ -126,6 +133,7 @@ impl Store {
     /// `sqlite://PATH`, `sqlite::memory:`, `postgres://...`.
     pub async fn connect(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
+        let mut sqlite_file = None;
         let (backend, url) = if url.starts_with("sqlite:") {
             let u = if url.contains(":memory:") || url.contains("mode=") {
                 url.to_string()
@@ -134,6 +142,12 @@ impl Store {
             } else {
                 format!("{url}?mode=rwc")
             };
+            if !u.contains(":memory:") && !u.contains("mode=memory") && !u.contains("mode=ro") {
+                // the path as sqlx reads it from the URL (percent-decoded, relative to the cwd)
+                let options =
+                    <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&u)?;
+                sqlite_file = Some(std::sync::Arc::from(options.get_filename()));
+            }
             (Backend::Sqlite, u)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_string())
@@ -165,13 +179,22 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        let store = Store { pool, backend };
+        let store = Store {
+            pool,
+            backend,
+            sqlite_file,
+        };
         store.migrate().await?;
         Ok(store)
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The file of a writable SQLite database (`None` for PostgreSQL, in-memory or read-only).
+    pub fn sqlite_file(&self) -> Option<&std::path::Path> {
+        self.sqlite_file.as_deref()
     }
 
     async fn migrate(&self) -> Result<()> {
