@@ -12,6 +12,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::{HeaderName, HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -52,6 +53,8 @@ pub struct Spec {
     /// Processes whose RSS and CPU time are sampled over the measured window.
     pub watch: Vec<(String, u32)>,
     pub clk_tck: u64,
+    /// For an `https://` URL: a PEM file of authorities to trust besides the public roots.
+    pub ca_file: Option<String>,
 }
 
 /// The API a load speaks to the server.
@@ -255,17 +258,30 @@ impl SseCounter {
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Builds the load generator's pooled HTTP/1.1 client.
-pub fn client() -> HttpClient {
+/// Builds the load generator's pooled HTTP/1.1 client: plain HTTP, or HTTPS (TLS by rustls, no
+/// ALPN, so HTTP/1.1) to the public roots and `ca_file`'s authorities.
+pub fn client(ca_file: Option<&str>) -> anyhow::Result<HttpClient> {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
-    conn.enforce_http(true);
-    Client::builder(TokioExecutor::new())
+    conn.enforce_http(false);
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS set-up")?
+    .with_root_certificates(tollway_providers::root_store(ca_file).map_err(anyhow::Error::msg)?)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(conn);
+    Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(usize::MAX)
-        .build(conn)
+        .build(https))
 }
 
 async fn one(client: &HttpClient, spec: &Spec, scheduled: Instant) -> Sample {
@@ -352,7 +368,7 @@ async fn exchange(client: &HttpClient, spec: &Spec, s: &mut Sample) -> Result<()
 /// Runs one load and returns its result as JSON.
 pub async fn run(spec: Spec) -> anyhow::Result<Value> {
     let spec = Arc::new(spec);
-    let client = client();
+    let client = client(spec.ca_file.as_deref())?;
     let start = Instant::now() + Duration::from_millis(20);
     let measure_start = start + spec.warmup;
     let end = measure_start + spec.duration;

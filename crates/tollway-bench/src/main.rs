@@ -96,6 +96,9 @@ struct RunArgs {
     clk_tck: u64,
     #[arg(long, default_value = "run")]
     label: String,
+    /// For an `https://` URL: a PEM file of authorities to trust besides the public roots.
+    #[arg(long)]
+    ca_file: Option<String>,
 }
 
 fn parse_watch(s: &str) -> Result<(String, u32), String> {
@@ -162,6 +165,7 @@ async fn run_one(a: RunArgs) -> anyhow::Result<()> {
         max_in_flight: a.max_in_flight,
         watch: a.watch,
         clk_tck: a.clk_tck,
+        ca_file: a.ca_file,
     };
     let out = load::run(spec).await?;
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -115,9 +115,11 @@ fn spawn(
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     if !sent {
-                        if let Some(i) = line.find("listening on http://") {
-                            let addr = line[i + "listening on http://".len()..].trim().to_string();
-                            let _ = tx.send(addr);
+                        let found = ["listening on http://", "listening on https://"]
+                            .iter()
+                            .find_map(|m| line.find(m).map(|i| i + m.len()));
+                        if let Some(i) = found {
+                            let _ = tx.send(line[i..].trim().to_string());
                             sent = true;
                         }
                     }
@@ -324,7 +326,7 @@ fn utc_now() -> String {
     )
 }
 
-fn config_yaml(mock: SocketAddr, hold_tokens: u64) -> String {
+fn config_yaml(mock: SocketAddr, mock_tls: SocketAddr, ca_file: &str, hold_tokens: u64) -> String {
     format!(
         r#"# Written by tollway-bench.
 server:
@@ -333,8 +335,10 @@ storage:
   url: sqlite://bench.db
 providers:
   up: {{ kind: openai-compatible, base_url: "http://{mock}/v1", api_key: none }}
+  up_tls: {{ kind: openai-compatible, base_url: "https://{mock_tls}/v1", api_key: none, ca_file: "{ca_file}" }}
 models:
   small: {{ deployments: [{{ provider: up, model: "bench-small" }}] }}
+  small_https: {{ deployments: [{{ provider: up_tls, model: "bench-small" }}] }}
   stream200: {{ deployments: [{{ provider: up, model: "bench-stream?tokens={STREAM_TOKENS}&tpt_ms=0&ttft_ms=0" }}] }}
   hold: {{ deployments: [{{ provider: up, model: "bench-hold?tokens={hold_tokens}&tpt_ms=100" }}] }}
   # "Everything on": a priced deployment with model limits, used with a virtual key of team `bench`.
@@ -380,10 +384,15 @@ struct Target<'a> {
     id: &'static str,
     addr: SocketAddr,
     key: Option<&'a str>,
+    /// Spoken over HTTPS (the mock's TLS listener).
+    https: bool,
 }
 
 struct Ctx<'a> {
     mock: &'a Server,
+    /// The same mock over HTTPS, and the authority that signed its certificate.
+    mock_tls: &'a Server,
+    ca_file: String,
     gateway: &'a Server,
     clk_tck: u64,
 }
@@ -399,10 +408,14 @@ impl Ctx<'_> {
         mode: Mode,
         warmup: Duration,
         duration: Duration,
+        tls: bool,
     ) -> anyhow::Result<Spec> {
+        let scheme = if t.https { "https" } else { "http" };
+        // the upstream of this scenario: the plain mock, or the HTTPS one
+        let mock = if tls { self.mock_tls } else { self.mock };
         Ok(Spec {
             label,
-            url: format!("http://{}/v1/chat/completions", t.addr)
+            url: format!("{scheme}://{}/v1/chat/completions", t.addr)
                 .parse()
                 .context("url")?,
             headers: crate::headers(t.key)?,
@@ -416,9 +429,10 @@ impl Ctx<'_> {
             max_in_flight: 4096,
             watch: vec![
                 ("tollway".into(), self.gateway.pid()),
-                ("mock".into(), self.mock.pid()),
+                ("mock".into(), mock.pid()),
             ],
             clk_tck: self.clk_tck,
+            ca_file: t.https.then(|| self.ca_file.clone()),
         })
     }
 }
@@ -445,6 +459,8 @@ struct Scenario {
     duration: Duration,
     /// Run straight to the mock too.
     direct: bool,
+    /// The upstream is the mock over HTTPS (straight runs speak HTTPS to it too).
+    tls: bool,
 }
 
 fn print_run(id: &str, target: &str, r: &Value) {
@@ -508,8 +524,33 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
         false,
         args.pidfile.as_deref(),
     )?;
+    // The same upstream over HTTPS, as every real provider is: a throwaway authority, trusted by
+    // the gateway's account (`ca_file`) and by the load generator's straight runs.
+    let certs = tollway_mock::tls::TestCerts::generate().map_err(anyhow::Error::msg)?;
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &certs.ca_pem)?;
+    std::fs::write(dir.join("cert.pem"), &certs.cert_pem)?;
+    std::fs::write(dir.join("key.pem"), &certs.key_pem)?;
+    let mut mock_tls_cmd = Command::new(&args.mock);
+    mock_tls_cmd
+        .env("RUST_LOG", "warn")
+        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(dir.join("cert.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("key.pem"));
+    let mock_tls = spawn(
+        "tollway-mock (HTTPS)",
+        mock_tls_cmd,
+        &dir.join("mock-tls.log"),
+        false,
+        args.pidfile.as_deref(),
+    )?;
+    let ca_file = ca_file.to_str().context("temporary path")?.to_string();
     let config = dir.join("bench.yaml");
-    std::fs::write(&config, config_yaml(mock.addr, ph.hold_tokens))?;
+    std::fs::write(
+        &config,
+        config_yaml(mock.addr, mock_tls.addr, &ca_file, ph.hold_tokens),
+    )?;
 
     // Gateway start-up: several starts, the last one stays up. The first creates the SQLite file.
     let starts = if args.quick { 1 } else { args.starts.max(1) };
@@ -541,14 +582,18 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
 
     let ctx = Ctx {
         mock: &mock,
+        mock_tls: &mock_tls,
+        ca_file: ca_file.clone(),
         gateway: &gateway,
         clk_tck: args.clk_tck,
     };
 
-    // Warm both paths (connections, caches, lazy statics).
-    for (addr, model) in [
-        (mock.addr, "bench-small".to_string()),
-        (gateway.addr, "small".to_string()),
+    // Warm every path (connections, caches, lazy statics).
+    for (addr, model, https, tls) in [
+        (mock.addr, "bench-small", false, false),
+        (gateway.addr, "small", false, false),
+        (mock_tls.addr, "bench-small", true, true),
+        (gateway.addr, "small_https", false, true),
     ] {
         let spec = ctx.spec(
             "warm".into(),
@@ -556,8 +601,9 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
                 id: "warm",
                 addr,
                 key: Some(MASTER_KEY),
+                https,
             },
-            &model,
+            model,
             false,
             Mode::Open {
                 rate: 200.0,
@@ -565,6 +611,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
             },
             Duration::ZERO,
             Duration::from_secs(1),
+            tls,
         )?;
         let r = load::run(spec).await?;
         anyhow::ensure!(
@@ -589,6 +636,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
             warmup: ph.warmup,
             duration: ph.latency,
             direct: true,
+            tls: false,
         },
         Scenario {
             id: "chat_1000rps",
@@ -603,6 +651,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
             warmup: ph.warmup,
             duration: ph.latency,
             direct: true,
+            tls: false,
         },
         Scenario {
             id: "chat_saturation",
@@ -614,6 +663,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
             warmup: ph.warmup,
             duration: ph.saturation,
             direct: true,
+            tls: false,
         },
         Scenario {
             id: "stream200_100rps",
@@ -628,6 +678,35 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
             warmup: ph.warmup,
             duration: ph.stream,
             direct: true,
+            tls: false,
+        },
+        Scenario {
+            id: "chat_1000rps_https",
+            title: "non-streaming small chat, open loop 1,000 RPS, upstream over HTTPS (HTTP/1.1, TLS 1.3)"
+                .into(),
+            model_direct: "bench-small".into(),
+            model_gateway: "small_https",
+            stream: false,
+            mode: Mode::Open {
+                rate: 1000.0,
+                requests: None,
+            },
+            warmup: ph.warmup,
+            duration: ph.latency,
+            direct: true,
+            tls: true,
+        },
+        Scenario {
+            id: "chat_saturation_https",
+            title: "non-streaming small chat, closed loop 64 connections, upstream over HTTPS".into(),
+            model_direct: "bench-small".into(),
+            model_gateway: "small_https",
+            stream: false,
+            mode: Mode::Closed { connections: 64 },
+            warmup: ph.warmup,
+            duration: ph.saturation,
+            direct: true,
+            tls: true,
         },
     ];
 
@@ -641,8 +720,9 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
             targets.push((
                 Target {
                     id: "direct",
-                    addr: mock.addr,
+                    addr: if s.tls { mock_tls.addr } else { mock.addr },
                     key: Some(MASTER_KEY),
+                    https: s.tls,
                 },
                 s.model_direct.as_str(),
             ));
@@ -652,6 +732,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
                 id: "tollway",
                 addr: gateway.addr,
                 key: Some(MASTER_KEY),
+                https: false,
             },
             s.model_gateway,
         ));
@@ -664,6 +745,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
                 s.mode,
                 s.warmup,
                 s.duration,
+                s.tls,
             )?;
             let r = load::run(spec).await?;
             print_run(s.id, t.id, &r);
@@ -697,6 +779,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
                 warmup: ph.warmup,
                 duration: ph.latency,
                 direct: true,
+                tls: false,
             },
             Scenario {
                 id: "stream200_100rps_all",
@@ -713,6 +796,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
                 warmup: ph.warmup,
                 duration: ph.stream,
                 direct: true,
+                tls: false,
             },
         ];
         let created = post_json(
@@ -746,11 +830,13 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
                             id: "direct",
                             addr: mock.addr,
                             key: Some(MASTER_KEY),
+                            https: false,
                         },
                         Target {
                             id: "tollway",
                             addr: gateway.addr,
                             key: Some(secret),
+                            https: false,
                         },
                     ] {
                         let model = if t.id == "direct" {
@@ -766,6 +852,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
                             s.mode,
                             s.warmup,
                             s.duration,
+                            s.tls,
                         )?;
                         let r = load::run(spec).await?;
                         print_run(s.id, t.id, &r);
@@ -799,6 +886,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
                 id: "tollway",
                 addr: gateway.addr,
                 key: Some(MASTER_KEY),
+                https: false,
             },
             "hold",
             true,
@@ -808,6 +896,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
             },
             Duration::ZERO,
             ramp,
+            false,
         )?;
         let r = load::run(spec).await?;
         print_run("hold_streams", "tollway", &r);
@@ -831,6 +920,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
     let load_after = loadavg();
     drop(gateway);
     drop(mock);
+    drop(mock_tls);
     drop(tmp);
 
     let get = |id: &str| results.iter().find(|e| e["id"] == id).cloned();
