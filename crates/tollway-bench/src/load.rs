@@ -633,6 +633,57 @@ mod tests {
         assert!(c.ended_with(Api::Anthropic.end_marker()));
     }
 
+    fn spec(url: String, ca_file: Option<String>) -> Spec {
+        Spec {
+            label: "t".into(),
+            url: format!("{url}/v1/chat/completions").parse().unwrap(),
+            headers: Vec::new(),
+            body: request_body(Api::Openai, "bench-small", false, 0),
+            stream: false,
+            api: Api::Openai,
+            mode: Mode::Open {
+                rate: 200.0,
+                requests: Some(10),
+            },
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            max_in_flight: 64,
+            watch: Vec::new(),
+            clk_tck: 100,
+            ca_file,
+        }
+    }
+
+    #[tokio::test]
+    async fn speaks_https_to_a_private_authority() {
+        use tollway_mock::tls::{Alpn, TestCerts};
+        let certs = TestCerts::generate().unwrap();
+        let mock = tollway_mock::MockServer::start_tls(certs.server_config(Alpn::Both).unwrap())
+            .await
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("tollway-bench-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, &certs.ca_pem).unwrap();
+        let ok = run(spec(mock.url(), Some(ca.display().to_string())))
+            .await
+            .unwrap();
+        assert_eq!(
+            (ok["ok"].as_u64(), ok["errors"].as_u64()),
+            (Some(10), Some(0))
+        );
+        // without the authority, every request fails to connect (the certificate is unknown)
+        let refused = run(spec(mock.url(), None)).await.unwrap();
+        assert_eq!(refused["ok"].as_u64(), Some(0));
+        assert_eq!(
+            refused["error_kinds"]["connect"].as_u64(),
+            Some(10),
+            "{refused}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn bodies_have_each_apis_shape() {
         let v = |b: Bytes| serde_json::from_slice::<Value>(&b).unwrap();
