@@ -437,6 +437,50 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// A scenario's runs: straight to its mock (if it has a direct run), then through the
+    /// gateway with `key`.
+    async fn run_scenario(&self, s: &Scenario, key: &str) -> anyhow::Result<Value> {
+        let upstream = if s.tls { self.mock_tls } else { self.mock };
+        let direct = Target {
+            id: "direct",
+            addr: upstream.addr,
+            key: Some(MASTER_KEY),
+            https: s.tls,
+        };
+        let gateway = Target {
+            id: "tollway",
+            addr: self.gateway.addr,
+            key: Some(key),
+            https: false,
+        };
+        let targets = s
+            .direct
+            .then_some((direct, s.model_direct.as_str()))
+            .into_iter()
+            .chain([(gateway, s.model_gateway)]);
+        let mut runs = serde_json::Map::new();
+        for (t, model) in targets {
+            let spec = self.spec(
+                format!("{}/{}", s.id, t.id),
+                t,
+                model,
+                s.stream,
+                s.mode,
+                s.warmup,
+                s.duration,
+                s.tls,
+            )?;
+            let r = load::run(spec).await?;
+            print_run(s.id, t.id, &r);
+            runs.insert(t.id.into(), r);
+            // Let sockets in TIME_WAIT and the servers' queues settle between runs.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(scenario_entry(s.id, &s.title, runs, s.stream))
+    }
+}
+
 /// Difference `b − a` of two latency summaries, per percentile.
 fn diff(a: &Value, b: &Value) -> Value {
     let mut out = serde_json::Map::new();
@@ -714,46 +758,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
     let mut by_id = std::collections::BTreeMap::new();
     for s in &scenarios {
         eprintln!("scenario {}: {}", s.id, s.title);
-        let mut runs = serde_json::Map::new();
-        let mut targets = Vec::new();
-        if s.direct {
-            targets.push((
-                Target {
-                    id: "direct",
-                    addr: if s.tls { mock_tls.addr } else { mock.addr },
-                    key: Some(MASTER_KEY),
-                    https: s.tls,
-                },
-                s.model_direct.as_str(),
-            ));
-        }
-        targets.push((
-            Target {
-                id: "tollway",
-                addr: gateway.addr,
-                key: Some(MASTER_KEY),
-                https: false,
-            },
-            s.model_gateway,
-        ));
-        for (t, model) in targets {
-            let spec = ctx.spec(
-                format!("{}/{}", s.id, t.id),
-                t,
-                model,
-                s.stream,
-                s.mode,
-                s.warmup,
-                s.duration,
-                s.tls,
-            )?;
-            let r = load::run(spec).await?;
-            print_run(s.id, t.id, &r);
-            runs.insert(t.id.into(), r);
-            // Let sockets in TIME_WAIT and the servers' queues settle between runs.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let entry = scenario_entry(s.id, &s.title, runs, s.stream);
+        let entry = ctx.run_scenario(s, MASTER_KEY).await?;
         by_id.insert(s.id, entry.clone());
         results.push(entry);
     }
@@ -823,43 +828,8 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
             eprintln!("scenario {}: {}", s.id, s.title);
             let entry = match &secret {
                 Ok(secret) => {
-                    let mut runs = serde_json::Map::new();
                     // its own direct run, just before: the machine's state drifts between scenarios
-                    for t in [
-                        Target {
-                            id: "direct",
-                            addr: mock.addr,
-                            key: Some(MASTER_KEY),
-                            https: false,
-                        },
-                        Target {
-                            id: "tollway",
-                            addr: gateway.addr,
-                            key: Some(secret),
-                            https: false,
-                        },
-                    ] {
-                        let model = if t.id == "direct" {
-                            s.model_direct.as_str()
-                        } else {
-                            s.model_gateway
-                        };
-                        let spec = ctx.spec(
-                            format!("{}/{}", s.id, t.id),
-                            t,
-                            model,
-                            s.stream,
-                            s.mode,
-                            s.warmup,
-                            s.duration,
-                            s.tls,
-                        )?;
-                        let r = load::run(spec).await?;
-                        print_run(s.id, t.id, &r);
-                        runs.insert(t.id.into(), r);
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    let mut e = scenario_entry(s.id, &s.title, runs, s.stream);
+                    let mut e = ctx.run_scenario(s, secret).await?;
                     e["note"] = json!("own direct run just before; no global budget configured");
                     e
                 }
