@@ -1000,6 +1000,37 @@ mod tests {
         assert_eq!(file.feedback("c199").await.unwrap().as_deref(), Some("bad"));
     }
 
+    /// A failed write keeps its rows and is retried until it succeeds.
+    async fn failed_writes_are_retried(store: Store) {
+        let (w, task) = LedgerWriter::start(store.clone(), Duration::from_millis(5), 4);
+        sqlx::query("ALTER TABLE tollway_ledger RENAME TO tollway_ledger_away")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        for i in 0..20 {
+            w.record(row(&format!("f{i}"), "kf", "tf", "gpt", 1, Some(1)));
+        }
+        // the writer meets the missing table and backs off (50 ms, then 100 ms...)
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        sqlx::query("ALTER TABLE tollway_ledger_away RENAME TO tollway_ledger")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        drop(w);
+        assert_eq!(task.finish().await, 20);
+        assert_eq!(store.spend_micros(Some("kf"), None, 0).await.unwrap(), 20);
+    }
+
+    #[tokio::test]
+    async fn failed_writes_are_retried_on_sqlite() {
+        failed_writes_are_retried(testing::sqlite().await).await;
+    }
+
+    #[tokio::test]
+    async fn failed_writes_are_retried_on_postgres() {
+        failed_writes_are_retried(testing::postgres().await).await;
+    }
+
     #[tokio::test]
     async fn ledger_on_sqlite() {
         ledger(testing::sqlite().await).await;
