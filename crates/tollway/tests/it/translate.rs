@@ -683,3 +683,46 @@ async fn embeddings_reach_openai_format_models_and_are_refused_elsewhere() {
         .unwrap_or("")
         .contains("token-array"));
 }
+
+/// The listener speaks HTTP/2 without TLS to a client that knows it does (prior knowledge, as
+/// a proxy or mesh in front of the gateway may), answers and streams included; HTTP/1.1
+/// clients on the same listener are unaffected.
+#[tokio::test]
+async fn clients_may_speak_http2_with_prior_knowledge() {
+    let env = start().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let r = h2
+        .post(format!("{}/v1/chat/completions", env.url))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "claude", "messages": [{"role": "user", "content": "Hello"}]}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let (status, h, body) = split(r).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&h, "x-tollway-provider"), "ant");
+    assert_eq!(body["object"], "chat.completion");
+
+    let r = h2
+        .post(format!("{}/v1/chat/completions", env.url))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "gpt", "stream": true,
+            "messages": [{"role": "user", "content": "Hello"}]}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let events = sse(&r.text().await.expect("body"));
+    assert!(events.len() > 2, "{events:?}");
+    assert_eq!(events.last().map(|(_, d)| d.as_str()), Some("[DONE]"));
+
+    let (status, _, _) = env
+        .openai(json!({"model": "gpt", "messages": [{"role": "user", "content": "Hello"}]}))
+        .await;
+    assert_eq!(status, 200);
+}
