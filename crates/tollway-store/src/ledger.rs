@@ -610,6 +610,7 @@ impl Sink {
                         None => return (rows, Err(StoreError::Invalid("no SQLite file".into()))),
                     },
                 };
+                let n = rows.len();
                 let done = tokio::task::spawn_blocking(move || {
                     let mut ledger = ledger;
                     // a panic must not take the rows with it
@@ -631,11 +632,15 @@ impl Sink {
                         *slot = ledger;
                         (rows, r)
                     }
-                    // only if the runtime shuts down before the thread started
-                    Err(e) => (
-                        Vec::new(),
-                        Err(StoreError::Invalid(format!("ledger insert not run: {e}"))),
-                    ),
+                    // only if the runtime shuts down before the thread started: the rows went
+                    // with the task, so say how many
+                    Err(e) => {
+                        tracing::error!(rows = n, error = %e, "ledger rows lost: the runtime stopped before they were written");
+                        (
+                            Vec::new(),
+                            Err(StoreError::Invalid(format!("ledger insert not run: {e}"))),
+                        )
+                    }
                 }
             }
         }
