@@ -438,8 +438,7 @@ impl Ctx<'_> {
 }
 
 impl Ctx<'_> {
-    /// A scenario's runs: straight to its mock (if it has a direct run), then through the
-    /// gateway with `key`.
+    /// A scenario's runs: straight to its mock, then through the gateway with `key`.
     async fn run_scenario(&self, s: &Scenario, key: &str) -> anyhow::Result<Value> {
         let upstream = if s.tls { self.mock_tls } else { self.mock };
         let direct = Target {
@@ -454,13 +453,11 @@ impl Ctx<'_> {
             key: Some(key),
             https: false,
         };
-        let targets = s
-            .direct
-            .then_some((direct, s.model_direct.as_str()))
-            .into_iter()
-            .chain([(gateway, s.model_gateway)]);
         let mut runs = serde_json::Map::new();
-        for (t, model) in targets {
+        for (t, model) in [
+            (direct, s.model_direct.as_str()),
+            (gateway, s.model_gateway),
+        ] {
             let spec = self.spec(
                 format!("{}/{}", s.id, t.id),
                 t,
@@ -492,6 +489,7 @@ fn diff(a: &Value, b: &Value) -> Value {
     Value::Object(out)
 }
 
+/// A load run straight to the mock, then the same through the gateway.
 struct Scenario {
     id: &'static str,
     title: String,
@@ -501,10 +499,71 @@ struct Scenario {
     mode: Mode,
     warmup: Duration,
     duration: Duration,
-    /// Run straight to the mock too.
-    direct: bool,
     /// The upstream is the mock over HTTPS (straight runs speak HTTPS to it too).
     tls: bool,
+}
+
+impl Scenario {
+    /// The small chat (`bench-small`), through the gateway as `model_gateway`.
+    fn chat(
+        id: &'static str,
+        title: String,
+        model_gateway: &'static str,
+        mode: Mode,
+        ph: &Phases,
+    ) -> Scenario {
+        let duration = match mode {
+            Mode::Open { .. } => ph.latency,
+            Mode::Closed { .. } => ph.saturation,
+        };
+        Scenario {
+            id,
+            title,
+            model_direct: "bench-small".into(),
+            model_gateway,
+            stream: false,
+            mode,
+            warmup: ph.warmup,
+            duration,
+            tls: false,
+        }
+    }
+
+    /// The 200-chunk stream at 100 streams/s, through the gateway as `model_gateway`.
+    fn stream200(
+        id: &'static str,
+        title: String,
+        model_gateway: &'static str,
+        ph: &Phases,
+    ) -> Scenario {
+        Scenario {
+            id,
+            title,
+            model_direct: format!("bench-stream?tokens={STREAM_TOKENS}&tpt_ms=0&ttft_ms=0"),
+            model_gateway,
+            stream: true,
+            mode: Mode::Open {
+                rate: 100.0,
+                requests: None,
+            },
+            warmup: ph.warmup,
+            duration: ph.stream,
+            tls: false,
+        }
+    }
+
+    /// The upstream over HTTPS.
+    fn over_tls(self) -> Scenario {
+        Scenario { tls: true, ..self }
+    }
+}
+
+/// Open loop at `rate` requests per second, for the measured window.
+fn open(rate: f64) -> Mode {
+    Mode::Open {
+        rate,
+        requests: None,
+    }
 }
 
 fn print_run(id: &str, target: &str, r: &Value) {
@@ -666,92 +725,51 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
     }
 
     let hold_rate = if args.quick { 200.0 } else { 500.0 };
+    let saturation = Mode::Closed { connections: 64 };
     let scenarios = vec![
-        Scenario {
-            id: "chat_500rps",
-            title: "non-streaming small chat, open loop 500 RPS".into(),
-            model_direct: "bench-small".into(),
-            model_gateway: "small",
-            stream: false,
-            mode: Mode::Open {
-                rate: 500.0,
-                requests: None,
-            },
-            warmup: ph.warmup,
-            duration: ph.latency,
-            direct: true,
-            tls: false,
-        },
-        Scenario {
-            id: "chat_1000rps",
-            title: "non-streaming small chat, open loop 1,000 RPS".into(),
-            model_direct: "bench-small".into(),
-            model_gateway: "small",
-            stream: false,
-            mode: Mode::Open {
-                rate: 1000.0,
-                requests: None,
-            },
-            warmup: ph.warmup,
-            duration: ph.latency,
-            direct: true,
-            tls: false,
-        },
-        Scenario {
-            id: "chat_saturation",
-            title: "non-streaming small chat, closed loop 64 connections (saturation)".into(),
-            model_direct: "bench-small".into(),
-            model_gateway: "small",
-            stream: false,
-            mode: Mode::Closed { connections: 64 },
-            warmup: ph.warmup,
-            duration: ph.saturation,
-            direct: true,
-            tls: false,
-        },
-        Scenario {
-            id: "stream200_100rps",
-            title: format!("streaming {STREAM_TOKENS} chunks (tpt 0), open loop 100 streams/s"),
-            model_direct: format!("bench-stream?tokens={STREAM_TOKENS}&tpt_ms=0&ttft_ms=0"),
-            model_gateway: "stream200",
-            stream: true,
-            mode: Mode::Open {
-                rate: 100.0,
-                requests: None,
-            },
-            warmup: ph.warmup,
-            duration: ph.stream,
-            direct: true,
-            tls: false,
-        },
-        Scenario {
-            id: "chat_1000rps_https",
-            title: "non-streaming small chat, open loop 1,000 RPS, upstream over HTTPS (HTTP/1.1, TLS 1.3)"
-                .into(),
-            model_direct: "bench-small".into(),
-            model_gateway: "small_https",
-            stream: false,
-            mode: Mode::Open {
-                rate: 1000.0,
-                requests: None,
-            },
-            warmup: ph.warmup,
-            duration: ph.latency,
-            direct: true,
-            tls: true,
-        },
-        Scenario {
-            id: "chat_saturation_https",
-            title: "non-streaming small chat, closed loop 64 connections, upstream over HTTPS".into(),
-            model_direct: "bench-small".into(),
-            model_gateway: "small_https",
-            stream: false,
-            mode: Mode::Closed { connections: 64 },
-            warmup: ph.warmup,
-            duration: ph.saturation,
-            direct: true,
-            tls: true,
-        },
+        Scenario::chat(
+            "chat_500rps",
+            "non-streaming small chat, open loop 500 RPS".into(),
+            "small",
+            open(500.0),
+            &ph,
+        ),
+        Scenario::chat(
+            "chat_1000rps",
+            "non-streaming small chat, open loop 1,000 RPS".into(),
+            "small",
+            open(1000.0),
+            &ph,
+        ),
+        Scenario::chat(
+            "chat_saturation",
+            "non-streaming small chat, closed loop 64 connections (saturation)".into(),
+            "small",
+            saturation,
+            &ph,
+        ),
+        Scenario::stream200(
+            "stream200_100rps",
+            format!("streaming {STREAM_TOKENS} chunks (tpt 0), open loop 100 streams/s"),
+            "stream200",
+            &ph,
+        ),
+        Scenario::chat(
+            "chat_1000rps_https",
+            "non-streaming small chat, open loop 1,000 RPS, upstream over HTTPS (HTTP/1.1)".into(),
+            "small_https",
+            open(1000.0),
+            &ph,
+        )
+        .over_tls(),
+        Scenario::chat(
+            "chat_saturation_https",
+            "non-streaming small chat, closed loop 64 connections, upstream over HTTPS".into(),
+            "small_https",
+            saturation,
+            &ph,
+        )
+        .over_tls(),
     ];
 
     let mut results = Vec::new();
@@ -771,38 +789,21 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
     {
         const ON: &str = "virtual key (rpm/tpm, hard budget) of a team (rpm/tpm, hard budget), model rpm/tpm, priced deployment, SQLite ledger";
         let all = [
-            Scenario {
-                id: "chat_1000rps_all",
-                title: format!("everything on: non-streaming small chat, open loop 1,000 RPS, {ON}"),
-                model_direct: "bench-small".into(),
-                model_gateway: "small_all",
-                stream: false,
-                mode: Mode::Open {
-                    rate: 1000.0,
-                    requests: None,
-                },
-                warmup: ph.warmup,
-                duration: ph.latency,
-                direct: true,
-                tls: false,
-            },
-            Scenario {
-                id: "stream200_100rps_all",
-                title: format!(
+            Scenario::chat(
+                "chat_1000rps_all",
+                format!("everything on: non-streaming small chat, open loop 1,000 RPS, {ON}"),
+                "small_all",
+                open(1000.0),
+                &ph,
+            ),
+            Scenario::stream200(
+                "stream200_100rps_all",
+                format!(
                     "everything on: streaming {STREAM_TOKENS} chunks (tpt 0), open loop 100 streams/s, {ON}"
                 ),
-                model_direct: format!("bench-stream?tokens={STREAM_TOKENS}&tpt_ms=0&ttft_ms=0"),
-                model_gateway: "stream200_all",
-                stream: true,
-                mode: Mode::Open {
-                    rate: 100.0,
-                    requests: None,
-                },
-                warmup: ph.warmup,
-                duration: ph.stream,
-                direct: true,
-                tls: false,
-            },
+                "stream200_all",
+                &ph,
+            ),
         ];
         let created = post_json(
             gateway.addr,
