@@ -520,10 +520,10 @@ impl SqliteLedger {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        // as the pool's connections (journal_mode = WAL is the file's, set by the pool)
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        for setting in crate::SQLITE_SETTINGS {
+            // (`execute_batch`: some settings answer with a row, the new value)
+            conn.execute_batch(setting)?;
+        }
         conn.set_prepared_statement_cache_capacity(8);
         Ok(SqliteLedger { conn })
     }

@@ -128,6 +128,15 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE tollway_keys ADD COLUMN routing TEXT NOT NULL DEFAULT '{}'",
 ];
 
+/// The settings of every SQLite connection: the pool's, and the ledger writer's own.
+pub(crate) const SQLITE_SETTINGS: &[&str] = &[
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA busy_timeout = 5000",
+    // statement journals of multi-row inserts stay off the disk
+    "PRAGMA temp_store = MEMORY",
+];
+
 impl Store {
     /// Connects (creating a SQLite file if needed) and runs pending migrations.
     /// `sqlite://PATH`, `sqlite::memory:`, `postgres://...`.
@@ -168,11 +177,9 @@ impl Store {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
-                        // statement journals of multi-row inserts stay off the disk
-                        conn.execute("PRAGMA temp_store = MEMORY").await?;
+                        for setting in SQLITE_SETTINGS {
+                            conn.execute(*setting).await?;
+                        }
                     }
                     Ok(())
                 })
