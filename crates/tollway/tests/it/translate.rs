@@ -694,11 +694,13 @@ async fn clients_may_speak_http2_with_prior_knowledge() {
         .http2_prior_knowledge()
         .build()
         .expect("client");
-    let r = h2
-        .post(format!("{}/v1/chat/completions", env.url))
-        .bearer_auth(MASTER)
-        .json(&json!({"model": "claude", "messages": [{"role": "user", "content": "Hello"}]}))
-        .send()
+    let post = |body: Value| {
+        h2.post(format!("{}/v1/chat/completions", env.url))
+            .bearer_auth(MASTER)
+            .json(&body)
+            .send()
+    };
+    let r = post(json!({"model": "claude", "messages": [{"role": "user", "content": "Hello"}]}))
         .await
         .expect("request");
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
@@ -707,14 +709,10 @@ async fn clients_may_speak_http2_with_prior_knowledge() {
     assert_eq!(header(&h, "x-tollway-provider"), "ant");
     assert_eq!(body["object"], "chat.completion");
 
-    let r = h2
-        .post(format!("{}/v1/chat/completions", env.url))
-        .bearer_auth(MASTER)
-        .json(&json!({"model": "gpt", "stream": true,
-            "messages": [{"role": "user", "content": "Hello"}]}))
-        .send()
-        .await
-        .expect("request");
+    let r = post(json!({"model": "gpt", "stream": true,
+        "messages": [{"role": "user", "content": "Hello"}]}))
+    .await
+    .expect("request");
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), 200);
     let events = sse(&r.text().await.expect("body"));
