@@ -9,5 +9,5 @@ pub mod types;
 
 pub use error::{ErrorKind, ProviderError, Retry};
 pub use money::{Micros, MoneyError, Picos, PicosPerToken};
-pub use provider::{BoxFuture, Capabilities, EventStream, Provider, ProviderInfo};
+pub use provider::{BoxFuture, Capabilities, EventStream, Provider, ProviderInfo, Waited};
 pub use types::*;

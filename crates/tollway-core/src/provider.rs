@@ -2,6 +2,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures_util::Stream;
 
@@ -16,6 +18,24 @@ use crate::types::{
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, ProviderError>> + Send>>;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Time one client request spent waiting on something other than the gateway's own work (an
+/// upstream's answer, a backoff, the client's body), added up as it happens, so that the gateway
+/// can tell its own time from the rest (`tollway_overhead_seconds`). Shared by reference; atomic
+/// because a provider's future must be `Send`. Whoever adds reads the clock: this crate does not.
+#[derive(Debug, Default)]
+pub struct Waited(AtomicU64);
+
+impl Waited {
+    pub fn add(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    pub fn total(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
 
 /// What a deployment can do. Requests that need more are refused with a 400 naming the feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,19 +98,26 @@ pub struct ProviderInfo {
 pub trait Provider: Send + Sync {
     fn info(&self) -> &ProviderInfo;
 
+    ///
+    /// `waited` gets the time from sending the upstream request to having its whole answer (or
+    /// its error), whatever the outcome; the work before and after (encoding the request, decoding
+    /// the answer) is the gateway's own.
     fn chat<'a>(
         &'a self,
         req: &'a ChatRequest,
         model: &'a str,
+        waited: &'a Waited,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
 
     /// Starts a streamed answer. Resolves once the upstream has accepted the request (its status
     /// and headers arrived), so that errors before the first byte can still be retried elsewhere.
-    /// The stream itself does not borrow the request.
+    /// The stream itself does not borrow the request. `waited` gets the time from sending the
+    /// request to its status and headers (or its error).
     fn chat_stream<'a>(
         &'a self,
         req: &'a ChatRequest,
         model: &'a str,
+        waited: &'a Waited,
     ) -> BoxFuture<'a, Result<EventStream, ProviderError>>;
 
     fn embeddings(

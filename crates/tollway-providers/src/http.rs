@@ -27,7 +27,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tollway_core::{
     ApiFamily, BoxFuture, ChatRequest, ChatResponse, ErrorKind, EventStream, Label, Provider,
-    ProviderError, ProviderInfo, StreamEvent, Target,
+    ProviderError, ProviderInfo, StreamEvent, Target, Waited,
 };
 use tollway_protocol::sse::{SseEvent, SseParser};
 use tollway_protocol::{anthropic, openai};
@@ -636,6 +636,7 @@ impl Provider for HttpProvider {
         &'a self,
         req: &'a ChatRequest,
         model: &'a str,
+        waited: &'a Waited,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
             let body = self.encode(
@@ -645,8 +646,14 @@ impl Provider for HttpProvider {
                     stream: false,
                 },
             )?;
-            let (resp, deadline) = self.send(body, model).await?;
-            let buf = self.read_body(resp, deadline, model).await?;
+            let sent = Instant::now();
+            let answer = async {
+                let (resp, deadline) = self.send(body, model).await?;
+                self.read_body(resp, deadline, model).await
+            }
+            .await;
+            waited.add(sent.elapsed());
+            let buf = answer?;
             let decoded = match self.info.family {
                 ApiFamily::OpenAi => openai::decode_response(&buf),
                 ApiFamily::Anthropic => anthropic::decode_response(&buf),
@@ -662,6 +669,7 @@ impl Provider for HttpProvider {
         &'a self,
         req: &'a ChatRequest,
         model: &'a str,
+        waited: &'a Waited,
     ) -> BoxFuture<'a, Result<EventStream, ProviderError>> {
         Box::pin(async move {
             let body = self.encode(
@@ -671,7 +679,10 @@ impl Provider for HttpProvider {
                     stream: true,
                 },
             )?;
-            let (resp, deadline) = self.send(body, model).await?;
+            let sent = Instant::now();
+            let head = self.send(body, model).await;
+            waited.add(sent.elapsed());
+            let (resp, deadline) = head?;
             let label = self.label(model);
             let bytes = BodyStream::new(resp.into_body()).filter_map(|frame| {
                 std::future::ready(match frame {
@@ -957,7 +968,7 @@ impl JsonPoster {
 mod tests {
     use super::*;
     use crate::testing::TlsUpstream;
-    use tollway_core::{ChatRequest, Provider};
+    use tollway_core::{ChatRequest, Provider, Waited};
 
     fn upstream(bytes: ByteStream, idle: Duration, total: Duration) -> UpstreamStream {
         let deadline = Instant::now() + total;
@@ -1152,6 +1163,7 @@ mod tests {
             .chat(
                 &ChatRequest::simple("gpt-4.1?tokens=5", "hi"),
                 "gpt-4.1?tokens=5",
+                &Waited::default(),
             )
             .await
             .expect("answer");
@@ -1160,6 +1172,7 @@ mod tests {
             .chat_stream(
                 &ChatRequest::simple("gpt-4.1?tokens=5", "hi"),
                 "gpt-4.1?tokens=5",
+                &Waited::default(),
             )
             .await
             .expect("stream");
@@ -1174,6 +1187,7 @@ mod tests {
             .chat_stream(
                 &ChatRequest::simple("gpt-4.1?tokens=40&tpt_ms=20", "hi"),
                 "gpt-4.1?tokens=40&tpt_ms=20",
+                &Waited::default(),
             )
             .await
             .expect("stream starts");
@@ -1196,6 +1210,7 @@ mod tests {
             .chat(
                 &ChatRequest::simple("gpt-4.1?ttft_ms=800", "hi"),
                 "gpt-4.1?ttft_ms=800",
+                &Waited::default(),
             )
             .await
             .expect_err("too slow");
@@ -1205,6 +1220,43 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    /// The time from sending a request to its answer is added to the caller's `Waited`, for
+    /// answers, stream heads and failures alike (lower bounds only: the mock's own delays).
+    #[tokio::test]
+    async fn the_wait_on_the_upstream_is_added_up() {
+        let addr = mock().await;
+        let p = provider(addr, serde_json::json!({"total_ms": 400}));
+        let waited = Waited::default();
+        let slow = "gpt-4.1?ttft_ms=60&tokens=3";
+        p.chat(&ChatRequest::simple(slow, "hi"), slow, &waited)
+            .await
+            .expect("answer");
+        let one = waited.total();
+        assert!(one >= Duration::from_millis(60), "{one:?}");
+        p.chat(&ChatRequest::simple(slow, "hi"), slow, &waited)
+            .await
+            .expect("answer");
+        assert!(waited.total() >= one + Duration::from_millis(60));
+        // a failure: the whole wait until the total timeout gave up
+        let before = waited.total();
+        let late = "gpt-4.1?ttft_ms=800";
+        p.chat(&ChatRequest::simple(late, "hi"), late, &waited)
+            .await
+            .expect_err("too slow");
+        assert!(waited.total() >= before + Duration::from_millis(400));
+        // a stream: the wait for its head
+        let streamed = Waited::default();
+        let model = "gpt-4.1?tokens=3";
+        let mut s = p
+            .chat_stream(&ChatRequest::simple(model, "hi"), model, &streamed)
+            .await
+            .expect("stream");
+        assert!(streamed.total() > Duration::ZERO);
+        while let Some(ev) = s.next().await {
+            ev.expect("event");
+        }
     }
 
     /// An upstream that sends its status and headers at once, then stalls in the body: the total
@@ -1229,7 +1281,7 @@ mod tests {
         });
         let p = provider(addr, serde_json::json!({"total_ms": 300}));
         let e = p
-            .chat(&ChatRequest::simple("m", "hi"), "m")
+            .chat(&ChatRequest::simple("m", "hi"), "m", &Waited::default())
             .await
             .expect_err("the body never completes");
         assert_eq!(e.kind, ErrorKind::Timeout, "{}", e.message);
@@ -1247,7 +1299,7 @@ mod tests {
         let dead = "127.0.0.1:9".parse().expect("addr");
         let p = provider(dead, serde_json::json!({"connect_ms": 500}));
         let e = p
-            .chat(&ChatRequest::simple("m", "hi"), "m")
+            .chat(&ChatRequest::simple("m", "hi"), "m", &Waited::default())
             .await
             .expect_err("refused");
         assert_eq!(e.kind, ErrorKind::Connection);
@@ -1315,7 +1367,7 @@ mod tests {
             let p = up.provider(Some(&up.ca_file), http2);
             let model = "gpt-4.1?tokens=5";
             let r = p
-                .chat(&ChatRequest::simple(model, "hi"), model)
+                .chat(&ChatRequest::simple(model, "hi"), model, &Waited::default())
                 .await
                 .expect("answer");
             assert_eq!(r.usage.output_tokens, 5, "{version}");
@@ -1351,7 +1403,7 @@ mod tests {
         let mut streams = Vec::new();
         for _ in 0..8 {
             let mut s = p
-                .chat_stream(&ChatRequest::simple(model, "hi"), model)
+                .chat_stream(&ChatRequest::simple(model, "hi"), model, &Waited::default())
                 .await
                 .expect("stream");
             // its first event: the upstream is producing it
@@ -1374,7 +1426,7 @@ mod tests {
             // the public roots only
             let e = up
                 .provider(None, http2)
-                .chat(&ChatRequest::simple("m", "hi"), "m")
+                .chat(&ChatRequest::simple("m", "hi"), "m", &Waited::default())
                 .await
                 .expect_err("untrusted");
             assert_eq!(e.kind, ErrorKind::Connection);

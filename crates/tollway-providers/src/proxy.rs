@@ -338,7 +338,7 @@ mod tests {
         assert_eq!(mask("h:1"), "h:1");
     }
     use crate::testing::{TestProxy, TlsUpstream};
-    use tollway_core::{ChatRequest, ErrorKind, Provider};
+    use tollway_core::{ChatRequest, ErrorKind, Provider, Waited};
 
     /// A chat and a 5-token stream through `p`.
     async fn chat_and_stream(p: &crate::HttpProvider, what: &str) {
@@ -346,6 +346,7 @@ mod tests {
             .chat(
                 &ChatRequest::simple("gpt-4.1?tokens=3", "hi"),
                 "gpt-4.1?tokens=3",
+                &Waited::default(),
             )
             .await
             .unwrap_or_else(|e| panic!("{what}: {}", e.message));
@@ -419,7 +420,7 @@ mod tests {
         for (http2, credentials) in [(false, None), (false, Some("bob:wrong")), (true, None)] {
             let e = up
                 .provider_via(Some(&up.ca_file), http2, Some(&proxy.url(credentials)))
-                .chat(&ChatRequest::simple("m", "hi"), "m")
+                .chat(&ChatRequest::simple("m", "hi"), "m", &Waited::default())
                 .await
                 .expect_err("refused by the proxy");
             assert_eq!(e.kind, ErrorKind::Connection);

@@ -116,9 +116,9 @@ pub(crate) struct Streamed {
 /// Reads a whole stream of `p` for `model`; an error event fails the test.
 pub(crate) async fn stream(p: &HttpProvider, model: &str) -> Result<Streamed, String> {
     use futures_util::StreamExt;
-    use tollway_core::{ChatRequest, Provider, StreamEvent};
+    use tollway_core::{ChatRequest, Provider, StreamEvent, Waited};
     let mut s = p
-        .chat_stream(&ChatRequest::simple(model, "hi"), model)
+        .chat_stream(&ChatRequest::simple(model, "hi"), model, &Waited::default())
         .await
         .map_err(|e| e.message)?;
     let mut out = Streamed {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use crate::accounts::Principal;
 use crate::budgets::{Budget, Period, Reservation};
-use crate::gateway::{self, Outcome};
+use crate::gateway::{self, Outcome, Waits};
 use crate::prices::ModelPrice;
 use crate::runtime::{Plan, RouteOptions, Runtime};
 use crate::server::AppState;
@@ -236,7 +236,16 @@ pub async fn messages(State(state): State<AppState>, headers: HeaderMap, body: B
 }
 
 async fn chat(state: AppState, family: ApiFamily, headers: HeaderMap, body: Body) -> Response {
-    let resp = chat_inner(&state, family, headers, body).await;
+    let started = Instant::now();
+    let waits = Waits::default();
+    let resp = chat_inner(&state, family, headers, body, &waits).await;
+    let stream = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    state
+        .metrics()
+        .timing(family, stream, started.elapsed(), &waits);
     count(&state, family, &resp);
     resp
 }
@@ -667,6 +676,7 @@ async fn chat_inner(
     family: ApiFamily,
     headers: HeaderMap,
     body: Body,
+    waits: &Waits,
 ) -> Response {
     let request_id = new_request_id();
     let fail = |err: ProviderError, outcome: Option<Outcome>| {
@@ -682,7 +692,7 @@ async fn chat_inner(
         Ok(p) => p,
         Err(e) => return fail(e, None),
     };
-    let bytes = match read_body(state, &headers, body).await {
+    let bytes = match gateway::timed(&waits.client, read_body(state, &headers, body)).await {
         Ok(b) => b,
         Err(e) => return fail(e, None),
     };
@@ -774,7 +784,7 @@ async fn chat_inner(
     charge.request = Some(req.clone());
     if req.stream {
         let include_usage = req.include_usage;
-        match gateway::chat_stream(&rt, &req, &opts, planned, &mut outcome).await {
+        match gateway::chat_stream(&rt, &req, &opts, planned, &mut outcome, waits).await {
             Ok(stream) => {
                 charge.outcome(499, &outcome);
                 sse_response(family, include_usage, stream, charge, &request_id, outcome)
@@ -785,7 +795,7 @@ async fn chat_inner(
             }
         }
     } else {
-        match gateway::chat(&rt, &req, &opts, planned, &mut outcome).await {
+        match gateway::chat(&rt, &req, &opts, planned, &mut outcome, waits).await {
             Ok(answer) => {
                 charge.usage = answer.usage;
                 if answer.usage.total_tokens() == 0 {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
-use tollway_core::{ChatRequest, ChatResponse, ErrorKind, EventStream, ProviderError, Retry};
+use tollway_core::{
+    ChatRequest, ChatResponse, ErrorKind, EventStream, ProviderError, Retry, Waited,
+};
 
 use crate::routing::{Admission, InFlight};
 use crate::runtime::{Deployment, Plan, RouteOptions, Runtime};
@@ -23,6 +25,19 @@ pub struct Outcome {
     pub route: Option<String>,
     /// More response headers (e.g. `x-ratelimit-*`).
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// Where a client request's time went other than the gateway's own work; what is left of its
+/// time is the gateway's overhead (`tollway_overhead_seconds`).
+#[derive(Debug, Default)]
+pub struct Waits {
+    /// Upstream answers: every attempt's, failed ones too, from sending the request to the whole
+    /// answer (for a stream: to its first event).
+    pub upstream: Waited,
+    /// Backoff between rounds of attempts.
+    pub backoff: Waited,
+    /// Reading the client's body.
+    pub client: Waited,
 }
 
 fn bad(param: &str, msg: impl std::fmt::Display) -> ProviderError {
@@ -192,7 +207,11 @@ impl Attempts {
     }
 
     /// The next deployment to try and its in-flight guard, after any backoff; `None` when done.
-    async fn next(&mut self, last: Option<&ProviderError>) -> Option<(Arc<Deployment>, InFlight)> {
+    async fn next(
+        &mut self,
+        last: Option<&ProviderError>,
+        backoff: &Waited,
+    ) -> Option<(Arc<Deployment>, InFlight)> {
         while self.budget > 0 && !self.plan.is_empty() {
             if self.next >= self.plan.len() {
                 self.next = 0;
@@ -225,7 +244,7 @@ impl Attempts {
                 if Instant::now() + wait >= self.deadline {
                     return None;
                 }
-                tokio::time::sleep(wait).await;
+                timed(backoff, tokio::time::sleep(wait)).await;
             }
             let d = self.plan[self.next].clone();
             self.next += 1;
@@ -292,21 +311,30 @@ fn give_up(
     }
 }
 
+/// Awaits `fut`, adding the time it took to `waited`.
+pub(crate) async fn timed<F: std::future::Future>(waited: &Waited, fut: F) -> F::Output {
+    let started = Instant::now();
+    let out = fut.await;
+    waited.add(started.elapsed());
+    out
+}
+
 pub async fn chat(
     rt: &Runtime,
     req: &ChatRequest,
     opts: &RouteOptions,
     planned: Option<Plan>,
     out: &mut Outcome,
+    waits: &Waits,
 ) -> Result<ChatResponse, ProviderError> {
     let mut attempts = Attempts::new(rt, candidates(rt, req, opts, planned)?);
     let mut last: Option<ProviderError> = None;
     let mut special: Vec<ErrorKind> = Vec::new();
-    while let Some((d, _in_flight)) = attempts.next(last.as_ref()).await {
+    while let Some((d, _in_flight)) = attempts.next(last.as_ref(), &waits.backoff).await {
         out.attempts += 1;
         out.deployment = Some(d.clone());
         let started = Instant::now();
-        match d.provider.chat(req, &d.model).await {
+        match d.provider.chat(req, &d.model, &waits.upstream).await {
             Ok(resp) => {
                 d.health.success(started.elapsed());
                 if d.tpm.is_some() {
@@ -348,16 +376,17 @@ pub async fn chat_stream(
     opts: &RouteOptions,
     planned: Option<Plan>,
     out: &mut Outcome,
+    waits: &Waits,
 ) -> Result<EventStream, ProviderError> {
     let mut attempts = Attempts::new(rt, candidates(rt, req, opts, planned)?);
     let mut last: Option<ProviderError> = None;
     let mut special: Vec<ErrorKind> = Vec::new();
-    while let Some((d, in_flight)) = attempts.next(last.as_ref()).await {
+    while let Some((d, in_flight)) = attempts.next(last.as_ref(), &waits.backoff).await {
         out.attempts += 1;
         out.deployment = Some(d.clone());
         let started = Instant::now();
-        let first = match d.provider.chat_stream(req, &d.model).await {
-            Ok(mut stream) => match stream.next().await {
+        let first = match d.provider.chat_stream(req, &d.model, &waits.upstream).await {
+            Ok(mut stream) => match timed(&waits.upstream, stream.next()).await {
                 Some(Ok(first)) => Ok((first, stream)),
                 Some(Err(e)) => Err(e),
                 None => Err(ProviderError::new(
@@ -440,7 +469,9 @@ pub async fn embeddings(
     }
     let mut attempts = Attempts::new(rt, able);
     let mut last: Option<ProviderError> = None;
-    while let Some((d, _in_flight)) = attempts.next(last.as_ref()).await {
+    // embeddings are not in the overhead histogram: their waits go nowhere
+    let backoff = Waited::default();
+    while let Some((d, _in_flight)) = attempts.next(last.as_ref(), &backoff).await {
         out.attempts += 1;
         out.deployment = Some(d.clone());
         let started = Instant::now();

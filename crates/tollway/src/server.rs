@@ -271,9 +271,10 @@ pub async fn active_probes(state: AppState) {
             let mut req = tollway_core::ChatRequest::simple(d.model.clone(), "ping");
             req.max_tokens = Some(1);
             let started = std::time::Instant::now();
+            let waited = tollway_core::Waited::default();
             match tokio::time::timeout(
                 std::time::Duration::from_secs(30),
-                d.provider.chat(&req, &d.model),
+                d.provider.chat(&req, &d.model, &waited),
             )
             .await
             {

@@ -947,3 +947,116 @@ fn an_embedding_router_without_its_encoder_is_a_clear_config_error() {
         "{all:?}"
     );
 }
+
+/// The value of one series in a Prometheus text (0 when absent).
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `/metrics` splits each chat request's time into the gateway's own (`tollway_overhead_seconds`)
+/// and the upstreams' (`tollway_upstream_seconds`): failed attempts and stream heads count as
+/// upstream time, a request refused before any attempt has none.
+#[tokio::test]
+async fn metrics_tell_the_gateways_time_from_the_upstreams() {
+    let env = start_with(|mock| {
+        format!(
+            r#"
+server:
+  master_key: {MASTER}
+providers:
+  a: {{ kind: openai-compatible, base_url: "{mock}/v1", api_key: ka }}
+  b: {{ kind: anthropic, base_url: "{mock}", api_key: kb }}
+models:
+  slow-after-a-failure:
+    deployments:
+      - {{ provider: a, model: "m-down?fault=500" }}
+      - {{ provider: b, model: "m-slow?ttft_ms=60" }}
+  fine: {{ deployments: [{{ provider: b, model: m-fine }}] }}
+"#
+        )
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let (status, h, body) = chat(&env, msg("slow-after-a-failure")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&h, "x-tollway-attempts"), "2");
+    let r = env
+        .http
+        .post(format!("{}/v1/messages", env.url))
+        .header("x-api-key", MASTER)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "fine", "max_tokens": 50, "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(r.status(), 200);
+    let events = sse(&r.text().await.expect("events"));
+    assert!(events.len() > 3, "{events:?}");
+    let (status, _, body) = chat(&env, msg("no-such-model")).await;
+    assert_eq!(status, 404, "{body}");
+    let wall = started.elapsed().as_secs_f64();
+
+    let text = env
+        .http
+        .get(format!("{}/metrics", env.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let get = |name: &str, labels: &str| series(&text, &format!("{name}{{{labels}}}"));
+    let (plain, streamed) = (
+        r#"api="openai",stream="false""#,
+        r#"api="anthropic",stream="true""#,
+    );
+    // every chat request has its own time; only those that reached an upstream have its time
+    assert_eq!(get("tollway_overhead_seconds_count", plain), 2.0, "{text}");
+    assert_eq!(get("tollway_upstream_seconds_count", plain), 1.0, "{text}");
+    assert_eq!(
+        get("tollway_overhead_seconds_count", streamed),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        get("tollway_upstream_seconds_count", streamed),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        get(
+            "tollway_overhead_seconds_count",
+            r#"api="anthropic",stream="false""#
+        ),
+        0.0
+    );
+    // the answer took the upstream at least its 60 ms, the failed attempt included
+    let upstream = get("tollway_upstream_seconds_sum", plain);
+    assert!(upstream >= 0.06, "{upstream}");
+    // buckets are cumulative and end with every request; none is below the upstream's delay
+    assert_eq!(
+        get(
+            "tollway_overhead_seconds_bucket",
+            &format!("{plain},le=\"+Inf\"")
+        ),
+        2.0
+    );
+    assert_eq!(
+        get(
+            "tollway_upstream_seconds_bucket",
+            &format!("{plain},le=\"0.05\"")
+        ),
+        0.0,
+        "{text}"
+    );
+    // each measured part lies inside what the client saw
+    let measured = [plain, streamed]
+        .iter()
+        .map(|l| get("tollway_overhead_seconds_sum", l) + get("tollway_upstream_seconds_sum", l))
+        .sum::<f64>();
+    assert!(measured > 0.0 && measured <= wall, "{measured} of {wall}");
+}
