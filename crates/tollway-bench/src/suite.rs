@@ -192,20 +192,27 @@ fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
     head.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A bare HTTP/1.1 POST with a JSON body; status and body.
-fn post_json(
+/// A bare HTTP/1.1 request with the master key on a fresh connection (`body`: a JSON text);
+/// the status and the body.
+fn request(
     addr: SocketAddr,
+    method: &str,
     path: &str,
     key: &str,
-    body: &Value,
-) -> anyhow::Result<(u16, Value)> {
-    let body = body.to_string();
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body_head = body.map_or(String::new(), |b| {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        )
+    });
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n{body_head}Connection: close\r\n\r\n{}",
+        body.unwrap_or_default()
     )?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)?;
@@ -216,6 +223,87 @@ fn post_json(
         .and_then(|s| s.parse().ok())
         .context("no status")?;
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_string()))
+}
+
+/// The gateway's Prometheus text (empty if it did not answer).
+fn metrics_text(addr: SocketAddr) -> String {
+    match request(addr, "GET", "/metrics", MASTER_KEY, None) {
+        Ok((200, text)) => text,
+        _ => String::new(),
+    }
+}
+
+/// The gateway's own time per request over a run, from the difference of its
+/// `tollway_overhead_seconds` histogram (OpenAI API, streams or not) before and after: the mean,
+/// and p50/p90/p99 interpolated within the buckets (so as coarse as they are); µs.
+fn own_time(before: &str, after: &str, stream: bool) -> Option<Value> {
+    let labels = format!("api=\"openai\",stream=\"{stream}\"");
+    // (upper bound in seconds, cumulative count) of each bucket; the sum
+    let read = |text: &str| {
+        let mut buckets = Vec::new();
+        let mut sum = 0.0;
+        let prefix = format!("tollway_overhead_seconds_bucket{{{labels},le=\"");
+        let sum_name = format!("tollway_overhead_seconds_sum{{{labels}}} ");
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix(&prefix) {
+                if let Some((le, n)) = rest.split_once("\"} ") {
+                    let le = if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().unwrap_or(f64::NAN)
+                    };
+                    buckets.push((le, n.parse::<f64>().unwrap_or(0.0)));
+                }
+            } else if let Some(v) = line.strip_prefix(&sum_name) {
+                sum = v.parse().unwrap_or(0.0);
+            }
+        }
+        (buckets, sum)
+    };
+    let ((b0, s0), (b1, s1)) = (read(before), read(after));
+    let buckets: Vec<(f64, f64)> = b1
+        .iter()
+        .map(|&(le, n)| {
+            let was = b0.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+            (le, n - was)
+        })
+        .collect();
+    let count = buckets.last()?.1;
+    if count <= 0.0 {
+        return None;
+    }
+    let quantile = |q: f64| {
+        let want = q * count;
+        let (mut lo, mut below) = (0.0, 0.0);
+        for &(le, n) in &buckets {
+            if n >= want {
+                if le.is_infinite() {
+                    return lo;
+                }
+                return lo + (le - lo) * (want - below) / (n - below).max(1.0);
+            }
+            (lo, below) = (le, n);
+        }
+        lo
+    };
+    Some(json!({
+        "requests": count,
+        "mean": round3((s1 - s0) / count * 1e6),
+        "p50": round3(quantile(0.5) * 1e6),
+        "p90": round3(quantile(0.9) * 1e6),
+        "p99": round3(quantile(0.99) * 1e6),
+    }))
+}
+
+/// A bare HTTP/1.1 POST with a JSON body; status and body.
+fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    key: &str,
+    body: &Value,
+) -> anyhow::Result<(u16, Value)> {
+    let (status, body) = request(addr, "POST", path, key, Some(&body.to_string()))?;
     // Chunked bodies: take the JSON object between the first '{' and the last '}'.
     let json = match (body.find('{'), body.rfind('}')) {
         (Some(a), Some(b)) if b > a => serde_json::from_str(&body[a..=b]).unwrap_or(Value::Null),
@@ -454,6 +542,7 @@ impl Ctx<'_> {
             https: false,
         };
         let mut runs = serde_json::Map::new();
+        let mut own = None;
         for (t, model) in [
             (direct, s.model_direct.as_str()),
             (gateway, s.model_gateway),
@@ -468,13 +557,21 @@ impl Ctx<'_> {
                 s.duration,
                 s.tls,
             )?;
+            let before = (t.id == "tollway").then(|| metrics_text(self.gateway.addr));
             let r = load::run(spec).await?;
             print_run(s.id, t.id, &r);
             runs.insert(t.id.into(), r);
+            if let Some(before) = before {
+                own = own_time(&before, &metrics_text(self.gateway.addr), s.stream);
+            }
             // Let sockets in TIME_WAIT and the servers' queues settle between runs.
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        Ok(scenario_entry(s.id, &s.title, runs, s.stream))
+        let mut entry = scenario_entry(s.id, &s.title, runs, s.stream);
+        if let (Some(own), Some(added)) = (own, entry["added"].get_mut("tollway")) {
+            added["own_us"] = own;
+        }
+        Ok(entry)
     }
 }
 
@@ -1008,6 +1105,7 @@ fn definitions() -> Value {
         "service": "from the moment the request was actually sent to its last byte",
         "ttfb": "from the scheduled start to the first byte of the response body (for streams: the first SSE event)",
         "added": "gateway minus direct, per percentile: the same load straight to the mock, then through the gateway to the mock",
+        "own": "the gateway's own time per request over its run, from its /metrics histogram tollway_overhead_seconds (warm-up included): the handler's time less the waits on the upstream and the client; percentiles interpolated within its buckets",
         "throughput_ratio": "closed loop: successful responses per second through the gateway / straight to the mock",
         "per_chunk_from_duration": "(gateway stream duration − direct stream duration) / 200 chunks, at the same percentile, where stream duration = last byte − first byte of the body",
         "event_arrival": "each SSE event's arrival, from the request's scheduled start, all events of all streams pooled; its added figure (gateway − direct percentile) is how much later a client sees a chunk",
@@ -1084,9 +1182,10 @@ fn headline(
         50.0,
         true,
         format!(
-            "direct {} µs, through tollway {} µs",
+            "direct {} µs, through tollway {} µs; the gateway's own work p50 ≈ {} µs (its `/metrics`; the rest is the two extra hops)",
             fmt_num(&dir["p50"]),
-            fmt_num(&gw["p50"])
+            fmt_num(&gw["p50"]),
+            fmt_num(&c["added"]["tollway"]["own_us"]["p50"]),
         ),
     );
     row(
@@ -1280,6 +1379,13 @@ pub fn markdown(r: &Value) -> String {
                 fmt_num(&l["p50"]), fmt_num(&l["p90"]), fmt_num(&l["p99"]), fmt_num(&l["p99.9"]), fmt_num(&l["max"]),
                 fmt_num(&t["p50"]), fmt_num(&t["p99"]),
             );
+            let own = &a["own_us"];
+            if !own.is_null() {
+                s += &format!(
+                    "| {id} | of which the gateway's own work (its `/metrics`, mean {}) | | | | | {} | {} | {} | | | | | | |\n",
+                    fmt_num(&own["mean"]), fmt_num(&own["p50"]), fmt_num(&own["p90"]), fmt_num(&own["p99"]),
+                );
+            }
         }
     }
     s += "\n### Streams\n\n| scenario | path | events/stream | stream duration p50 / p99 µs | event gap p50 / p99 / p99.9 µs | event arrival p50 / p99 µs |\n| --- | --- | --- | --- | --- | --- |\n";
@@ -1365,5 +1471,35 @@ mod tests {
         let d = diff(&a, &b);
         assert_eq!(d["p50"], json!(30.0));
         assert_eq!(d["p99"], json!(200.0));
+    }
+
+    #[test]
+    fn own_time_is_read_from_the_histograms_difference() {
+        let text = |counts: [u64; 4], sum: f64| {
+            let l = "api=\"openai\",stream=\"false\"";
+            let mut t = String::from("# TYPE tollway_overhead_seconds histogram\n");
+            for (le, n) in ["0.00001", "0.00005", "0.0001", "+Inf"].iter().zip(counts) {
+                t += &format!("tollway_overhead_seconds_bucket{{{l},le=\"{le}\"}} {n}\n");
+            }
+            t += &format!("tollway_overhead_seconds_sum{{{l}}} {sum}\n");
+            // the streams' series must not be mixed in
+            t +=
+                "tollway_overhead_seconds_bucket{api=\"openai\",stream=\"true\",le=\"+Inf\"} 999\n";
+            t
+        };
+        // before: 10 requests; after: 110, of the 100 new ones 20 under 10 µs, 60 in 10..50 µs
+        // and 20 in 50..100 µs
+        let before = text([5, 10, 10, 10], 0.0002);
+        let after = text([25, 90, 110, 110], 0.0032);
+        let own = own_time(&before, &after, false).expect("requests");
+        assert_eq!(own["requests"], json!(100.0));
+        assert_eq!(own["mean"], json!(30.0));
+        // the 50th of 100: the 30th of the 60 in the 10..50 µs bucket
+        assert_eq!(own["p50"], json!(30.0));
+        // the 99th: the 19th of the 20 in 50..100 µs
+        assert_eq!(own["p99"], json!(97.5));
+        // nothing new: no figure
+        assert!(own_time(&after, &after, false).is_none());
+        assert!(own_time("", "", false).is_none());
     }
 }
