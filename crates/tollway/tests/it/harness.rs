@@ -225,6 +225,18 @@ pub fn sse(body: &str) -> Vec<(Option<String>, String)> {
     out
 }
 
+/// The Prometheus text of the gateway at `url` (master key).
+pub async fn metrics(http: &reqwest::Client, url: &str) -> String {
+    http.get(format!("{url}/metrics"))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
 pub fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }

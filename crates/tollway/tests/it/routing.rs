@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{header, sse, start_with, Env, MASTER};
+use crate::harness::{header, metrics, sse, start_with, Env, MASTER};
 
 fn config(mock: &str) -> String {
     format!(
@@ -188,16 +188,7 @@ async fn a_429_storm_honours_retry_after_and_moves_traffic() {
     assert_eq!(fine["state"], "healthy");
     assert_eq!(fine["successes"], 20);
     // and Prometheus sees the same
-    let text = env
-        .http
-        .get(format!("{}/metrics", env.url))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = metrics(&env.http, &env.url).await;
     assert!(
         text.contains(
             "tollway_deployment_up{deployment=\"a/m-limited?fault=429&retry_after=30\"} 0"
@@ -999,16 +990,7 @@ models:
     assert_eq!(status, 404, "{body}");
     let wall = started.elapsed().as_secs_f64();
 
-    let text = env
-        .http
-        .get(format!("{}/metrics", env.url))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = metrics(&env.http, &env.url).await;
     let get = |name: &str, labels: &str| series(&text, &format!("{name}{{{labels}}}"));
     let (plain, streamed) = (
         r#"api="openai",stream="false""#,

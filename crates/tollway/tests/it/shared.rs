@@ -244,14 +244,6 @@ async fn without_redis_an_instance_serves_on_local_state_and_says_so() {
     assert_eq!(chat(&http, &gw, MASTER, "capped", "hi").await.0, 200);
     let (status, body) = chat(&http, &gw, MASTER, "capped", "hi").await;
     assert_eq!(status, 429, "the local limit still holds: {body}");
-    let metrics = http
-        .get(format!("{}/metrics", gw.url))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = crate::harness::metrics(&http, &gw.url).await;
     assert!(metrics.contains("tollway_shared_state_up 0"), "{metrics}");
 }
