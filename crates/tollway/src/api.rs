@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use crate::accounts::Principal;
 use crate::budgets::{Budget, Period, Reservation};
-use crate::gateway::{self, Outcome, Waits};
+use crate::gateway::{self, Outcome, Spent, Waits};
 use crate::prices::ModelPrice;
 use crate::runtime::{Plan, RouteOptions, Runtime};
 use crate::server::AppState;
@@ -34,6 +34,7 @@ pub const H_MODEL: HeaderName = HeaderName::from_static("x-tollway-model");
 pub const H_PROVIDER: HeaderName = HeaderName::from_static("x-tollway-provider");
 pub const H_ATTEMPTS: HeaderName = HeaderName::from_static("x-tollway-attempts");
 pub const H_ROUTE: HeaderName = HeaderName::from_static("x-tollway-route");
+const H_SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 const H_X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const H_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const H_LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
@@ -238,16 +239,38 @@ pub async fn messages(State(state): State<AppState>, headers: HeaderMap, body: B
 async fn chat(state: AppState, family: ApiFamily, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let waits = Waits::default();
-    let resp = chat_inner(&state, family, headers, body, &waits).await;
+    let mut resp = chat_inner(&state, family, headers, body, &waits).await;
     let stream = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    state
-        .metrics()
-        .timing(family, stream, started.elapsed(), &waits);
+    let spent = waits.split(started.elapsed());
+    state.metrics().timing(family, stream, &spent);
+    if let Ok(v) = HeaderValue::try_from(server_timing(&spent)) {
+        resp.headers_mut().insert(H_SERVER_TIMING, v);
+    }
     count(&state, family, &resp);
     resp
+}
+
+/// `server-timing` (W3C Server Timing, shown by browsers' developer tools): the gateway's own
+/// time, the upstreams' and any backoff, in milliseconds, as `/metrics` counts them.
+fn server_timing(s: &Spent) -> String {
+    use std::fmt::Write;
+    let mut v = String::with_capacity(64);
+    for (name, d) in [
+        ("gateway", s.own),
+        ("upstream", s.upstream),
+        ("backoff", s.backoff),
+    ] {
+        if name != "gateway" && d.is_zero() {
+            continue;
+        }
+        let us = d.as_micros();
+        let sep = if v.is_empty() { "" } else { ", " };
+        let _ = write!(v, "{sep}{name};dur={}.{:03}", us / 1000, us % 1000);
+    }
+    v
 }
 
 /// Counts an answered request in the metrics (status and upstream attempts).
@@ -1526,6 +1549,26 @@ mod tests {
         for n in [0, 1, 9, 10, 123, u32::MAX] {
             assert_eq!(attempts_header(n), HeaderValue::from(n), "{n}");
         }
+    }
+
+    #[test]
+    fn server_timing_names_the_gateways_time_and_what_it_waited_on() {
+        use std::time::Duration;
+        let spent = |own, upstream, backoff| Spent {
+            own: Duration::from_micros(own),
+            upstream: Duration::from_micros(upstream),
+            backoff: Duration::from_micros(backoff),
+        };
+        assert_eq!(server_timing(&spent(21, 0, 0)), "gateway;dur=0.021");
+        assert_eq!(
+            server_timing(&spent(1_234, 250_007, 0)),
+            "gateway;dur=1.234, upstream;dur=250.007"
+        );
+        assert_eq!(
+            server_timing(&spent(0, 5, 100_000)),
+            "gateway;dur=0.000, upstream;dur=0.005, backoff;dur=100.000"
+        );
+        assert!(HeaderValue::try_from(server_timing(&spent(9, 9, 9))).is_ok());
     }
 
     #[test]

@@ -40,6 +40,30 @@ pub struct Waits {
     pub client: Waited,
 }
 
+/// A request's time: the gateway's own, and what it waited on upstreams and backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spent {
+    pub own: Duration,
+    pub upstream: Duration,
+    pub backoff: Duration,
+}
+
+impl Waits {
+    /// Splits `total`, the handler's time, into the gateway's own and the waits (the client's
+    /// body counts as neither).
+    pub fn split(&self, total: Duration) -> Spent {
+        let (upstream, backoff) = (self.upstream.total(), self.backoff.total());
+        Spent {
+            own: total
+                .saturating_sub(upstream)
+                .saturating_sub(backoff)
+                .saturating_sub(self.client.total()),
+            upstream,
+            backoff,
+        }
+    }
+}
+
 fn bad(param: &str, msg: impl std::fmt::Display) -> ProviderError {
     ProviderError::invalid(format!("Invalid value for `{param}`: {msg}.")).with_param(param)
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tollway_core::ApiFamily;
 
-use crate::gateway::Waits;
+use crate::gateway::Spent;
 use crate::routing::HealthRegistry;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -119,19 +119,14 @@ impl Metrics {
         }
     }
 
-    /// Times a chat request: `total` from its handler's start to its answer being handed to the
-    /// HTTP server (for a stream: its head and first event), of which `waits` went to the client,
-    /// backoff and upstreams; the rest is the gateway's own. `stream` is what the answer is.
-    pub fn timing(&self, api: ApiFamily, stream: bool, total: Duration, waits: &Waits) {
-        let upstream = waits.upstream.total();
-        let own = total
-            .saturating_sub(upstream)
-            .saturating_sub(waits.backoff.total())
-            .saturating_sub(waits.client.total());
+    /// Times a chat request: its time from its handler's start to its answer being handed to the
+    /// HTTP server (for a stream: its head and first event), split into the gateway's own and the
+    /// upstreams' ([`crate::gateway::Waits::split`]). `stream` is what the answer is.
+    pub fn timing(&self, api: ApiFamily, stream: bool, spent: &Spent) {
         let (a, s) = (api_index(api), usize::from(stream));
-        self.overhead[a][s].record(&OVERHEAD_BOUNDS, own);
-        if !upstream.is_zero() {
-            self.upstream[a][s].record(&UPSTREAM_BOUNDS, upstream);
+        self.overhead[a][s].record(&OVERHEAD_BOUNDS, spent.own);
+        if !spent.upstream.is_zero() {
+            self.upstream[a][s].record(&UPSTREAM_BOUNDS, spent.upstream);
         }
     }
 
@@ -278,25 +273,26 @@ mod tests {
 
     #[test]
     fn a_requests_own_time_is_what_the_waits_leave() {
+        use crate::gateway::Waits;
         let m = Metrics::default();
         let waits = Waits::default();
         waits.upstream.add(Duration::from_millis(20));
         waits.backoff.add(Duration::from_millis(100));
         waits.client.add(Duration::from_millis(3));
         // 123.04 ms in all: 40 µs of it the gateway's own
-        m.timing(
-            ApiFamily::Anthropic,
-            true,
-            Duration::from_micros(123_040),
-            &waits,
+        let spent = waits.split(Duration::from_micros(123_040));
+        assert_eq!(
+            spent,
+            Spent {
+                own: Duration::from_micros(40),
+                upstream: Duration::from_millis(20),
+                backoff: Duration::from_millis(100),
+            }
         );
+        m.timing(ApiFamily::Anthropic, true, &spent);
         // no upstream at all (refused at once): only the overhead is recorded
-        m.timing(
-            ApiFamily::Anthropic,
-            true,
-            Duration::from_micros(7),
-            &Waits::default(),
-        );
+        let refused = Waits::default().split(Duration::from_micros(7));
+        m.timing(ApiFamily::Anthropic, true, &refused);
         let text = m.render(&HealthRegistry::default());
         let l = "api=\"anthropic\",stream=\"true\"";
         for (series, want) in [

@@ -969,10 +969,26 @@ models:
         )
     })
     .await;
+    // `server-timing: gateway;dur=MS, upstream;dur=MS`: its parts, in ms
+    let timing = |h: &reqwest::header::HeaderMap| -> Vec<(String, f64)> {
+        header(h, "server-timing")
+            .split(", ")
+            .filter_map(|p| {
+                let (name, dur) = p.split_once(";dur=")?;
+                Some((name.to_string(), dur.parse().ok()?))
+            })
+            .collect()
+    };
     let started = std::time::Instant::now();
     let (status, h, body) = chat(&env, msg("slow-after-a-failure")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(header(&h, "x-tollway-attempts"), "2");
+    let answered = timing(&h);
+    assert_eq!(
+        answered.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(),
+        ["gateway", "upstream"]
+    );
+    assert!(answered[1].1 >= 60.0, "{answered:?}");
     let r = env
         .http
         .post(format!("{}/v1/messages", env.url))
@@ -984,10 +1000,15 @@ models:
         .await
         .expect("stream");
     assert_eq!(r.status(), 200);
+    assert_eq!(timing(r.headers()).len(), 2, "{:?}", r.headers());
     let events = sse(&r.text().await.expect("events"));
     assert!(events.len() > 3, "{events:?}");
-    let (status, _, body) = chat(&env, msg("no-such-model")).await;
+    let (status, h, body) = chat(&env, msg("no-such-model")).await;
     assert_eq!(status, 404, "{body}");
+    // refused before any upstream: the gateway's time only
+    let refused = timing(&h);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, "gateway");
     let wall = started.elapsed().as_secs_f64();
 
     let text = metrics(&env.http, &env.url).await;
@@ -1035,6 +1056,10 @@ models:
         0.0,
         "{text}"
     );
+    // the headers told the clients what the histogram counts (to the microsecond they show)
+    let own = get("tollway_overhead_seconds_sum", plain);
+    let shown = (answered[0].1 + refused[0].1) / 1000.0;
+    assert!((own - shown).abs() < 3e-6, "{own} against {shown}");
     // each measured part lies inside what the client saw
     let measured = [plain, streamed]
         .iter()
