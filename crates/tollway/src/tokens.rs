@@ -1,18 +1,62 @@
 //! Local token counts, for the rare answer whose provider reports no usage (some OpenAI-compatible
 //! servers, a stream cut short): OpenAI's `o200k_base` BPE (via `tiktoken-rs`), with the chat
 //! format's per-message overhead. Exact for OpenAI's current models; an estimate for others — and
-//! the ledger marks every such cost as estimated. Loaded on first use, never on the hot path.
+//! the ledger marks every such cost as estimated.
+//!
+//! The BPE is big (about 45 MB resident) and slow to build (about 0.6 s on this project's 2-core
+//! machine), so it is loaded only once a count is first needed, and then on a thread of its own:
+//! building it on a serving lane would stall every request on that lane for as long. Until it is
+//! ready, counts are estimated from the text's length ([`rough`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use tiktoken_rs::CoreBPE;
 use tollway_core::{ChatRequest, Part};
 
-/// Tokens of a text.
+static BPE: OnceLock<CoreBPE> = OnceLock::new();
+static LOADING: AtomicBool = AtomicBool::new(false);
+
+/// Starts loading the BPE on a thread of its own, once; returns at once.
+pub fn warm() {
+    if BPE.get().is_some() || LOADING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("tollway-tokenizer".into())
+        .spawn(|| match tiktoken_rs::o200k_base() {
+            Ok(bpe) => {
+                let _ = BPE.set(bpe);
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "the o200k_base tokenizer could not be built; local token counts stay estimates from text length"
+            ),
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the tokenizer thread; will try again");
+        LOADING.store(false, Ordering::Release);
+    }
+}
+
+/// Tokens of a text: exact once the BPE is loaded, until then [`rough`] (and the load starts).
 pub fn count(text: &str) -> u64 {
     if text.is_empty() {
         return 0;
     }
-    tiktoken_rs::o200k_base_singleton()
-        .encode_with_special_tokens(text)
-        .len() as u64
+    match BPE.get() {
+        Some(bpe) => bpe.encode_with_special_tokens(text).len() as u64,
+        None => {
+            warm();
+            rough(text)
+        }
+    }
+}
+
+/// About four bytes per token, rounded up: what `o200k_base` averages on English prose and code
+/// (it gives more tokens per byte for most other scripts).
+pub fn rough(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4)
 }
 
 /// Prompt tokens of a chat request: 3 per message plus its content, 3 to prime the reply (OpenAI's
@@ -60,10 +104,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_match_the_o200k_tokenizer() {
-        assert_eq!(count(""), 0);
-        assert_eq!(count("hello world"), 2);
+    fn counts_are_estimated_until_the_tokenizer_is_ready_then_exact() {
         let long = "The quick brown fox jumps over the lazy dog. ".repeat(100);
+        assert_eq!(count(""), 0);
+        if BPE.get().is_none() {
+            // not loaded yet (tests may share the process): an estimate, and the load starts
+            assert_eq!(count(&long), rough(&long));
+            assert_eq!(rough(&long), 1125);
+            assert!(LOADING.load(Ordering::Acquire));
+        }
+        // the load finishes on its own thread
+        let started = std::time::Instant::now();
+        while BPE.get().is_none() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "the tokenizer never loaded"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(count("hello world"), 2);
         let n = count(&long);
         assert!((900..=1100).contains(&n), "{n}");
         let req = ChatRequest::simple("m", "hello world");
