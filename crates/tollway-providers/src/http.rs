@@ -606,6 +606,14 @@ async fn read_bounded(resp: Response, limit: usize, strict: bool) -> Result<Vec<
     Ok(out)
 }
 
+/// Awaits `fut`, adding the time it took to `waited` (an upstream's answer, a backoff...).
+pub async fn timed<F: std::future::Future>(waited: &Waited, fut: F) -> F::Output {
+    let started = Instant::now();
+    let out = fut.await;
+    waited.add(started.elapsed());
+    out
+}
+
 impl Provider for HttpProvider {
     fn info(&self) -> &ProviderInfo {
         &self.info
@@ -646,14 +654,11 @@ impl Provider for HttpProvider {
                     stream: false,
                 },
             )?;
-            let sent = Instant::now();
-            let answer = async {
+            let buf = timed(waited, async {
                 let (resp, deadline) = self.send(body, model).await?;
                 self.read_body(resp, deadline, model).await
-            }
-            .await;
-            waited.add(sent.elapsed());
-            let buf = answer?;
+            })
+            .await?;
             let decoded = match self.info.family {
                 ApiFamily::OpenAi => openai::decode_response(&buf),
                 ApiFamily::Anthropic => anthropic::decode_response(&buf),
@@ -679,10 +684,7 @@ impl Provider for HttpProvider {
                     stream: true,
                 },
             )?;
-            let sent = Instant::now();
-            let head = self.send(body, model).await;
-            waited.add(sent.elapsed());
-            let (resp, deadline) = head?;
+            let (resp, deadline) = timed(waited, self.send(body, model)).await?;
             let label = self.label(model);
             let bytes = BodyStream::new(resp.into_body()).filter_map(|frame| {
                 std::future::ready(match frame {

@@ -18,4 +18,4 @@ pub use config::{
     AnthropicConfig, MockConfig, MockFormat, OpenAiConfig, ProviderConfig, ProxySetting, Secret,
     Timeouts,
 };
-pub use http::{root_store, HttpProvider, JsonPoster};
+pub use http::{root_store, timed, HttpProvider, JsonPoster};

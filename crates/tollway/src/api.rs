@@ -724,10 +724,11 @@ async fn chat_inner(
         Ok(p) => p,
         Err(e) => return fail(e, None),
     };
-    let bytes = match gateway::timed(&waits.client, read_body(state, &headers, body)).await {
-        Ok(b) => b,
-        Err(e) => return fail(e, None),
-    };
+    let bytes =
+        match tollway_providers::timed(&waits.client, read_body(state, &headers, body)).await {
+            Ok(b) => b,
+            Err(e) => return fail(e, None),
+        };
     let decoded = match family {
         ApiFamily::OpenAi => openai::decode_request(&bytes),
         ApiFamily::Anthropic => anthropic::decode_request(&bytes),

@@ -13,6 +13,8 @@ use tollway_core::{
     ChatRequest, ChatResponse, ErrorKind, EventStream, ProviderError, Retry, Waited,
 };
 
+use tollway_providers::timed;
+
 use crate::routing::{Admission, InFlight};
 use crate::runtime::{Deployment, Plan, RouteOptions, Runtime};
 
@@ -333,14 +335,6 @@ fn give_up(
             Runtime::all_cooling(model, wait)
         }
     }
-}
-
-/// Awaits `fut`, adding the time it took to `waited`.
-pub(crate) async fn timed<F: std::future::Future>(waited: &Waited, fut: F) -> F::Output {
-    let started = Instant::now();
-    let out = fut.await;
-    waited.add(started.elapsed());
-    out
 }
 
 pub async fn chat(
