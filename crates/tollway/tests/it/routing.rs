@@ -47,6 +47,10 @@ models:
     context_window_fallbacks: [big-context]
     deployments: [{{ provider: b, model: "small-a?fault=context_length" }}]
   big-context: {{ deployments: [{{ provider: c, model: big }}] }}
+  slow-after-a-failure:
+    deployments:
+      - {{ provider: a, model: "m-down?fault=500" }}
+      - {{ provider: b, model: "m-slow?ttft_ms=60" }}
   strict:
     content_policy_fallbacks: [lenient]
     deployments: [{{ provider: a, model: "strict?fault=content_policy" }}]
@@ -951,24 +955,7 @@ fn series(text: &str, name: &str) -> f64 {
 /// upstream time, a request refused before any attempt has none.
 #[tokio::test]
 async fn metrics_tell_the_gateways_time_from_the_upstreams() {
-    let env = start_with(|mock| {
-        format!(
-            r#"
-server:
-  master_key: {MASTER}
-providers:
-  a: {{ kind: openai-compatible, base_url: "{mock}/v1", api_key: ka }}
-  b: {{ kind: anthropic, base_url: "{mock}", api_key: kb }}
-models:
-  slow-after-a-failure:
-    deployments:
-      - {{ provider: a, model: "m-down?fault=500" }}
-      - {{ provider: b, model: "m-slow?ttft_ms=60" }}
-  fine: {{ deployments: [{{ provider: b, model: m-fine }}] }}
-"#
-        )
-    })
-    .await;
+    let env = start_with(config).await;
     // `server-timing: gateway;dur=MS, upstream;dur=MS`: its parts, in ms
     let timing = |h: &reqwest::header::HeaderMap| -> Vec<(String, f64)> {
         header(h, "server-timing")
@@ -994,8 +981,10 @@ models:
         .post(format!("{}/v1/messages", env.url))
         .header("x-api-key", MASTER)
         .header("anthropic-version", "2023-06-01")
-        .json(&json!({"model": "fine", "max_tokens": 50, "stream": true,
-            "messages": [{"role": "user", "content": "hi"}]}))
+        .json(
+            &json!({"model": "lenient", "max_tokens": 50, "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
         .send()
         .await
         .expect("stream");
