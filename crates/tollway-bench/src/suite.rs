@@ -316,6 +316,8 @@ struct Phases {
     warmup: Duration,
     latency: Duration,
     saturation: Duration,
+    /// Alternating rounds the saturation time is split into.
+    saturation_rounds: u32,
     stream: Duration,
     hold_streams: u64,
     hold_tokens: u64,
@@ -328,6 +330,7 @@ fn phases(quick: bool) -> Phases {
             warmup: Duration::from_millis(500),
             latency: Duration::from_secs(2),
             saturation: Duration::from_secs(2),
+            saturation_rounds: 2,
             stream: Duration::from_secs(2),
             hold_streams: 200,
             hold_tokens: 20,
@@ -337,7 +340,8 @@ fn phases(quick: bool) -> Phases {
         Phases {
             warmup: Duration::from_secs(2),
             latency: Duration::from_secs(15),
-            saturation: Duration::from_secs(10),
+            saturation: Duration::from_secs(12),
+            saturation_rounds: 3,
             stream: Duration::from_secs(10),
             hold_streams: 1000,
             hold_tokens: 100,
@@ -526,7 +530,8 @@ impl Ctx<'_> {
 }
 
 impl Ctx<'_> {
-    /// A scenario's runs: straight to its mock, then through the gateway with `key`.
+    /// A scenario's runs: straight to its mock, then through the gateway with `key`; in
+    /// `s.rounds` alternating rounds that split the measured time, for the closed-loop scenarios.
     async fn run_scenario(&self, s: &Scenario, key: &str) -> anyhow::Result<Value> {
         let upstream = if s.tls { self.mock_tls } else { self.mock };
         let direct = Target {
@@ -541,38 +546,75 @@ impl Ctx<'_> {
             key: Some(key),
             https: false,
         };
-        let mut runs = serde_json::Map::new();
-        let mut own = None;
-        for (t, model) in [
-            (direct, s.model_direct.as_str()),
-            (gateway, s.model_gateway),
-        ] {
-            let spec = self.spec(
-                format!("{}/{}", s.id, t.id),
-                t,
-                model,
-                s.stream,
-                s.mode,
-                s.warmup,
-                s.duration,
-                s.tls,
-            )?;
-            let before = (t.id == "tollway").then(|| metrics_text(self.gateway.addr));
-            let r = load::run(spec).await?;
-            print_run(s.id, t.id, &r);
-            runs.insert(t.id.into(), r);
-            if let Some(before) = before {
-                own = own_time(&before, &metrics_text(self.gateway.addr), s.stream);
+        let rounds = s.rounds.max(1);
+        let mut done = Vec::with_capacity(rounds as usize);
+        for round in 1..=rounds {
+            let mut runs = serde_json::Map::new();
+            let mut own = None;
+            for (t, model) in [
+                (direct, s.model_direct.as_str()),
+                (gateway, s.model_gateway),
+            ] {
+                let label = if rounds > 1 {
+                    format!("{}/{}#{round}", s.id, t.id)
+                } else {
+                    format!("{}/{}", s.id, t.id)
+                };
+                let spec = self.spec(
+                    label,
+                    t,
+                    model,
+                    s.stream,
+                    s.mode,
+                    s.warmup,
+                    s.duration / rounds,
+                    s.tls,
+                )?;
+                let before = (t.id == "tollway").then(|| metrics_text(self.gateway.addr));
+                let r = load::run(spec).await?;
+                print_run(s.id, t.id, &r);
+                runs.insert(t.id.into(), r);
+                if let Some(before) = before {
+                    own = own_time(&before, &metrics_text(self.gateway.addr), s.stream);
+                }
+                // Let sockets in TIME_WAIT and the servers' queues settle between runs.
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            // Let sockets in TIME_WAIT and the servers' queues settle between runs.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            done.push((runs, own));
         }
+        let ratios: Vec<Option<f64>> = done.iter().map(|(runs, _)| throughput(runs)).collect();
+        let (runs, own) = done.swap_remove(median_round(&ratios));
         let mut entry = scenario_entry(s.id, &s.title, runs, s.stream);
         if let (Some(own), Some(added)) = (own, entry["added"].get_mut("tollway")) {
             added["own_us"] = own;
         }
+        if rounds > 1 {
+            entry["rounds"] = json!({
+                "count": rounds,
+                "throughput_ratios": ratios.iter().map(|r| r.map(round3)).collect::<Vec<_>>(),
+                "note": "direct and gateway runs alternated, each round a share of the measured time; `runs` and `added` are the round with the median throughput ratio",
+            });
+        }
         Ok(entry)
     }
+}
+
+/// Through the gateway ÷ straight to the mock, in successful responses per second.
+fn throughput(runs: &serde_json::Map<String, Value>) -> Option<f64> {
+    let direct = runs.get("direct")?["achieved_rps"].as_f64()?;
+    let gateway = runs.get("tollway")?["achieved_rps"].as_f64()?;
+    (direct > 0.0).then(|| gateway / direct)
+}
+
+/// The index of the round with the median ratio (the upper one of an even count; rounds without a
+/// ratio sort first).
+fn median_round(ratios: &[Option<f64>]) -> usize {
+    let mut order: Vec<usize> = (0..ratios.len()).collect();
+    order.sort_by(|&a, &b| {
+        let key = |i: usize| ratios[i].unwrap_or(f64::NEG_INFINITY);
+        key(a).total_cmp(&key(b))
+    });
+    order.get(ratios.len() / 2).copied().unwrap_or(0)
 }
 
 /// Difference `b − a` of two latency summaries, per percentile.
@@ -598,6 +640,9 @@ struct Scenario {
     duration: Duration,
     /// The upstream is the mock over HTTPS (straight runs speak HTTPS to it too).
     tls: bool,
+    /// Alternating direct/gateway rounds: a ratio of two runs minutes apart on this machine
+    /// measures its drift as much as the gateway.
+    rounds: u32,
 }
 
 impl Scenario {
@@ -609,9 +654,9 @@ impl Scenario {
         mode: Mode,
         ph: &Phases,
     ) -> Scenario {
-        let duration = match mode {
-            Mode::Open { .. } => ph.latency,
-            Mode::Closed { .. } => ph.saturation,
+        let (duration, rounds) = match mode {
+            Mode::Open { .. } => (ph.latency, 1),
+            Mode::Closed { .. } => (ph.saturation, ph.saturation_rounds),
         };
         Scenario {
             id,
@@ -623,6 +668,7 @@ impl Scenario {
             warmup: ph.warmup,
             duration,
             tls: false,
+            rounds,
         }
     }
 
@@ -646,6 +692,7 @@ impl Scenario {
             warmup: ph.warmup,
             duration: ph.stream,
             tls: false,
+            rounds: 1,
         }
     }
 
@@ -1106,7 +1153,7 @@ fn definitions() -> Value {
         "ttfb": "from the scheduled start to the first byte of the response body (for streams: the first SSE event)",
         "added": "gateway minus direct, per percentile: the same load straight to the mock, then through the gateway to the mock",
         "own": "the gateway's own time per request over its run, from its /metrics histogram tollway_overhead_seconds (warm-up included): the handler's time less the waits on the upstream and the client; percentiles interpolated within its buckets",
-        "throughput_ratio": "closed loop: successful responses per second through the gateway / straight to the mock",
+        "throughput_ratio": "closed loop: successful responses per second through the gateway / straight to the mock; the saturation scenarios alternate direct and gateway runs in rounds and report the round with the median ratio, every round's ratio listed",
         "per_chunk_from_duration": "(gateway stream duration − direct stream duration) / 200 chunks, at the same percentile, where stream duration = last byte − first byte of the body",
         "event_arrival": "each SSE event's arrival, from the request's scheduled start, all events of all streams pooled; its added figure (gateway − direct percentile) is how much later a client sees a chunk",
         "event_gap": "time between consecutive SSE events' arrival at the client (events that arrive in one read count a 0 gap); its added figure is the gateway's gap percentile minus the direct one",
@@ -1208,9 +1255,10 @@ fn headline(
         0.6,
         false,
         format!(
-            "direct {} RPS, through tollway {} RPS",
+            "direct {} RPS, through tollway {} RPS{}",
             fmt_num(&s["runs"]["direct"]["achieved_rps"]),
-            fmt_num(&s["runs"]["tollway"]["achieved_rps"])
+            fmt_num(&s["runs"]["tollway"]["achieved_rps"]),
+            rounds_note(&s["rounds"]),
         ),
     );
     let st = stream.unwrap_or(Value::Null);
@@ -1251,6 +1299,22 @@ fn headline(
         ),
     );
     Value::Array(rows)
+}
+
+/// "; the median of 3 alternating rounds (0.58, 0.61, 0.63)", or nothing for a single run.
+fn rounds_note(rounds: &Value) -> String {
+    let Some(ratios) = rounds["throughput_ratios"].as_array() else {
+        return String::new();
+    };
+    let each: Vec<String> = ratios
+        .iter()
+        .map(|r| r.as_f64().map_or("–".into(), |x| format!("{x:.2}")))
+        .collect();
+    format!(
+        "; the median of {} alternating rounds ({})",
+        ratios.len(),
+        each.join(", ")
+    )
 }
 
 fn fmt_num(v: &Value) -> String {
@@ -1371,9 +1435,9 @@ pub fn markdown(r: &Value) -> String {
         for (name, a) in e["added"].as_object().into_iter().flatten() {
             let l = &a["latency_us"];
             let t = &a["ttfb_us"];
-            let ratio = a["throughput_ratio"]
-                .as_f64()
-                .map_or("–".into(), |x| format!("{:.0}% of direct", x * 100.0));
+            let ratio = a["throughput_ratio"].as_f64().map_or("–".into(), |x| {
+                format!("{:.0}% of direct{}", x * 100.0, rounds_note(&e["rounds"]))
+            });
             s += &format!(
                 "| {id} | **added by {name}** | | | | {ratio} | **{}** | {} | **{}** | {} | {} | {} | {} | | |\n",
                 fmt_num(&l["p50"]), fmt_num(&l["p90"]), fmt_num(&l["p99"]), fmt_num(&l["p99.9"]), fmt_num(&l["max"]),
@@ -1462,6 +1526,32 @@ mod tests {
         let d = utc_now();
         assert_eq!(d.len(), 20);
         assert!(d.starts_with("20"));
+    }
+
+    #[test]
+    fn the_median_rounds_ratio_is_reported_with_every_rounds() {
+        let runs = |direct: f64, gateway: f64| {
+            let mut m = serde_json::Map::new();
+            m.insert("direct".into(), json!({"achieved_rps": direct}));
+            m.insert("tollway".into(), json!({"achieved_rps": gateway}));
+            m
+        };
+        assert_eq!(throughput(&runs(20_000.0, 12_000.0)), Some(0.6));
+        assert_eq!(throughput(&runs(0.0, 12_000.0)), None);
+        assert_eq!(throughput(&serde_json::Map::new()), None);
+        // the round whose ratio is in the middle, wherever it ran
+        assert_eq!(median_round(&[Some(0.63), Some(0.55), Some(0.60)]), 2);
+        assert_eq!(median_round(&[Some(0.55), Some(0.63), Some(0.60)]), 2);
+        assert_eq!(median_round(&[Some(0.60)]), 0);
+        // even counts take the upper middle; a failed round counts as the lowest
+        assert_eq!(median_round(&[Some(0.7), Some(0.5)]), 0);
+        assert_eq!(median_round(&[None, Some(0.5), Some(0.6)]), 1);
+        assert_eq!(median_round(&[]), 0);
+        assert_eq!(
+            rounds_note(&json!({"throughput_ratios": [0.583, null, 0.6349]})),
+            "; the median of 3 alternating rounds (0.58, –, 0.63)"
+        );
+        assert_eq!(rounds_note(&Value::Null), "");
     }
 
     #[test]
