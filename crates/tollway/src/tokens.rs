@@ -48,11 +48,7 @@ pub fn count(text: &str) -> u64 {
         return 0;
     }
     match BPE.get() {
-        // the pre-tokenizer's backtracking limit, never reached by its pattern in the tests: the
-        // rest of the text estimated
-        Some(bpe) => bpe
-            .count(text)
-            .unwrap_or_else(|(n, at)| n + rough(&text[at..])),
+        Some(bpe) => bpe.count(text),
         None => {
             warm();
             rough(text)
