@@ -601,9 +601,16 @@ impl Ctx<'_> {
 
 /// Through the gateway ÷ straight to the mock, in successful responses per second.
 fn throughput(runs: &serde_json::Map<String, Value>) -> Option<f64> {
-    let direct = runs.get("direct")?["achieved_rps"].as_f64()?;
-    let gateway = runs.get("tollway")?["achieved_rps"].as_f64()?;
-    (direct > 0.0).then(|| gateway / direct)
+    rps_ratio(runs.get("direct")?, runs.get("tollway")?)
+}
+
+/// `run`'s successful responses per second ÷ `direct`'s.
+fn rps_ratio(direct: &Value, run: &Value) -> Option<f64> {
+    let (x, y) = (
+        direct["achieved_rps"].as_f64()?,
+        run["achieved_rps"].as_f64()?,
+    );
+    (x > 0.0).then(|| y / x)
 }
 
 /// The index of the round with the median ratio (the upper one of an even count; rounds without a
@@ -1109,10 +1116,8 @@ fn scenario_entry(
                 "latency_us": diff(&d["latency_us"], &r["latency_us"]),
                 "ttfb_us": diff(&d["ttfb_us"], &r["ttfb_us"]),
             });
-            if let (Some(x), Some(y)) = (d["achieved_rps"].as_f64(), r["achieved_rps"].as_f64()) {
-                if x > 0.0 {
-                    a["throughput_ratio"] = json!(round3(y / x));
-                }
+            if let Some(ratio) = rps_ratio(d, r) {
+                a["throughput_ratio"] = json!(round3(ratio));
             }
             if stream {
                 let dd = &d["stream_stats"]["stream_duration_us"];
