@@ -323,8 +323,9 @@ pub const H_COST: HeaderName = HeaderName::from_static("x-tollway-cost-usd");
 /// A stream's scratch buffer grown past this by one large event is let go afterwards.
 const MAX_KEPT_SCRATCH: usize = 64 << 10;
 
-/// Answers longer than this are not kept for local counting (their count is extrapolated).
-const MAX_KEPT_OUTPUT: usize = 4 << 20;
+/// Answers longer than this are not kept for local counting (their count is extrapolated): what
+/// the tokenizer counts exactly.
+const MAX_KEPT_OUTPUT: usize = crate::tokens::EXACT_BYTES;
 
 impl Charge {
     fn new(
