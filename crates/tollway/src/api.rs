@@ -306,11 +306,10 @@ struct Charge {
     usage: Usage,
     /// The answering deployment's price (`None`: unknown).
     price: Option<Arc<ModelPrice>>,
-    output_chars: u64,
-    /// The request and the answer's text, to count tokens locally when the provider reports no
-    /// usage (bounded).
+    /// The request and the answer's text (its first `tokens::EXACT_BYTES`), to count tokens
+    /// locally when the provider reports no usage.
     request: Option<Arc<ChatRequest>>,
-    output_text: String,
+    output: crate::tokens::Gathered,
     /// Budget reservations, settled with the real cost when the request ends.
     reservation: Option<Reservation>,
     /// Redis, when this request's limits or budgets went through it.
@@ -322,10 +321,6 @@ pub const H_COST: HeaderName = HeaderName::from_static("x-tollway-cost-usd");
 
 /// A stream's scratch buffer grown past this by one large event is let go afterwards.
 const MAX_KEPT_SCRATCH: usize = 64 << 10;
-
-/// Answers longer than this are not kept for local counting (their count is extrapolated): what
-/// the tokenizer counts exactly.
-const MAX_KEPT_OUTPUT: usize = crate::tokens::EXACT_BYTES;
 
 impl Charge {
     fn new(
@@ -355,9 +350,8 @@ impl Charge {
             token_scopes: Vec::new(),
             usage: Usage::default(),
             price: None,
-            output_chars: 0,
             request: None,
-            output_text: String::new(),
+            output: crate::tokens::Gathered::default(),
             reservation: None,
             shared: None,
             shared_reservation: None,
@@ -365,24 +359,17 @@ impl Charge {
     }
 
     fn keep_output(&mut self, text: &str) {
-        self.output_chars += text.len() as u64;
-        if self.output_text.len() + text.len() <= MAX_KEPT_OUTPUT {
-            self.output_text.push_str(text);
-        }
+        self.output.push(text);
     }
 
     /// The usage to bill: the provider's, or (when it reported none for an answer) a local count,
     /// flagged as estimated.
     fn billed_usage(&self) -> (Usage, bool) {
-        if self.usage.total_tokens() > 0 || self.output_chars == 0 {
+        if self.usage.total_tokens() > 0 || self.output.is_empty() {
             return (self.usage, false);
         }
         let input = self.request.as_deref().map_or(0, crate::tokens::prompt);
-        let kept = self.output_text.len() as u64;
-        let mut output = crate::tokens::count(&self.output_text);
-        if kept < self.output_chars && kept > 0 {
-            output = output * self.output_chars / kept;
-        }
+        let output = self.output.count();
         (
             Usage {
                 input_tokens: input,

@@ -547,12 +547,23 @@ async fn answers_without_reported_usage_are_counted_locally_and_marked_estimated
         assert!(row.input_tokens > 0 && row.output_tokens > 0, "{row:?}");
         assert!(row.cost_micros.unwrap_or(0) > 0);
     }
+    // an answer in one part longer than what is counted exactly (about 380 KB): its start counted,
+    // the rest extrapolated, never dropped
+    let (status, h, _) = env
+        .openai(json!({"model": "gpt", "messages": [{"role": "user", "content": "Long [mock usage=0 tokens=60000]"}]}))
+        .await;
+    assert_eq!(status, 200);
+    let lid = header(&h, "x-tollway-request-id").to_string();
+    assert_eq!(ledger_rows(&env, 3).await, 3);
+    let row = store.ledger_row(&lid).await.expect("db").expect("row");
+    assert!(row.cost_estimated, "{row:?}");
+    assert!((40_000..=130_000).contains(&row.output_tokens), "{row:?}");
     // with reported usage, nothing is estimated
     let (_, h, _) = env
         .openai(json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}))
         .await;
     let rid = header(&h, "x-tollway-request-id").to_string();
-    assert_eq!(ledger_rows(&env, 3).await, 3);
+    assert_eq!(ledger_rows(&env, 4).await, 4);
     assert!(
         !store
             .ledger_row(&rid)
