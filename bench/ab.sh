@@ -18,23 +18,14 @@
 set -euo pipefail
 A=${1:?usage: bench/ab.sh TOLLWAY_A TOLLWAY_B}
 B=${2:?usage: bench/ab.sh TOLLWAY_A TOLLWAY_B}
+# the gateways run in temporary directories: absolute paths, relative to the caller's directory
+A=$(realpath -e "$A") B=$(realpath -e "$B")
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 cd "$(dirname "$0")/.."
-REL=$PWD/target/release
-for b in tollway-mock tollway-bench; do
-  [[ -x $REL/$b ]] || { echo "missing $REL/$b: cargo build --release -p tollway-mock -p tollway-bench" >&2; exit 1; }
-done
-DIR=$(mktemp -d /tmp/tollway-ab-XXXXXX)
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
-ulimit -n 65536 2>/dev/null || true
-
-source bench/lib.sh # listening
-
-"$REL/tollway-mock" --listen 127.0.0.1:0 > "$DIR/mock.out" 2>&1 &
-PIDS+=($!)
-MOCK=$(listening "$DIR/mock.out")
+source bench/lib.sh # bench_setup, start_mock, listening
+bench_setup ab tollway-mock tollway-bench
+start_mock
 BURST='bench-stream?tokens=200&tpt_ms=0&ttft_ms=0'
 declare -A URL PID
 for g in A B; do

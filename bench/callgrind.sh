@@ -19,41 +19,32 @@
 # counters are zeroed (`callgrind_control -z`), N requests are sent open loop at a low rate (so
 # batching and wake-ups look like a lightly loaded server, not a saturated one), and the counters
 # are dumped. Every thread is counted (the lane, the background runtime, sqlx's SQLite worker).
-# Keeps the profile (callgrind_annotate OUT/cg.out.1) and prints its directory.
+# Keeps the profile (callgrind_annotate DIR/cg.out.1) and prints its directory.
 # Needs release builds of tollway, tollway-mock and tollway-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REL=$PWD/target/release
+source bench/lib.sh # bench_setup, start_mock, listening, test_certs
+bench_setup cg "${TOLLWAY:-tollway}" tollway-mock tollway-bench
 TOLLWAY=${TOLLWAY:-$REL/tollway}
 KIND=${KIND:-openai}
 STREAM=${STREAM:-}
 if [[ -n $STREAM ]]; then N=${N:-300}; RATE=${RATE:-20}; MODEL='bench-stream?tokens=200&tpt_ms=0&ttft_ms=0'
 else N=${N:-1000}; RATE=${RATE:-100}; MODEL=bench-small; fi
-for b in "$TOLLWAY" "$REL/tollway-mock" "$REL/tollway-bench"; do
-  [[ -x $b ]] || { echo "missing $b (cargo build --release -p tollway -p tollway-mock -p tollway-bench)" >&2; exit 1; }
-done
 command -v valgrind > /dev/null || { echo "valgrind is not installed" >&2; exit 1; }
-OUT=$(mktemp -d /tmp/tollway-cg-XXXXXX)
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
-
-source bench/lib.sh # listening
 
 MOCK_TLS=() CA=""
 if [[ -n ${TLS:-} ]]; then
-  test_certs "$OUT"
-  MOCK_TLS=(--tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem")
-  CA=", ca_file: \"$OUT/ca.pem\""
+  test_certs "$DIR"
+  MOCK_TLS=(--tls-cert "$DIR/cert.pem" --tls-key "$DIR/key.pem")
+  CA=", ca_file: \"$DIR/ca.pem\""
 fi
-"$REL/tollway-mock" --listen 127.0.0.1:0 "${MOCK_TLS[@]}" > "$OUT/mock.out" 2>&1 &
-PIDS+=($!)
-MOCK=$(listening "$OUT/mock.out")
+start_mock "${MOCK_TLS[@]}"
 case $KIND in
   openai) PROVIDER="{ kind: openai-compatible, base_url: \"$MOCK/v1\", api_key: none$CA }" ;;
   anthropic) PROVIDER="{ kind: anthropic, base_url: \"$MOCK\", api_key: none$CA }" ;;
   *) echo "KIND is openai or anthropic" >&2; exit 1 ;;
 esac
-cat > "$OUT/gw.yaml" <<YAML
+cat > "$DIR/gw.yaml" <<YAML
 server:
   master_key: sk-bench
 storage:
@@ -68,13 +59,13 @@ models:
 teams:
   bench: { rpm: 100000000, tpm: 100000000000, budget: { usd: "1000000", period: monthly, hard: true } }
 YAML
-[[ -n ${ALL:-} ]] || sed -i '/rpm:\|tpm:\|^teams:/d; s/, price: {[^}]*}//' "$OUT/gw.yaml"
+[[ -n ${ALL:-} ]] || sed -i '/rpm:\|tpm:\|^teams:/d; s/, price: {[^}]*}//' "$DIR/gw.yaml"
 # --trace-children: `tollway serve` restarts itself once (exec, same pid) with its allocator
 # settings (crates/tollway/src/malloc.rs); the profile is of the restarted process
-(cd "$OUT" && RUST_LOG=warn exec valgrind --tool=callgrind --trace-children=yes --callgrind-out-file=cg.out \
+(cd "$DIR" && RUST_LOG=warn exec valgrind --tool=callgrind --trace-children=yes --callgrind-out-file=cg.out \
   "$TOLLWAY" serve --workers 1 --listen 127.0.0.1:0 --config gw.yaml > gw.out 2> gw.err) &
 PIDS+=($!)
-URL=$(listening "$OUT/gw.out" 60) # valgrind starts slowly
+URL=$(listening "$DIR/gw.out" 60) # valgrind starts slowly
 KEY=sk-bench
 if [[ -n ${ALL:-} ]]; then
   KEY=$(curl -sf "$URL/admin/keys" -H 'authorization: Bearer sk-bench' -H 'content-type: application/json' \
@@ -85,14 +76,14 @@ load() { # REQUESTS
   local s=(); [[ -n $STREAM ]] && s=(--stream)
   "$REL/tollway-bench" run --url "$URL" --model small --key "$KEY" "${s[@]}" --rate "$RATE" \
     --requests "$1" --warmup 0 --duration 600 --timeout 60 --prompt-bytes "${PROMPT_BYTES:-0}" \
-    --api "${API:-openai}" > "$OUT/load-$1.json"
+    --api "${API:-openai}" > "$DIR/load-$1.json"
 }
 load 200
 callgrind_control -z > /dev/null
 load "$N"
 sleep 1 # the ledger writer's last flush
 callgrind_control -d > /dev/null
-python3 - "$OUT" "$N" "$STREAM" <<'PY'
+python3 - "$DIR" "$N" "$STREAM" <<'PY'
 import json, os, sys
 out, n, stream = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 total = None
@@ -111,4 +102,4 @@ unit = "chunk" if stream else "request"
 print(f"{total:,} instructions over {n} {'streams' if stream else 'requests'} ({errors} errors): "
       f"{total / per / 1000:.1f} k per {unit}")
 PY
-echo "profile: $OUT (callgrind_annotate $OUT/cg.out.1)"
+echo "profile: $DIR (callgrind_annotate $DIR/cg.out.1)"

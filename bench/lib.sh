@@ -24,3 +24,28 @@ test_certs() {
   openssl x509 -req -in "$d/cert.csr" -CA "$d/ca.pem" -CAkey "$d/ca-key.pem" -CAcreateserial \
     -days 2 -extfile "$d/ext.cnf" -out "$d/cert.pem" 2> /dev/null
 }
+
+# bench_setup NAME BINARY... -> REL (target/release), DIR (a new /tmp/tollway-NAME-XXXXXX), PIDS
+# (processes killed at exit); exits if a BINARY (a name in target/release, or a path) is missing.
+# Raises the open-file limit. Run from the repository's root.
+bench_setup() {
+  local name=$1 b
+  shift
+  REL=$PWD/target/release
+  for b in "$@"; do
+    [[ $b == */* ]] || b=$REL/$b
+    [[ -x $b ]] || { echo "missing $b (cargo build --release --bins)" >&2; exit 1; }
+  done
+  DIR=$(mktemp -d "/tmp/tollway-$name-XXXXXX")
+  PIDS=()
+  trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+  ulimit -n 65536 2>/dev/null || true
+}
+
+# start_mock [ARG...] -> MOCK (its URL): tollway-mock on an ephemeral loopback port, in the
+# background until exit (after bench_setup).
+start_mock() {
+  "$REL/tollway-mock" --listen 127.0.0.1:0 "$@" > "$DIR/mock.out" 2>&1 &
+  PIDS+=($!)
+  MOCK=$(listening "$DIR/mock.out")
+}

@@ -23,19 +23,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${MINUTES:-10}
 SCALE=${SCALE:-1}
-REL=$PWD/target/release
-for b in tollway tollway-mock tollway-bench; do
-  [[ -x $REL/$b ]] || { echo "missing $REL/$b: cargo build --release --bins" >&2; exit 1; }
-done
-DIR=$(mktemp -d /tmp/tollway-soak-XXXXXX)
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
-ulimit -n 65536 2>/dev/null || true
-source bench/lib.sh # listening
-
-"$REL/tollway-mock" --listen 127.0.0.1:0 > "$DIR/mock.out" 2>&1 &
-PIDS+=($!)
-MOCK=$(listening "$DIR/mock.out")
+source bench/lib.sh # bench_setup, start_mock, listening
+bench_setup soak tollway tollway-mock tollway-bench
+start_mock
 cat > "$DIR/gw.yaml" <<YAML
 server:
   master_key: sk-bench
