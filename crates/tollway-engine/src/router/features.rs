@@ -43,7 +43,7 @@ pub struct FeatureConfig {
 impl Default for FeatureConfig {
     fn default() -> Self {
         FeatureConfig {
-            hash_bits: 18,
+            hash_bits: 16,
             word_ngrams: true,
             char_min: 3,
             char_max: 4,

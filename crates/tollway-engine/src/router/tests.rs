@@ -152,7 +152,11 @@ fn data_errors_name_the_line() {
 
 #[test]
 fn hashing_is_fixed_and_case_insensitive() {
-    let cfg = FeatureConfig::default();
+    // pinned at 2^18 buckets, the size the pin was taken at; smaller spaces take the low bits
+    let cfg = FeatureConfig {
+        hash_bits: 18,
+        ..FeatureConfig::default()
+    };
     let mut f = Featurizer::new(&cfg);
     let mut a = Vec::new();
     f.hashed("Hello World", &mut a);
@@ -167,6 +171,18 @@ fn hashing_is_fixed_and_case_insensitive() {
     first.sort();
     let sum: u64 = first.iter().map(|&b| b as u64).sum();
     assert_eq!((a.len(), sum), PINNED_HELLO_WORLD, "hashing changed");
+    // the shipped size (2^16): the same n-grams, in the low 16 bits of the same hashes, with
+    // the same signs
+    let small = FeatureConfig::default();
+    assert_eq!(small.hash_bits, 16);
+    let mut c = Vec::new();
+    Featurizer::new(&small).hashed("Hello World", &mut c);
+    let masked = |v: &[(u32, f32)]| {
+        let mut m: Vec<(u32, bool)> = v.iter().map(|&(b, x)| (b & 0xffff, x > 0.0)).collect();
+        m.sort_unstable();
+        m
+    };
+    assert_eq!(masked(&c), masked(&a));
     // The dot product without materialising agrees with the pairs.
     let w: Vec<f32> = (0..cfg.buckets())
         .map(|i| ((i % 7) as f32 - 3.0) / 10.0)
