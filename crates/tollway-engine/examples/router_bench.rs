@@ -60,26 +60,17 @@ fn main() {
             per_prompt[i].push(us);
         }
     }
-    let quantile = |v: &mut Vec<f64>, x: f64| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[((v.len() - 1) as f64 * x) as usize]
-    };
-    let (p50, p99) = (quantile(&mut times, 0.5), quantile(&mut times, 0.99));
+    let runs = times.len();
+    let (p50, p99, max_t) = percentiles(times);
     println!(
-        "{} scorings of prompts of ~{chars} chars / ~{words} words (~1,000 tokens): p50 {p50:.1} µs, p99 {p99:.1} µs, max {:.1} µs (checksum {sink:.3})",
-        times.len(),
-        times[times.len() - 1]
+        "{runs} scorings of prompts of ~{chars} chars / ~{words} words (~1,000 tokens): p50 {p50:.1} µs, p99 {p99:.1} µs, max {max_t:.1} µs (checksum {sink:.3})"
     );
     // what the text costs, apart from the machine's jitter: each prompt's median over its 25
     // scorings, and how those medians spread
-    let mut medians: Vec<f64> = per_prompt.iter_mut().map(|v| quantile(v, 0.5)).collect();
-    println!(
-        "  per-prompt medians: p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
-        quantile(&mut medians, 0.5),
-        quantile(&mut medians, 0.99),
-        medians[medians.len() - 1]
-    );
-    machine_floor(p50, times.len());
+    let medians: Vec<f64> = per_prompt.into_iter().map(|v| percentiles(v).0).collect();
+    let (m50, m99, m_max) = percentiles(medians);
+    println!("  per-prompt medians: p50 {m50:.1} µs, p99 {m99:.1} µs, max {m_max:.1} µs");
+    machine_floor(p50, runs);
     if std::env::var_os("STATIC_ONLY").is_none() {
         embedding(&prompts);
     }
@@ -97,30 +88,18 @@ fn machine_floor(target_us: f64, runs: usize) {
         }
         x
     };
+    let time = |n: u64| {
+        let t = Instant::now();
+        std::hint::black_box(spin(n));
+        t.elapsed().as_nanos() as f64 / 1000.0
+    };
     // calibrate: the median time of a fixed count, scaled to the target
     let probe = 100_000u64;
-    let mut cal: Vec<f64> = (0..50)
-        .map(|_| {
-            let t = Instant::now();
-            std::hint::black_box(spin(probe));
-            t.elapsed().as_nanos() as f64 / 1000.0
-        })
-        .collect();
-    cal.sort_by(|a, b| a.total_cmp(b));
-    let n = (probe as f64 * target_us / cal[cal.len() / 2]).max(1.0) as u64;
-    let mut times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            std::hint::black_box(spin(n));
-            t.elapsed().as_nanos() as f64 / 1000.0
-        })
-        .collect();
-    times.sort_by(|a, b| a.total_cmp(b));
-    let q = |x: f64| times[((times.len() - 1) as f64 * x) as usize];
+    let per_probe = percentiles((0..50).map(|_| time(probe)).collect()).0;
+    let n = (probe as f64 * target_us / per_probe).max(1.0) as u64;
+    let (p50, p99, _) = percentiles((0..runs).map(|_| time(n)).collect());
     println!(
-        "  machine floor (a fixed computation of the same median length, {runs} runs): p50 {:.1} µs, p99 {:.1} µs",
-        q(0.5),
-        q(0.99)
+        "  machine floor (a fixed computation of the same median length, {runs} runs): p50 {p50:.1} µs, p99 {p99:.1} µs"
     );
 }
 

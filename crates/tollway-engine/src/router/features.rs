@@ -220,7 +220,8 @@ const MATH_MARKERS: [&str; 4] = ["\\frac", "\\(", "\\[", "sqrt"];
 
 /// Whether `text` has a code marker ([`CODE_MARKERS`]) and a math marker (`^`, `$`, `=` or one
 /// of [`MATH_MARKERS`]), as plain substrings. Each search runs on `memchr`'s vectorised
-/// substring finders, built once; the standard library's `contains` took five times as long.
+/// substring finders, built once; the standard library's `contains` took four to five times as
+/// long (5.1–6.6 µs against 1.2–1.3 µs on 4,000 bytes).
 fn markers(text: &str) -> (bool, bool) {
     use memchr::memmem::Finder;
     use std::sync::LazyLock;
@@ -323,8 +324,9 @@ impl Featurizer {
         *c = c.saturating_add(if h >> 63 == 0 { 1 } else { -1 });
     }
 
-    /// Word unigrams and bigrams of the whole prompt, hashed as the characters arrive (no word
-    /// buffer); feeds `dense` with every character when given.
+    /// Word unigrams and bigrams of the whole prompt, with the dense counts in `dense` when
+    /// given. ASCII goes to [`word_pass_ascii`](Self::word_pass_ascii); other text is hashed as
+    /// the characters arrive (no word buffer), each character fed to `dense`.
     fn word_pass(&mut self, prompt: &str, mut dense: Option<&mut DenseCounts>) {
         if prompt.is_ascii() {
             return self.word_pass_ascii(prompt.as_bytes(), dense);

@@ -11,7 +11,7 @@
 //!
 //! One JSON object: `kind` (`"tollway-lexical-router"`), `features` ([`FeatureConfig`]), `dense`
 //! (names, training mean and deviation, and weights of the dense features), `bias`, `weights` (one
-//! f32 per hashed bucket, little-endian, base64: `{"encoding": "f32le-base64", "len": 262144,
+//! f32 per hashed bucket, little-endian, base64: `{"encoding": "f32le-base64", "len": 65536,
 //! "data": "..."}` — about 350 KB for 2^16 buckets), `calibration` (`{"method": "platt", "a", "b"}`:
 //! `score = σ(a·margin + b)`), `thresholds` (`{"0.05": t, "0.1": t, …, "0.95": t}`: sending the
 //! prompts with `score ≥ t` to the strong model sent that share of the training prompts there,
