@@ -13,7 +13,10 @@
 //! the model file.
 //!
 //! [`Featurizer`] owns the reusable buffers (a count per bucket and the list of touched buckets):
-//! nothing is allocated per n-gram, and scoring a prompt walks it once per block.
+//! nothing is allocated per n-gram. Scoring ([`Featurizer::dot`]) keeps the block's dot product
+//! and sum of squares up to date as each n-gram changes its bucket's value, so the end of a block
+//! only zeroes the touched buckets; materialising ([`Featurizer::hashed`], for training) reads
+//! them out.
 
 use serde::{Deserialize, Serialize};
 
@@ -276,12 +279,44 @@ pub struct Featurizer {
     /// `i32`, and the counts are read at random).
     counts: Vec<i16>,
     /// The buckets whose count was zero when an n-gram reached them, in order: the first
-    /// `touched_len` entries (the rest is room written ahead).
+    /// `touched_len` entries (the rest is room written ahead). The block's end clears them.
     touched: Vec<u32>,
     touched_len: usize,
     word: Vec<u32>,
-    /// The tf transform of counts below 64 (a `ln` per bucket would dominate scoring time).
-    tf: [f64; 64],
+    /// The signed tf transform of counts in -64..64, at `count + 64` (a `ln` per n-gram would
+    /// dominate scoring time).
+    tf: [f64; 128],
+}
+
+/// The running sums of the block being scored: its dot product with `weights` and its sum of
+/// squares. Without weights (materialising for training), nothing is summed.
+struct Acc<'w> {
+    weights: Option<&'w [f32]>,
+    num: f64,
+    ss: f64,
+}
+
+impl<'w> Acc<'w> {
+    fn new(weights: Option<&'w [f32]>) -> Self {
+        Acc {
+            weights,
+            num: 0.0,
+            ss: 0.0,
+        }
+    }
+
+    /// The block's L2-normalised dot product, scaled by `weight`; clears the sums.
+    fn take_block(&mut self, weight: f64) -> f64 {
+        let (num, ss) = (self.num, self.ss);
+        (self.num, self.ss) = (0.0, 0.0);
+        // every non-zero count adds at least 1 to the sum of squares (|tf| >= 1); anything
+        // below that is the rounding left by values that came and went: an empty block
+        if ss >= 0.5 {
+            num * weight / ss.sqrt()
+        } else {
+            0.0
+        }
+    }
 }
 
 impl Featurizer {
@@ -292,12 +327,14 @@ impl Featurizer {
             touched: vec![0; 4096],
             touched_len: 0,
             word: Vec::with_capacity(64),
-            tf: std::array::from_fn(|c| {
-                if config.sublinear_tf && c > 0 {
-                    1.0 + (c as f64).ln()
+            tf: std::array::from_fn(|i| {
+                let c = i as f64 - 64.0;
+                let v = if config.sublinear_tf && c != 0.0 {
+                    1.0 + c.abs().ln()
                 } else {
-                    c as f64
-                }
+                    c.abs()
+                };
+                v.copysign(c)
             }),
             config: config.clone(),
         }
@@ -307,38 +344,70 @@ impl Featurizer {
         &self.config
     }
 
-    #[inline]
-    fn add(&mut self, h: u64) {
+    /// The (signed, tf-transformed) value of a count.
+    #[inline(always)]
+    fn tf_of(&self, c: i16) -> f64 {
+        if let Some(&v) = self.tf.get((c as i32 + 64) as usize) {
+            return v;
+        }
+        let a = c.unsigned_abs() as f64;
+        let v = if self.config.sublinear_tf {
+            1.0 + a.ln()
+        } else {
+            a
+        };
+        v.copysign(c as f64)
+    }
+
+    /// Counts one n-gram of hash `h` and lists its bucket if it was at zero. Scoring (`acc` with
+    /// weights) also moves the block's dot product and sum of squares by the change of the
+    /// bucket's value, so the block needs no walk over its buckets at the end.
+    #[inline(always)]
+    fn add(&mut self, h: u64, acc: &mut Acc<'_>) {
         let h = finish(h);
         let b = (h & self.mask) as usize;
         if self.touched_len == self.touched.len() {
             self.touched.resize(2 * self.touched.len(), 0);
         }
         let c = &mut self.counts[b];
+        let old = *c;
         // Whether the bucket is new is a coin toss for the processor: no branch on it. The
         // bucket is written at the end of the list, and the list grows by one when it was new.
+        // A bucket whose signed count returns to zero may be listed twice.
         self.touched[self.touched_len] = b as u32;
-        self.touched_len += (*c == 0) as usize;
-        // A bucket whose signed count returns to zero may be listed twice; `drain` skips the
-        // duplicate because it zeroes the bucket on the first visit.
-        *c = c.saturating_add(if h >> 63 == 0 { 1 } else { -1 });
+        self.touched_len += (old == 0) as usize;
+        let new = old.saturating_add(if h >> 63 == 0 { 1 } else { -1 });
+        *c = new;
+        if let Some(w) = acc.weights {
+            let (vo, vn) = (self.tf_of(old), self.tf_of(new));
+            acc.num += (vn - vo) * w[b] as f64;
+            acc.ss += vn * vn - vo * vo;
+        }
+    }
+
+    /// Ends a block: every bucket counts zero again.
+    fn clear_block(&mut self) {
+        for &b in &self.touched[..self.touched_len] {
+            self.counts[b as usize] = 0;
+        }
+        self.touched_len = 0;
     }
 
     /// Word unigrams and bigrams of the whole prompt, with the dense counts in `dense` when
     /// given. ASCII goes to [`word_pass_ascii`](Self::word_pass_ascii); other text is hashed as
     /// the characters arrive (no word buffer), each character fed to `dense`.
-    fn word_pass(&mut self, prompt: &str, mut dense: Option<&mut DenseCounts>) {
+    fn word_pass(&mut self, prompt: &str, mut dense: Option<&mut DenseCounts>, acc: &mut Acc<'_>) {
         if prompt.is_ascii() {
-            return self.word_pass_ascii(prompt.as_bytes(), dense);
+            return self.word_pass_ascii(prompt.as_bytes(), dense, acc);
         }
         let mut st = WordState::default();
         for c in prompt.chars() {
             let alnum = c.is_alphanumeric();
             let lc = if alnum { lower(c) } else { 0 };
-            self.word_step(&mut st, c, alnum, lc, dense.as_deref_mut());
+            self.word_step(&mut st, c, alnum, lc, dense.as_deref_mut(), acc);
         }
         if st.in_word {
-            self.end_word(st.uni, st.bi, &mut st.prev);
+            self.end_word(st.uni, st.bi, &mut st.prev, acc);
         }
     }
 
@@ -346,7 +415,7 @@ impl Featurizer {
     /// decoding or Unicode tables. It goes a word at a time (a tight loop over the word's bytes
     /// for both hashes) and counts the per-character dense features in a branch-free pass of
     /// their own, which the compiler vectorises; the result is the same as the `char` path's.
-    fn word_pass_ascii(&mut self, text: &[u8], dense: Option<&mut DenseCounts>) {
+    fn word_pass_ascii(&mut self, text: &[u8], dense: Option<&mut DenseCounts>, acc: &mut Acc<'_>) {
         let (mut words, mut numbers, mut word_chars) = (0, 0, 0);
         let mut prev: Option<u64> = None;
         let mut rest = text;
@@ -365,7 +434,7 @@ impl Featurizer {
                 uni = fnv_step(uni, lc);
                 bi = fnv_step(bi, lc);
             }
-            self.end_word(uni, bi, &mut prev);
+            self.end_word(uni, bi, &mut prev, acc);
             words += 1;
             numbers += word[0].is_ascii_digit() as usize;
             word_chars += len;
@@ -394,6 +463,7 @@ impl Featurizer {
         alnum: bool,
         lc: u32,
         dense: Option<&mut DenseCounts>,
+        acc: &mut Acc<'_>,
     ) {
         if let Some(d) = dense {
             d.feed(c, alnum, alnum && !st.in_word);
@@ -409,24 +479,24 @@ impl Featurizer {
             st.uni = fnv_step(st.uni, lc);
             st.bi = fnv_step(st.bi, lc);
         } else if st.in_word {
-            self.end_word(st.uni, st.bi, &mut st.prev);
+            self.end_word(st.uni, st.bi, &mut st.prev, acc);
             st.in_word = false;
         }
     }
 
     #[inline]
-    fn end_word(&mut self, uni: u64, bi: u64, prev: &mut Option<u64>) {
-        self.add(uni);
+    fn end_word(&mut self, uni: u64, bi: u64, prev: &mut Option<u64>, acc: &mut Acc<'_>) {
+        self.add(uni, acc);
         if prev.is_some() {
-            self.add(bi);
+            self.add(bi, acc);
         }
         *prev = Some(uni);
     }
 
     /// The character n-grams of the lowercased word in `self.word`.
-    fn char_grams(&mut self) {
+    fn char_grams(&mut self, acc: &mut Acc<'_>) {
         let word = std::mem::take(&mut self.word);
-        self.grams_of(word.len(), |i| word[i]);
+        self.grams_of(word.len(), |i| word[i], acc);
         self.word = word;
         self.word.clear();
     }
@@ -434,7 +504,7 @@ impl Featurizer {
     /// The character n-grams of a word of `len` characters whose `i`-th lowercased character is
     /// `at(i)`, padded with a space on either side.
     #[inline(always)]
-    fn grams_of(&mut self, len: usize, at: impl Fn(usize) -> u32) {
+    fn grams_of(&mut self, len: usize, at: impl Fn(usize) -> u32, acc: &mut Acc<'_>) {
         let (lo, hi) = (self.config.char_min as usize, self.config.char_max as usize);
         let n = len + 2;
         let at = |i: usize| -> u32 {
@@ -449,14 +519,14 @@ impl Featurizer {
             for j in start..(start + hi).min(n) {
                 h = fnv_step(h, at(j));
                 if j + 1 - start >= lo {
-                    self.add(h);
+                    self.add(h, acc);
                 }
             }
         }
     }
 
     /// The character n-grams of the words of the first `limit` characters of `prompt` (0: all).
-    fn char_pass(&mut self, prompt: &str, limit: u32) {
+    fn char_pass(&mut self, prompt: &str, limit: u32, acc: &mut Acc<'_>) {
         let limit = if limit == 0 {
             usize::MAX
         } else {
@@ -470,10 +540,10 @@ impl Featurizer {
                 .split(|b| !b.is_ascii_alphanumeric())
                 .filter(|w| !w.is_empty())
             {
-                self.grams_of(word.len(), |i| word[i].to_ascii_lowercase() as u32);
+                self.grams_of(word.len(), |i| word[i].to_ascii_lowercase() as u32, acc);
             }
         } else {
-            self.for_each_word(prompt, limit, |me| me.char_grams());
+            self.for_each_word(prompt, limit, |me| me.char_grams(acc));
         }
     }
 
@@ -495,23 +565,17 @@ impl Featurizer {
         }
     }
 
-    /// Drains the touched buckets: calls `f(bucket, value)` with each non-zero (tf-transformed)
-    /// value and returns the sum of squares. Leaves the counts all zero.
+    /// Drains the block counted by [`hashed`](Self::hashed)'s passes: calls `f(bucket, value)`
+    /// with each non-zero (tf-transformed) value and returns the sum of squares, then starts a
+    /// new block.
     fn drain(&mut self, mut f: impl FnMut(u32, f64)) -> f64 {
         let mut ss = 0.0;
-        let sublinear = self.config.sublinear_tf;
         for &b in &self.touched[..self.touched_len] {
             let c = std::mem::take(&mut self.counts[b as usize]);
             if c == 0 {
-                continue;
+                continue; // listed twice: taken on the first visit
             }
-            let a = c.unsigned_abs();
-            let v = match self.tf.get(a as usize) {
-                Some(&v) => v,
-                None if sublinear => 1.0 + (a as f64).ln(),
-                None => a as f64,
-            };
-            let v = if c < 0 { -v } else { v };
+            let v = self.tf_of(c);
             ss += v * v;
             f(b, v);
         }
@@ -532,12 +596,13 @@ impl Featurizer {
     /// appear once per block).
     pub fn hashed(&mut self, prompt: &str, out: &mut Vec<(u32, f32)>) {
         let mut pairs = Vec::new();
+        let acc = &mut Acc::new(None);
         if self.config.word_ngrams {
-            self.word_pass(prompt, None);
+            self.word_pass(prompt, None, acc);
             self.flush_block(self.config.word_weight as f64, out, &mut pairs);
         }
         if self.config.char_min > 0 {
-            self.char_pass(prompt, self.config.char_prefix);
+            self.char_pass(prompt, self.config.char_prefix, acc);
             self.flush_block(self.config.char_weight as f64, out, &mut pairs);
         }
     }
@@ -550,38 +615,38 @@ impl Featurizer {
 
     /// [`dot`](Self::dot), and with `dense` the raw dense features too ([`dense_features`]),
     /// counted during the word pass rather than in a pass of their own.
+    ///
+    /// # Panics
+    /// If `weights` has fewer entries than the configuration has buckets.
     pub fn dot_dense(
         &mut self,
         prompt: &str,
         weights: &[f32],
         dense: bool,
     ) -> (f64, Option<[f64; DENSE]>) {
+        assert!(
+            weights.len() >= self.config.buckets(),
+            "one weight per bucket"
+        );
         let mut s = 0.0f64;
         // counted in the word pass when there is one
         let mut counts = (dense && self.config.word_ngrams).then(DenseCounts::default);
+        let acc = &mut Acc::new(Some(weights));
         if self.config.word_ngrams {
-            self.word_pass(prompt, counts.as_mut());
-            s += self.dot_block(self.config.word_weight as f64, weights);
+            self.word_pass(prompt, counts.as_mut(), acc);
+            s += acc.take_block(self.config.word_weight as f64);
+            self.clear_block();
         }
         if self.config.char_min > 0 {
-            self.char_pass(prompt, self.config.char_prefix);
-            s += self.dot_block(self.config.char_weight as f64, weights);
+            self.char_pass(prompt, self.config.char_prefix, acc);
+            s += acc.take_block(self.config.char_weight as f64);
+            self.clear_block();
         }
         let features = dense.then(|| match counts {
             Some(c) => c.features(prompt),
             None => dense_features(prompt),
         });
         (s, features)
-    }
-
-    fn dot_block(&mut self, weight: f64, weights: &[f32]) -> f64 {
-        let mut num = 0.0f64;
-        let ss = self.drain(|b, v| num += v * weights[b as usize] as f64);
-        if ss > 0.0 {
-            num * weight / ss.sqrt()
-        } else {
-            0.0
-        }
     }
 }
 
@@ -631,9 +696,9 @@ mod tests {
             "  ",
             "UPPER lower 123abc",
         ] {
-            f.char_pass(p, 600);
+            f.char_pass(p, 600, &mut Acc::new(None));
             let fast = drained(&mut f);
-            f.for_each_word(p, 600, |me| me.char_grams());
+            f.for_each_word(p, 600, |me| me.char_grams(&mut Acc::new(None)));
             let general = drained(&mut f);
             assert_eq!(fast, general, "{p:?}");
             assert_eq!(
@@ -670,6 +735,70 @@ mod tests {
             }
         }
         assert_eq!(markers("def f(x): return x = 1"), (true, true));
+    }
+
+    /// Scoring's running sums against the materialised features, in a space of 16 buckets where
+    /// n-grams collide, counts rise past the tf table and signed counts cancel back to zero
+    /// (blocks that cancel entirely included).
+    #[test]
+    fn running_dot_product_equals_the_materialised_one() {
+        let config = FeatureConfig {
+            hash_bits: 4,
+            ..FeatureConfig::default()
+        };
+        let mut f = Featurizer::new(&config);
+        let weights: Vec<f32> = (0..16).map(|i| (i as f32 - 7.5) / 4.0).collect();
+        let mut long = String::new();
+        for i in 0..300 {
+            long.push_str(&format!("w{} ", i % 37));
+        }
+        for p in [
+            "",
+            "a",
+            "Hello World",
+            "the the the the the the the the the the the the the the the the the the",
+            long.as_str(),
+            "Ünïcödé wörds, 中文字符 and ½ numerals; ends in a word",
+            "x y",
+            "ab ab",
+        ] {
+            let mut pairs = Vec::new();
+            f.hashed(p, &mut pairs);
+            let want: f64 = pairs
+                .iter()
+                .map(|&(b, v)| v as f64 * weights[b as usize] as f64)
+                .sum();
+            let got = f.dot(p, &weights);
+            assert!((got - want).abs() < 1e-5, "{p:?}: {got} vs {want}");
+        }
+        // the buffers are left clean: the same prompt scores the same after others
+        let first = f.dot("Hello World", &weights);
+        f.dot(&long, &weights);
+        assert_eq!(f.dot("Hello World", &weights).to_bits(), first.to_bits());
+
+        // two n-grams of one bucket with opposite signs cancel: the block is empty, and stays
+        // so however its sums rounded; a third brings the bucket back to one
+        let bucket_sign = |h: u64| (finish(h) & 15, finish(h) >> 63);
+        let h1 = 1u64;
+        let h2 = (2..10_000u64)
+            .find(|&h| {
+                let ((b1, s1), (b2, s2)) = (bucket_sign(h1), bucket_sign(h));
+                b1 == b2 && s1 != s2
+            })
+            .expect("a colliding hash of the other sign");
+        let mut acc = Acc::new(Some(&weights));
+        for h in [h1, h1, h1, h2, h2, h2] {
+            f.add(h, &mut acc);
+        }
+        assert_eq!(acc.take_block(1.0), 0.0);
+        f.clear_block();
+        for h in [h1, h2, h1] {
+            f.add(h, &mut acc);
+        }
+        let (b, sign) = bucket_sign(h1);
+        let w = weights[b as usize] as f64;
+        assert_eq!(acc.take_block(1.0), if sign == 0 { w } else { -w });
+        f.clear_block();
     }
 
     /// Counts saturate instead of overflowing: a word repeated past `i16::MAX` times weighs as
