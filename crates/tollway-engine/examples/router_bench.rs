@@ -3,7 +3,9 @@
 //! The lexical router always; the embedding router too when its file and the encoder are there
 //! (`scripts/fetch-encoder.sh`), with the encoder alone at several input lengths. For one core:
 //! `RAYON_NUM_THREADS=1` (candle's matrix products use that many threads). `STATIC_ONLY=1` skips
-//! the contextual encoder; `STATIC_ROUTER=FILE` times another static router file.
+//! the contextual encoder; `STATIC_ROUTER=FILE` times another static router file; `LEXICAL_ONLY=1`
+//! stops after the lexical router (for `valgrind --tool=callgrind
+//! --toggle-collect='*Featurizer::dot_dense*'`, which counts its instructions alone).
 
 use std::time::Instant;
 
@@ -70,6 +72,9 @@ fn main() {
     let medians: Vec<f64> = per_prompt.into_iter().map(|v| percentiles(v).0).collect();
     let (m50, m99, m_max) = percentiles(medians);
     println!("  per-prompt medians: p50 {m50:.1} µs, p99 {m99:.1} µs, max {m_max:.1} µs");
+    if std::env::var_os("LEXICAL_ONLY").is_some() {
+        return; // e.g. under callgrind, to count the lexical router's instructions alone
+    }
     machine_floor(p50, runs);
     if std::env::var_os("STATIC_ONLY").is_none() {
         embedding(&prompts);
