@@ -418,6 +418,9 @@ fn utc_now() -> String {
     )
 }
 
+/// The routed scenarios' prompt: about 1,000 tokens.
+const ROUTED_PROMPT_BYTES: usize = 4_000;
+
 fn config_yaml(mock: SocketAddr, mock_tls: SocketAddr, ca_file: &str, hold_tokens: u64) -> String {
     format!(
         r#"# Written by tollway-bench.
@@ -442,6 +445,11 @@ models:
     rpm: 100000000
     tpm: 100000000000
     deployments: [{{ provider: up, model: "bench-stream?tokens={STREAM_TOKENS}&tpt_ms=0&ttft_ms=0", price: {{ input: "0.15", output: "0.60" }} }}]
+  # Auto-routing: two candidates on the same upstream model, so that the route taken does not
+  # change what the upstream does.
+  small_strong: {{ deployments: [{{ provider: up, model: "bench-small" }}] }}
+routers:
+  auto: {{ kind: learned, candidates: [small_strong, small], strong_share: 0.3 }}
 teams:
   bench: {{ rpm: 100000000, tpm: 100000000000, budget: {{ usd: "1000000", period: monthly, hard: true }} }}
 "#
@@ -501,6 +509,7 @@ impl Ctx<'_> {
         warmup: Duration,
         duration: Duration,
         tls: bool,
+        prompt_bytes: usize,
     ) -> anyhow::Result<Spec> {
         let scheme = if t.https { "https" } else { "http" };
         // the upstream of this scenario: the plain mock, or the HTTPS one
@@ -511,7 +520,7 @@ impl Ctx<'_> {
                 .parse()
                 .context("url")?,
             headers: crate::headers(t.key)?,
-            body: load::request_body(load::Api::Openai, model, stream, 0),
+            body: load::request_body(load::Api::Openai, model, stream, prompt_bytes),
             stream,
             api: load::Api::Openai,
             mode,
@@ -569,6 +578,7 @@ impl Ctx<'_> {
                     s.warmup,
                     s.duration / rounds,
                     s.tls,
+                    s.prompt_bytes,
                 )?;
                 let before = (t.id == "tollway").then(|| metrics_text(self.gateway.addr));
                 let r = load::run(spec).await?;
@@ -650,6 +660,8 @@ struct Scenario {
     /// Alternating direct/gateway rounds: a ratio of two runs minutes apart on this machine
     /// measures its drift as much as the gateway.
     rounds: u32,
+    /// The user message's length in bytes (0: the short default).
+    prompt_bytes: usize,
 }
 
 impl Scenario {
@@ -676,6 +688,7 @@ impl Scenario {
             duration,
             tls: false,
             rounds,
+            prompt_bytes: 0,
         }
     }
 
@@ -700,12 +713,21 @@ impl Scenario {
             duration: ph.stream,
             tls: false,
             rounds: 1,
+            prompt_bytes: 0,
         }
     }
 
     /// The upstream over HTTPS.
     fn over_tls(self) -> Scenario {
         Scenario { tls: true, ..self }
+    }
+
+    /// A user message of about `bytes` bytes.
+    fn with_prompt(self, bytes: usize) -> Scenario {
+        Scenario {
+            prompt_bytes: bytes,
+            ..self
+        }
     }
 }
 
@@ -866,6 +888,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
             Duration::ZERO,
             Duration::from_secs(1),
             tls,
+            0,
         )?;
         let r = load::run(spec).await?;
         anyhow::ensure!(
@@ -921,6 +944,25 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
             &ph,
         )
         .over_tls(),
+        // Auto-routing: ~1,000-token prompts (4,000 bytes) at 1,000 RPS, as a plain model and
+        // through the learned router (the built-in lexical model scores each prompt and picks one
+        // of two candidates); the difference of the gateway's own time is the routing decision's.
+        Scenario::chat(
+            "chat4k_1000rps",
+            format!("non-streaming chat with a {ROUTED_PROMPT_BYTES}-byte prompt, open loop 1,000 RPS"),
+            "small",
+            open(1000.0),
+            &ph,
+        )
+        .with_prompt(ROUTED_PROMPT_BYTES),
+        Scenario::chat(
+            "chat4k_1000rps_routed",
+            "the same through `auto`, a learned router (built-in lexical model, 30% to the stronger of two candidates)".into(),
+            "auto",
+            open(1000.0),
+            &ph,
+        )
+        .with_prompt(ROUTED_PROMPT_BYTES),
     ];
 
     let mut results = Vec::new();
@@ -1019,6 +1061,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
             Duration::ZERO,
             ramp,
             false,
+            0,
         )?;
         let r = load::run(spec).await?;
         print_run("hold_streams", "tollway", &r);
@@ -1332,6 +1375,35 @@ fn fmt_num(v: &Value) -> String {
 }
 
 /// The Markdown report of a suite's JSON.
+/// The auto-routing decision's share of the gateway's own time: the routed 4,000-byte chat
+/// against the same chat to a plain model (empty when either is missing).
+fn routing_note(r: &Value) -> String {
+    let own = |id: &str| {
+        r["scenarios"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["id"] == id)
+            .map(|e| e["added"]["tollway"]["own_us"].clone())
+            .filter(|o| o["p50"].is_number())
+    };
+    let (Some(plain), Some(routed)) = (own("chat4k_1000rps"), own("chat4k_1000rps_routed")) else {
+        return String::new();
+    };
+    let d = |k: &str| {
+        json!(round3(
+            routed[k].as_f64().unwrap_or(0.0) - plain[k].as_f64().unwrap_or(0.0)
+        ))
+    };
+    format!(
+        "\nAuto-routing (`chat4k_1000rps_routed` against `chat4k_1000rps`, {ROUTED_PROMPT_BYTES}-byte prompts): the gateway's own work \
+         p50 / p99 {} / {} µs routed, {} / {} µs plain, so the routing decision (the lexical router's score and the choice) \
+         adds about {} µs at p50 and {} µs at p99.\n",
+        fmt_num(&routed["p50"]), fmt_num(&routed["p99"]), fmt_num(&plain["p50"]), fmt_num(&plain["p99"]),
+        fmt_num(&d("p50")), fmt_num(&d("p99")),
+    )
+}
+
 pub fn markdown(r: &Value) -> String {
     let mut s = String::new();
     let m = &r["machine"];
@@ -1457,6 +1529,7 @@ pub fn markdown(r: &Value) -> String {
             }
         }
     }
+    s += &routing_note(r);
     s += "\n### Streams\n\n| scenario | path | events/stream | stream duration p50 / p99 µs | event gap p50 / p99 / p99.9 µs | event arrival p50 / p99 µs |\n| --- | --- | --- | --- | --- | --- |\n";
     for e in r["scenarios"].as_array().into_iter().flatten() {
         for (name, run) in e["runs"].as_object().into_iter().flatten() {
@@ -1525,6 +1598,33 @@ pub fn markdown(r: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The routing decision's note: the routed chat's own time less the plain one's, and nothing
+    /// when either scenario is missing or has no own time.
+    #[test]
+    fn the_routing_note_is_the_difference_of_own_times() {
+        let entry = |id: &str, p50: f64, p99: f64| json!({"id": id, "added": {"tollway": {"own_us": {"p50": p50, "p90": 0.0, "p99": p99}}}});
+        let report = json!({"scenarios": [
+            entry("chat4k_1000rps", 30.0, 60.5),
+            entry("chat4k_1000rps_routed", 55.25, 100.0),
+        ]});
+        let note = routing_note(&report);
+        assert!(note.contains("55.2 / 100 µs routed"), "{note}");
+        assert!(note.contains("30.0 / 60.5 µs plain"), "{note}");
+        assert!(
+            note.contains("about 25.2 µs at p50 and 39.5 µs at p99"),
+            "{note}"
+        );
+        assert_eq!(
+            routing_note(&json!({"scenarios": [entry("chat4k_1000rps", 1.0, 2.0)]})),
+            ""
+        );
+        let no_own = json!({"scenarios": [
+            entry("chat4k_1000rps", 1.0, 2.0),
+            {"id": "chat4k_1000rps_routed", "skipped": "why"},
+        ]});
+        assert_eq!(routing_note(&no_own), "");
+    }
 
     #[test]
     fn date_is_iso() {
