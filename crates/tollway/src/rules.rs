@@ -4,6 +4,7 @@
 
 use axum::http::HeaderMap;
 use serde::Deserialize;
+use std::borrow::Cow;
 use tollway_core::{ChatRequest, Part};
 
 /// One router as the config file spells it (`routers.NAME`).
@@ -153,26 +154,34 @@ impl PartialEq for LearnedRouter {
     }
 }
 
-/// The text a learned router scores: the last user turn's text (what the user is asking now).
-pub fn routed_text(req: &ChatRequest) -> String {
+/// The text a learned router scores: the last user turn's text (what the user is asking now),
+/// its text parts joined by line feeds; borrowed from the request when it has one text part (the
+/// usual case), so that a long prompt is not copied to be scored.
+pub fn routed_text(req: &ChatRequest) -> Cow<'_, str> {
     let Some(m) = req
         .messages
         .iter()
         .rev()
         .find(|m| m.role == tollway_core::Role::User)
     else {
-        return String::new();
+        return Cow::Borrowed("");
     };
-    let mut out = String::new();
-    for p in &m.content {
-        if let Part::Text { text, .. } = p {
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(text);
-        }
+    let mut texts = m.content.iter().filter_map(|p| match p {
+        Part::Text { text, .. } => Some(text.as_str()),
+        _ => None,
+    });
+    let Some(first) = texts.next() else {
+        return Cow::Borrowed("");
+    };
+    let Some(second) = texts.next() else {
+        return Cow::Borrowed(first);
+    };
+    let mut out = format!("{first}\n{second}");
+    for t in texts {
+        out.push('\n');
+        out.push_str(t);
     }
-    out
+    Cow::Owned(out)
 }
 
 fn unit(v: f64) -> bool {
@@ -366,7 +375,9 @@ impl LearnedRouter {
                 self.model.kind(),
                 a.score
             ),
-            log: self.log_prompts.then_some((text, a.score, tier == 0)),
+            log: self
+                .log_prompts
+                .then(|| (text.into_owned(), a.score, tier == 0)),
         }
     }
 
@@ -632,6 +643,41 @@ mod tests {
             ],
             default: "standard".into(),
         }
+    }
+
+    /// A learned router scores the last user turn's text parts, joined by line feeds; one text
+    /// part is scored where it lies, not copied.
+    #[test]
+    fn the_routed_text_is_the_last_user_turns_text() {
+        let mut req = ChatRequest::simple("auto", "first question");
+        assert!(matches!(routed_text(&req), Cow::Borrowed("first question")));
+        req.messages
+            .push(Message::text(Role::Assistant, "an answer"));
+        req.messages.push(Message {
+            role: Role::User,
+            content: vec![
+                Part::text("look at"),
+                Part::Image(ImageSource::Url("https://x/y.png".into())),
+                Part::text("this"),
+                Part::text("and this"),
+            ],
+        });
+        assert!(matches!(routed_text(&req), Cow::Owned(t) if t == "look at\nthis\nand this"));
+        req.messages.push(Message {
+            role: Role::User,
+            content: vec![
+                Part::Image(ImageSource::Url("https://x/z.png".into())),
+                Part::text("only this"),
+            ],
+        });
+        assert!(matches!(routed_text(&req), Cow::Borrowed("only this")));
+        req.messages.push(Message {
+            role: Role::User,
+            content: vec![Part::Image(ImageSource::Url("https://x/z.png".into()))],
+        });
+        assert_eq!(routed_text(&req), "");
+        req.messages.retain(|m| m.role != Role::User);
+        assert_eq!(routed_text(&req), "");
     }
 
     #[test]
