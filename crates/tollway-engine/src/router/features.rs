@@ -556,11 +556,24 @@ impl Featurizer {
         self.padded = padded;
     }
 
-    /// The character n-grams of a padded word.
+    /// The character n-grams of a padded word. The shipped configuration (3- and 4-grams) has a
+    /// loop of its own: each 4-gram extends its start's 3-gram by one step.
     #[inline]
     fn grams(&mut self, padded: &[u32], acc: &mut Acc<'_>) {
         let (lo, hi) = (self.config.char_min as usize, self.config.char_max as usize);
         let n = padded.len();
+        if (lo, hi) == (3, 4) {
+            for (start, w) in padded.windows(3).enumerate() {
+                let h = [w[0], w[1], w[2]]
+                    .into_iter()
+                    .fold(FNV_OFFSET ^ NS_CHAR, fnv_step);
+                self.add(h, acc);
+                if let Some(&u) = padded.get(start + 3) {
+                    self.add(fnv_step(h, u), acc);
+                }
+            }
+            return;
+        }
         for start in 0..(n + 1).saturating_sub(lo) {
             let gram = &padded[start..(start + hi).min(n)];
             let mut h = FNV_OFFSET ^ NS_CHAR;
@@ -729,11 +742,10 @@ mod tests {
 
     /// Both passes against [`reference_hashes`]: the same buckets with the same counts, on
     /// ASCII, mixed and non-Latin text, with the character prefix cut before, inside and after
-    /// multi-byte characters and words.
+    /// multi-byte characters and words; for the shipped 3- and 4-grams (a loop of their own) and
+    /// other lengths.
     #[test]
     fn passes_count_the_n_grams_of_the_definition() {
-        let config = FeatureConfig::default();
-        let mut f = Featurizer::new(&config);
         let drained = |f: &mut Featurizer| {
             let mut v = Vec::new();
             f.drain(|b, x| v.push((b, x.to_bits())));
@@ -754,29 +766,40 @@ mod tests {
             "UPPER lower 123abc",
             "a\u{301}b c\u{200d}d",
         ];
-        for p in prompts {
-            for limit in [600, 3, 40, 0] {
-                let [words, chars] =
-                    reference_hashes(p, &config, if limit == 0 { usize::MAX } else { limit });
-                let acc = &mut Acc::new(None);
-                for h in words {
-                    f.add(h, acc);
+        for (lo, hi) in [(3, 4), (1, 1), (2, 5), (4, 4)] {
+            let config = FeatureConfig {
+                char_min: lo,
+                char_max: hi,
+                ..FeatureConfig::default()
+            };
+            let mut f = Featurizer::new(&config);
+            for p in prompts {
+                for limit in [600, 3, 40, 0] {
+                    let [words, chars] =
+                        reference_hashes(p, &config, if limit == 0 { usize::MAX } else { limit });
+                    let acc = &mut Acc::new(None);
+                    for h in words {
+                        f.add(h, acc);
+                    }
+                    let want_words = drained(&mut f);
+                    for h in chars {
+                        f.add(h, acc);
+                    }
+                    let want_chars = drained(&mut f);
+                    f.word_pass(p, None, acc);
+                    assert_eq!(drained(&mut f), want_words, "{p:?}");
+                    f.char_pass(p, limit as u32, acc);
+                    assert_eq!(drained(&mut f), want_chars, "{p:?} {limit} {lo}..{hi}");
+                    if lo <= 3 {
+                        // a padded word has at least three characters
+                        assert_eq!(
+                            want_chars.is_empty(),
+                            !p.chars()
+                                .take(if limit == 0 { usize::MAX } else { limit })
+                                .any(char::is_alphanumeric)
+                        );
+                    }
                 }
-                let want_words = drained(&mut f);
-                for h in chars {
-                    f.add(h, acc);
-                }
-                let want_chars = drained(&mut f);
-                f.word_pass(p, None, acc);
-                assert_eq!(drained(&mut f), want_words, "{p:?}");
-                f.char_pass(p, limit as u32, acc);
-                assert_eq!(drained(&mut f), want_chars, "{p:?} {limit}");
-                assert_eq!(
-                    want_chars.is_empty(),
-                    !p.chars()
-                        .take(if limit == 0 { usize::MAX } else { limit })
-                        .any(char::is_alphanumeric)
-                );
             }
         }
     }
