@@ -10,6 +10,8 @@
 #                                       # key with limits and a hard budget, in a team with both, a
 #                                       # priced model with limits
 #   PROMPT_BYTES=4000 bench/callgrind.sh  # a ~1,000-token prompt instead of a short one
+#   ROUTED=1 PROMPT_BYTES=4000 bench/callgrind.sh  # through `auto`, a learned router (the built-in
+#                                       # lexical model) over two models on the same upstream
 #   API=anthropic bench/callgrind.sh    # the client speaks Anthropic's Messages API (/v1/messages)
 #   TLS=1 bench/callgrind.sh            # the upstream over HTTPS (HTTP/2 by ALPN), trusted by
 #                                       # ca_file (certificates from openssl, bench/lib.sh)
@@ -27,6 +29,7 @@ source bench/lib.sh # bench_setup, start_mock, listening, test_certs
 bench_setup cg "${TOLLWAY:-tollway}" tollway-mock tollway-bench
 TOLLWAY=${TOLLWAY:-$REL/tollway}
 KIND=${KIND:-openai}
+PUBLIC=small; [[ -n ${ROUTED:-} ]] && PUBLIC=auto # the model the load asks for
 STREAM=${STREAM:-}
 if [[ -n $STREAM ]]; then N=${N:-300}; RATE=${RATE:-20}; MODEL='bench-stream?tokens=200&tpt_ms=0&ttft_ms=0'
 else N=${N:-1000}; RATE=${RATE:-100}; MODEL=bench-small; fi
@@ -56,6 +59,9 @@ models:
     rpm: 100000000
     tpm: 100000000000
     deployments: [{ provider: up, model: "$MODEL", price: { input: "0.15", output: "0.60" } }]
+  small_strong: { deployments: [{ provider: up, model: "$MODEL" }] }
+routers:
+  auto: { kind: learned, candidates: [small_strong, small], strong_share: 0.3 }
 teams:
   bench: { rpm: 100000000, tpm: 100000000000, budget: { usd: "1000000", period: monthly, hard: true } }
 YAML
@@ -74,7 +80,7 @@ if [[ -n ${ALL:-} ]]; then
 fi
 load() { # REQUESTS
   local s=(); [[ -n $STREAM ]] && s=(--stream)
-  "$REL/tollway-bench" run --url "$URL" --model small --key "$KEY" "${s[@]}" --rate "$RATE" \
+  "$REL/tollway-bench" run --url "$URL" --model "$PUBLIC" --key "$KEY" "${s[@]}" --rate "$RATE" \
     --requests "$1" --warmup 0 --duration 600 --timeout 60 --prompt-bytes "${PROMPT_BYTES:-0}" \
     --api "${API:-openai}" > "$DIR/load-$1.json"
 }
