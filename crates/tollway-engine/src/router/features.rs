@@ -135,8 +135,9 @@ fn finish(h: u64) -> u64 {
     h.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(32)
 }
 
-/// The counts behind the dense features, fed one character at a time: scoring feeds them from
-/// the word pass it makes anyway, so the prompt is not walked once more for them.
+/// The counts behind the dense features. Scoring takes the word-level ones from the word pass
+/// it makes anyway and the rest from a vectorised pass over the bytes; [`dense_features`] (for
+/// training) feeds them one character at a time, the definition the tests hold scoring to.
 #[derive(Debug, Clone, Copy, Default)]
 struct DenseCounts {
     chars: usize,
