@@ -118,14 +118,18 @@ fn fnv_step(h: u64, unit: u32) -> u64 {
 }
 
 /// The lowercase of a word character, as a code point (the first character of a multi-character
-/// lowercase).
+/// lowercase). ASCII never comes here: [`WORD_BYTE`] lowercases it.
 #[inline]
 fn lower(c: char) -> u32 {
-    if c.is_ascii() {
-        c.to_ascii_lowercase() as u32
-    } else {
-        c.to_lowercase().next().unwrap_or(c) as u32
-    }
+    c.to_lowercase().next().unwrap_or(c) as u32
+}
+
+/// The (signed) tf transform of a count: `sign · (1 + ln |count|)` with sublinear tf, else the
+/// count itself.
+fn tf_value(c: i32, sublinear: bool) -> f64 {
+    let a = c.unsigned_abs() as f64;
+    let v = if sublinear && c != 0 { 1.0 + a.ln() } else { a };
+    v.copysign(c as f64)
 }
 
 /// Spreads FNV's weak low bits: one multiply by the golden ratio, then the well-mixed high half
@@ -352,15 +356,7 @@ impl<'w> Acc<'w> {
 
 impl Featurizer {
     pub fn new(config: &FeatureConfig) -> Self {
-        let tf = |c: i32| -> f64 {
-            let a = c.unsigned_abs() as f64;
-            let v = if config.sublinear_tf && c != 0 {
-                1.0 + a.ln()
-            } else {
-                a
-            };
-            v.copysign(c as f64)
-        };
+        let tf = |c: i32| tf_value(c, config.sublinear_tf);
         Featurizer {
             mask: (1u64 << config.hash_bits) - 1,
             counts: vec![0; config.buckets()],
@@ -385,16 +381,10 @@ impl Featurizer {
     /// The (signed, tf-transformed) value of a count.
     #[inline(always)]
     fn tf_of(&self, c: i16) -> f64 {
-        if let Some(&v) = self.tf.get((c as i32 + 64) as usize) {
-            return v;
+        match self.tf.get((c as i32 + 64) as usize) {
+            Some(&v) => v,
+            None => tf_value(c.into(), self.config.sublinear_tf),
         }
-        let a = c.unsigned_abs() as f64;
-        let v = if self.config.sublinear_tf {
-            1.0 + a.ln()
-        } else {
-            a
-        };
-        v.copysign(c as f64)
     }
 
     /// Counts one n-gram of hash `h` and lists its bucket if it was at zero. Scoring (`acc` with
