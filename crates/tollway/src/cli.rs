@@ -665,17 +665,19 @@ async fn serve(
     tokio::spawn(server::active_probes(state.clone()));
     if let Some(p) = path {
         state.set_config_source(p.to_path_buf(), listen);
-        tokio::spawn(server::reload_on_sighup(state.clone()));
+        server::reload_on_sighup(state.clone());
         if state.runtime().config.server.watch_config {
             tokio::spawn(server::watch_config_file(state.clone()));
         }
     }
+    // Signal handlers are in place before the line that says the gateway listens.
+    let shutdown = shutdown_signal();
     tracing::info!(models = ?state.runtime().model_names(), "tollway listening on http://{local}");
     // Tests and scripts wait for this line on stdout.
     println!("tollway listening on http://{local}");
     // Every request has finished (or the drain timed out) before the rest of the ledger is written.
     let listener = listener.into_std()?;
-    server::serve_lanes(listener, state, lanes, shutdown_signal(), async move {
+    server::serve_lanes(listener, state, lanes, shutdown, async move {
         accounts.flush_and_stop().await;
     })
     .await?;
@@ -683,25 +685,35 @@ async fn serve(
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Registers for SIGINT and SIGTERM now, so that a signal sent right after the gateway says it
+/// listens drains it instead of killing it; the future resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, Signal, SignalKind};
+        async fn first(s: Option<Signal>) {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        let (int, term) = (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        );
+        async move {
+            tokio::select! {
+                _ = first(int) => {},
+                _ = first(term) => {},
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }

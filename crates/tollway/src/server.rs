@@ -295,8 +295,10 @@ pub async fn active_probes(state: AppState) {
     }
 }
 
-/// Reloads the config on every SIGHUP.
-pub async fn reload_on_sighup(state: AppState) {
+/// Reloads the config on every SIGHUP. The handler is registered before this returns, so a SIGHUP
+/// sent as soon as the gateway says it listens reloads it instead of ending the process (the
+/// default action). The loop runs on a task of its own.
+pub fn reload_on_sighup(state: AppState) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -304,9 +306,11 @@ pub async fn reload_on_sighup(state: AppState) {
             tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/reload instead");
             return;
         };
-        while hup.recv().await.is_some() {
-            state.reload_logged("SIGHUP").await;
-        }
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                state.reload_logged("SIGHUP").await;
+            }
+        });
     }
     #[cfg(not(unix))]
     let _ = state;
