@@ -1,5 +1,6 @@
-//! Any bytes as a client's Messages body: decoding never panics; whatever decodes can be encoded for
-//! both upstream formats, and the Anthropic encoding decodes again.
+//! Any bytes as a client's Messages body or token count: decoding never panics; whatever decodes
+//! can be encoded for both upstream formats (and as a count), and the Anthropic encoding decodes
+//! again.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use tollway_protocol::{anthropic, openai};
@@ -10,5 +11,12 @@ fuzz_target!(|data: &[u8]| {
             assert!(anthropic::decode_request(&body).is_ok(), "re-encoded body does not decode");
         }
         let _ = openai::encode_request(&req, "fuzz/model", openai::Dialect::default());
+    }
+    if let Ok(req) = anthropic::decode_count_tokens_request(data) {
+        let target = tollway_core::Target {
+            model: "model",
+            stream: false,
+        };
+        let _ = anthropic::encode_count_tokens_request(&req, target, "fuzz/model");
     }
 });

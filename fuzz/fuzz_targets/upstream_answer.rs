@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = openai::decode_error(status, data, None);
     let _ = anthropic::decode_error(status, data, None);
+    let _ = anthropic::decode_count_tokens_response(data);
     if let Ok(r) = openai::decode_response(data) {
         let _ = openai::encode_response(&r);
         let _ = anthropic::encode_response(&r);

@@ -120,6 +120,18 @@ pub trait Provider: Send + Sync {
         waited: &'a Waited,
     ) -> BoxFuture<'a, Result<EventStream, ProviderError>>;
 
+    /// The input tokens of `req` for `model`, counted by the upstream's own tokenizer where the
+    /// provider has an endpoint for it (Anthropic's `POST /v1/messages/count_tokens`); `Ok(None)`
+    /// where it has none, and the caller counts locally.
+    fn count_tokens<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, ProviderError>> {
+        let _ = (req, model);
+        Box::pin(async { Ok(None) })
+    }
+
     fn embeddings(
         &self,
         req: EmbeddingsRequest,

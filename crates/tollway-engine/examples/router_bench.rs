@@ -3,7 +3,8 @@
 //! The lexical router always; the embedding router too when its file and the encoder are there
 //! (`scripts/fetch-encoder.sh`), with the encoder alone at several input lengths. For one core:
 //! `RAYON_NUM_THREADS=1` (candle's matrix products use that many threads). `STATIC_ONLY=1` skips
-//! the contextual encoder; `STATIC_ROUTER=FILE` times another static router file; `LEXICAL_ONLY=1`
+//! the contextual encoder; `STATIC_ROUTER=FILE` times another static router file, `LEXICAL_ROUTER=FILE`
+//! another lexical one; `LEXICAL_ONLY=1`
 //! stops after the lexical router (for `valgrind --tool=callgrind
 //! --toggle-collect='*Featurizer::dot_dense*'`, which counts its instructions alone).
 
@@ -16,7 +17,13 @@ use tollway_engine::router::{LexicalRouter, RouteModel};
 const SAMPLE: &str = include_str!("../testdata/routing-sample.jsonl");
 
 fn main() {
-    let router = LexicalRouter::builtin().expect("the shipped model loads");
+    let router = match std::env::var("LEXICAL_ROUTER") {
+        Ok(file) => {
+            let text = std::fs::read_to_string(&file).expect("LEXICAL_ROUTER is readable");
+            LexicalRouter::from_json(&text).expect("LEXICAL_ROUTER is a lexical router file")
+        }
+        Err(_) => LexicalRouter::builtin().expect("the shipped model loads"),
+    };
     let texts: Vec<String> = SAMPLE
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -159,9 +159,35 @@ fn check_image(b: &Value, path: &str) -> Result<(), ApiError> {
     }
 }
 
-fn validate<'a>(req: &'a Value, headers: &HeaderMap) -> Result<MsgReq<'a>, ApiError> {
+/// The body fields `POST /v1/messages/count_tokens` takes; anything else is refused, as the API
+/// refuses `max_tokens` there.
+const COUNT_FIELDS: [&str; 7] = [
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "mcp_servers",
+];
+
+/// A Messages request (`count_only`: the body of a token count, which has no `max_tokens` and
+/// only [`COUNT_FIELDS`]).
+fn validate<'a>(
+    req: &'a Value,
+    headers: &HeaderMap,
+    count_only: bool,
+) -> Result<MsgReq<'a>, ApiError> {
     if !headers.contains_key("anthropic-version") {
         return Err(invalid("anthropic-version: header is required"));
+    }
+    if count_only {
+        if let Some(extra) = req
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !COUNT_FIELDS.contains(&k.as_str())))
+        {
+            return Err(invalid(format!("{extra}: Extra inputs are not permitted")));
+        }
     }
     let model = match req.get("model") {
         None | Some(Value::Null) => return Err(field_required("model")),
@@ -169,6 +195,7 @@ fn validate<'a>(req: &'a Value, headers: &HeaderMap) -> Result<MsgReq<'a>, ApiEr
         Some(_) => return Err(invalid("model: Input should be a valid string")),
     };
     let max_tokens = match req.get("max_tokens") {
+        None if count_only => 1,
         None | Some(Value::Null) => return Err(field_required("max_tokens")),
         Some(v) => match v.as_u64() {
             Some(n) if n >= 1 => n,
@@ -418,6 +445,47 @@ fn stop_fields(f: &Finish) -> (&'static str, Value) {
     }
 }
 
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(invalid("Input should be a valid dictionary")),
+        Err(e) => Err(invalid(format!("There was an error parsing the body: {e}"))),
+    }
+}
+
+/// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, N as a message's `usage` would
+/// count the same request. The `fault` knobs apply (a context-length fault counts as answered:
+/// counting a long prompt is what the endpoint is for).
+pub async fn count_tokens(
+    State(s): State<Arc<Shared>>,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (_flight, seq) = s.begin(Route::CountTokens, version, &headers, &body);
+    let req = match parse_body(&body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(seq),
+    };
+    let r = match validate(&req, &headers, true) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(seq),
+    };
+    let knobs = Knobs::from_request(r.model, r.last_user_text.as_deref());
+    match &knobs.fault {
+        Some(Fault::Status(code)) => {
+            return fault_error(*code, base_model(r.model), knobs.retry_after.clone())
+                .into_response(seq)
+        }
+        Some(Fault::Hang) => gen::hang().await,
+        _ => {}
+    }
+    with_request_id(
+        Json(json!({"input_tokens": r.input_tokens})).into_response(),
+        seq,
+    )
+}
+
 pub async fn messages(
     State(s): State<Arc<Shared>>,
     version: Version,
@@ -425,14 +493,11 @@ pub async fn messages(
     body: Bytes,
 ) -> Response {
     let (flight, seq) = s.begin(Route::Messages, version, &headers, &body);
-    let req = match serde_json::from_slice::<Value>(&body) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return invalid("Input should be a valid dictionary").into_response(seq),
-        Err(e) => {
-            return invalid(format!("There was an error parsing the body: {e}")).into_response(seq)
-        }
+    let req = match parse_body(&body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(seq),
     };
-    let r = match validate(&req, &headers) {
+    let r = match validate(&req, &headers, false) {
         Ok(r) => r,
         Err(e) => return e.into_response(seq),
     };

@@ -13,6 +13,7 @@
 //! | `POST /v1/chat/completions` | OpenAI chat completion, or SSE chunks with `stream: true` (`stream_options.include_usage` adds the usage chunk) |
 //! | `POST /v1/embeddings` | OpenAI embeddings: deterministic unit vectors from a hash of each input (`dimensions`, default 1536; `encoding_format` `float` or `base64`) |
 //! | `POST /v1/messages` | Anthropic message, or SSE events with `stream: true` (`anthropic-version` header required) |
+//! | `POST /v1/messages/count_tokens` | Anthropic token count, `{"input_tokens": N}`: the `input_tokens` a message would report for the same request; fields other than the count's own (`max_tokens`, `stream`...) refused as the API does |
 //! | `GET /v1/models` | OpenAI model list |
 //! | `GET /_mock/stats` | `{"requests", "by_path", "streams_started", "streams_completed", "streams_aborted", "in_flight"}` |
 //! | `GET /_mock/requests` | the last ≤1000 provider-API requests, oldest first: `[{"path", "version", "headers", "body"}]` (`version`: `HTTP/1.1` or `HTTP/2.0`) |
@@ -181,6 +182,7 @@ pub fn app() -> Router {
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/models", get(openai::models))
         .route("/_mock/stats", get(stats))
         .route("/_mock/requests", get(requests))
@@ -197,14 +199,16 @@ pub(crate) enum Route {
     Embeddings = 1,
     Messages = 2,
     Models = 3,
+    CountTokens = 4,
 }
 
 impl Route {
-    const ALL: [Route; 4] = [
+    const ALL: [Route; 5] = [
         Route::Chat,
         Route::Embeddings,
         Route::Messages,
         Route::Models,
+        Route::CountTokens,
     ];
 
     fn path(self) -> &'static str {
@@ -213,6 +217,7 @@ impl Route {
             Route::Embeddings => "/v1/embeddings",
             Route::Messages => "/v1/messages",
             Route::Models => "/v1/models",
+            Route::CountTokens => "/v1/messages/count_tokens",
         }
     }
 }
@@ -230,7 +235,7 @@ pub(crate) struct Shared {
     /// Per-request sequence number, for ids; never reset.
     seq: AtomicU64,
     requests: AtomicU64,
-    by_path: [AtomicU64; 4],
+    by_path: [AtomicU64; 5],
     streams_started: AtomicU64,
     streams_completed: AtomicU64,
     streams_aborted: AtomicU64,

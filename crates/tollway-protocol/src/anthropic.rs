@@ -128,6 +128,59 @@ pub(crate) mod fast {
     }
 }
 
+/// The body fields of a token count (`POST /v1/messages/count_tokens`): a Messages request
+/// without its output and sampling fields, which the API refuses there.
+const COUNT_FIELDS: [&str; 7] = [
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "mcp_servers",
+];
+
+/// Decodes a client's token count (`POST /v1/messages/count_tokens`): a Messages request that
+/// needs no `max_tokens` (one given is checked as usual, then has no effect). Errors name the
+/// field, as [`decode_request`]'s do.
+pub fn decode_count_tokens_request(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
+    let mut o = json::parse_object(bytes)?;
+    // the count produces no output: any valid value does
+    o.entry("max_tokens").or_insert(Value::from(1));
+    decode_request_general(&Value::Object(o).to_string())
+}
+
+/// The upstream body of a token count of `req` for `target`'s model: the Messages body
+/// [`encode_request_as`] would send, less the fields the count does not take.
+pub fn encode_count_tokens_request<'l>(
+    req: &ChatRequest,
+    target: Target<'_>,
+    label: impl Into<Label<'l>>,
+) -> Result<Vec<u8>, ProviderError> {
+    let body = encode_request_as(req, target, label)?;
+    let mut o: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
+        ProviderError::internal(format!("a request body we wrote is not JSON: {e}"))
+    })?;
+    o.retain(|k, _| COUNT_FIELDS.contains(&k.as_str()));
+    Ok(Value::Object(o).to_string().into_bytes())
+}
+
+/// The `input_tokens` of a token count's answer.
+pub fn decode_count_tokens_response(body: &[u8]) -> Result<u64, ProviderError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| bad_answer(format!("the token count's answer is not JSON: {e}")))?;
+    v.get("input_tokens")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| bad_answer("the token count's answer has no `input_tokens` count"))
+}
+
+/// A token count's answer to the client: `{"input_tokens": N}`.
+pub fn encode_count_tokens_response(input_tokens: u64) -> Vec<u8> {
+    json!({ "input_tokens": input_tokens })
+        .to_string()
+        .into_bytes()
+}
+
 /// [`decode_request`]'s general path: any body, every error naming its field.
 fn decode_request_general(text: &str) -> Result<ChatRequest, ProviderError> {
     let mut o = Obj::new(json::parse_object_str(text)?, "");

@@ -51,6 +51,8 @@ pub struct HttpProvider {
     chat_url: Endpoint,
     /// OpenAI-format accounts only.
     embeddings_url: Option<Endpoint>,
+    /// Anthropic-format accounts only: the token count.
+    count_url: Option<Endpoint>,
     /// The account's headers and `content-type: application/json`.
     headers: HeaderMap,
     timeouts: Timeouts,
@@ -329,6 +331,7 @@ impl HttpProvider {
             transport,
             chat_url,
             embeddings_url: Some(Endpoint::parse(&format!("{base}/embeddings"), name)?),
+            count_url: None,
             headers,
             timeouts: c.timeouts,
             dialect: openai::Dialect {
@@ -367,6 +370,10 @@ impl HttpProvider {
             transport,
             chat_url,
             embeddings_url: None,
+            count_url: Some(Endpoint::parse(
+                &format!("{base}/v1/messages/count_tokens"),
+                name,
+            )?),
             headers,
             timeouts: c.timeouts,
             dialect: openai::Dialect::default(),
@@ -637,6 +644,31 @@ impl Provider for HttpProvider {
                 e.message = format!("{} (from {})", e.message, self.label(&req.model));
                 e
             })
+        })
+    }
+
+    fn count_tokens<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, ProviderError>> {
+        Box::pin(async move {
+            let Some(url) = &self.count_url else {
+                return Ok(None);
+            };
+            let target = Target {
+                model,
+                stream: false,
+            };
+            let body = anthropic::encode_count_tokens_request(req, target, self.label(model))?;
+            let (resp, deadline) = self.send_to(url, body, model).await?;
+            let buf = self.read_body(resp, deadline, model).await?;
+            anthropic::decode_count_tokens_response(&buf)
+                .map(Some)
+                .map_err(|mut e| {
+                    e.message = format!("{} (from {})", e.message, self.label(model));
+                    e
+                })
         })
     }
 

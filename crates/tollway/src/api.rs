@@ -35,6 +35,8 @@ pub const H_PROVIDER: HeaderName = HeaderName::from_static("x-tollway-provider")
 pub const H_ATTEMPTS: HeaderName = HeaderName::from_static("x-tollway-attempts");
 pub const H_ROUTE: HeaderName = HeaderName::from_static("x-tollway-route");
 const H_SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+/// Who counted a token count's tokens: `upstream` (the provider) or `local` (the gateway).
+const H_TOKEN_COUNT: HeaderName = HeaderName::from_static("x-tollway-token-count");
 const H_X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const H_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const H_LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
@@ -448,6 +450,61 @@ impl Drop for Charge {
     }
 }
 
+/// The router's choice when `req.model` names a router (`None` otherwise).
+async fn choose(
+    rt: &Arc<Runtime>,
+    req: &ChatRequest,
+    headers: &HeaderMap,
+    principal: &Principal,
+) -> Option<crate::rules::RouteChoice> {
+    fn caller(p: &Principal) -> crate::rules::Caller<'_> {
+        crate::rules::Caller {
+            key: p.key().map(|k| k.id.as_str()),
+            team: p.key().and_then(|k| k.team.as_deref()),
+            routing: p.key().map(|k| &k.routing).filter(|m| !m.is_empty()),
+        }
+    }
+    if rt.route_is_heavy(&req.model) {
+        // an encoder forward pass takes milliseconds: run it on the blocking pool
+        let (rt2, req2, headers2, p2) =
+            (rt.clone(), req.clone(), headers.clone(), principal.clone());
+        tokio::task::spawn_blocking(move || rt2.route(&req2, &headers2, caller(&p2)))
+            .await
+            .ok()
+            .flatten()
+    } else {
+        rt.route(req, headers, caller(principal))
+    }
+}
+
+/// The key's policy: the models it may use (403 for `requested` or a model in the request's
+/// `models` list it may not use), and the providers and regions it is bound to (into `opts`).
+fn key_policy(
+    principal: &Principal,
+    requested: &str,
+    opts: &mut RouteOptions,
+) -> Result<(), ProviderError> {
+    let Some(k) = principal.key() else {
+        return Ok(());
+    };
+    for m in std::iter::once(requested).chain(opts.models.iter().map(String::as_str)) {
+        if !principal.may_use(m) {
+            return Err(permission(format!(
+                "The API key {} may not use the model `{m}`.",
+                k.prefix
+            ))
+            .with_param("model"));
+        }
+    }
+    if !k.providers.is_empty() {
+        opts.policy_only = Some(k.providers.clone());
+    }
+    if !k.regions.is_empty() {
+        opts.policy_regions = Some(k.regions.clone());
+    }
+    Ok(())
+}
+
 fn permission(msg: String) -> ProviderError {
     ProviderError::new(ErrorKind::PermissionDenied, msg)
 }
@@ -509,24 +566,8 @@ async fn admit(
     opts: &mut RouteOptions,
     charge: &mut Charge,
 ) -> Result<Admitted, ProviderError> {
+    key_policy(principal, requested, opts)?;
     let key = principal.key();
-    if let Some(k) = key {
-        for m in std::iter::once(requested).chain(opts.models.iter().map(String::as_str)) {
-            if !principal.may_use(m) {
-                return Err(permission(format!(
-                    "The API key {} may not use the model `{m}`.",
-                    k.prefix
-                ))
-                .with_param("model"));
-            }
-        }
-        if !k.providers.is_empty() {
-            opts.policy_only = Some(k.providers.clone());
-        }
-        if !k.regions.is_empty() {
-            opts.policy_regions = Some(k.regions.clone());
-        }
-    }
     let accounts = state.accounts();
     let team = key
         .and_then(|k| k.team.as_deref())
@@ -744,25 +785,7 @@ async fn chat_inner(
     // Hold the runtime for the whole request: a reload swaps in a new one without disturbing it.
     let rt = state.runtime();
     let requested = req.model.clone();
-    fn caller(p: &Principal) -> crate::rules::Caller<'_> {
-        crate::rules::Caller {
-            key: p.key().map(|k| k.id.as_str()),
-            team: p.key().and_then(|k| k.team.as_deref()),
-            routing: p.key().map(|k| &k.routing).filter(|m| !m.is_empty()),
-        }
-    }
-    let choice = if rt.route_is_heavy(&req.model) {
-        // an encoder forward pass takes milliseconds: run it on the blocking pool
-        let (rt2, req2, headers2, p2) =
-            (rt.clone(), req.clone(), headers.clone(), principal.clone());
-        tokio::task::spawn_blocking(move || rt2.route(&req2, &headers2, caller(&p2)))
-            .await
-            .ok()
-            .flatten()
-    } else {
-        rt.route(&req, &headers, caller(&principal))
-    };
-    if let Some(choice) = choice {
+    if let Some(choice) = choose(&rt, &req, &headers, &principal).await {
         if let Some((prompt, score, strong)) = choice.log {
             let store = state.accounts().store().clone();
             let (id, router, target) =
@@ -1450,6 +1473,75 @@ pub async fn feedback(State(state): State<AppState>, headers: HeaderMap, body: B
 
 /// `POST /v1/embeddings`: OpenAI's embeddings API, to any deployment that can embed, with the same
 /// auth, policy, limits, budgets and ledger as chat.
+/// `POST /v1/messages/count_tokens`, Anthropic's token count: `{"input_tokens": N}` for a Messages
+/// request (without `max_tokens`) to the model it names, a router's choice for a router, as the
+/// first deployment of its plan counts it: by the provider's count endpoint where it has one
+/// (Anthropic), else locally (`x-tollway-token-count: upstream` or `local`). The key's models
+/// and providers apply as for a message; a count costs nothing upstream, so it takes no rate
+/// limit, budget or ledger row.
+pub async fn count_tokens(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let request_id = new_request_id();
+    let fail = |err: ProviderError, outcome: Option<Outcome>| {
+        ApiError {
+            family: ApiFamily::Anthropic,
+            err,
+            request_id: request_id.clone(),
+            outcome,
+        }
+        .into_response()
+    };
+    let resp = async {
+        let principal = match authenticate(&state, &headers) {
+            Ok(p) => p,
+            Err(e) => return fail(e, None),
+        };
+        let bytes = match read_body(&state, &headers, body).await {
+            Ok(b) => b,
+            Err(e) => return fail(e, None),
+        };
+        let mut req = match anthropic::decode_count_tokens_request(&bytes) {
+            Ok(r) => r,
+            Err(e) => return fail(e, None),
+        };
+        drop(bytes);
+        let mut opts = match RouteOptions::take(&mut req.extra.fields) {
+            Ok(o) => o,
+            Err(e) => return fail(e, None),
+        };
+        if let Err(e) = key_policy(&principal, &req.model, &mut opts) {
+            return fail(e, None);
+        }
+        let rt = state.runtime();
+        let mut outcome = Outcome::default();
+        if let Some(choice) = choose(&rt, &req, &headers, &principal).await {
+            req.model = choice.target;
+            outcome.route = Some(choice.why);
+        }
+        match gateway::count_tokens(&rt, &req, &opts, &mut outcome).await {
+            Ok((n, counted)) => {
+                let mut resp =
+                    Response::new(Body::from(anthropic::encode_count_tokens_response(n)));
+                set_ids(resp.headers_mut(), &request_id, Some(outcome));
+                let h = resp.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                h.insert(H_TOKEN_COUNT, HeaderValue::from_static(counted.as_str()));
+                resp
+            }
+            Err(e) => fail(e, Some(outcome)),
+        }
+    }
+    .await;
+    count(&state, ApiFamily::Anthropic, &resp);
+    resp
+}
+
 pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let request_id = new_request_id();
     let fail = |err: ProviderError, outcome: Option<Outcome>| {

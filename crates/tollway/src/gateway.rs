@@ -465,6 +465,64 @@ pub async fn chat_stream(
     Err(give_up(last, &req.model, rt, &attempts))
 }
 
+/// Where a token count came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// The provider's own count endpoint (Anthropic's), with the model's own tokenizer.
+    Upstream,
+    /// The gateway's count ([`crate::tokens::prompt`]: OpenAI's `o200k_base` and the chat
+    /// format's overhead; exact for OpenAI's current models, an estimate for others).
+    Local,
+}
+
+impl Counted {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Counted::Upstream => "upstream",
+            Counted::Local => "local",
+        }
+    }
+}
+
+/// The input tokens of `req` as the first deployment of its plan counts them: the provider's
+/// count endpoint where it has one, else [`crate::tokens::prompt`] (exact once the tokenizer is
+/// loaded, which this waits for). A retriable upstream error moves on to the next deployment,
+/// at most `max_attempts` of them, without backoff. Counting changes nothing that routes chats:
+/// no deployment capacity is taken and no health is recorded.
+pub async fn count_tokens(
+    rt: &Runtime,
+    req: &ChatRequest,
+    opts: &RouteOptions,
+    out: &mut Outcome,
+) -> Result<(u64, Counted), ProviderError> {
+    let plan = rt.plan(&req.model, opts)?;
+    if plan.tries.is_empty() {
+        return Err(Runtime::all_cooling(
+            &req.model,
+            plan.cooling.unwrap_or(Duration::from_secs(1)),
+        ));
+    }
+    let mut last = None;
+    for d in plan
+        .tries
+        .iter()
+        .take(rt.config.server.max_attempts.max(1) as usize)
+    {
+        out.attempts += 1;
+        out.deployment = Some(d.clone());
+        match d.provider.count_tokens(req, &d.model).await {
+            Ok(Some(n)) => return Ok((n, Counted::Upstream)),
+            Ok(None) => {
+                crate::tokens::loaded().await;
+                return Ok((crate::tokens::prompt(req), Counted::Local));
+            }
+            Err(e) if e.is_retriable() => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Runtime::all_cooling(&req.model, Duration::from_secs(1))))
+}
+
 /// Embeddings: the same plan, health and retries as chat, over the deployments that can embed.
 pub async fn embeddings(
     rt: &Runtime,

@@ -368,6 +368,14 @@ pub fn app(state: AppState) -> Router {
             with_405(post(api::messages), ApiFamily::Anthropic, "/v1/messages"),
         )
         .route(
+            "/v1/messages/count_tokens",
+            with_405(
+                post(api::count_tokens),
+                ApiFamily::Anthropic,
+                "/v1/messages/count_tokens",
+            ),
+        )
+        .route(
             "/v1/embeddings",
             with_405(post(api::embeddings), ApiFamily::OpenAi, "/v1/embeddings"),
         )

@@ -27,7 +27,20 @@ pub fn warm() {
     }
     let spawned = std::thread::Builder::new()
         .name("tollway-tokenizer".into())
-        .spawn(|| match Bpe::o200k_base() {
+        .spawn(build_once);
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the tokenizer thread; will try again");
+        LOADING.store(false, Ordering::Release);
+    }
+}
+
+/// Builds the BPE on the calling thread unless it is built (one build at a time; a caller that
+/// waited for another's finds it done); whether it is there.
+fn build_once() -> bool {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
+    if BPE.get().is_none() {
+        match Bpe::o200k_base() {
             Ok(bpe) => {
                 let _ = BPE.set(bpe);
             }
@@ -35,11 +48,19 @@ pub fn warm() {
                 error = %e,
                 "the o200k_base tokenizer could not be built; local token counts stay estimates from text length"
             ),
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "could not start the tokenizer thread; will try again");
-        LOADING.store(false, Ordering::Release);
+        }
     }
+    BPE.get().is_some()
+}
+
+/// Waits until counts are exact, building the BPE on the blocking pool (off the serving lane)
+/// if no one has yet: for callers whose answer is the count itself. False if it cannot be
+/// built; counts are then estimates from the text's length.
+pub async fn loaded() -> bool {
+    BPE.get().is_some()
+        || tokio::task::spawn_blocking(build_once)
+            .await
+            .unwrap_or(false)
 }
 
 /// Texts longer than this are counted on their first `EXACT_BYTES` and extrapolated by length.

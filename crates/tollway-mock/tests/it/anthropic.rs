@@ -282,3 +282,47 @@ async fn invalid_requests_get_anthropic_400s() {
     let (s, _, v) = m.json(MSG, ok).await;
     assert_eq!(s, 200, "{v}");
 }
+
+#[tokio::test]
+async fn token_counts_match_the_message_usage_and_take_only_their_own_fields() {
+    let m = mock().await;
+    let body = json!({"model": "claude-sonnet-4-5", "system": "Be brief.",
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}]});
+    let (s, h, v) = m.json("/v1/messages/count_tokens", body.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(h["request-id"].to_str().unwrap().starts_with("req_"));
+    let counted = v["input_tokens"].as_u64().expect("input_tokens");
+    assert_eq!(v.as_object().map(|o| o.len()), Some(1));
+    let mut message = body.clone();
+    message["max_tokens"] = json!(10);
+    let (s, _, v) = m.json(MSG, message.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["usage"]["input_tokens"], counted);
+    // the count refuses what only a message takes, naming the field
+    let (s, _, v) = m.json("/v1/messages/count_tokens", message).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(
+        v["error"]["message"],
+        "max_tokens: Extra inputs are not permitted"
+    );
+    let (s, _, _) = m
+        .json(
+            "/v1/messages/count_tokens",
+            json!({"model": "c", "messages": []}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    // fault knobs apply, as on messages
+    let (s, _, v) = m
+        .json(
+            "/v1/messages/count_tokens",
+            json!({"model": "c?fault=529", "messages": user("hi")}),
+        )
+        .await;
+    assert_eq!(s, 529, "{v}");
+    assert_eq!(v["error"]["type"], "overloaded_error");
+    let stats = m.stats().await;
+    assert_eq!(stats["by_path"]["/v1/messages/count_tokens"], 4);
+}

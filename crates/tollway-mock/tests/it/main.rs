@@ -34,7 +34,7 @@ impl Mock {
     /// POST JSON; Anthropic requests get `anthropic-version` and an API key.
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
         let mut rb = self.http.post(self.url(path)).json(&body);
-        if path == "/v1/messages" {
+        if path.starts_with("/v1/messages") {
             rb = rb
                 .header("anthropic-version", "2023-06-01")
                 .header("x-api-key", "sk-ant-test");

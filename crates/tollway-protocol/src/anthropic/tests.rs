@@ -1081,3 +1081,54 @@ fn the_answer_scanner_reads_the_usual_answers_as_serde_does() {
         );
     }
 }
+
+#[test]
+fn token_counts_need_no_max_tokens_and_send_only_their_own_fields() {
+    let body = json!({"model": "claude", "system": "Be brief.", "temperature": 0.5,
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}]});
+    let r = decode_count_tokens_request(body.to_string().as_bytes()).expect("decodes");
+    assert_eq!(r.model, "claude");
+    assert_eq!(r.messages.len(), 2);
+    // a max_tokens given is checked as for a message
+    let mut bad = body.clone();
+    bad["max_tokens"] = json!(0);
+    let e = decode_count_tokens_request(bad.to_string().as_bytes()).unwrap_err();
+    assert!(e.message.contains("max_tokens"), "{}", e.message);
+    let e = decode_count_tokens_request(b"{\"model\": \"claude\"}").unwrap_err();
+    assert!(e.message.contains("messages"), "{}", e.message);
+    // upstream: the count's fields only, for the deployment's model
+    let sent = encode_count_tokens_request(
+        &r,
+        Target {
+            model: "claude-sonnet-4-5",
+            stream: false,
+        },
+        "ant/claude-sonnet-4-5",
+    )
+    .expect("encodes");
+    let sent: Value = serde_json::from_slice(&sent).expect("json");
+    let mut keys: Vec<&str> = sent
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["messages", "model", "system", "tools"]);
+    assert_eq!(sent["model"], "claude-sonnet-4-5");
+    // answers
+    assert_eq!(
+        decode_count_tokens_response(b"{\"input_tokens\": 42}").ok(),
+        Some(42)
+    );
+    for bad in [
+        &b"{\"tokens\": 42}"[..],
+        b"{\"input_tokens\": -1}",
+        b"not json",
+    ] {
+        let e = decode_count_tokens_response(bad).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidResponse);
+    }
+    assert_eq!(encode_count_tokens_response(7), b"{\"input_tokens\":7}");
+}

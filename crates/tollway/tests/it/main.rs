@@ -3,6 +3,7 @@
 mod accounts;
 mod bad_input;
 mod budgets;
+mod count_tokens;
 mod harness;
 mod lifecycle;
 mod reload;
