@@ -1485,61 +1485,54 @@ pub async fn count_tokens(
     body: Body,
 ) -> Response {
     let request_id = new_request_id();
-    let fail = |err: ProviderError, outcome: Option<Outcome>| {
-        ApiError {
+    let resp = match count_tokens_inner(&state, &headers, body, &request_id).await {
+        Ok(resp) => resp,
+        Err((err, outcome)) => ApiError {
             family: ApiFamily::Anthropic,
             err,
-            request_id: request_id.clone(),
+            request_id,
             outcome,
         }
-        .into_response()
+        .into_response(),
     };
-    let resp = async {
-        let principal = match authenticate(&state, &headers) {
-            Ok(p) => p,
-            Err(e) => return fail(e, None),
-        };
-        let bytes = match read_body(&state, &headers, body).await {
-            Ok(b) => b,
-            Err(e) => return fail(e, None),
-        };
-        let mut req = match anthropic::decode_count_tokens_request(&bytes) {
-            Ok(r) => r,
-            Err(e) => return fail(e, None),
-        };
-        drop(bytes);
-        let mut opts = match RouteOptions::take(&mut req.extra.fields) {
-            Ok(o) => o,
-            Err(e) => return fail(e, None),
-        };
-        if let Err(e) = key_policy(&principal, &req.model, &mut opts) {
-            return fail(e, None);
-        }
-        let rt = state.runtime();
-        let mut outcome = Outcome::default();
-        if let Some(choice) = choose(&rt, &req, &headers, &principal).await {
-            req.model = choice.target;
-            outcome.route = Some(choice.why);
-        }
-        match gateway::count_tokens(&rt, &req, &opts, &mut outcome).await {
-            Ok((n, counted)) => {
-                let mut resp =
-                    Response::new(Body::from(anthropic::encode_count_tokens_response(n)));
-                set_ids(resp.headers_mut(), &request_id, Some(outcome));
-                let h = resp.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                h.insert(H_TOKEN_COUNT, HeaderValue::from_static(counted.as_str()));
-                resp
-            }
-            Err(e) => fail(e, Some(outcome)),
-        }
-    }
-    .await;
     count(&state, ApiFamily::Anthropic, &resp);
     resp
+}
+
+/// [`count_tokens`]' work: the answer, or the error with what is known of the attempt.
+async fn count_tokens_inner(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    request_id: &str,
+) -> Result<Response, (ProviderError, Option<Outcome>)> {
+    let principal = authenticate(state, headers).map_err(|e| (e, None))?;
+    let bytes = read_body(state, headers, body)
+        .await
+        .map_err(|e| (e, None))?;
+    let mut req = anthropic::decode_count_tokens_request(&bytes).map_err(|e| (e, None))?;
+    drop(bytes);
+    let mut opts = RouteOptions::take(&mut req.extra.fields).map_err(|e| (e, None))?;
+    key_policy(&principal, &req.model, &mut opts).map_err(|e| (e, None))?;
+    let rt = state.runtime();
+    let mut outcome = Outcome::default();
+    if let Some(choice) = choose(&rt, &req, headers, &principal).await {
+        req.model = choice.target;
+        outcome.route = Some(choice.why);
+    }
+    let (n, counted) = match gateway::count_tokens(&rt, &req, &opts, &mut outcome).await {
+        Ok(c) => c,
+        Err(e) => return Err((e, Some(outcome))),
+    };
+    let mut resp = Response::new(Body::from(anthropic::encode_count_tokens_response(n)));
+    set_ids(resp.headers_mut(), request_id, Some(outcome));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(H_TOKEN_COUNT, HeaderValue::from_static(counted.as_str()));
+    Ok(resp)
 }
 
 pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {

@@ -9,16 +9,7 @@ use serde_json::{json, Value};
 use crate::harness::{config_text, split, start_with, Env, MASTER};
 
 async fn count(env: &Env, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
-    let r = env
-        .http
-        .post(format!("{}/v1/messages/count_tokens", env.url))
-        .header("x-api-key", MASTER)
-        .header("anthropic-version", "2023-06-01")
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    split(r).await
+    env.anthropic_at("/v1/messages/count_tokens", body).await
 }
 
 fn header<'h>(h: &'h reqwest::header::HeaderMap, name: &str) -> &'h str {
@@ -66,7 +57,7 @@ async fn anthropic_upstreams_count_and_other_deployments_are_counted_locally() {
     assert_eq!(sent["model"], "claude-sonnet-4-5");
     let mut message = request("claude");
     message["max_tokens"] = json!(20);
-    let (status, _, m) = crate::harness::Env::anthropic(&env, message).await;
+    let (status, _, m) = env.anthropic(message).await;
     assert_eq!(status, 200, "{m}");
     assert_eq!(Some(counted), m["usage"]["input_tokens"].as_u64());
     assert!(counted > 0);

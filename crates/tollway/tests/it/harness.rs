@@ -144,9 +144,18 @@ impl Env {
     }
 
     pub async fn anthropic(&self, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+        self.anthropic_at("/v1/messages", body).await
+    }
+
+    /// POSTs `body` to `path` as an Anthropic client does (`x-api-key`, `anthropic-version`).
+    pub async fn anthropic_at(
+        &self,
+        path: &str,
+        body: Value,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let r = self
             .http
-            .post(format!("{}/v1/messages", self.url))
+            .post(format!("{}{path}", self.url))
             .header("x-api-key", MASTER)
             .header("anthropic-version", "2023-06-01")
             .json(&body)
