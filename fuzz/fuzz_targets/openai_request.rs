@@ -1,8 +1,9 @@
-//! Any bytes as a client's Chat Completions body: decoding never panics; whatever decodes can be
-//! encoded for both upstream formats, and the OpenAI encoding decodes again.
+//! Any bytes as a client's Chat Completions or Responses body: decoding never panics; whatever
+//! decodes can be encoded for both upstream formats, and the Chat Completions encoding decodes
+//! again.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tollway_protocol::{anthropic, openai};
+use tollway_protocol::{anthropic, openai, responses};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = openai::decode_request(data) {
@@ -12,6 +13,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(openai::decode_request(&body).is_ok(), "re-encoded body does not decode");
             }
         }
+        let _ = anthropic::encode_request(&req, "fuzz/model");
+    }
+    if let Ok(req) = responses::decode_request(data) {
+        let _ = openai::encode_request(&req, "fuzz/model", openai::Dialect::default());
         let _ = anthropic::encode_request(&req, "fuzz/model");
     }
 });

@@ -1,4 +1,5 @@
-//! Wire formats: OpenAI Chat Completions and Anthropic Messages, SSE framing, and the conversions
+//! Wire formats: OpenAI Chat Completions and Anthropic Messages (and OpenAI's Responses API as a
+//! client surface: `responses`), SSE framing, and the conversions
 //! between them and `tollway-core`'s canonical types.
 //!
 //! Each format module has the same eight functions, one per direction and shape:
@@ -18,6 +19,7 @@
 pub mod anthropic;
 mod json;
 pub mod openai;
+pub mod responses;
 mod scan;
 pub mod sse;
 

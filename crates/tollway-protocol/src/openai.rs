@@ -1521,7 +1521,7 @@ pub fn decode_response(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
 // ------------------------------------------------------------------------------------------------
 
 /// The `type` and `code` an OpenAI client sees for each kind of error.
-fn error_type_code(kind: ErrorKind) -> (&'static str, Option<&'static str>) {
+pub(crate) fn error_type_code(kind: ErrorKind) -> (&'static str, Option<&'static str>) {
     match kind {
         ErrorKind::InvalidRequest => ("invalid_request_error", None),
         ErrorKind::ContextWindowExceeded => {

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use subtle::ConstantTimeEq;
 use tollway_core::{ApiFamily, ErrorKind, EventStream, ProviderError};
-use tollway_protocol::{anthropic, openai};
+use tollway_protocol::{anthropic, openai, responses};
 
 use std::time::Instant;
 
@@ -231,17 +231,41 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    chat(state, ApiFamily::OpenAi, headers, body).await
+    chat(state, Surface::ChatCompletions, headers, body).await
 }
 
 pub async fn messages(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    chat(state, ApiFamily::Anthropic, headers, body).await
+    chat(state, Surface::Messages, headers, body).await
 }
 
-async fn chat(state: AppState, family: ApiFamily, headers: HeaderMap, body: Body) -> Response {
+/// OpenAI's Responses API, stateless (`tollway_protocol::responses`).
+pub async fn responses(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    chat(state, Surface::Responses, headers, body).await
+}
+
+/// The client API a chat request came in by: how it is decoded and answered. Errors, metrics
+/// and the ledger go by its family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Surface {
+    ChatCompletions,
+    Messages,
+    Responses,
+}
+
+impl Surface {
+    fn family(self) -> ApiFamily {
+        match self {
+            Surface::ChatCompletions | Surface::Responses => ApiFamily::OpenAi,
+            Surface::Messages => ApiFamily::Anthropic,
+        }
+    }
+}
+
+async fn chat(state: AppState, surface: Surface, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let waits = Waits::default();
-    let mut resp = chat_inner(&state, family, headers, body, &waits).await;
+    let family = surface.family();
+    let mut resp = chat_inner(&state, surface, headers, body, &waits).await;
     let stream = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -734,11 +758,12 @@ async fn admit(
 
 async fn chat_inner(
     state: &AppState,
-    family: ApiFamily,
+    surface: Surface,
     headers: HeaderMap,
     body: Body,
     waits: &Waits,
 ) -> Response {
+    let family = surface.family();
     let request_id = new_request_id();
     let fail = |err: ProviderError, outcome: Option<Outcome>| {
         ApiError {
@@ -758,9 +783,10 @@ async fn chat_inner(
             Ok(b) => b,
             Err(e) => return fail(e, None),
         };
-    let decoded = match family {
-        ApiFamily::OpenAi => openai::decode_request(&bytes),
-        ApiFamily::Anthropic => anthropic::decode_request(&bytes),
+    let decoded = match surface {
+        Surface::ChatCompletions => openai::decode_request(&bytes),
+        Surface::Messages => anthropic::decode_request(&bytes),
+        Surface::Responses => responses::decode_request(&bytes),
     };
     // The decoded request holds what is needed: the raw body (megabytes, with images) is not
     // kept while the request waits on the upstream.
@@ -831,7 +857,7 @@ async fn chat_inner(
         match gateway::chat_stream(&rt, &req, &opts, planned, &mut outcome, waits).await {
             Ok(stream) => {
                 charge.outcome(499, &outcome);
-                sse_response(family, include_usage, stream, charge, &request_id, outcome)
+                sse_response(surface, include_usage, stream, charge, &request_id, outcome)
             }
             Err(e) => {
                 charge.outcome(e.http_status(), &outcome);
@@ -857,9 +883,10 @@ async fn chat_inner(
                 charge.outcome(200, &outcome);
                 let (billed, _) = charge.billed_usage();
                 outcome.headers.push((H_COST, charge.cost_header(&billed)));
-                let body = match family {
-                    ApiFamily::OpenAi => openai::encode_response(&answer),
-                    ApiFamily::Anthropic => anthropic::encode_response(&answer),
+                let body = match surface {
+                    Surface::ChatCompletions => openai::encode_response(&answer),
+                    Surface::Messages => anthropic::encode_response(&answer),
+                    Surface::Responses => responses::encode_response(&answer),
                 };
                 let mut resp = Response::new(Body::from(body));
                 set_ids(resp.headers_mut(), &request_id, Some(outcome));
@@ -931,15 +958,15 @@ impl<S: futures_util::Stream + Unpin> futures_util::Stream for FirstAlone<S> {
 enum Encoder {
     OpenAi(openai::StreamEncoder),
     Anthropic(anthropic::StreamEncoder),
+    Responses(responses::StreamEncoder),
 }
 
 impl Encoder {
-    fn new(family: ApiFamily, include_usage: bool) -> Self {
-        match family {
-            ApiFamily::OpenAi => Encoder::OpenAi(openai::StreamEncoder::new(include_usage)),
-            ApiFamily::Anthropic => {
-                Encoder::Anthropic(anthropic::StreamEncoder::new(include_usage))
-            }
+    fn new(surface: Surface, include_usage: bool) -> Self {
+        match surface {
+            Surface::ChatCompletions => Encoder::OpenAi(openai::StreamEncoder::new(include_usage)),
+            Surface::Messages => Encoder::Anthropic(anthropic::StreamEncoder::new(include_usage)),
+            Surface::Responses => Encoder::Responses(responses::StreamEncoder::new()),
         }
     }
 
@@ -954,6 +981,10 @@ impl Encoder {
                 e.push(ev, out);
                 e.usage()
             }
+            Encoder::Responses(e) => {
+                e.push(ev, out);
+                e.usage()
+            }
         }
     }
 
@@ -961,6 +992,7 @@ impl Encoder {
         match self {
             Encoder::OpenAi(e) => e.error(err, out),
             Encoder::Anthropic(e) => e.error(err, out),
+            Encoder::Responses(e) => e.error(err, out),
         }
     }
 
@@ -972,6 +1004,10 @@ impl Encoder {
                 e.finish(out)
             }
             Encoder::Anthropic(e) => {
+                e.set_cost_usd(cost);
+                e.finish(out)
+            }
+            Encoder::Responses(e) => {
                 e.set_cost_usd(cost);
                 e.finish(out)
             }
@@ -1057,14 +1093,14 @@ impl futures_util::Stream for SseState {
 /// The client's SSE body: each upstream event is encoded and sent as soon as it arrives. When the
 /// client goes away, hyper drops this body, which drops the upstream stream and cancels it.
 fn sse_response(
-    family: ApiFamily,
+    surface: Surface,
     include_usage: bool,
     upstream: EventStream,
     charge: Charge,
     request_id: &str,
     outcome: Outcome,
 ) -> Response {
-    let encoder = Encoder::new(family, include_usage);
+    let encoder = Encoder::new(surface, include_usage);
     let state = SseState {
         upstream,
         encoder,

@@ -368,6 +368,10 @@ pub fn app(state: AppState) -> Router {
             with_405(post(api::messages), ApiFamily::Anthropic, "/v1/messages"),
         )
         .route(
+            "/v1/responses",
+            with_405(post(api::responses), ApiFamily::OpenAi, "/v1/responses"),
+        )
+        .route(
             "/v1/messages/count_tokens",
             with_405(
                 post(api::count_tokens),

@@ -7,6 +7,7 @@ mod count_tokens;
 mod harness;
 mod lifecycle;
 mod reload;
+mod responses;
 mod routing;
 mod shared;
 mod tls;
