@@ -27,8 +27,9 @@ use crate::json::{self, index, invalid_value, missing, wrong_type, Obj};
 use crate::sse::write_json_event;
 
 /// Request fields accepted and without effect: `store` (nothing is stored either way),
-/// `include` (extra output Tollway does not produce), `truncation` (`disabled` is what Tollway
-/// does; `auto` is refused), `background: false`, `stream_options`, `top_logprobs: 0`.
+/// `include` (extra output Tollway does not produce) and `stream_options`. (So are
+/// `truncation: "disabled"`, `background: false` and `top_logprobs: 0`; their other values are
+/// refused.)
 const IGNORED: [&str; 3] = ["store", "include", "stream_options"];
 
 /// Decodes a client's `POST /v1/responses` body. Errors name the field.
