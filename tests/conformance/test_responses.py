@@ -21,7 +21,7 @@ TOOLS = [
 @pytest.mark.parametrize("model,deployment", [("gpt", "oai/gpt-4.1"), ("claude", "ant/claude-sonnet-4-5")])
 def test_responses_create(oai, model, deployment):
     raw = oai.responses.with_raw_response.create(
-        model=model, instructions="Be brief.", input="Hello!", max_output_tokens=50
+        model=model, instructions="Be brief.", input="Hello!", max_output_tokens=50, temperature=0.3
     )
     assert raw.headers.get("x-tollway-model") == deployment
     assert raw.headers.get("x-tollway-cost-usd")
@@ -32,6 +32,8 @@ def test_responses_create(oai, model, deployment):
     assert r.output[0].type == "message" and r.output[0].role == "assistant"
     assert r.usage.input_tokens > 0 and r.usage.output_tokens > 0
     assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    # the request's settings, repeated as the API does
+    assert r.temperature == 0.3 and r.max_output_tokens == 50 and r.tool_choice == "auto"
 
 
 @pytest.mark.parametrize("model", ["gpt", "claude"])

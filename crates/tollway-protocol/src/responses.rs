@@ -469,17 +469,77 @@ fn call_item(call_id: &str, name: &str, arguments: &str, status: &str) -> Value 
            "name": name, "arguments": arguments, "status": status})
 }
 
-/// The `response` object, with what every response carries whatever was asked.
+/// The request's settings that a `response` object repeats, as the API's do: `tools`,
+/// `tool_choice`, `temperature`, `top_p`, `max_output_tokens`, `parallel_tool_calls`,
+/// `text.format`, `user`, `metadata` and `reasoning.effort`. (`instructions` is not repeated:
+/// in the canonical request it is one more system message.)
+#[derive(Debug, Clone, Default)]
+pub struct Settings(Map<String, Value>);
+
+impl Settings {
+    pub fn of(req: &ChatRequest) -> Self {
+        let tools: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "name": t.name, "description": t.description,
+                       "parameters": t.parameters, "strict": t.strict})
+            })
+            .collect();
+        let tool_choice = match &req.tool_choice {
+            None | Some(ToolChoice::Auto) => json!("auto"),
+            Some(ToolChoice::None) => json!("none"),
+            Some(ToolChoice::Required) => json!("required"),
+            Some(ToolChoice::Tool(name)) => json!({"type": "function", "name": name}),
+        };
+        let format = match &req.response_format {
+            None | Some(ResponseFormat::Text) => json!({"type": "text"}),
+            Some(ResponseFormat::JsonObject) => json!({"type": "json_object"}),
+            Some(ResponseFormat::JsonSchema {
+                name,
+                description,
+                schema,
+                strict,
+            }) => json!({"type": "json_schema", "name": name, "description": description,
+                         "schema": schema, "strict": strict}),
+        };
+        let extra = &req.extra.fields;
+        let mut m = Map::new();
+        m.insert("tools".into(), Value::Array(tools));
+        m.insert("tool_choice".into(), tool_choice);
+        m.insert("temperature".into(), json!(req.temperature));
+        m.insert("top_p".into(), json!(req.top_p));
+        m.insert("max_output_tokens".into(), json!(req.max_tokens));
+        m.insert(
+            "parallel_tool_calls".into(),
+            json!(req.parallel_tool_calls.unwrap_or(true)),
+        );
+        m.insert("text".into(), json!({ "format": format }));
+        m.insert("user".into(), json!(req.user));
+        m.insert(
+            "metadata".into(),
+            extra.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        );
+        m.insert(
+            "reasoning".into(),
+            json!({"effort": extra.get("reasoning_effort"), "summary": null}),
+        );
+        Settings(m)
+    }
+}
+
+/// The `response` object: what every response carries, with the request's `settings`.
+/// The fourth argument: its `status` and `incomplete_details`.
 fn response_object(
     id: &str,
     model: &str,
     created_at: u64,
-    status: &str,
-    incomplete: Value,
+    (status, incomplete): (&str, Value),
     output: Vec<Value>,
     usage: Value,
+    settings: &Settings,
 ) -> Value {
-    json!({
+    let mut v = json!({
         "id": id,
         "object": "response",
         "created_at": created_at,
@@ -503,12 +563,18 @@ fn response_object(
         "usage": usage,
         "user": null,
         "metadata": {},
-    })
+    });
+    if let Some(o) = v.as_object_mut() {
+        for (k, val) in &settings.0 {
+            o.insert(k.clone(), val.clone());
+        }
+    }
+    v
 }
 
-/// Writes a canonical answer as a `response` object. Thinking parts are not written: this
-/// surface never asks for them.
-pub fn encode_response(r: &ChatResponse) -> Vec<u8> {
+/// Writes a canonical answer as a `response` object, with the request's `settings`. Thinking
+/// parts are not written: this surface never asks for them.
+pub fn encode_response(r: &ChatResponse, settings: &Settings) -> Vec<u8> {
     let id = response_id(&r.id);
     let (status, incomplete) = completion(Some(&r.stop_reason));
     let mut output = Vec::new();
@@ -532,10 +598,10 @@ pub fn encode_response(r: &ChatResponse) -> Vec<u8> {
         &id,
         &r.model,
         r.created,
-        status,
-        incomplete,
+        (status, incomplete),
         output,
         usage_json(&r.usage, None),
+        settings,
     );
     v.to_string().into_bytes()
 }
@@ -577,17 +643,14 @@ pub struct StreamEncoder {
     usage: Usage,
     cost_usd: Option<String>,
     done: bool,
-}
-
-impl Default for StreamEncoder {
-    fn default() -> Self {
-        Self::new()
-    }
+    settings: Settings,
 }
 
 impl StreamEncoder {
-    pub fn new() -> Self {
+    /// An encoder for the answer to a request with these `settings` ([`Settings::of`]).
+    pub fn new(settings: Settings) -> Self {
         StreamEncoder {
+            settings,
             id: String::new(),
             model: String::new(),
             created_at: json::now_unix(),
@@ -624,10 +687,10 @@ impl StreamEncoder {
             &self.id,
             &self.model,
             self.created_at,
-            status,
-            incomplete,
+            (status, incomplete),
             output,
             usage,
+            &self.settings,
         )
     }
 

@@ -854,10 +854,17 @@ async fn chat_inner(
     charge.request = Some(req.clone());
     if req.stream {
         let include_usage = req.include_usage;
+        let settings = (surface == Surface::Responses).then(|| responses::Settings::of(&req));
         match gateway::chat_stream(&rt, &req, &opts, planned, &mut outcome, waits).await {
             Ok(stream) => {
                 charge.outcome(499, &outcome);
-                sse_response(surface, include_usage, stream, charge, &request_id, outcome)
+                sse_response(
+                    Encoder::new(surface, include_usage, settings),
+                    stream,
+                    charge,
+                    &request_id,
+                    outcome,
+                )
             }
             Err(e) => {
                 charge.outcome(e.http_status(), &outcome);
@@ -886,7 +893,9 @@ async fn chat_inner(
                 let body = match surface {
                     Surface::ChatCompletions => openai::encode_response(&answer),
                     Surface::Messages => anthropic::encode_response(&answer),
-                    Surface::Responses => responses::encode_response(&answer),
+                    Surface::Responses => {
+                        responses::encode_response(&answer, &responses::Settings::of(&req))
+                    }
                 };
                 let mut resp = Response::new(Body::from(body));
                 set_ids(resp.headers_mut(), &request_id, Some(outcome));
@@ -962,11 +971,14 @@ enum Encoder {
 }
 
 impl Encoder {
-    fn new(surface: Surface, include_usage: bool) -> Self {
+    /// `settings`: a Responses request's ([`responses::Settings::of`]), which its answer repeats.
+    fn new(surface: Surface, include_usage: bool, settings: Option<responses::Settings>) -> Self {
         match surface {
             Surface::ChatCompletions => Encoder::OpenAi(openai::StreamEncoder::new(include_usage)),
             Surface::Messages => Encoder::Anthropic(anthropic::StreamEncoder::new(include_usage)),
-            Surface::Responses => Encoder::Responses(responses::StreamEncoder::new()),
+            Surface::Responses => {
+                Encoder::Responses(responses::StreamEncoder::new(settings.unwrap_or_default()))
+            }
         }
     }
 
@@ -1093,14 +1105,12 @@ impl futures_util::Stream for SseState {
 /// The client's SSE body: each upstream event is encoded and sent as soon as it arrives. When the
 /// client goes away, hyper drops this body, which drops the upstream stream and cancels it.
 fn sse_response(
-    surface: Surface,
-    include_usage: bool,
+    encoder: Encoder,
     upstream: EventStream,
     charge: Charge,
     request_id: &str,
     outcome: Outcome,
 ) -> Response {
-    let encoder = Encoder::new(surface, include_usage);
     let state = SseState {
         upstream,
         encoder,

@@ -212,7 +212,8 @@ fn answers_are_response_objects() {
         ],
         StopReason::ToolUse,
     );
-    let v: Value = serde_json::from_slice(&encode_response(&r)).expect("json");
+    let v: Value =
+        serde_json::from_slice(&encode_response(&r, &Settings::default())).expect("json");
     assert_eq!(v["id"], "resp_abc");
     assert_eq!(v["object"], "response");
     assert_eq!(v["status"], "completed");
@@ -231,10 +232,10 @@ fn answers_are_response_objects() {
         json!({"input_tokens": 14, "input_tokens_details": {"cached_tokens": 4},
                "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 19})
     );
-    let cut: Value = serde_json::from_slice(&encode_response(&answer(
-        vec![Part::text("Hel")],
-        StopReason::MaxTokens,
-    )))
+    let cut: Value = serde_json::from_slice(&encode_response(
+        &answer(vec![Part::text("Hel")], StopReason::MaxTokens),
+        &Settings::default(),
+    ))
     .expect("json");
     assert_eq!(cut["status"], "incomplete");
     assert_eq!(cut["incomplete_details"]["reason"], "max_output_tokens");
@@ -266,7 +267,7 @@ fn events(bytes: &[u8]) -> Vec<(String, Value)> {
 
 #[test]
 fn streams_are_typed_events_that_add_up_to_the_response() {
-    let mut e = StreamEncoder::new();
+    let mut e = StreamEncoder::new(Settings::default());
     let mut out = Vec::new();
     let usage = Usage {
         input_tokens: 7,
@@ -356,7 +357,7 @@ fn streams_are_typed_events_that_add_up_to_the_response() {
 
 #[test]
 fn a_cut_answer_is_incomplete_and_a_failed_stream_says_so() {
-    let mut e = StreamEncoder::new();
+    let mut e = StreamEncoder::new(Settings::default());
     let mut out = Vec::new();
     e.push(
         &StreamEvent::TextDelta {
@@ -382,7 +383,7 @@ fn a_cut_answer_is_incomplete_and_a_failed_stream_says_so() {
     );
     assert_eq!(last["response"]["output"][0]["status"], "incomplete");
 
-    let mut e = StreamEncoder::new();
+    let mut e = StreamEncoder::new(Settings::default());
     let mut out = Vec::new();
     e.push(
         &StreamEvent::TextDelta {
@@ -403,4 +404,37 @@ fn a_cut_answer_is_incomplete_and_a_failed_stream_says_so() {
     let failed = &evs[evs.len() - 1].1["response"];
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["error"]["message"], "the upstream went away");
+}
+
+#[test]
+fn responses_repeat_the_requests_settings() {
+    let req = decode(
+        json!({"model": "m", "input": "hi", "temperature": 0.2, "max_output_tokens": 9,
+        "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+        "tool_choice": "required", "parallel_tool_calls": false, "user": "u",
+        "metadata": {"k": "v"}, "reasoning": {"effort": "high"},
+        "text": {"format": {"type": "json_object"}}}),
+    )
+    .expect("decodes");
+    let settings = Settings::of(&req);
+    let r = answer(vec![Part::text("{}")], StopReason::EndTurn);
+    let v: Value = serde_json::from_slice(&encode_response(&r, &settings)).expect("json");
+    assert_eq!(v["temperature"], 0.2);
+    assert_eq!(v["top_p"], Value::Null);
+    assert_eq!(v["max_output_tokens"], 9);
+    assert_eq!(v["tools"][0]["name"], "f");
+    assert_eq!(v["tools"][0]["type"], "function");
+    assert_eq!(v["tool_choice"], "required");
+    assert_eq!(v["parallel_tool_calls"], false);
+    assert_eq!(v["user"], "u");
+    assert_eq!(v["metadata"], json!({"k": "v"}));
+    assert_eq!(v["reasoning"]["effort"], "high");
+    assert_eq!(v["text"]["format"]["type"], "json_object");
+    // streams repeat them in every snapshot
+    let mut e = StreamEncoder::new(settings);
+    let mut out = Vec::new();
+    e.finish(&mut out);
+    let evs = events(&out);
+    assert_eq!(evs[0].1["response"]["tool_choice"], "required");
+    assert_eq!(evs[evs.len() - 1].1["response"]["max_output_tokens"], 9);
 }
