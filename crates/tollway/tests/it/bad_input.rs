@@ -34,11 +34,15 @@ async fn bad_requests_get_clear_errors_in_both_shapes() {
         ("invalid utf-8", b"{\"model\":\"gpt\",\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}".to_vec(), 400, "UTF-8"),
         ("empty body", Vec::new(), 400, ""),
     ];
-    for path in ["/v1/chat/completions", "/v1/messages"] {
+    for path in [
+        "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+    ] {
         for (name, body, status, needle) in &cases {
             let (got, _h, v) = split(env.post_raw(path, body.clone()).await).await;
             assert_eq!(got, *status, "{path} {name}: {v}");
-            let msg = if path == "/v1/messages" {
+            let msg = if path.starts_with("/v1/messages") {
                 anthropic_msg(&v)
             } else {
                 openai_msg(&v)
@@ -49,6 +53,68 @@ async fn bad_requests_get_clear_errors_in_both_shapes() {
                 "{path} {name}: `{msg}` does not name `{needle}`"
             );
         }
+    }
+    // the Responses API's own fields, in OpenAI's shape
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "malformed json",
+            b"{\"model\": \"gpt\", ".to_vec(),
+            400,
+            "JSON",
+        ),
+        (
+            "not an object",
+            b"[1,2,3]".to_vec(),
+            400,
+            "expected a JSON object",
+        ),
+        (
+            "wrong type",
+            br#"{"model":"gpt","input":5}"#.to_vec(),
+            400,
+            "input",
+        ),
+        (
+            "wrong nested type",
+            br#"{"model":"gpt","input":[{"role":"user","content":5}]}"#.to_vec(),
+            400,
+            "input[0].content",
+        ),
+        (
+            "wrong scalar type",
+            br#"{"model":"gpt","input":"x","max_output_tokens":"many"}"#.to_vec(),
+            400,
+            "max_output_tokens",
+        ),
+        (
+            "missing field",
+            br#"{"model":"gpt"}"#.to_vec(),
+            400,
+            "input",
+        ),
+        (
+            "unknown model",
+            br#"{"model":"no-such-model","input":"x"}"#.to_vec(),
+            404,
+            "no-such-model",
+        ),
+        (
+            "invalid utf-8",
+            b"{\"model\":\"gpt\",\"input\":\"\xff\xfe\"}".to_vec(),
+            400,
+            "UTF-8",
+        ),
+        ("empty body", Vec::new(), 400, ""),
+    ];
+    for (name, body, status, needle) in &cases {
+        let (got, _h, v) = split(env.post_raw("/v1/responses", body.clone()).await).await;
+        assert_eq!(got, *status, "/v1/responses {name}: {v}");
+        let msg = openai_msg(&v);
+        assert!(!msg.is_empty(), "/v1/responses {name}: empty message");
+        assert!(
+            msg.contains(needle),
+            "/v1/responses {name}: `{msg}` does not name `{needle}`"
+        );
     }
     assert!(env.healthy().await);
 }
@@ -64,9 +130,19 @@ async fn oversized_bodies_get_413() {
     let (status, _, v) = split(env.post_raw("/v1/chat/completions", body.clone()).await).await;
     assert_eq!(status, 413, "{v}");
     assert!(openai_msg(&v).contains("65536"));
-    let (status, _, v) = split(env.post_raw("/v1/messages", body).await).await;
+    let (status, _, v) = split(env.post_raw("/v1/messages", body.clone()).await).await;
     assert_eq!(status, 413);
     assert_eq!(v["error"]["type"], "request_too_large");
+    let (status, _, v) = split(
+        env.post_raw("/v1/messages/count_tokens", body.clone())
+            .await,
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert_eq!(v["error"]["type"], "request_too_large");
+    let (status, _, v) = split(env.post_raw("/v1/responses", body).await).await;
+    assert_eq!(status, 413, "{v}");
+    assert!(openai_msg(&v).contains("65536"));
     // chunked, without a content-length: still bounded
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..40).map(|_| Ok(vec![b' '; 4096])).collect();
