@@ -58,3 +58,21 @@ def test_count_tokens_errors_in_anthropic_shape(ant):
     with pytest.raises(anthropic.BadRequestError) as e:
         ant.messages.count_tokens(model="claude", messages=[])
     assert "messages" in str(e.value)
+
+
+def test_beta_features_reach_the_anthropic_upstream(ant, mock):
+    """`client.beta.messages.create(betas=[...])` sends `anthropic-beta`; an Anthropic
+    deployment gets it, for messages and token counts alike."""
+    msg = ant.beta.messages.create(
+        model="claude", max_tokens=20, betas=["context-1m-2025-08-07"], messages=MESSAGES[:1]
+    )
+    assert msg.content[0].text
+    counted = ant.beta.messages.count_tokens(
+        model="claude", betas=["context-1m-2025-08-07"], messages=MESSAGES[:1]
+    )
+    assert counted.input_tokens > 0
+    sent = [q for q in mock.requests() if q["path"].startswith("/v1/messages")]
+    assert [q["path"] for q in sent] == ["/v1/messages", "/v1/messages/count_tokens"]
+    for q in sent:
+        # the SDK adds betas of its own to some calls (token-counting-...): they travel too
+        assert "context-1m-2025-08-07" in q["headers"].get("anthropic-beta", "").split(","), q["headers"]

@@ -105,6 +105,9 @@ pub struct ChatRequest {
     pub response_format: Option<ResponseFormat>,
     /// End-user id (OpenAI `user`, Anthropic `metadata.user_id`).
     pub user: Option<String>,
+    /// Anthropic beta features the client asked for (its `anthropic-beta` header, e.g. a longer
+    /// context window): sent on to Anthropic-format upstreams, meaningless to others.
+    pub betas: Vec<String>,
     /// Fields of the inbound API that have no canonical equivalent, kept verbatim.
     pub extra: Extra,
 }
@@ -127,6 +130,7 @@ impl ChatRequest {
             parallel_tool_calls: None,
             response_format: None,
             user: None,
+            betas: Vec::new(),
             extra: Extra::default(),
         }
     }

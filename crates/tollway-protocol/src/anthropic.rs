@@ -120,6 +120,7 @@ pub(crate) mod fast {
             parallel_tool_calls: None,
             response_format: None,
             user: r.metadata.and_then(|m| m.user_id).map(Cow::into_owned),
+            betas: Vec::new(),
             extra: Extra {
                 family: ApiFamily::Anthropic,
                 fields: Map::new(),
@@ -354,6 +355,7 @@ fn decode_request_general(text: &str) -> Result<ChatRequest, ProviderError> {
         parallel_tool_calls,
         response_format,
         user,
+        betas: Vec::new(),
         extra: Extra {
             family: ApiFamily::Anthropic,
             fields,

@@ -110,6 +110,7 @@ pub(crate) mod fast {
             parallel_tool_calls: None,
             response_format: None,
             user: r.user.map(Cow::into_owned),
+            betas: Vec::new(),
             extra: Extra {
                 family: ApiFamily::OpenAi,
                 fields: Map::new(),
@@ -188,6 +189,7 @@ fn decode_request_general(text: &str) -> Result<ChatRequest, ProviderError> {
         parallel_tool_calls,
         response_format,
         user,
+        betas: Vec::new(),
         extra: Extra {
             family: ApiFamily::OpenAi,
             fields: o.into_rest(),

@@ -200,6 +200,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
         parallel_tool_calls,
         response_format,
         user,
+        betas: Vec::new(),
         extra: Extra {
             family: ApiFamily::OpenAi,
             fields: extra,

@@ -396,19 +396,28 @@ impl HttpProvider {
     /// Sends the request and waits (bounded by the first-byte timeout) for status and headers.
     /// Error statuses are read (bounded) and classified here. Returns the response and the
     /// deadline of the whole request (the total timeout), which the body must also meet.
-    async fn send(&self, body: Vec<u8>, model: &str) -> Result<(Response, Instant), ProviderError> {
-        self.send_to(&self.chat_url, body, model).await
+    async fn send(
+        &self,
+        body: Vec<u8>,
+        model: &str,
+        betas: &[String],
+    ) -> Result<(Response, Instant), ProviderError> {
+        self.send_to(&self.chat_url, body, model, betas).await
     }
 
+    /// [`send`](Self::send) to `url`. `betas`: the client's Anthropic beta features, sent in
+    /// `anthropic-beta` (after the account's own) to Anthropic-format upstreams.
     async fn send_to(
         &self,
         url: &Endpoint,
         body: Vec<u8>,
         model: &str,
+        betas: &[String],
     ) -> Result<(Response, Instant), ProviderError> {
         let deadline = Instant::now() + self.timeouts.total();
         let wait = self.timeouts.first_byte().min(self.timeouts.total());
-        let resp = match tokio::time::timeout(wait, self.request(url, body)).await {
+        let headers = self.headers_with(betas);
+        let resp = match tokio::time::timeout(wait, self.request(url, body, headers)).await {
             Err(_) => {
                 return Err(ProviderError::new(
                     ErrorKind::Timeout,
@@ -440,11 +449,41 @@ impl HttpProvider {
         Err(err)
     }
 
-    /// Sends a POST of `body` on the calling lane's connections; status and headers, or why not.
+    /// The account's headers, with `betas` added to `anthropic-beta` for an Anthropic-format
+    /// upstream (a beta that is not a valid header value is left out).
+    fn headers_with(&self, betas: &[String]) -> HeaderMap {
+        let mut headers = self.headers.clone();
+        if betas.is_empty() || self.info.family != ApiFamily::Anthropic {
+            return headers;
+        }
+        let mut all: Vec<&str> = headers
+            .get("anthropic-beta")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for b in betas {
+            if !all.contains(&b.as_str()) {
+                all.push(b);
+            }
+        }
+        if let Ok(v) = http::HeaderValue::from_str(&all.join(",")) {
+            headers.insert("anthropic-beta", v);
+        }
+        headers
+    }
+
+    /// Sends a POST of `body` with `headers` on the calling lane's connections; status and
+    /// headers, or why not.
     async fn request(
         &self,
         url: &Endpoint,
         body: Vec<u8>,
+        headers: HeaderMap,
     ) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
         match &self.transport {
             Transport::Pooled {
@@ -456,7 +495,7 @@ impl HttpProvider {
                 } else {
                     &url.origin_form
                 };
-                let req = post(uri.clone(), self.headers.clone(), body);
+                let req = post(uri.clone(), headers, body);
                 match pools.pick().send(req).await {
                     Ok(resp) => Ok(resp),
                     // hyper's own error, so that its causes read as they always have
@@ -465,7 +504,7 @@ impl HttpProvider {
                 }
             }
             Transport::Client(clients) => {
-                let req = post(url.absolute.clone(), self.headers.clone(), body);
+                let req = post(url.absolute.clone(), headers, body);
                 let resp = clients.pick().request(req).await?;
                 Ok(resp.map(PooledBody::unpooled))
             }
@@ -638,7 +677,7 @@ impl Provider for HttpProvider {
                 ));
             };
             let body = openai::encode_embeddings_request(&req);
-            let (resp, deadline) = self.send_to(url, body, &req.model).await?;
+            let (resp, deadline) = self.send_to(url, body, &req.model, &[]).await?;
             let buf = self.read_body(resp, deadline, &req.model).await?;
             openai::decode_embeddings_response(&buf).map_err(|mut e| {
                 e.message = format!("{} (from {})", e.message, self.label(&req.model));
@@ -661,7 +700,7 @@ impl Provider for HttpProvider {
                 stream: false,
             };
             let body = anthropic::encode_count_tokens_request(req, target, self.label(model))?;
-            let (resp, deadline) = self.send_to(url, body, model).await?;
+            let (resp, deadline) = self.send_to(url, body, model, &req.betas).await?;
             let buf = self.read_body(resp, deadline, model).await?;
             anthropic::decode_count_tokens_response(&buf)
                 .map(Some)
@@ -687,7 +726,7 @@ impl Provider for HttpProvider {
                 },
             )?;
             let buf = timed(waited, async {
-                let (resp, deadline) = self.send(body, model).await?;
+                let (resp, deadline) = self.send(body, model, &req.betas).await?;
                 self.read_body(resp, deadline, model).await
             })
             .await?;
@@ -716,7 +755,7 @@ impl Provider for HttpProvider {
                     stream: true,
                 },
             )?;
-            let (resp, deadline) = timed(waited, self.send(body, model)).await?;
+            let (resp, deadline) = timed(waited, self.send(body, model, &req.betas)).await?;
             let label = self.label(model);
             let bytes = BodyStream::new(resp.into_body()).filter_map(|frame| {
                 std::future::ready(match frame {

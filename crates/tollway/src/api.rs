@@ -474,6 +474,20 @@ impl Drop for Charge {
     }
 }
 
+/// The client's Anthropic beta features (`anthropic-beta: a,b`, in one header or several), which
+/// Anthropic-format upstreams get.
+fn betas(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all("anthropic-beta")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The router's choice when `req.model` names a router (`None` otherwise).
 async fn choose(
     rt: &Arc<Runtime>,
@@ -795,6 +809,7 @@ async fn chat_inner(
         Ok(r) => r,
         Err(e) => return fail(e, None),
     };
+    req.betas = betas(&headers);
     let mut opts = match RouteOptions::take(&mut req.extra.fields) {
         Ok(o) => o,
         Err(e) => return fail(e, None),
@@ -1558,6 +1573,7 @@ async fn count_tokens_inner(
         .map_err(|e| (e, None))?;
     let mut req = anthropic::decode_count_tokens_request(&bytes).map_err(|e| (e, None))?;
     drop(bytes);
+    req.betas = betas(headers);
     let mut opts = RouteOptions::take(&mut req.extra.fields).map_err(|e| (e, None))?;
     key_policy(&principal, &req.model, &mut opts).map_err(|e| (e, None))?;
     let rt = state.runtime();

@@ -724,3 +724,75 @@ async fn clients_may_speak_http2_with_prior_knowledge() {
         .await;
     assert_eq!(status, 200);
 }
+
+/// A client's `anthropic-beta` features reach Anthropic-format upstreams (after the account's
+/// own, each once) for messages, streams and token counts; other upstreams do not get them.
+#[tokio::test]
+async fn anthropic_beta_headers_reach_anthropic_upstreams_only() {
+    let env = crate::harness::start_with(|mock| {
+        crate::harness::config_text(mock).replace(
+            &format!("ant: {{ kind: anthropic, base_url: \"{mock}\", api_key: {ANT_KEY} }}"),
+            &format!("ant: {{ kind: anthropic, base_url: \"{mock}\", api_key: {ANT_KEY}, headers: {{ anthropic-beta: account-beta }} }}"),
+        )
+    })
+    .await;
+    let send = |path: &'static str, model: &'static str, stream: bool| {
+        let env = &env;
+        async move {
+            let r = env
+                .http
+                .post(format!("{}{path}", env.url))
+                .header("x-api-key", MASTER)
+                .header("anthropic-version", "2023-06-01")
+                .header("anthropic-beta", "context-1m-2025-08-07, account-beta")
+                .header("anthropic-beta", "interleaved-thinking-2025-05-14")
+                .json(&json!({"model": model, "max_tokens": 20, "stream": stream,
+                              "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status(), 200, "{path} {model}");
+            let _ = r.text().await;
+            env.last_upstream().await
+        }
+    };
+    let want = "account-beta,context-1m-2025-08-07,interleaved-thinking-2025-05-14";
+    for stream in [false, true] {
+        let up = send("/v1/messages", "claude", stream).await;
+        assert_eq!(up["headers"]["anthropic-beta"], want, "stream {stream}");
+    }
+    let r = env
+        .http
+        .post(format!("{}/v1/messages/count_tokens", env.url))
+        .header("x-api-key", MASTER)
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "context-1m-2025-08-07")
+        .json(&json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let up = env.last_upstream().await;
+    assert_eq!(up["path"], "/v1/messages/count_tokens");
+    assert_eq!(
+        up["headers"]["anthropic-beta"],
+        "account-beta,context-1m-2025-08-07"
+    );
+    // an OpenAI-format upstream gets no such header
+    let up = send("/v1/messages", "gpt", false).await;
+    assert_eq!(up["path"], "/v1/chat/completions");
+    assert!(
+        up["headers"].get("anthropic-beta").is_none(),
+        "{}",
+        up["headers"]
+    );
+    // without the client's header, the account's own is sent as it was
+    let (status, _, _) = env
+        .anthropic(json!({"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        env.last_upstream().await["headers"]["anthropic-beta"],
+        "account-beta"
+    );
+}
