@@ -271,13 +271,7 @@ fn decode_message(v: Value, path: &str, out: &mut Vec<Message>) -> Result<(), Pr
                 is_error: false,
             });
             // Consecutive tool messages answer one assistant turn: keep them in one message.
-            match out.last_mut() {
-                Some(prev) if prev.role == Role::Tool => prev.content.push(result),
-                _ => out.push(Message {
-                    role: Role::Tool,
-                    content: vec![result],
-                }),
-            }
+            push_to_turn(out, Role::Tool, result);
         }
         "function" => {
             return Err(invalid_value(
@@ -338,6 +332,18 @@ fn decode_content(v: Value, path: &str, text_only: bool) -> Result<Vec<Part>, Pr
     }
 }
 
+/// Adds `part` to the last message when it has `role` (one turn: an assistant's calls, the
+/// results that answer them), else starts a message of its own.
+pub(crate) fn push_to_turn(out: &mut Vec<Message>, role: Role, part: Part) {
+    match out.last_mut() {
+        Some(prev) if prev.role == role => prev.content.push(part),
+        _ => out.push(Message {
+            role,
+            content: vec![part],
+        }),
+    }
+}
+
 fn decode_tool(v: Value, path: &str) -> Result<ToolDef, ProviderError> {
     let mut t = Obj::from_value(v, path.to_string())?;
     let ty = t.str("type")?.unwrap_or_else(|| "function".into());
@@ -350,6 +356,13 @@ fn decode_tool(v: Value, path: &str) -> Result<ToolDef, ProviderError> {
     let mut f = t
         .obj("function")?
         .ok_or_else(|| missing(&t.path_of("function")))?;
+    function_def(&mut f)
+}
+
+/// A function tool from the object holding its `name`, `description`, `parameters` (default:
+/// an object schema without properties) and `strict`: Chat Completions' `tools[i].function`,
+/// the Responses API's `tools[i]` itself.
+pub(crate) fn function_def(f: &mut Obj) -> Result<ToolDef, ProviderError> {
     let name = f.req_str("name")?;
     let description = f.str("description")?;
     let parameters = match f.take("parameters") {
@@ -368,15 +381,12 @@ fn decode_tool(v: Value, path: &str) -> Result<ToolDef, ProviderError> {
 
 fn decode_tool_choice(v: Value) -> Result<ToolChoice, ProviderError> {
     match v {
-        Value::String(s) => match s.as_str() {
-            "auto" => Ok(ToolChoice::Auto),
-            "none" => Ok(ToolChoice::None),
-            "required" => Ok(ToolChoice::Required),
-            other => Err(invalid_value(
+        Value::String(s) => tool_choice_mode(&s).ok_or_else(|| {
+            invalid_value(
                 "tool_choice",
-                format!("expected `auto`, `none`, `required` or an object, got `{other}`"),
-            )),
-        },
+                format!("expected `auto`, `none`, `required` or an object, got `{s}`"),
+            )
+        }),
         Value::Object(map) => {
             let mut o = Obj::new(map, "tool_choice");
             let mut f = o
@@ -388,6 +398,31 @@ fn decode_tool_choice(v: Value) -> Result<ToolChoice, ProviderError> {
     }
 }
 
+/// A tool choice given as a word: `auto`, `none` or `required`.
+pub(crate) fn tool_choice_mode(word: &str) -> Option<ToolChoice> {
+    match word {
+        "auto" => Some(ToolChoice::Auto),
+        "none" => Some(ToolChoice::None),
+        "required" => Some(ToolChoice::Required),
+        _ => None,
+    }
+}
+
+/// A `json_schema` format from the object holding its `name`, `description` and `strict`
+/// (Chat Completions' `response_format.json_schema`, the Responses API's `text.format`), with
+/// the `schema` the caller read.
+pub(crate) fn json_schema_format(
+    js: &mut Obj,
+    schema: Value,
+) -> Result<ResponseFormat, ProviderError> {
+    Ok(ResponseFormat::JsonSchema {
+        name: js.req_str("name")?,
+        description: js.str("description")?,
+        schema,
+        strict: js.bool("strict")?,
+    })
+}
+
 fn decode_response_format(mut rf: Obj) -> Result<ResponseFormat, ProviderError> {
     let ty = rf.req_str("type")?;
     match ty.as_str() {
@@ -397,12 +432,8 @@ fn decode_response_format(mut rf: Obj) -> Result<ResponseFormat, ProviderError> 
             let mut js = rf
                 .obj("json_schema")?
                 .ok_or_else(|| missing("response_format.json_schema"))?;
-            Ok(ResponseFormat::JsonSchema {
-                name: js.req_str("name")?,
-                description: js.str("description")?,
-                schema: js.take("schema").unwrap_or_else(|| json!({})),
-                strict: js.bool("strict")?,
-            })
+            let schema = js.take("schema").unwrap_or_else(|| json!({}));
+            json_schema_format(&mut js, schema)
         }
         other => Err(invalid_value(
             "response_format.type",

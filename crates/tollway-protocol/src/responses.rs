@@ -24,6 +24,7 @@ use tollway_core::{
 };
 
 use crate::json::{self, index, invalid_value, missing, wrong_type, Obj};
+use crate::openai::{function_def, json_schema_format, push_to_turn, tool_choice_mode};
 use crate::sse::write_json_event;
 
 /// Request fields accepted and without effect: `store` (nothing is stored either way),
@@ -172,18 +173,12 @@ pub fn decode_request(bytes: &[u8]) -> Result<ChatRequest, ProviderError> {
         ));
     }
     // routing fields (`models`, `provider`) stay for the gateway; anything else is refused
-    let mut rest = o.into_rest();
     for key in ["models", "provider"] {
-        if let Some(v) = rest.remove(key) {
+        if let Some(v) = o.map.remove(key) {
             extra.insert(key.into(), v);
         }
     }
-    if let Some((key, _)) = rest.iter().find(|(_, v)| !v.is_null()) {
-        return Err(invalid_value(
-            key,
-            "unknown or unsupported field for Tollway's /v1/responses",
-        ));
-    }
+    refuse_rest(o)?;
     Ok(ChatRequest {
         model,
         messages,
@@ -236,25 +231,7 @@ fn decode_item(v: Value, path: &str, out: &mut Vec<Message>) -> Result<(), Provi
                     ))
                 }
             };
-            let content = match it.take("content") {
-                None | Some(Value::Null) => return Err(missing(&it.path_of("content"))),
-                Some(Value::String(s)) => vec![Part::text(s)],
-                Some(Value::Array(parts)) => {
-                    let base = it.path_of("content");
-                    parts
-                        .into_iter()
-                        .enumerate()
-                        .filter_map(|(i, p)| decode_part(p, &index(&base, i)).transpose())
-                        .collect::<Result<Vec<_>, _>>()?
-                }
-                Some(other) => {
-                    return Err(wrong_type(
-                        &it.path_of("content"),
-                        "a string or an array of content parts",
-                        &other,
-                    ))
-                }
-            };
+            let content = decode_parts(&mut it, "content")?;
             if role != Role::User && content.iter().any(|p| matches!(p, Part::Image(_))) {
                 return Err(invalid_value(
                     &it.path_of("content"),
@@ -270,49 +247,17 @@ fn decode_item(v: Value, path: &str, out: &mut Vec<Message>) -> Result<(), Provi
                 arguments: it.str("arguments")?.unwrap_or_default(),
             };
             // the calls of one turn (and any text before them) are one assistant message
-            match out.last_mut() {
-                Some(prev) if prev.role == Role::Assistant => {
-                    prev.content.push(Part::ToolCall(call))
-                }
-                _ => out.push(Message {
-                    role: Role::Assistant,
-                    content: vec![Part::ToolCall(call)],
-                }),
-            }
+            push_to_turn(out, Role::Assistant, Part::ToolCall(call));
         }
         "function_call_output" => {
             let tool_call_id = it.req_str("call_id")?;
-            let content = match it.take("output") {
-                None | Some(Value::Null) => return Err(missing(&it.path_of("output"))),
-                Some(Value::String(s)) => vec![Part::text(s)],
-                Some(Value::Array(parts)) => {
-                    let base = it.path_of("output");
-                    parts
-                        .into_iter()
-                        .enumerate()
-                        .filter_map(|(i, p)| decode_part(p, &index(&base, i)).transpose())
-                        .collect::<Result<Vec<_>, _>>()?
-                }
-                Some(other) => {
-                    return Err(wrong_type(
-                        &it.path_of("output"),
-                        "a string or an array of content parts",
-                        &other,
-                    ))
-                }
-            };
+            let content = decode_parts(&mut it, "output")?;
             let result = Part::ToolResult(ToolResult {
                 tool_call_id,
                 content,
                 is_error: false,
             });
-            match out.last_mut() {
-                Some(prev) if prev.role == Role::Tool => prev.content.push(result),
-                _ => out.push(Message {
-                    role: Role::Tool,
-                    content: vec![result],
-                }),
-            }
+            push_to_turn(out, Role::Tool, result);
         }
         other => {
             return Err(invalid_value(
@@ -322,6 +267,25 @@ fn decode_item(v: Value, path: &str, out: &mut Vec<Message>) -> Result<(), Provi
         }
     }
     Ok(())
+}
+
+/// The required field `key` of `it`: a string (one text part) or an array of content parts.
+fn decode_parts(it: &mut Obj, key: &str) -> Result<Vec<Part>, ProviderError> {
+    let path = it.path_of(key);
+    match it.take(key) {
+        None => Err(missing(&path)),
+        Some(Value::String(s)) => Ok(vec![Part::text(s)]),
+        Some(Value::Array(parts)) => parts
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, p)| decode_part(p, &index(&path, i)).transpose())
+            .collect(),
+        Some(other) => Err(wrong_type(
+            &path,
+            "a string or an array of content parts",
+            &other,
+        )),
+    }
 }
 
 /// A content part; `None` for parts that carry nothing to send (an empty refusal).
@@ -355,33 +319,17 @@ fn decode_tool(v: Value, path: &str) -> Result<ToolDef, ProviderError> {
             format!("only `function` tools are supported, not the built-in `{kind}`"),
         ));
     }
-    let name = t.req_str("name")?;
-    let description = t.str("description")?;
-    let parameters = match t.take("parameters") {
-        None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
-        Some(p @ Value::Object(_)) => p,
-        Some(other) => return Err(wrong_type(&t.path_of("parameters"), "an object", &other)),
-    };
-    let strict = t.bool("strict")?;
-    Ok(ToolDef {
-        name,
-        description,
-        parameters,
-        strict,
-    })
+    function_def(&mut t)
 }
 
 fn decode_tool_choice(v: Value) -> Result<ToolChoice, ProviderError> {
     match v {
-        Value::String(s) => match s.as_str() {
-            "auto" => Ok(ToolChoice::Auto),
-            "none" => Ok(ToolChoice::None),
-            "required" => Ok(ToolChoice::Required),
-            other => Err(invalid_value(
+        Value::String(s) => tool_choice_mode(&s).ok_or_else(|| {
+            invalid_value(
                 "tool_choice",
-                format!("expected `auto`, `none`, `required` or a function, got `{other}`"),
-            )),
-        },
+                format!("expected `auto`, `none`, `required` or a function, got `{s}`"),
+            )
+        }),
         Value::Object(map) => {
             let mut o = Obj::new(map, "tool_choice");
             let kind = o.req_str("type")?;
@@ -403,20 +351,12 @@ fn decode_format(mut f: Obj) -> Result<ResponseFormat, ProviderError> {
         "text" => Ok(ResponseFormat::Text),
         "json_object" => Ok(ResponseFormat::JsonObject),
         "json_schema" => {
-            let name = f.req_str("name")?;
-            let description = f.str("description")?;
             let schema = match f.take("schema") {
-                None | Some(Value::Null) => return Err(missing(&f.path_of("schema"))),
+                None => return Err(missing(&f.path_of("schema"))),
                 Some(s @ Value::Object(_)) => s,
                 Some(other) => return Err(wrong_type(&f.path_of("schema"), "an object", &other)),
             };
-            let strict = f.bool("strict")?;
-            Ok(ResponseFormat::JsonSchema {
-                name,
-                description,
-                schema,
-                strict,
-            })
+            json_schema_format(&mut f, schema)
         }
         other => Err(invalid_value(
             &f.path_of("type"),
@@ -611,7 +551,7 @@ pub fn encode_response(r: &ChatResponse, settings: &Settings) -> Vec<u8> {
 // Streams
 // ------------------------------------------------------------------------------------------------
 
-/// One output item being streamed.
+/// One output item being streamed; `id` is its item id.
 #[derive(Debug)]
 enum Item {
     Message {
@@ -619,10 +559,38 @@ enum Item {
         text: String,
     },
     Call {
+        id: String,
         call_id: String,
         name: String,
         arguments: String,
     },
+}
+
+/// A text or arguments delta event, written without a `Value` tree (one per streamed token):
+/// what [`StreamEncoder::event`] would write for it.
+fn write_delta(
+    out: &mut Vec<u8>,
+    kind: &str,
+    sequence: u64,
+    item_id: &str,
+    output_index: usize,
+    text: bool,
+    delta: &str,
+) {
+    use std::io::Write;
+    // writing to a Vec cannot fail
+    let _ = write!(
+        out,
+        "event: {kind}\ndata: {{\"type\":\"{kind}\",\"sequence_number\":{sequence},\"item_id\":"
+    );
+    json::put_str(out, item_id);
+    let _ = write!(out, ",\"output_index\":{output_index}");
+    if text {
+        out.extend_from_slice(b",\"content_index\":0,\"logprobs\":[]");
+    }
+    out.extend_from_slice(b",\"delta\":");
+    json::put_str(out, delta);
+    out.extend_from_slice(b"}\n\n");
 }
 
 /// Writes canonical events as the Responses API's stream events.
@@ -707,6 +675,7 @@ impl StreamEncoder {
                 call_id,
                 name,
                 arguments,
+                ..
             } => call_item(call_id, name, arguments, status),
         }
     }
@@ -720,8 +689,11 @@ impl StreamEncoder {
             self.id = "resp_tollway".into();
         }
         let snapshot = self.snapshot("in_progress", Value::Null, Value::Null);
-        self.event("response.created", json!({ "response": snapshot }), out);
-        let snapshot = self.snapshot("in_progress", Value::Null, Value::Null);
+        self.event(
+            "response.created",
+            json!({ "response": snapshot.clone() }),
+            out,
+        );
         self.event("response.in_progress", json!({ "response": snapshot }), out);
     }
 
@@ -776,10 +748,8 @@ impl StreamEncoder {
                     out,
                 );
             }
-            Item::Call {
-                call_id, arguments, ..
-            } => {
-                let (id, arguments) = (format!("fc_{call_id}"), arguments.clone());
+            Item::Call { id, arguments, .. } => {
+                let (id, arguments) = (id.clone(), arguments.clone());
                 self.event(
                     "response.function_call_arguments.done",
                     json!({"item_id": id, "output_index": i, "arguments": arguments}),
@@ -813,17 +783,20 @@ impl StreamEncoder {
             StreamEvent::TextDelta { text, .. } => {
                 self.ensure_started(out);
                 let i = self.open_message(out);
-                let id = match &mut self.items[i] {
-                    Item::Message { id, text: all } => {
-                        all.push_str(text);
-                        id.clone()
-                    }
-                    Item::Call { .. } => return,
+                let sequence = self.sequence;
+                let Item::Message { id, text: all } = &mut self.items[i] else {
+                    return;
                 };
-                self.event(
-                    "response.output_text.delta",
-                    json!({"item_id": id, "output_index": i, "content_index": 0, "delta": text, "logprobs": []}),
+                self.sequence += 1;
+                all.push_str(text);
+                write_delta(
                     out,
+                    "response.output_text.delta",
+                    sequence,
+                    id,
+                    i,
+                    true,
+                    text,
                 );
             }
             // never asked for through this surface
@@ -835,6 +808,7 @@ impl StreamEncoder {
                 }
                 let i = self.items.len();
                 self.items.push(Item::Call {
+                    id: format!("fc_{id}"),
                     call_id: id.clone(),
                     name: name.clone(),
                     arguments: String::new(),
@@ -853,21 +827,23 @@ impl StreamEncoder {
                 let Some(&i) = self.calls.get(index) else {
                     return;
                 };
-                let id = match &mut self.items[i] {
-                    Item::Call {
-                        call_id,
-                        arguments: all,
-                        ..
-                    } => {
-                        all.push_str(arguments);
-                        format!("fc_{call_id}")
-                    }
-                    Item::Message { .. } => return,
+                let sequence = self.sequence;
+                let Item::Call {
+                    id, arguments: all, ..
+                } = &mut self.items[i]
+                else {
+                    return;
                 };
-                self.event(
-                    "response.function_call_arguments.delta",
-                    json!({"item_id": id, "output_index": i, "delta": arguments}),
+                self.sequence += 1;
+                all.push_str(arguments);
+                write_delta(
                     out,
+                    "response.function_call_arguments.delta",
+                    sequence,
+                    id,
+                    i,
+                    false,
+                    arguments,
                 );
             }
             StreamEvent::BlockStop { index } => {

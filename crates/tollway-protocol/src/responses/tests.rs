@@ -340,6 +340,13 @@ fn streams_are_typed_events_that_add_up_to_the_response() {
     assert_eq!(evs[0].1["response"]["id"], "resp_s1");
     assert_eq!(evs[0].1["response"]["status"], "in_progress");
     assert_eq!(evs[4].1["delta"], "Hel");
+    // the deltas, written by hand, name their items as the other events do
+    assert_eq!(evs[4].1["item_id"], evs[2].1["item"]["id"]);
+    assert_eq!(evs[4].1["output_index"], 0);
+    assert_eq!(evs[4].1["content_index"], 0);
+    assert_eq!(evs[10].1["item_id"], "fc_call_9");
+    assert_eq!(evs[10].1["output_index"], 1);
+    assert_eq!(evs[11].1["delta"], "1}");
     assert_eq!(evs[6].1["text"], "Hello");
     assert_eq!(evs[9].1["item"]["call_id"], "call_9");
     assert_eq!(evs[9].1["output_index"], 1);
