@@ -9,7 +9,7 @@ use axum::Json;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::gen::{self, Call, Finish, Gate, Piece, Script, ToolDef};
+use crate::gen::{self, Answer, Ask, Finish, Gate, Script, ToolDef};
 use crate::knobs::{base_model, Fault, Knobs};
 use crate::{Route, Shared};
 
@@ -421,21 +421,6 @@ fn validate<'a>(
     })
 }
 
-struct Answer {
-    thinking: Vec<Piece>,
-    signature: String,
-    pieces: Vec<Piece>,
-    calls: Vec<Call>,
-    finish: Finish,
-}
-
-impl Answer {
-    fn output_tokens(&self) -> u64 {
-        (self.thinking.len() + self.pieces.len()) as u64
-            + self.calls.iter().map(Call::tokens).sum::<u64>()
-    }
-}
-
 fn stop_fields(f: &Finish) -> (&'static str, Value) {
     match f {
         Finish::Stop => ("end_turn", Value::Null),
@@ -524,41 +509,17 @@ pub async fn messages(
         _ => {}
     }
 
-    let max = Some(r.max_tokens);
-    let mut answer = Answer {
-        thinking: Vec::new(),
-        signature: String::new(),
-        pieces: Vec::new(),
-        calls: Vec::new(),
-        finish: Finish::Stop,
-    };
-    if let Some(results) = &r.tool_results {
-        answer.pieces = gen::words(&format!("The tool returned: {results}"));
-        answer.finish = gen::finish_text(&mut answer.pieces, &knobs, &r.stop, max);
-    } else {
-        if knobs.reasoning > 0 {
-            answer.thinking = gen::lorem(knobs.reasoning);
-            answer.signature = gen::signature(seq);
-        }
-        answer.calls = gen::choose_calls(
-            &knobs,
-            &r.tools,
-            r.forced,
-            r.tool_choice_none,
-            "toolu_01",
-            seq,
-        );
-        if answer.calls.is_empty() {
-            answer.pieces = if knobs.echo {
-                gen::words(r.last_user_text.as_deref().unwrap_or(""))
-            } else {
-                gen::reply(&knobs)
-            };
-            answer.finish = gen::finish_text(&mut answer.pieces, &knobs, &r.stop, max);
-        } else {
-            answer.finish = Finish::ToolCalls;
-        }
+    let answer = Ask {
+        knobs: &knobs,
+        tools: &r.tools,
+        forced: r.forced,
+        tool_choice_none: r.tool_choice_none,
+        tool_results: r.tool_results.as_deref(),
+        last_user_text: r.last_user_text.as_deref(),
+        stop: &r.stop,
+        max_tokens: Some(r.max_tokens),
     }
+    .answer("toolu_01", seq);
     let id = format!("msg_01{seq:022x}");
     let (stop_reason, stop_sequence) = stop_fields(&answer.finish);
 

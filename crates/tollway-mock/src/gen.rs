@@ -242,6 +242,82 @@ pub fn choose_calls(
         .collect()
 }
 
+/// What a reply says, independent of the wire format.
+pub struct Answer {
+    /// A leading reasoning block (`reasoning=N`), with its signature.
+    pub thinking: Vec<Piece>,
+    pub signature: String,
+    /// The text (empty when the reply calls tools).
+    pub pieces: Vec<Piece>,
+    pub calls: Vec<Call>,
+    pub finish: Finish,
+}
+
+impl Answer {
+    /// Reasoning, text and tool-call tokens.
+    pub fn output_tokens(&self) -> u64 {
+        (self.thinking.len() + self.pieces.len()) as u64
+            + self.calls.iter().map(Call::tokens).sum::<u64>()
+    }
+}
+
+/// What decides the reply, read from a request of any format.
+pub struct Ask<'a> {
+    pub knobs: &'a Knobs,
+    pub tools: &'a [ToolDef<'a>],
+    /// As [`choose_calls`] takes it.
+    pub forced: Option<Option<&'a str>>,
+    pub tool_choice_none: bool,
+    /// The last message's tool results as text: the reply quotes them.
+    pub tool_results: Option<&'a str>,
+    pub last_user_text: Option<&'a str>,
+    pub stop: &'a [String],
+    pub max_tokens: Option<u64>,
+}
+
+impl Ask<'_> {
+    /// Text quoting the tool results; otherwise a reasoning block if asked, then tool calls
+    /// (ids `{id_prefix}...`) or the text reply, cut by `max_tokens` and stop sequences.
+    pub fn answer(&self, id_prefix: &str, seq: u64) -> Answer {
+        let mut a = Answer {
+            thinking: Vec::new(),
+            signature: String::new(),
+            pieces: Vec::new(),
+            calls: Vec::new(),
+            finish: Finish::Stop,
+        };
+        let k = self.knobs;
+        if let Some(results) = self.tool_results {
+            a.pieces = words(&format!("The tool returned: {results}"));
+            a.finish = finish_text(&mut a.pieces, k, self.stop, self.max_tokens);
+            return a;
+        }
+        if k.reasoning > 0 {
+            a.thinking = lorem(k.reasoning);
+            a.signature = signature(seq);
+        }
+        a.calls = choose_calls(
+            k,
+            self.tools,
+            self.forced,
+            self.tool_choice_none,
+            id_prefix,
+            seq,
+        );
+        if a.calls.is_empty() {
+            a.pieces = if k.echo {
+                words(self.last_user_text.unwrap_or(""))
+            } else {
+                reply(k)
+            };
+            a.finish = finish_text(&mut a.pieces, k, self.stop, self.max_tokens);
+        } else {
+            a.finish = Finish::ToolCalls;
+        }
+        a
+    }
+}
+
 /// Why the reply ended, independent of the wire format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {

@@ -53,9 +53,11 @@
 //! `max_tokens` (or `max_completion_tokens`) cuts the reply with `length` / `max_tokens`.
 
 mod anthropic;
+mod bedrock;
 mod gen;
 mod knobs;
 mod openai;
+pub mod sigv4;
 pub mod tls;
 
 use std::collections::VecDeque;
@@ -74,6 +76,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 pub use knobs::{Fault, Knobs};
+pub use sigv4::MOCK_AWS_SECRET;
 
 /// Requests kept in the log for `GET /_mock/requests`.
 const LOG_CAP: usize = 1000;
@@ -184,6 +187,11 @@ pub fn app() -> Router {
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/models", get(openai::models))
+        .route("/model/{model_id}/converse", post(bedrock::converse))
+        .route(
+            "/model/{model_id}/converse-stream",
+            post(bedrock::converse_stream),
+        )
         .route("/_mock/stats", get(stats))
         .route("/_mock/requests", get(requests))
         .route("/_mock/reset", post(reset))
@@ -200,15 +208,19 @@ pub(crate) enum Route {
     Messages = 2,
     Models = 3,
     CountTokens = 4,
+    Converse = 5,
+    ConverseStream = 6,
 }
 
 impl Route {
-    const ALL: [Route; 5] = [
+    const ALL: [Route; 7] = [
         Route::Chat,
         Route::Embeddings,
         Route::Messages,
         Route::Models,
         Route::CountTokens,
+        Route::Converse,
+        Route::ConverseStream,
     ];
 
     fn path(self) -> &'static str {
@@ -218,6 +230,8 @@ impl Route {
             Route::Messages => "/v1/messages",
             Route::Models => "/v1/models",
             Route::CountTokens => "/v1/messages/count_tokens",
+            Route::Converse => "/model/{modelId}/converse",
+            Route::ConverseStream => "/model/{modelId}/converse-stream",
         }
     }
 }
@@ -227,6 +241,9 @@ struct LogEntry {
     version: Version,
     headers: Vec<(String, String)>,
     body: Bytes,
+    /// Routes with parameters: the path as received (percent-encoding included) and fields
+    /// added to the entry (Bedrock: `model_id` decoded, `auth` as the mock checked it).
+    detail: Option<(String, Value)>,
 }
 
 /// State shared by all requests of one `app()`.
@@ -235,7 +252,7 @@ pub(crate) struct Shared {
     /// Per-request sequence number, for ids; never reset.
     seq: AtomicU64,
     requests: AtomicU64,
-    by_path: [AtomicU64; 5],
+    by_path: [AtomicU64; Route::ALL.len()],
     streams_started: AtomicU64,
     streams_completed: AtomicU64,
     streams_aborted: AtomicU64,
@@ -251,6 +268,18 @@ impl Shared {
         version: Version,
         headers: &HeaderMap,
         body: &Bytes,
+    ) -> (InFlight, u64) {
+        self.begin_with(route, version, headers, body, None)
+    }
+
+    /// [`Shared::begin`], logging the request's own path and what the mock made of the caller.
+    fn begin_with(
+        self: &Arc<Self>,
+        route: Route,
+        version: Version,
+        headers: &HeaderMap,
+        body: &Bytes,
+        detail: Option<(String, Value)>,
     ) -> (InFlight, u64) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -270,6 +299,7 @@ impl Shared {
             version,
             headers,
             body: body.clone(),
+            detail,
         };
         if let Ok(mut log) = self.log.lock() {
             if log.len() >= LOG_CAP {
@@ -354,12 +384,19 @@ async fn requests(State(s): State<Arc<Shared>>) -> Json<Value> {
                     Value::String(String::from_utf8_lossy(&e.body).into_owned())
                 })
             };
-            json!({
+            let mut entry = json!({
                 "path": e.route.path(),
                 "version": format!("{:?}", e.version),
                 "headers": headers,
                 "body": body,
-            })
+            });
+            if let Some((path, extra)) = &e.detail {
+                entry["path"] = Value::String(path.clone());
+                if let (Some(o), Value::Object(x)) = (entry.as_object_mut(), extra) {
+                    o.extend(x.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+            entry
         })
         .collect();
     Json(Value::Array(out))
@@ -384,6 +421,9 @@ async fn reset(State(s): State<Arc<Shared>>) -> StatusCode {
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
+    if uri.path().starts_with("/model/") {
+        return bedrock::unknown_operation();
+    }
     openai::error_response(
         StatusCode::NOT_FOUND,
         &format!("Invalid URL ({method} {})", uri.path()),
