@@ -164,26 +164,6 @@ pub fn unknown_operation() -> Response {
     r
 }
 
-pub async fn converse(
-    State(s): State<Arc<Shared>>,
-    version: Version,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(s, Route::Converse, version, uri, headers, body).await
-}
-
-pub async fn converse_stream(
-    State(s): State<Arc<Shared>>,
-    version: Version,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(s, Route::ConverseStream, version, uri, headers, body).await
-}
-
 /// The model id from the path, percent-decoded (`a%3A0` → `a:0`, `%2F` → `/`).
 fn model_id(uri: &Uri) -> Result<String, ApiError> {
     let raw = uri
@@ -212,15 +192,20 @@ fn auth_json(auth: &Result<Caller, sigv4::AuthError>) -> Value {
     }
 }
 
-async fn handle(
-    s: Arc<Shared>,
-    route: Route,
+/// `POST /model/{modelId}/converse` (`STREAM = false`) and `.../converse-stream` (`true`).
+pub async fn converse<const STREAM: bool>(
+    State(s): State<Arc<Shared>>,
     version: Version,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let stream = route == Route::ConverseStream;
+    let stream = STREAM;
+    let route = if stream {
+        Route::ConverseStream
+    } else {
+        Route::Converse
+    };
     let auth = sigv4::verify("POST", &uri, &headers, &body);
     let model = model_id(&uri);
     let detail = json!({

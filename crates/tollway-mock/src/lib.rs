@@ -187,10 +187,13 @@ pub fn app() -> Router {
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/models", get(openai::models))
-        .route("/model/{model_id}/converse", post(bedrock::converse))
+        .route(
+            "/model/{model_id}/converse",
+            post(bedrock::converse::<false>),
+        )
         .route(
             "/model/{model_id}/converse-stream",
-            post(bedrock::converse_stream),
+            post(bedrock::converse::<true>),
         )
         .route("/_mock/stats", get(stats))
         .route("/_mock/requests", get(requests))

@@ -247,3 +247,91 @@ async fn embeddings_and_models_have_the_reference_shape() {
         .expect("json");
     assert_shape(&golden_json("openai_models.json"), &v);
 }
+
+/// A label for a Bedrock event: its type plus what its `delta` / `start` carries.
+fn bedrock_label(event_type: &str, v: &Value) -> String {
+    let mut l = event_type.to_string();
+    for key in ["delta", "start"] {
+        if let Some((k, inner)) = v[key].as_object().and_then(|o| o.iter().next()) {
+            l.push(':');
+            l.push_str(k);
+            if let Some((k2, _)) = inner.as_object().and_then(|o| o.iter().next()) {
+                if k == "reasoningContent" {
+                    l.push('.');
+                    l.push_str(k2);
+                }
+            }
+        }
+    }
+    l
+}
+
+/// The golden stream: one `event-type<TAB>payload` per line.
+fn bedrock_golden_stream(name: &str) -> Vec<(String, Value)> {
+    golden(name)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (t, j) = l.split_once('\t').expect("tab");
+            let v: Value = serde_json::from_str(j).expect("json");
+            (bedrock_label(t, &v), v)
+        })
+        .collect()
+}
+
+fn collapse(labels: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for l in labels {
+        if out.last() != Some(&l) {
+            out.push(l);
+        }
+    }
+    out
+}
+
+async fn assert_bedrock_stream_shape(m: &Mock, golden_name: &str, body: &Value) {
+    let goldens = bedrock_golden_stream(golden_name);
+    let frames = crate::bedrock::stream(m, crate::bedrock::HAIKU, body).await;
+    let events: Vec<(String, Value)> = frames
+        .iter()
+        .map(|f| {
+            let v = f.json();
+            (bedrock_label(f.event_type(), &v), v)
+        })
+        .collect();
+    assert_eq!(
+        collapse(goldens.iter().map(|(l, _)| l.clone())),
+        collapse(events.iter().map(|(l, _)| l.clone()))
+    );
+    for (l, v) in &events {
+        let (_, g) = goldens
+            .iter()
+            .find(|(gl, _)| gl == l)
+            .unwrap_or_else(|| panic!("no golden event {l}"));
+        assert_shape(g, v);
+    }
+}
+
+#[tokio::test]
+async fn converse_has_the_reference_shape() {
+    use crate::bedrock::{converse, say, top_song_tool, HAIKU};
+    let m = mock().await;
+    let (s, _, v) = converse(&m, HAIKU, &say("hi")).await;
+    assert_eq!(s, 200);
+    assert_shape(&golden_json("bedrock_converse.json"), &v);
+    let mut body = say("top song?");
+    body["toolConfig"] = json!({"tools": [top_song_tool()], "toolChoice": {"any": {}}});
+    let (_, _, v) = converse(&m, HAIKU, &body).await;
+    assert_shape(&golden_json("bedrock_converse_tool_use.json"), &v);
+}
+
+#[tokio::test]
+async fn converse_streams_have_the_reference_shape() {
+    use crate::bedrock::{say, top_song_tool};
+    let m = mock().await;
+    assert_bedrock_stream_shape(&m, "bedrock_converse_stream.txt", &say("hi")).await;
+    let mut body = say("top song? [mock reasoning=3]");
+    body["toolConfig"] =
+        json!({"tools": [top_song_tool()], "toolChoice": {"tool": {"name": "top_song"}}});
+    assert_bedrock_stream_shape(&m, "bedrock_converse_stream_tool_use.txt", &body).await;
+}

@@ -1,6 +1,7 @@
 //! Integration tests: tollway-mock on an ephemeral loopback port, driven over HTTP with reqwest.
 
 mod anthropic;
+mod bedrock;
 mod binary;
 mod control;
 mod faults;
@@ -67,11 +68,20 @@ impl Mock {
     }
 
     pub async fn stats(&self) -> Value {
+        self.get_json("/_mock/stats").await
+    }
+
+    /// The request log, `GET /_mock/requests`.
+    pub async fn requests(&self) -> Value {
+        self.get_json("/_mock/requests").await
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
         self.http
-            .get(self.url("/_mock/stats"))
+            .get(self.url(path))
             .send()
             .await
-            .expect("stats")
+            .expect("get")
             .json()
             .await
             .expect("json")
