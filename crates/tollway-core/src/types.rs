@@ -146,12 +146,16 @@ impl ChatRequest {
     }
 
     pub fn uses_tools(&self) -> bool {
-        !self.tools.is_empty()
-            || self.messages.iter().any(|m| {
-                m.content
-                    .iter()
-                    .any(|p| matches!(p, Part::ToolCall(_) | Part::ToolResult(_)))
-            })
+        !self.tools.is_empty() || self.uses_tools_in_messages()
+    }
+
+    /// Whether the conversation holds tool calls or tool results.
+    pub fn uses_tools_in_messages(&self) -> bool {
+        self.messages.iter().any(|m| {
+            m.content
+                .iter()
+                .any(|p| matches!(p, Part::ToolCall(_) | Part::ToolResult(_)))
+        })
     }
 }
 

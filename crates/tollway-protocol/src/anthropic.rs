@@ -511,7 +511,7 @@ fn decode_block(v: Value, path: &str, role: Role) -> Result<Part, ProviderError>
 // ------------------------------------------------------------------------------------------------
 
 /// Fields of an OpenAI request an Anthropic target can do without (nothing observable changes).
-const HARMLESS_FROM_OPENAI: &[&str] = &[
+pub(crate) const HARMLESS_FROM_OPENAI: &[&str] = &[
     "store",
     "metadata",
     "service_tier",
@@ -755,7 +755,7 @@ fn image_block(src: &ImageSource) -> req_out::Block<'_> {
 }
 
 /// Whether an OpenAI-only field set to this value asks for nothing (off, zero, empty).
-fn is_off(v: &Value) -> bool {
+pub(crate) fn is_off(v: &Value) -> bool {
     match v {
         Value::Null | Value::Bool(false) => true,
         Value::Number(n) => n.as_f64() == Some(0.0),
@@ -785,19 +785,8 @@ fn encode_block<'a>(
         }
         Part::Image(src) => image_block(src),
         Part::ToolCall(c) => {
-            let input = object_input(&c.arguments).map_err(|valid_json| {
-                ProviderError::invalid(if valid_json {
-                    format!(
-                        "the arguments of tool call `{}` must be a JSON object for {label}",
-                        c.id
-                    )
-                } else {
-                    format!(
-                        "the arguments of tool call `{}` are not valid JSON, which {label} requires",
-                        c.id
-                    )
-                })
-            })?;
+            let input = object_input(&c.arguments)
+                .map_err(|valid_json| bad_arguments(c, valid_json, label))?;
             req_out::Block::ToolUse {
                 id: &c.id,
                 name: &c.name,
@@ -1491,6 +1480,22 @@ fn object_input(arguments: &str) -> Result<out::Input<'_>, bool> {
         Ok(_) => Err(true),
         Err(_) => Err(false),
     }
+}
+
+/// The error for a tool call whose arguments are not a JSON object (`valid_json`: they are JSON
+/// of another kind), which targets that take arguments as an object refuse.
+pub(crate) fn bad_arguments(c: &ToolCall, valid_json: bool, label: Label<'_>) -> ProviderError {
+    ProviderError::invalid(if valid_json {
+        format!(
+            "the arguments of tool call `{}` must be a JSON object for {label}",
+            c.id
+        )
+    } else {
+        format!(
+            "the arguments of tool call `{}` are not valid JSON, which {label} requires",
+            c.id
+        )
+    })
 }
 
 fn message_id(id: &str) -> &str {

@@ -1,6 +1,7 @@
 //! Wire formats: OpenAI Chat Completions and Anthropic Messages (and OpenAI's Responses API as a
-//! client surface: `responses`), SSE framing, and the conversions
-//! between them and `tollway-core`'s canonical types.
+//! client surface: `responses`; Amazon Bedrock's Converse API as an upstream only: `bedrock`),
+//! SSE and AWS event stream framing, and the conversions between them and `tollway-core`'s
+//! canonical types.
 //!
 //! Each format module has the same eight functions, one per direction and shape:
 //!
@@ -17,6 +18,8 @@
 //! dropping it.
 
 pub mod anthropic;
+pub mod bedrock;
+pub mod eventstream;
 mod json;
 pub mod openai;
 pub mod responses;
