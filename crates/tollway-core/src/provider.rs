@@ -9,8 +9,7 @@ use futures_util::Stream;
 
 use crate::error::ProviderError;
 use crate::types::{
-    ApiFamily, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ResponseFormat,
-    StreamEvent,
+    ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ResponseFormat, StreamEvent,
 };
 
 /// A streamed answer: canonical events, ending after `Finish` (and the last `Usage`), or with an
@@ -88,8 +87,6 @@ impl Capabilities {
 pub struct ProviderInfo {
     /// The provider account's name in the config (e.g. `openai`, `anthropic-eu`).
     pub name: String,
-    /// The wire format it speaks.
-    pub family: ApiFamily,
 }
 
 /// An upstream account that answers chat requests. `model` is the upstream model id, which

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tollway_core::{ApiFamily, Provider};
+use tollway_core::Provider;
 
 use crate::http::HttpProvider;
 
@@ -41,6 +41,9 @@ impl fmt::Debug for Secret {
 
 /// Where `openai` accounts send requests without a `base_url`.
 pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+/// What a `bedrock` account's proxy setting is checked against without a `base_url` (its real
+/// endpoint depends on the region).
+const BEDROCK_DEFAULT_URL: &str = "https://bedrock-runtime.us-east-1.amazonaws.com";
 /// Where `anthropic` accounts send requests without a `base_url`.
 pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 
@@ -165,6 +168,62 @@ pub struct AnthropicConfig {
     pub proxy: Option<ProxySetting>,
 }
 
+/// An Amazon Bedrock account (the Converse API). Credentials: `api_key` (a Bedrock API key), or
+/// `access_key_id` and `secret_access_key` (and `session_token` for temporary ones), or else the
+/// environment's, as the AWS SDKs read them (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`, then `AWS_BEARER_TOKEN_BEDROCK`); read when the config is loaded.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BedrockConfig {
+    /// `us-east-1` ...; unset, `AWS_REGION` or `AWS_DEFAULT_REGION`.
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    #[serde(default)]
+    pub session_token: Option<Secret>,
+    /// A Bedrock API key, sent as `Authorization: Bearer`.
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// Defaults to `https://bedrock-runtime.{region}.amazonaws.com` (a VPC endpoint or a proxy
+    /// in front of Bedrock goes here).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// A PEM file of certificate authorities to trust for this account's HTTPS upstream, besides
+    /// the public ones (a server with a private or corporate CA).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Offer HTTP/2 to an HTTPS upstream (ALPN), multiplexing a worker's requests on one
+    /// connection; by default HTTP/1.1, one connection per request in flight.
+    #[serde(default)]
+    pub http2: bool,
+    /// An HTTP proxy for this account (`http://[user:password@]host:port`), or `none`; unset,
+    /// the environment's `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY`.
+    #[serde(default)]
+    pub proxy: Option<ProxySetting>,
+}
+
+impl BedrockConfig {
+    /// The runtime endpoint: `base_url`, or the region's own.
+    pub fn endpoint(&self, region: Option<&str>) -> Option<String> {
+        match (&self.base_url, region) {
+            (Some(u), _) => Some(u.trim_end_matches('/').to_string()),
+            (None, Some(r)) => Some(format!("https://bedrock-runtime.{r}.amazonaws.com")),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The secret access key a simulated Bedrock account signs with: tollway-mock checks SigV4
+/// signatures against this secret for any access key id.
+pub const MOCK_AWS_SECRET: &str = "tollway-mock-secret";
+
 /// Which wire format a simulated provider speaks.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -172,6 +231,7 @@ pub enum MockFormat {
     #[default]
     Openai,
     Anthropic,
+    Bedrock,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -179,6 +239,17 @@ pub enum MockFormat {
 pub struct MockConfig {
     #[serde(default)]
     pub format: MockFormat,
+}
+
+/// The wire formats providers speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// OpenAI Chat Completions (and embeddings).
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Amazon Bedrock's Converse API.
+    Bedrock,
 }
 
 /// One provider account.
@@ -191,19 +262,24 @@ pub enum ProviderConfig {
     /// DeepSeek, Together ...); `base_url` is required.
     OpenaiCompatible(OpenAiConfig),
     Anthropic(AnthropicConfig),
+    /// Amazon Bedrock's Converse API (any model it hosts), signed with SigV4.
+    Bedrock(BedrockConfig),
     /// A simulated provider (tollway-mock, run inside the gateway): for demos and trying configs.
     /// The gateway resolves it to one of the other kinds with the simulator's address.
     Mock(MockConfig),
 }
 
 impl ProviderConfig {
-    pub fn family(&self) -> ApiFamily {
+    /// The wire format the account speaks (a mock's: the one it simulates).
+    pub fn wire(&self) -> Wire {
         match self {
-            ProviderConfig::Openai(_) | ProviderConfig::OpenaiCompatible(_) => ApiFamily::OpenAi,
-            ProviderConfig::Anthropic(_) => ApiFamily::Anthropic,
+            ProviderConfig::Openai(_) | ProviderConfig::OpenaiCompatible(_) => Wire::OpenAi,
+            ProviderConfig::Anthropic(_) => Wire::Anthropic,
+            ProviderConfig::Bedrock(_) => Wire::Bedrock,
             ProviderConfig::Mock(m) => match m.format {
-                MockFormat::Openai => ApiFamily::OpenAi,
-                MockFormat::Anthropic => ApiFamily::Anthropic,
+                MockFormat::Openai => Wire::OpenAi,
+                MockFormat::Anthropic => Wire::Anthropic,
+                MockFormat::Bedrock => Wire::Bedrock,
             },
         }
     }
@@ -233,6 +309,26 @@ impl ProviderConfig {
                 (
                     &c.base_url,
                     ANTHROPIC_BASE_URL,
+                    &c.ca_file,
+                    c.http2,
+                    &c.proxy,
+                )
+            }
+            ProviderConfig::Bedrock(c) => {
+                check_url(&c.base_url, false, &mut out);
+                let region = crate::aws::region(c, env);
+                if region.is_none() && c.base_url.is_none() {
+                    out.push(
+                        "region is required (or AWS_REGION in the environment, or a base_url)"
+                            .to_string(),
+                    );
+                }
+                if let Err(e) = crate::aws::credential(c, env) {
+                    out.push(e);
+                }
+                (
+                    &c.base_url,
+                    BEDROCK_DEFAULT_URL,
                     &c.ca_file,
                     c.http2,
                     &c.proxy,
@@ -279,6 +375,9 @@ impl ProviderConfig {
             ProviderConfig::Openai(c) => HttpProvider::openai(name, c, false)?,
             ProviderConfig::OpenaiCompatible(c) => HttpProvider::openai(name, c, true)?,
             ProviderConfig::Anthropic(c) => HttpProvider::anthropic(name, c)?,
+            ProviderConfig::Bedrock(c) => {
+                HttpProvider::bedrock(name, c, &|k| std::env::var(k).ok())?
+            }
             ProviderConfig::Mock(_) => {
                 return Err(format!(
                     "provider `{name}`: a mock provider needs the simulator's address"
@@ -303,6 +402,13 @@ impl ProviderConfig {
                 ca_file: None,
                 http2: false,
                 proxy: None,
+            }),
+            MockFormat::Bedrock => ProviderConfig::Bedrock(BedrockConfig {
+                region: Some("us-east-1".into()),
+                access_key_id: Some("mock".into()),
+                secret_access_key: Some(Secret::new(MOCK_AWS_SECRET)),
+                base_url: Some(base.to_string()),
+                ..BedrockConfig::default()
             }),
             MockFormat::Anthropic => ProviderConfig::Anthropic(AnthropicConfig {
                 api_key: Secret::new("mock"),

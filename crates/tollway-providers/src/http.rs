@@ -26,14 +26,17 @@ use crate::pool::{Connector, Pool, PooledBody, SendError};
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tollway_core::{
-    ApiFamily, BoxFuture, ChatRequest, ChatResponse, ErrorKind, EventStream, Label, Provider,
-    ProviderError, ProviderInfo, StreamEvent, Target, Waited,
+    BoxFuture, ChatRequest, ChatResponse, ErrorKind, EventStream, Label, Provider, ProviderError,
+    ProviderInfo, StreamEvent, Target, Waited,
 };
+use tollway_protocol::eventstream::EventStreamParser;
 use tollway_protocol::sse::{SseEvent, SseParser};
-use tollway_protocol::{anthropic, openai};
+use tollway_protocol::{anthropic, bedrock, openai};
 
+use crate::aws;
 use crate::config::{
-    AnthropicConfig, OpenAiConfig, ProxySetting, Timeouts, ANTHROPIC_BASE_URL, OPENAI_BASE_URL,
+    AnthropicConfig, BedrockConfig, OpenAiConfig, ProxySetting, Timeouts, ANTHROPIC_BASE_URL,
+    OPENAI_BASE_URL,
 };
 use crate::proxy::{Tcp, Via};
 
@@ -56,7 +59,18 @@ pub struct HttpProvider {
     /// The account's headers and `content-type: application/json`.
     headers: HeaderMap,
     timeouts: Timeouts,
-    dialect: openai::Dialect,
+    format: Format,
+}
+
+/// The wire format, with what only it needs.
+enum Format {
+    OpenAi(openai::Dialect),
+    Anthropic,
+    /// The endpoint's base (`scheme://host[:port][/prefix]`) and the account's signer.
+    Bedrock {
+        base: String,
+        auth: Box<aws::Auth>,
+    },
 }
 
 type HttpClient = Client<Connector, Full<Bytes>>;
@@ -326,7 +340,6 @@ impl HttpProvider {
         Ok(HttpProvider {
             info: ProviderInfo {
                 name: name.to_string(),
-                family: ApiFamily::OpenAi,
             },
             transport,
             chat_url,
@@ -334,9 +347,9 @@ impl HttpProvider {
             count_url: None,
             headers,
             timeouts: c.timeouts,
-            dialect: openai::Dialect {
+            format: Format::OpenAi(openai::Dialect {
                 legacy_max_tokens: compatible,
-            },
+            }),
         })
     }
 
@@ -365,7 +378,6 @@ impl HttpProvider {
         Ok(HttpProvider {
             info: ProviderInfo {
                 name: name.to_string(),
-                family: ApiFamily::Anthropic,
             },
             transport,
             chat_url,
@@ -376,7 +388,57 @@ impl HttpProvider {
             )?),
             headers,
             timeouts: c.timeouts,
-            dialect: openai::Dialect::default(),
+            format: Format::Anthropic,
+        })
+    }
+
+    /// A Bedrock account (the Converse API). `env` gives the credentials and region the account
+    /// does not name itself ([`aws::credential`], [`aws::region`]).
+    pub fn bedrock(
+        name: &str,
+        c: &BedrockConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let err = |e: String| format!("provider `{name}`: {e}");
+        let region = aws::region(c, env);
+        let base = c.endpoint(region.as_deref()).ok_or_else(|| {
+            err("region is required (or AWS_REGION in the environment, or a base_url)".into())
+        })?;
+        let credential = aws::credential(c, env).map_err(err)?;
+        let pairs: Vec<(String, String)> = c
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // every request's path names its model; the base is what connections are made to
+        let base_url = Endpoint::parse(&format!("{base}/"), name)?;
+        let (mut headers, transport) = connection(
+            name,
+            &pairs,
+            &base_url.absolute,
+            &Link::new(&c.timeouts, &c.ca_file, c.http2, &c.proxy),
+        )?;
+        // SigV4 needs a region even behind a base_url; a VPC endpoint's is the account's own
+        let auth = aws::Auth::new(
+            credential,
+            region.unwrap_or_else(|| "us-east-1".into()),
+            &mut headers,
+        )
+        .map_err(err)?;
+        Ok(HttpProvider {
+            info: ProviderInfo {
+                name: name.to_string(),
+            },
+            transport,
+            chat_url: base_url,
+            embeddings_url: None,
+            count_url: None,
+            headers,
+            timeouts: c.timeouts,
+            format: Format::Bedrock {
+                base,
+                auth: Box::new(auth),
+            },
         })
     }
 
@@ -387,9 +449,10 @@ impl HttpProvider {
 
     fn encode(&self, req: &ChatRequest, target: Target<'_>) -> Result<Vec<u8>, ProviderError> {
         let label = self.label(target.model);
-        match self.info.family {
-            ApiFamily::OpenAi => openai::encode_request_as(req, target, label, self.dialect),
-            ApiFamily::Anthropic => anthropic::encode_request_as(req, target, label),
+        match &self.format {
+            Format::OpenAi(dialect) => openai::encode_request_as(req, target, label, *dialect),
+            Format::Anthropic => anthropic::encode_request_as(req, target, label),
+            Format::Bedrock { .. } => bedrock::encode_request_as(req, label),
         }
     }
 
@@ -399,10 +462,23 @@ impl HttpProvider {
     async fn send(
         &self,
         body: Vec<u8>,
-        model: &str,
+        target: Target<'_>,
         betas: &[String],
     ) -> Result<(Response, Instant), ProviderError> {
-        self.send_to(&self.chat_url, body, model, betas).await
+        let Format::Bedrock { base, .. } = &self.format else {
+            return self
+                .send_to(&self.chat_url, body, target.model, betas)
+                .await;
+        };
+        // Bedrock names the model, and whether the answer streams, in the path
+        let path = bedrock::model_path(target.model, target.stream);
+        let url = Endpoint::parse(&format!("{base}{path}"), &self.info.name).map_err(|e| {
+            ProviderError::invalid(format!(
+                "the model id `{}` does not make a URL: {e}",
+                target.model
+            ))
+        })?;
+        self.send_to(&url, body, target.model, betas).await
     }
 
     /// [`send`](Self::send) to `url`. `betas`: the client's Anthropic beta features, sent in
@@ -416,7 +492,16 @@ impl HttpProvider {
     ) -> Result<(Response, Instant), ProviderError> {
         let deadline = Instant::now() + self.timeouts.total();
         let wait = self.timeouts.first_byte().min(self.timeouts.total());
-        let headers = self.headers_with(betas);
+        let mut headers = self.headers_with(betas);
+        if let Format::Bedrock { auth, .. } = &self.format {
+            auth.sign(
+                &url.absolute.to_string(),
+                &mut headers,
+                &body,
+                std::time::SystemTime::now(),
+            )
+            .map_err(|e| ProviderError::internal(format!("provider {}: {e}", self.label(model))))?;
+        }
         let resp = match tokio::time::timeout(wait, self.request(url, body, headers)).await {
             Err(_) => {
                 return Err(ProviderError::new(
@@ -436,14 +521,22 @@ impl HttpProvider {
             return Ok((resp, deadline));
         }
         let retry_after = retry_after(resp.headers());
+        let error_type = resp
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = tokio::time::timeout_at(deadline, read_bounded(resp, MAX_ERROR_BODY, false))
             .await
             .ok()
             .and_then(Result::ok)
             .unwrap_or_default();
-        let mut err = match self.info.family {
-            ApiFamily::OpenAi => openai::decode_error(status, &body, retry_after),
-            ApiFamily::Anthropic => anthropic::decode_error(status, &body, retry_after),
+        let mut err = match &self.format {
+            Format::OpenAi(_) => openai::decode_error(status, &body, retry_after),
+            Format::Anthropic => anthropic::decode_error(status, &body, retry_after),
+            Format::Bedrock { .. } => {
+                bedrock::decode_error(status, error_type.as_deref(), &body, retry_after)
+            }
         };
         err.message = format!("{} (from {})", err.message, self.label(model));
         Err(err)
@@ -453,7 +546,7 @@ impl HttpProvider {
     /// upstream (a beta that is not a valid header value is left out).
     fn headers_with(&self, betas: &[String]) -> HeaderMap {
         let mut headers = self.headers.clone();
-        if betas.is_empty() || self.info.family != ApiFamily::Anthropic {
+        if betas.is_empty() || !matches!(self.format, Format::Anthropic) {
             return headers;
         }
         let mut all: Vec<&str> = headers
@@ -660,6 +753,21 @@ pub async fn timed<F: std::future::Future>(waited: &Waited, fut: F) -> F::Output
     out
 }
 
+impl HttpProvider {
+    /// A Bedrock answer's id: its `x-amzn-requestid` header (other formats carry theirs in the
+    /// body).
+    fn request_id(&self, resp: &Response) -> String {
+        if !matches!(self.format, Format::Bedrock { .. }) {
+            return String::new();
+        }
+        resp.headers()
+            .get("x-amzn-requestid")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
 impl Provider for HttpProvider {
     fn info(&self) -> &ProviderInfo {
         &self.info
@@ -718,21 +826,21 @@ impl Provider for HttpProvider {
         waited: &'a Waited,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
-            let body = self.encode(
-                req,
-                Target {
-                    model,
-                    stream: false,
-                },
-            )?;
-            let buf = timed(waited, async {
-                let (resp, deadline) = self.send(body, model, &req.betas).await?;
-                self.read_body(resp, deadline, model).await
+            let target = Target {
+                model,
+                stream: false,
+            };
+            let body = self.encode(req, target)?;
+            let (buf, request_id) = timed(waited, async {
+                let (resp, deadline) = self.send(body, target, &req.betas).await?;
+                let request_id = self.request_id(&resp);
+                Ok((self.read_body(resp, deadline, model).await?, request_id))
             })
             .await?;
-            let decoded = match self.info.family {
-                ApiFamily::OpenAi => openai::decode_response(&buf),
-                ApiFamily::Anthropic => anthropic::decode_response(&buf),
+            let decoded = match &self.format {
+                Format::OpenAi(_) => openai::decode_response(&buf),
+                Format::Anthropic => anthropic::decode_response(&buf),
+                Format::Bedrock { .. } => bedrock::decode_response(&buf, &request_id, model),
             };
             decoded.map_err(|mut e| {
                 e.message = format!("{} (from {})", e.message, self.label(model));
@@ -748,28 +856,33 @@ impl Provider for HttpProvider {
         waited: &'a Waited,
     ) -> BoxFuture<'a, Result<EventStream, ProviderError>> {
         Box::pin(async move {
-            let body = self.encode(
-                req,
-                Target {
-                    model,
-                    stream: true,
-                },
-            )?;
-            let (resp, deadline) = timed(waited, self.send(body, model, &req.betas)).await?;
+            let target = Target {
+                model,
+                stream: true,
+            };
+            let body = self.encode(req, target)?;
+            let (resp, deadline) = timed(waited, self.send(body, target, &req.betas)).await?;
             let label = self.label(model);
+            let decoder = match &self.format {
+                Format::OpenAi(_) => {
+                    Decoder::OpenAi(SseParser::default(), openai::StreamDecoder::new())
+                }
+                Format::Anthropic => {
+                    Decoder::Anthropic(SseParser::default(), anthropic::StreamDecoder::new())
+                }
+                Format::Bedrock { .. } => Decoder::Bedrock(
+                    EventStreamParser::new(),
+                    bedrock::StreamDecoder::new(&self.request_id(&resp), model),
+                ),
+            };
             let bytes = BodyStream::new(resp.into_body()).filter_map(|frame| {
                 std::future::ready(match frame {
                     Ok(f) => f.into_data().ok().map(Ok),
                     Err(e) => Some(Err(e)),
                 })
             });
-            let decoder = match self.info.family {
-                ApiFamily::OpenAi => Decoder::OpenAi(openai::StreamDecoder::new()),
-                ApiFamily::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::new()),
-            };
             let state = UpstreamStream {
                 bytes: Box::pin(bytes),
-                parser: SseParser::default(),
                 decoder,
                 pending: VecDeque::new(),
                 decoded: Vec::new(),
@@ -789,20 +902,24 @@ impl Provider for HttpProvider {
     }
 }
 
+/// An upstream stream's framing and its events' decoder.
 enum Decoder {
-    OpenAi(openai::StreamDecoder),
-    Anthropic(anthropic::StreamDecoder),
+    OpenAi(SseParser, openai::StreamDecoder),
+    Anthropic(SseParser, anthropic::StreamDecoder),
+    /// AWS event stream framing (Bedrock's ConverseStream).
+    Bedrock(EventStreamParser, bedrock::StreamDecoder),
 }
 
 type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
 
-/// An upstream SSE body being decoded: bytes → SSE events → canonical events, as they arrive.
+/// An upstream stream being decoded: bytes → frames (SSE events, or AWS event stream messages) →
+/// canonical events, as they arrive.
 struct UpstreamStream {
     bytes: ByteStream,
-    parser: SseParser,
     decoder: Decoder,
     pending: VecDeque<Result<StreamEvent, ProviderError>>,
-    /// The events of the SSE event being decoded (empty between events; kept for its buffer).
+    /// The events of the upstream event being decoded (empty between events; kept for its
+    /// buffer).
     decoded: Vec<StreamEvent>,
     /// Bytes received and not parsed yet. A read often brings many events at once (the upstream
     /// wrote a burst, or this lane was busy); they are parsed one event at a time as the client's
@@ -837,7 +954,23 @@ impl UpstreamStream {
     /// and decodes it.
     fn feed_one(&mut self) {
         let mut rest = &self.unread[..];
-        let parsed = self.parser.next(&mut rest);
+        // decoded into one scratch list per stream (no `Vec` per event)
+        let mut events = std::mem::take(&mut self.decoded);
+        let r = match &mut self.decoder {
+            Decoder::OpenAi(p, d) => {
+                let parsed = p.next(&mut rest);
+                sse_step(p, parsed, &mut events, |ev, out| d.feed_into(ev, out))
+            }
+            Decoder::Anthropic(p, d) => {
+                let parsed = p.next(&mut rest);
+                sse_step(p, parsed, &mut events, |ev, out| d.feed_into(ev, out))
+            }
+            Decoder::Bedrock(p, d) => match p.next(&mut rest) {
+                Ok(Some(frame)) => d.feed_into(&frame, &mut events),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            },
+        };
         let consumed = self.unread.len() - rest.len();
         if consumed == self.unread.len() {
             // let go of the read buffer as soon as it is used up (a held stream idles here)
@@ -845,46 +978,63 @@ impl UpstreamStream {
         } else {
             self.unread.advance(consumed);
         }
-        self.decode(parsed);
+        self.take(r, events);
     }
 
-    /// Decodes what the SSE parser gave (an event, nothing yet, or an error) into the queue.
-    fn decode(&mut self, parsed: Result<Option<SseEvent>, ProviderError>) {
-        match parsed {
-            Ok(Some(ev)) => {
-                // decoded into one scratch list per stream (no `Vec` per event)
-                let mut events = std::mem::take(&mut self.decoded);
-                let r = match &mut self.decoder {
-                    Decoder::OpenAi(d) => d.feed_into(&ev, &mut events),
-                    Decoder::Anthropic(d) => d.feed_into(&ev, &mut events),
-                };
-                self.parser.recycle(ev);
-                match r {
-                    Ok(()) => self.pending.extend(events.drain(..).map(Ok)),
-                    Err(e) => {
-                        // what was decoded before the error is dropped with the event
-                        events.clear();
-                        self.queue(Err(e));
-                    }
-                }
-                self.decoded = events;
+    /// Queues what one step decoded, or its error (what was decoded before an error is dropped
+    /// with the event).
+    fn take(&mut self, r: Result<(), ProviderError>, mut events: Vec<StreamEvent>) {
+        match r {
+            Ok(()) => self.pending.extend(events.drain(..).map(Ok)),
+            Err(e) => {
+                events.clear();
+                self.queue(Err(e));
             }
-            Ok(None) => {}
-            Err(e) => self.queue(Err(e)),
         }
+        self.decoded = events;
     }
 
     fn end(&mut self) {
-        let last = self.parser.finish();
-        self.decode(last);
+        let mut events = std::mem::take(&mut self.decoded);
+        let r = match &mut self.decoder {
+            Decoder::OpenAi(p, d) => {
+                let parsed = p.finish();
+                sse_step(p, parsed, &mut events, |ev, out| d.feed_into(ev, out))
+            }
+            Decoder::Anthropic(p, d) => {
+                let parsed = p.finish();
+                sse_step(p, parsed, &mut events, |ev, out| d.feed_into(ev, out))
+            }
+            Decoder::Bedrock(p, _) => p.finish(),
+        };
+        self.take(r, events);
         if !self.done {
             let r = match &mut self.decoder {
-                Decoder::OpenAi(d) => d.finish(),
-                Decoder::Anthropic(d) => d.finish(),
+                Decoder::OpenAi(_, d) => d.finish(),
+                Decoder::Anthropic(_, d) => d.finish(),
+                Decoder::Bedrock(_, d) => d.finish(),
             };
             self.queue(r);
         }
         self.done = true;
+    }
+}
+
+/// Decodes what an SSE parser gave (an event, nothing yet, or an error) with `feed`, and hands
+/// the event's buffers back to the parser.
+fn sse_step(
+    parser: &mut SseParser,
+    parsed: Result<Option<SseEvent>, ProviderError>,
+    out: &mut Vec<StreamEvent>,
+    feed: impl FnOnce(&SseEvent, &mut Vec<StreamEvent>) -> Result<(), ProviderError>,
+) -> Result<(), ProviderError> {
+    match parsed? {
+        Some(ev) => {
+            let r = feed(&ev, out);
+            parser.recycle(ev);
+            r
+        }
+        None => Ok(()),
     }
 }
 
@@ -1047,8 +1197,7 @@ mod tests {
         let deadline = Instant::now() + total;
         UpstreamStream {
             bytes,
-            parser: SseParser::default(),
-            decoder: Decoder::OpenAi(openai::StreamDecoder::new()),
+            decoder: Decoder::OpenAi(SseParser::default(), openai::StreamDecoder::new()),
             pending: VecDeque::new(),
             decoded: Vec::new(),
             unread: Bytes::new(),

@@ -1,11 +1,13 @@
 //! Outbound provider clients behind `tollway_core::Provider`: OpenAI and every OpenAI-compatible
-//! server (vLLM, Ollama, llama.cpp, Mistral, Groq, DeepSeek, Together ...), and Anthropic.
+//! server (vLLM, Ollama, llama.cpp, Mistral, Groq, DeepSeek, Together ...), Anthropic, and
+//! Amazon Bedrock (its Converse API, signed with SigV4: [`aws`]).
 //!
 //! `ProviderConfig` is the closed set of provider kinds as the config file spells them; its one
-//! `build()` turns an entry into an `Arc<dyn Provider>`. Both kinds share one HTTP engine
+//! `build()` turns an entry into an `Arc<dyn Provider>`. All kinds share one HTTP engine
 //! ([`http::HttpProvider`]) parameterised by the wire format, so timeouts, pooling, streaming and
 //! error classification are written once.
 
+mod aws;
 mod config;
 mod http;
 pub mod lanes;
@@ -15,7 +17,7 @@ mod proxy;
 mod testing;
 
 pub use config::{
-    AnthropicConfig, MockConfig, MockFormat, OpenAiConfig, ProviderConfig, ProxySetting, Secret,
-    Timeouts,
+    AnthropicConfig, BedrockConfig, MockConfig, MockFormat, OpenAiConfig, ProviderConfig,
+    ProxySetting, Secret, Timeouts, Wire, MOCK_AWS_SECRET,
 };
 pub use http::{root_store, timed, HttpProvider, JsonPoster};

@@ -10,8 +10,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
-use tollway_core::{ApiFamily, Capabilities};
-use tollway_providers::{AnthropicConfig, OpenAiConfig, ProviderConfig, Secret, Timeouts};
+use tollway_core::Capabilities;
+use tollway_providers::{
+    AnthropicConfig, BedrockConfig, OpenAiConfig, ProviderConfig, Secret, Timeouts, Wire,
+};
 
 use crate::prices::{ModelPrice, PriceEntry, PriceTable};
 use crate::routing::{HealthPolicy, Strategy};
@@ -336,9 +338,18 @@ struct RawPrices {
 
 /// Default capabilities of a provider kind (a deployment may narrow or widen them).
 pub fn default_capabilities(p: &ProviderConfig) -> Capabilities {
-    match p.family() {
-        ApiFamily::OpenAi => Capabilities::ALL,
-        ApiFamily::Anthropic => Capabilities {
+    match p.wire() {
+        Wire::OpenAi => Capabilities::ALL,
+        // Converse has no structured-output field (a schema would need a forced tool call)
+        Wire::Bedrock => Capabilities {
+            tools: true,
+            vision: true,
+            json_mode: false,
+            json_schema: false,
+            stream_usage: true,
+            embeddings: false,
+        },
+        Wire::Anthropic => Capabilities {
             tools: true,
             vision: true,
             // Structured output by schema (`output_config.format`); no schema-less JSON mode.
@@ -1222,6 +1233,28 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
             }),
         );
     }
+    // Bedrock from the AWS SDKs' variables: a region and an access key or a Bedrock API key
+    let var = |k: &str| env.get(k).filter(|v| !v.trim().is_empty());
+    let region = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION"));
+    let keys = var("AWS_ACCESS_KEY_ID").zip(var("AWS_SECRET_ACCESS_KEY"));
+    let api_key = var("AWS_BEARER_TOKEN_BEDROCK");
+    if region.is_some() && (keys.is_some() || api_key.is_some()) {
+        let (access_key_id, secret) = keys.unzip();
+        providers.insert(
+            "bedrock".to_string(),
+            ProviderConfig::Bedrock(BedrockConfig {
+                region,
+                session_token: access_key_id
+                    .as_ref()
+                    .and(var("AWS_SESSION_TOKEN"))
+                    .map(Secret::new),
+                access_key_id,
+                secret_access_key: secret.map(Secret::new),
+                api_key: api_key.map(Secret::new),
+                ..BedrockConfig::default()
+            }),
+        );
+    }
     let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4000)));
     let master_key = env
         .get("TOLLWAY_MASTER_KEY")
@@ -1559,6 +1592,102 @@ models:
         assert_eq!(c.providers.len(), 2);
         assert!(c.server.direct_models);
         assert!(from_env(&env(&[]), Some("0.0.0.0:1".parse().unwrap())).is_err());
+    }
+
+    #[test]
+    fn env_mode_adds_bedrock_from_the_aws_variables() {
+        let aws = [
+            ("AWS_REGION", "eu-central-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_SESSION_TOKEN", "token"),
+        ];
+        let c = from_env(&env(&aws), None).unwrap();
+        match c.providers.get("bedrock") {
+            Some(ProviderConfig::Bedrock(b)) => {
+                assert_eq!(b.region.as_deref(), Some("eu-central-1"));
+                assert_eq!(b.access_key_id.as_deref(), Some("AKIDENV"));
+                assert!(b.session_token.is_some());
+                assert!(b.api_key.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        // a region alone, or keys without a region, add nothing
+        assert!(from_env(&env(&aws[..1]), None)
+            .unwrap()
+            .providers
+            .is_empty());
+        assert!(from_env(&env(&aws[1..]), None)
+            .unwrap()
+            .providers
+            .is_empty());
+        let c = from_env(
+            &env(&[
+                ("AWS_DEFAULT_REGION", "us-west-2"),
+                ("AWS_BEARER_TOKEN_BEDROCK", "br-key"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert!(
+            matches!(c.providers.get("bedrock"), Some(ProviderConfig::Bedrock(b)) if b.api_key.is_some())
+        );
+    }
+
+    /// The shape of the public interface's config sketch (`kind: bedrock` with credentials from
+    /// the environment, one public name over two clouds) checks clean, and a Bedrock account
+    /// without a region or credentials is an error naming what is missing.
+    #[test]
+    fn bedrock_accounts_check() {
+        let sketch = r#"
+server:
+  listen: 127.0.0.1:4000
+  master_key: ${TOLLWAY_MASTER_KEY}
+storage:
+  url: sqlite://tollway.db
+providers:
+  openai:      { kind: openai, api_key: "${OPENAI_API_KEY}" }
+  anthropic:   { kind: anthropic, api_key: "${ANTHROPIC_API_KEY}" }
+  bedrock-us:  { kind: bedrock, region: us-east-1 }
+  local:       { kind: openai, base_url: "http://127.0.0.1:8000/v1", api_key: none }
+models:
+  sonnet:
+    strategy: lowest-latency
+    deployments:
+      - { provider: anthropic, model: claude-sonnet-4-5 }
+      - { provider: bedrock-us, model: anthropic.claude-sonnet-4-5-20250929-v1:0 }
+    fallbacks: [gpt]
+  gpt:
+    deployments: [{ provider: openai, model: gpt-4.1 }]
+  mini:
+    deployments: [{ provider: openai, model: gpt-4.1-mini }]
+routers:
+  auto: { kind: learned, candidates: [sonnet, mini], strong_share: 0.3 }
+"#;
+        let vars = [
+            ("TOLLWAY_MASTER_KEY", "sk-master"),
+            ("OPENAI_API_KEY", "sk-o"),
+            ("ANTHROPIC_API_KEY", "sk-a"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+        ];
+        let c = parse(sketch, &env(&vars)).unwrap_or_else(|e| panic!("{e:?}"));
+        let caps = c.models["sonnet"].deployments[1].capabilities;
+        assert!(caps.tools && caps.vision && !caps.json_schema);
+        // without AWS credentials anywhere: the account is named with what it lacks
+        let e = parse(sketch, &env(&vars[..3])).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path, "providers.bedrock-us");
+        assert!(e[0].message.contains("AWS_ACCESS_KEY_ID"), "{e:?}");
+        let e = parse(
+            "providers:\n  b: { kind: bedrock, api_key: k, base_url: ftp://x }\n  c: { kind: bedrock, api_key: k }\n  d: { kind: bedrock, region: us-east-1, api_key: k, colour: red }\n",
+            &env(&[]),
+        )
+        .unwrap_err();
+        let text = format!("{e:?}");
+        assert!(text.contains("base_url `ftp://x`"), "{text}");
+        assert!(text.contains("region is required"), "{text}");
+        assert!(text.contains("colour"), "{text}");
     }
 
     #[test]

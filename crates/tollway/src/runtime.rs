@@ -54,6 +54,7 @@ fn vendors<'a>(
     v.push(match kind {
         ProviderConfig::Mock(_) => "mock",
         ProviderConfig::Anthropic(_) => "anthropic",
+        ProviderConfig::Bedrock(_) => "bedrock",
         ProviderConfig::Openai(_) | ProviderConfig::OpenaiCompatible(_) => "openai",
     });
     v
