@@ -1,5 +1,6 @@
 //! tollway-mock: an upstream simulator that answers in the providers' own wire formats —
-//! OpenAI Chat Completions and Embeddings, Anthropic Messages — deterministically, with knobs
+//! OpenAI Chat Completions and Embeddings, Anthropic Messages, Amazon Bedrock Converse —
+//! deterministically, with knobs
 //! for latency, length, tool calls, usage and faults. It shares no code with the gateway's
 //! protocol crates, so tests of the gateway against it check the gateway's translations
 //! against an independent reading of the API references.
@@ -15,14 +16,21 @@
 //! | `POST /v1/messages` | Anthropic message, or SSE events with `stream: true` (`anthropic-version` header required) |
 //! | `POST /v1/messages/count_tokens` | Anthropic token count, `{"input_tokens": N}`: the `input_tokens` a message would report for the same request; fields other than the count's own (`max_tokens`, `stream`...) refused as the API does |
 //! | `GET /v1/models` | OpenAI model list |
+//! | `POST /model/{modelId}/converse` | Bedrock Converse: `{"output":{"message"}, "stopReason", "usage", "metrics"}`; the model id percent-decoded from the path (`a%3A0`, ARNs with `%2F`), never read from the body |
+//! | `POST /model/{modelId}/converse-stream` | Bedrock ConverseStream: `application/vnd.amazon.eventstream` messages (`messageStart`, `contentBlockStart` for tool calls, `contentBlockDelta`…, `contentBlockStop`, `messageStop`, `metadata`), each JSON padded with `"p"` |
 //! | `GET /_mock/stats` | `{"requests", "by_path", "streams_started", "streams_completed", "streams_aborted", "in_flight"}` |
-//! | `GET /_mock/requests` | the last ≤1000 provider-API requests, oldest first: `[{"path", "version", "headers", "body"}]` (`version`: `HTTP/1.1` or `HTTP/2.0`) |
+//! | `GET /_mock/requests` | the last ≤1000 provider-API requests, oldest first: `[{"path", "version", "headers", "body"}]` (`version`: `HTTP/1.1` or `HTTP/2.0`); Bedrock's add `"model_id"` (decoded) and `"auth"` (`{"scheme": "bearer"}`, `{"scheme": "sigv4", "access_key_id", "region", "signed_headers"}` or `{"scheme": "rejected", "error"}`), and their `path` is the one received |
 //! | `POST /_mock/reset` | clears the stats and the request log (204) |
 //!
-//! Any other path: 404 in OpenAI's error shape. Any API key is accepted.
+//! Any other path: 404 in OpenAI's error shape (under `/model/`, Bedrock's
+//! `UnknownOperationException`). Any API key is accepted. Bedrock routes authenticate for real:
+//! any `Authorization: Bearer` key, or an AWS Signature Version 4 for the `bedrock` service
+//! made with [`MOCK_AWS_SECRET`] (any access key id, any region; the date is not compared with
+//! the clock); else a 403 as AWS sends it ([`sigv4`]).
 //!
 //! # Knobs
-//! Per request, in the model name's query (`gpt-4.1?ttft_ms=200&tokens=50`) or in a directive
+//! Per request, in the model name's query (`gpt-4.1?ttft_ms=200&tokens=50`; Bedrock: the
+//! decoded model id's, sent as `model%3Ftokens%3D5`) or in a directive
 //! anywhere in the text of the last user message, `[mock tokens=5 fault=429]`; the directive
 //! wins. Unknown knobs are ignored. The `model` echoed back is the name without its query.
 //!
@@ -34,23 +42,24 @@
 //! | `echo=1` | reply with the last user message's text exactly (directive included), in word pieces |
 //! | `tool=NAME` / `tool=1` | call tool NAME / the first tool offered |
 //! | `tools=N` | make N parallel calls (the first N tools, or the last tool again) |
-//! | `cached=N` | OpenAI `prompt_tokens_details.cached_tokens=N` (inside `prompt_tokens`); Anthropic `cache_read_input_tokens=N` (outside `input_tokens`) |
-//! | `cache_write=N` | Anthropic `cache_creation_input_tokens=N` |
-//! | `reasoning=N` | OpenAI `reasoning_tokens=N` (inside `completion_tokens`); Anthropic a leading `thinking` block of N tokens with a signature |
+//! | `cached=N` | OpenAI `prompt_tokens_details.cached_tokens=N` (inside `prompt_tokens`); Anthropic `cache_read_input_tokens=N`, Bedrock `cacheReadInputTokens=N` (outside the input tokens) |
+//! | `cache_write=N` | Anthropic `cache_creation_input_tokens=N`; Bedrock `cacheWriteInputTokens=N` |
+//! | `reasoning=N` | OpenAI `reasoning_tokens=N` (inside `completion_tokens`); Anthropic a leading `thinking` block, Bedrock a leading `reasoningContent` block, of N tokens with a signature |
 //! | `stop=1` | when the request has stop sequences, end early on the first one (`stop` / `stop_sequence`) |
-//! | `fault=429\|500\|503\|529\|400\|401\|403\|404` | that status with the provider's error body; `retry_after=S` adds `retry-after` |
-//! | `fault=malformed` | 200 with a body that is not JSON (streams: a broken `data:` line after `after` tokens) |
+//! | `fault=429\|500\|503\|529\|400\|401\|403\|404` | that status with the provider's error body; `retry_after=S` adds `retry-after` (not Bedrock, which sends none; Bedrock answers 529 with its 503) |
+//! | `fault=malformed` | 200 with a body that is not JSON (streams: a broken `data:` line, Bedrock a message with a wrong CRC, after `after` tokens) |
 //! | `fault=reset` | the connection is cut (streams: after `after=N` tokens, default 0; the client sees a body error) |
 //! | `fault=hang` | never answers |
-//! | `fault=error_event` | streams: an in-stream error event after `after` tokens, then the end (non-streaming: a 500) |
+//! | `fault=error_event` | streams: an in-stream error event (Bedrock: a `throttlingException` message) after `after` tokens, then the end (non-streaming: a 500) |
 //!
 //! A request forcing a tool (OpenAI `tool_choice: "required"` or a named function; Anthropic
-//! `tool_choice` `any` or `tool`) gets a tool call without any knob. When the last message is a
+//! `tool_choice` `any` or `tool`; Bedrock `toolChoice` `any` or `tool`) gets a tool call without any knob. When the last message is a
 //! tool result, the reply is text quoting the result, so tool loops end.
 //!
 //! Tokens: a reply token is one word piece (one content delta when streaming); prompt tokens
 //! are estimated as ceil(chars / 4) per text part, 4 per message, 85 per image.
-//! `max_tokens` (or `max_completion_tokens`) cuts the reply with `length` / `max_tokens`.
+//! `max_tokens` (`max_completion_tokens`, Bedrock `inferenceConfig.maxTokens`) cuts the reply
+//! with `length` / `max_tokens`.
 
 mod anthropic;
 mod bedrock;

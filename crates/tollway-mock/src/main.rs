@@ -5,8 +5,8 @@ use std::io::Write;
 
 use clap::Parser;
 
-/// Upstream simulator speaking the OpenAI and Anthropic wire formats, with knobs for latency,
-/// length, tool calls, usage and faults (see the crate README).
+/// Upstream simulator speaking the OpenAI, Anthropic and Bedrock Converse wire formats, with
+/// knobs for latency, length, tool calls, usage and faults (see the crate README).
 #[derive(Parser)]
 #[command(name = "tollway-mock", version)]
 struct Args {
