@@ -335,7 +335,7 @@ struct ConverseReq<'a> {
     last_user_text: Option<String>,
     tool_results: Option<String>,
     tools: Vec<ToolDef<'a>>,
-    forced: Option<Option<&'a str>>,
+    forced: Forced<'a>,
     stop: Vec<String>,
     max_tokens: Option<u64>,
     input_tokens: u64,
@@ -518,9 +518,11 @@ fn reasoning(v: &Value, path: &str) -> Result<u64, ApiError> {
     }
 }
 
-/// The tools offered, and the forced choice if any.
-#[allow(clippy::type_complexity)]
-fn tool_config(v: &Value) -> Result<(Vec<ToolDef<'_>>, Option<Option<&str>>, u64), ApiError> {
+/// The tool a request forces, as [`gen::choose_calls`] takes it.
+type Forced<'a> = Option<Option<&'a str>>;
+
+/// The tools offered, the forced choice if any, and the tools' token estimate.
+fn tool_config(v: &Value) -> Result<(Vec<ToolDef<'_>>, Forced<'_>, u64), ApiError> {
     let o = object(v, "toolConfig", &["tools", "toolChoice"])?;
     let list = array(o.get("tools"), "toolConfig.tools")?;
     if list.is_empty() {

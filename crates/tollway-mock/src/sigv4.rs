@@ -550,7 +550,7 @@ mod tests {
             BAD_SIGNATURE
         );
         assert!(check(decoded, &h, BODY).is_ok());
-        // another service, an unsigned session token
+        // a session token sent but not signed
         let mut h = signed(PATH, BODY, MOCK_AWS_SECRET, None);
         h.insert("x-amz-security-token", HeaderValue::from_static("t"));
         assert!(check(PATH, &h, BODY)

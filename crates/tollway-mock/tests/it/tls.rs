@@ -157,3 +157,46 @@ async fn binary_serves_https_with_tls_cert_and_key() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Over HTTP/2 there is no `host` header: the signed `host` is the request's `:authority`.
+#[tokio::test]
+async fn sigv4_over_http2_signs_the_authority() {
+    use tollway_mock::sigv4::{sign, Credentials, SignableRequest};
+    let certs = TestCerts::generate().expect("certificates");
+    let server = MockServer::start_tls(certs.server_config(Alpn::Both).expect("TLS"))
+        .await
+        .expect("mock");
+    let http = trusting(&certs);
+    let authority = server.addr().to_string();
+    let path = format!("/model/{}/converse", crate::bedrock::HAIKU);
+    let body = serde_json::to_vec(&crate::bedrock::say("hi [mock tokens=2]")).expect("json");
+    let date = "20251207T120000Z";
+    let auth = sign(
+        &SignableRequest {
+            method: "POST",
+            path: &path,
+            query: "",
+            headers: &[("host", &authority), ("x-amz-date", date)],
+            body: &body,
+        },
+        &Credentials {
+            access_key_id: "AKIDH2",
+            secret_access_key: tollway_mock::MOCK_AWS_SECRET,
+            region: "ap-northeast-1",
+            service: "bedrock",
+        },
+    )
+    .expect("signed");
+    let r = http
+        .post(format!("{}{path}", server.url()))
+        .header("authorization", auth)
+        .header("x-amz-date", date)
+        .body(body)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(format!("{:?}", r.version()), "HTTP/2.0");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let logged = last_request(&http, &server.url()).await;
+    assert_eq!(logged["auth"]["region"], "ap-northeast-1");
+}
