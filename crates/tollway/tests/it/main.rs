@@ -2,6 +2,7 @@
 
 mod accounts;
 mod bad_input;
+mod bedrock;
 mod budgets;
 mod count_tokens;
 mod harness;
