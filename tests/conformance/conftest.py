@@ -36,7 +36,13 @@ import openai
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-from helpers import MASTER_KEY, UPSTREAM_ANTHROPIC_KEY, UPSTREAM_OPENAI_KEY
+from helpers import (
+    MASTER_KEY,
+    UPSTREAM_ANTHROPIC_KEY,
+    UPSTREAM_AWS_KEY_ID,
+    UPSTREAM_AWS_SECRET,
+    UPSTREAM_OPENAI_KEY,
+)
 
 START_TIMEOUT_S = float(os.environ.get("TOLLWAY_TEST_START_TIMEOUT", "30"))
 STOP_TIMEOUT_S = 10.0
@@ -50,12 +56,14 @@ server:
 providers:
   oai: {{ kind: openai-compatible, base_url: "{mock}/v1", api_key: {oai_key} }}
   ant: {{ kind: anthropic, base_url: "{mock}", api_key: {ant_key} }}
+  aws: {{ kind: bedrock, region: us-east-1, base_url: "{mock}", access_key_id: {aws_key_id}, secret_access_key: {aws_secret} }}
   oai-fast-timeout: {{ kind: openai-compatible, base_url: "{mock}/v1", api_key: x, timeouts: {{ first_byte_ms: 500 }} }}
 # One gateway serves the whole session and these tests inject upstream faults on purpose: cooldowns
 # (tested in the Rust routing suite) are off, so that one test's 429 does not answer the next.
 models:
   gpt: {{ circuit_breaker: false, deployments: [{{ provider: oai, model: gpt-4.1 }}] }}
   claude: {{ circuit_breaker: false, deployments: [{{ provider: ant, model: claude-sonnet-4-5 }}] }}
+  bedrock: {{ circuit_breaker: false, deployments: [{{ provider: aws, model: "anthropic.claude-sonnet-4-5-20250929-v1:0" }}] }}
   claude-noimg: {{ circuit_breaker: false, deployments: [{{ provider: ant, model: claude-haiku, capabilities: {{ vision: false }} }}] }}
   flaky: {{ circuit_breaker: false, deployments: [{{ provider: oai, model: "gpt-down?fault=500" }}, {{ provider: ant, model: claude-backup }}] }}
   hangs: {{ circuit_breaker: false, deployments: [{{ provider: oai-fast-timeout, model: "gpt-hang?fault=hang" }}] }}
@@ -220,7 +228,12 @@ def write_config(tmpdir: Path, mock_url: str) -> Path:
     path = tmpdir / "tollway.yaml"
     path.write_text(
         CONFIG_TEMPLATE.format(
-            master=MASTER_KEY, mock=mock_url, oai_key=UPSTREAM_OPENAI_KEY, ant_key=UPSTREAM_ANTHROPIC_KEY
+            master=MASTER_KEY,
+            mock=mock_url,
+            oai_key=UPSTREAM_OPENAI_KEY,
+            ant_key=UPSTREAM_ANTHROPIC_KEY,
+            aws_key_id=UPSTREAM_AWS_KEY_ID,
+            aws_secret=UPSTREAM_AWS_SECRET,
         )
     )
     return path
@@ -344,7 +357,14 @@ class Mock:
         return out
 
     def upstream(self, kind: str) -> list[dict]:
-        """Requests the mock received for one wire format: 'openai' or 'anthropic'."""
+        """Requests the mock received for one wire format: 'openai', 'anthropic' or 'bedrock'."""
+        if kind == "bedrock":
+            return [
+                r
+                for r in self.requests()
+                if str(r.get("path", "")).startswith("/model/")
+                and str(r.get("path", "")).endswith(("/converse", "/converse-stream"))
+            ]
         suffix = "/chat/completions" if kind == "openai" else "/messages"
         return [r for r in self.requests() if str(r.get("path", "")).split("?")[0].endswith(suffix)]
 

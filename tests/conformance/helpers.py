@@ -10,7 +10,11 @@ import httpx
 MASTER_KEY = "sk-test-master-0001"
 UPSTREAM_OPENAI_KEY = "sk-upstream-openai-secret"
 UPSTREAM_ANTHROPIC_KEY = "sk-upstream-anthropic-secret"
-SECRETS = (MASTER_KEY, UPSTREAM_OPENAI_KEY, UPSTREAM_ANTHROPIC_KEY)
+# A Bedrock account's access key id, and the secret tollway-mock checks every SigV4 signature with
+# (its MOCK_AWS_SECRET): the secret never leaves the gateway, only signatures made with it.
+UPSTREAM_AWS_KEY_ID = "AKIDCONFORMANCE"
+UPSTREAM_AWS_SECRET = "tollway-mock-secret"
+SECRETS = (MASTER_KEY, UPSTREAM_OPENAI_KEY, UPSTREAM_ANTHROPIC_KEY, UPSTREAM_AWS_SECRET)
 
 CONFIGURED_MODELS = ("gpt", "claude", "claude-noimg", "flaky", "hangs")
 
