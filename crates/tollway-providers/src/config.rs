@@ -429,6 +429,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_simulated_bedrock_account_signs_with_the_simulators_secret() {
+        assert_eq!(MOCK_AWS_SECRET, tollway_mock::MOCK_AWS_SECRET);
+        let sim = ProviderConfig::Mock(MockConfig {
+            format: MockFormat::Bedrock,
+        });
+        assert_eq!(sim.wire(), Wire::Bedrock);
+        match sim.resolve_mock("http://127.0.0.1:9") {
+            Some(ProviderConfig::Bedrock(b)) => {
+                assert_eq!(b.base_url.as_deref(), Some("http://127.0.0.1:9"));
+                assert_eq!(
+                    b.secret_access_key.as_ref().map(Secret::expose),
+                    Some(MOCK_AWS_SECRET)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn secrets_never_show_in_debug() {
         let c = ProviderConfig::Openai(OpenAiConfig {
             api_key: Secret::new("sk-live-very-secret"),
