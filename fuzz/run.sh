@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 export RUSTC_BOOTSTRAP=1
 secs="${FUZZ_SECONDS:-60}"
-for t in openai_request anthropic_request upstream_stream upstream_answer; do
+for t in openai_request anthropic_request upstream_stream upstream_answer bedrock_stream; do
   mkdir -p "corpus/$t"
   cp -n seeds/"$t"/* "corpus/$t/" 2>/dev/null || true
   echo "==> $t (${secs}s)"

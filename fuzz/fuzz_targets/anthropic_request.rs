@@ -3,7 +3,7 @@
 //! again.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tollway_protocol::{anthropic, openai};
+use tollway_protocol::{anthropic, bedrock, openai};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = anthropic::decode_request(data) {
@@ -11,6 +11,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(anthropic::decode_request(&body).is_ok(), "re-encoded body does not decode");
         }
         let _ = openai::encode_request(&req, "fuzz/model", openai::Dialect::default());
+        let _ = bedrock::encode_request_as(&req, "fuzz/model");
     }
     if let Ok(req) = anthropic::decode_count_tokens_request(data) {
         let target = tollway_core::Target {

@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         let _ = anthropic::encode_request(&req, "fuzz/model");
+        let _ = bedrock::encode_request_as(&req, "fuzz/model");
     }
     if let Ok(req) = responses::decode_request(data) {
         let _ = openai::encode_request(&req, "fuzz/model", openai::Dialect::default());

@@ -139,8 +139,10 @@ impl Auth {
             .build()
             .map_err(|e| format!("could not sign the request: {e}"))?
             .into();
+        // a forwarding proxy's credentials are for the proxy, which takes them off
         let pairs = headers
             .iter()
+            .filter(|(k, _)| *k != http::header::PROXY_AUTHORIZATION)
             .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
         let request = SignableRequest::new("POST", url, pairs, SignableBody::Bytes(body))
             .map_err(|e| format!("could not sign the request: {e}"))?;
@@ -266,6 +268,11 @@ mod tests {
             HeaderValue::from_static("bedrock-runtime.us-east-1.amazonaws.com"),
         );
         headers.insert("content-type", HeaderValue::from_static("application/json"));
+        // a forwarding proxy's credentials: not signed (the proxy removes them)
+        headers.insert(
+            http::header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic dTpw"),
+        );
         let time = UNIX_EPOCH + Duration::from_secs(1_440_938_160); // 2015-08-30T12:36:00Z
         auth.sign(
             "https://bedrock-runtime.us-east-1.amazonaws.com/model/a.b-v1%3A0/converse",

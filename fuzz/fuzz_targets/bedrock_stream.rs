@@ -1,0 +1,95 @@
+//! A Bedrock ConverseStream body, split at a point the first byte chooses. The second byte picks
+//! how the rest is read: as raw bytes (the framing's length and checksum checks), or as events
+//! separated by 0xFF (an event-type byte, then the JSON payload), framed here with valid
+//! checksums so that the decoder sees arbitrary payloads in well-formed messages. The parser and
+//! the decoder never panic, and every decoded event goes through both client stream encoders.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use tollway_protocol::bedrock::StreamDecoder;
+use tollway_protocol::eventstream::EventStreamParser;
+use tollway_protocol::{anthropic, openai};
+
+const TYPES: [&str; 8] = [
+    "messageStart",
+    "contentBlockStart",
+    "contentBlockDelta",
+    "contentBlockStop",
+    "messageStop",
+    "metadata",
+    "exception",
+    "unknownEvent",
+];
+
+fn frame(event_type: &str, payload: &[u8]) -> Vec<u8> {
+    let message_type = if event_type == "exception" { "exception" } else { "event" };
+    let mut h = Vec::new();
+    for (name, value) in [
+        (":event-type", event_type),
+        (":message-type", message_type),
+        (":exception-type", "throttlingException"),
+    ] {
+        h.push(name.len() as u8);
+        h.extend_from_slice(name.as_bytes());
+        h.push(7);
+        h.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        h.extend_from_slice(value.as_bytes());
+    }
+    let total = (16 + h.len() + payload.len()) as u32;
+    let mut out = Vec::new();
+    out.extend_from_slice(&total.to_be_bytes());
+    out.extend_from_slice(&(h.len() as u32).to_be_bytes());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+fuzz_target!(|data: &[u8]| {
+    let [first, mode, rest @ ..] = data else { return };
+    let body: Vec<u8> = if mode % 2 == 0 {
+        rest.to_vec()
+    } else {
+        rest.split(|&b| b == 0xFF)
+            .filter_map(|piece| {
+                let (&t, payload) = piece.split_first()?;
+                Some(frame(TYPES[usize::from(t) % TYPES.len()], payload))
+            })
+            .flatten()
+            .collect()
+    };
+    let cut = usize::from(*first) * body.len() / 256;
+    let (a, b) = body.split_at(cut);
+    let mut parser = EventStreamParser::new();
+    let mut decoder = StreamDecoder::new("req", "fuzz/model");
+    let mut canonical = Vec::new();
+    'read: for chunk in [a, b] {
+        let mut rest = chunk;
+        loop {
+            match parser.next(&mut rest) {
+                Ok(Some(f)) => {
+                    if decoder.feed_into(&f, &mut canonical).is_err() {
+                        break 'read;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => break 'read,
+            }
+        }
+    }
+    let _ = parser.finish();
+    if let Ok(evs) = decoder.finish() {
+        canonical.extend(evs);
+    }
+    let mut out = Vec::new();
+    let mut oe = openai::StreamEncoder::new(true);
+    let mut ae = anthropic::StreamEncoder::new(true);
+    for ev in &canonical {
+        oe.push(ev, &mut out);
+        ae.push(ev, &mut out);
+    }
+    oe.finish(&mut out);
+    ae.finish(&mut out);
+});
