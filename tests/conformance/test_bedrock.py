@@ -192,3 +192,32 @@ def test_a_broken_event_stream_fails_the_sdks_stream(oai, ant, mock, fault):
         with pytest.raises(anthropic.APIError):
             for _ in s:
                 pass
+
+
+def test_a_json_schema_becomes_bedrocks_structured_output(oai, mock):
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    r = oai.chat.completions.create(
+        model=MODEL,
+        max_tokens=50,
+        messages=[{"role": "user", "content": "Name a city."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": True}},
+    )
+    assert r.choices[0].message.content
+    fmt = _last(mock)["body"]["outputConfig"]["textFormat"]
+    assert fmt["type"] == "json_schema"
+    assert fmt["structure"]["jsonSchema"]["name"] == "place"
+    assert json.loads(fmt["structure"]["jsonSchema"]["schema"]) == schema
+    # schema-less JSON mode has no Converse field: refused, naming it
+    with pytest.raises(openai.BadRequestError) as ei:
+        oai.chat.completions.create(
+            model=MODEL,
+            max_tokens=50,
+            messages=[{"role": "user", "content": "Name a city."}],
+            response_format={"type": "json_object"},
+        )
+    assert "json_object" in str(ei.value) or "response_format" in str(ei.value)

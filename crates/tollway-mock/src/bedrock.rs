@@ -593,6 +593,41 @@ fn tool_config(v: &Value) -> Result<(Vec<ToolDef<'_>>, Forced<'_>, u64), ApiErro
     Ok((tools, forced, tokens))
 }
 
+/// `outputConfig`: structured output, `{textFormat: {type: json_schema, structure: {jsonSchema:
+/// {schema, name?, description?}}}}`, the schema a string holding a JSON object.
+fn output_config(v: &Value) -> Result<(), ApiError> {
+    let o = object(v, "outputConfig", &["textFormat"])?;
+    let Some(f) = o.get("textFormat").filter(|f| !f.is_null()) else {
+        return Ok(());
+    };
+    let p = "outputConfig.textFormat";
+    let f = object(f, p, &["type", "structure"])?;
+    match string(f, "type", p)? {
+        "json_schema" => {}
+        t => {
+            return Err(constraint(
+                t,
+                &format!("{p}.type"),
+                "satisfy enum value set: [json_schema]",
+            ))
+        }
+    }
+    let structure = f
+        .get("structure")
+        .ok_or_else(|| required(&format!("{p}.structure")))?;
+    let sp = format!("{p}.structure");
+    let (_, def) = union(structure, &sp, "OutputFormatStructure", &["jsonSchema"])?;
+    let dp = format!("{sp}.jsonSchema");
+    let def = object(def, &dp, &["schema", "name", "description"])?;
+    let schema = string(def, "schema", &dp)?;
+    match serde_json::from_str::<Value>(schema) {
+        Ok(Value::Object(_)) => Ok(()),
+        _ => Err(invalid(format!(
+            "{dp}.schema: the JSON schema is not a valid JSON object."
+        ))),
+    }
+}
+
 /// `inferenceConfig`: the max tokens and the stop sequences.
 fn inference_config(v: &Value) -> Result<(Option<u64>, Vec<String>), ApiError> {
     let p = "inferenceConfig";
@@ -772,6 +807,9 @@ fn validate(req: &Value) -> Result<ConverseReq<'_>, ApiError> {
         Some(c) => inference_config(c)?,
         None => (None, Vec::new()),
     };
+    if let Some(c) = top.get("outputConfig").filter(|c| !c.is_null()) {
+        output_config(c)?;
+    }
     let (tools, forced) = match top.get("toolConfig").filter(|c| !c.is_null()) {
         Some(c) => {
             let (tools, forced, n) = tool_config(c)?;

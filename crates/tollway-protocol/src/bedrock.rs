@@ -13,9 +13,11 @@
 //! | `max_tokens`, `temperature`, `top_p`, `stop` | `inferenceConfig` |
 //! | `top_k`, Anthropic `thinking`, the client's Anthropic betas | `additionalModelRequestFields` (`top_k`, `thinking`, `anthropic_beta`), as Bedrock's model parameters spell them |
 //! | tools, `tool_choice` | `toolConfig` (`auto`, `any`, `tool`; `none` sends no `toolChoice`, and no tools unless the conversation already holds tool blocks, which Bedrock requires `toolConfig` for) |
+//! | `response_format` `json_schema` | `outputConfig.textFormat` (`type: json_schema`, `structure.jsonSchema`: the schema as a string, its name and description) |
 //!
-//! Structured output (`response_format`) has no Converse field and is refused with a 400 naming
-//! it. The answer carries no id: the `x-amzn-requestid` header is the answer's id.
+//! A `json_schema` response format becomes `outputConfig.textFormat` (the schema as a JSON string);
+//! schema-less JSON mode has no Converse field and is refused with a 400 naming it. The answer
+//! carries no id: the `x-amzn-requestid` header is the answer's id.
 
 use std::time::Duration;
 
@@ -246,11 +248,32 @@ pub fn encode_request_as<'l>(
     }
     match &req.response_format {
         None | Some(ResponseFormat::Text) => {}
-        Some(_) => {
-            return Err(
-                ProviderError::unsupported("response_format (structured output)", label)
-                    .with_param("response_format"),
+        Some(ResponseFormat::JsonObject) => {
+            return Err(ProviderError::unsupported(
+                "response_format json_object (send a json_schema instead)",
+                label,
             )
+            .with_param("response_format"))
+        }
+        Some(ResponseFormat::JsonSchema {
+            name,
+            description,
+            schema,
+            ..
+        }) => {
+            // Converse takes the schema as a JSON string
+            let mut def = Map::new();
+            def.insert("schema".into(), Value::String(schema.to_string()));
+            if !name.is_empty() {
+                def.insert("name".into(), json!(name));
+            }
+            if let Some(d) = description {
+                def.insert("description".into(), json!(d));
+            }
+            body.insert(
+                "outputConfig".into(),
+                json!({"textFormat": {"type": "json_schema", "structure": {"jsonSchema": def}}}),
+            );
         }
     }
     for (k, v) in &req.extra.fields {

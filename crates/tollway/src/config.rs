@@ -340,12 +340,12 @@ struct RawPrices {
 pub fn default_capabilities(p: &ProviderConfig) -> Capabilities {
     match p.wire() {
         Wire::OpenAi => Capabilities::ALL,
-        // Converse has no structured-output field (a schema would need a forced tool call)
+        // structured output by schema (`outputConfig.textFormat`); no schema-less JSON mode
         Wire::Bedrock => Capabilities {
             tools: true,
             vision: true,
             json_mode: false,
-            json_schema: false,
+            json_schema: true,
             stream_usage: true,
             embeddings: false,
         },
@@ -1673,7 +1673,7 @@ routers:
         ];
         let c = parse(sketch, &env(&vars)).unwrap_or_else(|e| panic!("{e:?}"));
         let caps = c.models["sonnet"].deployments[1].capabilities;
-        assert!(caps.tools && caps.vision && !caps.json_schema);
+        assert!(caps.tools && caps.vision && caps.json_schema && !caps.json_mode);
         // without AWS credentials anywhere: the account is named with what it lacks
         let e = parse(sketch, &env(&vars[..3])).unwrap_err();
         assert_eq!(e.len(), 1, "{e:?}");

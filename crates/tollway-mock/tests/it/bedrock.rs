@@ -840,7 +840,48 @@ async fn validation_as_bedrock_refuses() {
             ),
             "[default]",
         ),
+        (
+            with(
+                say("hi"),
+                "outputConfig",
+                json!({"textFormat": {"type": "json_object"}}),
+            ),
+            "[json_schema]",
+        ),
+        (
+            with(
+                say("hi"),
+                "outputConfig",
+                json!({"textFormat": {"type": "json_schema", "structure": {"jsonSchema": {"schema": {"type": "object"}}}}}),
+            ),
+            "must be a string",
+        ),
+        (
+            with(
+                say("hi"),
+                "outputConfig",
+                json!({"textFormat": {"type": "json_schema", "structure": {"jsonSchema": {"schema": "{oops"}}}}),
+            ),
+            "not a valid JSON object",
+        ),
+        (
+            with(
+                say("hi"),
+                "outputConfig",
+                json!({"textFormat": {"type": "json_schema", "structure": {}}}),
+            ),
+            "exactly one",
+        ),
     ];
+    // a well-formed schema is taken
+    let ok = with(
+        say("hi"),
+        "outputConfig",
+        json!({"textFormat": {"type": "json_schema", "structure": {"jsonSchema": {
+            "schema": "{\"type\": \"object\"}", "name": "answer", "description": "d"}}}}),
+    );
+    let (s, _, v) = converse(&m, HAIKU, &ok).await;
+    assert_eq!(s, 200, "{v}");
     for (body, want) in cases {
         let (s, h, v) = converse(&m, HAIKU, &body).await;
         assert_eq!(s, 400, "{body}: {v}");

@@ -208,6 +208,27 @@ fn what_converse_cannot_take_is_refused_by_name() {
     req.response_format = Some(ResponseFormat::JsonObject);
     let e = encode_request_as(&req, LABEL).expect_err("json mode");
     assert_eq!(e.param.as_deref(), Some("response_format"));
+    // a schema goes as outputConfig, the schema itself as a JSON string
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}},
+                        "required": ["city"], "additionalProperties": false});
+    req.response_format = Some(ResponseFormat::JsonSchema {
+        name: "place".into(),
+        description: Some("A city".into()),
+        schema: schema.clone(),
+        strict: Some(true),
+    });
+    let b = body(&req);
+    let def = &b["outputConfig"]["textFormat"];
+    assert_eq!(def["type"], "json_schema");
+    assert_eq!(def["structure"]["jsonSchema"]["name"], "place");
+    assert_eq!(def["structure"]["jsonSchema"]["description"], "A city");
+    let sent: Value = serde_json::from_str(
+        def["structure"]["jsonSchema"]["schema"]
+            .as_str()
+            .expect("a string"),
+    )
+    .expect("JSON");
+    assert_eq!(sent, schema);
 
     let mut req = ChatRequest::simple("m", "hi");
     req.messages.push(Message {
