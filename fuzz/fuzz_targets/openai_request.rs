@@ -1,9 +1,9 @@
 //! Any bytes as a client's Chat Completions or Responses body: decoding never panics; whatever
-//! decodes can be encoded for both upstream formats, and the Chat Completions encoding decodes
+//! decodes can be encoded for every upstream format, and the Chat Completions encoding decodes
 //! again.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tollway_protocol::{anthropic, openai, responses};
+use tollway_protocol::{anthropic, bedrock, openai, responses};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = openai::decode_request(data) {
