@@ -5,6 +5,7 @@
 #
 #   bench/callgrind.sh                  # 1,000 small chats, OpenAI-compatible upstream
 #   KIND=anthropic bench/callgrind.sh   # the same through an Anthropic upstream
+#   KIND=bedrock bench/callgrind.sh     # through Bedrock's Converse API, every request SigV4-signed
 #   STREAM=1 bench/callgrind.sh         # 300 streams of 200 chunks; prints instructions per chunk
 #   ALL=1 bench/callgrind.sh            # everything on, as the suite's chat_1000rps_all: a virtual
 #                                       # key with limits and a hard budget, in a team with both, a
@@ -45,7 +46,8 @@ start_mock "${MOCK_TLS[@]}"
 case $KIND in
   openai) PROVIDER="{ kind: openai-compatible, base_url: \"$MOCK/v1\", api_key: none$CA }" ;;
   anthropic) PROVIDER="{ kind: anthropic, base_url: \"$MOCK\", api_key: none$CA }" ;;
-  *) echo "KIND is openai or anthropic" >&2; exit 1 ;;
+  bedrock) PROVIDER="{ kind: bedrock, region: us-east-1, base_url: \"$MOCK\", access_key_id: AKIDBENCH, secret_access_key: tollway-mock-secret$CA }" ;;
+  *) echo "KIND is openai, anthropic or bedrock" >&2; exit 1 ;;
 esac
 cat > "$DIR/gw.yaml" <<YAML
 server:
