@@ -72,7 +72,18 @@ pub struct ProviderError {
 
 impl ProviderError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        let retry = match kind {
+        ProviderError {
+            kind,
+            upstream_status: None,
+            message: message.into(),
+            retry: Self::retry_of(kind),
+            param: None,
+        }
+    }
+
+    /// Whether an error of `kind` may succeed when tried again.
+    fn retry_of(kind: ErrorKind) -> Retry {
+        match kind {
             ErrorKind::InvalidRequest
             | ErrorKind::ContextWindowExceeded
             | ErrorKind::ContentPolicy
@@ -89,14 +100,18 @@ impl ProviderError {
             | ErrorKind::Timeout
             | ErrorKind::Connection
             | ErrorKind::InvalidResponse => Retry::Safe,
-        };
-        ProviderError {
-            kind,
-            upstream_status: None,
-            message: message.into(),
-            retry,
-            param: None,
         }
+    }
+
+    /// The same error as another kind (an upstream's error type says more than its status), with
+    /// that kind's retry rule and the upstream's `retry_after` wait where retrying is allowed.
+    pub fn reclassify(mut self, kind: ErrorKind, retry_after: Option<Duration>) -> Self {
+        self.kind = kind;
+        self.retry = match (Self::retry_of(kind), retry_after) {
+            (Retry::Safe, Some(d)) => Retry::After(d),
+            (r, _) => r,
+        };
+        self
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -150,11 +165,9 @@ impl ProviderError {
             s if s >= 500 => ErrorKind::Upstream,
             _ => ErrorKind::InvalidResponse,
         };
-        let mut e = ProviderError::new(kind, message).with_upstream_status(status);
-        if let (Some(d), Retry::Safe) = (retry_after, e.retry) {
-            e.retry = Retry::After(d);
-        }
-        e
+        ProviderError::new(kind, message)
+            .with_upstream_status(status)
+            .reclassify(kind, retry_after)
     }
 
     /// The status the gateway answers its client with.
@@ -234,5 +247,14 @@ mod tests {
             ProviderError::from_upstream_status(504, "", None).http_status(),
             504
         );
+
+        // a 400 that an upstream's error type calls a quota: retried, after its wait
+        let e = ProviderError::from_upstream_status(400, "quota", None)
+            .reclassify(ErrorKind::RateLimited, Some(Duration::from_secs(2)));
+        assert_eq!(e.retry_after_secs(), Some(2));
+        assert_eq!(e.upstream_status, Some(400));
+        let e = ProviderError::from_upstream_status(429, "x", Some(Duration::from_secs(2)))
+            .reclassify(ErrorKind::InvalidRequest, Some(Duration::from_secs(2)));
+        assert_eq!(e.retry, Retry::Never, "a client error is never retried");
     }
 }

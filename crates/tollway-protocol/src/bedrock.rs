@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tollway_core::{
     ApiFamily, ChatRequest, ChatResponse, ErrorKind, ImageSource, Label, Part, ProviderError,
-    ResponseFormat, Retry, Role, StopReason, StreamEvent, ToolCall, ToolChoice, Usage,
+    ResponseFormat, Role, StopReason, StreamEvent, ToolCall, ToolChoice, Usage,
 };
 
 use crate::anthropic::{bad_arguments, is_off, HARMLESS_FROM_OPENAI};
@@ -476,7 +476,7 @@ pub fn decode_error(
     let kind = error_type
         .map(|t| t.split(':').next().unwrap_or(t))
         .unwrap_or_default();
-    let mut e = ProviderError::from_upstream_status(status, message, retry_after);
+    let e = ProviderError::from_upstream_status(status, message, retry_after);
     let lower = e.message.to_ascii_lowercase();
     let reclassified = match kind {
         "ThrottlingException" | "ServiceQuotaExceededException" | "ModelNotReadyException" => {
@@ -494,16 +494,10 @@ pub fn decode_error(
         }
         _ => None,
     };
-    if let Some(kind) = reclassified {
-        // the kind's own retry rule, keeping a Retry-After wait where retrying is allowed
-        let retry = match (ProviderError::new(kind, "").retry, e.retry) {
-            (Retry::Safe, Retry::After(d)) => Retry::After(d),
-            (Retry::Safe, Retry::Never) => retry_after.map_or(Retry::Safe, Retry::After),
-            (r, _) => r,
-        };
-        e = e.with_kind(kind).with_retry(retry);
+    match reclassified {
+        Some(kind) => e.reclassify(kind, retry_after),
+        None => e,
     }
-    e
 }
 
 // ------------------------------------------------------------------------------------------------
