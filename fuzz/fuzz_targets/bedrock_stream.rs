@@ -6,7 +6,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use tollway_protocol::bedrock::StreamDecoder;
-use tollway_protocol::eventstream::EventStreamParser;
+use tollway_protocol::eventstream::{write_message, EventStreamParser};
 use tollway_protocol::{anthropic, openai};
 
 const TYPES: [&str; 8] = [
@@ -22,29 +22,12 @@ const TYPES: [&str; 8] = [
 
 fn frame(event_type: &str, payload: &[u8]) -> Vec<u8> {
     let message_type = if event_type == "exception" { "exception" } else { "event" };
-    let mut h = Vec::new();
-    for (name, value) in [
+    let headers = [
         (":event-type", event_type),
         (":message-type", message_type),
         (":exception-type", "throttlingException"),
-    ] {
-        h.push(name.len() as u8);
-        h.extend_from_slice(name.as_bytes());
-        h.push(7);
-        h.extend_from_slice(&(value.len() as u16).to_be_bytes());
-        h.extend_from_slice(value.as_bytes());
-    }
-    let total = (16 + h.len() + payload.len()) as u32;
-    let mut out = Vec::new();
-    out.extend_from_slice(&total.to_be_bytes());
-    out.extend_from_slice(&(h.len() as u32).to_be_bytes());
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_be_bytes());
-    out.extend_from_slice(&h);
-    out.extend_from_slice(payload);
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_be_bytes());
-    out
+    ];
+    write_message(&headers, payload)
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -1,5 +1,6 @@
 //! AWS event stream framing (`application/vnd.amazon.eventstream`), the binary framing of
-//! Bedrock's `ConverseStream` answer: read side only.
+//! Bedrock's `ConverseStream` answer: a reader, and a writer
+//! ([`write_message`]) for tests and fuzzing.
 //!
 //! A message is a 12-byte prelude (total length and headers length, big-endian `u32`s, then the
 //! CRC32 of those eight bytes), the headers, the payload and the CRC32 of everything before it.
@@ -170,38 +171,36 @@ fn decode(msg: &[u8]) -> Result<Frame, ProviderError> {
     Ok(frame)
 }
 
-#[cfg(test)]
-pub(crate) use tests::frame as test_frame;
+/// Writes one message with string headers (value type 7) and `payload`, both checksums computed:
+/// what a Bedrock upstream sends, for tests and fuzzing.
+pub fn write_message(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    for (name, value) in headers {
+        h.push(name.len() as u8);
+        h.extend_from_slice(name.as_bytes());
+        h.push(7);
+        h.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        h.extend_from_slice(value.as_bytes());
+    }
+    let total = (OVERHEAD + h.len() + payload.len()) as u32;
+    let mut out = Vec::with_capacity(total as usize);
+    out.extend_from_slice(&total.to_be_bytes());
+    out.extend_from_slice(&(h.len() as u32).to_be_bytes());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A message as AWS frames it, written here independently of the parser.
-    pub(crate) fn frame(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
-        let mut h = Vec::new();
-        for (name, value) in headers {
-            h.push(name.len() as u8);
-            h.extend_from_slice(name.as_bytes());
-            h.push(7);
-            h.extend_from_slice(&(value.len() as u16).to_be_bytes());
-            h.extend_from_slice(value.as_bytes());
-        }
-        let total = (16 + h.len() + payload.len()) as u32;
-        let mut out = Vec::new();
-        out.extend_from_slice(&total.to_be_bytes());
-        out.extend_from_slice(&(h.len() as u32).to_be_bytes());
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_be_bytes());
-        out.extend_from_slice(&h);
-        out.extend_from_slice(payload);
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_be_bytes());
-        out
-    }
-
     fn event(kind: &str, payload: &str) -> Vec<u8> {
-        frame(
+        write_message(
             &[
                 (":event-type", kind),
                 (":content-type", "application/json"),
@@ -256,7 +255,7 @@ mod tests {
         h.push(6);
         h.extend_from_slice(&3u16.to_be_bytes());
         h.extend_from_slice(b"xyz");
-        let tail = frame(
+        let tail = write_message(
             &[
                 (":message-type", "exception"),
                 (":exception-type", "throttlingException"),

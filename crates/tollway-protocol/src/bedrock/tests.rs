@@ -5,7 +5,7 @@ use tollway_core::{
 };
 
 use super::*;
-use crate::eventstream::{test_frame, EventStreamParser};
+use crate::eventstream::{write_message, EventStreamParser};
 
 const LABEL: &str = "bedrock-us/anthropic.claude-sonnet-4-5-20250929-v1:0";
 
@@ -420,7 +420,7 @@ fn errors_are_classified_by_type_and_status() {
 }
 
 fn event(kind: &str, payload: Value) -> Vec<u8> {
-    test_frame(
+    write_message(
         &[
             (":event-type", kind),
             (":content-type", "application/json"),
@@ -541,7 +541,7 @@ fn streams_decode_to_canonical_events() {
 fn broken_streams_are_errors() {
     // an exception message mid-stream
     let mut bytes = event("messageStart", json!({"role": "assistant"}));
-    bytes.extend(test_frame(
+    bytes.extend(write_message(
         &[
             (":message-type", "exception"),
             (":exception-type", "throttlingException"),
@@ -571,7 +571,7 @@ fn broken_streams_are_errors() {
 
     // a payload that is not JSON, a delta without an index
     for bad in [
-        test_frame(
+        write_message(
             &[
                 (":message-type", "event"),
                 (":event-type", "contentBlockDelta"),
