@@ -821,6 +821,8 @@ fn encode_block<'a>(
             }
         }
         Part::Thinking { text, signature } => match signature {
+            // Gemini's signatures mean nothing to Anthropic
+            Some(sig) if crate::gemini::is_gemini_signature(sig) => return Ok(None),
             Some(sig) => req_out::Block::Thinking {
                 thinking: text,
                 signature: sig,

@@ -29,6 +29,7 @@ use tollway_core::{
 
 use crate::anthropic::{bad_arguments, is_off, HARMLESS_FROM_OPENAI};
 use crate::eventstream::Frame;
+use crate::gemini::is_gemini_signature;
 use crate::openai::fallback_message;
 
 /// The path of a model's Converse endpoint (`stream`: ConverseStream). The model id is one path
@@ -37,15 +38,7 @@ use crate::openai::fallback_message;
 pub fn model_path(model: &str, stream: bool) -> String {
     let mut out = String::with_capacity(model.len() + 24);
     out.push_str("/model/");
-    for b in model.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(char::from(b"0123456789ABCDEF"[(b >> 4) as usize]));
-            out.push(char::from(b"0123456789ABCDEF"[(b & 15) as usize]));
-        }
-    }
+    out.push_str(&crate::path_segment(model));
     out.push_str(if stream {
         "/converse-stream"
     } else {
@@ -145,7 +138,7 @@ fn encode_part(p: &Part, label: Label<'_>, out: &mut Vec<Value>) -> Result<(), P
         Part::Thinking { text, signature } => {
             // reasoning without a signature came from another vendor: Bedrock cannot verify it,
             // and the model does not need it
-            if let Some(sig) = signature {
+            if let Some(sig) = signature.as_deref().filter(|s| !is_gemini_signature(s)) {
                 out.push(json!({"reasoningContent": {"reasoningText": {
                     "text": text, "signature": sig
                 }}}));

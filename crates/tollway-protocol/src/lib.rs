@@ -1,5 +1,6 @@
 //! Wire formats: OpenAI Chat Completions and Anthropic Messages (and OpenAI's Responses API as a
-//! client surface: `responses`; Amazon Bedrock's Converse API as an upstream only: `bedrock`),
+//! client surface: `responses`; Amazon Bedrock's Converse API and Google's Gemini API as upstreams
+//! only: `bedrock`, `gemini`),
 //! SSE and AWS event stream framing, and the conversions between them and `tollway-core`'s
 //! canonical types.
 //!
@@ -20,6 +21,7 @@
 pub mod anthropic;
 pub mod bedrock;
 pub mod eventstream;
+pub mod gemini;
 mod json;
 pub mod openai;
 pub mod responses;
@@ -27,3 +29,20 @@ mod scan;
 pub mod sse;
 
 pub use json::now_unix;
+
+/// `s` as one URL path segment: everything outside the unreserved characters percent-encoded
+/// (a Bedrock model id's `:`, an ARN's `/`, a simulated model's `?`).
+pub fn path_segment(s: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len() + 8);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[(b >> 4) as usize]));
+            out.push(char::from(HEX[(b & 15) as usize]));
+        }
+    }
+    out
+}

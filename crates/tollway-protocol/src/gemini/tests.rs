@@ -1,0 +1,615 @@
+use serde_json::{json, Value};
+use tollway_core::{
+    ApiFamily, ChatRequest, ErrorKind, ImageSource, Message, Part, ResponseFormat, Retry, Role,
+    StopReason, StreamEvent, ToolCall, ToolChoice, ToolDef, ToolResult, Usage,
+};
+
+use super::*;
+use crate::sse::SseParser;
+
+const LABEL: &str = "gemini/gemini-2.5-flash";
+
+fn body_for(req: &ChatRequest, model: &str) -> Value {
+    let bytes = encode_request_as(req, model, LABEL).expect("encodes");
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+fn body(req: &ChatRequest) -> Value {
+    body_for(req, "gemini-2.5-flash")
+}
+
+fn weather_tool() -> ToolDef {
+    ToolDef {
+        name: "get_weather".into(),
+        description: Some("Weather in a city".into()),
+        parameters: json!({"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"], "additionalProperties": false}),
+        strict: None,
+    }
+}
+
+fn call(id: &str, args: &str) -> Part {
+    Part::ToolCall(ToolCall {
+        id: id.into(),
+        name: "get_weather".into(),
+        arguments: args.into(),
+    })
+}
+
+fn result(id: &str, text: &str, is_error: bool) -> Message {
+    Message {
+        role: Role::Tool,
+        content: vec![Part::ToolResult(ToolResult {
+            tool_call_id: id.into(),
+            content: vec![Part::text(text)],
+            is_error,
+        })],
+    }
+}
+
+#[test]
+fn urls_name_the_model_as_one_segment_and_the_method() {
+    assert_eq!(crate::path_segment("gemini-2.5-flash"), "gemini-2.5-flash");
+    assert_eq!(
+        crate::path_segment("gemini-2.5-flash?tokens=5"),
+        "gemini-2.5-flash%3Ftokens%3D5"
+    );
+    assert_eq!(method(false), ":generateContent");
+    assert_eq!(method(true), ":streamGenerateContent?alt=sse");
+}
+
+#[test]
+fn a_conversation_becomes_contents_with_a_system_instruction() {
+    let mut req = ChatRequest::simple("ignored", "What is in this picture?");
+    req.messages
+        .insert(0, Message::text(Role::System, "Be brief."));
+    req.messages[1]
+        .content
+        .push(Part::Image(ImageSource::Base64 {
+            media_type: "image/png".into(),
+            data: "iVBORw0KGgo=".into(),
+        }));
+    req.messages.push(Message::text(Role::Assistant, "A cat."));
+    req.messages
+        .push(Message::text(Role::User, "And this one?"));
+    req.messages.push(Message {
+        role: Role::User,
+        content: vec![Part::Image(ImageSource::Url(
+            "gs://bucket/photos/dog.JPG".into(),
+        ))],
+    });
+    req.max_tokens = Some(100);
+    req.temperature = Some(0.2);
+    req.top_p = Some(0.9);
+    req.top_k = Some(40);
+    req.stop = vec!["END".into()];
+    let b = body(&req);
+    assert_eq!(
+        b,
+        json!({
+            "contents": [
+                {"role": "user", "parts": [
+                    {"text": "What is in this picture?"},
+                    {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}]},
+                {"role": "model", "parts": [{"text": "A cat."}]},
+                {"role": "user", "parts": [
+                    {"text": "And this one?"},
+                    {"fileData": {"mimeType": "image/jpeg", "fileUri": "gs://bucket/photos/dog.JPG"}}]}
+            ],
+            "systemInstruction": {"parts": [{"text": "Be brief."}]},
+            "generationConfig": {"maxOutputTokens": 100, "temperature": 0.2, "topP": 0.9,
+                                 "topK": 40, "stopSequences": ["END"]}
+        })
+    );
+}
+
+#[test]
+fn an_image_url_without_a_known_type_is_refused_by_name() {
+    let mut req = ChatRequest::simple("m", "look");
+    req.messages[0].content.push(Part::Image(ImageSource::Url(
+        "https://example.com/pic".into(),
+    )));
+    let e = encode_request_as(&req, "gemini-2.5-flash", LABEL).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidRequest);
+    assert!(
+        e.message.contains("https://example.com/pic"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains(LABEL), "{}", e.message);
+}
+
+#[test]
+fn tools_calls_and_results_cross_with_names_found_from_ids() {
+    let mut req = ChatRequest::simple("m", "Weather in Paris and Oslo?");
+    req.tools = vec![weather_tool()];
+    req.tool_choice = Some(ToolChoice::Tool("get_weather".into()));
+    req.messages.push(Message {
+        role: Role::Assistant,
+        content: vec![
+            Part::text("Checking."),
+            call("call_1", r#"{"city":"Paris"}"#),
+            call("call_2", ""),
+        ],
+    });
+    req.messages
+        .push(result("call_1", r#"{"temp_c": 18}"#, false));
+    req.messages.push(result("call_2", "no such city", true));
+    let b = body(&req);
+    assert_eq!(
+        b["contents"][1],
+        json!({"role": "model", "parts": [
+            {"text": "Checking."},
+            {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}},
+            {"functionCall": {"name": "get_weather", "args": {}}}]})
+    );
+    // the two results are one user turn, as Gemini wants parallel answers
+    assert_eq!(
+        b["contents"][2],
+        json!({"role": "user", "parts": [
+            {"functionResponse": {"name": "get_weather", "response": {"temp_c": 18}}},
+            {"functionResponse": {"name": "get_weather", "response": {"error": "no such city"}}}]})
+    );
+    assert_eq!(
+        b["tools"],
+        json!([{"functionDeclarations": [{
+            "name": "get_weather", "description": "Weather in a city",
+            "parametersJsonSchema": weather_tool().parameters}]}])
+    );
+    assert_eq!(
+        b["toolConfig"],
+        json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}})
+    );
+    for (choice, mode) in [
+        (ToolChoice::Auto, "AUTO"),
+        (ToolChoice::None, "NONE"),
+        (ToolChoice::Required, "ANY"),
+    ] {
+        req.tool_choice = Some(choice);
+        assert_eq!(
+            body(&req)["toolConfig"]["functionCallingConfig"],
+            json!({ "mode": mode })
+        );
+    }
+    // a plain-text result that is not an object is wrapped
+    let mut plain = req.clone();
+    plain.messages[2] = result("call_1", "18 degrees", false);
+    assert_eq!(
+        body(&plain)["contents"][2]["parts"][0]["functionResponse"]["response"],
+        json!({"content": "18 degrees"})
+    );
+}
+
+#[test]
+fn a_result_for_an_unknown_call_and_bad_arguments_are_refused() {
+    let mut req = ChatRequest::simple("m", "hi");
+    req.messages.push(result("call_9", "x", false));
+    let e = encode_request_as(&req, "gemini-2.5-flash", LABEL).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidRequest);
+    assert!(e.message.contains("call_9"), "{}", e.message);
+
+    let mut req = ChatRequest::simple("m", "hi");
+    req.messages.push(Message {
+        role: Role::Assistant,
+        content: vec![call("c", "[1, 2]")],
+    });
+    let e = encode_request_as(&req, "gemini-2.5-flash", LABEL).unwrap_err();
+    assert!(e.message.contains("JSON object"), "{}", e.message);
+}
+
+#[test]
+fn thought_signatures_go_back_on_their_calls_and_gemini_3_gets_the_documented_stand_in() {
+    let turn = |parts: Vec<Part>| {
+        let mut req = ChatRequest::simple("m", "Weather?");
+        req.tools = vec![weather_tool()];
+        req.messages.push(Message {
+            role: Role::Assistant,
+            content: parts,
+        });
+        req.messages.push(result("a", "{}", false));
+        req
+    };
+    let signed = turn(vec![
+        Part::Thinking {
+            text: String::new(),
+            signature: Some(format!("{SIGNATURE_PREFIX}c2lnbmVk")),
+        },
+        call("a", "{}"),
+    ]);
+    for model in ["gemini-2.5-flash", "gemini-3-pro-preview"] {
+        assert_eq!(
+            body_for(&signed, model)["contents"][1]["parts"][0]["thoughtSignature"],
+            json!("c2lnbmVk"),
+            "{model}"
+        );
+    }
+    // an OpenAI client lost the signature: Gemini 3 gets the stand-in on the first call only
+    let lost = turn(vec![call("a", "{}"), call("b", "{}")]);
+    let b3 = body_for(&lost, "gemini-3-flash-preview");
+    assert_eq!(
+        b3["contents"][1]["parts"][0]["thoughtSignature"],
+        json!("skip_thought_signature_validator")
+    );
+    assert!(b3["contents"][1]["parts"][1]
+        .get("thoughtSignature")
+        .is_none());
+    let b25 = body_for(&lost, "gemini-2.5-pro");
+    assert!(b25["contents"][1]["parts"][0]
+        .get("thoughtSignature")
+        .is_none());
+    // another vendor's signed thinking is not Gemini's to read
+    let foreign = turn(vec![
+        Part::Thinking {
+            text: "hmm".into(),
+            signature: Some("EqQBCkYIB...".into()),
+        },
+        call("a", "{}"),
+    ]);
+    let b = body_for(&foreign, "gemini-2.5-flash");
+    assert_eq!(
+        b["contents"][1]["parts"],
+        json!([{"functionCall": {"name": "get_weather", "args": {}}}])
+    );
+}
+
+#[test]
+fn gemini_signatures_never_reach_anthropic_or_bedrock() {
+    let mut req = ChatRequest::simple("m", "hi");
+    req.messages.push(Message {
+        role: Role::Assistant,
+        content: vec![
+            Part::Thinking {
+                text: String::new(),
+                signature: Some(format!("{SIGNATURE_PREFIX}abc")),
+            },
+            Part::text("Hello"),
+        ],
+    });
+    req.messages.push(Message::text(Role::User, "again"));
+    let a = crate::anthropic::encode_request(&req, "anthropic/claude").expect("anthropic");
+    assert!(!String::from_utf8_lossy(&a).contains("abc"));
+    let b = crate::bedrock::encode_request_as(&req, "bedrock/claude").expect("bedrock");
+    assert!(!String::from_utf8_lossy(&b).contains("abc"));
+}
+
+#[test]
+fn response_formats_and_the_other_apis_fields() {
+    let mut req = ChatRequest::simple("m", "JSON please");
+    req.response_format = Some(ResponseFormat::JsonObject);
+    assert_eq!(
+        body(&req)["generationConfig"],
+        json!({"responseMimeType": "application/json"})
+    );
+    let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+    req.response_format = Some(ResponseFormat::JsonSchema {
+        name: "thing".into(),
+        description: None,
+        schema: schema.clone(),
+        strict: Some(true),
+    });
+    assert_eq!(
+        body(&req)["generationConfig"],
+        json!({"responseMimeType": "application/json", "responseJsonSchema": schema})
+    );
+
+    let mut req = ChatRequest::simple("m", "hi");
+    req.extra.family = ApiFamily::OpenAi;
+    req.extra.fields.insert("seed".into(), json!(7));
+    req.extra
+        .fields
+        .insert("presence_penalty".into(), json!(0.5));
+    req.extra
+        .fields
+        .insert("frequency_penalty".into(), json!(0.25));
+    req.extra
+        .fields
+        .insert("reasoning_effort".into(), json!("low"));
+    req.extra.fields.insert("store".into(), json!(true));
+    assert_eq!(
+        body(&req)["generationConfig"],
+        json!({"seed": 7, "presencePenalty": 0.5, "frequencyPenalty": 0.25,
+               "thinkingConfig": {"thinkingBudget": 1024}})
+    );
+    assert_eq!(
+        body_for(&req, "gemini-3-pro-preview")["generationConfig"]["thinkingConfig"],
+        json!({"thinkingLevel": "low"})
+    );
+    req.extra.fields.insert("logprobs".into(), json!(true));
+    let e = encode_request_as(&req, "gemini-2.5-flash", LABEL).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("logprobs"));
+    assert!(e.message.contains("`logprobs`"), "{}", e.message);
+
+    let mut req = ChatRequest::simple("m", "think");
+    req.extra.family = ApiFamily::Anthropic;
+    req.extra.fields.insert(
+        "thinking".into(),
+        json!({"type": "enabled", "budget_tokens": 2048}),
+    );
+    req.extra
+        .fields
+        .insert("metadata".into(), json!({"user_id": "u"}));
+    assert_eq!(
+        body(&req)["generationConfig"]["thinkingConfig"],
+        json!({"thinkingBudget": 2048, "includeThoughts": true})
+    );
+    req.extra.fields.insert("container".into(), json!("c"));
+    let e = encode_request_as(&req, "gemini-2.5-flash", LABEL).unwrap_err();
+    assert!(
+        e.message.contains("the Anthropic parameter `container`"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn answers_decode_with_normalised_usage() {
+    let answer = json!({
+        "candidates": [{"content": {"role": "model", "parts": [
+            {"text": "Let me think.", "thought": true},
+            {"text": "It is "}, {"text": "sunny."}]},
+            "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 120, "candidatesTokenCount": 8,
+                          "totalTokenCount": 178, "cachedContentTokenCount": 100,
+                          "thoughtsTokenCount": 50},
+        "modelVersion": "gemini-2.5-flash", "responseId": "resp-1"
+    });
+    let r = decode_response(answer.to_string().as_bytes(), "asked").expect("decodes");
+    assert_eq!(r.id, "resp-1");
+    assert_eq!(r.model, "gemini-2.5-flash");
+    assert_eq!(r.text(), "It is sunny.");
+    assert!(
+        matches!(&r.content[0], Part::Thinking { text, signature: None } if text == "Let me think.")
+    );
+    assert_eq!(r.stop_reason, StopReason::EndTurn);
+    assert_eq!(
+        r.usage,
+        Usage {
+            input_tokens: 20,
+            output_tokens: 58,
+            cache_read_tokens: 100,
+            cache_write_tokens: 0,
+            reasoning_tokens: 50,
+        }
+    );
+    assert_eq!(r.usage.prompt_tokens(), 120);
+
+    for (reason, want) in [
+        ("MAX_TOKENS", StopReason::MaxTokens),
+        ("SAFETY", StopReason::ContentFilter),
+        ("RECITATION", StopReason::ContentFilter),
+        (
+            "MALFORMED_FUNCTION_CALL",
+            StopReason::Other("malformed_function_call".into()),
+        ),
+    ] {
+        let a = json!({"candidates": [{"content": {"parts": []}, "finishReason": reason}]});
+        let r = decode_response(a.to_string().as_bytes(), "asked").expect("decodes");
+        assert_eq!(r.stop_reason, want, "{reason}");
+        assert_eq!(r.model, "asked");
+    }
+}
+
+#[test]
+fn function_calls_decode_with_ids_and_their_signatures() {
+    let answer = json!({
+        "candidates": [{"content": {"role": "model", "parts": [
+            {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+             "thoughtSignature": "c2ln"},
+            {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}}]},
+            "finishReason": "STOP"}],
+        "responseId": "abc-123"
+    });
+    let r = decode_response(answer.to_string().as_bytes(), "m").expect("decodes");
+    assert_eq!(r.stop_reason, StopReason::ToolUse);
+    assert_eq!(r.content.len(), 3);
+    assert_eq!(
+        r.content[0],
+        Part::Thinking {
+            text: String::new(),
+            signature: Some("gemini:c2ln".into())
+        }
+    );
+    let Part::ToolCall(first) = &r.content[1] else {
+        panic!("{:?}", r.content)
+    };
+    let Part::ToolCall(second) = &r.content[2] else {
+        panic!("{:?}", r.content)
+    };
+    assert_eq!(first.arguments, r#"{"city":"Paris"}"#);
+    assert_ne!(first.id, second.id);
+    assert!(first.id.starts_with("call_abc123"), "{}", first.id);
+
+    // the round trip: the client sends the answer back with results
+    let mut req = ChatRequest::simple("m", "Weather?");
+    req.messages.push(Message {
+        role: Role::Assistant,
+        content: r.content.clone(),
+    });
+    req.messages.push(result(&first.id, "{}", false));
+    req.messages.push(result(&second.id, "{}", false));
+    let b = body(&req);
+    assert_eq!(
+        b["contents"][1]["parts"][0]["thoughtSignature"],
+        json!("c2ln")
+    );
+    assert_eq!(b["contents"][2]["parts"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn a_blocked_prompt_is_a_content_policy_error() {
+    let answer = json!({"promptFeedback": {"blockReason": "SAFETY",
+                         "blockReasonMessage": "unsafe"},
+                        "usageMetadata": {"promptTokenCount": 5}});
+    let e = decode_response(answer.to_string().as_bytes(), "m").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ContentPolicy);
+    assert!(e.message.contains("SAFETY"), "{}", e.message);
+    let e = decode_response(b"{}", "m").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidResponse);
+    let e = decode_response(b"not json", "m").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidResponse);
+}
+
+#[test]
+fn errors_are_classified_by_status_name() {
+    let body = |code: u16, status: &str, msg: &str| {
+        json!({"error": {"code": code, "message": msg, "status": status}}).to_string()
+    };
+    let e = decode_error(
+        429,
+        body(429, "RESOURCE_EXHAUSTED", "Quota exceeded").as_bytes(),
+        Some(Duration::from_secs(7)),
+    );
+    assert_eq!(e.kind, ErrorKind::RateLimited);
+    assert_eq!(e.retry, Retry::After(Duration::from_secs(7)));
+    assert_eq!(e.message, "Quota exceeded");
+    let e = decode_error(503, body(503, "UNAVAILABLE", "overloaded").as_bytes(), None);
+    assert_eq!(e.kind, ErrorKind::Overloaded);
+    let e = decode_error(
+        400,
+        body(
+            400,
+            "INVALID_ARGUMENT",
+            "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+        )
+        .as_bytes(),
+        None,
+    );
+    assert_eq!(e.kind, ErrorKind::ContextWindowExceeded);
+    let e = decode_error(400, body(400, "INVALID_ARGUMENT", "bad").as_bytes(), None);
+    assert_eq!(e.kind, ErrorKind::InvalidRequest);
+    let e = decode_error(
+        403,
+        body(403, "PERMISSION_DENIED", "no key").as_bytes(),
+        None,
+    );
+    assert_eq!(e.kind, ErrorKind::UpstreamConfig);
+    // the JSON-array form of streamGenerateContent without alt=sse
+    let listed = format!("[{}]", body(500, "INTERNAL", "oops"));
+    let e = decode_error(500, listed.as_bytes(), None);
+    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Upstream, "oops"));
+    let e = decode_error(502, b"<html>bad gateway</html>", None);
+    assert!(e.message.contains("bad gateway"), "{}", e.message);
+}
+
+/// Decodes an SSE byte stream split into pieces of `step` bytes.
+fn decode_stream(bytes: &[u8], step: usize) -> Result<Vec<StreamEvent>, ProviderError> {
+    let mut parser = SseParser::new();
+    let mut d = StreamDecoder::new("gemini-2.5-flash");
+    let mut out = Vec::new();
+    for piece in bytes.chunks(step) {
+        for ev in parser.push(piece)? {
+            d.feed_into(&ev, &mut out)?;
+        }
+    }
+    if let Some(ev) = parser.finish()? {
+        d.feed_into(&ev, &mut out)?;
+    }
+    out.extend(d.finish()?);
+    Ok(out)
+}
+
+fn sse(chunks: &[Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in chunks {
+        out.extend_from_slice(format!("data: {c}\r\n\r\n").as_bytes());
+    }
+    out
+}
+
+#[test]
+fn streams_decode_into_blocks_at_any_split() {
+    let bytes = sse(&[
+        json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Hmm", "thought": true}]}}],
+               "responseId": "r1", "modelVersion": "gemini-2.5-flash",
+               "usageMetadata": {"promptTokenCount": 10}}),
+        json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Hel"}]}}],
+               "responseId": "r1"}),
+        json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "lo"}]}}]}),
+        json!({"candidates": [{"content": {"role": "model", "parts": [
+                 {"functionCall": {"name": "f", "args": {"x": 1}}, "thoughtSignature": "s1"}]},
+               "finishReason": "STOP"}],
+               "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 4,
+                                 "thoughtsTokenCount": 3, "totalTokenCount": 17}}),
+    ]);
+    let want = vec![
+        StreamEvent::Start {
+            id: "r1".into(),
+            model: "gemini-2.5-flash".into(),
+            usage: Usage::default(),
+        },
+        StreamEvent::ThinkingDelta {
+            index: 0,
+            text: "Hmm".into(),
+        },
+        StreamEvent::Usage(Usage {
+            input_tokens: 10,
+            ..Usage::default()
+        }),
+        StreamEvent::BlockStop { index: 0 },
+        StreamEvent::TextDelta {
+            index: 1,
+            text: "Hel".into(),
+        },
+        StreamEvent::TextDelta {
+            index: 1,
+            text: "lo".into(),
+        },
+        StreamEvent::BlockStop { index: 1 },
+        StreamEvent::ThinkingSignature {
+            index: 2,
+            signature: "gemini:s1".into(),
+        },
+        StreamEvent::BlockStop { index: 2 },
+        StreamEvent::ToolCallStart {
+            index: 3,
+            id: "call_r1_0".into(),
+            name: "f".into(),
+        },
+        StreamEvent::ToolCallDelta {
+            index: 3,
+            arguments: r#"{"x":1}"#.into(),
+        },
+        StreamEvent::BlockStop { index: 3 },
+        StreamEvent::Usage(Usage {
+            input_tokens: 10,
+            output_tokens: 7,
+            reasoning_tokens: 3,
+            ..Usage::default()
+        }),
+        StreamEvent::Finish {
+            stop_reason: StopReason::ToolUse,
+            stop_sequence: None,
+        },
+    ];
+    for step in [1, 3, 17, bytes.len()] {
+        assert_eq!(
+            decode_stream(&bytes, step).expect("decodes"),
+            want,
+            "step {step}"
+        );
+    }
+}
+
+#[test]
+fn streams_that_fail_say_why() {
+    // an error object in the stream
+    let bytes = sse(&[
+        json!({"candidates": [{"content": {"parts": [{"text": "Hi"}]}}]}),
+        json!({"error": {"code": 429, "message": "Resource exhausted", "status": "RESOURCE_EXHAUSTED"}}),
+    ]);
+    let e = decode_stream(&bytes, 5).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RateLimited);
+    // cut before a finish reason
+    let bytes = sse(&[json!({"candidates": [{"content": {"parts": [{"text": "Hi"}]}}]})]);
+    let e = decode_stream(&bytes, 5).unwrap_err();
+    assert!(e.message.contains("ended before"), "{}", e.message);
+    // a blocked prompt
+    let bytes = sse(&[json!({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}})]);
+    assert_eq!(
+        decode_stream(&bytes, 5).unwrap_err().kind,
+        ErrorKind::ContentPolicy
+    );
+    // not JSON
+    let e = decode_stream(b"data: {oops\n\n", 4).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidResponse);
+}
