@@ -677,6 +677,8 @@ fn vendor_of(model: &str) -> Option<&'static str> {
         Some("mistral")
     } else if starts(&["deepseek-"]) {
         Some("deepseek")
+    } else if starts(&["gemini-"]) {
+        Some("gemini")
     } else {
         None
     }

@@ -851,6 +851,30 @@ pub fn encode_request_as<'l>(
     request_body(req, target, label.into()).map(|b| b.to_vec())
 }
 
+/// [`encode_request_as`] for Claude on Google's Vertex AI (`rawPredict`, `streamRawPredict`): the
+/// model is in the URL, not the body; the body names Vertex's API version
+/// (`anthropic_version: vertex-2023-10-16`) and carries the client's betas as `anthropic_beta`
+/// (Vertex reads no `anthropic-*` headers).
+pub fn encode_request_vertex<'l>(
+    req: &ChatRequest,
+    target: Target<'_>,
+    label: impl Into<Label<'l>>,
+) -> Result<Vec<u8>, ProviderError> {
+    let bytes = encode_request_as(req, target, label)?;
+    let mut body: Map<String, Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| ProviderError::internal(format!("could not rewrite the request for Vertex: {e}")))?;
+    body.remove("model");
+    body.insert("anthropic_version".into(), json!(VERTEX_VERSION));
+    if !req.betas.is_empty() {
+        body.insert("anthropic_beta".into(), json!(req.betas));
+    }
+    serde_json::to_vec(&body)
+        .map_err(|e| ProviderError::internal(format!("could not write the Vertex request: {e}")))
+}
+
+/// The `anthropic_version` Claude on Vertex AI takes.
+pub const VERTEX_VERSION: &str = "vertex-2023-10-16";
+
 /// The upstream body of [`encode_request_as`], before it is written.
 fn request_body<'a>(
     req: &'a ChatRequest,

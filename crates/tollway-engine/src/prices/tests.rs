@@ -273,6 +273,13 @@ fn a_cloud_entry_wins_over_the_vendor() {
         Some("15")
     );
     assert_eq!(input("azure", "gpt-4.1-mini"), Some("0.4".into()));
+    // Gemini on Vertex AI costs the Gemini API's price
+    assert_eq!(input("vertex", "gemini-2.5-flash"), Some("0.3".into()));
+    assert_eq!(input("gemini", "gemini-2.5-pro"), Some("1.25".into()));
+    assert_eq!(
+        builtin("vertex", "gemini-2.5-flash-lite").cache_read_price(),
+        PicosPerToken(10_000)
+    );
     assert_eq!(input("azure", "my-deployment-name"), None);
     assert_eq!(
         input("openai-compatible", "deepseek-chat"),

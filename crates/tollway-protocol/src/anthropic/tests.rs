@@ -1132,3 +1132,22 @@ fn token_counts_need_no_max_tokens_and_send_only_their_own_fields() {
     }
     assert_eq!(encode_count_tokens_response(7), b"{\"input_tokens\":7}");
 }
+
+#[test]
+fn claude_on_vertex_names_its_version_and_carries_betas_in_the_body() {
+    let mut r = ChatRequest::simple("claude-sonnet-4-5", "hi");
+    r.max_tokens = Some(64);
+    r.betas = vec!["context-1m-2025-08-07".into()];
+    let target = Target {
+        model: "claude-sonnet-4-5@20250929",
+        stream: true,
+    };
+    let bytes = encode_request_vertex(&r, target, "vertex/claude").expect("encodes");
+    let v: Value = serde_json::from_slice(&bytes).expect("json");
+    assert!(v.get("model").is_none(), "{v}");
+    assert_eq!(v["anthropic_version"], json!(VERTEX_VERSION));
+    assert_eq!(v["anthropic_beta"], json!(["context-1m-2025-08-07"]));
+    assert_eq!(v["stream"], json!(true));
+    assert_eq!(v["max_tokens"], json!(64));
+    assert_eq!(v["messages"][0]["content"][0]["text"], json!("hi"));
+}
