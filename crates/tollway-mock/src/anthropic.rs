@@ -1,4 +1,5 @@
-//! Anthropic wire format: `POST /v1/messages` (JSON and SSE), request validation and error bodies.
+//! Anthropic wire format: `POST /v1/messages` (JSON and SSE), request validation and error bodies;
+//! also Claude on Vertex AI ([`OnVertex`]: `rawPredict` / `streamRawPredict`).
 
 use std::sync::Arc;
 
@@ -9,9 +10,31 @@ use axum::Json;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use crate::gemini::GoogleError;
 use crate::gen::{self, Answer, Ask, Finish, Gate, Script, ToolDef};
 use crate::knobs::{base_model, Fault, Knobs};
-use crate::{Route, Shared};
+use crate::{InFlight, Route, Shared};
+
+/// The `anthropic_version` Vertex AI requires in the body.
+const VERTEX_VERSION: &str = "vertex-2023-10-16";
+
+/// A Messages request reaching Claude through Vertex AI: the model comes from the path (the body
+/// has none), `anthropic_version` is in the body (no header), the method may demand a stream.
+pub(crate) struct OnVertex {
+    /// Percent-decoded, knobs in its query.
+    pub model: String,
+    /// `streamRawPredict`: the body must say `"stream": true`.
+    pub stream_method: bool,
+}
+
+/// Where a request came from, for validation.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    /// Anthropic's API: the `anthropic-version` header, the model in the body.
+    Direct(&'a HeaderMap),
+    /// Vertex AI: the model from the path (`None` for `count-tokens`, whose body names it).
+    Vertex(Option<&'a str>),
+}
 
 /// An Anthropic error body with its status.
 struct ApiError {
@@ -173,26 +196,27 @@ const COUNT_FIELDS: [&str; 7] = [
 
 /// A Messages request (`count_only`: the body of a token count, which has no `max_tokens` and
 /// only [`COUNT_FIELDS`]).
-fn validate<'a>(
-    req: &'a Value,
-    headers: &HeaderMap,
-    count_only: bool,
-) -> Result<MsgReq<'a>, ApiError> {
-    if !headers.contains_key("anthropic-version") {
-        return Err(invalid("anthropic-version: header is required"));
+fn validate<'a>(req: &'a Value, via: Via<'a>, count_only: bool) -> Result<MsgReq<'a>, ApiError> {
+    if let Via::Direct(headers) = via {
+        if !headers.contains_key("anthropic-version") {
+            return Err(invalid("anthropic-version: header is required"));
+        }
     }
     if count_only {
-        if let Some(extra) = req
-            .as_object()
-            .and_then(|o| o.keys().find(|k| !COUNT_FIELDS.contains(&k.as_str())))
-        {
+        let vertex = matches!(via, Via::Vertex(_));
+        let allowed = |k: &str| {
+            COUNT_FIELDS.contains(&k)
+                || (vertex && matches!(k, "anthropic_version" | "anthropic_beta"))
+        };
+        if let Some(extra) = req.as_object().and_then(|o| o.keys().find(|k| !allowed(k))) {
             return Err(invalid(format!("{extra}: Extra inputs are not permitted")));
         }
     }
-    let model = match req.get("model") {
-        None | Some(Value::Null) => return Err(field_required("model")),
-        Some(Value::String(s)) => s.as_str(),
-        Some(_) => return Err(invalid("model: Input should be a valid string")),
+    let model = match (via, req.get("model")) {
+        (Via::Vertex(Some(m)), _) => m,
+        (_, None | Some(Value::Null)) => return Err(field_required("model")),
+        (_, Some(Value::String(s))) => s.as_str(),
+        (_, Some(_)) => return Err(invalid("model: Input should be a valid string")),
     };
     let max_tokens = match req.get("max_tokens") {
         None if count_only => 1,
@@ -448,11 +472,18 @@ pub async fn count_tokens(
     body: Bytes,
 ) -> Response {
     let (_flight, seq) = s.begin(Route::CountTokens, version, &headers, &body);
-    let req = match parse_body(&body) {
+    count_respond(seq, &body, Some(&headers)).await
+}
+
+/// A token count already logged: `headers` for Anthropic's API (which needs
+/// `anthropic-version`), `None` for Vertex AI's `count-tokens:rawPredict`.
+pub(crate) async fn count_respond(seq: u64, body: &[u8], headers: Option<&HeaderMap>) -> Response {
+    let req = match parse_body(body) {
         Ok(v) => v,
         Err(e) => return e.into_response(seq),
     };
-    let r = match validate(&req, &headers, true) {
+    let via = headers.map_or(Via::Vertex(None), Via::Direct);
+    let r = match validate(&req, via, true) {
         Ok(r) => r,
         Err(e) => return e.into_response(seq),
     };
@@ -478,11 +509,81 @@ pub async fn messages(
     body: Bytes,
 ) -> Response {
     let (flight, seq) = s.begin(Route::Messages, version, &headers, &body);
-    let req = match parse_body(&body) {
+    respond(flight, seq, &body, &headers, None).await
+}
+
+/// What Vertex AI checks of a Claude request before Anthropic's own validation.
+fn vertex_checks(req: &Value, v: &OnVertex) -> Result<(), ApiError> {
+    if req.get("model").is_some() {
+        return Err(invalid("model: Extra inputs are not permitted"));
+    }
+    match req.get("anthropic_version") {
+        None | Some(Value::Null) => return Err(field_required("anthropic_version")),
+        Some(Value::String(s)) if s == VERTEX_VERSION => {}
+        Some(_) => {
+            return Err(invalid(format!(
+                "anthropic_version: Input should be '{VERTEX_VERSION}'"
+            )))
+        }
+    }
+    match req.get("anthropic_beta") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
+        Some(_) => {
+            return Err(invalid(
+                "anthropic_beta: Input should be a valid list of strings",
+            ))
+        }
+    }
+    if v.stream_method && req.get("stream").and_then(Value::as_bool) != Some(true) {
+        return Err(invalid(
+            "stream: streamRawPredict requires `\"stream\": true` in the request body",
+        ));
+    }
+    Ok(())
+}
+
+/// The error Vertex AI itself sends for Claude (quota, authentication, permission, unknown
+/// model): Google's shape.
+fn vertex_fault(code: u16, model: &str, retry_after: Option<String>) -> Option<GoogleError> {
+    let base = model.split('@').next().unwrap_or(model);
+    let message = match code {
+        401 => return Some(GoogleError::unauthenticated()),
+        403 => format!("Permission 'aiplatform.endpoints.predict' denied on resource '//aiplatform.googleapis.com/publishers/anthropic/models/{model}' (or it may not exist)."),
+        404 => format!("Publisher Model `publishers/anthropic/models/{model}` not found."),
+        429 => format!("Quota exceeded for aiplatform.googleapis.com/online_prediction_requests_per_base_model with base model: anthropic-{base}. Please submit a quota increase request. https://cloud.google.com/vertex-ai/docs/generative-ai/quotas-genai."),
+        _ => return None,
+    };
+    let e = GoogleError::new(
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        message,
+    );
+    Some(if code == 429 {
+        e.with_retry_after(retry_after)
+    } else {
+        e
+    })
+}
+
+/// A Messages request already logged: Anthropic's API (`vertex: None`) or Claude on Vertex AI.
+pub(crate) async fn respond(
+    flight: InFlight,
+    seq: u64,
+    body: &[u8],
+    headers: &HeaderMap,
+    vertex: Option<&OnVertex>,
+) -> Response {
+    let req = match parse_body(body) {
         Ok(v) => v,
         Err(e) => return e.into_response(seq),
     };
-    let r = match validate(&req, &headers, false) {
+    if let Some(v) = vertex {
+        if let Err(e) = vertex_checks(&req, v) {
+            return e.into_response(seq);
+        }
+    }
+    let via = vertex.map_or(Via::Direct(headers), |v| Via::Vertex(Some(&v.model)));
+    let r = match validate(&req, via, false) {
         Ok(r) => r,
         Err(e) => return e.into_response(seq),
     };
@@ -490,7 +591,12 @@ pub async fn messages(
     let model = base_model(r.model);
     match &knobs.fault {
         Some(Fault::Status(code)) => {
-            return fault_error(*code, model, knobs.retry_after.clone()).into_response(seq)
+            if vertex.is_some() {
+                if let Some(e) = vertex_fault(*code, model, knobs.retry_after.clone()) {
+                    return e.into_response();
+                }
+            }
+            return fault_error(*code, model, knobs.retry_after.clone()).into_response(seq);
         }
         Some(Fault::Hang) => gen::hang().await,
         Some(Fault::ErrorEvent) if !r.stream => {
@@ -519,8 +625,19 @@ pub async fn messages(
         stop: &r.stop,
         max_tokens: Some(r.max_tokens),
     }
-    .answer("toolu_01", seq);
-    let id = format!("msg_01{seq:022x}");
+    .answer(
+        if vertex.is_some() {
+            "toolu_vrtx_01"
+        } else {
+            "toolu_01"
+        },
+        seq,
+    );
+    let id = if vertex.is_some() {
+        format!("msg_vrtx_01{seq:022x}")
+    } else {
+        format!("msg_01{seq:022x}")
+    };
     let (stop_reason, stop_sequence) = stop_fields(&answer.finish);
 
     if !r.stream {

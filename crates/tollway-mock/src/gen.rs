@@ -127,6 +127,69 @@ pub fn args_from_schema(schema: Option<&Value>) -> Value {
     Value::Object(out)
 }
 
+/// A schema's type, lower-cased (Google's schemas spell it `STRING`, `OBJECT`...): the first
+/// non-null one of a list; `object` for a schema with properties, else `string`.
+fn schema_type(prop: &Value) -> String {
+    let ty = match prop.get("type") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| !t.eq_ignore_ascii_case("null"))
+            .unwrap_or("null"),
+        _ if prop.get("properties").is_some() => "object",
+        _ if prop.get("items").is_some() => "array",
+        _ => "string",
+    };
+    ty.to_ascii_lowercase()
+}
+
+/// A JSON value valid for a simple schema (OpenAPI or JSON Schema): objects with every declared
+/// property filled, arrays with one item, enums their first value, strings and numbers
+/// placeholders; `anyOf`/`oneOf` take their first branch. For structured-output answers.
+pub fn json_for_schema(schema: &Value) -> Value {
+    json_at(schema, "value", 0)
+}
+
+fn json_at(schema: &Value, name: &str, depth: usize) -> Value {
+    if depth > 16 {
+        return Value::Null;
+    }
+    for key in ["anyOf", "oneOf", "any_of", "one_of"] {
+        if let Some(first) = schema
+            .get(key)
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+        {
+            return json_at(first, name, depth + 1);
+        }
+    }
+    match schema_type(schema).as_str() {
+        "object" if schema.get("enum").is_none() && schema.get("const").is_none() => {
+            let mut out = Map::new();
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (k, p) in props {
+                    out.insert(k.clone(), json_at(p, k, depth + 1));
+                }
+            }
+            Value::Object(out)
+        }
+        "array" if schema.get("enum").is_none() => {
+            let item = schema
+                .get("items")
+                .map_or(Value::from("example"), |i| json_at(i, name, depth + 1));
+            let min = schema
+                .get("minItems")
+                .or_else(|| schema.get("min_items"))
+                .and_then(|m| m.as_u64().or_else(|| m.as_str()?.parse().ok()))
+                .unwrap_or(1)
+                .clamp(1, 16);
+            Value::Array(vec![item; min as usize])
+        }
+        _ => value_for(name, schema),
+    }
+}
+
 fn value_for(name: &str, prop: &Value) -> Value {
     if let Some(first) = prop
         .get("enum")
@@ -138,17 +201,7 @@ fn value_for(name: &str, prop: &Value) -> Value {
     if let Some(c) = prop.get("const") {
         return c.clone();
     }
-    let ty = match prop.get("type") {
-        Some(Value::String(s)) => s.as_str(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|t| *t != "null")
-            .unwrap_or("null"),
-        _ if prop.get("properties").is_some() => "object",
-        _ => "string",
-    };
-    match ty {
+    match schema_type(prop).as_str() {
         "number" | "integer" => Value::from(1),
         "boolean" => Value::Bool(true),
         "array" => Value::Array(Vec::new()),
@@ -388,10 +441,22 @@ impl Script {
         self.json_line(data);
     }
 
-    fn json_line(&mut self, data: &Value) {
+    /// One `data:` event ended by `\r\n\r\n` (Google style).
+    pub fn data_event_crlf(&mut self, data: &Value) {
+        self.data(b"data: ");
+        self.json(data);
+        self.data(b"\r\n\r\n");
+    }
+
+    /// A JSON value, compact, nothing around it.
+    pub fn json(&mut self, data: &Value) {
         use bytes::BufMut;
         // Serialising a Value into memory cannot fail.
         let _ = serde_json::to_writer((&mut self.buf).writer(), data);
+    }
+
+    fn json_line(&mut self, data: &Value) {
+        self.json(data);
         self.data(b"\n\n");
     }
 
@@ -613,6 +678,32 @@ mod tests {
                    "opts": {}, "note": "example", "ratio": 1})
         );
         assert_eq!(args_from_schema(None), json!({}));
+    }
+
+    #[test]
+    fn schema_json() {
+        let schema = json!({"type": "OBJECT", "properties": {
+            "name": {"type": "STRING"}, "age": {"type": "INTEGER"}, "ok": {"type": "BOOLEAN"},
+            "tags": {"type": "ARRAY", "items": {"type": "STRING"}},
+            "kind": {"type": "STRING", "enum": ["a", "b"]},
+            "inner": {"type": "object", "properties": {"city": {"type": "string"}}},
+            "either": {"anyOf": [{"type": "number"}, {"type": "string"}]}},
+            "required": ["name"]});
+        assert_eq!(
+            json_for_schema(&schema),
+            json!({"name": "example", "age": 1, "ok": true, "tags": ["example"], "kind": "a",
+                   "inner": {"city": "Paris"}, "either": 1})
+        );
+        assert_eq!(
+            json_for_schema(&json!({"type": "array", "items": {"type": "integer"}, "minItems": 2})),
+            json!([1, 1])
+        );
+        assert_eq!(
+            args_from_schema(Some(
+                &json!({"type": "OBJECT", "properties": {"n": {"type": "NUMBER"}}})
+            )),
+            json!({"n": 1})
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::io::Write;
 
 use clap::Parser;
 
-/// Upstream simulator speaking the OpenAI, Anthropic and Bedrock Converse wire formats, with
+/// Upstream simulator speaking the OpenAI, Anthropic, Bedrock Converse, Gemini (AI Studio and
+/// Vertex AI) and Azure OpenAI wire formats, with
 /// knobs for latency, length, tool calls, usage and faults (see the crate README).
 #[derive(Parser)]
 #[command(name = "tollway-mock", version)]

@@ -1,5 +1,5 @@
 //! OpenAI wire format: `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models`,
-//! request validation and error bodies.
+//! request validation and error bodies; also the answers Azure OpenAI gives ([`Azure`]).
 
 use std::sync::Arc;
 
@@ -10,17 +10,18 @@ use axum::Json;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use crate::azure::{self, Azure};
 use crate::gen::{self, Call, Finish, Gate, Piece, Script, ToolDef};
 use crate::knobs::{base_model, Fault, Knobs};
-use crate::{Route, Shared};
+use crate::{b64, InFlight, Route, Shared};
 
 const FINGERPRINT: &str = "fp_t0llwaym0ck";
 
 /// An OpenAI error body with its status.
 pub struct ApiError {
-    status: StatusCode,
-    body: Value,
-    retry_after: Option<String>,
+    pub(crate) status: StatusCode,
+    pub(crate) body: Value,
+    pub(crate) retry_after: Option<String>,
 }
 
 impl IntoResponse for ApiError {
@@ -50,7 +51,11 @@ pub fn error_response(
     }
 }
 
-fn invalid(message: impl AsRef<str>, param: Option<&str>, code: Option<&str>) -> ApiError {
+pub(crate) fn invalid(
+    message: impl AsRef<str>,
+    param: Option<&str>,
+    code: Option<&str>,
+) -> ApiError {
     error_response(
         StatusCode::BAD_REQUEST,
         message.as_ref(),
@@ -61,7 +66,7 @@ fn invalid(message: impl AsRef<str>, param: Option<&str>, code: Option<&str>) ->
 }
 
 /// The error OpenAI sends for an injected status.
-fn fault_error(status: u16, model: &str, retry_after: Option<String>) -> ApiError {
+pub(crate) fn fault_error(status: u16, model: &str, retry_after: Option<String>) -> ApiError {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let (message, typ, c): (String, &str, Option<&str>) = match status {
         400 => ("Invalid request (injected by tollway-mock).".into(), "invalid_request_error", None),
@@ -120,7 +125,7 @@ struct ChatReq<'a> {
     prompt_tokens: u64,
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => Ok(v),
         Ok(_) => Err(invalid(
@@ -199,11 +204,14 @@ fn content_text(content: &Value, param: &str, role: &str) -> Result<(String, u64
     }
 }
 
-fn validate_chat(req: &Value) -> Result<ChatReq<'_>, ApiError> {
-    let model = match req.get("model") {
-        None | Some(Value::Null) => return Err(missing("model")),
-        Some(Value::String(s)) => s.as_str(),
-        Some(_) => return Err(bad_type("model", "a string")),
+/// A chat request; `deployment` (Azure's, from the path) stands for the model, the body's `model`
+/// then being ignored.
+fn validate_chat<'a>(req: &'a Value, deployment: Option<&'a str>) -> Result<ChatReq<'a>, ApiError> {
+    let model = match (deployment, req.get("model")) {
+        (Some(d), _) => d,
+        (None, None | Some(Value::Null)) => return Err(missing("model")),
+        (None, Some(Value::String(s))) => s.as_str(),
+        (None, Some(_)) => return Err(bad_type("model", "a string")),
     };
     let messages = match req.get("messages") {
         None | Some(Value::Null) => return Err(missing("messages")),
@@ -428,19 +436,40 @@ pub async fn chat(
     body: Bytes,
 ) -> Response {
     let (flight, seq) = s.begin(Route::Chat, version, &headers, &body);
-    let req = match parse_body(&body) {
+    chat_respond(flight, seq, &body, None).await
+}
+
+/// A chat completion already logged (and, on Azure, authenticated): OpenAI's answer, or with
+/// `azure` Azure OpenAI's (content filter results, its own errors).
+pub(crate) async fn chat_respond(
+    flight: InFlight,
+    seq: u64,
+    body: &[u8],
+    azure: Option<&Azure>,
+) -> Response {
+    let req = match parse_body(body) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    let r = match validate_chat(&req) {
+    let r = match validate_chat(&req, azure.and_then(|a| a.deployment.as_deref())) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    if azure.is_some() {
+        if let Err(e) = azure::check_chat(&req) {
+            return e.into_response();
+        }
+    }
     let knobs = Knobs::from_request(r.model, r.last_user_text.as_deref());
     let model = base_model(r.model);
     match &knobs.fault {
         Some(Fault::Status(code)) => {
-            return fault_error(*code, model, knobs.retry_after.clone()).into_response()
+            if let Some(a) = azure {
+                if let Some(e) = azure::fault_error(*code, a, azure::CHAT_OPERATION, knobs.retry_after.clone()) {
+                    return e.into_response();
+                }
+            }
+            return fault_error(*code, model, knobs.retry_after.clone()).into_response();
         }
         Some(Fault::Hang) => gen::hang().await,
         Some(Fault::ErrorEvent) if !r.stream => {
@@ -455,6 +484,9 @@ pub async fn chat(
                 Some("context_length_exceeded"),
             )
             .into_response()
+        }
+        Some(Fault::ContentPolicy) if azure.is_some() => {
+            return azure::content_filter_error().into_response()
         }
         Some(Fault::ContentPolicy) => {
             return error_response(
@@ -557,24 +589,41 @@ pub async fn chat(
                 o.remove("usage");
             }
         }
+        if azure.is_some() {
+            out["choices"][0]["content_filter_results"] =
+                azure::choice_filter(answer.calls.is_empty());
+            out["prompt_filter_results"] = azure::prompt_filter_results();
+            if let Some(o) = out.as_object_mut() {
+                o.remove("service_tier");
+            }
+        }
         drop(flight);
         return with_request_id(Json(out).into_response(), seq);
     }
 
-    let script = stream_script(&r, &knobs, &answer, &id, created, model, usage);
+    let script = stream_script(
+        &r,
+        &knobs,
+        &answer,
+        (&id, created, model),
+        usage,
+        azure.is_some(),
+    );
     sse(script.into_body(flight), seq)
 }
 
+/// The chunks; `azure`: a first chunk with the prompt's filter results, and every choice with
+/// its own (`{}` where nothing was filtered yet: the role, tool calls, the finish).
 fn stream_script(
     r: &ChatReq<'_>,
     knobs: &Knobs,
     answer: &Answer,
-    id: &str,
-    created: u64,
-    model: &str,
+    (id, created, model): (&str, u64, &str),
     usage: Value,
+    azure: bool,
 ) -> Script {
     let chunk = |delta: Value, finish: Value| {
+        let filtered = azure && delta.get("content").is_some_and(|c| c != "");
         let mut c = json!({
             "id": id,
             "object": "chat.completion.chunk",
@@ -584,6 +633,16 @@ fn stream_script(
             "system_fingerprint": FINGERPRINT,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
         });
+        if azure {
+            c["choices"][0]["content_filter_results"] = if filtered {
+                azure::choice_filter(true)
+            } else {
+                json!({})
+            };
+            if let Some(o) = c.as_object_mut() {
+                o.remove("service_tier");
+            }
+        }
         if r.include_usage {
             c["usage"] = Value::Null;
         }
@@ -603,6 +662,16 @@ fn stream_script(
     };
     let mut script = Script::default();
     let mut gate = Gate::new(knobs);
+    if azure {
+        script.data_event(&json!({
+            "choices": [],
+            "created": 0,
+            "id": "",
+            "model": "",
+            "object": "",
+            "prompt_filter_results": azure::prompt_filter_results(),
+        }));
+    }
     script.data_event(&chunk(
         json!({"role": "assistant", "content": "", "refusal": null}),
         Value::Null,
@@ -641,7 +710,7 @@ fn stream_script(
     }
     script.data_event(&chunk(json!({}), finish_reason(&answer.finish).into()));
     if r.include_usage && !knobs.no_usage {
-        script.data_event(&json!({
+        let mut last = json!({
             "id": id,
             "object": "chat.completion.chunk",
             "created": created,
@@ -650,7 +719,13 @@ fn stream_script(
             "system_fingerprint": FINGERPRINT,
             "choices": [],
             "usage": usage,
-        }));
+        });
+        if azure {
+            if let Some(o) = last.as_object_mut() {
+                o.remove("service_tier");
+            }
+        }
+        script.data_event(&last);
     }
     script.data(b"data: [DONE]\n\n");
     script
@@ -688,14 +763,29 @@ pub async fn embeddings(
     body: Bytes,
 ) -> Response {
     let (flight, seq) = s.begin(Route::Embeddings, version, &headers, &body);
-    let req = match parse_body(&body) {
+    embeddings_respond(flight, seq, &body, None).await
+}
+
+/// Embeddings already logged: OpenAI's, or with `azure` Azure OpenAI's (the deployment, if any,
+/// as the model; Azure's errors).
+pub(crate) async fn embeddings_respond(
+    flight: InFlight,
+    seq: u64,
+    body: &[u8],
+    azure: Option<&Azure>,
+) -> Response {
+    let req = match parse_body(body) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    let model = match req.get("model") {
-        None | Some(Value::Null) => return missing("model").into_response(),
-        Some(Value::String(m)) => m.as_str(),
-        Some(_) => return bad_type("model", "a string").into_response(),
+    let model = match (
+        azure.and_then(|a| a.deployment.as_deref()),
+        req.get("model"),
+    ) {
+        (Some(d), _) => d,
+        (None, None | Some(Value::Null)) => return missing("model").into_response(),
+        (None, Some(Value::String(m))) => m.as_str(),
+        (None, Some(_)) => return bad_type("model", "a string").into_response(),
     };
     let inputs: Vec<String> = match req.get("input") {
         None | Some(Value::Null) => return missing("input").into_response(),
@@ -759,7 +849,18 @@ pub async fn embeddings(
     let knobs = Knobs::from_request(model, inputs.last().map(String::as_str));
     match &knobs.fault {
         Some(Fault::Status(code)) => {
-            return fault_error(*code, base_model(model), knobs.retry_after.clone()).into_response()
+            if let Some(a) = azure {
+                if let Some(e) = azure::fault_error(
+                    *code,
+                    a,
+                    azure::EMBEDDINGS_OPERATION,
+                    knobs.retry_after.clone(),
+                ) {
+                    return e.into_response();
+                }
+            }
+            return fault_error(*code, base_model(model), knobs.retry_after.clone())
+                .into_response();
         }
         Some(Fault::Hang) => gen::hang().await,
         Some(Fault::Malformed) => {
@@ -788,7 +889,7 @@ pub async fn embeddings(
                 for x in &v {
                     bytes.extend_from_slice(&x.to_le_bytes());
                 }
-                Value::String(base64_encode(&bytes))
+                Value::String(b64::encode(&bytes))
             } else {
                 v.iter().map(|x| Value::from(f64::from(*x))).collect()
             };
@@ -831,32 +932,6 @@ pub fn embedding(text: &str, dims: usize) -> Vec<f32> {
     v
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHA: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(ALPHA[(n >> 18) as usize & 63] as char);
-        out.push(ALPHA[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 {
-            ALPHA[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            ALPHA[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
-}
-
 // ---- models ----
 
 const MODELS: [(&str, &str, u64); 8] = [
@@ -893,15 +968,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_matches_known_values() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-    }
-
-    #[test]
     fn embeddings_are_deterministic_unit_vectors() {
         let a = embedding("hello", 64);
         let b = embedding("hello", 64);
@@ -917,13 +983,15 @@ mod tests {
         let req = json!({"model": "m", "messages": [
             {"role": "user", "content": "hi"},
             {"role": "tool", "tool_call_id": "call_x", "content": "42"}]});
-        assert!(validate_chat(&req).is_err());
+        assert!(validate_chat(&req, None).is_err());
         let req = json!({"model": "m", "messages": [
             {"role": "user", "content": "hi"},
             {"role": "assistant", "content": null, "tool_calls": [{"id": "call_x", "type": "function",
                 "function": {"name": "f", "arguments": "{}"}}]},
             {"role": "tool", "tool_call_id": "call_x", "content": "42"}]});
-        let r = validate_chat(&req).map_err(|e| e.body).expect("valid");
+        let r = validate_chat(&req, None)
+            .map_err(|e| e.body)
+            .expect("valid");
         assert_eq!(r.tool_results.as_deref(), Some("42"));
     }
 }

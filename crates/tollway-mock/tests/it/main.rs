@@ -1,13 +1,16 @@
 //! Integration tests: tollway-mock on an ephemeral loopback port, driven over HTTP with reqwest.
 
 mod anthropic;
+mod azure;
 mod bedrock;
 mod binary;
 mod control;
 mod faults;
+mod gemini;
 mod golden;
 mod openai;
 mod tls;
+mod vertex;
 
 use serde_json::{json, Value};
 use tollway_mock::MockServer;
