@@ -3,7 +3,7 @@
 //! again.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tollway_protocol::{anthropic, bedrock, openai};
+use tollway_protocol::{anthropic, bedrock, gemini, openai};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = anthropic::decode_request(data) {
@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = openai::encode_request(&req, "fuzz/model", openai::Dialect::default());
         let _ = bedrock::encode_request_as(&req, "fuzz/model");
+        let _ = gemini::encode_request_as(&req, "gemini-3-pro", "fuzz/model");
     }
     if let Ok(req) = anthropic::decode_count_tokens_request(data) {
         let target = tollway_core::Target {

@@ -3,7 +3,7 @@
 //! again.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tollway_protocol::{anthropic, bedrock, openai, responses};
+use tollway_protocol::{anthropic, bedrock, gemini, openai, responses};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = openai::decode_request(data) {
@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = anthropic::encode_request(&req, "fuzz/model");
         let _ = bedrock::encode_request_as(&req, "fuzz/model");
+        let _ = gemini::encode_request_as(&req, "gemini-3-pro", "fuzz/model");
     }
     if let Ok(req) = responses::decode_request(data) {
         let _ = openai::encode_request(&req, "fuzz/model", openai::Dialect::default());

@@ -1,8 +1,8 @@
-//! Any bytes as an upstream answer or error body (OpenAI, Anthropic, Bedrock): decoding never
+//! Any bytes as an upstream answer or error body (OpenAI, Anthropic, Bedrock, Gemini): decoding never
 //! panics, and a decoded answer encodes for both client APIs.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tollway_protocol::{anthropic, bedrock, openai};
+use tollway_protocol::{anthropic, bedrock, gemini, openai};
 
 fuzz_target!(|data: &[u8]| {
     let status = if data.len() >= 2 {
@@ -15,6 +15,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = anthropic::decode_count_tokens_response(data);
     let _ = bedrock::decode_error(status, Some("ValidationException"), data, None);
     if let Ok(r) = bedrock::decode_response(data, "id", "fuzz/model") {
+        let _ = openai::encode_response(&r);
+        let _ = anthropic::encode_response(&r);
+    }
+    let _ = gemini::decode_error(status, data, None);
+    if let Ok(r) = gemini::decode_response(data, "fuzz/model") {
         let _ = openai::encode_response(&r);
         let _ = anthropic::encode_response(&r);
     }

@@ -1,9 +1,9 @@
 //! Any bytes as an upstream SSE body, split at a point the first byte chooses: the SSE parser and
-//! both stream decoders never panic, and every decoded event goes through both client encoders.
+//! the OpenAI, Anthropic and Gemini stream decoders never panic, and every decoded event goes through both client encoders.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use tollway_protocol::sse::SseParser;
-use tollway_protocol::{anthropic, openai};
+use tollway_protocol::{anthropic, gemini, openai};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else { return };
@@ -22,8 +22,13 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut od = openai::StreamDecoder::new();
     let mut ad = anthropic::StreamDecoder::new();
+    let mut gd = gemini::StreamDecoder::new("fuzz/model");
     let mut canonical = Vec::new();
     for ev in &events {
+        let mut out = Vec::new();
+        if gd.feed_into(ev, &mut out).is_ok() {
+            canonical.extend(out);
+        }
         if let Ok(evs) = od.feed(ev) {
             canonical.extend(evs);
         }
@@ -33,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = od.finish();
     let _ = ad.finish();
+    let _ = gd.finish();
     let mut out = Vec::new();
     let mut oe = openai::StreamEncoder::new(true);
     let mut ae = anthropic::StreamEncoder::new(true);

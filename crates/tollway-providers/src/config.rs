@@ -46,6 +46,10 @@ pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 const BEDROCK_DEFAULT_URL: &str = "https://bedrock-runtime.us-east-1.amazonaws.com";
 /// Where `anthropic` accounts send requests without a `base_url`.
 pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
+/// Where `gemini` accounts send requests without a `base_url`.
+pub const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
+/// What a `vertex` account's proxy setting is checked against without a `base_url`.
+const VERTEX_DEFAULT_URL: &str = "https://aiplatform.googleapis.com";
 
 /// An account's `proxy` setting: `none`, or a proxy URL that may carry credentials. Its `Debug`
 /// hides them.
@@ -209,6 +213,131 @@ pub struct BedrockConfig {
     pub proxy: Option<ProxySetting>,
 }
 
+/// An Azure OpenAI resource. Deployments are named by the deployment's `model`. Without an
+/// `api_version`, the v1 API (`{base_url}/openai/v1/...`, the deployment in the body's `model`);
+/// with a dated one (`2024-10-21`), the deployment URLs
+/// (`{base_url}/openai/deployments/{deployment}/...?api-version=...`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AzureConfig {
+    /// The resource's endpoint: `https://RESOURCE.openai.azure.com` (or
+    /// `.cognitiveservices.azure.com`); required.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The resource's key, sent as `api-key`.
+    #[serde(default)]
+    pub api_key: Secret,
+    /// A Microsoft Entra ID token instead of a key, sent as `Authorization: Bearer`.
+    #[serde(default)]
+    pub azure_ad_token: Option<Secret>,
+    /// `v1` (the default) or a dated API version.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// A PEM file of certificate authorities to trust for this account's HTTPS upstream, besides
+    /// the public ones (a server with a private or corporate CA).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Offer HTTP/2 to an HTTPS upstream (ALPN), multiplexing a worker's requests on one
+    /// connection; by default HTTP/1.1, one connection per request in flight.
+    #[serde(default)]
+    pub http2: bool,
+    /// An HTTP proxy for this account (`http://[user:password@]host:port`), or `none`; unset,
+    /// the environment's `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY`.
+    #[serde(default)]
+    pub proxy: Option<ProxySetting>,
+}
+
+impl AzureConfig {
+    /// The dated API version, if the account uses the deployment URLs (`None`: the v1 API).
+    pub fn dated_version(&self) -> Option<&str> {
+        self.api_version
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("v1"))
+    }
+
+    /// The resource's endpoint without a trailing `/`, `/openai` or `/openai/v1`.
+    pub fn resource(&self) -> Option<&str> {
+        let b = self.base_url.as_deref()?.trim_end_matches('/');
+        let b = b.strip_suffix("/openai/v1").unwrap_or(b);
+        Some(b.strip_suffix("/openai").unwrap_or(b))
+    }
+}
+
+/// Google's Gemini API (Google AI Studio), with an API key.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GeminiConfig {
+    /// Sent as `x-goog-api-key`.
+    #[serde(default)]
+    pub api_key: Secret,
+    /// Defaults to `https://generativelanguage.googleapis.com/v1beta`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// A PEM file of certificate authorities to trust for this account's HTTPS upstream, besides
+    /// the public ones (a server with a private or corporate CA).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Offer HTTP/2 to an HTTPS upstream (ALPN), multiplexing a worker's requests on one
+    /// connection; by default HTTP/1.1, one connection per request in flight.
+    #[serde(default)]
+    pub http2: bool,
+    /// An HTTP proxy for this account (`http://[user:password@]host:port`), or `none`; unset,
+    /// the environment's `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY`.
+    #[serde(default)]
+    pub proxy: Option<ProxySetting>,
+}
+
+/// Google Cloud's Vertex AI: Gemini models (`publishers/google`) and Claude
+/// (`publishers/anthropic`, any model id starting with `claude`), with an OAuth access token
+/// from a service account key, an authorized user file, or a fixed token.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VertexConfig {
+    /// The Google Cloud project; unset, the key file's, else `GOOGLE_CLOUD_PROJECT`.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// `global` (the default), `us-central1`, `europe-west4` ...; unset, `GOOGLE_CLOUD_LOCATION`.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// A Google credentials file: a service account key or an authorized user file; unset,
+    /// `GOOGLE_APPLICATION_CREDENTIALS`.
+    #[serde(default)]
+    pub credentials: Option<String>,
+    /// A fixed access token (`gcloud auth print-access-token`) instead of a credentials file; it
+    /// is not refreshed.
+    #[serde(default)]
+    pub access_token: Option<Secret>,
+    /// Defaults to `https://{location}-aiplatform.googleapis.com` (`https://aiplatform.googleapis.com`
+    /// for `global`); a Private Service Connect endpoint or a proxy goes here.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// A PEM file of certificate authorities to trust for this account's HTTPS upstream, besides
+    /// the public ones (a server with a private or corporate CA).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Offer HTTP/2 to an HTTPS upstream (ALPN), multiplexing a worker's requests on one
+    /// connection; by default HTTP/1.1, one connection per request in flight.
+    #[serde(default)]
+    pub http2: bool,
+    /// An HTTP proxy for this account (`http://[user:password@]host:port`), or `none`; unset,
+    /// the environment's `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY`.
+    #[serde(default)]
+    pub proxy: Option<ProxySetting>,
+}
+
 impl BedrockConfig {
     /// The runtime endpoint: `base_url`, or the region's own.
     pub fn endpoint(&self, region: Option<&str>) -> Option<String> {
@@ -224,6 +353,9 @@ impl BedrockConfig {
 /// signatures against this secret for any access key id.
 pub const MOCK_AWS_SECRET: &str = "tollway-mock-secret";
 
+/// The access token a simulated Vertex AI account sends (tollway-mock takes it as issued).
+pub const MOCK_GCP_TOKEN: &str = "ya29.tollway-mock-demo";
+
 /// Which wire format a simulated provider speaks.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -232,6 +364,9 @@ pub enum MockFormat {
     Openai,
     Anthropic,
     Bedrock,
+    Gemini,
+    Vertex,
+    Azure,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -250,6 +385,10 @@ pub enum Wire {
     Anthropic,
     /// Amazon Bedrock's Converse API.
     Bedrock,
+    /// Google's Gemini API.
+    Gemini,
+    /// Vertex AI: Gemini's format for Gemini models, Anthropic's (`rawPredict`) for Claude.
+    Vertex,
 }
 
 /// One provider account.
@@ -264,6 +403,12 @@ pub enum ProviderConfig {
     Anthropic(AnthropicConfig),
     /// Amazon Bedrock's Converse API (any model it hosts), signed with SigV4.
     Bedrock(BedrockConfig),
+    /// Azure OpenAI (OpenAI's format; deployments by name).
+    Azure(AzureConfig),
+    /// Google's Gemini API (AI Studio).
+    Gemini(GeminiConfig),
+    /// Google Cloud's Vertex AI (Gemini and Claude).
+    Vertex(VertexConfig),
     /// A simulated provider (tollway-mock, run inside the gateway): for demos and trying configs.
     /// The gateway resolves it to one of the other kinds with the simulator's address.
     Mock(MockConfig),
@@ -273,13 +418,19 @@ impl ProviderConfig {
     /// The wire format the account speaks (a mock's: the one it simulates).
     pub fn wire(&self) -> Wire {
         match self {
-            ProviderConfig::Openai(_) | ProviderConfig::OpenaiCompatible(_) => Wire::OpenAi,
+            ProviderConfig::Openai(_)
+            | ProviderConfig::OpenaiCompatible(_)
+            | ProviderConfig::Azure(_) => Wire::OpenAi,
             ProviderConfig::Anthropic(_) => Wire::Anthropic,
             ProviderConfig::Bedrock(_) => Wire::Bedrock,
+            ProviderConfig::Gemini(_) => Wire::Gemini,
+            ProviderConfig::Vertex(_) => Wire::Vertex,
             ProviderConfig::Mock(m) => match m.format {
-                MockFormat::Openai => Wire::OpenAi,
+                MockFormat::Openai | MockFormat::Azure => Wire::OpenAi,
                 MockFormat::Anthropic => Wire::Anthropic,
                 MockFormat::Bedrock => Wire::Bedrock,
+                MockFormat::Gemini => Wire::Gemini,
+                MockFormat::Vertex => Wire::Vertex,
             },
         }
     }
@@ -334,6 +485,42 @@ impl ProviderConfig {
                     &c.proxy,
                 )
             }
+            ProviderConfig::Azure(c) => {
+                check_url(&c.base_url, true, &mut out);
+                if c.api_key.is_none() && c.azure_ad_token.as_ref().is_none_or(Secret::is_none) {
+                    out.push("api_key or azure_ad_token is required".to_string());
+                }
+                (&c.base_url, OPENAI_BASE_URL, &c.ca_file, c.http2, &c.proxy)
+            }
+            ProviderConfig::Gemini(c) => {
+                check_url(&c.base_url, false, &mut out);
+                if c.api_key.is_none() {
+                    out.push("api_key is required".to_string());
+                }
+                (&c.base_url, GEMINI_BASE_URL, &c.ca_file, c.http2, &c.proxy)
+            }
+            ProviderConfig::Vertex(c) => {
+                check_url(&c.base_url, false, &mut out);
+                match crate::gcp::credentials(c, env) {
+                    Err(e) => out.push(e),
+                    Ok((_, from_key)) => {
+                        if crate::gcp::project(c, from_key, env).is_none() {
+                            out.push(
+                                "project is required (or a key file that names one, or \
+                                 GOOGLE_CLOUD_PROJECT in the environment)"
+                                    .to_string(),
+                            );
+                        }
+                    }
+                }
+                (
+                    &c.base_url,
+                    VERTEX_DEFAULT_URL,
+                    &c.ca_file,
+                    c.http2,
+                    &c.proxy,
+                )
+            }
             ProviderConfig::Mock(_) => return out,
         };
         // the account's proxy, or the environment's for its upstream (a bad base_url is reported
@@ -378,6 +565,11 @@ impl ProviderConfig {
             ProviderConfig::Bedrock(c) => {
                 HttpProvider::bedrock(name, c, &|k| std::env::var(k).ok())?
             }
+            ProviderConfig::Azure(c) => HttpProvider::azure(name, c)?,
+            ProviderConfig::Gemini(c) => HttpProvider::gemini(name, c)?,
+            ProviderConfig::Vertex(c) => {
+                HttpProvider::vertex(name, c, Arc::new(|k: &str| std::env::var(k).ok()))?
+            }
             ProviderConfig::Mock(_) => {
                 return Err(format!(
                     "provider `{name}`: a mock provider needs the simulator's address"
@@ -409,6 +601,24 @@ impl ProviderConfig {
                 secret_access_key: Some(Secret::new(MOCK_AWS_SECRET)),
                 base_url: Some(base.to_string()),
                 ..BedrockConfig::default()
+            }),
+            MockFormat::Azure => ProviderConfig::Azure(AzureConfig {
+                base_url: Some(base.to_string()),
+                api_key: Secret::new("mock"),
+                ..AzureConfig::default()
+            }),
+            MockFormat::Gemini => ProviderConfig::Gemini(GeminiConfig {
+                api_key: Secret::new("mock"),
+                base_url: Some(format!("{base}/v1beta")),
+                ..GeminiConfig::default()
+            }),
+            // a fixed token: the simulator's service account key would need a file
+            MockFormat::Vertex => ProviderConfig::Vertex(VertexConfig {
+                project: Some("tollway-demo".into()),
+                location: Some("us-central1".into()),
+                access_token: Some(Secret::new(MOCK_GCP_TOKEN)),
+                base_url: Some(base.to_string()),
+                ..VertexConfig::default()
             }),
             MockFormat::Anthropic => ProviderConfig::Anthropic(AnthropicConfig {
                 api_key: Secret::new("mock"),
@@ -445,6 +655,53 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn simulated_google_and_azure_accounts_resolve_to_their_kinds() {
+        assert_eq!(MOCK_GCP_TOKEN, tollway_mock::MOCK_GCP_TOKEN);
+        let sim = |format| ProviderConfig::Mock(MockConfig { format });
+        match sim(MockFormat::Vertex).resolve_mock("http://127.0.0.1:9") {
+            Some(ProviderConfig::Vertex(v)) => {
+                assert_eq!(
+                    v.access_token.as_ref().map(Secret::expose),
+                    Some(MOCK_GCP_TOKEN)
+                );
+                assert_eq!(v.base_url.as_deref(), Some("http://127.0.0.1:9"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            sim(MockFormat::Gemini).resolve_mock("http://h:1"),
+            Some(ProviderConfig::Gemini(g)) if g.base_url.as_deref() == Some("http://h:1/v1beta")
+        ));
+        assert!(matches!(
+            sim(MockFormat::Azure).resolve_mock("http://h:1"),
+            Some(ProviderConfig::Azure(a)) if a.dated_version().is_none()
+        ));
+        assert_eq!(sim(MockFormat::Azure).wire(), Wire::OpenAi);
+        assert_eq!(sim(MockFormat::Vertex).wire(), Wire::Vertex);
+    }
+
+    #[test]
+    fn azure_endpoints_are_trimmed_to_the_resource() {
+        for url in [
+            "https://r.openai.azure.com",
+            "https://r.openai.azure.com/",
+            "https://r.openai.azure.com/openai",
+            "https://r.openai.azure.com/openai/v1/",
+        ] {
+            let c = AzureConfig {
+                base_url: Some(url.into()),
+                ..AzureConfig::default()
+            };
+            assert_eq!(c.resource(), Some("https://r.openai.azure.com"), "{url}");
+        }
+        let c = AzureConfig {
+            api_version: Some("V1".into()),
+            ..AzureConfig::default()
+        };
+        assert_eq!(c.dated_version(), None);
     }
 
     #[test]

@@ -31,14 +31,14 @@ use tollway_core::{
 };
 use tollway_protocol::eventstream::EventStreamParser;
 use tollway_protocol::sse::{SseEvent, SseParser};
-use tollway_protocol::{anthropic, bedrock, openai};
+use tollway_protocol::{anthropic, bedrock, gemini, openai, path_segment};
 
-use crate::aws;
 use crate::config::{
-    AnthropicConfig, BedrockConfig, OpenAiConfig, ProxySetting, Timeouts, ANTHROPIC_BASE_URL,
-    OPENAI_BASE_URL,
+    AnthropicConfig, AzureConfig, BedrockConfig, GeminiConfig, OpenAiConfig, ProxySetting,
+    Timeouts, VertexConfig, ANTHROPIC_BASE_URL, GEMINI_BASE_URL, OPENAI_BASE_URL,
 };
 use crate::proxy::{Tcp, Via};
+use crate::{aws, gcp};
 
 /// Largest upstream body read whole (non-streaming answers and error bodies).
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -71,6 +71,67 @@ enum Format {
         base: String,
         auth: Box<aws::Auth>,
     },
+    /// Azure OpenAI's deployment URLs: `{base}/openai/deployments/{deployment}/...`, the API
+    /// version in the query. (Its v1 API is plain `OpenAi`.)
+    AzureDeployments {
+        base: String,
+        api_version: String,
+        dialect: openai::Dialect,
+    },
+    /// Google's Gemini API: `{base}/models/{model}:generateContent`.
+    Gemini {
+        base: String,
+    },
+    /// Vertex AI: `{base}/publishers/google/models/{model}:generateContent` (Gemini's format), or
+    /// `.../publishers/anthropic/models/{claude...}:rawPredict` (Anthropic's), with an access
+    /// token per request.
+    Vertex {
+        base: String,
+        tokens: Box<gcp::Tokens>,
+    },
+}
+
+impl Format {
+    /// Whether `model` goes to Vertex AI's Anthropic publisher (Claude) rather than Google's.
+    fn vertex_claude(&self, model: &str) -> bool {
+        matches!(self, Format::Vertex { .. }) && model.starts_with("claude")
+    }
+
+    /// The URL of a request to `target`, for formats that name the model (or deployment) in the
+    /// path; `None`: the account's fixed chat URL.
+    fn url_for(&self, target: Target<'_>) -> Option<String> {
+        let seg = || path_segment(target.model);
+        Some(match self {
+            Format::OpenAi(_) | Format::Anthropic => return None,
+            Format::Bedrock { base, .. } => {
+                format!("{base}{}", bedrock::model_path(target.model, target.stream))
+            }
+            Format::AzureDeployments {
+                base, api_version, ..
+            } => format!(
+                "{base}/openai/deployments/{}/chat/completions?api-version={}",
+                seg(),
+                path_segment(api_version)
+            ),
+            Format::Gemini { base } => {
+                format!("{base}/models/{}{}", seg(), gemini::method(target.stream))
+            }
+            Format::Vertex { base, .. } if self.vertex_claude(target.model) => format!(
+                "{base}/publishers/anthropic/models/{}:{}",
+                seg(),
+                if target.stream {
+                    "streamRawPredict"
+                } else {
+                    "rawPredict"
+                }
+            ),
+            Format::Vertex { base, .. } => format!(
+                "{base}/publishers/google/models/{}{}",
+                seg(),
+                gemini::method(target.stream)
+            ),
+        })
+    }
 }
 
 type HttpClient = Client<Connector, Full<Bytes>>;
@@ -168,7 +229,9 @@ fn header_map(pairs: &[(String, String)], provider: &str) -> Result<HeaderMap, S
         let mut value = HeaderValue::from_str(v).map_err(|_| {
             format!("provider `{provider}`: the value of header `{k}` is not valid")
         })?;
-        if name == AUTHORIZATION || name.as_str() == "x-api-key" {
+        if name == AUTHORIZATION
+            || matches!(name.as_str(), "x-api-key" | "api-key" | "x-goog-api-key")
+        {
             value.set_sensitive(true);
         }
         map.insert(name, value);
@@ -442,6 +505,150 @@ impl HttpProvider {
         })
     }
 
+    /// An Azure OpenAI resource: its v1 API (OpenAI's paths under `/openai/v1`, the deployment
+    /// in the body's `model`), or with a dated `api_version` the deployment URLs.
+    pub fn azure(name: &str, c: &AzureConfig) -> Result<Self, String> {
+        let base = c
+            .resource()
+            .ok_or_else(|| format!("provider `{name}`: base_url is required for this kind"))?
+            .to_string();
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        match c.azure_ad_token.as_ref().filter(|t| !t.is_none()) {
+            Some(token) => {
+                pairs.push(("authorization".into(), format!("Bearer {}", token.expose())))
+            }
+            None if !c.api_key.is_none() => {
+                pairs.push(("api-key".into(), c.api_key.expose().to_string()))
+            }
+            None => {}
+        }
+        pairs.extend(c.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let v1 = format!("{base}/openai/v1");
+        let chat_url = Endpoint::parse(&format!("{v1}/chat/completions"), name)?;
+        let (headers, transport) = connection(
+            name,
+            &pairs,
+            &chat_url.absolute,
+            &Link::new(&c.timeouts, &c.ca_file, c.http2, &c.proxy),
+        )?;
+        let (format, embeddings_url) = match c.dated_version() {
+            None => (
+                Format::OpenAi(openai::Dialect::default()),
+                Some(Endpoint::parse(&format!("{v1}/embeddings"), name)?),
+            ),
+            Some(version) => (
+                Format::AzureDeployments {
+                    // versions before 2024-09-01 know only `max_tokens`
+                    dialect: openai::Dialect {
+                        legacy_max_tokens: version < "2024-09-01",
+                    },
+                    api_version: version.to_string(),
+                    base,
+                },
+                None,
+            ),
+        };
+        Ok(HttpProvider {
+            info: ProviderInfo {
+                name: name.to_string(),
+            },
+            transport,
+            chat_url,
+            embeddings_url,
+            count_url: None,
+            headers,
+            timeouts: c.timeouts,
+            format,
+        })
+    }
+
+    /// A Gemini API (Google AI Studio) account.
+    pub fn gemini(name: &str, c: &GeminiConfig) -> Result<Self, String> {
+        let base = c
+            .base_url
+            .as_deref()
+            .unwrap_or(GEMINI_BASE_URL)
+            .trim_end_matches('/')
+            .to_string();
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        if !c.api_key.is_none() {
+            pairs.push(("x-goog-api-key".into(), c.api_key.expose().to_string()));
+        }
+        pairs.extend(c.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // every request's path names its model; the base is what connections are made to
+        let base_url = Endpoint::parse(&format!("{base}/"), name)?;
+        let (headers, transport) = connection(
+            name,
+            &pairs,
+            &base_url.absolute,
+            &Link::new(&c.timeouts, &c.ca_file, c.http2, &c.proxy),
+        )?;
+        Ok(HttpProvider {
+            info: ProviderInfo {
+                name: name.to_string(),
+            },
+            transport,
+            chat_url: base_url,
+            embeddings_url: None,
+            count_url: None,
+            headers,
+            timeouts: c.timeouts,
+            format: Format::Gemini { base },
+        })
+    }
+
+    /// A Vertex AI account. `env` gives the credentials, project and location the account does
+    /// not name itself ([`gcp::credentials`], [`gcp::project`], [`gcp::location`]).
+    pub fn vertex(name: &str, c: &VertexConfig, env: EnvLookup) -> Result<Self, String> {
+        let err = |e: String| format!("provider `{name}`: {e}");
+        let (source, key_project) = gcp::credentials(c, &*env).map_err(err)?;
+        let project = gcp::project(c, key_project, &*env).ok_or_else(|| {
+            err(
+                "project is required (or a key file that names one, or GOOGLE_CLOUD_PROJECT \
+                 in the environment)"
+                    .into(),
+            )
+        })?;
+        let location = gcp::location(c, &*env);
+        let host = match c.base_url.as_deref() {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None if location == "global" => "https://aiplatform.googleapis.com".to_string(),
+            None => format!("https://{location}-aiplatform.googleapis.com"),
+        };
+        let base = format!(
+            "{host}/v1/projects/{}/locations/{}",
+            path_segment(&project),
+            path_segment(&location)
+        );
+        let pairs: Vec<(String, String)> = c
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let base_url = Endpoint::parse(&format!("{host}/"), name)?;
+        let (headers, transport) = connection(
+            name,
+            &pairs,
+            &base_url.absolute,
+            &Link::new(&c.timeouts, &c.ca_file, c.http2, &c.proxy),
+        )?;
+        Ok(HttpProvider {
+            info: ProviderInfo {
+                name: name.to_string(),
+            },
+            transport,
+            chat_url: base_url,
+            embeddings_url: None,
+            count_url: None,
+            headers,
+            timeouts: c.timeouts,
+            format: Format::Vertex {
+                base,
+                tokens: Box::new(gcp::Tokens::new(source, env).map_err(err)?),
+            },
+        })
+    }
+
     /// `provider/model`, for error messages (written only when one is).
     fn label<'a>(&'a self, model: &'a str) -> Label<'a> {
         Label::new(&self.info.name, model)
@@ -450,9 +657,17 @@ impl HttpProvider {
     fn encode(&self, req: &ChatRequest, target: Target<'_>) -> Result<Vec<u8>, ProviderError> {
         let label = self.label(target.model);
         match &self.format {
-            Format::OpenAi(dialect) => openai::encode_request_as(req, target, label, *dialect),
+            Format::OpenAi(dialect) | Format::AzureDeployments { dialect, .. } => {
+                openai::encode_request_as(req, target, label, *dialect)
+            }
             Format::Anthropic => anthropic::encode_request_as(req, target, label),
             Format::Bedrock { .. } => bedrock::encode_request_as(req, label),
+            Format::Vertex { .. } if self.format.vertex_claude(target.model) => {
+                anthropic::encode_request_vertex(req, target, label)
+            }
+            Format::Gemini { .. } | Format::Vertex { .. } => {
+                gemini::encode_request_as(req, target.model, label)
+            }
         }
     }
 
@@ -465,14 +680,13 @@ impl HttpProvider {
         target: Target<'_>,
         betas: &[String],
     ) -> Result<(Response, Instant), ProviderError> {
-        let Format::Bedrock { base, .. } = &self.format else {
+        let Some(url) = self.format.url_for(target) else {
             return self
                 .send_to(&self.chat_url, body, target.model, betas)
                 .await;
         };
-        // Bedrock names the model, and whether the answer streams, in the path
-        let path = bedrock::model_path(target.model, target.stream);
-        let url = Endpoint::parse(&format!("{base}{path}"), &self.info.name).map_err(|e| {
+        // the model (and for some, whether the answer streams) is in the path
+        let url = Endpoint::parse(&url, &self.info.name).map_err(|e| {
             ProviderError::invalid(format!(
                 "the model id `{}` does not make a URL: {e}",
                 target.model
@@ -501,6 +715,15 @@ impl HttpProvider {
                 std::time::SystemTime::now(),
             )
             .map_err(|e| ProviderError::internal(format!("provider {}: {e}", self.label(model))))?;
+        }
+        if let Format::Vertex { tokens, .. } = &self.format {
+            let token = tokens.header().await.map_err(|e| {
+                ProviderError::new(
+                    ErrorKind::UpstreamConfig,
+                    format!("provider {} has no access token: {e}", self.label(model)),
+                )
+            })?;
+            headers.insert(AUTHORIZATION, token);
         }
         let resp = match tokio::time::timeout(wait, self.request(url, body, headers)).await {
             Err(_) => {
@@ -532,10 +755,22 @@ impl HttpProvider {
             .and_then(Result::ok)
             .unwrap_or_default();
         let mut err = match &self.format {
-            Format::OpenAi(_) => openai::decode_error(status, &body, retry_after),
+            Format::OpenAi(_) | Format::AzureDeployments { .. } => {
+                openai::decode_error(status, &body, retry_after)
+            }
             Format::Anthropic => anthropic::decode_error(status, &body, retry_after),
             Format::Bedrock { .. } => {
                 bedrock::decode_error(status, error_type.as_deref(), &body, retry_after)
+            }
+            // Claude on Vertex answers model errors in Anthropic's shape, and Google's front
+            // (quotas, credentials) in its own
+            Format::Vertex { .. }
+                if self.format.vertex_claude(model) && anthropic_shaped(&body) =>
+            {
+                anthropic::decode_error(status, &body, retry_after)
+            }
+            Format::Gemini { .. } | Format::Vertex { .. } => {
+                gemini::decode_error(status, &body, retry_after)
             }
         };
         err.message = format!("{} (from {})", err.message, self.label(model));
@@ -659,6 +894,13 @@ impl HttpProvider {
 }
 
 /// The innermost error's text (hyper's own messages are generic: "client error (Connect)").
+/// Whether an error body is in Anthropic's shape (`{"type": "error", ...}`).
+fn anthropic_shaped(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("type").and_then(serde_json::Value::as_str) == Some("error"))
+}
+
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let Some(mut cur) = e.source() else {
         return e.to_string();
@@ -778,11 +1020,34 @@ impl Provider for HttpProvider {
         req: tollway_core::EmbeddingsRequest,
     ) -> BoxFuture<'_, Result<tollway_core::EmbeddingsResponse, ProviderError>> {
         Box::pin(async move {
-            let Some(url) = &self.embeddings_url else {
-                return Err(ProviderError::unsupported(
-                    "embeddings",
-                    self.label(&req.model),
-                ));
+            let deployment_url;
+            let url = match (&self.embeddings_url, &self.format) {
+                (Some(url), _) => url,
+                (
+                    None,
+                    Format::AzureDeployments {
+                        base, api_version, ..
+                    },
+                ) => {
+                    let url = format!(
+                        "{base}/openai/deployments/{}/embeddings?api-version={}",
+                        path_segment(&req.model),
+                        path_segment(api_version)
+                    );
+                    deployment_url = Endpoint::parse(&url, &self.info.name).map_err(|e| {
+                        ProviderError::invalid(format!(
+                            "the deployment `{}` does not make a URL: {e}",
+                            req.model
+                        ))
+                    })?;
+                    &deployment_url
+                }
+                (None, _) => {
+                    return Err(ProviderError::unsupported(
+                        "embeddings",
+                        self.label(&req.model),
+                    ))
+                }
             };
             let body = openai::encode_embeddings_request(&req);
             let (resp, deadline) = self.send_to(url, body, &req.model, &[]).await?;
@@ -838,9 +1103,17 @@ impl Provider for HttpProvider {
             })
             .await?;
             let decoded = match &self.format {
-                Format::OpenAi(_) => openai::decode_response(&buf),
+                Format::OpenAi(_) | Format::AzureDeployments { .. } => {
+                    openai::decode_response(&buf)
+                }
                 Format::Anthropic => anthropic::decode_response(&buf),
                 Format::Bedrock { .. } => bedrock::decode_response(&buf, &request_id, model),
+                Format::Vertex { .. } if self.format.vertex_claude(model) => {
+                    anthropic::decode_response(&buf)
+                }
+                Format::Gemini { .. } | Format::Vertex { .. } => {
+                    gemini::decode_response(&buf, model)
+                }
             };
             decoded.map_err(|mut e| {
                 e.message = format!("{} (from {})", e.message, self.label(model));
@@ -864,11 +1137,17 @@ impl Provider for HttpProvider {
             let (resp, deadline) = timed(waited, self.send(body, target, &req.betas)).await?;
             let label = self.label(model);
             let decoder = match &self.format {
-                Format::OpenAi(_) => {
+                Format::OpenAi(_) | Format::AzureDeployments { .. } => {
                     Decoder::OpenAi(SseParser::default(), openai::StreamDecoder::new())
                 }
                 Format::Anthropic => {
                     Decoder::Anthropic(SseParser::default(), anthropic::StreamDecoder::new())
+                }
+                Format::Vertex { .. } if self.format.vertex_claude(model) => {
+                    Decoder::Anthropic(SseParser::default(), anthropic::StreamDecoder::new())
+                }
+                Format::Gemini { .. } | Format::Vertex { .. } => {
+                    Decoder::Gemini(SseParser::default(), gemini::StreamDecoder::new(model))
                 }
                 Format::Bedrock { .. } => Decoder::Bedrock(
                     EventStreamParser::new(),
@@ -908,6 +1187,7 @@ enum Decoder {
     Anthropic(SseParser, anthropic::StreamDecoder),
     /// AWS event stream framing (Bedrock's ConverseStream).
     Bedrock(EventStreamParser, bedrock::StreamDecoder),
+    Gemini(SseParser, gemini::StreamDecoder),
 }
 
 type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
@@ -965,6 +1245,10 @@ impl UpstreamStream {
                 let parsed = p.next(&mut rest);
                 sse_step(p, parsed, &mut events, |ev, out| d.feed_into(ev, out))
             }
+            Decoder::Gemini(p, d) => {
+                let parsed = p.next(&mut rest);
+                sse_step(p, parsed, &mut events, |ev, out| d.feed_into(ev, out))
+            }
             Decoder::Bedrock(p, d) => match p.next(&mut rest) {
                 Ok(Some(frame)) => d.feed_into(&frame, &mut events),
                 Ok(None) => Ok(()),
@@ -1005,6 +1289,10 @@ impl UpstreamStream {
                 let parsed = p.finish();
                 sse_step(p, parsed, &mut events, |ev, out| d.feed_into(ev, out))
             }
+            Decoder::Gemini(p, d) => {
+                let parsed = p.finish();
+                sse_step(p, parsed, &mut events, |ev, out| d.feed_into(ev, out))
+            }
             Decoder::Bedrock(p, _) => p.finish(),
         };
         self.take(r, events);
@@ -1013,6 +1301,7 @@ impl UpstreamStream {
                 Decoder::OpenAi(_, d) => d.finish(),
                 Decoder::Anthropic(_, d) => d.finish(),
                 Decoder::Bedrock(_, d) => d.finish(),
+                Decoder::Gemini(_, d) => d.finish(),
             };
             self.queue(r);
         }
@@ -1159,6 +1448,36 @@ impl JsonPoster {
 
     /// Posts `body` to `url`; the answer's status, or why there is none.
     pub async fn post(&self, url: &str, body: &serde_json::Value) -> Result<u16, String> {
+        let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        let (status, _) = self.send(url, self.headers.clone(), bytes).await?;
+        Ok(status)
+    }
+
+    /// Posts a form (`application/x-www-form-urlencoded`) to `url`: the answer's status and
+    /// body (up to 64 KB), or why there is none.
+    pub(crate) async fn post_form(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let mut headers = self.headers.clone();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        );
+        self.send(url, headers, body).await
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+        bytes: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), String> {
         let uri = parse_url(url, "webhook")?;
         let via = crate::proxy::resolve(&uri, None, &*self.env)?;
         // through a proxy: a client of its own for this delivery (webhooks are rare)
@@ -1171,8 +1490,7 @@ impl JsonPoster {
             None => None,
         };
         let client = tunneled.as_ref().unwrap_or(&self.client);
-        let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-        let req = post(uri, self.headers.clone(), bytes);
+        let req = post(uri, headers, bytes);
         let deadline = Instant::now() + self.timeout;
         let resp = match tokio::time::timeout_at(deadline, client.request(req)).await {
             Err(_) => return Err(format!("no answer within {} ms", self.timeout.as_millis())),
@@ -1180,10 +1498,14 @@ impl JsonPoster {
             Ok(Ok(r)) => r,
         };
         let status = resp.status().as_u16();
-        // read the answer so the connection can be reused; its content is not needed
+        // read the answer (so the connection can be reused too)
         let resp = resp.map(PooledBody::unpooled);
-        let _ = tokio::time::timeout_at(deadline, read_bounded(resp, MAX_ERROR_BODY, false)).await;
-        Ok(status)
+        let body = tokio::time::timeout_at(deadline, read_bounded(resp, MAX_ERROR_BODY, false))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        Ok((status, body))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Outbound provider clients behind `tollway_core::Provider`: OpenAI and every OpenAI-compatible
-//! server (vLLM, Ollama, llama.cpp, Mistral, Groq, DeepSeek, Together ...), Anthropic, and
-//! Amazon Bedrock (its Converse API, signed with SigV4: [`aws`]).
+//! server (vLLM, Ollama, llama.cpp, Mistral, Groq, DeepSeek, Together ...), Azure OpenAI,
+//! Anthropic, Amazon Bedrock (its Converse API, signed with SigV4: [`aws`]), Google's Gemini API,
+//! and Vertex AI (Gemini and Claude, with Google OAuth tokens: [`gcp`]).
 //!
 //! `ProviderConfig` is the closed set of provider kinds as the config file spells them; its one
 //! `build()` turns an entry into an `Arc<dyn Provider>`. All kinds share one HTTP engine
@@ -9,6 +10,7 @@
 
 mod aws;
 mod config;
+mod gcp;
 mod http;
 pub mod lanes;
 mod pool;
@@ -17,7 +19,8 @@ mod proxy;
 mod testing;
 
 pub use config::{
-    AnthropicConfig, BedrockConfig, MockConfig, MockFormat, OpenAiConfig, ProviderConfig,
-    ProxySetting, Secret, Timeouts, Wire, MOCK_AWS_SECRET,
+    AnthropicConfig, AzureConfig, BedrockConfig, GeminiConfig, MockConfig, MockFormat,
+    OpenAiConfig, ProviderConfig, ProxySetting, Secret, Timeouts, VertexConfig, Wire,
+    MOCK_AWS_SECRET, MOCK_GCP_TOKEN,
 };
 pub use http::{root_store, timed, HttpProvider, JsonPoster};

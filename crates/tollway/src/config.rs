@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_yaml::Value;
 use tollway_core::Capabilities;
 use tollway_providers::{
-    AnthropicConfig, BedrockConfig, OpenAiConfig, ProviderConfig, Secret, Timeouts, Wire,
+    AnthropicConfig, AzureConfig, BedrockConfig, GeminiConfig, OpenAiConfig, ProviderConfig,
+    Secret, Timeouts, VertexConfig, Wire,
 };
 
 use crate::prices::{ModelPrice, PriceEntry, PriceTable};
@@ -354,6 +355,16 @@ pub fn default_capabilities(p: &ProviderConfig) -> Capabilities {
             vision: true,
             // Structured output by schema (`output_config.format`); no schema-less JSON mode.
             json_mode: false,
+            json_schema: true,
+            stream_usage: true,
+            embeddings: false,
+        },
+        // `responseMimeType` with or without a schema (Claude on Vertex refuses schema-less JSON
+        // mode by name, as through Anthropic); Gemini's embeddings are another API
+        Wire::Gemini | Wire::Vertex => Capabilities {
+            tools: true,
+            vision: true,
+            json_mode: true,
             json_schema: true,
             stream_usage: true,
             embeddings: false,
@@ -1255,6 +1266,42 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
             }),
         );
     }
+    // Gemini from Google's SDKs' variables
+    if let Some(key) = var("GEMINI_API_KEY").or_else(|| var("GOOGLE_API_KEY")) {
+        providers.insert(
+            "gemini".to_string(),
+            ProviderConfig::Gemini(GeminiConfig {
+                api_key: Secret::new(key),
+                ..GeminiConfig::default()
+            }),
+        );
+    }
+    // Vertex AI from Application Default Credentials' file, with the project and location
+    // the Google SDKs read (the key file may name the project)
+    if var("GOOGLE_APPLICATION_CREDENTIALS").is_some() {
+        providers.insert(
+            "vertex".to_string(),
+            ProviderConfig::Vertex(VertexConfig {
+                project: var("GOOGLE_CLOUD_PROJECT"),
+                location: var("GOOGLE_CLOUD_LOCATION"),
+                credentials: var("GOOGLE_APPLICATION_CREDENTIALS"),
+                ..VertexConfig::default()
+            }),
+        );
+    }
+    // Azure OpenAI from the `openai` SDK's AzureOpenAI variables
+    if let (Some(key), Some(endpoint)) = (var("AZURE_OPENAI_API_KEY"), var("AZURE_OPENAI_ENDPOINT"))
+    {
+        providers.insert(
+            "azure".to_string(),
+            ProviderConfig::Azure(AzureConfig {
+                base_url: Some(endpoint),
+                api_key: Secret::new(key),
+                api_version: var("AZURE_OPENAI_API_VERSION").or_else(|| var("OPENAI_API_VERSION")),
+                ..AzureConfig::default()
+            }),
+        );
+    }
     let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4000)));
     let master_key = env
         .get("TOLLWAY_MASTER_KEY")
@@ -1632,6 +1679,91 @@ models:
         assert!(
             matches!(c.providers.get("bedrock"), Some(ProviderConfig::Bedrock(b)) if b.api_key.is_some())
         );
+    }
+
+    /// Azure OpenAI, Gemini and Vertex AI accounts: what they need, named when missing, and
+    /// their default capabilities.
+    #[test]
+    fn azure_gemini_and_vertex_accounts_check() {
+        let file = r#"
+providers:
+  azure:  { kind: azure, base_url: "https://res.openai.azure.com", api_key: "${AZ}", api_version: "2024-10-21" }
+  gemini: { kind: gemini, api_key: "${GEMINI_API_KEY}" }
+  vertex: { kind: vertex, project: my-project, location: us-east5, access_token: "${TOKEN}" }
+models:
+  gpt: { deployments: [{ provider: azure, model: my-gpt-4o }] }
+  flash: { deployments: [{ provider: gemini, model: gemini-2.5-flash }] }
+  claude: { deployments: [{ provider: vertex, model: "claude-sonnet-4-5@20250929" }] }
+"#;
+        let vars = [("AZ", "k1"), ("GEMINI_API_KEY", "k2"), ("TOKEN", "ya29.x")];
+        let c = parse(file, &env(&vars)).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(c.models["gpt"].deployments[0].capabilities.embeddings);
+        let caps = c.models["flash"].deployments[0].capabilities;
+        assert!(
+            caps.tools && caps.vision && caps.json_mode && caps.json_schema && !caps.embeddings
+        );
+        // what each lacks, named at its account
+        let broken = r#"
+providers:
+  azure:  { kind: azure, api_key: k }
+  azure2: { kind: azure, base_url: "https://res.openai.azure.com" }
+  gemini: { kind: gemini }
+  vertex: { kind: vertex, project: p }
+  vertex2: { kind: vertex, access_token: t }
+"#;
+        let e = parse(broken, &env(&[])).unwrap_err();
+        let said = |path: &str, what: &str| {
+            assert!(
+                e.iter()
+                    .any(|e| e.path == format!("providers.{path}") && e.message.contains(what)),
+                "{path}: {what}: {e:?}"
+            )
+        };
+        said("azure", "base_url is required");
+        said("azure2", "api_key or azure_ad_token");
+        said("gemini", "api_key is required");
+        said("vertex", "GOOGLE_APPLICATION_CREDENTIALS");
+        said("vertex2", "project is required");
+        let e = parse(
+            "providers:\n  v: { kind: vertex, project: p, credentials: /nonexistent.json }\n",
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(e[0].message.contains("/nonexistent.json"), "{e:?}");
+    }
+
+    #[test]
+    fn env_mode_adds_gemini_vertex_and_azure() {
+        let c = from_env(
+            &env(&[
+                ("GEMINI_API_KEY", "g"),
+                ("GOOGLE_APPLICATION_CREDENTIALS", "/keys/sa.json"),
+                ("GOOGLE_CLOUD_PROJECT", "proj"),
+                ("AZURE_OPENAI_API_KEY", "a"),
+                ("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com"),
+                ("OPENAI_API_VERSION", "2024-10-21"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert!(
+            matches!(c.providers.get("gemini"), Some(ProviderConfig::Gemini(g)) if g.api_key.expose() == "g")
+        );
+        assert!(
+            matches!(c.providers.get("vertex"), Some(ProviderConfig::Vertex(v))
+                if v.project.as_deref() == Some("proj") && v.credentials.as_deref() == Some("/keys/sa.json"))
+        );
+        assert!(
+            matches!(c.providers.get("azure"), Some(ProviderConfig::Azure(a))
+                if a.dated_version() == Some("2024-10-21"))
+        );
+        // an endpoint without a key adds no Azure account
+        let c = from_env(
+            &env(&[("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com")]),
+            None,
+        )
+        .unwrap();
+        assert!(c.providers.is_empty());
     }
 
     /// The shape of the public interface's config sketch (`kind: bedrock` with credentials from

@@ -55,6 +55,9 @@ fn vendors<'a>(
         ProviderConfig::Mock(_) => "mock",
         ProviderConfig::Anthropic(_) => "anthropic",
         ProviderConfig::Bedrock(_) => "bedrock",
+        ProviderConfig::Azure(_) => "azure",
+        ProviderConfig::Gemini(_) => "gemini",
+        ProviderConfig::Vertex(_) => "vertex",
         ProviderConfig::Openai(_) | ProviderConfig::OpenaiCompatible(_) => "openai",
     });
     v
@@ -451,14 +454,16 @@ impl Runtime {
         .with_retry(Retry::After(wait))
     }
 
-    /// `provider/model`, or a bare well-known name (`gpt-*`, `o3*`, `claude-*`) when exactly that
-    /// provider account is configured.
+    /// `provider/model`, or a bare well-known name (`gpt-*`, `o3*`, `claude-*`, `gemini-*`) when
+    /// exactly that provider account is configured.
     fn direct(&self, name: &str) -> Option<Arc<Deployment>> {
         let (provider, model) = match name.split_once('/') {
             Some((p, m)) if self.providers.contains_key(p) && !m.is_empty() => (p, m),
             _ => {
                 let p = if name.starts_with("claude-") {
                     "anthropic"
+                } else if name.starts_with("gemini-") {
+                    "gemini"
                 } else if ["gpt-", "o1", "o3", "o4", "chatgpt-"]
                     .iter()
                     .any(|pre| name.starts_with(pre))

@@ -1,10 +1,12 @@
 //! Integration tests: the gateway and tollway-mock on ephemeral loopback ports, driven over HTTP.
 
 mod accounts;
+mod azure;
 mod bad_input;
 mod bedrock;
 mod budgets;
 mod count_tokens;
+mod google;
 mod harness;
 mod lifecycle;
 mod reload;
