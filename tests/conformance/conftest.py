@@ -37,10 +37,14 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 from helpers import (
+    GCP_CLIENT_EMAIL,
+    GCP_KEY_PEM,
     MASTER_KEY,
     UPSTREAM_ANTHROPIC_KEY,
     UPSTREAM_AWS_KEY_ID,
     UPSTREAM_AWS_SECRET,
+    UPSTREAM_AZURE_KEY,
+    UPSTREAM_GEMINI_KEY,
     UPSTREAM_OPENAI_KEY,
 )
 
@@ -57,6 +61,9 @@ providers:
   oai: {{ kind: openai-compatible, base_url: "{mock}/v1", api_key: {oai_key} }}
   ant: {{ kind: anthropic, base_url: "{mock}", api_key: {ant_key} }}
   aws: {{ kind: bedrock, region: us-east-1, base_url: "{mock}", access_key_id: {aws_key_id}, secret_access_key: {aws_secret} }}
+  gem: {{ kind: gemini, base_url: "{mock}/v1beta", api_key: {gemini_key} }}
+  vx: {{ kind: vertex, location: us-central1, base_url: "{mock}", credentials: "{gcp_key_file}" }}
+  az: {{ kind: azure, base_url: "{mock}", api_key: {azure_key}, api_version: "2024-10-21" }}
   oai-fast-timeout: {{ kind: openai-compatible, base_url: "{mock}/v1", api_key: x, timeouts: {{ first_byte_ms: 500 }} }}
 # One gateway serves the whole session and these tests inject upstream faults on purpose: cooldowns
 # (tested in the Rust routing suite) are off, so that one test's 429 does not answer the next.
@@ -64,6 +71,10 @@ models:
   gpt: {{ circuit_breaker: false, deployments: [{{ provider: oai, model: gpt-4.1 }}] }}
   claude: {{ circuit_breaker: false, deployments: [{{ provider: ant, model: claude-sonnet-4-5 }}] }}
   bedrock: {{ circuit_breaker: false, deployments: [{{ provider: aws, model: "anthropic.claude-sonnet-4-5-20250929-v1:0" }}] }}
+  gemini: {{ circuit_breaker: false, deployments: [{{ provider: gem, model: gemini-2.5-flash }}] }}
+  vertex-gemini: {{ circuit_breaker: false, deployments: [{{ provider: vx, model: gemini-2.5-flash }}] }}
+  vertex-claude: {{ circuit_breaker: false, deployments: [{{ provider: vx, model: "claude-sonnet-4-5@20250929" }}] }}
+  azure: {{ circuit_breaker: false, deployments: [{{ provider: az, model: my-gpt-4o }}] }}
   claude-noimg: {{ circuit_breaker: false, deployments: [{{ provider: ant, model: claude-haiku, capabilities: {{ vision: false }} }}] }}
   flaky: {{ circuit_breaker: false, deployments: [{{ provider: oai, model: "gpt-down?fault=500" }}, {{ provider: ant, model: claude-backup }}] }}
   hangs: {{ circuit_breaker: false, deployments: [{{ provider: oai-fast-timeout, model: "gpt-hang?fault=hang" }}] }}
@@ -234,8 +245,28 @@ def write_config(tmpdir: Path, mock_url: str) -> Path:
             ant_key=UPSTREAM_ANTHROPIC_KEY,
             aws_key_id=UPSTREAM_AWS_KEY_ID,
             aws_secret=UPSTREAM_AWS_SECRET,
+            gemini_key=UPSTREAM_GEMINI_KEY,
+            azure_key=UPSTREAM_AZURE_KEY,
+            gcp_key_file=_gcp_key_file(tmpdir, mock_url),
         )
     )
+    return path
+
+
+def _gcp_key_file(tmpdir: Path, mock_url: str) -> Path:
+    """A service account key file, as Google's console makes them, whose token endpoint is the
+    mock's."""
+    key = {
+        "type": "service_account",
+        "project_id": "tollway-conformance",
+        "private_key_id": "0123456789abcdef",
+        "private_key": GCP_KEY_PEM,
+        "client_email": GCP_CLIENT_EMAIL,
+        "client_id": "100000000000000000001",
+        "token_uri": f"{mock_url}/token",
+    }
+    path = tmpdir / "vertex-sa.json"
+    path.write_text(json.dumps(key))
     return path
 
 
@@ -357,7 +388,15 @@ class Mock:
         return out
 
     def upstream(self, kind: str) -> list[dict]:
-        """Requests the mock received for one wire format: 'openai', 'anthropic' or 'bedrock'."""
+        """Requests the mock received for one wire format: 'openai', 'anthropic', 'bedrock',
+        'gemini' (Gemini API and Vertex AI's Gemini), 'vertex-claude' or 'azure'."""
+        paths = [(r, str(r.get("path", ""))) for r in self.requests()]
+        if kind == "gemini":
+            return [r for r, p in paths if ":generateContent" in p or ":streamGenerateContent" in p]
+        if kind == "vertex-claude":
+            return [r for r, p in paths if p.split("?")[0].endswith((":rawPredict", ":streamRawPredict"))]
+        if kind == "azure":
+            return [r for r, p in paths if p.startswith("/openai/")]
         if kind == "bedrock":
             return [
                 r

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Iterable
 
 import httpx
@@ -14,7 +15,22 @@ UPSTREAM_ANTHROPIC_KEY = "sk-upstream-anthropic-secret"
 # (its MOCK_AWS_SECRET): the secret never leaves the gateway, only signatures made with it.
 UPSTREAM_AWS_KEY_ID = "AKIDCONFORMANCE"
 UPSTREAM_AWS_SECRET = "tollway-mock-secret"
-SECRETS = (MASTER_KEY, UPSTREAM_OPENAI_KEY, UPSTREAM_ANTHROPIC_KEY, UPSTREAM_AWS_SECRET)
+UPSTREAM_GEMINI_KEY = "gemini-upstream-secret-key"
+UPSTREAM_AZURE_KEY = "azure-upstream-secret-key"
+# the simulated Google service account (its key signs the JWTs the mock's token endpoint checks)
+GCP_CLIENT_EMAIL = "tollway-mock@tollway-test.iam.gserviceaccount.com"
+GCP_KEY_PEM = (Path(__file__).resolve().parents[2] / "crates/tollway-mock/src/gcp-test-key.pem").read_text()
+# a line from the middle of the private key: never in anything a client receives
+GCP_KEY_LINE = GCP_KEY_PEM.strip().splitlines()[5]
+SECRETS = (
+    MASTER_KEY,
+    UPSTREAM_OPENAI_KEY,
+    UPSTREAM_ANTHROPIC_KEY,
+    UPSTREAM_AWS_SECRET,
+    UPSTREAM_GEMINI_KEY,
+    UPSTREAM_AZURE_KEY,
+    GCP_KEY_LINE,
+)
 
 CONFIGURED_MODELS = ("gpt", "claude", "claude-noimg", "flaky", "hangs")
 

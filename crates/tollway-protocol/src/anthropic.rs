@@ -861,8 +861,9 @@ pub fn encode_request_vertex<'l>(
     label: impl Into<Label<'l>>,
 ) -> Result<Vec<u8>, ProviderError> {
     let bytes = encode_request_as(req, target, label)?;
-    let mut body: Map<String, Value> = serde_json::from_slice(&bytes)
-        .map_err(|e| ProviderError::internal(format!("could not rewrite the request for Vertex: {e}")))?;
+    let mut body: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|e| {
+        ProviderError::internal(format!("could not rewrite the request for Vertex: {e}"))
+    })?;
     body.remove("model");
     body.insert("anthropic_version".into(), json!(VERTEX_VERSION));
     if !req.betas.is_empty() {
