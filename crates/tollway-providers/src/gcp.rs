@@ -225,6 +225,16 @@ impl Tokens {
             .map(|c| c.header.clone())
     }
 
+    /// Forgets the cached token (the upstream refused it: revoked, or its key was rotated), so
+    /// that the next request fetches a new one.
+    pub(crate) fn invalidate(&self, refused: &HeaderValue) {
+        let mut guard = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        // only the token that was refused: another request may have replaced it already
+        if guard.as_ref().is_some_and(|c| c.header == refused) {
+            *guard = None;
+        }
+    }
+
     /// `Authorization: Bearer ...` for the next request.
     pub(crate) async fn header(&self) -> Result<HeaderValue, String> {
         if let Some(h) = &self.fixed {

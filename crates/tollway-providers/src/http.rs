@@ -716,14 +716,16 @@ impl HttpProvider {
             )
             .map_err(|e| ProviderError::internal(format!("provider {}: {e}", self.label(model))))?;
         }
+        let mut token = None;
         if let Format::Vertex { tokens, .. } = &self.format {
-            let token = tokens.header().await.map_err(|e| {
+            let t = tokens.header().await.map_err(|e| {
                 ProviderError::new(
                     ErrorKind::UpstreamConfig,
                     format!("provider {} has no access token: {e}", self.label(model)),
                 )
             })?;
-            headers.insert(AUTHORIZATION, token);
+            headers.insert(AUTHORIZATION, t.clone());
+            token = Some(t);
         }
         let resp = match tokio::time::timeout(wait, self.request(url, body, headers)).await {
             Err(_) => {
@@ -742,6 +744,10 @@ impl HttpProvider {
         let status = resp.status().as_u16();
         if (200..300).contains(&status) {
             return Ok((resp, deadline));
+        }
+        if let (401, Format::Vertex { tokens, .. }, Some(t)) = (status, &self.format, &token) {
+            // a token refused before its time (revoked): the next attempt gets a new one
+            tokens.invalidate(t);
         }
         let retry_after = retry_after(resp.headers());
         let error_type = resp
@@ -1065,8 +1071,17 @@ impl Provider for HttpProvider {
         model: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, ProviderError>> {
         Box::pin(async move {
-            let Some(url) = &self.count_url else {
-                return Ok(None);
+            let vertex_url;
+            let url = match (&self.count_url, &self.format) {
+                (Some(url), _) => url,
+                // Claude on Vertex AI: Anthropic's count, the model in the body
+                (None, Format::Vertex { base, .. }) if self.format.vertex_claude(model) => {
+                    let url = format!("{base}/publishers/anthropic/models/count-tokens:rawPredict");
+                    vertex_url =
+                        Endpoint::parse(&url, &self.info.name).map_err(ProviderError::internal)?;
+                    &vertex_url
+                }
+                _ => return Ok(None),
             };
             let target = Target {
                 model,

@@ -259,6 +259,20 @@ async fn vertex_gets_its_token_once_and_serves_gemini_and_claude() {
         1,
         "one token for three requests"
     );
+    // a token revoked before its time: the 401 drops it, the retry fetches a new one
+    let r = env
+        .http
+        .post(format!("{}/_mock/revoke_tokens", env.mock.url()))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 204);
+    let (status, h, v) = env
+        .openai(json!({"model": "flash-vx", "messages": [{"role": "user", "content": "Hi"}]}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-tollway-attempts"), "2");
+    assert_eq!(env.mock_stats().await["tokens_issued"], 2);
 
     // Claude on Vertex: Anthropic's body without its model, through rawPredict, priced
     let (status, h, v) = env
@@ -362,4 +376,43 @@ async fn google_errors_are_classified_and_failed_over() {
         "{v}"
     );
     assert!(env.healthy().await);
+}
+
+#[tokio::test]
+async fn claude_on_vertex_counts_tokens_upstream_and_gemini_locally() {
+    let env = start_with(config).await;
+    let body = |model: &str| {
+        json!({"model": model, "system": "Be brief.",
+               "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    };
+    let (status, _, v) = env
+        .anthropic_at("/v1/messages/count_tokens", body("claude-vx"))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let counted = v["input_tokens"].as_u64().unwrap_or(0);
+    assert!(counted > 0, "{v}");
+    let up = env.last_upstream().await;
+    assert_eq!(
+        up["path"],
+        "/v1/projects/tollway-test/locations/us-central1/publishers/anthropic/models/count-tokens:rawPredict"
+    );
+    assert_eq!(up["body"]["model"], "claude-sonnet-4-5@20250929");
+    assert!(up["headers"]["authorization"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("Bearer ya29."));
+    // the count is what a message reports as its input
+    let (_, _, m) = env
+        .anthropic(json!({"model": "claude-vx", "max_tokens": 10, "system": "Be brief.",
+                          "messages": [{"role": "user", "content": "What is the capital of France?"}]}))
+        .await;
+    assert_eq!(m["usage"]["input_tokens"], counted, "{m}");
+    // Gemini has no Anthropic count: counted locally, nothing sent
+    let before = env.upstream_log().await.len();
+    let (status, _, v) = env
+        .anthropic_at("/v1/messages/count_tokens", body("flash"))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["input_tokens"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert_eq!(env.upstream_log().await.len(), before);
 }
