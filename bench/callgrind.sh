@@ -6,6 +6,7 @@
 #   bench/callgrind.sh                  # 1,000 small chats, OpenAI-compatible upstream
 #   KIND=anthropic bench/callgrind.sh   # the same through an Anthropic upstream
 #   KIND=bedrock bench/callgrind.sh     # through Bedrock's Converse API, every request SigV4-signed
+#   KIND=gemini bench/callgrind.sh      # through Google's Gemini API (also: azure, vertex)
 #   STREAM=1 bench/callgrind.sh         # 300 streams of 200 chunks; prints instructions per chunk
 #   ALL=1 bench/callgrind.sh            # everything on, as the suite's chat_1000rps_all: a virtual
 #                                       # key with limits and a hard budget, in a team with both, a
@@ -47,7 +48,11 @@ case $KIND in
   openai) PROVIDER="{ kind: openai-compatible, base_url: \"$MOCK/v1\", api_key: none$CA }" ;;
   anthropic) PROVIDER="{ kind: anthropic, base_url: \"$MOCK\", api_key: none$CA }" ;;
   bedrock) PROVIDER="{ kind: bedrock, region: us-east-1, base_url: \"$MOCK\", access_key_id: AKIDBENCH, secret_access_key: tollway-mock-secret$CA }" ;;
-  *) echo "KIND is openai, anthropic or bedrock" >&2; exit 1 ;;
+  azure) PROVIDER="{ kind: azure, base_url: \"$MOCK\", api_key: bench, api_version: \"2024-10-21\"$CA }" ;;
+  gemini) PROVIDER="{ kind: gemini, base_url: \"$MOCK/v1beta\", api_key: bench$CA }" ;;
+  # the simulator's pre-issued token (crates/tollway-mock: MOCK_GCP_TOKEN)
+  vertex) PROVIDER="{ kind: vertex, project: bench, location: us-central1, base_url: \"$MOCK\", access_token: ya29.tollway-mock-demo$CA }" ;;
+  *) echo "KIND is openai, anthropic, bedrock, azure, gemini or vertex" >&2; exit 1 ;;
 esac
 cat > "$DIR/gw.yaml" <<YAML
 server:
