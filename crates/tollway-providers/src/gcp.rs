@@ -119,6 +119,14 @@ pub(crate) fn key_file(text: &str) -> Result<(Source, Option<String>), String> {
         .token_uri
         .clone()
         .unwrap_or_else(|| GOOGLE_TOKEN_URI.to_string());
+    let usable = token_uri.parse::<http::Uri>().ok().is_some_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+    });
+    if !usable {
+        return Err(format!(
+            "its `token_uri` `{token_uri}` is not an http:// or https:// URL"
+        ));
+    }
     let source = match f.kind.as_str() {
         "service_account" => {
             let email = f
@@ -441,6 +449,10 @@ mod tests {
         let cases = [
             ("{", "not a Google credentials file"),
             (r#"{"type": "external_account"}"#, "`external_account`"),
+            (
+                r#"{"type": "service_account", "token_uri": "oauth2.googleapis.com/token"}"#,
+                "is not an http:// or https:// URL",
+            ),
             (
                 r#"{"type": "service_account", "client_email": "a@b"}"#,
                 "no `private_key`",

@@ -94,7 +94,7 @@ enum Format {
 impl Format {
     /// Whether `model` goes to Vertex AI's Anthropic publisher (Claude) rather than Google's.
     fn vertex_claude(&self, model: &str) -> bool {
-        matches!(self, Format::Vertex { .. }) && model.starts_with("claude")
+        matches!(self, Format::Vertex { .. }) && vertex_model(model).0
     }
 
     /// The URL of a request to `target`, for formats that name the model (or deployment) in the
@@ -114,22 +114,34 @@ impl Format {
                 path_segment(api_version)
             ),
             Format::Gemini { base } => {
-                format!("{base}/models/{}{}", seg(), gemini::method(target.stream))
+                // the API's own resource name (`models/gemini-2.5-flash`) names the same model
+                let model = target.model.strip_prefix("models/").unwrap_or(target.model);
+                format!(
+                    "{base}/models/{}{}",
+                    path_segment(model),
+                    gemini::method(target.stream)
+                )
             }
-            Format::Vertex { base, .. } if self.vertex_claude(target.model) => format!(
-                "{base}/publishers/anthropic/models/{}:{}",
-                seg(),
-                if target.stream {
-                    "streamRawPredict"
+            Format::Vertex { base, .. } => {
+                let (claude, model) = vertex_model(target.model);
+                if claude {
+                    format!(
+                        "{base}/publishers/anthropic/models/{}:{}",
+                        path_segment(model),
+                        if target.stream {
+                            "streamRawPredict"
+                        } else {
+                            "rawPredict"
+                        }
+                    )
                 } else {
-                    "rawPredict"
+                    format!(
+                        "{base}/publishers/google/models/{}{}",
+                        path_segment(model),
+                        gemini::method(target.stream)
+                    )
                 }
-            ),
-            Format::Vertex { base, .. } => format!(
-                "{base}/publishers/google/models/{}{}",
-                seg(),
-                gemini::method(target.stream)
-            ),
+            }
         })
     }
 }
@@ -900,6 +912,18 @@ impl HttpProvider {
 }
 
 /// The innermost error's text (hyper's own messages are generic: "client error (Connect)").
+/// A Vertex AI deployment's model: whether it is Claude (Anthropic's publisher), and its id
+/// without a `google/` or `anthropic/` publisher prefix (as Vertex's model garden writes them).
+fn vertex_model(model: &str) -> (bool, &str) {
+    if let Some(id) = model.strip_prefix("anthropic/") {
+        (true, id)
+    } else if let Some(id) = model.strip_prefix("google/") {
+        (false, id)
+    } else {
+        (model.starts_with("claude"), model)
+    }
+}
+
 /// Whether an error body is in Anthropic's shape (`{"type": "error", ...}`).
 fn anthropic_shaped(body: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(body)
@@ -1084,7 +1108,11 @@ impl Provider for HttpProvider {
                 _ => return Ok(None),
             };
             let target = Target {
-                model,
+                // Vertex's count names the model without a publisher prefix
+                model: match self.format {
+                    Format::Vertex { .. } => vertex_model(model).1,
+                    _ => model,
+                },
                 stream: false,
             };
             let body = anthropic::encode_count_tokens_request(req, target, self.label(model))?;
@@ -1529,6 +1557,80 @@ mod tests {
     use super::*;
     use crate::testing::TlsUpstream;
     use tollway_core::{ChatRequest, Provider, Waited};
+
+    #[test]
+    fn urls_name_models_deployments_and_publishers() {
+        let url = |p: &HttpProvider, model: &str, stream: bool| {
+            p.format
+                .url_for(Target { model, stream })
+                .unwrap_or_default()
+        };
+        let gemini = HttpProvider::gemini(
+            "g",
+            &GeminiConfig {
+                api_key: crate::Secret::new("k"),
+                ..GeminiConfig::default()
+            },
+        )
+        .expect("gemini");
+        assert_eq!(
+            url(&gemini, "models/gemini-2.5-flash", true),
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+        );
+        let vertex = HttpProvider::vertex(
+            "v",
+            &VertexConfig {
+                project: Some("my-project".into()),
+                access_token: Some(crate::Secret::new("t")),
+                ..VertexConfig::default()
+            },
+            Arc::new(|_: &str| None),
+        )
+        .expect("vertex");
+        let base =
+            "https://aiplatform.googleapis.com/v1/projects/my-project/locations/global/publishers";
+        assert_eq!(
+            url(&vertex, "google/gemini-2.5-pro", false),
+            format!("{base}/google/models/gemini-2.5-pro:generateContent")
+        );
+        assert_eq!(
+            url(&vertex, "anthropic/claude-opus-4-5@20251101", true),
+            format!("{base}/anthropic/models/claude-opus-4-5%4020251101:streamRawPredict")
+        );
+        assert!(vertex.format.vertex_claude("claude-haiku-4-5"));
+        assert!(!vertex.format.vertex_claude("gemini-2.5-pro"));
+        let regional = HttpProvider::vertex(
+            "v",
+            &VertexConfig {
+                project: Some("p".into()),
+                location: Some("europe-west4".into()),
+                access_token: Some(crate::Secret::new("t")),
+                ..VertexConfig::default()
+            },
+            Arc::new(|_: &str| None),
+        )
+        .expect("vertex");
+        assert!(url(&regional, "gemini-2.5-pro", false).starts_with(
+            "https://europe-west4-aiplatform.googleapis.com/v1/projects/p/locations/europe-west4/"
+        ));
+        let azure = HttpProvider::azure(
+            "a",
+            &AzureConfig {
+                base_url: Some("https://r.openai.azure.com/".into()),
+                api_key: crate::Secret::new("k"),
+                api_version: Some("2025-01-01-preview".into()),
+                ..AzureConfig::default()
+            },
+        )
+        .expect("azure");
+        assert_eq!(
+            url(&azure, "my gpt", false),
+            "https://r.openai.azure.com/openai/deployments/my%20gpt/chat/completions?api-version=2025-01-01-preview"
+        );
+        // the key is a sensitive header, never shown by a Debug of the map
+        let shown = format!("{:?}", azure.headers);
+        assert!(!shown.contains("\"k\""), "{shown}");
+    }
 
     fn upstream(bytes: ByteStream, idle: Duration, total: Duration) -> UpstreamStream {
         let deadline = Instant::now() + total;
