@@ -67,7 +67,10 @@ impl<'a> Scan<'a> {
         (self.at == self.text.len()).then_some(())
     }
 
-    /// An object: `field` is called with each key and must read its value.
+    /// An object: `field` is called with each key and must read its value. Inlined into each
+    /// caller, where `field` becomes a plain `match` (left to itself, the compiler's choice moved
+    /// with unrelated code: +4% instructions per streamed chunk once).
+    #[inline]
     pub(crate) fn object(
         &mut self,
         mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
@@ -93,6 +96,7 @@ impl<'a> Scan<'a> {
     }
 
     /// An array: `item` is called for each element (its index) and must read it.
+    #[inline]
     pub(crate) fn array(
         &mut self,
         mut item: impl FnMut(&mut Self, usize) -> Option<()>,
