@@ -115,4 +115,4 @@ unit = "chunk" if stream else "request"
 print(f"{total:,} instructions over {n} {'streams' if stream else 'requests'} ({errors} errors): "
       f"{total / per / 1000:.1f} k per {unit}")
 PY
-echo "profile: $DIR (callgrind_annotate $DIR/cg.out.1)"
+echo "profile: $DIR (bench/cgdiff.py $DIR/cg.out.1; two profiles: what moved)"
