@@ -168,6 +168,62 @@ fn verify_assertion(jwt: &str, now: u64) -> Result<Value, Refusal> {
     Ok(claims)
 }
 
+/// A new access token, remembered as issued.
+fn issue(s: &Shared, now: u64) -> String {
+    // Unique per server (the sequence never repeats), and across servers unlikely to clash.
+    let n = s.seq.fetch_add(1, Ordering::Relaxed) + 1;
+    let x = gen::splitmix(n ^ now.rotate_left(17) ^ std::ptr::from_ref(s) as usize as u64);
+    let token = format!("ya29.mock-{n:06}-{x:016x}");
+    if let Ok(mut t) = s.tokens.lock() {
+        t.retain(|_, exp| *exp > now);
+        t.insert(token.clone(), now + TOKEN_LIFETIME);
+    }
+    s.tokens_issued.fetch_add(1, Ordering::Relaxed);
+    token
+}
+
+/// `GET /computeMetadata/v1/instance/service-accounts/default/token`: the metadata server of
+/// Google Cloud's machines (Compute Engine, GKE, Cloud Run), which hands the machine's service
+/// account's token to any local caller that sends `Metadata-Flavor: Google` (else 403, as the
+/// real one answers).
+pub async fn metadata_token(
+    State(s): State<Arc<Shared>>,
+    version: Version,
+    headers: HeaderMap,
+) -> Response {
+    let flavored = headers
+        .get("metadata-flavor")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "Google");
+    let now = gen::now_secs();
+    let issued = flavored.then(|| issue(&s, now));
+    let (_flight, _) = s.begin_with(
+        Route::Token,
+        version,
+        &headers,
+        &Bytes::new(),
+        Some((
+            METADATA_TOKEN_PATH.to_string(),
+            json!({ "metadata": {"issued": issued} }),
+        )),
+    );
+    match issued {
+        Some(token) => {
+            let v = json!({"access_token": token, "expires_in": TOKEN_LIFETIME, "token_type": "Bearer"});
+            ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+        }
+        None => (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "text/html; charset=UTF-8")],
+            "Missing required header: Metadata-Flavor",
+        )
+            .into_response(),
+    }
+}
+
+/// The metadata server's token path.
+pub const METADATA_TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+
 /// `POST /token`: a form-encoded JWT-bearer grant → `{"access_token", "expires_in",
 /// "token_type"}`, or a 400 `{"error", "error_description"}`.
 pub async fn token(
@@ -197,12 +253,7 @@ pub async fn token(
             format!("Invalid grant_type: {g}"),
         )),
     };
-    let issued = outcome.as_ref().ok().map(|_| {
-        // Unique per server (the sequence never repeats), and across servers unlikely to clash.
-        let n = s.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let x = gen::splitmix(n ^ now.rotate_left(17) ^ Arc::as_ptr(&s) as usize as u64);
-        format!("ya29.mock-{n:06}-{x:016x}")
-    });
+    let issued = outcome.as_ref().ok().map(|_| issue(&s, now));
     let detail = match &outcome {
         Ok(claims) => json!({"grant_type": field("grant_type"), "iss": claims.get("iss"),
                              "scope": claims.get("scope"), "aud": claims.get("aud"),
@@ -220,11 +271,6 @@ pub async fn token(
     let json_type = [(header::CONTENT_TYPE, "application/json; charset=utf-8")];
     match (outcome, issued) {
         (Ok(_), Some(token)) => {
-            if let Ok(mut t) = s.tokens.lock() {
-                t.retain(|_, exp| *exp > now);
-                t.insert(token.clone(), now + TOKEN_LIFETIME);
-            }
-            s.tokens_issued.fetch_add(1, Ordering::Relaxed);
             let v = json!({"access_token": token, "expires_in": TOKEN_LIFETIME, "token_type": "Bearer"});
             (json_type, v.to_string()).into_response()
         }

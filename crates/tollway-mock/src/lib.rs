@@ -22,6 +22,7 @@
 //! | `POST /v1beta/models/{model}:generateContent` | Gemini `GenerateContentResponse`: `{"candidates":[{"content":{"role":"model","parts"},"finishReason","index"}], "usageMetadata", "modelVersion", "responseId"}`; the model percent-decoded from the path, split from the method at the last `:` |
 //! | `POST /v1beta/models/{model}:streamGenerateContent` | with `?alt=sse`: `data: {chunk}\r\n\r\n` events (no `event:`, no `[DONE]`), one per token, function calls whole, a last chunk with `finishReason` and the whole `usageMetadata`; without: one JSON array of the same chunks |
 //! | `POST /token` | Google's OAuth 2.0 token endpoint for service accounts: a form-encoded JWT-bearer grant, checked for real ([`mock_gcp_service_account`]) → `{"access_token":"ya29.mock-…","expires_in":3599,"token_type":"Bearer"}`, else a 400 `{"error","error_description"}` |
+//! | `GET /computeMetadata/v1/instance/service-accounts/default/token` | the metadata server of Google Cloud's machines: with `Metadata-Flavor: Google`, a token as `/token` gives (counted in `tokens_issued`), else 403 |
 //! | `POST /v1/projects/{p}/locations/{l}/publishers/google/models/{model}:generateContent`, `:streamGenerateContent` | Vertex AI Gemini: as AI Studio's, plus `createTime` and `usageMetadata.trafficType`; `labels` accepted; also under `/v1beta1/` |
 //! | `POST /v1/projects/{p}/locations/{l}/publishers/anthropic/models/{model}:rawPredict`, `:streamRawPredict` | Claude on Vertex AI: an Anthropic message (SSE with `"stream": true`, which `streamRawPredict` requires); the body must have `"anthropic_version": "vertex-2023-10-16"` and no `model` (the path's is echoed); ids `msg_vrtx_01…`, `toolu_vrtx_01…` |
 //! | `POST /v1/projects/{p}/locations/{l}/publishers/anthropic/models/count-tokens:rawPredict` | Claude's token count on Vertex AI: `{"input_tokens": N}`, the body's `model` required |
@@ -46,7 +47,7 @@
 //! - Gemini (AI Studio): a non-empty `x-goog-api-key` header or `?key=` query parameter, any
 //!   value; else 403 `{"error":{"code":403,"message":"Method doesn't allow unregistered callers
 //!   …","status":"PERMISSION_DENIED"}}`.
-//! - Vertex AI: `Authorization: Bearer <token>` with a token `POST /token` issued (to this
+//! - Vertex AI: `Authorization: Bearer <token>` with a token `POST /token` or the metadata route issued (to this
 //!   server, unexpired, not revoked), or [`MOCK_GCP_TOKEN`] (a simulated account's); else 401 `UNAUTHENTICATED` "Request had invalid
 //!   authentication credentials. Expected OAuth 2 access token…" with `www-authenticate`.
 //!   `/token` takes `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=<JWT>`: a
@@ -271,6 +272,7 @@ pub fn app() -> Router {
         )
         .route("/v1beta/models/{model}", post(gemini::ai_studio))
         .route("/token", post(gcp::token))
+        .route(gcp::METADATA_TOKEN_PATH, get(gcp::metadata_token))
         .route(
             "/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{model}",
             post(vertex::predict),

@@ -308,10 +308,15 @@ pub struct VertexConfig {
     /// `global` (the default), `us-central1`, `europe-west4` ...; unset, `GOOGLE_CLOUD_LOCATION`.
     #[serde(default)]
     pub location: Option<String>,
-    /// A Google credentials file: a service account key or an authorized user file; unset,
+    /// A Google credentials file: a service account key or an authorized user file; or
+    /// `metadata`: the metadata server of the Google Cloud machine the gateway runs on; unset,
     /// `GOOGLE_APPLICATION_CREDENTIALS`.
     #[serde(default)]
     pub credentials: Option<String>,
+    /// With `credentials: metadata`, the metadata server (`host[:port]`); unset,
+    /// `GCE_METADATA_HOST`, else `metadata.google.internal`.
+    #[serde(default)]
+    pub metadata_host: Option<String>,
     /// A fixed access token (`gcloud auth print-access-token`) instead of a credentials file; it
     /// is not refreshed.
     #[serde(default)]

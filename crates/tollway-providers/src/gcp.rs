@@ -5,6 +5,9 @@
 //!   `ring`) and exchanged at the key file's `token_uri` (grant type `jwt-bearer`);
 //! - from an **authorized user** file (what `gcloud auth application-default login` writes): its
 //!   refresh token exchanged at Google's token endpoint;
+//! - from the **metadata server** of the Google Cloud machine the gateway runs on (Compute
+//!   Engine, GKE, Cloud Run: `credentials: metadata`), which hands out the machine's service
+//!   account's tokens;
 //! - or a fixed `access_token` from the config (a token made elsewhere; it is not refreshed).
 //!
 //! Tokens are cached until five minutes before they expire; one request at a time fetches a new
@@ -51,7 +54,12 @@ pub(crate) enum Source {
         refresh_token: Secret,
         token_uri: String,
     },
+    /// The metadata server of the Google Cloud machine the gateway runs on (its token URL).
+    Metadata(String),
 }
+
+/// The metadata server's path of the machine's default service account's token.
+const METADATA_TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
 
 /// The fields of a Google credentials file this module reads.
 #[derive(Deserialize)]
@@ -92,10 +100,22 @@ pub(crate) fn credentials(
         .clone()
         .or_else(|| env("GOOGLE_APPLICATION_CREDENTIALS").filter(|p| !p.trim().is_empty()))
         .ok_or_else(|| {
-            "no credentials: set `credentials` (a service account key file), `access_token`, \
-             or GOOGLE_APPLICATION_CREDENTIALS in the environment"
+            "no credentials: set `credentials` (a service account key file, or `metadata` on a \
+             Google Cloud machine), `access_token`, or GOOGLE_APPLICATION_CREDENTIALS in the \
+             environment"
                 .to_string()
         })?;
+    if path == "metadata" {
+        let host = c
+            .metadata_host
+            .clone()
+            .or_else(|| env("GCE_METADATA_HOST").filter(|h| !h.trim().is_empty()))
+            .unwrap_or_else(|| "metadata.google.internal".to_string());
+        let url = format!("http://{host}{METADATA_TOKEN_PATH}");
+        url.parse::<http::Uri>()
+            .map_err(|_| format!("the metadata server `{host}` does not make a URL"))?;
+        return Ok((Source::Metadata(url), None));
+    }
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("credentials `{path}`: cannot read it: {e}"))?;
     key_file(&text).map_err(|e| format!("credentials `{path}`: {e}"))
@@ -286,6 +306,14 @@ impl Tokens {
                     ),
                 )
             }
+            Source::Metadata(url) => {
+                let mut headers = http::HeaderMap::new();
+                headers.insert("metadata-flavor", HeaderValue::from_static("Google"));
+                let (status, answer) = self.poster.get(url, headers).await.map_err(|e| {
+                    format!("the metadata server `{url}` could not be reached: {e}")
+                })?;
+                return token_answer(url, status, &answer);
+            }
             Source::AuthorizedUser {
                 client_id,
                 client_secret,
@@ -306,20 +334,24 @@ impl Tokens {
             .post_form(uri, body.into_bytes())
             .await
             .map_err(|e| format!("the token endpoint `{uri}` could not be reached: {e}"))?;
-        if status != 200 {
-            return Err(format!(
-                "the token endpoint `{uri}` refused the credentials (HTTP {status}{})",
-                oauth_error(&answer)
-            ));
-        }
-        let t: TokenAnswer = serde_json::from_slice(&answer).map_err(|_| {
-            format!("the token endpoint `{uri}` answered without an `access_token`")
-        })?;
-        Ok((
-            t.access_token,
-            Duration::from_secs(t.expires_in.unwrap_or(3600)),
-        ))
+        token_answer(uri, status, &answer)
     }
+}
+
+/// A token endpoint's (or the metadata server's) answer: the token and how long it lives.
+fn token_answer(uri: &str, status: u16, answer: &[u8]) -> Result<(Secret, Duration), String> {
+    if status != 200 {
+        return Err(format!(
+            "the token endpoint `{uri}` refused the credentials (HTTP {status}{})",
+            oauth_error(answer)
+        ));
+    }
+    let t: TokenAnswer = serde_json::from_slice(answer)
+        .map_err(|_| format!("the token endpoint `{uri}` answered without an `access_token`"))?;
+    Ok((
+        t.access_token,
+        Duration::from_secs(t.expires_in.unwrap_or(3600)),
+    ))
 }
 
 /// `: error_description` of an OAuth error answer, if it has one.

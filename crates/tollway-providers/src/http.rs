@@ -1515,8 +1515,29 @@ impl JsonPoster {
         self.send(url, headers, body).await
     }
 
+    /// GETs `url` with `headers`: the answer's status and body (up to 64 KB), or why there is
+    /// none.
+    pub(crate) async fn get(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+    ) -> Result<(u16, Vec<u8>), String> {
+        self.request(http::Method::GET, url, headers, Vec::new())
+            .await
+    }
+
     async fn send(
         &self,
+        url: &str,
+        headers: HeaderMap,
+        bytes: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), String> {
+        self.request(http::Method::POST, url, headers, bytes).await
+    }
+
+    async fn request(
+        &self,
+        method: http::Method,
         url: &str,
         headers: HeaderMap,
         bytes: Vec<u8>,
@@ -1533,7 +1554,8 @@ impl JsonPoster {
             None => None,
         };
         let client = tunneled.as_ref().unwrap_or(&self.client);
-        let req = post(uri, headers, bytes);
+        let mut req = post(uri, headers, bytes);
+        *req.method_mut() = method;
         let deadline = Instant::now() + self.timeout;
         let resp = match tokio::time::timeout_at(deadline, client.request(req)).await {
             Err(_) => return Err(format!("no answer within {} ms", self.timeout.as_millis())),

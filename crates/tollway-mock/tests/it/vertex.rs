@@ -716,3 +716,38 @@ async fn claude_faults_on_vertex() {
         Some("error")
     );
 }
+
+#[tokio::test]
+async fn the_metadata_server_hands_tokens_to_callers_that_say_the_flavor() {
+    let m = mock().await;
+    let path = "/computeMetadata/v1/instance/service-accounts/default/token";
+    let r = m.http.get(m.url(path)).send().await.expect("send");
+    assert_eq!(r.status(), 403);
+    assert_eq!(m.stats().await["tokens_issued"], 0);
+    let r = m
+        .http
+        .get(m.url(path))
+        .header("Metadata-Flavor", "Google")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["token_type"], "Bearer");
+    assert!(v["expires_in"].as_u64().is_some_and(|e| e > 0), "{v}");
+    let token = v["access_token"].as_str().expect("token").to_string();
+    assert_eq!(m.stats().await["tokens_issued"], 1);
+    // the token opens Vertex like one from /token
+    let r = post_bearer(
+        &m,
+        &path_for_flash(),
+        &token,
+        &json!({"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+}
+
+fn path_for_flash() -> String {
+    path("google", FLASH, "generateContent")
+}

@@ -36,13 +36,15 @@ fn key_file(mock: &str, email: Option<&str>) -> String {
 fn config(mock: &str) -> String {
     let good = key_file(mock, None);
     let wrong = key_file(mock, Some("intruder@elsewhere.iam.gserviceaccount.com"));
+    let host = mock.trim_start_matches("http://");
     let providers = format!(
-        "providers:\n  gem: {{ kind: gemini, base_url: \"{mock}/v1beta\", api_key: {GEMINI_KEY} }}\n  vx: {{ kind: vertex, location: us-central1, base_url: \"{mock}\", credentials: \"{good}\" }}\n  vx-wrong: {{ kind: vertex, project: p, location: us-central1, base_url: \"{mock}\", credentials: \"{wrong}\" }}\n"
+        "providers:\n  gem: {{ kind: gemini, base_url: \"{mock}/v1beta\", api_key: {GEMINI_KEY} }}\n  vx: {{ kind: vertex, location: us-central1, base_url: \"{mock}\", credentials: \"{good}\" }}\n  vx-wrong: {{ kind: vertex, project: p, location: us-central1, base_url: \"{mock}\", credentials: \"{wrong}\" }}\n  vx-meta: {{ kind: vertex, project: meta-proj, location: us-central1, base_url: \"{mock}\", credentials: metadata, metadata_host: \"{host}\" }}\n"
     );
     format!(
         r#"{base}  flash: {{ deployments: [{{ provider: gem, model: gemini-2.5-flash }}] }}
   flash-vx: {{ deployments: [{{ provider: vx, model: gemini-2.5-flash }}] }}
   claude-vx: {{ deployments: [{{ provider: vx, model: "claude-sonnet-4-5@20250929" }}] }}
+  flash-meta: {{ deployments: [{{ provider: vx-meta, model: gemini-2.5-flash }}] }}
   flash-wrong:
     deployments:
       - {{ provider: vx-wrong, model: gemini-2.5-flash }}
@@ -415,4 +417,40 @@ async fn claude_on_vertex_counts_tokens_upstream_and_gemini_locally() {
     assert_eq!(status, 200, "{v}");
     assert!(v["input_tokens"].as_u64().unwrap_or(0) > 0, "{v}");
     assert_eq!(env.upstream_log().await.len(), before);
+}
+
+#[tokio::test]
+async fn on_a_google_cloud_machine_the_token_comes_from_the_metadata_server() {
+    let env = start_with(config).await;
+    for _ in 0..2 {
+        let (status, h, v) = env
+            .openai(json!({"model": "flash-meta", "messages": [{"role": "user", "content": "Hi"}]}))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(header(&h, "x-tollway-provider"), "vx-meta");
+    }
+    let log = env.upstream_log().await;
+    let asked: Vec<&Value> = log
+        .iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("/computeMetadata/")
+        })
+        .collect();
+    assert_eq!(asked.len(), 1, "one token for both requests: {log:?}");
+    assert_eq!(asked[0]["headers"]["metadata-flavor"], "Google");
+    let up = env.last_upstream().await;
+    assert!(
+        up["path"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("/v1/projects/meta-proj/locations/us-central1/publishers/google/"),
+        "{up}"
+    );
+    assert!(up["headers"]["authorization"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("Bearer ya29.mock-"));
 }
