@@ -309,7 +309,7 @@ impl Tokens {
             Source::Metadata(url) => {
                 let mut headers = http::HeaderMap::new();
                 headers.insert("metadata-flavor", HeaderValue::from_static("Google"));
-                let (status, answer) = self.poster.get(url, headers).await.map_err(|e| {
+                let (status, answer) = self.poster.get_direct(url, headers).await.map_err(|e| {
                     format!("the metadata server `{url}` could not be reached: {e}")
                 })?;
                 return token_answer(url, status, &answer);

@@ -1515,14 +1515,14 @@ impl JsonPoster {
         self.send(url, headers, body).await
     }
 
-    /// GETs `url` with `headers`: the answer's status and body (up to 64 KB), or why there is
-    /// none.
-    pub(crate) async fn get(
+    /// GETs `url` with `headers`, never through a proxy (a machine's own metadata server): the
+    /// answer's status and body (up to 64 KB), or why there is none.
+    pub(crate) async fn get_direct(
         &self,
         url: &str,
         headers: HeaderMap,
     ) -> Result<(u16, Vec<u8>), String> {
-        self.request(http::Method::GET, url, headers, Vec::new())
+        self.request(http::Method::GET, url, headers, Vec::new(), false)
             .await
     }
 
@@ -1532,7 +1532,8 @@ impl JsonPoster {
         headers: HeaderMap,
         bytes: Vec<u8>,
     ) -> Result<(u16, Vec<u8>), String> {
-        self.request(http::Method::POST, url, headers, bytes).await
+        self.request(http::Method::POST, url, headers, bytes, true)
+            .await
     }
 
     async fn request(
@@ -1541,9 +1542,14 @@ impl JsonPoster {
         url: &str,
         headers: HeaderMap,
         bytes: Vec<u8>,
+        proxied: bool,
     ) -> Result<(u16, Vec<u8>), String> {
         let uri = parse_url(url, "webhook")?;
-        let via = crate::proxy::resolve(&uri, None, &*self.env)?;
+        let via = if proxied {
+            crate::proxy::resolve(&uri, None, &*self.env)?
+        } else {
+            None
+        };
         // through a proxy: a client of its own for this delivery (webhooks are rare)
         let tunneled = match &via {
             Some(v) => Some(client_on(tls_connector(
