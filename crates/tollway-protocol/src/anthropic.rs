@@ -1036,11 +1036,7 @@ fn request_body<'a>(
                         continue;
                     }
                 }
-                return Err(ProviderError::unsupported(
-                    &format!("the OpenAI parameter `{k}`"),
-                    label,
-                )
-                .with_param(k.clone()));
+                return Err(crate::unsupported_field(ApiFamily::OpenAi, k, label));
             }
         }
     }

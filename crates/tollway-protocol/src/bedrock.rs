@@ -283,14 +283,7 @@ pub fn encode_request_as<'l>(
         if model_field {
             additional.insert(k.clone(), v.clone());
         } else if !harmless {
-            let api = match req.extra.family {
-                ApiFamily::OpenAi => "OpenAI",
-                ApiFamily::Anthropic => "Anthropic",
-            };
-            return Err(
-                ProviderError::unsupported(&format!("the {api} parameter `{k}`"), label)
-                    .with_param(k.clone()),
-            );
+            return Err(crate::unsupported_field(req.extra.family, k, label));
         }
     }
     if !additional.is_empty() {

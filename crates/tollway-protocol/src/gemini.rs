@@ -364,14 +364,7 @@ fn extra_fields(
             (ApiFamily::Anthropic, _) => HARMLESS_FROM_ANTHROPIC.contains(&k.as_str()),
         };
         if !handled {
-            let api = match req.extra.family {
-                ApiFamily::OpenAi => "OpenAI",
-                ApiFamily::Anthropic => "Anthropic",
-            };
-            return Err(
-                ProviderError::unsupported(&format!("the {api} parameter `{k}`"), label)
-                    .with_param(k.clone()),
-            );
+            return Err(crate::unsupported_field(req.extra.family, k, label));
         }
     }
     Ok(())

@@ -46,3 +46,17 @@ pub fn path_segment(s: &str) -> String {
     }
     out
 }
+
+/// The 400 for a field of the client's API (`family`) that the target `label` cannot carry.
+pub(crate) fn unsupported_field(
+    family: tollway_core::ApiFamily,
+    field: &str,
+    label: tollway_core::Label<'_>,
+) -> tollway_core::ProviderError {
+    let api = match family {
+        tollway_core::ApiFamily::OpenAi => "OpenAI",
+        tollway_core::ApiFamily::Anthropic => "Anthropic",
+    };
+    tollway_core::ProviderError::unsupported(&format!("the {api} parameter `{field}`"), label)
+        .with_param(field)
+}

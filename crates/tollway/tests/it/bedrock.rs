@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 use tollway_mock::MOCK_AWS_SECRET;
 
-use crate::harness::{config_text, header, sse, start_with, MASTER};
+use crate::harness::{config_text, header, openai_stream_text, sse, start_with, MASTER};
 
 const SONNET: &str = "anthropic.claude-sonnet-4-5-20250929-v1:0";
 
@@ -31,22 +31,6 @@ fn config(mock: &str) -> String {
             1
         )
     )
-}
-
-fn text_of_openai_stream(body: &str) -> (String, Vec<Value>) {
-    let mut text = String::new();
-    let mut chunks = Vec::new();
-    for (_, data) in sse(body) {
-        if data == "[DONE]" {
-            continue;
-        }
-        let v: Value = serde_json::from_str(&data).unwrap_or(Value::String(data));
-        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
-            text.push_str(t);
-        }
-        chunks.push(v);
-    }
-    (text, chunks)
 }
 
 #[tokio::test]
@@ -148,7 +132,7 @@ async fn streams_reach_both_client_apis_from_the_event_stream() {
         .await;
     assert_eq!(r.status(), 200);
     let body = r.text().await.expect("body");
-    let (text, chunks) = text_of_openai_stream(&body);
+    let (text, chunks) = openai_stream_text(&body);
     assert_eq!(text, expected, "{body}");
     assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
     let finish: Vec<&Value> = chunks
@@ -336,7 +320,7 @@ async fn bedrock_errors_are_classified_and_failed_over() {
         .await;
     assert_eq!(r.status(), 200);
     let body = r.text().await.expect("body");
-    let (text, chunks) = text_of_openai_stream(&body);
+    let (text, chunks) = openai_stream_text(&body);
     assert!(
         !text.is_empty(),
         "tokens before the exception arrive: {body}"

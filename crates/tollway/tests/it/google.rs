@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{config_text, header, sse, start_with, MASTER};
+use crate::harness::{config_text, header, openai_stream_text, sse, start_with, MASTER};
 
 const GEMINI_KEY: &str = "gemini-test-key-0001";
 
@@ -55,22 +55,6 @@ fn config(mock: &str) -> String {
 "#,
         base = config_text(mock).replacen("providers:\n", &providers, 1)
     )
-}
-
-fn openai_stream_text(body: &str) -> (String, Vec<Value>) {
-    let mut text = String::new();
-    let mut chunks = Vec::new();
-    for (_, data) in sse(body) {
-        if data == "[DONE]" {
-            continue;
-        }
-        let v: Value = serde_json::from_str(&data).unwrap_or(Value::String(data));
-        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
-            text.push_str(t);
-        }
-        chunks.push(v);
-    }
-    (text, chunks)
 }
 
 #[tokio::test]

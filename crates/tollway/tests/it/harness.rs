@@ -289,3 +289,21 @@ pub async fn gateway(text: &str, storage: &str, shared: Option<(String, String)>
         stop: Some(tx),
     }
 }
+
+/// The text of an OpenAI stream's body (its `delta.content` pieces joined) and every chunk as
+/// JSON (a chunk that is not JSON as a string), `[DONE]` left out.
+pub fn openai_stream_text(body: &str) -> (String, Vec<Value>) {
+    let mut text = String::new();
+    let mut chunks = Vec::new();
+    for (_, data) in sse(body) {
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&data).unwrap_or(Value::String(data));
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        chunks.push(v);
+    }
+    (text, chunks)
+}
