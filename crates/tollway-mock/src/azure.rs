@@ -305,6 +305,82 @@ pub async fn embeddings_v1(
     handle(s, version, uri, headers, body, Op::Embeddings, true).await
 }
 
+/// The client secret of the simulated Microsoft Entra ID application (any tenant, any client id).
+pub const MOCK_AZURE_CLIENT_SECRET: &str = "tollway-mock-entra-secret";
+
+/// The scope an Azure OpenAI token is asked for.
+const COGNITIVE_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+
+/// `POST /{tenant}/oauth2/v2.0/token`: Microsoft Entra ID's token endpoint, client-credentials
+/// grant (`grant_type`, `client_id`, `client_secret` = [`MOCK_AZURE_CLIENT_SECRET`], `scope`
+/// Azure AI services' `.default`) → `{"token_type": "Bearer", "expires_in", "access_token"}`;
+/// else Entra's `{"error", "error_description"}` (401 for the client, 400 for the rest).
+pub async fn entra_token(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Path(tenant): axum::extract::Path<String>,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = crate::form_pairs(&String::from_utf8_lossy(&body));
+    let field = |name: &str| {
+        form.iter()
+            .find_map(|(k, v)| (k == name).then_some(v.as_str()))
+            .filter(|v| !v.is_empty())
+    };
+    let outcome: Result<(), (StatusCode, &str, String)> =
+        match (field("grant_type"), field("client_id"), field("client_secret"), field("scope")) {
+            (Some("client_credentials"), Some(_), Some(MOCK_AZURE_CLIENT_SECRET), Some(COGNITIVE_SCOPE)) => Ok(()),
+            (Some("client_credentials"), Some(_), Some(MOCK_AZURE_CLIENT_SECRET), scope) => Err((
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                format!("AADSTS70011: The provided value for the input parameter 'scope' is not valid. The scope {} is not valid.", scope.unwrap_or("")),
+            )),
+            (Some("client_credentials"), Some(_), _, _) => Err((
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.".to_string(),
+            )),
+            (Some("client_credentials"), None, _, _) => Err((
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "AADSTS900144: The request body must contain the following parameter: 'client_id'.".to_string(),
+            )),
+            (g, _, _, _) => Err((
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("AADSTS70003: The app requested an unsupported grant type '{}'.", g.unwrap_or("")),
+            )),
+        };
+    let now = crate::gen::now_secs();
+    let issued = outcome.as_ref().ok().map(|_| crate::gcp::issue(&s, now));
+    let detail = match &outcome {
+        Ok(()) => {
+            json!({"tenant": tenant, "client_id": field("client_id"), "scope": field("scope"), "issued": issued})
+        }
+        Err((_, e, _)) => json!({"tenant": tenant, "client_id": field("client_id"), "error": e}),
+    };
+    let path = format!("/{tenant}/oauth2/v2.0/token");
+    let (_flight, _) = s.begin_with(
+        Route::Token,
+        version,
+        &headers,
+        &body,
+        Some((path, json!({ "entra": detail }))),
+    );
+    match (outcome, issued) {
+        (Ok(()), Some(token)) => Json(json!({"token_type": "Bearer", "expires_in": 3599,
+                                             "ext_expires_in": 3599, "access_token": token}))
+        .into_response(),
+        (Err((status, error, description)), _) => (
+            status,
+            Json(json!({"error": error, "error_description": description})),
+        )
+            .into_response(),
+        (Ok(()), None) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

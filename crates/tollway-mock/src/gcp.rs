@@ -169,7 +169,7 @@ fn verify_assertion(jwt: &str, now: u64) -> Result<Value, Refusal> {
 }
 
 /// A new access token, remembered as issued.
-fn issue(s: &Shared, now: u64) -> String {
+pub(crate) fn issue(s: &Shared, now: u64) -> String {
     // Unique per server (the sequence never repeats), and across servers unlikely to clash.
     let n = s.seq.fetch_add(1, Ordering::Relaxed) + 1;
     let x = gen::splitmix(n ^ now.rotate_left(17) ^ std::ptr::from_ref(s) as usize as u64);

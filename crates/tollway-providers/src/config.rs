@@ -227,9 +227,23 @@ pub struct AzureConfig {
     /// The resource's key, sent as `api-key`.
     #[serde(default)]
     pub api_key: Secret,
-    /// A Microsoft Entra ID token instead of a key, sent as `Authorization: Bearer`.
+    /// A Microsoft Entra ID token instead of a key, sent as `Authorization: Bearer` (made
+    /// elsewhere: it is not refreshed).
     #[serde(default)]
     pub azure_ad_token: Option<Secret>,
+    /// A Microsoft Entra ID application instead of a key: its tenant, client id and secret
+    /// (unset, and no key or token either: `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`,
+    /// `AZURE_CLIENT_SECRET`); tokens are fetched and refreshed.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// Where Entra ID tokens come from; unset, `AZURE_AUTHORITY_HOST`, else
+    /// `https://login.microsoftonline.com`.
+    #[serde(default)]
+    pub authority_host: Option<String>,
     /// `v1` (the default) or a dated API version.
     #[serde(default)]
     pub api_version: Option<String>,
@@ -492,8 +506,19 @@ impl ProviderConfig {
             }
             ProviderConfig::Azure(c) => {
                 check_url(&c.base_url, true, &mut out);
-                if c.api_key.is_none() && c.azure_ad_token.as_ref().is_none_or(Secret::is_none) {
-                    out.push("api_key or azure_ad_token is required".to_string());
+                match crate::oauth::azure_source(c, env) {
+                    Err(e) => out.push(e),
+                    Ok(None)
+                        if c.api_key.is_none()
+                            && c.azure_ad_token.as_ref().is_none_or(Secret::is_none) =>
+                    {
+                        out.push(
+                            "api_key, azure_ad_token or an Entra ID application (tenant_id, \
+                             client_id, client_secret) is required"
+                                .to_string(),
+                        )
+                    }
+                    Ok(_) => {}
                 }
                 (&c.base_url, OPENAI_BASE_URL, &c.ca_file, c.http2, &c.proxy)
             }
@@ -506,10 +531,10 @@ impl ProviderConfig {
             }
             ProviderConfig::Vertex(c) => {
                 check_url(&c.base_url, false, &mut out);
-                match crate::gcp::credentials(c, env) {
+                match crate::oauth::credentials(c, env) {
                     Err(e) => out.push(e),
                     Ok((_, from_key)) => {
-                        if crate::gcp::project(c, from_key, env).is_none() {
+                        if crate::oauth::project(c, from_key, env).is_none() {
                             out.push(
                                 "project is required (or a key file that names one, or \
                                  GOOGLE_CLOUD_PROJECT in the environment)"
@@ -570,7 +595,9 @@ impl ProviderConfig {
             ProviderConfig::Bedrock(c) => {
                 HttpProvider::bedrock(name, c, &|k| std::env::var(k).ok())?
             }
-            ProviderConfig::Azure(c) => HttpProvider::azure(name, c)?,
+            ProviderConfig::Azure(c) => {
+                HttpProvider::azure(name, c, Arc::new(|k: &str| std::env::var(k).ok()))?
+            }
             ProviderConfig::Gemini(c) => HttpProvider::gemini(name, c)?,
             ProviderConfig::Vertex(c) => {
                 HttpProvider::vertex(name, c, Arc::new(|k: &str| std::env::var(k).ok()))?

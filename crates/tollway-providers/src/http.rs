@@ -38,7 +38,7 @@ use crate::config::{
     Timeouts, VertexConfig, ANTHROPIC_BASE_URL, GEMINI_BASE_URL, OPENAI_BASE_URL,
 };
 use crate::proxy::{Tcp, Via};
-use crate::{aws, gcp};
+use crate::{aws, oauth};
 
 /// Largest upstream body read whole (non-streaming answers and error bodies).
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -58,6 +58,9 @@ pub struct HttpProvider {
     count_url: Option<Endpoint>,
     /// The account's headers and `content-type: application/json`.
     headers: HeaderMap,
+    /// Accounts that send an OAuth access token (Vertex AI; Azure with an Entra ID
+    /// application): where it comes from, fetched when needed.
+    tokens: Option<Box<oauth::Tokens>>,
     timeouts: Timeouts,
     format: Format,
 }
@@ -83,11 +86,9 @@ enum Format {
         base: String,
     },
     /// Vertex AI: `{base}/publishers/google/models/{model}:generateContent` (Gemini's format), or
-    /// `.../publishers/anthropic/models/{claude...}:rawPredict` (Anthropic's), with an access
-    /// token per request.
+    /// `.../publishers/anthropic/models/{claude...}:rawPredict` (Anthropic's).
     Vertex {
         base: String,
-        tokens: Box<gcp::Tokens>,
     },
 }
 
@@ -421,6 +422,7 @@ impl HttpProvider {
             embeddings_url: Some(Endpoint::parse(&format!("{base}/embeddings"), name)?),
             count_url: None,
             headers,
+            tokens: None,
             timeouts: c.timeouts,
             format: Format::OpenAi(openai::Dialect {
                 legacy_max_tokens: compatible,
@@ -462,6 +464,7 @@ impl HttpProvider {
                 name,
             )?),
             headers,
+            tokens: None,
             timeouts: c.timeouts,
             format: Format::Anthropic,
         })
@@ -509,6 +512,7 @@ impl HttpProvider {
             embeddings_url: None,
             count_url: None,
             headers,
+            tokens: None,
             timeouts: c.timeouts,
             format: Format::Bedrock {
                 base,
@@ -519,13 +523,20 @@ impl HttpProvider {
 
     /// An Azure OpenAI resource: its v1 API (OpenAI's paths under `/openai/v1`, the deployment
     /// in the body's `model`), or with a dated `api_version` the deployment URLs.
-    pub fn azure(name: &str, c: &AzureConfig) -> Result<Self, String> {
+    pub fn azure(name: &str, c: &AzureConfig, env: EnvLookup) -> Result<Self, String> {
+        let err = |e: String| format!("provider `{name}`: {e}");
         let base = c
             .resource()
-            .ok_or_else(|| format!("provider `{name}`: base_url is required for this kind"))?
+            .ok_or_else(|| err("base_url is required for this kind".into()))?
             .to_string();
+        let tokens = match oauth::azure_source(c, &*env).map_err(err)? {
+            Some(source) => Some(Box::new(oauth::Tokens::new(source, env).map_err(err)?)),
+            None => None,
+        };
         let mut pairs: Vec<(String, String)> = Vec::new();
         match c.azure_ad_token.as_ref().filter(|t| !t.is_none()) {
+            // an Entra ID application's tokens go with each request
+            _ if tokens.is_some() => {}
             Some(token) => {
                 pairs.push(("authorization".into(), format!("Bearer {}", token.expose())))
             }
@@ -569,6 +580,7 @@ impl HttpProvider {
             embeddings_url,
             count_url: None,
             headers,
+            tokens,
             timeouts: c.timeouts,
             format,
         })
@@ -604,24 +616,25 @@ impl HttpProvider {
             embeddings_url: None,
             count_url: None,
             headers,
+            tokens: None,
             timeouts: c.timeouts,
             format: Format::Gemini { base },
         })
     }
 
     /// A Vertex AI account. `env` gives the credentials, project and location the account does
-    /// not name itself ([`gcp::credentials`], [`gcp::project`], [`gcp::location`]).
+    /// not name itself ([`oauth::credentials`], [`oauth::project`], [`oauth::location`]).
     pub fn vertex(name: &str, c: &VertexConfig, env: EnvLookup) -> Result<Self, String> {
         let err = |e: String| format!("provider `{name}`: {e}");
-        let (source, key_project) = gcp::credentials(c, &*env).map_err(err)?;
-        let project = gcp::project(c, key_project, &*env).ok_or_else(|| {
+        let (source, key_project) = oauth::credentials(c, &*env).map_err(err)?;
+        let project = oauth::project(c, key_project, &*env).ok_or_else(|| {
             err(
                 "project is required (or a key file that names one, or GOOGLE_CLOUD_PROJECT \
                  in the environment)"
                     .into(),
             )
         })?;
-        let location = gcp::location(c, &*env);
+        let location = oauth::location(c, &*env);
         let host = match c.base_url.as_deref() {
             Some(u) => u.trim_end_matches('/').to_string(),
             None if location == "global" => "https://aiplatform.googleapis.com".to_string(),
@@ -654,10 +667,8 @@ impl HttpProvider {
             count_url: None,
             headers,
             timeouts: c.timeouts,
-            format: Format::Vertex {
-                base,
-                tokens: Box::new(gcp::Tokens::new(source, env).map_err(err)?),
-            },
+            format: Format::Vertex { base },
+            tokens: Some(Box::new(oauth::Tokens::new(source, env).map_err(err)?)),
         })
     }
 
@@ -729,7 +740,7 @@ impl HttpProvider {
             .map_err(|e| ProviderError::internal(format!("provider {}: {e}", self.label(model))))?;
         }
         let mut token = None;
-        if let Format::Vertex { tokens, .. } = &self.format {
+        if let Some(tokens) = &self.tokens {
             let t = tokens.header().await.map_err(|e| {
                 ProviderError::new(
                     ErrorKind::UpstreamConfig,
@@ -757,7 +768,7 @@ impl HttpProvider {
         if (200..300).contains(&status) {
             return Ok((resp, deadline));
         }
-        if let (401, Format::Vertex { tokens, .. }, Some(t)) = (status, &self.format, &token) {
+        if let (401, Some(tokens), Some(t)) = (status, &self.tokens, &token) {
             // a token refused before its time (revoked): the next attempt gets a new one
             tokens.invalidate(t);
         }
@@ -1649,6 +1660,7 @@ mod tests {
                 api_version: Some("2025-01-01-preview".into()),
                 ..AzureConfig::default()
             },
+            Arc::new(|_: &str| None),
         )
         .expect("azure");
         assert_eq!(

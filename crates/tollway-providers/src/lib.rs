@@ -1,7 +1,7 @@
 //! Outbound provider clients behind `tollway_core::Provider`: OpenAI and every OpenAI-compatible
 //! server (vLLM, Ollama, llama.cpp, Mistral, Groq, DeepSeek, Together ...), Azure OpenAI,
 //! Anthropic, Amazon Bedrock (its Converse API, signed with SigV4: [`aws`]), Google's Gemini API,
-//! and Vertex AI (Gemini and Claude, with Google OAuth tokens: [`gcp`]).
+//! and Vertex AI (Gemini and Claude); OAuth access tokens for Vertex AI and Azure OpenAI: [`oauth`].
 //!
 //! `ProviderConfig` is the closed set of provider kinds as the config file spells them; its one
 //! `build()` turns an entry into an `Arc<dyn Provider>`. All kinds share one HTTP engine
@@ -10,9 +10,9 @@
 
 mod aws;
 mod config;
-mod gcp;
 mod http;
 pub mod lanes;
+mod oauth;
 mod pool;
 mod proxy;
 #[cfg(test)]

@@ -1289,14 +1289,18 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
             }),
         );
     }
-    // Azure OpenAI from the `openai` SDK's AzureOpenAI variables
-    if let (Some(key), Some(endpoint)) = (var("AZURE_OPENAI_API_KEY"), var("AZURE_OPENAI_ENDPOINT"))
-    {
+    // Azure OpenAI from the `openai` SDK's AzureOpenAI variables: a key, or else an Entra ID
+    // application from azure-identity's (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)
+    let entra = ["AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"]
+        .iter()
+        .all(|k| var(k).is_some());
+    let azure_key = var("AZURE_OPENAI_API_KEY");
+    if let (true, Some(endpoint)) = (azure_key.is_some() || entra, var("AZURE_OPENAI_ENDPOINT")) {
         providers.insert(
             "azure".to_string(),
             ProviderConfig::Azure(AzureConfig {
                 base_url: Some(endpoint),
-                api_key: Secret::new(key),
+                api_key: azure_key.map(Secret::new).unwrap_or_default(),
                 api_version: var("AZURE_OPENAI_API_VERSION").or_else(|| var("OPENAI_API_VERSION")),
                 ..AzureConfig::default()
             }),
@@ -1710,6 +1714,7 @@ providers:
   gemini: { kind: gemini }
   vertex: { kind: vertex, project: p }
   vertex2: { kind: vertex, access_token: t }
+  azure3: { kind: azure, base_url: "https://r.openai.azure.com", tenant_id: contoso, client_id: app }
 "#;
         let e = parse(broken, &env(&[])).unwrap_err();
         let said = |path: &str, what: &str| {
@@ -1720,10 +1725,14 @@ providers:
             )
         };
         said("azure", "base_url is required");
-        said("azure2", "api_key or azure_ad_token");
+        said(
+            "azure2",
+            "api_key, azure_ad_token or an Entra ID application",
+        );
         said("gemini", "api_key is required");
         said("vertex", "GOOGLE_APPLICATION_CREDENTIALS");
         said("vertex2", "project is required");
+        said("azure3", "client_secret missing");
         let e = parse(
             "providers:\n  v: { kind: vertex, project: p, credentials: /nonexistent.json }\n",
             &env(&[]),
@@ -1756,6 +1765,20 @@ providers:
         assert!(
             matches!(c.providers.get("azure"), Some(ProviderConfig::Azure(a))
                 if a.dated_version() == Some("2024-10-21"))
+        );
+        // an endpoint with an Entra ID application's variables
+        let c = from_env(
+            &env(&[
+                ("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com"),
+                ("AZURE_TENANT_ID", "t"),
+                ("AZURE_CLIENT_ID", "c"),
+                ("AZURE_CLIENT_SECRET", "s"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert!(
+            matches!(c.providers.get("azure"), Some(ProviderConfig::Azure(a)) if a.api_key.is_none())
         );
         // an endpoint without a key adds no Azure account
         let c = from_env(

@@ -405,3 +405,46 @@ async fn faults_in_azures_shapes() {
     assert!(err.is_timeout());
     wait_stats(&m, |s| s["in_flight"] == 0).await;
 }
+
+#[tokio::test]
+async fn entra_id_issues_tokens_for_the_application_secret_and_scope() {
+    let m = mock().await;
+    let grant = |secret: &str, scope: &str| {
+        format!(
+            "grant_type=client_credentials&client_id=app-1&client_secret={secret}&scope={}",
+            scope.replace(':', "%3A").replace('/', "%2F")
+        )
+    };
+    let post = |form: String| {
+        let m = &m;
+        async move {
+            let r = m
+                .http
+                .post(m.url("/contoso/oauth2/v2.0/token"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form)
+                .send()
+                .await
+                .expect("send");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("json"))
+        }
+    };
+    let scope = "https://cognitiveservices.azure.com/.default";
+    let (status, v) = post(grant(tollway_mock::MOCK_AZURE_CLIENT_SECRET, scope)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["token_type"], "Bearer");
+    assert!(v["access_token"].as_str().is_some_and(|t| !t.is_empty()));
+    assert_eq!(m.stats().await["tokens_issued"], 1);
+    let (status, v) = post(grant("wrong", scope)).await;
+    assert_eq!(status, 401, "{v}");
+    assert_eq!(v["error"], "invalid_client");
+    let (status, v) = post(grant(
+        tollway_mock::MOCK_AZURE_CLIENT_SECRET,
+        "https://management.azure.com/.default",
+    ))
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"], "invalid_scope");
+    assert_eq!(m.stats().await["tokens_issued"], 1);
+}

@@ -4,19 +4,26 @@
 
 use serde_json::{json, Value};
 
+use tollway_mock::MOCK_AZURE_CLIENT_SECRET;
+
 use crate::harness::{config_text, header, sse, start_with, MASTER};
 
 const AZURE_KEY: &str = "azure-test-key-0001";
 
 fn config(mock: &str) -> String {
     let providers = format!(
-        "providers:\n  az: {{ kind: azure, base_url: \"{mock}\", api_key: {AZURE_KEY}, api_version: \"2024-10-21\" }}\n  az-v1: {{ kind: azure, base_url: \"{mock}/openai/v1/\", azure_ad_token: entra-token-1 }}\n  az-old: {{ kind: azure, base_url: \"{mock}\", api_key: {AZURE_KEY}, api_version: \"2024-06-01\" }}\n"
+        "providers:\n  az: {{ kind: azure, base_url: \"{mock}\", api_key: {AZURE_KEY}, api_version: \"2024-10-21\" }}\n  az-v1: {{ kind: azure, base_url: \"{mock}/openai/v1/\", azure_ad_token: entra-token-1 }}\n  az-old: {{ kind: azure, base_url: \"{mock}\", api_key: {AZURE_KEY}, api_version: \"2024-06-01\" }}\n  az-entra: {{ kind: azure, base_url: \"{mock}\", tenant_id: contoso, client_id: app-1, client_secret: {MOCK_AZURE_CLIENT_SECRET}, authority_host: \"{mock}\", api_version: \"2024-10-21\" }}\n  az-entra-wrong: {{ kind: azure, base_url: \"{mock}\", tenant_id: contoso, client_id: app-1, client_secret: not-the-secret, authority_host: \"{mock}\" }}\n"
     );
     format!(
         r#"{base}  gpt-az: {{ deployments: [{{ provider: az, model: my-gpt-4o }}] }}
   gpt-az-v1: {{ deployments: [{{ provider: az-v1, model: my-gpt-4o }}] }}
   gpt-az-old: {{ deployments: [{{ provider: az-old, model: my-gpt-4o }}] }}
   embed-az: {{ deployments: [{{ provider: az, model: my-embeddings }}] }}
+  gpt-entra: {{ deployments: [{{ provider: az-entra, model: my-gpt-4o }}] }}
+  gpt-entra-wrong:
+    deployments:
+      - {{ provider: az-entra-wrong, model: my-gpt-4o }}
+      - {{ provider: az, model: my-gpt-4o }}
   az-filtered:
     deployments: [{{ provider: az, model: "my-gpt-4o?fault=content_policy" }}]
 "#,
@@ -159,4 +166,48 @@ async fn embeddings_and_the_content_filter() {
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["code"], "content_policy_violation", "{v}");
     assert!(env.healthy().await);
+}
+
+#[tokio::test]
+async fn an_entra_id_application_gets_its_token_once_and_a_wrong_secret_fails_over() {
+    let env = start_with(config).await;
+    for _ in 0..2 {
+        let (status, h, v) = env
+            .openai(json!({"model": "gpt-entra", "messages": [{"role": "user", "content": "Hi"}]}))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(header(&h, "x-tollway-provider"), "az-entra");
+    }
+    let log = env.upstream_log().await;
+    let grants: Vec<&Value> = log
+        .iter()
+        .filter(|r| r["path"] == "/contoso/oauth2/v2.0/token")
+        .collect();
+    assert_eq!(grants.len(), 1, "one token for both requests");
+    let issued = grants[0]["entra"]["issued"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(!issued.is_empty(), "{:?}", grants[0]);
+    assert_eq!(
+        grants[0]["entra"]["scope"],
+        "https://cognitiveservices.azure.com/.default"
+    );
+    let up = env.last_upstream().await;
+    assert_eq!(up["headers"]["authorization"], format!("Bearer {issued}"));
+    assert!(up["headers"].get("api-key").is_none(), "{up}");
+    assert!(!log
+        .iter()
+        .any(|r| r.to_string().contains(MOCK_AZURE_CLIENT_SECRET)
+            && r["path"] != "/contoso/oauth2/v2.0/token"));
+
+    // a secret Entra refuses: the attempt fails as the account's, the key account answers
+    let (status, h, v) = env
+        .openai(
+            json!({"model": "gpt-entra-wrong", "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-tollway-attempts"), "2");
+    assert_eq!(header(&h, "x-tollway-provider"), "az");
 }

@@ -1,5 +1,11 @@
-//! Google Cloud authentication for Vertex AI accounts: an OAuth 2.0 access token, as Google's
-//! client libraries get one —
+//! OAuth 2.0 access tokens for the accounts that use them instead of a key.
+//!
+//! **Azure OpenAI** with a Microsoft Entra ID application: its client id and secret exchanged at
+//! the tenant's token endpoint (the client-credentials grant, scope
+//! `https://cognitiveservices.azure.com/.default`), as `azure-identity`'s
+//! `ClientSecretCredential` does.
+//!
+//! **Vertex AI**, as Google's client libraries get a token —
 //! - from a **service account key** file: a JWT (`iss` the account's email, `scope`
 //!   `cloud-platform`, `aud` the token endpoint, an hour long) signed with the key (RS256, by
 //!   `ring`) and exchanged at the key file's `token_uri` (grant type `jwt-bearer`);
@@ -56,6 +62,88 @@ pub(crate) enum Source {
     },
     /// The metadata server of the Google Cloud machine the gateway runs on (its token URL).
     Metadata(String),
+    /// An OAuth client-credentials grant (a Microsoft Entra ID application's).
+    ClientCredentials {
+        token_url: String,
+        client_id: String,
+        client_secret: Secret,
+        scope: &'static str,
+    },
+}
+
+/// The scope of Azure OpenAI's API (Azure AI services).
+const AZURE_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+
+/// An Azure account's token source, when it authenticates with an Entra ID application rather
+/// than a key or a fixed token: its `tenant_id`, `client_id` and `client_secret`, else the
+/// environment's `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET` (read only when the
+/// account has no key and no token); `None` when it has a key or a token.
+pub(crate) fn azure_source(
+    c: &crate::config::AzureConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Source>, String> {
+    let own = c.tenant_id.is_some() || c.client_id.is_some() || c.client_secret.is_some();
+    let has_token = c.azure_ad_token.as_ref().is_some_and(|t| !t.is_none());
+    if !own && (has_token || !c.api_key.is_none()) {
+        return Ok(None);
+    }
+    let var = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let (tenant, client, secret) = if own {
+        (
+            c.tenant_id.clone(),
+            c.client_id.clone(),
+            c.client_secret.clone().filter(|s| !s.is_none()),
+        )
+    } else {
+        (
+            var("AZURE_TENANT_ID"),
+            var("AZURE_CLIENT_ID"),
+            var("AZURE_CLIENT_SECRET").map(Secret::new),
+        )
+    };
+    let (tenant, client_id, client_secret) = match (tenant, client, secret) {
+        (Some(t), Some(c), Some(s)) => (t, c, s),
+        (None, None, None) => return Ok(None),
+        (t, c, s) => {
+            let missing: Vec<&str> = [
+                (t.is_none(), "tenant_id"),
+                (c.is_none(), "client_id"),
+                (s.is_none(), "client_secret"),
+            ]
+            .iter()
+            .filter(|(m, _)| *m)
+            .map(|(_, name)| *name)
+            .collect();
+            return Err(format!(
+                "an Entra ID application needs tenant_id, client_id and client_secret; {} missing",
+                missing.join(" and ")
+            ));
+        }
+    };
+    let authority = c
+        .authority_host
+        .clone()
+        .or_else(|| var("AZURE_AUTHORITY_HOST"))
+        .unwrap_or_else(|| "https://login.microsoftonline.com".to_string());
+    let token_url = format!(
+        "{}/{}/oauth2/v2.0/token",
+        authority.trim_end_matches('/'),
+        tollway_protocol::path_segment(&tenant)
+    );
+    let usable = token_url.parse::<http::Uri>().ok().is_some_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+    });
+    if !usable {
+        return Err(format!(
+            "authority_host `{authority}` is not an http:// or https:// URL"
+        ));
+    }
+    Ok(Some(Source::ClientCredentials {
+        token_url,
+        client_id,
+        client_secret,
+        scope: AZURE_SCOPE,
+    }))
 }
 
 /// The metadata server's path of the machine's default service account's token.
@@ -314,6 +402,20 @@ impl Tokens {
                 })?;
                 return token_answer(url, status, &answer);
             }
+            Source::ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            } => (
+                token_url,
+                format!(
+                    "grant_type=client_credentials&client_id={}&client_secret={}&scope={}",
+                    form(client_id),
+                    form(client_secret.expose()),
+                    form(scope)
+                ),
+            ),
             Source::AuthorizedUser {
                 client_id,
                 client_secret,
@@ -514,6 +616,58 @@ mod tests {
         };
         let e = credentials(&c, &env).err().expect("unreadable");
         assert!(e.contains("/nonexistent/key.json"), "{e}");
+    }
+
+    #[test]
+    fn an_azure_account_uses_an_entra_application_only_without_a_key_or_token() {
+        use crate::config::AzureConfig;
+        let env = |k: &str| match k {
+            "AZURE_TENANT_ID" => Some("env-tenant".to_string()),
+            "AZURE_CLIENT_ID" => Some("env-client".to_string()),
+            "AZURE_CLIENT_SECRET" => Some("env-secret".to_string()),
+            _ => None,
+        };
+        let keyed = AzureConfig {
+            api_key: Secret::new("k"),
+            ..AzureConfig::default()
+        };
+        assert!(matches!(azure_source(&keyed, &env), Ok(None)));
+        // no key, no token: the environment's application
+        match azure_source(&AzureConfig::default(), &env) {
+            Ok(Some(Source::ClientCredentials {
+                token_url,
+                client_id,
+                scope,
+                ..
+            })) => {
+                assert_eq!(
+                    token_url,
+                    "https://login.microsoftonline.com/env-tenant/oauth2/v2.0/token"
+                );
+                assert_eq!(client_id, "env-client");
+                assert_eq!(scope, AZURE_SCOPE);
+            }
+            _ => panic!("the environment's application"),
+        }
+        // the account's own application wins, key or not; half of one is an error
+        let own = AzureConfig {
+            api_key: Secret::new("k"),
+            tenant_id: Some("t".into()),
+            client_id: Some("c".into()),
+            client_secret: Some(Secret::new("s")),
+            authority_host: Some("https://login.microsoftonline.us/".into()),
+            ..AzureConfig::default()
+        };
+        assert!(matches!(azure_source(&own, &env),
+            Ok(Some(Source::ClientCredentials { token_url, .. })) if token_url == "https://login.microsoftonline.us/t/oauth2/v2.0/token"));
+        let half = AzureConfig {
+            tenant_id: Some("t".into()),
+            ..AzureConfig::default()
+        };
+        let e = azure_source(&half, &env)
+            .err()
+            .expect("half an application");
+        assert!(e.contains("client_id and client_secret missing"), "{e}");
     }
 
     #[test]
