@@ -1599,6 +1599,8 @@ models:
             ("ANTHROPIC_API_KEY", "sk-a"),
             ("ANTHROPIC_EU_API_KEY", "sk-a2"),
             ("GROQ_API_KEY", "gsk"),
+            ("GEMINI_API_KEY", "g"),
+            ("AZURE_OPENAI_API_KEY", "az"),
         ]);
         let c = match parse(&doc[start..end], &e) {
             Ok(c) => c,
