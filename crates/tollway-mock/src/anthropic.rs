@@ -475,6 +475,14 @@ pub async fn count_tokens(
     count_respond(seq, &body, Some(&headers)).await
 }
 
+/// The `input_tokens` a Messages body (without `model`, as Bedrock's InvokeModel and Vertex take
+/// it) would report for `model`; or the validation error's message.
+pub(crate) fn input_tokens_of(req: &Value, model: &str) -> Result<u64, String> {
+    validate(req, Via::Vertex(Some(model)), false)
+        .map(|r| r.input_tokens)
+        .map_err(|e| e.message)
+}
+
 /// A token count already logged: `headers` for Anthropic's API (which needs
 /// `anthropic-version`), `None` for Vertex AI's `count-tokens:rawPredict`.
 pub(crate) async fn count_respond(seq: u64, body: &[u8], headers: Option<&HeaderMap>) -> Response {

@@ -288,6 +288,92 @@ pub async fn converse<const STREAM: bool>(
     with_request_id(resp, seq)
 }
 
+/// `POST /model/{modelId}/count-tokens`: the input tokens a Converse request (its `messages` and
+/// `system`) or an InvokeModel body (Claude's: Anthropic's Messages body) would be charged.
+pub async fn count_tokens(
+    State(s): State<Arc<Shared>>,
+    version: Version,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let auth = sigv4::verify("POST", &uri, &headers, &body);
+    let model = model_id(&uri);
+    let detail = json!({"model_id": model.as_ref().ok(), "auth": auth_json(&auth)});
+    let (_flight, seq) = s.begin_with(
+        Route::ConverseCountTokens,
+        version,
+        &headers,
+        &body,
+        Some((uri.path().to_string(), detail)),
+    );
+    if let Err(e) = auth {
+        return ApiError {
+            status: StatusCode::FORBIDDEN,
+            typ: e.typ,
+            message: e.message,
+            namespaced: false,
+        }
+        .into_response(seq);
+    }
+    match count_input(model, &body) {
+        Ok(n) => with_request_id(Json(json!({ "inputTokens": n })).into_response(), seq),
+        Err(e) => e.into_response(seq),
+    }
+}
+
+fn count_input(model: Result<String, ApiError>, body: &[u8]) -> Result<u64, ApiError> {
+    let model = model?;
+    // the service counts for foundation models only
+    let geo = [
+        "us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.",
+    ];
+    if model.contains(":inference-profile/") || geo.iter().any(|g| model.starts_with(g)) {
+        return Err(invalid(
+            "The provided model identifier is invalid. Count tokens takes a foundation model id.",
+        ));
+    }
+    let req = parse_body(body)?;
+    let input = object(&req, "", &["input"])?;
+    let Some(input) = input.get("input").filter(|i| !i.is_null()) else {
+        return Err(invalid("1 validation error detected: Value null at 'input' failed to satisfy constraint: Member must not be null"));
+    };
+    match union(
+        input,
+        "input",
+        "CountTokensInput",
+        &["converse", "invokeModel"],
+    )? {
+        ("converse", c) => {
+            let c = object(c, "input.converse", &["messages", "system"])?;
+            let mut converse = serde_json::Map::new();
+            for k in ["messages", "system"] {
+                if let Some(v) = c.get(k) {
+                    converse.insert(k.to_string(), v.clone());
+                }
+            }
+            validate(&Value::Object(converse)).map(|r| r.input_tokens)
+        }
+        (_, i) => {
+            let i = object(i, "input.invokeModel", &["body"])?;
+            let text = i.get("body").and_then(Value::as_str).ok_or_else(|| {
+                invalid("1 validation error detected: Value at 'input.invokeModel.body' failed to satisfy constraint: Member must not be null")
+            })?;
+            if !model.contains("anthropic.") {
+                return Err(invalid("This model doesn't support counting tokens for InvokeModel bodies in this simulator."));
+            }
+            let body: Value = serde_json::from_str(text)
+                .map_err(|_| invalid("The provided request body is not valid JSON."))?;
+            if body.get("anthropic_version").and_then(Value::as_str) != Some("bedrock-2023-05-31") {
+                return Err(invalid(
+                    "anthropic_version: Input should be 'bedrock-2023-05-31'",
+                ));
+            }
+            crate::anthropic::input_tokens_of(&body, &model).map_err(invalid)
+        }
+    }
+}
+
 fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => Ok(v),

@@ -19,6 +19,7 @@
 //! | `GET /v1/models` | OpenAI model list |
 //! | `POST /model/{modelId}/converse` | Bedrock Converse: `{"output":{"message"}, "stopReason", "usage", "metrics"}`; the model id percent-decoded from the path (`a%3A0`, ARNs with `%2F`), never read from the body |
 //! | `POST /model/{modelId}/converse-stream` | Bedrock ConverseStream: `application/vnd.amazon.eventstream` messages (`messageStart`, `contentBlockStart` for tool calls, `contentBlockDelta`…, `contentBlockStop`, `messageStop`, `metadata`), each JSON padded with `"p"` |
+//! | `POST /model/{modelId}/count-tokens` | Bedrock CountTokens: `{"input": {"converse": {messages, system}}}` (counted as Converse counts them) or `{"input": {"invokeModel": {"body": "<an Anthropic Messages body>"}}}` (Claude models: counted as a message reports them) → `{"inputTokens": N}`; inference profiles refused, as the service does |
 //! | `POST /v1beta/models/{model}:generateContent` | Gemini `GenerateContentResponse`: `{"candidates":[{"content":{"role":"model","parts"},"finishReason","index"}], "usageMetadata", "modelVersion", "responseId"}`; the model percent-decoded from the path, split from the method at the last `:` |
 //! | `POST /v1beta/models/{model}:streamGenerateContent` | with `?alt=sse`: `data: {chunk}\r\n\r\n` events (no `event:`, no `[DONE]`), one per token, function calls whole, a last chunk with `finishReason` and the whole `usageMetadata`; without: one JSON array of the same chunks |
 //! | `POST /token` | Google's OAuth 2.0 token endpoint for service accounts: a form-encoded JWT-bearer grant, checked for real ([`mock_gcp_service_account`]) → `{"access_token":"ya29.mock-…","expires_in":3599,"token_type":"Bearer"}`, else a 400 `{"error","error_description"}` |
@@ -272,6 +273,7 @@ pub fn app() -> Router {
             "/model/{model_id}/converse-stream",
             post(bedrock::converse::<true>),
         )
+        .route("/model/{model_id}/count-tokens", post(bedrock::count_tokens))
         .route("/v1beta/models/{model}", post(gemini::ai_studio))
         .route("/token", post(gcp::token))
         .route(gcp::METADATA_TOKEN_PATH, get(gcp::metadata_token))
@@ -325,10 +327,11 @@ pub(crate) enum Route {
     AzureEmbeddings = 16,
     AzureV1Chat = 17,
     AzureV1Embeddings = 18,
+    ConverseCountTokens = 19,
 }
 
 impl Route {
-    const ALL: [Route; 19] = [
+    const ALL: [Route; 20] = [
         Route::Chat,
         Route::Embeddings,
         Route::Messages,
@@ -348,6 +351,7 @@ impl Route {
         Route::AzureEmbeddings,
         Route::AzureV1Chat,
         Route::AzureV1Embeddings,
+        Route::ConverseCountTokens,
     ];
 
     fn path(self) -> &'static str {
@@ -381,6 +385,7 @@ impl Route {
             Route::AzureEmbeddings => "/openai/deployments/{deployment}/embeddings",
             Route::AzureV1Chat => "/openai/v1/chat/completions",
             Route::AzureV1Embeddings => "/openai/v1/embeddings",
+            Route::ConverseCountTokens => "/model/{modelId}/count-tokens",
         }
     }
 }

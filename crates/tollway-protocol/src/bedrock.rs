@@ -48,6 +48,81 @@ pub fn model_path(model: &str, stream: bool) -> String {
 }
 
 // ------------------------------------------------------------------------------------------------
+// Token counts (CountTokens)
+// ------------------------------------------------------------------------------------------------
+
+/// The model CountTokens is asked for: Bedrock counts for foundation models, so a cross-region
+/// inference profile (`us.anthropic.claude-...`, `global.anthropic...`) counts as its foundation
+/// model (`anthropic.claude-...`); `None` for an inference profile's ARN, which names no model
+/// (the count is then done locally).
+pub fn count_model(model: &str) -> Option<&str> {
+    if model.starts_with("arn:") {
+        return (!model.contains("inference-profile/")).then_some(model);
+    }
+    const GEOS: [&str; 8] = [
+        "us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.",
+    ];
+    Some(
+        GEOS.iter()
+            .find_map(|g| model.strip_prefix(g))
+            .unwrap_or(model),
+    )
+}
+
+/// The path of a model's CountTokens endpoint.
+pub fn count_path(model: &str) -> String {
+    format!("/model/{}/count-tokens", crate::path_segment(model))
+}
+
+/// The body of a CountTokens request for `model`: a Claude model's as an InvokeModel body
+/// (Anthropic's Messages body, with `anthropic_version: bedrock-2023-05-31`), which counts the
+/// tools too; any other model's as Converse's `messages` and `system`.
+pub fn encode_count_tokens_request<'l>(
+    req: &ChatRequest,
+    model: &str,
+    label: impl Into<Label<'l>>,
+) -> Result<Vec<u8>, ProviderError> {
+    let label = label.into();
+    let write_err =
+        |e: serde_json::Error| ProviderError::internal(format!("could not write the count: {e}"));
+    let input = if model.contains("anthropic.") {
+        let target = tollway_core::Target {
+            model,
+            stream: false,
+        };
+        let bytes = crate::anthropic::encode_request_as(req, target, label)?;
+        let mut body: Map<String, Value> = serde_json::from_slice(&bytes).map_err(write_err)?;
+        body.remove("model");
+        body.remove("stream");
+        body.insert("anthropic_version".into(), json!("bedrock-2023-05-31"));
+        if !req.betas.is_empty() {
+            body.insert("anthropic_beta".into(), json!(req.betas));
+        }
+        let text = serde_json::to_string(&body).map_err(write_err)?;
+        json!({"invokeModel": {"body": text}})
+    } else {
+        let bytes = encode_request_as(req, label)?;
+        let body: Map<String, Value> = serde_json::from_slice(&bytes).map_err(write_err)?;
+        let mut converse = Map::new();
+        for k in ["messages", "system"] {
+            if let Some(v) = body.get(k) {
+                converse.insert(k.into(), v.clone());
+            }
+        }
+        json!({ "converse": converse })
+    };
+    serde_json::to_vec(&json!({ "input": input })).map_err(write_err)
+}
+
+/// CountTokens' answer, `{"inputTokens": N}`.
+pub fn decode_count_tokens_response(bytes: &[u8]) -> Result<u64, ProviderError> {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("inputTokens").and_then(Value::as_u64))
+        .ok_or_else(|| bad_answer("the provider's token count has no `inputTokens`"))
+}
+
+// ------------------------------------------------------------------------------------------------
 // Outbound request
 // ------------------------------------------------------------------------------------------------
 

@@ -672,6 +672,29 @@ impl HttpProvider {
         })
     }
 
+    /// Bedrock's CountTokens for `model` (`None`: an inference profile's ARN, counted locally).
+    async fn bedrock_count(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+        base: &str,
+    ) -> Result<Option<u64>, ProviderError> {
+        let Some(counted) = bedrock::count_model(model) else {
+            return Ok(None);
+        };
+        let body = bedrock::encode_count_tokens_request(req, counted, self.label(model))?;
+        let url = format!("{base}{}", bedrock::count_path(counted));
+        let url = Endpoint::parse(&url, &self.info.name).map_err(ProviderError::internal)?;
+        let (resp, deadline) = self.send_to(&url, body, model, &[]).await?;
+        let buf = self.read_body(resp, deadline, model).await?;
+        bedrock::decode_count_tokens_response(&buf)
+            .map(Some)
+            .map_err(|mut e| {
+                e.message = format!("{} (from {})", e.message, self.label(model));
+                e
+            })
+    }
+
     /// `provider/model`, for error messages (written only when one is).
     fn label<'a>(&'a self, model: &'a str) -> Label<'a> {
         Label::new(&self.info.name, model)
@@ -1106,6 +1129,9 @@ impl Provider for HttpProvider {
         model: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, ProviderError>> {
         Box::pin(async move {
+            if let Format::Bedrock { base, .. } = &self.format {
+                return self.bedrock_count(req, model, base).await;
+            }
             let vertex_url;
             let url = match (&self.count_url, &self.format) {
                 (Some(url), _) => url,

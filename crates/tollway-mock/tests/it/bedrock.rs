@@ -901,3 +901,55 @@ async fn validation_as_bedrock_refuses() {
     assert_eq!(r.status(), 400);
     assert!(error_type(r.headers()).starts_with("ValidationException:"));
 }
+
+#[tokio::test]
+async fn count_tokens_counts_converse_and_invoke_model_inputs() {
+    let m = mock().await;
+    let count = |model: &'static str, body: Value| {
+        let m = &m;
+        async move {
+            let r = post(m, &format!("/model/{model}/count-tokens"), &body).await;
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("json"))
+        }
+    };
+    let sonnet = "anthropic.claude-sonnet-4-5-20250929-v1%3A0";
+    // Converse input: what a Converse answer reports as its input
+    let (_, _, answer) = converse(&m, sonnet, &say("How many tokens is this?")).await;
+    let (status, v) = count(
+        sonnet,
+        json!({"input": {"converse": say("How many tokens is this?")}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["inputTokens"], answer["usage"]["inputTokens"], "{v}");
+    // a Claude InvokeModel body
+    let invoke = json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 10,
+                        "messages": [{"role": "user", "content": "How many tokens is this?"}]});
+    let (status, v) = count(
+        sonnet,
+        json!({"input": {"invokeModel": {"body": invoke.to_string()}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["inputTokens"].as_u64().is_some_and(|n| n > 0), "{v}");
+    // inference profiles, both members of the union, fields Converse's count lacks: refused
+    let (status, _) = count(
+        "us.anthropic.claude-sonnet-4-5-20250929-v1%3A0",
+        json!({"input": {"converse": say("hi")}}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = count(
+        sonnet,
+        json!({"input": {"converse": say("hi"), "invokeModel": {"body": "{}"}}}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = count(
+        sonnet,
+        json!({"input": {"converse": with(say("hi"), "inferenceConfig", json!({"maxTokens": 5}))}}),
+    )
+    .await;
+    assert_eq!(status, 400);
+}

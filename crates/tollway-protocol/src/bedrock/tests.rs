@@ -585,3 +585,65 @@ fn broken_streams_are_errors() {
         assert_eq!(e.kind, ErrorKind::InvalidResponse, "{}", e.message);
     }
 }
+
+#[test]
+fn token_counts_ask_for_the_foundation_model_in_the_right_shape() {
+    assert_eq!(
+        count_model("us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+        Some("anthropic.claude-sonnet-4-5-20250929-v1:0")
+    );
+    assert_eq!(
+        count_model("global.anthropic.claude-haiku-4-5-20251001-v1:0"),
+        Some("anthropic.claude-haiku-4-5-20251001-v1:0")
+    );
+    assert_eq!(
+        count_model("amazon.nova-pro-v1:0"),
+        Some("amazon.nova-pro-v1:0")
+    );
+    assert_eq!(
+        count_model("arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+        None
+    );
+    assert_eq!(
+        count_path("anthropic.claude-sonnet-4-5-20250929-v1:0"),
+        "/model/anthropic.claude-sonnet-4-5-20250929-v1%3A0/count-tokens"
+    );
+
+    let mut req = ChatRequest::simple("m", "How many tokens?");
+    req.messages
+        .insert(0, Message::text(Role::System, "Be brief."));
+    req.tools = vec![weather_tool()];
+    req.betas = vec!["context-1m-2025-08-07".into()];
+    // Claude: an InvokeModel body, tools included
+    let bytes =
+        encode_count_tokens_request(&req, "anthropic.claude-sonnet-4-5-20250929-v1:0", LABEL)
+            .expect("encodes");
+    let v: Value = serde_json::from_slice(&bytes).expect("json");
+    let body: Value = serde_json::from_str(
+        v["input"]["invokeModel"]["body"]
+            .as_str()
+            .expect("a string body"),
+    )
+    .expect("json body");
+    assert_eq!(body["anthropic_version"], "bedrock-2023-05-31");
+    assert!(
+        body.get("model").is_none() && body.get("stream").is_none(),
+        "{body}"
+    );
+    assert_eq!(body["tools"][0]["name"], "get_weather");
+    assert_eq!(body["anthropic_beta"], json!(["context-1m-2025-08-07"]));
+    // any other model: Converse's messages and system only
+    let bytes = encode_count_tokens_request(&req, "amazon.nova-pro-v1:0", LABEL).expect("encodes");
+    let v: Value = serde_json::from_slice(&bytes).expect("json");
+    let converse = v["input"]["converse"].as_object().expect("converse");
+    let keys: Vec<&String> = converse.keys().collect();
+    assert_eq!(keys, ["messages", "system"]);
+    assert_eq!(
+        decode_count_tokens_response(br#"{"inputTokens": 42}"#).expect("count"),
+        42
+    );
+    assert_eq!(
+        decode_count_tokens_response(b"{}").unwrap_err().kind,
+        ErrorKind::InvalidResponse
+    );
+}

@@ -358,3 +358,51 @@ fn a_bedrock_account_without_credentials_is_a_config_error() {
     let all = format!("{errs:?}");
     assert!(all.contains("no AWS credentials"), "{all}");
 }
+
+#[tokio::test]
+async fn token_counts_are_asked_of_bedrock_for_the_foundation_model() {
+    let env = start_with(config).await;
+    let body = |model: &str| {
+        json!({"model": model, "system": "Be brief.",
+               "tools": [{"name": "lookup", "input_schema": {"type": "object",
+                          "properties": {"city": {"type": "string"}}}}],
+               "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    };
+    let (status, _, v) = env
+        .anthropic_at("/v1/messages/count_tokens", body("sonnet-aws"))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let counted = v["input_tokens"].as_u64().unwrap_or(0);
+    assert!(counted > 0, "{v}");
+    let up = env.last_upstream().await;
+    assert_eq!(
+        up["path"],
+        "/model/anthropic.claude-sonnet-4-5-20250929-v1%3A0/count-tokens"
+    );
+    assert!(up["headers"]["authorization"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("AWS4-HMAC-SHA256 Credential=AKIDTOLLWAYTEST/"));
+    let invoke: Value = serde_json::from_str(
+        up["body"]["input"]["invokeModel"]["body"]
+            .as_str()
+            .unwrap_or("{}"),
+    )
+    .expect("an InvokeModel body");
+    assert_eq!(invoke["anthropic_version"], "bedrock-2023-05-31");
+    assert_eq!(invoke["tools"][0]["name"], "lookup");
+    // the same count as Anthropic's own API gives for the same request
+    let (_, _, direct) = env
+        .anthropic_at("/v1/messages/count_tokens", body("claude"))
+        .await;
+    assert_eq!(direct["input_tokens"], counted, "{direct}");
+
+    // an inference profile's ARN names no model: counted locally, nothing sent
+    let before = env.upstream_log().await.len();
+    let (status, _, v) = env
+        .anthropic_at("/v1/messages/count_tokens", body("sonnet-profile"))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["input_tokens"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert_eq!(env.upstream_log().await.len(), before);
+}
