@@ -76,3 +76,28 @@ def test_beta_features_reach_the_anthropic_upstream(ant, mock):
     for q in sent:
         # the SDK adds betas of its own to some calls (token-counting-...): they travel too
         assert "context-1m-2025-08-07" in q["headers"].get("anthropic-beta", "").split(","), q["headers"]
+
+
+@pytest.mark.parametrize(
+    ("model", "deployment", "path"),
+    [
+        (
+            "bedrock",
+            "aws/anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "/model/anthropic.claude-sonnet-4-5-20250929-v1%3A0/count-tokens",
+        ),
+        (
+            "vertex-claude",
+            "vx/claude-sonnet-4-5@20250929",
+            "/v1/projects/tollway-conformance/locations/us-central1/publishers/anthropic/models/count-tokens:rawPredict",
+        ),
+    ],
+)
+def test_count_tokens_for_claude_on_other_clouds_is_asked_of_the_cloud(ant, mock, model, deployment, path):
+    raw = ant.messages.with_raw_response.count_tokens(
+        model=model, system="Be brief.", messages=MESSAGES, tools=TOOLS
+    )
+    assert raw.headers.get("x-tollway-token-count") == "upstream"
+    assert raw.headers.get("x-tollway-model") == deployment
+    assert raw.parse().input_tokens > 0
+    assert any(str(r.get("path", "")) == path for r in mock.requests()), [r.get("path") for r in mock.requests()]
