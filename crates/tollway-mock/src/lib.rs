@@ -25,6 +25,8 @@
 //! | `POST /token` | Google's OAuth 2.0 token endpoint for service accounts: a form-encoded JWT-bearer grant, checked for real ([`mock_gcp_service_account`]) → `{"access_token":"ya29.mock-…","expires_in":3599,"token_type":"Bearer"}`, else a 400 `{"error","error_description"}` |
 //! | `GET /computeMetadata/v1/instance/service-accounts/default/token` | the metadata server of Google Cloud's machines: with `Metadata-Flavor: Google`, a token as `/token` gives (counted in `tokens_issued`), else 403 |
 //! | `POST /{tenant}/oauth2/v2.0/token` | Microsoft Entra ID's token endpoint (client-credentials grant, client secret [`MOCK_AZURE_CLIENT_SECRET`], scope `https://cognitiveservices.azure.com/.default`): a token as `/token` gives (counted in `tokens_issued`), else Entra's `{"error", "error_description"}` |
+//! | `PUT /latest/api/token`, `GET /latest/meta-data/iam/security-credentials/[{role}]` | the EC2 instance metadata service (IMDSv2: a session token, then the role [`MOCK_INSTANCE_ROLE`] and its temporary credentials, whose secret is [`MOCK_AWS_SECRET`]); counted in `tokens_issued` |
+//! | `GET /v2/credentials/{id}` | the ECS / EKS Pod Identity container credentials endpoint (an `Authorization` token, if sent, must not be empty): temporary credentials as above |
 //! | `POST /v1/projects/{p}/locations/{l}/publishers/google/models/{model}:generateContent`, `:streamGenerateContent` | Vertex AI Gemini: as AI Studio's, plus `createTime` and `usageMetadata.trafficType`; `labels` accepted; also under `/v1beta1/` |
 //! | `POST /v1/projects/{p}/locations/{l}/publishers/anthropic/models/{model}:rawPredict`, `:streamRawPredict` | Claude on Vertex AI: an Anthropic message (SSE with `"stream": true`, which `streamRawPredict` requires); the body must have `"anthropic_version": "vertex-2023-10-16"` and no `model` (the path's is echoed); ids `msg_vrtx_01…`, `toolu_vrtx_01…` |
 //! | `POST /v1/projects/{p}/locations/{l}/publishers/anthropic/models/count-tokens:rawPredict` | Claude's token count on Vertex AI: `{"input_tokens": N}`, the body's `model` required |
@@ -122,6 +124,7 @@
 //! `candidateCount: N` gives N identical candidates, counted N times.
 
 mod anthropic;
+mod awscreds;
 mod azure;
 mod b64;
 mod bedrock;
@@ -149,6 +152,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+pub use awscreds::MOCK_INSTANCE_ROLE;
 pub use azure::MOCK_AZURE_CLIENT_SECRET;
 pub use gcp::{
     mock_gcp_service_account, MOCK_GCP_CLIENT_EMAIL, MOCK_GCP_PRIVATE_KEY, MOCK_GCP_TOKEN,
@@ -278,6 +282,19 @@ pub fn app() -> Router {
         .route("/token", post(gcp::token))
         .route(gcp::METADATA_TOKEN_PATH, get(gcp::metadata_token))
         .route("/{tenant}/oauth2/v2.0/token", post(azure::entra_token))
+        .route("/latest/api/token", axum::routing::put(awscreds::imds_token))
+        .route(
+            "/latest/meta-data/iam/security-credentials/",
+            get(awscreds::imds_role),
+        )
+        .route(
+            "/latest/meta-data/iam/security-credentials/{role}",
+            get(awscreds::imds_credentials),
+        )
+        .route(
+            "/v2/credentials/{id}",
+            get(awscreds::container_credentials),
+        )
         .route(
             "/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{model}",
             post(vertex::predict),

@@ -182,6 +182,14 @@ pub struct BedrockConfig {
     /// `us-east-1` ...; unset, `AWS_REGION` or `AWS_DEFAULT_REGION`.
     #[serde(default)]
     pub region: Option<String>,
+    /// `instance`: the temporary credentials of the EC2 instance's role, from its metadata
+    /// service (IMDSv2), refreshed before they expire.
+    #[serde(default)]
+    pub credentials: Option<String>,
+    /// With `credentials: instance`, the metadata service (`http://host[:port]`); unset,
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else `http://169.254.169.254`.
+    #[serde(default)]
+    pub metadata_endpoint: Option<String>,
     #[serde(default)]
     pub access_key_id: Option<String>,
     #[serde(default)]
@@ -593,7 +601,7 @@ impl ProviderConfig {
             ProviderConfig::OpenaiCompatible(c) => HttpProvider::openai(name, c, true)?,
             ProviderConfig::Anthropic(c) => HttpProvider::anthropic(name, c)?,
             ProviderConfig::Bedrock(c) => {
-                HttpProvider::bedrock(name, c, &|k| std::env::var(k).ok())?
+                HttpProvider::bedrock(name, c, Arc::new(|k: &str| std::env::var(k).ok()))?
             }
             ProviderConfig::Azure(c) => {
                 HttpProvider::azure(name, c, Arc::new(|k: &str| std::env::var(k).ok()))?

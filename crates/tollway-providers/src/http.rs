@@ -472,17 +472,13 @@ impl HttpProvider {
 
     /// A Bedrock account (the Converse API). `env` gives the credentials and region the account
     /// does not name itself ([`aws::credential`], [`aws::region`]).
-    pub fn bedrock(
-        name: &str,
-        c: &BedrockConfig,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
+    pub fn bedrock(name: &str, c: &BedrockConfig, env: EnvLookup) -> Result<Self, String> {
         let err = |e: String| format!("provider `{name}`: {e}");
-        let region = aws::region(c, env);
+        let region = aws::region(c, &*env);
         let base = c.endpoint(region.as_deref()).ok_or_else(|| {
             err("region is required (or AWS_REGION in the environment, or a base_url)".into())
         })?;
-        let credential = aws::credential(c, env).map_err(err)?;
+        let credential = aws::credential(c, &*env).map_err(err)?;
         let pairs: Vec<(String, String)> = c
             .headers
             .iter()
@@ -501,6 +497,7 @@ impl HttpProvider {
             credential,
             region.unwrap_or_else(|| "us-east-1".into()),
             &mut headers,
+            env,
         )
         .map_err(err)?;
         Ok(HttpProvider {
@@ -760,7 +757,15 @@ impl HttpProvider {
                 &body,
                 std::time::SystemTime::now(),
             )
-            .map_err(|e| ProviderError::internal(format!("provider {}: {e}", self.label(model))))?;
+            .await
+            // the account's credentials (a fetch from the machine, or keys that cannot sign):
+            // its configuration's failure, which fails over
+            .map_err(|e| {
+                ProviderError::new(
+                    ErrorKind::UpstreamConfig,
+                    format!("provider {}: {e}", self.label(model)),
+                )
+            })?;
         }
         let mut token = None;
         if let Some(tokens) = &self.tokens {
@@ -1550,6 +1555,17 @@ impl JsonPoster {
             HeaderValue::from_static("application/json"),
         );
         self.send(url, headers, body).await
+    }
+
+    /// PUTs an empty body to `url` with `headers`, never through a proxy (a machine's own
+    /// metadata service): the answer's status and body (up to 64 KB), or why there is none.
+    pub(crate) async fn put_direct(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+    ) -> Result<(u16, Vec<u8>), String> {
+        self.request(http::Method::PUT, url, headers, Vec::new(), false)
+            .await
     }
 
     /// GETs `url` with `headers`, never through a proxy (a machine's own metadata server): the

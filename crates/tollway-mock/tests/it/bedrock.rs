@@ -953,3 +953,69 @@ async fn count_tokens_counts_converse_and_invoke_model_inputs() {
     .await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn the_instance_and_container_endpoints_hand_out_credentials_that_sign() {
+    let m = mock().await;
+    let r = m
+        .http
+        .put(m.url("/latest/api/token"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400, "IMDSv2 wants a TTL");
+    let r = m
+        .http
+        .put(m.url("/latest/api/token"))
+        .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let token = r.text().await.expect("token");
+    let roles = m.url("/latest/meta-data/iam/security-credentials/");
+    let r = m.http.get(&roles).send().await.expect("send");
+    assert_eq!(r.status(), 401, "no session token");
+    let r = m
+        .http
+        .get(&roles)
+        .header("X-aws-ec2-metadata-token", &token)
+        .send()
+        .await
+        .expect("send");
+    let role = r.text().await.expect("role");
+    assert_eq!(role, tollway_mock::MOCK_INSTANCE_ROLE);
+    let r = m
+        .http
+        .get(format!("{roles}{role}"))
+        .header("X-aws-ec2-metadata-token", &token)
+        .send()
+        .await
+        .expect("send");
+    let v: Value = serde_json::from_str(&r.text().await.expect("body")).expect("json");
+    assert_eq!(v["Code"], "Success");
+    assert_eq!(v["SecretAccessKey"], tollway_mock::MOCK_AWS_SECRET);
+    assert!(v["AccessKeyId"]
+        .as_str()
+        .is_some_and(|k| k.starts_with("ASIA")));
+    assert!(v["Expiration"].as_str().is_some_and(|e| e.ends_with('Z')));
+    // the container endpoint: the same document without IMDS's extras
+    let r = m
+        .http
+        .get(m.url("/v2/credentials/task-1"))
+        .send()
+        .await
+        .expect("send");
+    let v: Value = r.json().await.expect("json");
+    assert!(v["RoleArn"].as_str().is_some_and(|a| a.contains(":role/")));
+    assert!(v["Token"].as_str().is_some_and(|t| !t.is_empty()));
+    let r = m
+        .http
+        .get(m.url("/v2/credentials/task-1"))
+        .header("Authorization", "")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 401);
+    assert_eq!(m.stats().await["tokens_issued"], 2);
+}

@@ -15,6 +15,7 @@ fn config(mock: &str) -> String {
         r#"{base}  sonnet-aws: {{ deployments: [{{ provider: aws, model: "{SONNET}" }}] }}
   sonnet-profile: {{ deployments: [{{ provider: aws, model: "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.{SONNET}" }}] }}
   sonnet-apikey: {{ deployments: [{{ provider: aws-apikey, model: "{SONNET}" }}] }}
+  sonnet-ec2: {{ deployments: [{{ provider: aws-ec2, model: "{SONNET}" }}] }}
   sonnet-badkey:
     deployments:
       - {{ provider: aws-wrong, model: "{SONNET}" }}
@@ -26,7 +27,7 @@ fn config(mock: &str) -> String {
         base = config_text(mock).replacen(
             "providers:\n",
             &format!(
-                "providers:\n  aws: {{ kind: bedrock, region: us-east-1, base_url: \"{mock}\", access_key_id: AKIDTOLLWAYTEST, secret_access_key: {MOCK_AWS_SECRET}, session_token: tok-1 }}\n  aws-apikey: {{ kind: bedrock, region: eu-west-1, base_url: \"{mock}\", api_key: br-test-key }}\n  aws-wrong: {{ kind: bedrock, region: us-east-1, base_url: \"{mock}\", access_key_id: AKIDTOLLWAYTEST, secret_access_key: not-the-secret }}\n"
+                "providers:\n  aws: {{ kind: bedrock, region: us-east-1, base_url: \"{mock}\", access_key_id: AKIDTOLLWAYTEST, secret_access_key: {MOCK_AWS_SECRET}, session_token: tok-1 }}\n  aws-apikey: {{ kind: bedrock, region: eu-west-1, base_url: \"{mock}\", api_key: br-test-key }}\n  aws-wrong: {{ kind: bedrock, region: us-east-1, base_url: \"{mock}\", access_key_id: AKIDTOLLWAYTEST, secret_access_key: not-the-secret }}\n  aws-ec2: {{ kind: bedrock, region: us-west-2, base_url: \"{mock}\", credentials: instance, metadata_endpoint: \"{mock}\" }}\n"
             ),
             1
         )
@@ -405,4 +406,42 @@ async fn token_counts_are_asked_of_bedrock_for_the_foundation_model() {
     assert_eq!(status, 200, "{v}");
     assert!(v["input_tokens"].as_u64().unwrap_or(0) > 0, "{v}");
     assert_eq!(env.upstream_log().await.len(), before);
+}
+
+#[tokio::test]
+async fn on_ec2_the_instance_roles_credentials_sign_and_are_fetched_once() {
+    let env = start_with(config).await;
+    for _ in 0..2 {
+        let (status, _, v) = env
+            .openai(json!({"model": "sonnet-ec2", "messages": [{"role": "user", "content": "Hi"}]}))
+            .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let up = env.last_upstream().await;
+    let authz = up["headers"]["authorization"].as_str().unwrap_or("");
+    assert!(
+        authz.starts_with("AWS4-HMAC-SHA256 Credential=ASIAMOCK")
+            && authz.contains("/us-west-2/bedrock/aws4_request"),
+        "{authz}"
+    );
+    assert!(up["headers"]["x-amz-security-token"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty()));
+    let log = env.upstream_log().await;
+    let fetched = log
+        .iter()
+        .filter(|r| {
+            r["path"].as_str().unwrap_or("").starts_with(&format!(
+                "/latest/meta-data/iam/security-credentials/{}",
+                tollway_mock::MOCK_INSTANCE_ROLE
+            ))
+        })
+        .count();
+    assert_eq!(fetched, 1, "credentials fetched once for two requests");
+    assert_eq!(
+        log.iter()
+            .filter(|r| r["path"] == "/latest/api/token")
+            .count(),
+        1
+    );
 }
