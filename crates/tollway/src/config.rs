@@ -1249,7 +1249,11 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
     let region = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION"));
     let keys = var("AWS_ACCESS_KEY_ID").zip(var("AWS_SECRET_ACCESS_KEY"));
     let api_key = var("AWS_BEARER_TOKEN_BEDROCK");
-    if region.is_some() && (keys.is_some() || api_key.is_some()) {
+    // a container's credentials endpoint (ECS, EKS Pod Identity) is read by the account itself
+    let container = var("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .or_else(|| var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"))
+        .is_some();
+    if region.is_some() && (keys.is_some() || api_key.is_some() || container) {
         let (access_key_id, secret) = keys.unzip();
         providers.insert(
             "bedrock".to_string(),
@@ -1684,6 +1688,21 @@ models:
         .unwrap();
         assert!(
             matches!(c.providers.get("bedrock"), Some(ProviderConfig::Bedrock(b)) if b.api_key.is_some())
+        );
+        // in a container with a task role
+        let c = from_env(
+            &env(&[
+                ("AWS_REGION", "us-east-2"),
+                (
+                    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                    "/v2/credentials/x",
+                ),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert!(
+            matches!(c.providers.get("bedrock"), Some(ProviderConfig::Bedrock(b)) if b.access_key_id.is_none())
         );
     }
 
