@@ -746,10 +746,20 @@ impl StreamDecoder {
                 .and_then(Value::as_str)
                 .unwrap_or(&self.model)
                 .to_string();
+            // the prompt's count, when the first event has it, goes into the start (an
+            // Anthropic client reads it from `message_start`)
+            let prompt = v.get("usageMetadata").map_or_else(Usage::default, |u| {
+                let u = usage(Some(u));
+                Usage {
+                    output_tokens: 0,
+                    reasoning_tokens: 0,
+                    ..u
+                }
+            });
             out.push(StreamEvent::Start {
                 id: self.id.clone(),
                 model,
-                usage: Usage::default(),
+                usage: prompt,
             });
         }
         let candidate = v.pointer("/candidates/0");

@@ -535,7 +535,10 @@ fn streams_decode_into_blocks_at_any_split() {
         StreamEvent::Start {
             id: "r1".into(),
             model: "gemini-2.5-flash".into(),
-            usage: Usage::default(),
+            usage: Usage {
+                input_tokens: 10,
+                ..Usage::default()
+            },
         },
         StreamEvent::ThinkingDelta {
             index: 0,

@@ -150,6 +150,14 @@ async fn an_anthropic_client_streams_gemini_thinking_and_tool_calls() {
     let names: Vec<&str> = events.iter().filter_map(|(e, _)| e.as_deref()).collect();
     assert_eq!(names.first(), Some(&"message_start"), "{body}");
     assert_eq!(names.iter().filter(|n| **n == "message_start").count(), 1);
+    // the prompt's tokens are in message_start, where Anthropic clients read them
+    let start: Value = serde_json::from_str(&events[0].1).expect("json");
+    assert!(
+        start["message"]["usage"]["input_tokens"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{start}"
+    );
     assert_eq!(names.last(), Some(&"message_stop"), "{body}");
     let mut json_text = String::new();
     let mut kinds = Vec::new();
