@@ -2,6 +2,7 @@
 //! API is converted into and every provider is converted from, normalised usage, classified provider
 //! errors, and the `Provider` trait. No IO and no serde derive live here.
 
+pub mod days;
 pub mod error;
 pub mod money;
 pub mod provider;

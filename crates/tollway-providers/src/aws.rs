@@ -164,25 +164,6 @@ struct Document {
     expiration: Option<String>,
 }
 
-/// Seconds since the Unix epoch of an RFC 3339 UTC time (`2026-12-07T19:00:00Z`).
-fn unix_secs(t: &str) -> Option<u64> {
-    let b = t.as_bytes();
-    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
-        return None;
-    }
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    // Howard Hinnant's days-from-civil
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
-}
-
 impl Fetcher {
     pub(crate) fn new(fetch: Fetch, env: EnvLookup) -> Result<Fetcher, String> {
         Ok(Fetcher {
@@ -218,7 +199,7 @@ impl Fetcher {
         let keep = doc
             .expiration
             .as_deref()
-            .and_then(unix_secs)
+            .and_then(tollway_core::days::unix_secs)
             .map_or(3600, |exp| exp.saturating_sub(now).saturating_sub(300))
             .clamp(30, 6 * 3600);
         let identity: Identity = Credentials::new(
@@ -616,14 +597,6 @@ mod tests {
             Ok(Credential::Fetched(Fetch::Container { token_file: Some(f), .. })) if f == "/var/run/token"));
         let e = credential(&none, &env(&[])).err().expect("none");
         assert!(e.contains("credentials: instance"), "{e}");
-    }
-
-    #[test]
-    fn expirations_are_read_as_rfc_3339() {
-        assert_eq!(unix_secs("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(unix_secs("2026-12-07T19:00:00Z"), Some(1_796_670_000));
-        assert_eq!(unix_secs("2024-02-29T12:34:56Z"), Some(1_709_210_096));
-        assert_eq!(unix_secs("not a time"), None);
     }
 
     async fn mock() -> String {
