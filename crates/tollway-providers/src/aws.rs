@@ -2,7 +2,6 @@
 //! key (and a session token for temporary credentials), or a Bedrock API key sent as a bearer
 //! token. Signing is `aws-sigv4`'s; this module picks the credentials and applies the signature.
 
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_credential_types::Credentials;
@@ -13,6 +12,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 
 use crate::config::{BedrockConfig, Secret};
 use crate::http::{EnvLookup, JsonPoster};
+use crate::oauth::Refreshed;
 
 /// The signing name of Bedrock's runtime API.
 const SERVICE: &str = "bedrock";
@@ -147,9 +147,7 @@ pub(crate) fn credential(
 pub(crate) struct Fetcher {
     fetch: Fetch,
     poster: JsonPoster,
-    cached: Mutex<Option<(Identity, std::time::Instant)>>,
-    /// Held by the one request fetching new credentials.
-    fetching: tokio::sync::Mutex<()>,
+    cache: Refreshed<Identity>,
 }
 
 /// The credentials document IMDS and the container endpoint answer with.
@@ -169,52 +167,35 @@ impl Fetcher {
         Ok(Fetcher {
             fetch,
             poster: JsonPoster::with_env(Duration::from_secs(5), env)?,
-            cached: Mutex::new(None),
-            fetching: tokio::sync::Mutex::new(()),
+            cache: Refreshed::new(),
         })
-    }
-
-    fn cached(&self) -> Option<Identity> {
-        let guard = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        guard
-            .as_ref()
-            .filter(|(_, until)| *until > std::time::Instant::now())
-            .map(|(id, _)| id.clone())
     }
 
     /// The credentials to sign the next request with.
     pub(crate) async fn identity(&self) -> Result<Identity, String> {
-        if let Some(id) = self.cached() {
-            return Ok(id);
-        }
-        let _one = self.fetching.lock().await;
-        if let Some(id) = self.cached() {
-            return Ok(id);
-        }
-        let doc = self.document().await?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        // until five minutes before they expire (an hour at most, if the time is unreadable)
-        let keep = doc
-            .expiration
-            .as_deref()
-            .and_then(tollway_core::days::unix_secs)
-            .map_or(3600, |exp| exp.saturating_sub(now).saturating_sub(300))
-            .clamp(30, 6 * 3600);
-        let identity: Identity = Credentials::new(
-            doc.access_key_id,
-            doc.secret_access_key.expose(),
-            doc.token.map(|t| t.expose().to_string()),
-            None,
-            "tollway-fetched",
-        )
-        .into();
-        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((
-            identity.clone(),
-            std::time::Instant::now() + Duration::from_secs(keep),
-        ));
-        Ok(identity)
+        self.cache
+            .get(|| async {
+                let doc = self.document().await?;
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                // an hour, if the expiration is unreadable
+                let lifetime = doc
+                    .expiration
+                    .as_deref()
+                    .and_then(tollway_core::days::unix_secs)
+                    .map_or(3600, |exp| exp.saturating_sub(now));
+                let identity: Identity = Credentials::new(
+                    doc.access_key_id,
+                    doc.secret_access_key.expose(),
+                    doc.token.map(|t| t.expose().to_string()),
+                    None,
+                    "tollway-fetched",
+                )
+                .into();
+                Ok((identity, Duration::from_secs(lifetime)))
+            })
+            .await
     }
 
     async fn document(&self) -> Result<Document, String> {

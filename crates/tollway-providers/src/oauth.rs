@@ -287,9 +287,63 @@ fn form(s: &str) -> String {
     tollway_protocol::path_segment(s)
 }
 
-struct Cached {
-    header: HeaderValue,
-    fresh_until: Instant,
+/// A value fetched when needed (an access token, temporary credentials) and kept until
+/// [`REFRESH_MARGIN`] before it expires; one request at a time fetches a new one while the
+/// others wait for it (they may be on other lanes).
+pub(crate) struct Refreshed<T> {
+    cached: Mutex<Option<(T, Instant)>>,
+    /// Held by the one request fetching.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl<T: Clone> Refreshed<T> {
+    pub(crate) fn new() -> Self {
+        Refreshed {
+            cached: Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn fresh(&self) -> Option<T> {
+        let guard = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_ref()
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(v, _)| v.clone())
+    }
+
+    /// The value, from `fetch` (the value and how long it lives) when none is fresh.
+    pub(crate) async fn get<Fut>(&self, fetch: impl FnOnce() -> Fut) -> Result<T, String>
+    where
+        Fut: std::future::Future<Output = Result<(T, Duration), String>>,
+    {
+        if let Some(v) = self.fresh() {
+            return Ok(v);
+        }
+        let _one = self.fetching.lock().await;
+        // someone else may have fetched it meanwhile
+        if let Some(v) = self.fresh() {
+            return Ok(v);
+        }
+        let (v, lifetime) = fetch().await?;
+        let keep = lifetime
+            .saturating_sub(REFRESH_MARGIN)
+            .max(Duration::from_secs(30));
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((v.clone(), Instant::now() + keep));
+        Ok(v)
+    }
+
+    /// Forgets the value if it is still `refused` (another request may have replaced it).
+    pub(crate) fn forget(&self, refused: &T)
+    where
+        T: PartialEq,
+    {
+        let mut guard = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_some_and(|(v, _)| v == refused) {
+            *guard = None;
+        }
+    }
 }
 
 /// An account's access tokens, fetched when needed and cached.
@@ -298,9 +352,7 @@ pub(crate) struct Tokens {
     /// The fixed token's header, made once.
     fixed: Option<HeaderValue>,
     poster: JsonPoster,
-    cached: Mutex<Option<Cached>>,
-    /// Held by the one request fetching a new token.
-    fetching: tokio::sync::Mutex<()>,
+    cache: Refreshed<HeaderValue>,
 }
 
 /// The token endpoint's answer.
@@ -328,27 +380,14 @@ impl Tokens {
             source,
             fixed,
             poster: JsonPoster::with_env(FETCH_TIMEOUT, env)?,
-            cached: Mutex::new(None),
-            fetching: tokio::sync::Mutex::new(()),
+            cache: Refreshed::new(),
         })
-    }
-
-    fn cached(&self) -> Option<HeaderValue> {
-        let guard = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        guard
-            .as_ref()
-            .filter(|c| c.fresh_until > Instant::now())
-            .map(|c| c.header.clone())
     }
 
     /// Forgets the cached token (the upstream refused it: revoked, or its key was rotated), so
     /// that the next request fetches a new one.
     pub(crate) fn invalidate(&self, refused: &HeaderValue) {
-        let mut guard = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        // only the token that was refused: another request may have replaced it already
-        if guard.as_ref().is_some_and(|c| c.header == refused) {
-            *guard = None;
-        }
+        self.cache.forget(refused);
     }
 
     /// `Authorization: Bearer ...` for the next request.
@@ -356,24 +395,12 @@ impl Tokens {
         if let Some(h) = &self.fixed {
             return Ok(h.clone());
         }
-        if let Some(h) = self.cached() {
-            return Ok(h);
-        }
-        let _one = self.fetching.lock().await;
-        // someone else may have fetched it meanwhile
-        if let Some(h) = self.cached() {
-            return Ok(h);
-        }
-        let (token, lifetime) = self.fetch().await?;
-        let header = bearer(token.expose())?;
-        let keep = lifetime
-            .saturating_sub(REFRESH_MARGIN)
-            .max(Duration::from_secs(30));
-        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
-            header: header.clone(),
-            fresh_until: Instant::now() + keep,
-        });
-        Ok(header)
+        self.cache
+            .get(|| async {
+                let (token, lifetime) = self.fetch().await?;
+                Ok((bearer(token.expose())?, lifetime))
+            })
+            .await
     }
 
     async fn fetch(&self) -> Result<(Secret, Duration), String> {
