@@ -92,10 +92,36 @@ enum Format {
     },
 }
 
+/// The wire format a request to one model is written and read in (a Vertex AI account speaks
+/// Gemini's or, for Claude, Anthropic's), decided once per request by [`Format::codec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    OpenAi(openai::Dialect),
+    Anthropic,
+    /// Anthropic's body on Vertex AI (`rawPredict`): no model, Vertex's version.
+    ClaudeOnVertex,
+    Bedrock,
+    Gemini,
+}
+
 impl Format {
+    /// The format a request for `model` goes in.
+    fn codec(&self, model: &str) -> Codec {
+        match self {
+            Format::OpenAi(dialect) | Format::AzureDeployments { dialect, .. } => {
+                Codec::OpenAi(*dialect)
+            }
+            Format::Anthropic => Codec::Anthropic,
+            Format::Bedrock { .. } => Codec::Bedrock,
+            Format::Gemini { .. } => Codec::Gemini,
+            Format::Vertex { .. } if vertex_model(model).0 => Codec::ClaudeOnVertex,
+            Format::Vertex { .. } => Codec::Gemini,
+        }
+    }
+
     /// Whether `model` goes to Vertex AI's Anthropic publisher (Claude) rather than Google's.
     fn vertex_claude(&self, model: &str) -> bool {
-        matches!(self, Format::Vertex { .. }) && vertex_model(model).0
+        self.codec(model) == Codec::ClaudeOnVertex
     }
 
     /// The URL of a request to `target`, for formats that name the model (or deployment) in the
@@ -699,18 +725,12 @@ impl HttpProvider {
 
     fn encode(&self, req: &ChatRequest, target: Target<'_>) -> Result<Vec<u8>, ProviderError> {
         let label = self.label(target.model);
-        match &self.format {
-            Format::OpenAi(dialect) | Format::AzureDeployments { dialect, .. } => {
-                openai::encode_request_as(req, target, label, *dialect)
-            }
-            Format::Anthropic => anthropic::encode_request_as(req, target, label),
-            Format::Bedrock { .. } => bedrock::encode_request_as(req, label),
-            Format::Vertex { .. } if self.format.vertex_claude(target.model) => {
-                anthropic::encode_request_vertex(req, target, label)
-            }
-            Format::Gemini { .. } | Format::Vertex { .. } => {
-                gemini::encode_request_as(req, target.model, label)
-            }
+        match self.format.codec(target.model) {
+            Codec::OpenAi(dialect) => openai::encode_request_as(req, target, label, dialect),
+            Codec::Anthropic => anthropic::encode_request_as(req, target, label),
+            Codec::ClaudeOnVertex => anthropic::encode_request_vertex(req, target, label),
+            Codec::Bedrock => bedrock::encode_request_as(req, label),
+            Codec::Gemini => gemini::encode_request_as(req, target.model, label),
         }
     }
 
@@ -811,22 +831,18 @@ impl HttpProvider {
             .ok()
             .and_then(Result::ok)
             .unwrap_or_default();
-        let mut err = match &self.format {
-            Format::OpenAi(_) | Format::AzureDeployments { .. } => {
-                openai::decode_error(status, &body, retry_after)
-            }
-            Format::Anthropic => anthropic::decode_error(status, &body, retry_after),
-            Format::Bedrock { .. } => {
+        let mut err = match self.format.codec(model) {
+            Codec::OpenAi(_) => openai::decode_error(status, &body, retry_after),
+            Codec::Anthropic => anthropic::decode_error(status, &body, retry_after),
+            Codec::Bedrock => {
                 bedrock::decode_error(status, error_type.as_deref(), &body, retry_after)
             }
             // Claude on Vertex answers model errors in Anthropic's shape, and Google's front
             // (quotas, credentials) in its own
-            Format::Vertex { .. }
-                if self.format.vertex_claude(model) && anthropic_shaped(&body) =>
-            {
+            Codec::ClaudeOnVertex if anthropic_shaped(&body) => {
                 anthropic::decode_error(status, &body, retry_after)
             }
-            Format::Gemini { .. } | Format::Vertex { .. } => {
+            Codec::ClaudeOnVertex | Codec::Gemini => {
                 gemini::decode_error(status, &body, retry_after)
             }
         };
@@ -1187,18 +1203,11 @@ impl Provider for HttpProvider {
                 Ok((self.read_body(resp, deadline, model).await?, request_id))
             })
             .await?;
-            let decoded = match &self.format {
-                Format::OpenAi(_) | Format::AzureDeployments { .. } => {
-                    openai::decode_response(&buf)
-                }
-                Format::Anthropic => anthropic::decode_response(&buf),
-                Format::Bedrock { .. } => bedrock::decode_response(&buf, &request_id, model),
-                Format::Vertex { .. } if self.format.vertex_claude(model) => {
-                    anthropic::decode_response(&buf)
-                }
-                Format::Gemini { .. } | Format::Vertex { .. } => {
-                    gemini::decode_response(&buf, model)
-                }
+            let decoded = match self.format.codec(model) {
+                Codec::OpenAi(_) => openai::decode_response(&buf),
+                Codec::Anthropic | Codec::ClaudeOnVertex => anthropic::decode_response(&buf),
+                Codec::Bedrock => bedrock::decode_response(&buf, &request_id, model),
+                Codec::Gemini => gemini::decode_response(&buf, model),
             };
             decoded.map_err(|mut e| {
                 e.message = format!("{} (from {})", e.message, self.label(model));
@@ -1221,20 +1230,17 @@ impl Provider for HttpProvider {
             let body = self.encode(req, target)?;
             let (resp, deadline) = timed(waited, self.send(body, target, &req.betas)).await?;
             let label = self.label(model);
-            let decoder = match &self.format {
-                Format::OpenAi(_) | Format::AzureDeployments { .. } => {
+            let decoder = match self.format.codec(model) {
+                Codec::OpenAi(_) => {
                     Decoder::OpenAi(SseParser::default(), openai::StreamDecoder::new())
                 }
-                Format::Anthropic => {
+                Codec::Anthropic | Codec::ClaudeOnVertex => {
                     Decoder::Anthropic(SseParser::default(), anthropic::StreamDecoder::new())
                 }
-                Format::Vertex { .. } if self.format.vertex_claude(model) => {
-                    Decoder::Anthropic(SseParser::default(), anthropic::StreamDecoder::new())
-                }
-                Format::Gemini { .. } | Format::Vertex { .. } => {
+                Codec::Gemini => {
                     Decoder::Gemini(SseParser::default(), gemini::StreamDecoder::new(model))
                 }
-                Format::Bedrock { .. } => Decoder::Bedrock(
+                Codec::Bedrock => Decoder::Bedrock(
                     EventStreamParser::new(),
                     bedrock::StreamDecoder::new(&self.request_id(&resp), model),
                 ),
