@@ -39,15 +39,17 @@ pub struct LedgerRow {
     pub cost_micros: Option<i64>,
     /// Usage was estimated locally (the provider reported none).
     pub cost_estimated: bool,
+    /// Answered from the response cache: no provider was asked, nothing was spent.
+    pub cache_hit: bool,
 }
 
 /// What follows `INSERT [OR IGNORE] INTO ` in the ledger insert.
 const INSERT_INTO: &str = "tollway_ledger (request_id, ts_ms, key_id, team, model, \
     provider, deployment, api, status, stream, attempts, latency_ms, input_tokens, output_tokens, \
-    cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, cost_estimated) VALUES ";
+    cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_micros, cost_estimated, cache_hit) VALUES ";
 
 /// Columns in [`INSERT_INTO`] (and values [`bind_row`] adds per row).
-const LEDGER_COLUMNS: usize = 19;
+const LEDGER_COLUMNS: usize = 20;
 
 /// The ledger insert of `rows` rows (1, 4, 16, 64 or 256), built once per size and backend:
 /// numbered `$N` parameters for PostgreSQL, anonymous `?` for SQLite (binding a named or numbered
@@ -105,7 +107,7 @@ fn insert_sql(rows: usize, backend: crate::Backend) -> &'static str {
         .map_or("", |(_, s)| s.as_str())
 }
 
-/// The rows of the next statement for `left` rows to write: the largest size that fits (19
+/// The rows of the next statement for `left` rows to write: the largest size that fits (20
 /// columns × 256 rows stays below SQLite's parameter limit).
 fn statement_rows(left: usize) -> usize {
     [256, 64, 16, 4, 1]
@@ -143,6 +145,8 @@ pub struct UsageRow {
     pub cost_micros: i64,
     /// Requests whose price was unknown (not in `cost_micros`).
     pub unpriced_requests: i64,
+    /// Requests answered from the response cache (in `requests`, at no cost).
+    pub cache_hits: i64,
 }
 
 pub use tollway_core::days::{civil_from_days, day_string, days_from_civil, parse_day};
@@ -171,6 +175,7 @@ fn bind_row<'q>(
     args.add(r.reasoning_tokens)?;
     args.add(r.cost_micros)?;
     args.add(i64::from(r.cost_estimated))?;
+    args.add(i64::from(r.cache_hit))?;
     Ok(())
 }
 
@@ -216,7 +221,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT request_id, ts_ms, key_id, team, model, provider, deployment, api, status, \
              stream, attempts, latency_ms, input_tokens, output_tokens, cache_read_tokens, \
-             cache_write_tokens, reasoning_tokens, cost_micros, cost_estimated \
+             cache_write_tokens, reasoning_tokens, cost_micros, cost_estimated, cache_hit \
              FROM tollway_ledger WHERE request_id = $1",
         )
         .bind(request_id)
@@ -243,6 +248,7 @@ impl Store {
             reasoning_tokens: r.try_get("reasoning_tokens")?,
             cost_micros: r.try_get("cost_micros")?,
             cost_estimated: r.try_get::<i64, _>("cost_estimated")? != 0,
+            cache_hit: r.try_get::<i64, _>("cache_hit")? != 0,
         }))
     }
 
@@ -385,7 +391,8 @@ impl Store {
              CAST(COALESCE(SUM(cache_read_tokens), 0) AS BIGINT) AS cache_read_tokens, \
              CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT) AS cache_write_tokens, \
              CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS cost_micros, \
-             CAST(COALESCE(SUM(CASE WHEN cost_micros IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS unpriced \
+             CAST(COALESCE(SUM(CASE WHEN cost_micros IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS unpriced, \
+             CAST(COALESCE(SUM(cache_hit), 0) AS BIGINT) AS cache_hits \
              FROM tollway_ledger WHERE 1 = 1",
             select.join(", "),
             if select.is_empty() { "" } else { ", " },
@@ -433,6 +440,7 @@ impl Store {
                 cache_write_tokens: r.try_get("cache_write_tokens")?,
                 cost_micros: r.try_get("cost_micros")?,
                 unpriced_requests: r.try_get("unpriced")?,
+                cache_hits: r.try_get("cache_hits")?,
                 ..UsageRow::default()
             };
             for (i, c) in cols.iter().enumerate() {
@@ -521,6 +529,7 @@ impl SqliteLedger {
                 bind(&r.reasoning_tokens)?;
                 bind(&r.cost_micros)?;
                 bind(&r.cost_estimated)?;
+                bind(&r.cache_hit)?;
             }
             st.raw_execute()?;
         }
@@ -895,6 +904,7 @@ mod tests {
             reasoning_tokens: 55,
             cost_micros: None,
             cost_estimated: true,
+            cache_hit: true,
         };
         let (w, task) = LedgerWriter::start(store.clone(), Duration::from_millis(200), 64);
         w.record(full.clone());

@@ -126,6 +126,8 @@ const MIGRATIONS: &[&str] = &[
     )",
     // 5: per-key overrides of learned routers' knobs (a JSON object: router name → knob)
     "ALTER TABLE tollway_keys ADD COLUMN routing TEXT NOT NULL DEFAULT '{}'",
+    // 6: answers served from the response cache (no provider asked, no cost)
+    "ALTER TABLE tollway_ledger ADD COLUMN cache_hit BIGINT NOT NULL DEFAULT 0",
 ];
 
 /// The settings of every SQLite connection: the pool's, and the ledger writer's own.

@@ -190,6 +190,7 @@ fn row_json(r: &UsageRow) -> Value {
         "requests": r.requests, "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
         "cache_read_tokens": r.cache_read_tokens, "cache_write_tokens": r.cache_write_tokens,
         "cost_usd": usd(r.cost_micros), "unpriced_requests": r.unpriced_requests,
+        "cache_hits": r.cache_hits,
     });
     if let Some(o) = v.as_object_mut() {
         for (k, val) in [
@@ -281,6 +282,7 @@ pub async fn usage_csv(store: &Store, q: &UsageQuery) -> Result<String, String> 
         "cache_write_tokens",
         "cost_usd",
         "unpriced_requests",
+        "cache_hits",
     ]);
     out.push_str(&header.join(","));
     out.push('\n');
@@ -304,6 +306,7 @@ pub async fn usage_csv(store: &Store, q: &UsageQuery) -> Result<String, String> 
             r.cache_write_tokens.to_string(),
             usd(r.cost_micros),
             r.unpriced_requests.to_string(),
+            r.cache_hits.to_string(),
         ]);
         out.push_str(&cells.join(","));
         out.push('\n');

@@ -341,6 +341,8 @@ struct Charge {
     /// Redis, when this request's limits or budgets went through it.
     shared: Option<Arc<crate::shared::Shared>>,
     shared_reservation: Option<crate::shared::SharedReservation>,
+    /// Answered from the response cache: recorded with no tokens and no cost.
+    cached: bool,
 }
 
 pub const H_COST: HeaderName = HeaderName::from_static("x-tollway-cost-usd");
@@ -381,6 +383,7 @@ impl Charge {
             reservation: None,
             shared: None,
             shared_reservation: None,
+            cached: false,
         }
     }
 
@@ -408,6 +411,9 @@ impl Charge {
 
     /// The cost of `usage` at the answering deployment's price, as a decimal string.
     fn cost_text(&self, usage: &Usage) -> Option<tollway_core::money::Dollars> {
+        if self.cached {
+            return Some(Micros(0).dollars());
+        }
         self.price
             .as_ref()
             .map(|p| p.cost(usage).micros().dollars())
@@ -438,9 +444,16 @@ impl Drop for Charge {
         let Some(mut row) = self.row.take() else {
             return;
         };
-        let (u, estimated) = self.billed_usage();
+        let (mut u, estimated) = self.billed_usage();
         row.cost_estimated = estimated;
         row.cost_micros = self.price.as_ref().map(|p| p.cost(&u).micros().0);
+        if self.cached {
+            // no provider was asked: nothing spent, no tokens used
+            u = Usage::default();
+            row.cost_estimated = false;
+            row.cost_micros = Some(0);
+            row.cache_hit = true;
+        }
         if let Some(r) = self.reservation.take() {
             r.settle(row.cost_micros.map(Micros));
         }
@@ -591,6 +604,178 @@ fn limit_headers(h: &mut Vec<(HeaderName, HeaderValue)>, st: &crate::accounts::L
 struct Admitted {
     headers: Vec<(HeaderName, HeaderValue)>,
     plan: Option<Plan>,
+}
+
+/// The response cache's part in one request (`cache` in the config): its key, what the request
+/// allows, and where answers are kept.
+struct CacheUse {
+    key: crate::cache::Key,
+    directives: crate::cache::Directives,
+    ttl: std::time::Duration,
+    max_entry_bytes: usize,
+    /// Redis, when answers are shared between instances.
+    shared: Option<Arc<crate::shared::Shared>>,
+}
+
+impl CacheUse {
+    /// `None` when caching is off, or off for this model. `req.model` is the model group the
+    /// request goes to (after any router). A cache header that cannot be read is a 400.
+    fn of(
+        state: &AppState,
+        rt: &Runtime,
+        principal: &Principal,
+        req: &ChatRequest,
+        headers: &HeaderMap,
+    ) -> Result<Option<CacheUse>, ProviderError> {
+        let Some(cfg) = rt.config.cache.as_ref() else {
+            return Ok(None);
+        };
+        if rt.config.models.get(&req.model).is_some_and(|m| !m.cache) {
+            return Ok(None);
+        }
+        let directives = crate::cache::Directives::of(headers).map_err(ProviderError::invalid)?;
+        let key = principal.key();
+        let namespace = match (cfg.scope, key) {
+            (crate::cache::Scope::Global, _) => "global".to_string(),
+            (_, None) => "master".to_string(),
+            (crate::cache::Scope::Team, Some(k)) if k.team.is_some() => {
+                format!("team:{}", k.team.as_deref().unwrap_or_default())
+            }
+            (_, Some(k)) => format!("key:{}", k.id),
+        };
+        Ok(Some(CacheUse {
+            key: crate::cache::key(req, &namespace),
+            directives,
+            ttl: directives.ttl.unwrap_or(cfg.ttl),
+            max_entry_bytes: cfg.max_entry_bytes,
+            shared: cfg
+                .shared
+                .then(|| state.accounts().shared())
+                .flatten()
+                .filter(|s| s.should_try()),
+        }))
+    }
+
+    /// A kept answer the request may have: this instance's, else (when shared) Redis's.
+    async fn lookup(&self, state: &AppState) -> Option<Arc<crate::cache::Entry>> {
+        if !self.directives.read {
+            return None;
+        }
+        let cache = state.cache();
+        let now = tollway_store::now_ms();
+        let mut found = cache.get(&self.key, now, self.directives.max_age);
+        if found.is_none() {
+            if let Some(sh) = &self.shared {
+                if let Some(e) = sh
+                    .cache_get(&self.key)
+                    .await
+                    .and_then(|b| crate::cache::decode(&b))
+                    .filter(|e| e.expires_ms > now)
+                {
+                    let e = Arc::new(e);
+                    cache.put(self.key, e.clone());
+                    found = Some(e).filter(|e| {
+                        self.directives
+                            .max_age
+                            .is_none_or(|m| now - e.stored_ms <= m.as_millis() as i64)
+                    });
+                }
+            }
+        }
+        cache.count(found.is_some());
+        found
+    }
+
+    /// Keeps an answer (here, and in Redis when shared), unless it is too large or incomplete.
+    fn keep(
+        &self,
+        state: &AppState,
+        answer: &tollway_core::ChatResponse,
+        provider: &str,
+        deployment: &str,
+    ) {
+        if self.ttl.is_zero() || !crate::cache::Entry::keepable(answer) {
+            return;
+        }
+        let now = tollway_store::now_ms();
+        let entry = crate::cache::Entry {
+            answer: answer.clone(),
+            provider: provider.to_string(),
+            deployment: deployment.to_string(),
+            stored_ms: now,
+            expires_ms: now.saturating_add(i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX)),
+        };
+        if entry.size() > self.max_entry_bytes {
+            return;
+        }
+        if let Some(sh) = self.shared.clone() {
+            if let Some(bytes) = crate::cache::encode(&entry) {
+                let (key, ttl) = (
+                    self.key,
+                    u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX),
+                );
+                tokio::spawn(async move { sh.cache_put(&key, bytes, ttl).await });
+            }
+        }
+        state.cache().put(self.key, Arc::new(entry));
+    }
+}
+
+/// An answer from the response cache, in the client's format (a stream when it asked for one):
+/// no provider asked, `x-tollway-cache: hit`, its `age`, and no cost.
+fn cached_answer(
+    surface: Surface,
+    req: &ChatRequest,
+    entry: &crate::cache::Entry,
+    mut charge: Charge,
+    mut outcome: Outcome,
+    request_id: &str,
+) -> Response {
+    charge.cached = true;
+    if let Some(row) = charge.row.as_mut() {
+        row.status = 200;
+        row.attempts = 0;
+        row.provider.clone_from(&entry.provider);
+        row.deployment.clone_from(&entry.deployment);
+    }
+    let h = &mut outcome.headers;
+    h.push((crate::cache::H_CACHE, HeaderValue::from_static("hit")));
+    h.push((
+        header::AGE,
+        HeaderValue::from(entry.age_secs(tollway_store::now_ms())),
+    ));
+    for (name, v) in [(H_MODEL, &entry.deployment), (H_PROVIDER, &entry.provider)] {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.push((name, v));
+        }
+    }
+    h.push((H_COST, charge.cost_header(&Usage::default())));
+    let answer = &entry.answer;
+    if req.stream {
+        let settings = (surface == Surface::Responses).then(|| responses::Settings::of(req));
+        let events = crate::cache::replay(answer);
+        return sse_response(
+            Encoder::new(surface, req.include_usage, settings),
+            Box::pin(futures_util::stream::iter(events.into_iter().map(Ok))),
+            charge,
+            request_id,
+            outcome,
+            None,
+        );
+    }
+    charge.usage = answer.usage;
+    let body = match surface {
+        Surface::ChatCompletions => openai::encode_response(answer),
+        Surface::Messages => anthropic::encode_response(answer),
+        Surface::Responses => responses::encode_response(answer, &responses::Settings::of(req)),
+    };
+    let mut resp = Response::new(Body::from(body));
+    set_ids(resp.headers_mut(), request_id, Some(outcome));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// Applies the caller's policy, rate limits (key, team, model) and budgets (key, team, global)
@@ -865,6 +1050,21 @@ async fn chat_inner(
             return fail(e, Some(outcome));
         }
     };
+    let cache_use = match CacheUse::of(state, &rt, &principal, &req, &headers) {
+        Ok(c) => c,
+        Err(e) => {
+            charge.outcome(e.http_status(), &outcome);
+            return fail(e, Some(outcome));
+        }
+    };
+    if let Some(cu) = &cache_use {
+        if let Some(entry) = cu.lookup(state).await {
+            return cached_answer(surface, &req, &entry, charge, outcome, &request_id);
+        }
+        outcome
+            .headers
+            .push((crate::cache::H_CACHE, cu.directives.status()));
+    }
     let req = Arc::new(req);
     charge.request = Some(req.clone());
     if req.stream {
@@ -873,12 +1073,22 @@ async fn chat_inner(
         match gateway::chat_stream(&rt, &req, &opts, planned, &mut outcome, waits).await {
             Ok(stream) => {
                 charge.outcome(499, &outcome);
+                let keep = cache_use
+                    .filter(|cu| cu.directives.write)
+                    .zip(outcome.deployment.as_ref())
+                    .map(|(cu, d)| Keep {
+                        collector: crate::cache::Collector::new(cu.max_entry_bytes),
+                        provider: d.provider_name.clone(),
+                        deployment: d.label.clone(),
+                        cache: cu,
+                    });
                 sse_response(
                     Encoder::new(surface, include_usage, settings),
                     stream,
                     charge,
                     &request_id,
                     outcome,
+                    keep,
                 )
             }
             Err(e) => {
@@ -903,6 +1113,11 @@ async fn chat_inner(
                     }
                 }
                 charge.outcome(200, &outcome);
+                if let (Some(cu), Some(d)) = (&cache_use, &outcome.deployment) {
+                    if cu.directives.write {
+                        cu.keep(state, &answer, &d.provider_name, &d.label);
+                    }
+                }
                 let (billed, _) = charge.billed_usage();
                 outcome.headers.push((H_COST, charge.cost_header(&billed)));
                 let body = match surface {
@@ -1048,6 +1263,16 @@ struct SseState {
     done: bool,
     charge: Charge,
     scratch: Vec<u8>,
+    /// Gathers the answer for the response cache, when it is to be kept.
+    keep: Option<Keep>,
+}
+
+/// A streamed answer on its way into the response cache.
+struct Keep {
+    cache: CacheUse,
+    collector: crate::cache::Collector,
+    provider: String,
+    deployment: String,
 }
 
 /// The client's SSE body: each upstream event encoded as it arrives. A hand-written `poll_next`
@@ -1086,10 +1311,14 @@ impl futures_util::Stream for SseState {
                         _ => {}
                     }
                     s.charge.usage = s.encoder.push(&ev, out);
+                    if let Some(k) = &mut s.keep {
+                        k.collector.push(&ev);
+                    }
                 }
                 Some(Err(err)) => {
                     tracing::warn!(error = %err, "upstream stream failed after the first byte");
                     s.encoder.error(&err, out);
+                    s.keep = None;
                     if let Some(row) = s.charge.row.as_mut() {
                         row.status = i64::from(err.http_status());
                     }
@@ -1101,6 +1330,12 @@ impl futures_util::Stream for SseState {
                     s.encoder.finish(cost, out);
                     if let Some(row) = s.charge.row.as_mut() {
                         row.status = 200;
+                    }
+                    if let Some(k) = s.keep.take() {
+                        if let Some(answer) = k.collector.finish() {
+                            k.cache
+                                .keep(&s.charge.state, &answer, &k.provider, &k.deployment);
+                        }
                     }
                     s.done = true;
                 }
@@ -1125,11 +1360,13 @@ fn sse_response(
     charge: Charge,
     request_id: &str,
     outcome: Outcome,
+    keep: Option<Keep>,
 ) -> Response {
     let state = SseState {
         upstream,
         encoder,
         done: false,
+        keep,
         charge,
         // room for a typical event, so that encoding one does not grow the buffer step by step
         scratch: Vec::with_capacity(512),
@@ -1280,6 +1517,18 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     if let Some(up) = state.accounts().shared_up() {
         text.push_str("# HELP tollway_shared_state_up 1 when the shared state (Redis) answers; 0 while instances fall back to local limits and budgets.\n# TYPE tollway_shared_state_up gauge\n");
         text.push_str(&format!("tollway_shared_state_up {}\n", u8::from(up)));
+    }
+    if state.runtime().config.cache.is_some() {
+        let c = state.cache();
+        let (entries, bytes) = c.held();
+        let hits = c.hits.load(std::sync::atomic::Ordering::Relaxed);
+        let misses = c.misses.load(std::sync::atomic::Ordering::Relaxed);
+        text.push_str(&format!(
+            "# HELP tollway_cache_lookups_total Response cache lookups, by result.\n# TYPE tollway_cache_lookups_total counter\n\
+             tollway_cache_lookups_total{{result=\"hit\"}} {hits}\ntollway_cache_lookups_total{{result=\"miss\"}} {misses}\n\
+             # HELP tollway_cache_entries Answers held in this instance's response cache.\n# TYPE tollway_cache_entries gauge\ntollway_cache_entries {entries}\n\
+             # HELP tollway_cache_bytes Memory held by this instance's response cache (estimated).\n# TYPE tollway_cache_bytes gauge\ntollway_cache_bytes {bytes}\n"
+        ));
     }
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(

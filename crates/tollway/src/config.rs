@@ -48,6 +48,8 @@ pub struct Config {
     pub global_budget: Option<BudgetConfig>,
     /// Soft-budget alerts are POSTed here as JSON.
     pub alert_webhook: Option<String>,
+    /// The exact-match response cache (`None`: off).
+    pub cache: Option<crate::cache::CacheConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +105,8 @@ pub struct ModelConfig {
     /// Active health checks: every this often, each deployment gets a one-token request; the
     /// outcome feeds its health like a real request's.
     pub probe_interval: Option<Duration>,
+    /// Answers of this model may be cached (when the `cache` section is on).
+    pub cache: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +212,21 @@ struct RawShared {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    max_mb: Option<u64>,
+    #[serde(default)]
+    max_entry_kb: Option<u64>,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    shared: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawStorage {
     url: String,
     #[serde(default)]
@@ -245,6 +264,8 @@ struct RawModel {
     tpm: Option<u64>,
     #[serde(default)]
     probe_interval_secs: Option<u64>,
+    #[serde(default)]
+    cache: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +305,7 @@ const SECTIONS: &[&str] = &[
     "server",
     "storage",
     "shared_state",
+    "cache",
     "providers",
     "models",
     "routers",
@@ -533,6 +555,13 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
         },
     };
 
+    let cache = match sections.remove("cache") {
+        None | Some(Value::Null) => None,
+        Some(v) => c
+            .parse::<RawCache>("cache", v)
+            .and_then(|raw| cache_config(&mut c, raw, shared_state_url.is_some())),
+    };
+
     let mut providers = BTreeMap::new();
     for (name, v) in entries(sections.remove("providers"), "providers", &mut c) {
         let base = format!("providers.{name}");
@@ -694,6 +723,7 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                 probe_interval: raw
                     .probe_interval_secs
                     .map(|s| Duration::from_secs(s.max(1))),
+                cache: raw.cache.unwrap_or(true),
             },
         );
     }
@@ -937,6 +967,7 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                     teams,
                     global_budget,
                     alert_webhook,
+                    cache,
                 });
             }
         }
@@ -1346,7 +1377,58 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
         teams: BTreeMap::new(),
         global_budget: None,
         alert_webhook: None,
+        cache: None,
     })
+}
+
+/// The `cache` section, checked.
+fn cache_config(
+    c: &mut Collector<'_>,
+    raw: RawCache,
+    has_shared_state: bool,
+) -> Option<crate::cache::CacheConfig> {
+    let mut cfg = crate::cache::CacheConfig::default();
+    let errors = c.errors.len();
+    if let Some(t) = raw.ttl_secs {
+        if t == 0 {
+            c.push("cache.ttl_secs", "must be at least 1");
+        }
+        cfg.ttl = Duration::from_secs(t);
+    }
+    if let Some(mb) = raw.max_mb {
+        if mb == 0 {
+            c.push(
+                "cache.max_mb",
+                "must be at least 1 (remove the section to turn caching off)",
+            );
+        }
+        cfg.max_bytes = usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    }
+    if let Some(kb) = raw.max_entry_kb {
+        if kb == 0 {
+            c.push("cache.max_entry_kb", "must be at least 1");
+        }
+        cfg.max_entry_bytes = usize::try_from(kb.saturating_mul(1 << 10)).unwrap_or(usize::MAX);
+    }
+    if let Some(s) = raw.scope {
+        match crate::cache::Scope::parse(&s) {
+            Some(scope) => cfg.scope = scope,
+            None => c.push(
+                "cache.scope",
+                format!("unknown scope `{s}` (expected key, team or global)"),
+            ),
+        }
+    }
+    if raw.shared == Some(true) {
+        if !has_shared_state {
+            c.push(
+                "cache.shared",
+                "needs `shared_state` (a Redis URL) to share cached answers between instances",
+            );
+        }
+        cfg.shared = true;
+    }
+    (c.errors.len() == errors).then_some(cfg)
 }
 
 /// A learned router's model: the built-in lexical model, a lexical model file, or an embedding

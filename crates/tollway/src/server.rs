@@ -39,6 +39,8 @@ struct Inner {
     reloading: tokio::sync::Mutex<()>,
     metrics: crate::metrics::Metrics,
     accounts: Arc<crate::accounts::Accounts>,
+    /// The response cache: its entries outlive reloads.
+    cache: crate::cache::Cache,
     /// The runtime of start-up and background work, when requests are served on lanes: reloads
     /// run there, so that building a runtime (loading a router's model, starting the built-in
     /// simulator) never stalls a lane's other connections.
@@ -60,6 +62,8 @@ pub struct Reloaded {
 
 impl AppState {
     pub fn new(runtime: Runtime, accounts: Arc<crate::accounts::Accounts>) -> Self {
+        let cache = crate::cache::Cache::default();
+        cache.configure(runtime.config.cache.as_ref());
         AppState {
             inner: Arc::new(Inner {
                 runtime: ArcSwap::from_pointee(runtime),
@@ -68,6 +72,7 @@ impl AppState {
                 reloading: tokio::sync::Mutex::new(()),
                 metrics: crate::metrics::Metrics::default(),
                 accounts,
+                cache,
                 background: std::sync::OnceLock::new(),
             }),
             started_unix: SystemTime::now()
@@ -87,6 +92,10 @@ impl AppState {
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.inner.metrics
+    }
+
+    pub fn cache(&self) -> &crate::cache::Cache {
+        &self.inner.cache
     }
 
     pub fn draining(&self) -> bool {
@@ -145,6 +154,7 @@ impl AppState {
             .await
             .map_err(|e| vec![e])?;
         let models = runtime.model_names().to_vec();
+        self.inner.cache.configure(runtime.config.cache.as_ref());
         self.inner.runtime.store(Arc::new(runtime));
         tracing::info!(?models, "configuration reloaded");
         Ok(Reloaded { models })

@@ -378,6 +378,41 @@ impl Shared {
         }
     }
 
+    /// A cached answer another instance (or this one) kept: the bytes of
+    /// [`crate::cache::encode`]. `None` when there is none or Redis failed.
+    pub async fn cache_get(&self, key: &crate::cache::Key) -> Option<Vec<u8>> {
+        let mut conn = self.conn.clone();
+        let r: Result<Option<Vec<u8>>, _> = redis::cmd("GET")
+            .arg(crate::cache::redis_key(&self.prefix, key))
+            .query_async(&mut conn)
+            .await;
+        match r {
+            Ok(v) => {
+                self.recovered();
+                v
+            }
+            Err(e) => {
+                self.outage(&e);
+                None
+            }
+        }
+    }
+
+    /// Keeps a cached answer for every instance, for `ttl_ms`.
+    pub async fn cache_put(&self, key: &crate::cache::Key, bytes: Vec<u8>, ttl_ms: u64) {
+        let mut conn = self.conn.clone();
+        let r: Result<(), _> = redis::cmd("SET")
+            .arg(crate::cache::redis_key(&self.prefix, key))
+            .arg(bytes)
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = r {
+            self.outage(&e);
+        }
+    }
+
     /// Cooldowns other instances published for these deployments: (label, until ms).
     pub async fn cooldowns(&self, labels: &[String]) -> Vec<(String, i64)> {
         if labels.is_empty() {

@@ -5,6 +5,7 @@ mod azure;
 mod bad_input;
 mod bedrock;
 mod budgets;
+mod cache;
 mod count_tokens;
 mod google;
 mod harness;

@@ -21,7 +21,7 @@ pub fn postgres_base() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-fn redis_url() -> String {
+pub fn redis_url() -> String {
     std::env::var("TOLLWAY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
