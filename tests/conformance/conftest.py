@@ -78,6 +78,9 @@ models:
   claude-noimg: {{ circuit_breaker: false, deployments: [{{ provider: ant, model: claude-haiku, capabilities: {{ vision: false }} }}] }}
   flaky: {{ circuit_breaker: false, deployments: [{{ provider: oai, model: "gpt-down?fault=500" }}, {{ provider: ant, model: claude-backup }}] }}
   hangs: {{ circuit_breaker: false, deployments: [{{ provider: oai-fast-timeout, model: "gpt-hang?fault=hang" }}] }}
+  cached: {{ cache: true, circuit_breaker: false, deployments: [{{ provider: oai, model: gpt-4.1 }}] }}
+# Only the `cached` model, and requests that send a cache header, use the response cache.
+cache: {{ mode: opt-in }}
 routers:
   auto: {{ kind: learned, candidates: [claude, gpt], strong_share: 0.5 }}
 """

@@ -630,7 +630,10 @@ impl CacheUse {
         let Some(cfg) = rt.config.cache.as_ref() else {
             return Ok(None);
         };
-        if rt.config.models.get(&req.model).is_some_and(|m| !m.cache) {
+        let asked = headers.contains_key(header::CACHE_CONTROL)
+            || headers.contains_key(crate::cache::H_CACHE_TTL);
+        let model = rt.config.models.get(&req.model).and_then(|m| m.cache);
+        if !model.unwrap_or(!cfg.opt_in || asked) {
             return Ok(None);
         }
         let directives = crate::cache::Directives::of(headers).map_err(ProviderError::invalid)?;

@@ -66,6 +66,9 @@ pub struct CacheConfig {
     pub scope: Scope,
     /// Also keep answers in Redis (`shared_state`), for every instance.
     pub shared: bool,
+    /// Only models with `cache: true`, and requests that send a cache header, use the cache
+    /// (`mode: opt-in`); otherwise every model but those with `cache: false`.
+    pub opt_in: bool,
 }
 
 impl Default for CacheConfig {
@@ -76,6 +79,7 @@ impl Default for CacheConfig {
             max_entry_bytes: 1 << 20,
             scope: Scope::Team,
             shared: false,
+            opt_in: false,
         }
     }
 }
@@ -331,6 +335,8 @@ pub struct Directives {
     pub max_age: Option<Duration>,
     /// Keep its answer this long (instead of the configured `ttl_secs`).
     pub ttl: Option<Duration>,
+    /// The request sent a cache header (which opts it in under `mode: opt-in`).
+    pub asked: bool,
 }
 
 pub const H_CACHE: http::HeaderName = http::HeaderName::from_static("x-tollway-cache");
@@ -344,8 +350,10 @@ impl Directives {
             write: true,
             max_age: None,
             ttl: None,
+            asked: false,
         };
         for v in headers.get_all(http::header::CACHE_CONTROL) {
+            d.asked = true;
             let v = v
                 .to_str()
                 .map_err(|_| "the Cache-Control header is not text".to_string())?;
@@ -370,6 +378,7 @@ impl Directives {
             }
         }
         if let Some(v) = headers.get(H_CACHE_TTL) {
+            d.asked = true;
             let secs = v
                 .to_str()
                 .ok()
@@ -1011,7 +1020,7 @@ mod tests {
             Directives::of(&h)
         };
         let d = of(&[]).expect("none");
-        assert!(d.read && d.write && d.max_age.is_none() && d.ttl.is_none());
+        assert!(d.read && d.write && d.max_age.is_none() && d.ttl.is_none() && !d.asked);
         assert_eq!(d.status(), "miss");
         let d = of(&[("cache-control", "no-cache")]).expect("no-cache");
         assert!(!d.read && d.write);
@@ -1023,6 +1032,7 @@ mod tests {
         assert_eq!(d.max_age, Some(Duration::from_secs(60)));
         let d = of(&[("x-tollway-cache-ttl", "30")]).expect("ttl");
         assert_eq!(d.ttl, Some(Duration::from_secs(30)));
+        assert!(d.asked);
         assert!(d.write);
         assert!(!of(&[("x-tollway-cache-ttl", "0")]).expect("ttl 0").write);
         let e = of(&[("cache-control", "max-age=soon")]).expect_err("bad max-age");

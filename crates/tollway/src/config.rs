@@ -105,8 +105,9 @@ pub struct ModelConfig {
     /// Active health checks: every this often, each deployment gets a one-token request; the
     /// outcome feeds its health like a real request's.
     pub probe_interval: Option<Duration>,
-    /// Answers of this model may be cached (when the `cache` section is on).
-    pub cache: bool,
+    /// `cache: true` / `false`: this model's answers are always / never cached (when the
+    /// `cache` section is there); unset: as the section's `mode` says.
+    pub cache: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +224,8 @@ struct RawCache {
     scope: Option<String>,
     #[serde(default)]
     shared: Option<bool>,
+    #[serde(default)]
+    mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -723,7 +726,7 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                 probe_interval: raw
                     .probe_interval_secs
                     .map(|s| Duration::from_secs(s.max(1))),
-                cache: raw.cache.unwrap_or(true),
+                cache: raw.cache,
             },
         );
     }
@@ -1418,6 +1421,14 @@ fn cache_config(
                 format!("unknown scope `{s}` (expected key, team or global)"),
             ),
         }
+    }
+    match raw.mode.as_deref() {
+        None | Some("on") => {}
+        Some("opt-in") => cfg.opt_in = true,
+        Some(m) => c.push(
+            "cache.mode",
+            format!("unknown mode `{m}` (expected on or opt-in)"),
+        ),
     }
     if raw.shared == Some(true) {
         if !has_shared_state {

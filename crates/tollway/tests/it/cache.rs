@@ -351,12 +351,42 @@ async fn callers_share_answers_within_their_team_only() {
 }
 
 #[tokio::test]
+async fn under_opt_in_only_asking_requests_and_opted_in_models_are_cached() {
+    let env = start_with(|mock| {
+        format!(
+            "{}  kept: {{ cache: true, deployments: [{{ provider: oai, model: gpt-4.1 }}] }}\ncache: {{ mode: opt-in }}\n",
+            config_text(mock)
+        )
+    })
+    .await;
+    let body = json!({"model": "gpt", "messages": [{"role": "user", "content": "opt in?"}]});
+    for _ in 0..2 {
+        let (status, h, _) = chat_as(&env, MASTER, body.clone(), &[]).await;
+        assert_eq!(status, 200);
+        assert!(h.get("x-tollway-cache").is_none(), "not asked: not cached");
+    }
+    let ask = [("cache-control", "max-age=600")];
+    let (_, h, _) = chat_as(&env, MASTER, body.clone(), &ask).await;
+    assert_eq!(header(&h, "x-tollway-cache"), "miss");
+    let (_, h, _) = chat_as(&env, MASTER, body.clone(), &ask).await;
+    assert_eq!(header(&h, "x-tollway-cache"), "hit");
+    assert_eq!(upstream_requests(&env).await, 3);
+    let kept = json!({"model": "kept", "messages": [{"role": "user", "content": "opt in?"}]});
+    let (_, h, _) = chat_as(&env, MASTER, kept.clone(), &[]).await;
+    assert_eq!(header(&h, "x-tollway-cache"), "miss");
+    let (_, h, _) = chat_as(&env, MASTER, kept.clone(), &[]).await;
+    assert_eq!(header(&h, "x-tollway-cache"), "hit");
+    assert_eq!(upstream_requests(&env).await, 4);
+}
+
+#[tokio::test]
 async fn cache_config_errors_are_named() {
     for (text, want) in [
         ("cache: { ttl_secs: 0 }", "cache.ttl_secs"),
         ("cache: { scope: tenant }", "unknown scope `tenant`"),
         ("cache: { shared: true }", "needs `shared_state`"),
         ("cache: { ttl: 5 }", "ttl"),
+        ("cache: { mode: sometimes }", "unknown mode `sometimes`"),
         ("models: { m: { cache: maybe, deployments: [] } }", "cache"),
     ] {
         let errs = tollway::config::parse(text, &tollway::config::ProcessEnv)
