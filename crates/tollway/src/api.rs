@@ -1499,6 +1499,32 @@ pub async fn admin_reload(State(state): State<AppState>, headers: HeaderMap) -> 
     }
 }
 
+/// `DELETE /admin/cache`: forgets every kept answer, this instance's and (when shared) Redis's.
+/// Other instances' own copies in memory stay until they expire.
+pub async fn admin_cache_clear(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(err) = authenticate_admin(&state, &headers) {
+        return admin_error(err);
+    }
+    let rt = state.runtime();
+    let Some(cfg) = rt.config.cache.as_ref() else {
+        return admin_error(ProviderError::invalid(
+            "The response cache is off (no `cache` section in the config).",
+        ));
+    };
+    let cleared = state.cache().clear();
+    let shared = match (cfg.shared, state.accounts().shared()) {
+        (true, Some(sh)) => match sh.cache_clear().await {
+            Ok(n) => Some(n),
+            Err(e) => return admin_error(ProviderError::new(ErrorKind::Overloaded, format!("This instance's cache was cleared ({cleared} answers), Redis's could not be: {e}"))),
+        },
+        _ => None,
+    };
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({"cleared": cleared, "shared_cleared": shared}),
+    )
+}
+
 /// The admin API needs the master key; with none configured (loopback only) it is open.
 pub fn authenticate_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ProviderError> {
     match authenticate(state, headers)? {

@@ -549,6 +549,15 @@ impl Cache {
         l.evict_to(max);
     }
 
+    /// Forgets every kept answer; how many there were.
+    pub fn clear(&self) -> usize {
+        let mut l = self.lock();
+        let n = l.map.len();
+        l.map.clear();
+        l.bytes = 0;
+        n
+    }
+
     /// Entries and bytes held (for `/metrics`).
     pub fn held(&self) -> (usize, usize) {
         let l = self.lock();

@@ -397,6 +397,10 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/health", get(api::admin_health))
         .route("/admin/reload", post(api::admin_reload))
         .route(
+            "/admin/cache",
+            axum::routing::delete(api::admin_cache_clear),
+        )
+        .route(
             "/admin/keys",
             post(api::admin_keys_create).get(api::admin_keys_list),
         )

@@ -413,6 +413,41 @@ impl Shared {
         }
     }
 
+    /// Deletes every kept answer from Redis (`SCAN` in pages, so Redis never blocks on one
+    /// command); how many.
+    pub async fn cache_clear(&self) -> Result<u64, String> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}cache:*", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| {
+                    self.outage(&e);
+                    format!("Redis: {e}")
+                })?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| format!("Redis: {e}"))?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
     /// Cooldowns other instances published for these deployments: (label, until ms).
     pub async fn cooldowns(&self, labels: &[String]) -> Vec<(String, i64)> {
         if labels.is_empty() {

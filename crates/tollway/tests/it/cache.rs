@@ -182,6 +182,22 @@ async fn an_answer_is_repeated_whole_or_streamed_to_either_api_without_the_provi
         "{m}"
     );
     assert!(m.contains("tollway_cache_entries 1"), "{m}");
+
+    // the admin API forgets every kept answer
+    let cleared = |key: &'static str| {
+        env.http
+            .delete(format!("{}/admin/cache", env.url))
+            .bearer_auth(key)
+            .send()
+    };
+    let (status, _, v) = split(cleared("sk-not-the-master").await.expect("delete")).await;
+    assert_eq!(status, 401, "{v}");
+    let (status, _, v) = split(cleared(MASTER).await.expect("delete")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v, json!({"cleared": 1, "shared_cleared": null}));
+    let (_, h, _) = chat_as(&env, MASTER, body.clone(), &[]).await;
+    assert_eq!(header(&h, "x-tollway-cache"), "miss");
+    assert_eq!(upstream_requests(&env).await, 2);
 }
 
 #[tokio::test]
@@ -463,6 +479,25 @@ async fn two_instances_share_answers_through_redis() {
         "kept for the configured hour: {ttl} ms"
     );
     assert_eq!(ask(b.url.clone()).await, ("hit".to_string(), answer));
+
+    // cleared through one instance: gone from Redis and from that instance
+    let v: Value = http
+        .delete(format!("{}/admin/cache", a.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("delete")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v, json!({"cleared": 1, "shared_cleared": 1}));
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{name}:cache:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(ask(a.url.clone()).await.0, "miss");
     let stats: Value = http
         .get(format!("{}/_mock/stats", mock.url()))
         .send()
@@ -472,7 +507,7 @@ async fn two_instances_share_answers_through_redis() {
         .await
         .expect("json");
     assert_eq!(
-        stats["requests"], 1,
-        "one upstream request for both instances"
+        stats["requests"], 2,
+        "one upstream request for both instances, and one after clearing"
     );
 }
