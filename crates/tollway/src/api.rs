@@ -618,27 +618,28 @@ struct CacheUse {
 }
 
 impl CacheUse {
-    /// `None` when caching is off, or off for this model. `req.model` is the model group the
-    /// request goes to (after any router). A cache header that cannot be read is a 400.
+    /// `None` when caching is off, or off for `model` (the model group the request goes to,
+    /// after any router). `key` keys the request in a namespace. A cache header that cannot be
+    /// read is a 400.
     fn of(
         state: &AppState,
         rt: &Runtime,
         principal: &Principal,
-        req: &ChatRequest,
+        model: &str,
         headers: &HeaderMap,
+        key: impl FnOnce(&str) -> crate::cache::Key,
     ) -> Result<Option<CacheUse>, ProviderError> {
         let Some(cfg) = rt.config.cache.as_ref() else {
             return Ok(None);
         };
         let asked = headers.contains_key(header::CACHE_CONTROL)
             || headers.contains_key(crate::cache::H_CACHE_TTL);
-        let model = rt.config.models.get(&req.model).and_then(|m| m.cache);
+        let model = rt.config.models.get(model).and_then(|m| m.cache);
         if !model.unwrap_or(!cfg.opt_in || asked) {
             return Ok(None);
         }
         let directives = crate::cache::Directives::of(headers).map_err(ProviderError::invalid)?;
-        let key = principal.key();
-        let namespace = match (cfg.scope, key) {
+        let namespace = match (cfg.scope, principal.key()) {
             (crate::cache::Scope::Global, _) => "global".to_string(),
             (_, None) => "master".to_string(),
             (crate::cache::Scope::Team, Some(k)) if k.team.is_some() => {
@@ -647,7 +648,7 @@ impl CacheUse {
             (_, Some(k)) => format!("key:{}", k.id),
         };
         Ok(Some(CacheUse {
-            key: crate::cache::key(req, &namespace),
+            key: key(&namespace),
             directives,
             ttl: directives.ttl.unwrap_or(cfg.ttl),
             max_entry_bytes: cfg.max_entry_bytes,
@@ -693,16 +694,16 @@ impl CacheUse {
     fn keep(
         &self,
         state: &AppState,
-        answer: &tollway_core::ChatResponse,
+        answer: crate::cache::Answer,
         provider: &str,
         deployment: &str,
     ) {
-        if self.ttl.is_zero() || !crate::cache::Entry::keepable(answer) {
+        if self.ttl.is_zero() || !answer.keepable() {
             return;
         }
         let now = tollway_store::now_ms();
         let entry = crate::cache::Entry {
-            answer: answer.clone(),
+            answer,
             provider: provider.to_string(),
             deployment: deployment.to_string(),
             stored_ms: now,
@@ -724,16 +725,9 @@ impl CacheUse {
     }
 }
 
-/// An answer from the response cache, in the client's format (a stream when it asked for one):
-/// no provider asked, `x-tollway-cache: hit`, its `age`, and no cost.
-fn cached_answer(
-    surface: Surface,
-    req: &ChatRequest,
-    entry: &crate::cache::Entry,
-    mut charge: Charge,
-    mut outcome: Outcome,
-    request_id: &str,
-) -> Response {
+/// Marks a request answered from the cache: its ledger row (no attempt, the first answer's
+/// deployment, no cost) and its headers (`x-tollway-cache: hit`, `age`, the deployment, cost 0).
+fn hit(charge: &mut Charge, outcome: &mut Outcome, entry: &crate::cache::Entry) {
     charge.cached = true;
     if let Some(row) = charge.row.as_mut() {
         row.status = 200;
@@ -753,7 +747,20 @@ fn cached_answer(
         }
     }
     h.push((H_COST, charge.cost_header(&Usage::default())));
-    let answer = &entry.answer;
+}
+
+/// A chat answer (`entry`'s) from the response cache, in the client's format (a stream when it
+/// asked for one).
+fn cached_answer(
+    surface: Surface,
+    req: &ChatRequest,
+    entry: &crate::cache::Entry,
+    answer: &tollway_core::ChatResponse,
+    mut charge: Charge,
+    mut outcome: Outcome,
+    request_id: &str,
+) -> Response {
+    hit(&mut charge, &mut outcome, entry);
     if req.stream {
         let settings = (surface == Surface::Responses).then(|| responses::Settings::of(req));
         let events = crate::cache::replay(answer);
@@ -1053,7 +1060,9 @@ async fn chat_inner(
             return fail(e, Some(outcome));
         }
     };
-    let cache_use = match CacheUse::of(state, &rt, &principal, &req, &headers) {
+    let cache_use = match CacheUse::of(state, &rt, &principal, &req.model, &headers, |ns| {
+        crate::cache::key(&req, ns)
+    }) {
         Ok(c) => c,
         Err(e) => {
             charge.outcome(e.http_status(), &outcome);
@@ -1062,7 +1071,10 @@ async fn chat_inner(
     };
     if let Some(cu) = &cache_use {
         if let Some(entry) = cu.lookup(state).await {
-            return cached_answer(surface, &req, &entry, charge, outcome, &request_id);
+            if let crate::cache::Answer::Chat(answer) = &entry.answer {
+                let (c, o, id) = (charge, outcome, &request_id);
+                return cached_answer(surface, &req, &entry, answer, c, o, id);
+            }
         }
         outcome
             .headers
@@ -1118,7 +1130,8 @@ async fn chat_inner(
                 charge.outcome(200, &outcome);
                 if let (Some(cu), Some(d)) = (&cache_use, &outcome.deployment) {
                     if cu.directives.write {
-                        cu.keep(state, &answer, &d.provider_name, &d.label);
+                        let kept = crate::cache::Answer::Chat(answer.clone());
+                        cu.keep(state, kept, &d.provider_name, &d.label);
                     }
                 }
                 let (billed, _) = charge.billed_usage();
@@ -1336,8 +1349,9 @@ impl futures_util::Stream for SseState {
                     }
                     if let Some(k) = s.keep.take() {
                         if let Some(answer) = k.collector.finish() {
+                            let kept = crate::cache::Answer::Chat(answer);
                             k.cache
-                                .keep(&s.charge.state, &answer, &k.provider, &k.deployment);
+                                .keep(&s.charge.state, kept, &k.provider, &k.deployment);
                         }
                     }
                     s.done = true;
@@ -1935,10 +1949,44 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
             }
         }
         charge.request = Some(Arc::new(as_chat));
+        let cache_use = match CacheUse::of(&state, &rt, &principal, &req.model, &headers, |ns| {
+            crate::cache::embeddings_key(&req, ns)
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                charge.outcome(e.http_status(), &outcome);
+                return fail(e, Some(outcome));
+            }
+        };
+        if let Some(cu) = &cache_use {
+            if let Some(entry) = cu.lookup(&state).await {
+                if let crate::cache::Answer::Embeddings(answer) = &entry.answer {
+                    hit(&mut charge, &mut outcome, &entry);
+                    charge.usage = answer.usage;
+                    let body = openai::encode_embeddings_response(answer, base64);
+                    let mut resp = Response::new(Body::from(body));
+                    set_ids(resp.headers_mut(), &request_id, Some(outcome));
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    return resp;
+                }
+            }
+            outcome
+                .headers
+                .push((crate::cache::H_CACHE, cu.directives.status()));
+        }
         match gateway::embeddings(&rt, req, &opts, &mut outcome).await {
             Ok(answer) => {
                 charge.usage = answer.usage;
                 charge.outcome(200, &outcome);
+                if let (Some(cu), Some(d)) = (&cache_use, &outcome.deployment) {
+                    if cu.directives.write {
+                        let kept = crate::cache::Answer::Embeddings(answer.clone());
+                        cu.keep(&state, kept, &d.provider_name, &d.label);
+                    }
+                }
                 outcome
                     .headers
                     .push((H_COST, charge.cost_header(&answer.usage)));

@@ -28,8 +28,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tollway_core::{
-    ChatRequest, ChatResponse, ImageSource, Message, Part, ResponseFormat, Role, StopReason,
-    StreamEvent, ToolCall, ToolChoice, ToolDef, ToolResult, Usage,
+    ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ImageSource, Message, Part,
+    ResponseFormat, Role, StopReason, StreamEvent, ToolCall, ToolChoice, ToolDef, ToolResult,
+    Usage,
 };
 
 /// Who may be answered from whose answers.
@@ -324,6 +325,27 @@ pub fn key(req: &ChatRequest, namespace: &str) -> Key {
     Key(f.0.finalize().into())
 }
 
+/// The key of an embeddings request (its `model` the public name) in `namespace`. The encoding
+/// the client asked for (floats or base64) is not part of it.
+pub fn embeddings_key(req: &EmbeddingsRequest, namespace: &str) -> Key {
+    let EmbeddingsRequest {
+        model,
+        input,
+        dimensions,
+        user: _,
+    } = req;
+    let mut f = Feed(Sha256::new());
+    f.str("tollway-cache-embeddings-1");
+    f.str(namespace);
+    f.str(model);
+    f.0.update((input.len() as u64).to_le_bytes());
+    for i in input {
+        f.str(i);
+    }
+    f.opt_u32(*dimensions);
+    Key(f.0.finalize().into())
+}
+
 /// What a request asks of the cache (its `Cache-Control` and `x-tollway-cache-ttl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Directives {
@@ -404,10 +426,27 @@ impl Directives {
     }
 }
 
+/// What is kept: a chat answer, or embeddings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Chat(ChatResponse),
+    Embeddings(EmbeddingsResponse),
+}
+
+impl Answer {
+    /// Whether it can be kept (see [`Entry::keepable`] for chat answers).
+    pub fn keepable(&self) -> bool {
+        match self {
+            Answer::Chat(a) => Entry::keepable(a),
+            Answer::Embeddings(_) => true,
+        }
+    }
+}
+
 /// A kept answer and where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    pub answer: ChatResponse,
+    pub answer: Answer,
     /// The provider account and `provider/model` that gave it.
     pub provider: String,
     pub deployment: String,
@@ -419,8 +458,14 @@ pub struct Entry {
 impl Entry {
     /// Roughly the memory it holds.
     pub fn size(&self) -> usize {
-        let parts: usize = self
-            .answer
+        let a = match &self.answer {
+            Answer::Chat(a) => a,
+            Answer::Embeddings(e) => {
+                let floats: usize = e.data.iter().map(|v| 24 + 4 * v.len()).sum();
+                return 256 + floats + e.model.len() + self.provider.len() + self.deployment.len();
+            }
+        };
+        let parts: usize = a
             .content
             .iter()
             .map(|p| {
@@ -434,11 +479,7 @@ impl Entry {
                 }
             })
             .sum();
-        256 + parts
-            + self.answer.id.len()
-            + self.answer.model.len()
-            + self.provider.len()
-            + self.deployment.len()
+        256 + parts + a.id.len() + a.model.len() + self.provider.len() + self.deployment.len()
     }
 
     /// Whether an answer can be kept: a complete one, of text, tool calls and thinking.
@@ -752,18 +793,31 @@ impl Collector {
 /// An entry as Redis keeps it (JSON).
 #[derive(Serialize, Deserialize)]
 struct Stored {
-    id: String,
-    model: String,
-    content: Vec<StoredPart>,
-    stop: StoredStop,
-    #[serde(default)]
-    stop_sequence: Option<String>,
-    usage: [u64; 5],
-    created: u64,
+    answer: StoredAnswer,
     provider: String,
     deployment: String,
     stored_ms: i64,
     expires_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum StoredAnswer {
+    Chat {
+        id: String,
+        model: String,
+        content: Vec<StoredPart>,
+        stop: StoredStop,
+        #[serde(default)]
+        stop_sequence: Option<String>,
+        usage: [u64; 5],
+        created: u64,
+    },
+    Embeddings {
+        model: String,
+        data: Vec<Vec<f32>>,
+        usage: [u64; 5],
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -792,48 +846,69 @@ enum StoredStop {
     ToolUse,
 }
 
+fn usage_array(u: &Usage) -> [u64; 5] {
+    [
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+        u.reasoning_tokens,
+    ]
+}
+
+fn usage_of(a: [u64; 5]) -> Usage {
+    let [input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens] = a;
+    Usage {
+        input_tokens,
+        output_tokens,
+        cache_read_tokens,
+        cache_write_tokens,
+        reasoning_tokens,
+    }
+}
+
 /// The entry as bytes for Redis; `None` for what cannot be kept.
 pub fn encode(e: &Entry) -> Option<Vec<u8>> {
-    let a = &e.answer;
-    let content = a
-        .content
-        .iter()
-        .map(|p| match p {
-            Part::Text { text, .. } => Some(StoredPart::Text { text: text.clone() }),
-            Part::ToolCall(c) => Some(StoredPart::ToolCall {
-                id: c.id.clone(),
-                name: c.name.clone(),
-                arguments: c.arguments.clone(),
-            }),
-            Part::Thinking { text, signature } => Some(StoredPart::Thinking {
-                text: text.clone(),
-                signature: signature.clone(),
-            }),
-            _ => None,
-        })
-        .collect::<Option<Vec<_>>>()?;
-    let stop = match a.stop_reason {
-        StopReason::EndTurn => StoredStop::EndTurn,
-        StopReason::MaxTokens => StoredStop::MaxTokens,
-        StopReason::StopSequence => StoredStop::StopSequence,
-        StopReason::ToolUse => StoredStop::ToolUse,
-        _ => return None,
+    let answer = match &e.answer {
+        Answer::Embeddings(r) => StoredAnswer::Embeddings {
+            model: r.model.clone(),
+            data: r.data.clone(),
+            usage: usage_array(&r.usage),
+        },
+        Answer::Chat(a) => StoredAnswer::Chat {
+            id: a.id.clone(),
+            model: a.model.clone(),
+            content: a
+                .content
+                .iter()
+                .map(|p| match p {
+                    Part::Text { text, .. } => Some(StoredPart::Text { text: text.clone() }),
+                    Part::ToolCall(c) => Some(StoredPart::ToolCall {
+                        id: c.id.clone(),
+                        name: c.name.clone(),
+                        arguments: c.arguments.clone(),
+                    }),
+                    Part::Thinking { text, signature } => Some(StoredPart::Thinking {
+                        text: text.clone(),
+                        signature: signature.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?,
+            stop: match a.stop_reason {
+                StopReason::EndTurn => StoredStop::EndTurn,
+                StopReason::MaxTokens => StoredStop::MaxTokens,
+                StopReason::StopSequence => StoredStop::StopSequence,
+                StopReason::ToolUse => StoredStop::ToolUse,
+                _ => return None,
+            },
+            stop_sequence: a.stop_sequence.clone(),
+            usage: usage_array(&a.usage),
+            created: a.created,
+        },
     };
-    let u = a.usage;
     serde_json::to_vec(&Stored {
-        id: a.id.clone(),
-        model: a.model.clone(),
-        content,
-        stop,
-        stop_sequence: a.stop_sequence.clone(),
-        usage: [
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_read_tokens,
-            u.cache_write_tokens,
-            u.reasoning_tokens,
-        ],
-        created: a.created,
+        answer,
         provider: e.provider.clone(),
         deployment: e.deployment.clone(),
         stored_ms: e.stored_ms,
@@ -845,14 +920,24 @@ pub fn encode(e: &Entry) -> Option<Vec<u8>> {
 /// An entry read back from Redis; `None` for bytes that are not one (another version's, say).
 pub fn decode(bytes: &[u8]) -> Option<Entry> {
     let s: Stored = serde_json::from_slice(bytes).ok()?;
-    let [input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens] =
-        s.usage;
-    Some(Entry {
-        answer: ChatResponse {
-            id: s.id,
-            model: s.model,
-            content: s
-                .content
+    let answer = match s.answer {
+        StoredAnswer::Embeddings { model, data, usage } => Answer::Embeddings(EmbeddingsResponse {
+            model,
+            data,
+            usage: usage_of(usage),
+        }),
+        StoredAnswer::Chat {
+            id,
+            model,
+            content,
+            stop,
+            stop_sequence,
+            usage,
+            created,
+        } => Answer::Chat(ChatResponse {
+            id,
+            model,
+            content: content
                 .into_iter()
                 .map(|p| match p {
                     StoredPart::Text { text } => Part::text(text),
@@ -868,22 +953,19 @@ pub fn decode(bytes: &[u8]) -> Option<Entry> {
                     StoredPart::Thinking { text, signature } => Part::Thinking { text, signature },
                 })
                 .collect(),
-            stop_reason: match s.stop {
+            stop_reason: match stop {
                 StoredStop::EndTurn => StopReason::EndTurn,
                 StoredStop::MaxTokens => StopReason::MaxTokens,
                 StoredStop::StopSequence => StopReason::StopSequence,
                 StoredStop::ToolUse => StopReason::ToolUse,
             },
-            stop_sequence: s.stop_sequence,
-            usage: Usage {
-                input_tokens,
-                output_tokens,
-                cache_read_tokens,
-                cache_write_tokens,
-                reasoning_tokens,
-            },
-            created: s.created,
-        },
+            stop_sequence,
+            usage: usage_of(usage),
+            created,
+        }),
+    };
+    Some(Entry {
+        answer,
         provider: s.provider,
         deployment: s.deployment,
         stored_ms: s.stored_ms,
@@ -936,7 +1018,7 @@ mod tests {
 
     fn entry(text: &str, stored_ms: i64, ttl_ms: i64) -> Arc<Entry> {
         Arc::new(Entry {
-            answer: answer(text),
+            answer: Answer::Chat(answer(text)),
             provider: "oai".into(),
             deployment: "oai/gpt-4.1".into(),
             stored_ms,
@@ -1005,6 +1087,30 @@ mod tests {
         keys.sort_by_key(|k| k.0);
         keys.dedup();
         assert_eq!(keys.len(), n, "every variant and namespace has its own key");
+    }
+
+    #[test]
+    fn embeddings_keys_are_apart_from_chat_keys_and_follow_the_inputs() {
+        let e = |input: &[&str], dimensions: Option<u32>| EmbeddingsRequest {
+            model: "emb".into(),
+            input: input.iter().map(|s| s.to_string()).collect(),
+            dimensions,
+            user: None,
+        };
+        let base = embeddings_key(&e(&["a", "b"], None), "n");
+        assert_eq!(base, embeddings_key(&e(&["a", "b"], None), "n"));
+        let mut with_user = e(&["a", "b"], None);
+        with_user.user = Some("u".into());
+        assert_eq!(embeddings_key(&with_user, "n"), base);
+        for other in [
+            embeddings_key(&e(&["ab"], None), "n"),
+            embeddings_key(&e(&["b", "a"], None), "n"),
+            embeddings_key(&e(&["a", "b"], Some(8)), "n"),
+            embeddings_key(&e(&["a", "b"], None), "m"),
+            key(&ChatRequest::simple("emb", "a\nb"), "n"),
+        ] {
+            assert_ne!(other, base);
+        }
     }
 
     #[test]
@@ -1129,6 +1235,22 @@ mod tests {
         let e = entry("héllo \"quoted\"", 1_000, 60_000);
         let bytes = encode(&e).expect("encodable");
         assert_eq!(decode(&bytes).as_ref(), Some(&*e));
+        let emb = Entry {
+            answer: Answer::Embeddings(EmbeddingsResponse {
+                model: "text-embedding-3-small".into(),
+                data: vec![vec![0.1, -2.5e-8, 1.0 / 3.0], vec![f32::MIN_POSITIVE, 7.0]],
+                usage: Usage {
+                    input_tokens: 4,
+                    ..Usage::default()
+                },
+            }),
+            provider: "oai".into(),
+            deployment: "oai/text-embedding-3-small".into(),
+            stored_ms: 5,
+            expires_ms: 10,
+        };
+        let bytes = encode(&emb).expect("encodable");
+        assert_eq!(decode(&bytes), Some(emb), "floats back bit for bit");
         assert!(decode(b"{\"not\": \"an entry\"}").is_none());
         assert!(decode(b"\xff\xfe").is_none());
         assert_eq!(

@@ -511,3 +511,52 @@ async fn two_instances_share_answers_through_redis() {
         "one upstream request for both instances, and one after clearing"
     );
 }
+
+#[tokio::test]
+async fn embeddings_are_kept_too_whatever_encoding_the_client_asks() {
+    let env = start_with(cached_config).await;
+    let body = json!({"model": "gpt", "input": ["hello", "world"], "dimensions": 8});
+    let post = |body: Value| {
+        env.http
+            .post(format!("{}/v1/embeddings", env.url))
+            .bearer_auth(MASTER)
+            .json(&body)
+            .send()
+    };
+    let (status, h, first) = split(post(body.clone()).await.expect("send")).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(header(&h, "x-tollway-cache"), "miss");
+    let (status, h, again) = split(post(body.clone()).await.expect("send")).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(header(&h, "x-tollway-cache"), "hit");
+    assert_eq!(header(&h, "x-tollway-cost-usd"), "0.000000");
+    assert_eq!(
+        again["data"], first["data"],
+        "the same vectors, bit for bit"
+    );
+    assert_eq!(again["usage"], first["usage"]);
+    let mut b64 = body.clone();
+    b64["encoding_format"] = json!("base64");
+    let (status, h, v) = split(post(b64).await.expect("send")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-tollway-cache"), "hit");
+    assert!(v["data"][0]["embedding"].is_string(), "{v}");
+    // other inputs, or the same inputs as a chat, are other requests
+    let (_, h, _) = split(
+        post(json!({"model": "gpt", "input": ["hello"], "dimensions": 8}))
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(header(&h, "x-tollway-cache"), "miss");
+    let (_, h, _) = chat_as(
+        &env,
+        MASTER,
+        json!({"model": "gpt", "messages": [{"role": "user", "content": "hello\nworld"}]}),
+        &[],
+    )
+    .await;
+    assert_eq!(header(&h, "x-tollway-cache"), "miss");
+    assert_eq!(upstream_requests(&env).await, 3);
+    ledger_settled(&env, 5).await;
+}
