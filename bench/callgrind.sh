@@ -17,6 +17,10 @@
 #   API=anthropic bench/callgrind.sh    # the client speaks Anthropic's Messages API (/v1/messages)
 #   TLS=1 bench/callgrind.sh            # the upstream over HTTPS (HTTP/2 by ALPN), trusted by
 #                                       # ca_file (certificates from openssl, bench/lib.sh)
+#   CACHE=1 bench/callgrind.sh          # the response cache on: the load's requests are all the
+#                                       # same, so every measured one is a hit (none reaches the mock)
+#   CACHE=miss bench/callgrind.sh       # the cache on, every request told `Cache-Control: no-cache`
+#                                       # (keyed, answered upstream, kept): the cost of a miss
 #   N=2000 TOLLWAY=/tmp/old-tollway bench/callgrind.sh
 #
 # The gateway runs with `--workers 1` and the SQLite ledger on; 200 requests warm it up, then the
@@ -73,6 +77,7 @@ teams:
   bench: { rpm: 100000000, tpm: 100000000000, budget: { usd: "1000000", period: monthly, hard: true } }
 YAML
 [[ -n ${ALL:-} ]] || sed -i '/rpm:\|tpm:\|^teams:/d; s/, price: {[^}]*}//' "$DIR/gw.yaml"
+[[ -n ${CACHE:-} ]] && echo 'cache: { ttl_secs: 3600 }' >> "$DIR/gw.yaml"
 # --trace-children: `tollway serve` restarts itself once (exec, same pid) with its allocator
 # settings (crates/tollway/src/malloc.rs); the profile is of the restarted process
 (cd "$DIR" && RUST_LOG=warn exec valgrind --tool=callgrind --trace-children=yes --callgrind-out-file=cg.out \
@@ -87,6 +92,7 @@ if [[ -n ${ALL:-} ]]; then
 fi
 load() { # REQUESTS
   local s=(); [[ -n $STREAM ]] && s=(--stream)
+  [[ ${CACHE:-} == miss ]] && s+=(--header 'cache-control: no-cache')
   "$REL/tollway-bench" run --url "$URL" --model "$PUBLIC" --key "$KEY" "${s[@]}" --rate "$RATE" \
     --requests "$1" --warmup 0 --duration 600 --timeout 60 --prompt-bytes "${PROMPT_BYTES:-0}" \
     --api "${API:-openai}" > "$DIR/load-$1.json"
