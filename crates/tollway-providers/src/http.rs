@@ -896,7 +896,7 @@ impl HttpProvider {
                 } else {
                     &url.origin_form
                 };
-                let req = post(uri.clone(), headers, body);
+                let req = post(uri.clone(), with_traceparent(headers), body);
                 match pools.pick().send(req).await {
                     Ok(resp) => Ok(resp),
                     // hyper's own error, so that its causes read as they always have
@@ -905,7 +905,7 @@ impl HttpProvider {
                 }
             }
             Transport::Client(clients) => {
-                let req = post(url.absolute.clone(), headers, body);
+                let req = post(url.absolute.clone(), with_traceparent(headers), body);
                 let resp = clients.pick().request(req).await?;
                 Ok(resp.map(PooledBody::unpooled))
             }
@@ -1012,6 +1012,20 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+tokio::task_local! {
+    /// The W3C `traceparent` of the upstream attempt being made, when the gateway traces the
+    /// request: every upstream request sent while it is set carries it.
+    pub static TRACEPARENT: http::HeaderValue;
+}
+
+/// `headers` with the attempt's `traceparent`, when there is one.
+fn with_traceparent(mut headers: HeaderMap) -> HeaderMap {
+    if let Ok(tp) = TRACEPARENT.try_with(Clone::clone) {
+        headers.insert(http::HeaderName::from_static("traceparent"), tp);
+    }
+    headers
 }
 
 /// A POST of `body` to `uri` with `headers`.
@@ -1541,6 +1555,23 @@ impl JsonPoster {
     pub async fn post(&self, url: &str, body: &serde_json::Value) -> Result<u16, String> {
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
         let (status, _) = self.send(url, self.headers.clone(), bytes).await?;
+        Ok(status)
+    }
+
+    /// Posts `body` to `url` with `extra` headers besides the content type (a trace collector's
+    /// API key, say); the answer's status, or why there is none.
+    pub async fn post_with(
+        &self,
+        url: &str,
+        extra: &HeaderMap,
+        body: &serde_json::Value,
+    ) -> Result<u16, String> {
+        let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        let mut headers = self.headers.clone();
+        for (k, v) in extra {
+            headers.insert(k.clone(), v.clone());
+        }
+        let (status, _) = self.send(url, headers, bytes).await?;
         Ok(status)
     }
 

@@ -23,4 +23,4 @@ pub use config::{
     OpenAiConfig, ProviderConfig, ProxySetting, Secret, Timeouts, VertexConfig, Wire,
     MOCK_AWS_SECRET, MOCK_GCP_TOKEN,
 };
-pub use http::{root_store, timed, HttpProvider, JsonPoster};
+pub use http::{root_store, timed, HttpProvider, JsonPoster, TRACEPARENT};

@@ -253,6 +253,15 @@ enum Surface {
 }
 
 impl Surface {
+    /// Its path (the span's `http.route`).
+    fn route(self) -> &'static str {
+        match self {
+            Surface::ChatCompletions => "/v1/chat/completions",
+            Surface::Messages => "/v1/messages",
+            Surface::Responses => "/v1/responses",
+        }
+    }
+
     fn family(self) -> ApiFamily {
         match self {
             Surface::ChatCompletions | Surface::Responses => ApiFamily::OpenAi,
@@ -265,7 +274,7 @@ async fn chat(state: AppState, surface: Surface, headers: HeaderMap, body: Body)
     let started = Instant::now();
     let waits = Waits::default();
     let family = surface.family();
-    let mut resp = chat_inner(&state, surface, headers, body, &waits).await;
+    let mut resp = chat_inner(&state, surface, headers, body, &waits, started).await;
     let stream = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -343,6 +352,9 @@ struct Charge {
     shared_reservation: Option<crate::shared::SharedReservation>,
     /// Answered from the response cache: recorded with no tokens and no cost.
     cached: bool,
+    /// The request's trace (its span is recorded with the row): the operation (`chat`,
+    /// `embeddings`) and the route.
+    trace: Option<(crate::telemetry::RequestTrace, &'static str, &'static str)>,
 }
 
 pub const H_COST: HeaderName = HeaderName::from_static("x-tollway-cost-usd");
@@ -384,6 +396,7 @@ impl Charge {
             shared: None,
             shared_reservation: None,
             cached: false,
+            trace: None,
         }
     }
 
@@ -471,6 +484,11 @@ impl Drop for Charge {
         let now = Instant::now();
         for scope in &self.token_scopes {
             accounts.limits().add_tokens(scope, u.total_tokens(), now);
+        }
+        if let Some((t, op, route)) = self.trace.take() {
+            let attrs = crate::telemetry::request_attrs(&row, op, route, self.request.as_deref());
+            let error = (row.status >= 500).then(|| format!("HTTP {}", row.status));
+            t.finish(format!("{op} {}", row.model), attrs, error);
         }
         if let Some(sh) = self.shared.clone() {
             let scopes = std::mem::take(&mut self.token_scopes);
@@ -971,6 +989,7 @@ async fn chat_inner(
     headers: HeaderMap,
     body: Body,
     waits: &Waits,
+    started: Instant,
 ) -> Response {
     let family = surface.family();
     let request_id = new_request_id();
@@ -1020,6 +1039,14 @@ async fn chat_inner(
     let mut outcome = Outcome::default();
     // Hold the runtime for the whole request: a reload swaps in a new one without disturbing it.
     let rt = state.runtime();
+    if let Some(mut t) = state.trace(&rt, &headers) {
+        // the span starts when the request did, not when its body was read
+        t.start_ns = t
+            .start_ns
+            .saturating_sub(started.elapsed().as_nanos() as u64);
+        outcome.trace = Some(t.clone());
+        charge.trace = Some((t, "chat", surface.route()));
+    }
     let requested = req.model.clone();
     if let Some(choice) = choose(&rt, &req, &headers, &principal).await {
         if let Some((prompt, score, strong)) = choice.log {
@@ -1561,6 +1588,15 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         text.push_str("# HELP tollway_shared_state_up 1 when the shared state (Redis) answers; 0 while instances fall back to local limits and budgets.\n# TYPE tollway_shared_state_up gauge\n");
         text.push_str(&format!("tollway_shared_state_up {}\n", u8::from(up)));
     }
+    if state.runtime().config.telemetry.is_some() {
+        let t = state.tracer();
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        text.push_str(&format!(
+            "# HELP tollway_trace_spans_total Finished spans, by what became of them.\n# TYPE tollway_trace_spans_total counter\n\
+             tollway_trace_spans_total{{result=\"exported\"}} {}\ntollway_trace_spans_total{{result=\"failed\"}} {}\ntollway_trace_spans_total{{result=\"dropped\"}} {}\n",
+            n(&t.exported), n(&t.failed), n(&t.dropped)
+        ));
+    }
     if state.runtime().config.cache.is_some() {
         let c = state.cache();
         let (entries, bytes) = c.held();
@@ -1930,6 +1966,10 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
             ..RouteOptions::default()
         };
         let mut outcome = Outcome::default();
+        if let Some(t) = state.trace(&rt, &headers) {
+            outcome.trace = Some(t.clone());
+            charge.trace = Some((t, "embeddings", "/v1/embeddings"));
+        }
         match admit(
             &state,
             &rt,

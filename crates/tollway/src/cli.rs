@@ -662,6 +662,7 @@ async fn serve(
     let state = AppState::new(runtime, accounts.clone());
     tokio::spawn(server::budget_alerts(state.clone()));
     tokio::spawn(server::sync_cooldowns(state.clone()));
+    tokio::spawn(server::export_traces(state.clone()));
     tokio::spawn(server::active_probes(state.clone()));
     if let Some(p) = path {
         state.set_config_source(p.to_path_buf(), listen);
@@ -677,8 +678,10 @@ async fn serve(
     println!("tollway listening on http://{local}");
     // Every request has finished (or the drain timed out) before the rest of the ledger is written.
     let listener = listener.into_std()?;
+    let last = state.clone();
     server::serve_lanes(listener, state, lanes, shutdown, async move {
         accounts.flush_and_stop().await;
+        server::flush_traces(&last).await;
     })
     .await?;
     tracing::info!("stopped");

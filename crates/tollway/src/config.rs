@@ -50,6 +50,8 @@ pub struct Config {
     pub alert_webhook: Option<String>,
     /// The exact-match response cache (`None`: off).
     pub cache: Option<crate::cache::CacheConfig>,
+    /// OpenTelemetry trace export (`None`: off).
+    pub telemetry: Option<crate::telemetry::TraceConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -213,6 +215,25 @@ struct RawShared {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    /// The collector's base URL (`/v1/traces` is added), as `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[serde(default)]
+    otlp_endpoint: Option<String>,
+    /// The traces URL as it is, as `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    #[serde(default)]
+    traces_endpoint: Option<String>,
+    #[serde(default)]
+    service_name: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    sample_ratio: Option<f64>,
+    #[serde(default)]
+    export_interval_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawCache {
     #[serde(default)]
     ttl_secs: Option<u64>,
@@ -309,6 +330,7 @@ const SECTIONS: &[&str] = &[
     "storage",
     "shared_state",
     "cache",
+    "telemetry",
     "providers",
     "models",
     "routers",
@@ -563,6 +585,21 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
         Some(v) => c
             .parse::<RawCache>("cache", v)
             .and_then(|raw| cache_config(&mut c, raw, shared_state_url.is_some())),
+    };
+
+    let telemetry = match sections.remove("telemetry") {
+        None | Some(Value::Null) => {
+            match crate::telemetry::TraceConfig::from_env(&|k| env.get(k)) {
+                Ok(t) => t,
+                Err(e) => {
+                    c.push("telemetry", format!("from the environment: {e}"));
+                    None
+                }
+            }
+        }
+        Some(v) => c
+            .parse::<RawTelemetry>("telemetry", v)
+            .and_then(|raw| telemetry_config(&mut c, raw)),
     };
 
     let mut providers = BTreeMap::new();
@@ -971,6 +1008,7 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                     global_budget,
                     alert_webhook,
                     cache,
+                    telemetry,
                 });
             }
         }
@@ -1381,7 +1419,52 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
         global_budget: None,
         alert_webhook: None,
         cache: None,
+        telemetry: crate::telemetry::TraceConfig::from_env(&|k| env.get(k))?,
     })
+}
+
+/// The `telemetry` section, checked.
+fn telemetry_config(
+    c: &mut Collector<'_>,
+    raw: RawTelemetry,
+) -> Option<crate::telemetry::TraceConfig> {
+    let endpoint = match (raw.traces_endpoint, raw.otlp_endpoint) {
+        (Some(_), Some(_)) => {
+            c.push(
+                "telemetry",
+                "give otlp_endpoint (the collector's base URL) or traces_endpoint (the full traces URL), not both",
+            );
+            return None;
+        }
+        (Some(url), None) => url,
+        (None, Some(base)) => crate::telemetry::traces_url(&base),
+        (None, None) => {
+            c.push(
+                "telemetry.otlp_endpoint",
+                "required: the collector's OTLP/HTTP URL (e.g. http://127.0.0.1:4318)",
+            );
+            return None;
+        }
+    };
+    let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        c.push("telemetry.sample_ratio", "must be between 0 and 1");
+        return None;
+    }
+    let cfg = crate::telemetry::TraceConfig {
+        endpoint,
+        service_name: raw.service_name.unwrap_or_else(|| "tollway".into()),
+        headers: raw.headers.into_iter().collect(),
+        sample_ratio,
+        export_interval: Duration::from_millis(raw.export_interval_ms.unwrap_or(2000).max(10)),
+    };
+    match cfg.check() {
+        Ok(()) => Some(cfg),
+        Err(e) => {
+            c.push("telemetry", e);
+            None
+        }
+    }
 }
 
 /// The `cache` section, checked.

@@ -27,6 +27,82 @@ pub struct Outcome {
     pub route: Option<String>,
     /// More response headers (e.g. `x-ratelimit-*`).
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The request's trace, when traces are exported: each attempt is a span of it.
+    pub trace: Option<crate::telemetry::RequestTrace>,
+}
+
+/// One upstream attempt as a span, when the request is traced: its id and `traceparent`, and
+/// when it started.
+struct AttemptSpan {
+    id: [u8; 8],
+    traceparent: http::HeaderValue,
+    start_ns: u64,
+}
+
+impl AttemptSpan {
+    fn start(out: &Outcome) -> Option<AttemptSpan> {
+        let t = out.trace.as_ref()?;
+        let (id, traceparent) = t.child();
+        Some(AttemptSpan {
+            id,
+            traceparent,
+            start_ns: crate::telemetry::now_ns(),
+        })
+    }
+
+    /// Runs `fut` (the attempt) with the `traceparent` its upstream request carries.
+    async fn run<F: std::future::Future>(span: &Option<AttemptSpan>, fut: F) -> F::Output {
+        match span {
+            Some(s) => {
+                tollway_providers::TRACEPARENT
+                    .scope(s.traceparent.clone(), fut)
+                    .await
+            }
+            None => fut.await,
+        }
+    }
+
+    /// Records the attempt under the request's span: its deployment, usage or error.
+    fn end(
+        span: Option<AttemptSpan>,
+        out: &Outcome,
+        d: &Deployment,
+        operation: &'static str,
+        usage: Option<&tollway_core::Usage>,
+        error: Option<&ProviderError>,
+    ) {
+        use crate::telemetry::Attr;
+        let (Some(s), Some(t)) = (span, out.trace.as_ref()) else {
+            return;
+        };
+        let mut attrs = vec![
+            ("gen_ai.operation.name", Attr::Str(operation.into())),
+            ("gen_ai.request.model", Attr::Str(d.model.clone())),
+            ("tollway.provider", Attr::Str(d.provider_name.clone())),
+            ("tollway.deployment", Attr::Str(d.label.clone())),
+        ];
+        if let Some(u) = usage {
+            attrs.push((
+                "gen_ai.usage.input_tokens",
+                Attr::Int(u.prompt_tokens() as i64),
+            ));
+            attrs.push((
+                "gen_ai.usage.output_tokens",
+                Attr::Int(u.output_tokens as i64),
+            ));
+        }
+        if let Some(e) = error {
+            attrs.push(("error.type", Attr::Str(format!("{:?}", e.kind))));
+        }
+        t.attempt(
+            s.id,
+            s.start_ns,
+            operation,
+            &d.model,
+            attrs,
+            error.map(|e| e.message.clone()),
+        );
+    }
 }
 
 /// Where a client request's time went other than the gateway's own work; what is left of its
@@ -352,7 +428,14 @@ pub async fn chat(
         out.attempts += 1;
         out.deployment = Some(d.clone());
         let started = Instant::now();
-        match d.provider.chat(req, &d.model, &waits.upstream).await {
+        let span = AttemptSpan::start(out);
+        let result = AttemptSpan::run(&span, d.provider.chat(req, &d.model, &waits.upstream)).await;
+        let (usage, error) = (
+            result.as_ref().ok().map(|r| &r.usage),
+            result.as_ref().err(),
+        );
+        AttemptSpan::end(span, out, &d, "chat", usage, error);
+        match result {
             Ok(resp) => {
                 d.health.success(started.elapsed());
                 if d.tpm.is_some() {
@@ -403,17 +486,23 @@ pub async fn chat_stream(
         out.attempts += 1;
         out.deployment = Some(d.clone());
         let started = Instant::now();
-        let first = match d.provider.chat_stream(req, &d.model, &waits.upstream).await {
-            Ok(mut stream) => match timed(&waits.upstream, stream.next()).await {
-                Some(Ok(first)) => Ok((first, stream)),
-                Some(Err(e)) => Err(e),
-                None => Err(ProviderError::new(
-                    ErrorKind::InvalidResponse,
-                    format!("provider {} sent an empty stream", d.label),
-                )),
-            },
-            Err(e) => Err(e),
+        let span = AttemptSpan::start(out);
+        let opened = async {
+            match d.provider.chat_stream(req, &d.model, &waits.upstream).await {
+                Ok(mut stream) => match timed(&waits.upstream, stream.next()).await {
+                    Some(Ok(first)) => Ok((first, stream)),
+                    Some(Err(e)) => Err(e),
+                    None => Err(ProviderError::new(
+                        ErrorKind::InvalidResponse,
+                        format!("provider {} sent an empty stream", d.label),
+                    )),
+                },
+                Err(e) => Err(e),
+            }
         };
+        let first = AttemptSpan::run(&span, opened).await;
+        // a stream's attempt span ends at its first event: the request's span covers the rest
+        AttemptSpan::end(span, out, &d, "chat", None, first.as_ref().err());
         match first {
             Ok((first, stream)) => {
                 // Nothing reached the client before this point; from here on, no failover.
@@ -553,7 +642,14 @@ pub async fn embeddings(
         let started = Instant::now();
         let mut sub = req.clone();
         sub.model.clone_from(&d.model);
-        match d.provider.embeddings(sub).await {
+        let span = AttemptSpan::start(out);
+        let result = AttemptSpan::run(&span, d.provider.embeddings(sub)).await;
+        let (usage, error) = (
+            result.as_ref().ok().map(|r| &r.usage),
+            result.as_ref().err(),
+        );
+        AttemptSpan::end(span, out, &d, "embeddings", usage, error);
+        match result {
             Ok(resp) => {
                 d.health.success(started.elapsed());
                 return Ok(resp);

@@ -18,6 +18,7 @@ pub mod rules;
 pub mod runtime;
 pub mod server;
 pub mod shared;
+pub mod telemetry;
 pub mod tokens;
 
 pub use runtime::Runtime;

@@ -41,6 +41,8 @@ struct Inner {
     accounts: Arc<crate::accounts::Accounts>,
     /// The response cache: its entries outlive reloads.
     cache: crate::cache::Cache,
+    /// Finished spans waiting for export (`telemetry`).
+    tracer: Arc<crate::telemetry::Tracer>,
     /// The runtime of start-up and background work, when requests are served on lanes: reloads
     /// run there, so that building a runtime (loading a router's model, starting the built-in
     /// simulator) never stalls a lane's other connections.
@@ -73,6 +75,7 @@ impl AppState {
                 metrics: crate::metrics::Metrics::default(),
                 accounts,
                 cache,
+                tracer: Arc::default(),
                 background: std::sync::OnceLock::new(),
             }),
             started_unix: SystemTime::now()
@@ -96,6 +99,24 @@ impl AppState {
 
     pub fn cache(&self) -> &crate::cache::Cache {
         &self.inner.cache
+    }
+
+    pub fn tracer(&self) -> &Arc<crate::telemetry::Tracer> {
+        &self.inner.tracer
+    }
+
+    /// A request's trace, when traces are exported (`telemetry`).
+    pub fn trace(
+        &self,
+        rt: &Runtime,
+        headers: &http::HeaderMap,
+    ) -> Option<crate::telemetry::RequestTrace> {
+        let cfg = rt.config.telemetry.as_ref()?;
+        Some(crate::telemetry::RequestTrace::start(
+            self.inner.tracer.clone(),
+            headers,
+            cfg.sample_ratio,
+        ))
     }
 
     pub fn draining(&self) -> bool {
@@ -225,6 +246,39 @@ pub async fn budget_alerts(state: AppState) {
             }
         }
         pending = keep;
+    }
+}
+
+/// Exports finished spans to the configured collector every `export_interval` (see
+/// `telemetry`); with no collector configured, lets them go.
+pub async fn export_traces(state: AppState) {
+    let client = match tollway_providers::JsonPoster::new(std::time::Duration::from_secs(10)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "trace export disabled: cannot build an HTTP client");
+            return;
+        }
+    };
+    loop {
+        let cfg = state.runtime().config.telemetry.clone();
+        let wait = cfg
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(2), |c| c.export_interval);
+        tokio::time::sleep(wait).await;
+        match &cfg {
+            Some(c) => state.tracer().export(c, &client).await,
+            None => drop(state.tracer().take()),
+        }
+    }
+}
+
+/// Exports what spans are left (at shutdown), within a few seconds.
+pub async fn flush_traces(state: &AppState) {
+    let Some(cfg) = state.runtime().config.telemetry.clone() else {
+        return;
+    };
+    if let Ok(client) = tollway_providers::JsonPoster::new(std::time::Duration::from_secs(3)) {
+        state.tracer().export(&cfg, &client).await;
     }
 }
 

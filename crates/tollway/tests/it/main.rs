@@ -14,5 +14,6 @@ mod reload;
 mod responses;
 mod routing;
 mod shared;
+mod telemetry;
 mod tls;
 mod translate;
