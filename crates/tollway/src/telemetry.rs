@@ -116,28 +116,10 @@ fn parse_headers(s: &str) -> Result<Vec<(String, String)>, String> {
         let (k, v) = pair.split_once('=').ok_or_else(|| {
             "OTEL_EXPORTER_OTLP_HEADERS: expected key=value pairs separated by commas".to_string()
         })?;
-        out.push((k.trim().to_string(), percent_decode(v.trim())));
+        let value = percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy();
+        out.push((k.trim().to_string(), value.into_owned()));
     }
     Ok(out)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A trace's place: its id, the span that is the parent of what comes next, and whether it is

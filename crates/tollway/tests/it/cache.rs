@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tollway_mock::MockServer;
 
 use crate::harness::{
-    config_text, gateway, header, openai_stream_text, split, sse, start_with, Env, MASTER,
+    config_errors, config_text, gateway, header, openai_stream_text, split, sse, start_with, Env,
+    MASTER,
 };
 
 fn cached_config(mock: &str) -> String {
@@ -405,26 +405,15 @@ async fn cache_config_errors_are_named() {
         ("cache: { mode: sometimes }", "unknown mode `sometimes`"),
         ("models: { m: { cache: maybe, deployments: [] } }", "cache"),
     ] {
-        let errs = tollway::config::parse(text, &tollway::config::ProcessEnv)
-            .expect_err("an invalid cache config");
-        let all = errs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n");
+        let all = config_errors(text);
         assert!(all.contains(want), "{text}: {all}");
     }
 }
 
 #[tokio::test]
 async fn two_instances_share_answers_through_redis() {
-    use crate::shared::{postgres_base, redis_url, unique};
-    let mock = MockServer::start().await.expect("mock");
-    let name = unique();
-    let storage = tollway_store::fresh_postgres_schema(&postgres_base(), &name)
-        .await
-        .expect("a fresh schema in the local PostgreSQL");
-    let shared = Some((redis_url(), format!("{name}:")));
+    use crate::shared::{redis_url, shared_setup};
+    let (mock, name, storage, shared) = shared_setup().await;
     let text = format!(
         "{}shared_state: {{ url: \"{}\", prefix: \"{name}:\" }}\ncache: {{ shared: true, scope: global }}\n",
         config_text(&mock.url()),

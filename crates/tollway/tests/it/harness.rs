@@ -246,6 +246,15 @@ pub async fn metrics(http: &reqwest::Client, url: &str) -> String {
         .expect("text")
 }
 
+/// The errors of a config that must be invalid, one per line.
+pub fn config_errors(text: &str) -> String {
+    let errs = config::parse(text, &ProcessEnv).expect_err("an invalid config");
+    errs.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }

@@ -25,6 +25,18 @@ pub fn redis_url() -> String {
     std::env::var("TOLLWAY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// For instances that share state: a mock, a unique name (also the Redis key prefix), a fresh
+/// schema in the local PostgreSQL named after it, and the shared-state settings.
+pub async fn shared_setup() -> (MockServer, String, String, Option<(String, String)>) {
+    let mock = MockServer::start().await.expect("mock");
+    let name = unique();
+    let storage = tollway_store::fresh_postgres_schema(&postgres_base(), &name)
+        .await
+        .expect("a fresh schema in the local PostgreSQL");
+    let shared = Some((redis_url(), format!("{name}:")));
+    (mock, name, storage, shared)
+}
+
 async fn chat(
     http: &reqwest::Client,
     gw: &Gateway,
@@ -45,12 +57,7 @@ async fn chat(
 
 #[tokio::test]
 async fn two_instances_share_one_rate_limit_one_budget_and_cooldowns() {
-    let mock = MockServer::start().await.expect("mock");
-    let name = unique();
-    let storage = tollway_store::fresh_postgres_schema(&postgres_base(), &name)
-        .await
-        .expect("a fresh schema in the local PostgreSQL");
-    let shared = Some((redis_url(), format!("{name}:")));
+    let (mock, _, storage, shared) = shared_setup().await;
     let text = format!(
         "{}  capped: {{ rpm: 2, deployments: [{{ provider: oai, model: capped }}] }}\n",
         config_text(&mock.url())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::routing::post;
 use serde_json::{json, Value};
 
-use crate::harness::{config_text, header, metrics, start_with, Env, MASTER};
+use crate::harness::{config_errors, config_text, header, metrics, start_with, Env, MASTER};
 
 /// A collector on a loopback port: keeps every export's body, answers `status`.
 struct Collector {
@@ -85,6 +85,14 @@ impl Collector {
         }
         panic!("no span `{name}` of trace {trace_id}: {:?}", self.spans());
     }
+}
+
+/// A span's time field (OTLP/JSON writes 64-bit integers as strings).
+fn nanos(span: &Value, field: &str) -> u64 {
+    span[field]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {span}"))
 }
 
 fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
@@ -169,19 +177,15 @@ async fn a_request_and_its_attempts_are_spans_of_the_callers_trace() {
             .is_some_and(|n| n > 0),
         "{server}"
     );
-    let start: u64 = server["startTimeUnixNano"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("start");
-    let end: u64 = server["endTimeUnixNano"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("end");
+    let (start, end) = (
+        nanos(server, "startTimeUnixNano"),
+        nanos(server, "endTimeUnixNano"),
+    );
     assert!(end >= start);
 
     // two attempts, under the request's span, the failed one an error
     let mut attempts: Vec<&Value> = spans.iter().filter(|s| s["kind"] == 3).collect();
-    attempts.sort_by_key(|s| s["startTimeUnixNano"].as_str().unwrap_or("").to_string());
+    attempts.sort_by_key(|s| nanos(s, "startTimeUnixNano"));
     assert_eq!(attempts.len(), 2, "{spans:?}");
     for a in &attempts {
         assert_eq!(a["parentSpanId"], server["spanId"]);
@@ -263,14 +267,10 @@ async fn a_streams_span_ends_with_the_stream_and_new_traces_follow_the_ratio() {
         attr(&server, "gen_ai.usage.output_tokens"),
         &json!({"intValue": "8"})
     );
-    let start: u64 = server["startTimeUnixNano"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("start");
-    let end: u64 = server["endTimeUnixNano"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("end");
+    let (start, end) = (
+        nanos(&server, "startTimeUnixNano"),
+        nanos(&server, "endTimeUnixNano"),
+    );
     assert!(
         end - start >= 35_000_000,
         "covers the whole stream: {} ns",
@@ -355,13 +355,7 @@ async fn telemetry_config_errors_are_named() {
             "header name",
         ),
     ] {
-        let errs = tollway::config::parse(text, &tollway::config::ProcessEnv)
-            .expect_err("an invalid telemetry config");
-        let all = errs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n");
+        let all = config_errors(text);
         assert!(all.contains(want), "{text}: {all}");
     }
 }
