@@ -487,14 +487,7 @@ async fn two_instances_share_answers_through_redis() {
         .expect("KEYS");
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(ask(a.url.clone()).await.0, "miss");
-    let stats: Value = http
-        .get(format!("{}/_mock/stats", mock.url()))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json");
+    let stats = crate::harness::mock_stats(&http, &mock.url()).await;
     assert_eq!(
         stats["requests"], 2,
         "one upstream request for both instances, and one after clearing"

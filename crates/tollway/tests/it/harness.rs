@@ -188,14 +188,7 @@ impl Env {
     }
 
     pub async fn mock_stats(&self) -> Value {
-        self.http
-            .get(format!("{}/_mock/stats", self.mock.url()))
-            .send()
-            .await
-            .expect("mock")
-            .json()
-            .await
-            .expect("json")
+        mock_stats(&self.http, &self.mock.url()).await
     }
 
     pub async fn healthy(&self) -> bool {
@@ -212,6 +205,17 @@ pub async fn split(r: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Va
     let text = r.text().await.expect("body");
     let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, headers, v)
+}
+
+/// The `/_mock/stats` of the mock at `url`.
+pub async fn mock_stats(http: &reqwest::Client, url: &str) -> Value {
+    http.get(format!("{url}/_mock/stats"))
+        .send()
+        .await
+        .expect("mock")
+        .json()
+        .await
+        .expect("json")
 }
 
 /// Parses an SSE body into (event name, data) pairs.

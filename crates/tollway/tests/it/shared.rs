@@ -199,17 +199,9 @@ async fn two_instances_share_one_rate_limit_one_budget_and_cooldowns() {
     )
     .await;
     assert_eq!(status, 429);
-    let before = {
-        let s: Value = http
-            .get(format!("{}/_mock/stats", mock.url()))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("json");
-        s["requests"].as_u64().unwrap_or(0)
-    };
+    let before = crate::harness::mock_stats(&http, &mock.url()).await["requests"]
+        .as_u64()
+        .unwrap_or(0);
     let mut cooled = false;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -220,14 +212,7 @@ async fn two_instances_share_one_rate_limit_one_budget_and_cooldowns() {
         }
     }
     assert!(cooled, "B never saw A's cooldown");
-    let s: Value = http
-        .get(format!("{}/_mock/stats", mock.url()))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json");
+    let s = crate::harness::mock_stats(&http, &mock.url()).await;
     // at most the requests B sent before the cooldown arrived reached the upstream
     assert!(s["requests"].as_u64().unwrap_or(0) - before <= 40);
 }
