@@ -448,7 +448,8 @@ fn stop_reason(s: &str, called_tools: bool) -> StopReason {
 }
 
 /// Gemini's `usageMetadata`, normalised: cached tokens out of the input, thinking into the
-/// output.
+/// output. Sums saturate: two counts near `u64::MAX` (nonsense, but an upstream's to send) must
+/// not overflow.
 fn usage(u: Option<&Value>) -> Usage {
     let n = |k: &str| {
         u.and_then(|u| u.get(k))
@@ -458,8 +459,10 @@ fn usage(u: Option<&Value>) -> Usage {
     let cached = n("cachedContentTokenCount");
     let thoughts = n("thoughtsTokenCount");
     Usage {
-        input_tokens: (n("promptTokenCount") + n("toolUsePromptTokenCount")).saturating_sub(cached),
-        output_tokens: n("candidatesTokenCount") + thoughts,
+        input_tokens: n("promptTokenCount")
+            .saturating_add(n("toolUsePromptTokenCount"))
+            .saturating_sub(cached),
+        output_tokens: n("candidatesTokenCount").saturating_add(thoughts),
         cache_read_tokens: cached,
         cache_write_tokens: 0,
         reasoning_tokens: thoughts,
