@@ -7,6 +7,9 @@ use tollway_core::{
 use super::*;
 use crate::sse::SseParser;
 
+mod equivalence;
+mod reference;
+
 const LABEL: &str = "gemini/gemini-2.5-flash";
 
 fn body_for(req: &ChatRequest, model: &str) -> Value {
