@@ -37,6 +37,7 @@ use tollway_core::{
 };
 
 use crate::anthropic::{bad_arguments, is_off, HARMLESS_FROM_OPENAI};
+use crate::json::{self, lax};
 use crate::openai::fallback_message;
 use crate::sse::SseEvent;
 
@@ -427,6 +428,137 @@ fn tools(req: &ChatRequest) -> Option<(Value, Value)> {
 // Answers
 // ------------------------------------------------------------------------------------------------
 
+/// The parts of Gemini answers and stream events Tollway reads, typed and lenient (a field of
+/// another type reads as absent, as `Value::as_str` and the like read it), borrowing strings from
+/// the body.
+mod wire {
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    use crate::json::lax;
+
+    /// A `GenerateContentResponse`, as a whole answer.
+    #[derive(Deserialize, Default)]
+    pub struct Answer<'a> {
+        #[serde(borrow, default)]
+        pub candidates: lax::Head<Candidate<'a>>,
+        #[serde(rename = "promptFeedback", borrow, default)]
+        pub prompt_feedback: lax::Obj<Feedback<'a>>,
+        #[serde(rename = "usageMetadata", default)]
+        pub usage_metadata: lax::Obj<UsageMetadata>,
+        #[serde(rename = "responseId", borrow, default)]
+        pub response_id: lax::Str<'a>,
+        #[serde(rename = "modelVersion", borrow, default)]
+        pub model_version: lax::Str<'a>,
+    }
+
+    /// A `GenerateContentResponse` as one event of a stream: the answer's fields, and an error
+    /// in its place. Usage there means something even when it is not an object: every event
+    /// that has the field reports usage.
+    #[derive(Deserialize, Default)]
+    pub struct Event<'a> {
+        #[serde(borrow, default)]
+        pub candidates: lax::Head<Candidate<'a>>,
+        #[serde(rename = "promptFeedback", borrow, default)]
+        pub prompt_feedback: lax::Obj<Feedback<'a>>,
+        #[serde(rename = "usageMetadata", default)]
+        pub usage_metadata: lax::Present<lax::Obj<UsageMetadata>>,
+        #[serde(rename = "responseId", borrow, default)]
+        pub response_id: lax::Str<'a>,
+        #[serde(rename = "modelVersion", borrow, default)]
+        pub model_version: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub error: lax::Present<lax::Obj<Error<'a>>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Candidate<'a> {
+        #[serde(borrow, default)]
+        pub content: lax::Obj<Content<'a>>,
+        #[serde(rename = "finishReason", borrow, default)]
+        pub finish_reason: lax::Str<'a>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Content<'a> {
+        #[serde(borrow, default)]
+        pub parts: lax::Seq<Part<'a>>,
+    }
+
+    /// One part of an answer: text (a thought when `thought` is true), or a function call, each
+    /// perhaps with a thought signature. A part that has `text` or `functionCall` must have it
+    /// right, so their presence is kept.
+    #[derive(Deserialize)]
+    pub struct Part<'a> {
+        #[serde(borrow, default)]
+        pub text: lax::Present<lax::Str<'a>>,
+        #[serde(default)]
+        pub thought: lax::Bool,
+        #[serde(rename = "thoughtSignature", borrow, default)]
+        pub thought_signature: lax::Str<'a>,
+        #[serde(rename = "functionCall", borrow, default)]
+        pub function_call: lax::Present<lax::Obj<FunctionCall<'a>>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct FunctionCall<'a> {
+        #[serde(borrow, default)]
+        pub name: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub id: lax::Str<'a>,
+        /// The arguments, free-form: written out again as compact JSON (`null` too).
+        #[serde(default)]
+        pub args: lax::Present<Value>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Feedback<'a> {
+        #[serde(rename = "blockReason", borrow, default)]
+        pub block_reason: lax::Str<'a>,
+        #[serde(rename = "blockReasonMessage", borrow, default)]
+        pub block_reason_message: lax::Str<'a>,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct UsageMetadata {
+        #[serde(rename = "promptTokenCount", default)]
+        pub prompt: lax::Count,
+        #[serde(rename = "toolUsePromptTokenCount", default)]
+        pub tool_use_prompt: lax::Count,
+        #[serde(rename = "cachedContentTokenCount", default)]
+        pub cached: lax::Count,
+        #[serde(rename = "candidatesTokenCount", default)]
+        pub candidates: lax::Count,
+        #[serde(rename = "thoughtsTokenCount", default)]
+        pub thoughts: lax::Count,
+    }
+
+    /// `{"error": {"code", "message", "status"}}`, as an error answer's body or a stream event.
+    #[derive(Deserialize)]
+    pub struct ErrorBody<'a> {
+        #[serde(borrow, default)]
+        pub error: lax::Obj<Error<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Error<'a> {
+        #[serde(default)]
+        pub code: lax::U64,
+        #[serde(borrow, default)]
+        pub message: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub status: lax::Str<'a>,
+    }
+
+    impl<'a> Candidate<'a> {
+        /// The candidate's parts (none when its content or parts are missing or not what they
+        /// should be).
+        pub fn parts(&self) -> &[Part<'a>] {
+            self.content.0.as_ref().map_or(&[], |c| &c.parts.0)
+        }
+    }
+}
+
 fn bad_answer(msg: impl Into<String>) -> ProviderError {
     ProviderError::new(ErrorKind::InvalidResponse, msg)
 }
@@ -447,41 +579,38 @@ fn stop_reason(s: &str, called_tools: bool) -> StopReason {
     }
 }
 
-/// Gemini's `usageMetadata`, normalised: cached tokens out of the input, thinking into the
-/// output. Sums saturate: two counts near `u64::MAX` (nonsense, but an upstream's to send) must
-/// not overflow.
-fn usage(u: Option<&Value>) -> Usage {
-    let n = |k: &str| {
-        u.and_then(|u| u.get(k))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
+/// Gemini's `usageMetadata` (zeros without one), normalised: cached tokens out of the input,
+/// thinking into the output. Sums saturate: two counts near `u64::MAX` (nonsense, but an
+/// upstream's to send) must not overflow.
+fn usage(u: Option<&wire::UsageMetadata>) -> Usage {
+    let Some(u) = u else {
+        return Usage::default();
     };
-    let cached = n("cachedContentTokenCount");
-    let thoughts = n("thoughtsTokenCount");
+    let cached = u.cached.0;
+    let thoughts = u.thoughts.0;
     Usage {
-        input_tokens: n("promptTokenCount")
-            .saturating_add(n("toolUsePromptTokenCount"))
+        input_tokens: u
+            .prompt
+            .0
+            .saturating_add(u.tool_use_prompt.0)
             .saturating_sub(cached),
-        output_tokens: n("candidatesTokenCount").saturating_add(thoughts),
+        output_tokens: u.candidates.0.saturating_add(thoughts),
         cache_read_tokens: cached,
         cache_write_tokens: 0,
         reasoning_tokens: thoughts,
     }
 }
 
-/// A prompt Gemini refused to answer (`promptFeedback.blockReason` and no candidates).
-fn blocked(v: &Value) -> Option<ProviderError> {
-    let reason = v.pointer("/promptFeedback/blockReason")?.as_str()?;
-    let has_candidates = v
-        .get("candidates")
-        .and_then(Value::as_array)
-        .is_some_and(|c| !c.is_empty());
+/// A prompt Gemini refused to answer (`promptFeedback.blockReason`, and no candidates).
+fn blocked(feedback: &lax::Obj<wire::Feedback<'_>>, has_candidates: bool) -> Option<ProviderError> {
+    let feedback = feedback.0.as_ref()?;
+    let reason = feedback.block_reason.as_str()?;
     if has_candidates {
         return None;
     }
-    let detail = v
-        .pointer("/promptFeedback/blockReasonMessage")
-        .and_then(Value::as_str)
+    let detail = feedback
+        .block_reason_message
+        .as_str()
         .map(|m| format!(": {m}"))
         .unwrap_or_default();
     Some(ProviderError::new(
@@ -500,74 +629,108 @@ fn call_id(answer_id: &str, n: usize) -> String {
     format!("call_{tail}_{n}")
 }
 
-fn answer_id(v: &Value) -> String {
-    match v.get("responseId").and_then(Value::as_str) {
+fn answer_id(id: &lax::Str<'_>) -> String {
+    match id.as_str() {
         Some(id) if !id.is_empty() => id.to_string(),
         _ => "gemini-answer".to_string(),
+    }
+}
+
+/// A function call's arguments as text: the `args` object as compact JSON, `{}` without one.
+fn call_arguments(c: Option<&wire::FunctionCall<'_>>) -> String {
+    match c.and_then(|c| c.args.0.as_ref()) {
+        Some(args) => args.to_string(),
+        None => "{}".to_string(),
+    }
+}
+
+/// A function call's name (an error without one) and its id (made up when Gemini gives none).
+fn call_name_and_id<'c>(
+    c: Option<&'c wire::FunctionCall<'_>>,
+    answer_id: &str,
+    calls: usize,
+) -> Result<(&'c str, String), ProviderError> {
+    let name = c
+        .and_then(|c| c.name.as_str())
+        .ok_or_else(|| bad_answer("the provider's functionCall has no `name`"))?;
+    let id = match c.and_then(|c| c.id.as_str()) {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => call_id(answer_id, calls),
+    };
+    Ok((name, id))
+}
+
+/// A part's text, when it has some (an error when it is not a string).
+fn part_text<'p>(p: &'p wire::Part<'_>) -> Result<Option<&'p str>, ProviderError> {
+    match &p.text.0 {
+        None => Ok(None),
+        Some(t) => t
+            .as_str()
+            .map(Some)
+            .ok_or_else(|| bad_answer("the provider's text part is not a string")),
     }
 }
 
 /// Decodes a `GenerateContentResponse`. `model`: the model asked (when the answer names no
 /// `modelVersion`).
 pub fn decode_response(bytes: &[u8], model: &str) -> Result<ChatResponse, ProviderError> {
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| bad_answer(format!("the provider's answer is not valid JSON: {e}")))?;
-    if let Some(e) = blocked(&v) {
+    const WHAT: &str = "an answer";
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        // not UTF-8, so not JSON either: serde_json's Value names where (a typed reading would
+        // skip a bad byte in a field it does not read)
+        Err(_) => {
+            return Err(json::parse_upstream_as::<Value>(bytes, WHAT)
+                .err()
+                .unwrap_or_else(|| bad_answer("the provider's answer is not UTF-8")))
+        }
+    };
+    // any JSON value: one that is not an object has no candidates
+    let v = json::parse_upstream_str_as::<lax::Obj<wire::Answer<'_>>>(text, WHAT)?
+        .0
+        .unwrap_or_default();
+    if let Some(e) = blocked(&v.prompt_feedback, v.candidates.0.is_some()) {
         return Err(e);
     }
     let candidate = v
-        .pointer("/candidates/0")
+        .candidates
+        .0
         .ok_or_else(|| bad_answer("the provider's answer has no candidates"))?;
-    let id = answer_id(&v);
+    let candidate = candidate.0.as_ref();
+    let id = answer_id(&v.response_id);
     let mut content = Vec::new();
     let mut calls = 0;
-    if let Some(parts) = candidate
-        .pointer("/content/parts")
-        .and_then(Value::as_array)
-    {
-        for p in parts {
-            decode_part(p, &id, &mut calls, &mut content)?;
-        }
+    for p in candidate.map_or(&[][..], wire::Candidate::parts) {
+        decode_part(p, &id, &mut calls, &mut content)?;
     }
     let reason = candidate
-        .get("finishReason")
-        .and_then(Value::as_str)
+        .and_then(|c| c.finish_reason.as_str())
         .unwrap_or("STOP");
     Ok(ChatResponse {
-        model: v
-            .get("modelVersion")
-            .and_then(Value::as_str)
-            .unwrap_or(model)
-            .to_string(),
+        model: v.model_version.as_str().unwrap_or(model).to_string(),
         id,
         content,
         stop_reason: stop_reason(reason, calls > 0),
         stop_sequence: None,
-        usage: usage(v.get("usageMetadata")),
+        usage: usage(v.usage_metadata.0.as_ref()),
         created: crate::now_unix(),
     })
 }
 
 /// One answer part as canonical parts (a signed function call brings its signature first).
 fn decode_part(
-    p: &Value,
+    p: &wire::Part<'_>,
     answer_id: &str,
     calls: &mut usize,
     out: &mut Vec<Part>,
 ) -> Result<(), ProviderError> {
     let signature = p
-        .get("thoughtSignature")
-        .and_then(Value::as_str)
+        .thought_signature
+        .as_str()
         .map(|s| format!("{SIGNATURE_PREFIX}{s}"));
-    if let Some(c) = p.get("functionCall") {
-        let name = c
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad_answer("the provider's functionCall has no `name`"))?;
-        let id = match c.get("id").and_then(Value::as_str) {
-            Some(id) if !id.is_empty() => id.to_string(),
-            _ => call_id(answer_id, *calls),
-        };
+    if let Some(c) = &p.function_call.0 {
+        let c = c.0.as_ref();
+        let (name, id) = call_name_and_id(c, answer_id, *calls)?;
         *calls += 1;
         if let Some(sig) = signature {
             out.push(Part::Thinking {
@@ -578,19 +741,12 @@ fn decode_part(
         out.push(Part::ToolCall(ToolCall {
             id,
             name: name.to_string(),
-            arguments: c
-                .get("args")
-                .cloned()
-                .unwrap_or_else(|| json!({}))
-                .to_string(),
+            arguments: call_arguments(c),
         }));
         return Ok(());
     }
-    if let Some(t) = p.get("text") {
-        let text = t
-            .as_str()
-            .ok_or_else(|| bad_answer("the provider's text part is not a string"))?;
-        if p.get("thought").and_then(Value::as_bool) == Some(true) {
+    if let Some(text) = part_text(p)? {
+        if p.thought.0 == Some(true) {
             out.push(Part::Thinking {
                 text: text.to_string(),
                 signature,
@@ -607,20 +763,24 @@ fn decode_part(
 /// Classifies a Gemini error answer (`{"error": {"code", "message", "status"}}`, or a list of
 /// one such object).
 pub fn decode_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> ProviderError {
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let error = parsed.as_ref().and_then(|v| match v {
-        Value::Array(a) => a.first().and_then(|e| e.get("error")),
-        v => v.get("error"),
+    // not UTF-8: not JSON, and the message is the body's text
+    let text = std::str::from_utf8(body).ok();
+    let parse = |text| serde_json::from_str::<lax::Obj<wire::ErrorBody<'_>>>(text).ok();
+    let error_body = text.and_then(|text| match parse(text) {
+        Some(lax::Obj(Some(b))) => Some(b),
+        // not an object: perhaps the list `streamGenerateContent` without `alt=sse` answers
+        Some(lax::Obj(None)) => serde_json::from_str::<lax::Head<wire::ErrorBody<'_>>>(text)
+            .ok()
+            .and_then(|h| h.0)
+            .and_then(|first| first.0),
+        None => None,
     });
+    let error = error_body.as_ref().and_then(|b| b.error.0.as_ref());
     let message = error
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
+        .and_then(|e| e.message.as_str())
         .map(str::to_string)
         .unwrap_or_else(|| fallback_message(status, body));
-    let code = error
-        .and_then(|e| e.get("status"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let code = error.and_then(|e| e.status.as_str()).unwrap_or_default();
     classify(status, code, message, retry_after)
 }
 
@@ -719,68 +879,53 @@ impl StreamDecoder {
         if self.finished || data.is_empty() {
             return Ok(());
         }
-        let v: Value = serde_json::from_str(data).map_err(|e| {
-            bad_answer(format!(
-                "the provider's stream event is not valid JSON: {e}"
-            ))
-        })?;
-        if let Some(e) = v.get("error") {
+        // any JSON value: one that is not an object holds nothing
+        let v = json::parse_upstream_str_as::<lax::Obj<wire::Event<'_>>>(data, "a stream event")?
+            .0
+            .unwrap_or_default();
+        if let Some(e) = &v.error.0 {
+            let e = e.0.as_ref();
             let message = e
-                .get("message")
-                .and_then(Value::as_str)
+                .and_then(|e| e.message.as_str())
                 .unwrap_or("the provider reported an error mid-stream")
                 .to_string();
             let status = e
-                .get("code")
-                .and_then(Value::as_u64)
+                .and_then(|e| e.code.0)
                 .and_then(|c| u16::try_from(c).ok())
                 .unwrap_or(500);
-            let code = e.get("status").and_then(Value::as_str).unwrap_or_default();
+            let code = e.and_then(|e| e.status.as_str()).unwrap_or_default();
             return Err(classify(status, code, message, None));
         }
-        if let Some(e) = blocked(&v) {
+        if let Some(e) = blocked(&v.prompt_feedback, v.candidates.0.is_some()) {
             return Err(e);
         }
+        let reported = v.usage_metadata.0.as_ref();
+        let metadata = reported.and_then(|u| u.0.as_ref());
         if !self.started {
             self.started = true;
-            self.id = answer_id(&v);
-            let model = v
-                .get("modelVersion")
-                .and_then(Value::as_str)
-                .unwrap_or(&self.model)
-                .to_string();
+            self.id = answer_id(&v.response_id);
+            let model = v.model_version.as_str().unwrap_or(&self.model).to_string();
             // the prompt's count, when the first event has it, goes into the start (an
             // Anthropic client reads it from `message_start`)
-            let prompt = v.get("usageMetadata").map_or_else(Usage::default, |u| {
-                let u = usage(Some(u));
-                Usage {
-                    output_tokens: 0,
-                    reasoning_tokens: 0,
-                    ..u
-                }
-            });
+            let prompt = Usage {
+                output_tokens: 0,
+                reasoning_tokens: 0,
+                ..usage(metadata)
+            };
             out.push(StreamEvent::Start {
                 id: self.id.clone(),
                 model,
                 usage: prompt,
             });
         }
-        let candidate = v.pointer("/candidates/0");
-        if let Some(parts) = candidate
-            .and_then(|c| c.pointer("/content/parts"))
-            .and_then(Value::as_array)
-        {
-            for p in parts {
-                self.part(p, out)?;
-            }
+        let candidate = v.candidates.0.as_ref().and_then(|c| c.0.as_ref());
+        for p in candidate.map_or(&[][..], wire::Candidate::parts) {
+            self.part(p, out)?;
         }
-        if let Some(u) = v.get("usageMetadata") {
-            out.push(StreamEvent::Usage(usage(Some(u))));
+        if reported.is_some() {
+            out.push(StreamEvent::Usage(usage(metadata)));
         }
-        if let Some(reason) = candidate
-            .and_then(|c| c.get("finishReason"))
-            .and_then(Value::as_str)
-        {
+        if let Some(reason) = candidate.and_then(|c| c.finish_reason.as_str()) {
             self.close(out);
             self.finished = true;
             out.push(StreamEvent::Finish {
@@ -791,13 +936,15 @@ impl StreamDecoder {
         Ok(())
     }
 
-    fn part(&mut self, p: &Value, out: &mut Vec<StreamEvent>) -> Result<(), ProviderError> {
-        let signature = p.get("thoughtSignature").and_then(Value::as_str);
-        if let Some(c) = p.get("functionCall") {
-            let name = c
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad_answer("the provider's functionCall has no `name`"))?;
+    fn part(
+        &mut self,
+        p: &wire::Part<'_>,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), ProviderError> {
+        let signature = p.thought_signature.as_str();
+        if let Some(c) = &p.function_call.0 {
+            let c = c.0.as_ref();
+            let (name, id) = call_name_and_id(c, &self.id, self.calls)?;
             self.close(out);
             if let Some(sig) = signature {
                 let index = self.block(Open::Thinking, out);
@@ -807,10 +954,6 @@ impl StreamDecoder {
                 });
                 self.close(out);
             }
-            let id = match c.get("id").and_then(Value::as_str) {
-                Some(id) if !id.is_empty() => id.to_string(),
-                _ => call_id(&self.id, self.calls),
-            };
             self.calls += 1;
             let index = self.next_index;
             self.next_index += 1;
@@ -819,19 +962,15 @@ impl StreamDecoder {
                 id,
                 name: name.to_string(),
             });
-            let args = c.get("args").cloned().unwrap_or_else(|| json!({}));
             out.push(StreamEvent::ToolCallDelta {
                 index,
-                arguments: args.to_string(),
+                arguments: call_arguments(c),
             });
             out.push(StreamEvent::BlockStop { index });
             return Ok(());
         }
-        if let Some(t) = p.get("text") {
-            let text = t
-                .as_str()
-                .ok_or_else(|| bad_answer("the provider's text part is not a string"))?;
-            if p.get("thought").and_then(Value::as_bool) == Some(true) {
+        if let Some(text) = part_text(p)? {
+            if p.thought.0 == Some(true) {
                 let index = self.block(Open::Thinking, out);
                 if !text.is_empty() {
                     out.push(StreamEvent::ThinkingDelta {

@@ -23,8 +23,8 @@ use crate::sse::{SseEvent, SseParser};
 /// What the comparisons met. Every input must be `same`, or one of the named differences.
 #[derive(Debug, Default)]
 struct Tally {
-    /// Equal results (answers, events or errors; an invalid-JSON error of the same kind naming
-    /// the same serde_json problem).
+    /// Equal results (answers, events or errors; for input that is not JSON, errors of the same
+    /// kind, [`same_error`]).
     same: usize,
     /// Of which the results were answers or events rather than errors.
     ok: usize,
@@ -32,27 +32,43 @@ struct Tally {
     /// a Value tree keeps the last; serde's derive refuses it as not fitting the format, as on
     /// the OpenAI and Anthropic paths. Upstreams do not repeat fields.
     duplicate: usize,
+    /// serde_json refuses the input as a Value tree but reads it when it skips what it does not
+    /// read ([`only_skipping_reads`]: a lone UTF-16 surrogate escape, a number beyond `f64`,
+    /// nesting deeper than 128, in a field the decoder does not read): the reference refused
+    /// the whole answer, the typed decoder reads it.
+    lenient: usize,
 }
 
-/// `message` without what names the upstream format's wording, for errors that quote
-/// serde_json's: the problem and its position.
-fn json_problem(message: &str) -> Option<&str> {
-    message
-        .find("not valid JSON: ")
-        .map(|i| &message[i + "not valid JSON: ".len()..])
+/// Whether an error is the one for an answer or event that is not JSON.
+fn not_json(e: &ProviderError) -> bool {
+    e.message.contains("not valid JSON: ")
 }
 
+/// Both errors are the same; for input that is not JSON, of the same kind (serde_json names the
+/// problem and its place, and a Value tree and a typed reading may name another: `trailing
+/// comma` against `key must be a string`, one column apart, or the first of two problems when
+/// the other is one only Value trees check, [`only_skipping_reads`]).
 fn same_error(old: &ProviderError, new: &ProviderError) -> bool {
-    match (json_problem(&old.message), json_problem(&new.message)) {
-        (Some(a), Some(b)) => a == b && old.kind == new.kind && old.retry == new.retry,
-        _ => old == new,
+    if not_json(old) && not_json(new) {
+        old.kind == new.kind && old.retry == new.retry
+    } else {
+        old == new
     }
 }
 
-/// Compares one input's results; panics, naming the input, if they differ other than as
-/// [`Tally`] allows.
+/// Whether serde_json reads `text` as JSON when it skips through it, but not as a Value tree
+/// (it checks strings' surrogate escapes, numbers' range and the nesting depth only for values
+/// it builds).
+fn only_skipping_reads(text: &str) -> bool {
+    serde_json::from_str::<Value>(text).is_err()
+        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+/// Compares the results of one input (`input`, shown as `shown`); panics, naming it, if they
+/// differ other than as [`Tally`] allows.
 fn check<T: PartialEq + std::fmt::Debug>(
     input: &str,
+    shown: &dyn Fn() -> String,
     old: Result<T, ProviderError>,
     new: Result<T, ProviderError>,
     tally: &mut Tally,
@@ -64,9 +80,11 @@ fn check<T: PartialEq + std::fmt::Debug>(
         }
         (Err(a), Err(b)) if same_error(a, b) => tally.same += 1,
         (Ok(_), Err(b)) if b.message.contains("duplicate field") => tally.duplicate += 1,
-        _ => {
-            panic!("the implementations differ on\n{input}\nreference: {old:?}\ntyped:     {new:?}")
-        }
+        _ if only_skipping_reads(input) => tally.lenient += 1,
+        _ => panic!(
+            "the implementations differ on\n{}\nreference: {old:?}\ntyped:     {new:?}",
+            shown()
+        ),
     }
 }
 
@@ -518,14 +536,14 @@ fn answer_agrees(text: &str, tally: &mut Tally) {
         r.created = 0;
         r
     });
-    check(text, old, new, tally);
+    check(text, &|| text.to_string(), old, new, tally);
 }
 
 fn error_agrees(status: u16, body: &str, tally: &mut Tally) {
     for retry in [None, Some(Duration::from_secs(7))] {
         let old = Ok(old::decode_error(status, body.as_bytes(), retry));
         let new = Ok(new::decode_error(status, body.as_bytes(), retry));
-        check(body, old, new, tally);
+        check(body, &|| body.to_string(), old, new, tally);
     }
 }
 
@@ -549,12 +567,12 @@ fn stream_agrees(events: &[SseEvent], tally: &mut Tally) {
         // an error ends the stream (as the gateway ends it), and so does a difference `Tally`
         // allows (the two decoders are no longer in the same state)
         let ended = old.is_err() || new.is_err();
-        check(&input(), old, new, tally);
+        check(&ev.data, &input, old, new, tally);
         if ended {
             return;
         }
     }
-    check(&input(), o.finish(), n.finish(), tally);
+    check("", &input, o.finish(), n.finish(), tally);
 }
 
 fn data_events(events: &[String]) -> Vec<SseEvent> {
@@ -596,7 +614,8 @@ fn answers_decode_as_the_reference_decoded_them() {
     }
     eprintln!("answers, structured mutations: {tally:?}");
     assert!(tally.same > 20_000 && tally.ok > 10_000, "{tally:?}");
-    assert_eq!(tally.duplicate, 0, "a Value tree has no duplicate keys");
+    // what a Value tree writes has no repeated keys, and reads back as a Value tree
+    assert_eq!((tally.duplicate, tally.lenient), (0, 0));
 }
 
 #[test]
@@ -612,7 +631,7 @@ fn damaged_answers_decode_as_the_reference_decoded_them() {
     eprintln!("answers, text mutations: {tally:?}");
     // both outcomes are reached
     assert!(ok > 1000 && total - ok > 1000, "{ok} of {total}");
-    assert_eq!(tally.same + tally.duplicate, total);
+    assert_eq!(tally.same + tally.duplicate + tally.lenient, total);
 }
 
 #[test]
@@ -659,7 +678,8 @@ fn streams_decode_as_the_reference_decoded_them() {
     }
     eprintln!("streams, structured mutations: {tally:?}");
     assert!(tally.same > 50_000 && tally.ok > 20_000, "{tally:?}");
-    assert_eq!(tally.duplicate, 0, "a Value tree has no duplicate keys");
+    // what a Value tree writes has no repeated keys, and reads back as a Value tree
+    assert_eq!((tally.duplicate, tally.lenient), (0, 0));
 }
 
 #[test]
@@ -1088,4 +1108,83 @@ fn request_bodies_are_the_reference_bodies() {
         bodies > 3000 && refused > 1000,
         "{bodies} bodies, {refused} refused"
     );
+}
+
+/// Bodies that are not UTF-8, not objects, empty, or deeply nested.
+#[test]
+fn odd_bodies_decode_as_the_reference_decoded_them() {
+    let deep = |n: usize, inner: &str| format!("{}{inner}{}", "[".repeat(n), "]".repeat(n));
+    let ok = r#"{"candidates":[{"content":{"parts":[{"text":"hi"}]},"finishReason":"STOP"}]"#;
+    let mut bodies: Vec<Vec<u8>> = [
+        "",
+        " ",
+        "[]",
+        "[{}]",
+        "5",
+        "\"text\"",
+        "null",
+        "true",
+        "{} {}",
+        "\u{feff}{}",
+        &format!("{ok}}}"),
+        &format!("{ok}, \"x\": {}}}", deep(100, "1")),
+        // nesting beyond a Value tree's limit where nothing is read, and where arguments are
+        &format!("{ok}, \"x\": {}}}", deep(200, "1")),
+        &format!(
+            r#"{{"candidates":[{{"content":{{"parts":[{{"functionCall":{{"name":"f","args":{{"a":{}}}}}}}]}}}}]}}"#,
+            deep(200, "1")
+        ),
+        &format!("{ok}, \"x\": 1e400}}"),
+        &format!("{ok}, \"x\": \"\\ud800\"}}"),
+        r#"{"candidates":[{"content":{"parts":[{"text":"\ud800"}]}}]}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":"\udc00\ud800"}]}}]}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":"\ud83d\ude00"}]}}]}"#,
+        r#"{"usageMetadata":{"promptTokenCount":1e400},"candidates":[{}]}"#,
+        r#"{"usageMetadata":{"promptTokenCount":-0},"candidates":[{}]}"#,
+        r#"{"usageMetadata":{"promptTokenCount":18446744073709551616},"candidates":[{}]}"#,
+        r#"{"error":{"code":429,"message":"m","status":"RESOURCE_EXHAUSTED"}}"#,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    // not UTF-8: in a field that is read, one that is not, and outside strings
+    for (at, byte) in [(30, 0xff), (ok.len() - 3, 0xc3), (2, 0x80)] {
+        let mut b = format!("{ok}, \"pad\": \"padding\"}}").into_bytes();
+        b.insert(at.min(b.len()), byte);
+        bodies.push(b);
+        let mut b = format!("{ok}, \"pad\": \"padding\"}}").into_bytes();
+        let end = b.len() - 4;
+        b.insert(end, byte);
+        bodies.push(b);
+    }
+    let mut tally = Tally::default();
+    for b in &bodies {
+        let shown = || String::from_utf8_lossy(b).into_owned();
+        let text = shown();
+        let input = std::str::from_utf8(b).unwrap_or("");
+        let old = old::decode_response(b, "asked").map(|mut r| {
+            r.created = 0;
+            r
+        });
+        let new = new::decode_response(b, "asked").map(|mut r| {
+            r.created = 0;
+            r
+        });
+        check(input, &shown, old, new, &mut tally);
+        for status in [400, 500] {
+            let old = Ok(old::decode_error(status, b, None));
+            let new = Ok(new::decode_error(status, b, None));
+            check(input, &shown, old, new, &mut tally);
+        }
+        // as a stream event (text only: an event's data is text)
+        let ev = [SseEvent {
+            event: None,
+            data: text,
+        }];
+        stream_agrees(&ev, &mut tally);
+    }
+    eprintln!("odd bodies: {tally:?}");
+    assert_eq!(tally.duplicate, 0);
+    // nesting, 1e400 and a lone surrogate where nothing is read, as body and as event
+    assert!(tally.lenient <= 6, "{tally:?}");
 }
