@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tollway_core::{
     ApiFamily, ChatRequest, ChatResponse, ErrorKind, ImageSource, Label, Part, ProviderError,
     ResponseFormat, Role, StopReason, StreamEvent, ToolCall, ToolChoice, Usage,
@@ -98,11 +98,17 @@ fn mime_from_url(url: &str) -> Option<&'static str> {
     })
 }
 
-fn image_part(src: &ImageSource, label: Label<'_>) -> Result<Value, ProviderError> {
+fn image_part<'a>(
+    src: &'a ImageSource,
+    label: Label<'_>,
+) -> Result<req_out::Part<'a>, ProviderError> {
     match src {
-        ImageSource::Base64 { media_type, data } => {
-            Ok(json!({"inlineData": {"mimeType": media_type, "data": data}}))
-        }
+        ImageSource::Base64 { media_type, data } => Ok(req_out::Part::InlineData {
+            inline_data: req_out::Blob {
+                mime_type: media_type,
+                data,
+            },
+        }),
         ImageSource::Url(url) => {
             let mime = mime_from_url(url).ok_or_else(|| {
                 ProviderError::invalid(format!(
@@ -111,7 +117,12 @@ fn image_part(src: &ImageSource, label: Label<'_>) -> Result<Value, ProviderErro
                     url.chars().take(200).collect::<String>()
                 ))
             })?;
-            Ok(json!({"fileData": {"mimeType": mime, "fileUri": url}}))
+            Ok(req_out::Part::FileData {
+                file_data: req_out::FileData {
+                    mime_type: mime,
+                    file_uri: url,
+                },
+            })
         }
     }
 }
@@ -120,7 +131,7 @@ fn image_part(src: &ImageSource, label: Label<'_>) -> Result<Value, ProviderErro
 fn tool_args(c: &ToolCall, label: Label<'_>) -> Result<Value, ProviderError> {
     let args = c.arguments.trim();
     if args.is_empty() {
-        return Ok(json!({}));
+        return Ok(Value::Object(Map::new()));
     }
     match serde_json::from_str::<Value>(args) {
         Ok(v @ Value::Object(_)) => Ok(v),
@@ -130,20 +141,213 @@ fn tool_args(c: &ToolCall, label: Label<'_>) -> Result<Value, ProviderError> {
 }
 
 /// A tool result as the object `functionResponse.response` wants.
-fn tool_response(text: String, is_error: bool) -> Value {
-    if !is_error {
-        if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(&text) {
-            return v;
+fn tool_response(text: String, is_error: bool) -> req_out::Response {
+    if is_error {
+        return req_out::Response::Error { error: text };
+    }
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v @ Value::Object(_)) => req_out::Response::Object(v),
+        _ => req_out::Response::Content { content: text },
+    }
+}
+
+/// A Gemini request body, serialised from fields borrowed from the canonical request: the
+/// prompt's text goes straight into the body, never into a `Value` tree. Values are kept only
+/// for what is free-form (tool arguments and results, JSON schemas, the other API's numbers
+/// passed on as they came).
+mod req_out {
+    use serde::Serialize;
+    use serde_json::Value;
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Body<'a> {
+        pub contents: Vec<Content<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub system_instruction: Option<System<'a>>,
+        #[serde(skip_serializing_if = "Config::is_empty")]
+        pub generation_config: Config<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tools: Option<[Tools<'a>; 1]>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tool_config: Option<ToolConfig<'a>>,
+    }
+
+    #[derive(Serialize)]
+    pub struct Content<'a> {
+        pub role: &'static str,
+        pub parts: Vec<Part<'a>>,
+    }
+
+    #[derive(Serialize)]
+    pub struct System<'a> {
+        pub parts: Vec<Part<'a>>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    pub enum Part<'a> {
+        Text {
+            text: &'a str,
+        },
+        #[serde(rename_all = "camelCase")]
+        InlineData {
+            inline_data: Blob<'a>,
+        },
+        #[serde(rename_all = "camelCase")]
+        FileData {
+            file_data: FileData<'a>,
+        },
+        #[serde(rename_all = "camelCase")]
+        FunctionCall {
+            function_call: FunctionCall<'a>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            thought_signature: Option<&'a str>,
+        },
+        #[serde(rename_all = "camelCase")]
+        FunctionResponse {
+            function_response: FunctionResponse<'a>,
+        },
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Blob<'a> {
+        pub mime_type: &'a str,
+        pub data: &'a str,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct FileData<'a> {
+        pub mime_type: &'static str,
+        pub file_uri: &'a str,
+    }
+
+    #[derive(Serialize)]
+    pub struct FunctionCall<'a> {
+        pub name: &'a str,
+        pub args: Value,
+    }
+
+    #[derive(Serialize)]
+    pub struct FunctionResponse<'a> {
+        pub name: &'a str,
+        pub response: Response,
+    }
+
+    /// A tool's result: the object it returned, or its text under `content` (`error` for a
+    /// failed call).
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    pub enum Response {
+        Object(Value),
+        Content { content: String },
+        Error { error: String },
+    }
+
+    #[derive(Serialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Config<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub max_output_tokens: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub temperature: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub top_p: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub top_k: Option<u32>,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        pub stop_sequences: &'a [String],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub response_mime_type: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub response_json_schema: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub seed: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub presence_penalty: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub frequency_penalty: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub thinking_config: Option<Thinking>,
+    }
+
+    impl Config<'_> {
+        pub fn is_empty(&self) -> bool {
+            let Config {
+                max_output_tokens,
+                temperature,
+                top_p,
+                top_k,
+                stop_sequences,
+                response_mime_type,
+                response_json_schema,
+                seed,
+                presence_penalty,
+                frequency_penalty,
+                thinking_config,
+            } = self;
+            max_output_tokens.is_none()
+                && temperature.is_none()
+                && top_p.is_none()
+                && top_k.is_none()
+                && stop_sequences.is_empty()
+                && response_mime_type.is_none()
+                && response_json_schema.is_none()
+                && seed.is_none()
+                && presence_penalty.is_none()
+                && frequency_penalty.is_none()
+                && thinking_config.is_none()
         }
     }
-    let key = if is_error { "error" } else { "content" };
-    json!({ key: text })
+
+    #[derive(Serialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Thinking {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub thinking_level: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub thinking_budget: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub include_thoughts: Option<bool>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Tools<'a> {
+        pub function_declarations: Vec<Declaration<'a>>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Declaration<'a> {
+        pub name: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub description: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub parameters_json_schema: Option<&'a Value>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ToolConfig<'a> {
+        pub function_calling_config: Calling<'a>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Calling<'a> {
+        pub mode: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub allowed_function_names: Option<[&'a str; 1]>,
+    }
 }
 
 /// One model turn being written: its parts, and a Gemini signature waiting for the function
 /// call it belongs to.
 struct Turn<'a> {
-    parts: Vec<Value>,
+    parts: Vec<req_out::Part<'a>>,
     signature: Option<&'a str>,
     /// A function call of this turn already carries a signature.
     signed: bool,
@@ -157,10 +361,19 @@ pub fn encode_request_as<'l>(
     model: &str,
     label: impl Into<Label<'l>>,
 ) -> Result<Vec<u8>, ProviderError> {
-    let label = label.into();
-    let gemini_3 = gemini_3_or_later(model);
-    let mut system: Vec<Value> = Vec::new();
-    let mut contents: Vec<(&str, Vec<Value>)> = Vec::new();
+    let body = request_body(req, gemini_3_or_later(model), label.into())?;
+    serde_json::to_vec(&body)
+        .map_err(|e| ProviderError::internal(format!("could not write the Gemini request: {e}")))
+}
+
+/// The body [`encode_request_as`] writes.
+fn request_body<'a>(
+    req: &'a ChatRequest,
+    gemini_3: bool,
+    label: Label<'_>,
+) -> Result<req_out::Body<'a>, ProviderError> {
+    let mut system: Vec<req_out::Part<'a>> = Vec::new();
+    let mut contents: Vec<req_out::Content<'a>> = Vec::new();
     // the function each tool call id names, as the conversation goes (a later call with the same
     // id wins: ids made up for Gemini's id-less calls repeat across turns)
     let mut names: HashMap<&str, &str> = HashMap::new();
@@ -169,7 +382,7 @@ pub fn encode_request_as<'l>(
             for p in &m.content {
                 match p {
                     Part::Text { text, .. } if !text.is_empty() => {
-                        system.push(json!({ "text": text }))
+                        system.push(req_out::Part::Text { text })
                     }
                     Part::Text { .. } => {}
                     _ => {
@@ -196,27 +409,27 @@ pub fn encode_request_as<'l>(
             match p {
                 Part::Text { text, .. } => {
                     if !text.is_empty() {
-                        turn.parts.push(json!({ "text": text }));
+                        turn.parts.push(req_out::Part::Text { text });
                     }
                 }
                 Part::Image(src) => turn.parts.push(image_part(src, label)?),
                 Part::ToolCall(c) => {
                     names.insert(&c.id, &c.name);
-                    let mut part = json!({"functionCall": {
-                        "name": c.name,
-                        "args": tool_args(c, label)?,
-                    }});
+                    let function_call = req_out::FunctionCall {
+                        name: &c.name,
+                        args: tool_args(c, label)?,
+                    };
                     let signature = match turn.signature.take() {
                         Some(sig) => Some(sig),
                         // Gemini 3 wants the first call of a turn signed
                         None if gemini_3 && !turn.signed => Some(SKIP_SIGNATURE),
                         None => None,
                     };
-                    if let Some(sig) = signature {
-                        part["thoughtSignature"] = json!(sig);
-                        turn.signed = true;
-                    }
-                    turn.parts.push(part);
+                    turn.signed |= signature.is_some();
+                    turn.parts.push(req_out::Part::FunctionCall {
+                        function_call,
+                        thought_signature: signature,
+                    });
                 }
                 Part::ToolResult(r) => {
                     let name = names.get(r.tool_call_id.as_str()).copied().ok_or_else(|| {
@@ -239,10 +452,12 @@ pub fn encode_request_as<'l>(
                             }
                         }
                     }
-                    turn.parts.push(json!({"functionResponse": {
-                        "name": name,
-                        "response": tool_response(r.text(), r.is_error),
-                    }}));
+                    turn.parts.push(req_out::Part::FunctionResponse {
+                        function_response: req_out::FunctionResponse {
+                            name,
+                            response: tool_response(r.text(), r.is_error),
+                        },
+                    });
                     // images a tool returned go along as parts of the same turn
                     turn.parts.extend(images);
                 }
@@ -262,89 +477,70 @@ pub fn encode_request_as<'l>(
             continue;
         }
         match contents.last_mut() {
-            Some((prev, parts)) if *prev == role => parts.extend(turn.parts),
-            _ => contents.push((role, turn.parts)),
+            Some(prev) if prev.role == role => prev.parts.extend(turn.parts),
+            _ => contents.push(req_out::Content {
+                role,
+                parts: turn.parts,
+            }),
         }
     }
-    let mut body = Map::new();
-    body.insert(
-        "contents".into(),
-        Value::Array(
-            contents
-                .into_iter()
-                .map(|(role, parts)| json!({"role": role, "parts": parts}))
-                .collect(),
-        ),
-    );
-    if !system.is_empty() {
-        body.insert("systemInstruction".into(), json!({ "parts": system }));
-    }
-    let mut config = Map::new();
-    if let Some(n) = req.max_tokens {
-        config.insert("maxOutputTokens".into(), json!(n));
-    }
-    if let Some(t) = req.temperature {
-        config.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        config.insert("topP".into(), json!(p));
-    }
-    if let Some(k) = req.top_k {
-        config.insert("topK".into(), json!(k));
-    }
-    if !req.stop.is_empty() {
-        config.insert("stopSequences".into(), json!(req.stop));
-    }
+    let mut config = req_out::Config {
+        max_output_tokens: req.max_tokens,
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        stop_sequences: &req.stop,
+        ..req_out::Config::default()
+    };
     match &req.response_format {
         None | Some(ResponseFormat::Text) => {}
         Some(ResponseFormat::JsonObject) => {
-            config.insert("responseMimeType".into(), json!("application/json"));
+            config.response_mime_type = Some("application/json");
         }
         Some(ResponseFormat::JsonSchema { schema, .. }) => {
-            config.insert("responseMimeType".into(), json!("application/json"));
-            config.insert("responseJsonSchema".into(), schema.clone());
+            config.response_mime_type = Some("application/json");
+            config.response_json_schema = Some(schema);
         }
     }
     extra_fields(req, gemini_3, label, &mut config)?;
-    if !config.is_empty() {
-        body.insert("generationConfig".into(), Value::Object(config));
-    }
-    if let Some((tools, tool_config)) = tools(req) {
-        body.insert("tools".into(), tools);
-        body.insert("toolConfig".into(), tool_config);
-    }
-    serde_json::to_vec(&Value::Object(body))
-        .map_err(|e| ProviderError::internal(format!("could not write the Gemini request: {e}")))
+    let (tools, tool_config) = match tools(req) {
+        Some((tools, config)) => (Some(tools), Some(config)),
+        None => (None, None),
+    };
+    Ok(req_out::Body {
+        contents,
+        system_instruction: (!system.is_empty()).then_some(req_out::System { parts: system }),
+        generation_config: config,
+        tools,
+        tool_config,
+    })
 }
 
 /// The other API's fields that have a Gemini spelling go into `generationConfig`; harmless ones
 /// are dropped; anything else is refused by name.
-fn extra_fields(
-    req: &ChatRequest,
+fn extra_fields<'a>(
+    req: &'a ChatRequest,
     gemini_3: bool,
     label: Label<'_>,
-    config: &mut Map<String, Value>,
+    config: &mut req_out::Config<'a>,
 ) -> Result<(), ProviderError> {
     for (k, v) in &req.extra.fields {
         let handled = match (req.extra.family, k.as_str()) {
             (ApiFamily::OpenAi, "seed") if v.is_i64() || v.is_u64() => {
-                config.insert("seed".into(), v.clone());
+                config.seed = Some(v);
                 true
             }
             (ApiFamily::OpenAi, "presence_penalty") if v.is_number() => {
-                config.insert("presencePenalty".into(), v.clone());
+                config.presence_penalty = Some(v);
                 true
             }
             (ApiFamily::OpenAi, "frequency_penalty") if v.is_number() => {
-                config.insert("frequencyPenalty".into(), v.clone());
+                config.frequency_penalty = Some(v);
                 true
             }
             (ApiFamily::OpenAi, "reasoning_effort") => match v.as_str() {
                 Some(effort) => {
-                    config.insert(
-                        "thinkingConfig".into(),
-                        thinking_for_effort(effort, gemini_3),
-                    );
+                    config.thinking_config = Some(thinking_for_effort(effort, gemini_3));
                     true
                 }
                 None => false,
@@ -352,14 +548,17 @@ fn extra_fields(
             (ApiFamily::OpenAi, _) => HARMLESS_FROM_OPENAI.contains(&k.as_str()) || is_off(v),
             (ApiFamily::Anthropic, "thinking") => {
                 let budget = v.get("budget_tokens").and_then(Value::as_u64);
-                let thinking = match v.get("type").and_then(Value::as_str) {
-                    Some("disabled") => json!({"thinkingBudget": 0}),
-                    _ => match budget {
-                        Some(b) => json!({"thinkingBudget": b, "includeThoughts": true}),
-                        None => json!({"includeThoughts": true}),
+                config.thinking_config = Some(match v.get("type").and_then(Value::as_str) {
+                    Some("disabled") => req_out::Thinking {
+                        thinking_budget: Some(0),
+                        ..req_out::Thinking::default()
                     },
-                };
-                config.insert("thinkingConfig".into(), thinking);
+                    _ => req_out::Thinking {
+                        thinking_budget: budget,
+                        include_thoughts: Some(true),
+                        ..req_out::Thinking::default()
+                    },
+                });
                 true
             }
             (ApiFamily::Anthropic, _) => HARMLESS_FROM_ANTHROPIC.contains(&k.as_str()),
@@ -373,7 +572,7 @@ fn extra_fields(
 
 /// OpenAI's `reasoning_effort` as a `thinkingConfig`: Gemini 3 takes the level by name, earlier
 /// models a budget of thinking tokens (Google's own mapping in its OpenAI-compatible API).
-fn thinking_for_effort(effort: &str, gemini_3: bool) -> Value {
+fn thinking_for_effort(effort: &str, gemini_3: bool) -> req_out::Thinking {
     if gemini_3 {
         let level = match effort {
             "none" | "minimal" => "minimal",
@@ -381,7 +580,10 @@ fn thinking_for_effort(effort: &str, gemini_3: bool) -> Value {
             "medium" => "medium",
             _ => "high",
         };
-        return json!({ "thinkingLevel": level });
+        return req_out::Thinking {
+            thinking_level: Some(level),
+            ..req_out::Thinking::default()
+        };
     }
     let budget = match effort {
         "none" | "minimal" => 0,
@@ -389,38 +591,42 @@ fn thinking_for_effort(effort: &str, gemini_3: bool) -> Value {
         "medium" => 8192,
         _ => 24576,
     };
-    json!({ "thinkingBudget": budget })
+    req_out::Thinking {
+        thinking_budget: Some(budget),
+        ..req_out::Thinking::default()
+    }
 }
 
 /// `tools` and `toolConfig`, when the request has tools to offer.
-fn tools(req: &ChatRequest) -> Option<(Value, Value)> {
+fn tools(req: &ChatRequest) -> Option<([req_out::Tools<'_>; 1], req_out::ToolConfig<'_>)> {
     if req.tools.is_empty() {
         return None;
     }
-    let declarations: Vec<Value> = req
+    let function_declarations = req
         .tools
         .iter()
-        .map(|t| {
-            let mut d = Map::new();
-            d.insert("name".into(), json!(t.name));
-            if let Some(desc) = &t.description {
-                d.insert("description".into(), json!(desc));
-            }
-            if !is_off(&t.parameters) {
-                d.insert("parametersJsonSchema".into(), t.parameters.clone());
-            }
-            Value::Object(d)
+        .map(|t| req_out::Declaration {
+            name: &t.name,
+            description: t.description.as_deref(),
+            parameters_json_schema: (!is_off(&t.parameters)).then_some(&t.parameters),
         })
         .collect();
-    let calling = match &req.tool_choice {
-        None | Some(ToolChoice::Auto) => json!({"mode": "AUTO"}),
-        Some(ToolChoice::None) => json!({"mode": "NONE"}),
-        Some(ToolChoice::Required) => json!({"mode": "ANY"}),
-        Some(ToolChoice::Tool(name)) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
+    let (mode, allowed_function_names) = match &req.tool_choice {
+        None | Some(ToolChoice::Auto) => ("AUTO", None),
+        Some(ToolChoice::None) => ("NONE", None),
+        Some(ToolChoice::Required) => ("ANY", None),
+        Some(ToolChoice::Tool(name)) => ("ANY", Some([name.as_str()])),
     };
     Some((
-        json!([{ "functionDeclarations": declarations }]),
-        json!({ "functionCallingConfig": calling }),
+        [req_out::Tools {
+            function_declarations,
+        }],
+        req_out::ToolConfig {
+            function_calling_config: req_out::Calling {
+                mode,
+                allowed_function_names,
+            },
+        },
     ))
 }
 
