@@ -1188,3 +1188,26 @@ fn odd_bodies_decode_as_the_reference_decoded_them() {
     // nesting, 1e400 and a lone surrogate where nothing is read, as body and as event
     assert!(tally.lenient <= 6, "{tally:?}");
 }
+
+/// The one difference on JSON a Value tree reads: `candidates` as an object keyed `"0"`, which
+/// the reference's JSON pointer (`/candidates/0`) took for the first candidate of a list. The
+/// typed reading wants the list Gemini sends.
+#[test]
+fn candidates_keyed_by_index_are_not_a_list() {
+    let body = r#"{"candidates": {"0": {"content": {"parts": [{"text": "hi"}]}, "finishReason": "STOP"}}}"#;
+    let old = old::decode_response(body.as_bytes(), "m").expect("the reference read it");
+    assert_eq!(old.text(), "hi");
+    let e = new::decode_response(body.as_bytes(), "m").unwrap_err();
+    assert!(e.message.contains("no candidates"), "{}", e.message);
+    let mut o = old::StreamDecoder::new("m");
+    let mut n = new::StreamDecoder::new("m");
+    let ev = SseEvent {
+        event: None,
+        data: body.into(),
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    o.feed_into(&ev, &mut a).expect("reference");
+    n.feed_into(&ev, &mut b).expect("typed");
+    // the reference streamed the text and finished; the typed decoder only starts
+    assert_eq!((a.len(), b.len()), (4, 1), "{a:?} {b:?}");
+}
