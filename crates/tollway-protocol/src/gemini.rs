@@ -30,13 +30,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tollway_core::{
     ApiFamily, ChatRequest, ChatResponse, ErrorKind, ImageSource, Label, Part, ProviderError,
     ResponseFormat, Role, StopReason, StreamEvent, ToolCall, ToolChoice, Usage,
 };
 
 use crate::anthropic::{bad_arguments, is_off, HARMLESS_FROM_OPENAI};
+use crate::json::{self, lax};
 use crate::openai::fallback_message;
 use crate::sse::SseEvent;
 
@@ -97,11 +98,17 @@ fn mime_from_url(url: &str) -> Option<&'static str> {
     })
 }
 
-fn image_part(src: &ImageSource, label: Label<'_>) -> Result<Value, ProviderError> {
+fn image_part<'a>(
+    src: &'a ImageSource,
+    label: Label<'_>,
+) -> Result<req_out::Part<'a>, ProviderError> {
     match src {
-        ImageSource::Base64 { media_type, data } => {
-            Ok(json!({"inlineData": {"mimeType": media_type, "data": data}}))
-        }
+        ImageSource::Base64 { media_type, data } => Ok(req_out::Part::InlineData {
+            inline_data: req_out::Blob {
+                mime_type: media_type,
+                data,
+            },
+        }),
         ImageSource::Url(url) => {
             let mime = mime_from_url(url).ok_or_else(|| {
                 ProviderError::invalid(format!(
@@ -110,7 +117,12 @@ fn image_part(src: &ImageSource, label: Label<'_>) -> Result<Value, ProviderErro
                     url.chars().take(200).collect::<String>()
                 ))
             })?;
-            Ok(json!({"fileData": {"mimeType": mime, "fileUri": url}}))
+            Ok(req_out::Part::FileData {
+                file_data: req_out::FileData {
+                    mime_type: mime,
+                    file_uri: url,
+                },
+            })
         }
     }
 }
@@ -119,7 +131,7 @@ fn image_part(src: &ImageSource, label: Label<'_>) -> Result<Value, ProviderErro
 fn tool_args(c: &ToolCall, label: Label<'_>) -> Result<Value, ProviderError> {
     let args = c.arguments.trim();
     if args.is_empty() {
-        return Ok(json!({}));
+        return Ok(Value::Object(Map::new()));
     }
     match serde_json::from_str::<Value>(args) {
         Ok(v @ Value::Object(_)) => Ok(v),
@@ -129,20 +141,213 @@ fn tool_args(c: &ToolCall, label: Label<'_>) -> Result<Value, ProviderError> {
 }
 
 /// A tool result as the object `functionResponse.response` wants.
-fn tool_response(text: String, is_error: bool) -> Value {
-    if !is_error {
-        if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(&text) {
-            return v;
+fn tool_response(text: String, is_error: bool) -> req_out::Response {
+    if is_error {
+        return req_out::Response::Error { error: text };
+    }
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v @ Value::Object(_)) => req_out::Response::Object(v),
+        _ => req_out::Response::Content { content: text },
+    }
+}
+
+/// A Gemini request body, serialised from fields borrowed from the canonical request: the
+/// prompt's text goes straight into the body, never into a `Value` tree. Values are kept only
+/// for what is free-form (tool arguments and results, JSON schemas, the other API's numbers
+/// passed on as they came).
+mod req_out {
+    use serde::Serialize;
+    use serde_json::Value;
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Body<'a> {
+        pub contents: Vec<Content<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub system_instruction: Option<System<'a>>,
+        #[serde(skip_serializing_if = "Config::is_empty")]
+        pub generation_config: Config<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tools: Option<[Tools<'a>; 1]>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tool_config: Option<ToolConfig<'a>>,
+    }
+
+    #[derive(Serialize)]
+    pub struct Content<'a> {
+        pub role: &'static str,
+        pub parts: Vec<Part<'a>>,
+    }
+
+    #[derive(Serialize)]
+    pub struct System<'a> {
+        pub parts: Vec<Part<'a>>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    pub enum Part<'a> {
+        Text {
+            text: &'a str,
+        },
+        #[serde(rename_all = "camelCase")]
+        InlineData {
+            inline_data: Blob<'a>,
+        },
+        #[serde(rename_all = "camelCase")]
+        FileData {
+            file_data: FileData<'a>,
+        },
+        #[serde(rename_all = "camelCase")]
+        FunctionCall {
+            function_call: FunctionCall<'a>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            thought_signature: Option<&'a str>,
+        },
+        #[serde(rename_all = "camelCase")]
+        FunctionResponse {
+            function_response: FunctionResponse<'a>,
+        },
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Blob<'a> {
+        pub mime_type: &'a str,
+        pub data: &'a str,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct FileData<'a> {
+        pub mime_type: &'static str,
+        pub file_uri: &'a str,
+    }
+
+    #[derive(Serialize)]
+    pub struct FunctionCall<'a> {
+        pub name: &'a str,
+        pub args: Value,
+    }
+
+    #[derive(Serialize)]
+    pub struct FunctionResponse<'a> {
+        pub name: &'a str,
+        pub response: Response,
+    }
+
+    /// A tool's result: the object it returned, or its text under `content` (`error` for a
+    /// failed call).
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    pub enum Response {
+        Object(Value),
+        Content { content: String },
+        Error { error: String },
+    }
+
+    #[derive(Serialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Config<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub max_output_tokens: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub temperature: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub top_p: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub top_k: Option<u32>,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        pub stop_sequences: &'a [String],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub response_mime_type: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub response_json_schema: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub seed: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub presence_penalty: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub frequency_penalty: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub thinking_config: Option<Thinking>,
+    }
+
+    impl Config<'_> {
+        pub fn is_empty(&self) -> bool {
+            let Config {
+                max_output_tokens,
+                temperature,
+                top_p,
+                top_k,
+                stop_sequences,
+                response_mime_type,
+                response_json_schema,
+                seed,
+                presence_penalty,
+                frequency_penalty,
+                thinking_config,
+            } = self;
+            max_output_tokens.is_none()
+                && temperature.is_none()
+                && top_p.is_none()
+                && top_k.is_none()
+                && stop_sequences.is_empty()
+                && response_mime_type.is_none()
+                && response_json_schema.is_none()
+                && seed.is_none()
+                && presence_penalty.is_none()
+                && frequency_penalty.is_none()
+                && thinking_config.is_none()
         }
     }
-    let key = if is_error { "error" } else { "content" };
-    json!({ key: text })
+
+    #[derive(Serialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Thinking {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub thinking_level: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub thinking_budget: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub include_thoughts: Option<bool>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Tools<'a> {
+        pub function_declarations: Vec<Declaration<'a>>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Declaration<'a> {
+        pub name: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub description: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub parameters_json_schema: Option<&'a Value>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ToolConfig<'a> {
+        pub function_calling_config: Calling<'a>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Calling<'a> {
+        pub mode: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub allowed_function_names: Option<[&'a str; 1]>,
+    }
 }
 
 /// One model turn being written: its parts, and a Gemini signature waiting for the function
 /// call it belongs to.
 struct Turn<'a> {
-    parts: Vec<Value>,
+    parts: Vec<req_out::Part<'a>>,
     signature: Option<&'a str>,
     /// A function call of this turn already carries a signature.
     signed: bool,
@@ -156,10 +361,19 @@ pub fn encode_request_as<'l>(
     model: &str,
     label: impl Into<Label<'l>>,
 ) -> Result<Vec<u8>, ProviderError> {
-    let label = label.into();
-    let gemini_3 = gemini_3_or_later(model);
-    let mut system: Vec<Value> = Vec::new();
-    let mut contents: Vec<(&str, Vec<Value>)> = Vec::new();
+    let body = request_body(req, gemini_3_or_later(model), label.into())?;
+    serde_json::to_vec(&body)
+        .map_err(|e| ProviderError::internal(format!("could not write the Gemini request: {e}")))
+}
+
+/// The body [`encode_request_as`] writes.
+fn request_body<'a>(
+    req: &'a ChatRequest,
+    gemini_3: bool,
+    label: Label<'_>,
+) -> Result<req_out::Body<'a>, ProviderError> {
+    let mut system: Vec<req_out::Part<'a>> = Vec::new();
+    let mut contents: Vec<req_out::Content<'a>> = Vec::new();
     // the function each tool call id names, as the conversation goes (a later call with the same
     // id wins: ids made up for Gemini's id-less calls repeat across turns)
     let mut names: HashMap<&str, &str> = HashMap::new();
@@ -168,7 +382,7 @@ pub fn encode_request_as<'l>(
             for p in &m.content {
                 match p {
                     Part::Text { text, .. } if !text.is_empty() => {
-                        system.push(json!({ "text": text }))
+                        system.push(req_out::Part::Text { text })
                     }
                     Part::Text { .. } => {}
                     _ => {
@@ -195,27 +409,27 @@ pub fn encode_request_as<'l>(
             match p {
                 Part::Text { text, .. } => {
                     if !text.is_empty() {
-                        turn.parts.push(json!({ "text": text }));
+                        turn.parts.push(req_out::Part::Text { text });
                     }
                 }
                 Part::Image(src) => turn.parts.push(image_part(src, label)?),
                 Part::ToolCall(c) => {
                     names.insert(&c.id, &c.name);
-                    let mut part = json!({"functionCall": {
-                        "name": c.name,
-                        "args": tool_args(c, label)?,
-                    }});
+                    let function_call = req_out::FunctionCall {
+                        name: &c.name,
+                        args: tool_args(c, label)?,
+                    };
                     let signature = match turn.signature.take() {
                         Some(sig) => Some(sig),
                         // Gemini 3 wants the first call of a turn signed
                         None if gemini_3 && !turn.signed => Some(SKIP_SIGNATURE),
                         None => None,
                     };
-                    if let Some(sig) = signature {
-                        part["thoughtSignature"] = json!(sig);
-                        turn.signed = true;
-                    }
-                    turn.parts.push(part);
+                    turn.signed |= signature.is_some();
+                    turn.parts.push(req_out::Part::FunctionCall {
+                        function_call,
+                        thought_signature: signature,
+                    });
                 }
                 Part::ToolResult(r) => {
                     let name = names.get(r.tool_call_id.as_str()).copied().ok_or_else(|| {
@@ -238,10 +452,12 @@ pub fn encode_request_as<'l>(
                             }
                         }
                     }
-                    turn.parts.push(json!({"functionResponse": {
-                        "name": name,
-                        "response": tool_response(r.text(), r.is_error),
-                    }}));
+                    turn.parts.push(req_out::Part::FunctionResponse {
+                        function_response: req_out::FunctionResponse {
+                            name,
+                            response: tool_response(r.text(), r.is_error),
+                        },
+                    });
                     // images a tool returned go along as parts of the same turn
                     turn.parts.extend(images);
                 }
@@ -261,89 +477,70 @@ pub fn encode_request_as<'l>(
             continue;
         }
         match contents.last_mut() {
-            Some((prev, parts)) if *prev == role => parts.extend(turn.parts),
-            _ => contents.push((role, turn.parts)),
+            Some(prev) if prev.role == role => prev.parts.extend(turn.parts),
+            _ => contents.push(req_out::Content {
+                role,
+                parts: turn.parts,
+            }),
         }
     }
-    let mut body = Map::new();
-    body.insert(
-        "contents".into(),
-        Value::Array(
-            contents
-                .into_iter()
-                .map(|(role, parts)| json!({"role": role, "parts": parts}))
-                .collect(),
-        ),
-    );
-    if !system.is_empty() {
-        body.insert("systemInstruction".into(), json!({ "parts": system }));
-    }
-    let mut config = Map::new();
-    if let Some(n) = req.max_tokens {
-        config.insert("maxOutputTokens".into(), json!(n));
-    }
-    if let Some(t) = req.temperature {
-        config.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        config.insert("topP".into(), json!(p));
-    }
-    if let Some(k) = req.top_k {
-        config.insert("topK".into(), json!(k));
-    }
-    if !req.stop.is_empty() {
-        config.insert("stopSequences".into(), json!(req.stop));
-    }
+    let mut config = req_out::Config {
+        max_output_tokens: req.max_tokens,
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        stop_sequences: &req.stop,
+        ..req_out::Config::default()
+    };
     match &req.response_format {
         None | Some(ResponseFormat::Text) => {}
         Some(ResponseFormat::JsonObject) => {
-            config.insert("responseMimeType".into(), json!("application/json"));
+            config.response_mime_type = Some("application/json");
         }
         Some(ResponseFormat::JsonSchema { schema, .. }) => {
-            config.insert("responseMimeType".into(), json!("application/json"));
-            config.insert("responseJsonSchema".into(), schema.clone());
+            config.response_mime_type = Some("application/json");
+            config.response_json_schema = Some(schema);
         }
     }
     extra_fields(req, gemini_3, label, &mut config)?;
-    if !config.is_empty() {
-        body.insert("generationConfig".into(), Value::Object(config));
-    }
-    if let Some((tools, tool_config)) = tools(req) {
-        body.insert("tools".into(), tools);
-        body.insert("toolConfig".into(), tool_config);
-    }
-    serde_json::to_vec(&Value::Object(body))
-        .map_err(|e| ProviderError::internal(format!("could not write the Gemini request: {e}")))
+    let (tools, tool_config) = match tools(req) {
+        Some((tools, config)) => (Some(tools), Some(config)),
+        None => (None, None),
+    };
+    Ok(req_out::Body {
+        contents,
+        system_instruction: (!system.is_empty()).then_some(req_out::System { parts: system }),
+        generation_config: config,
+        tools,
+        tool_config,
+    })
 }
 
 /// The other API's fields that have a Gemini spelling go into `generationConfig`; harmless ones
 /// are dropped; anything else is refused by name.
-fn extra_fields(
-    req: &ChatRequest,
+fn extra_fields<'a>(
+    req: &'a ChatRequest,
     gemini_3: bool,
     label: Label<'_>,
-    config: &mut Map<String, Value>,
+    config: &mut req_out::Config<'a>,
 ) -> Result<(), ProviderError> {
     for (k, v) in &req.extra.fields {
         let handled = match (req.extra.family, k.as_str()) {
             (ApiFamily::OpenAi, "seed") if v.is_i64() || v.is_u64() => {
-                config.insert("seed".into(), v.clone());
+                config.seed = Some(v);
                 true
             }
             (ApiFamily::OpenAi, "presence_penalty") if v.is_number() => {
-                config.insert("presencePenalty".into(), v.clone());
+                config.presence_penalty = Some(v);
                 true
             }
             (ApiFamily::OpenAi, "frequency_penalty") if v.is_number() => {
-                config.insert("frequencyPenalty".into(), v.clone());
+                config.frequency_penalty = Some(v);
                 true
             }
             (ApiFamily::OpenAi, "reasoning_effort") => match v.as_str() {
                 Some(effort) => {
-                    config.insert(
-                        "thinkingConfig".into(),
-                        thinking_for_effort(effort, gemini_3),
-                    );
+                    config.thinking_config = Some(thinking_for_effort(effort, gemini_3));
                     true
                 }
                 None => false,
@@ -351,14 +548,17 @@ fn extra_fields(
             (ApiFamily::OpenAi, _) => HARMLESS_FROM_OPENAI.contains(&k.as_str()) || is_off(v),
             (ApiFamily::Anthropic, "thinking") => {
                 let budget = v.get("budget_tokens").and_then(Value::as_u64);
-                let thinking = match v.get("type").and_then(Value::as_str) {
-                    Some("disabled") => json!({"thinkingBudget": 0}),
-                    _ => match budget {
-                        Some(b) => json!({"thinkingBudget": b, "includeThoughts": true}),
-                        None => json!({"includeThoughts": true}),
+                config.thinking_config = Some(match v.get("type").and_then(Value::as_str) {
+                    Some("disabled") => req_out::Thinking {
+                        thinking_budget: Some(0),
+                        ..req_out::Thinking::default()
                     },
-                };
-                config.insert("thinkingConfig".into(), thinking);
+                    _ => req_out::Thinking {
+                        thinking_budget: budget,
+                        include_thoughts: Some(true),
+                        ..req_out::Thinking::default()
+                    },
+                });
                 true
             }
             (ApiFamily::Anthropic, _) => HARMLESS_FROM_ANTHROPIC.contains(&k.as_str()),
@@ -372,7 +572,7 @@ fn extra_fields(
 
 /// OpenAI's `reasoning_effort` as a `thinkingConfig`: Gemini 3 takes the level by name, earlier
 /// models a budget of thinking tokens (Google's own mapping in its OpenAI-compatible API).
-fn thinking_for_effort(effort: &str, gemini_3: bool) -> Value {
+fn thinking_for_effort(effort: &str, gemini_3: bool) -> req_out::Thinking {
     if gemini_3 {
         let level = match effort {
             "none" | "minimal" => "minimal",
@@ -380,7 +580,10 @@ fn thinking_for_effort(effort: &str, gemini_3: bool) -> Value {
             "medium" => "medium",
             _ => "high",
         };
-        return json!({ "thinkingLevel": level });
+        return req_out::Thinking {
+            thinking_level: Some(level),
+            ..req_out::Thinking::default()
+        };
     }
     let budget = match effort {
         "none" | "minimal" => 0,
@@ -388,44 +591,179 @@ fn thinking_for_effort(effort: &str, gemini_3: bool) -> Value {
         "medium" => 8192,
         _ => 24576,
     };
-    json!({ "thinkingBudget": budget })
+    req_out::Thinking {
+        thinking_budget: Some(budget),
+        ..req_out::Thinking::default()
+    }
 }
 
 /// `tools` and `toolConfig`, when the request has tools to offer.
-fn tools(req: &ChatRequest) -> Option<(Value, Value)> {
+fn tools(req: &ChatRequest) -> Option<([req_out::Tools<'_>; 1], req_out::ToolConfig<'_>)> {
     if req.tools.is_empty() {
         return None;
     }
-    let declarations: Vec<Value> = req
+    let function_declarations = req
         .tools
         .iter()
-        .map(|t| {
-            let mut d = Map::new();
-            d.insert("name".into(), json!(t.name));
-            if let Some(desc) = &t.description {
-                d.insert("description".into(), json!(desc));
-            }
-            if !is_off(&t.parameters) {
-                d.insert("parametersJsonSchema".into(), t.parameters.clone());
-            }
-            Value::Object(d)
+        .map(|t| req_out::Declaration {
+            name: &t.name,
+            description: t.description.as_deref(),
+            parameters_json_schema: (!is_off(&t.parameters)).then_some(&t.parameters),
         })
         .collect();
-    let calling = match &req.tool_choice {
-        None | Some(ToolChoice::Auto) => json!({"mode": "AUTO"}),
-        Some(ToolChoice::None) => json!({"mode": "NONE"}),
-        Some(ToolChoice::Required) => json!({"mode": "ANY"}),
-        Some(ToolChoice::Tool(name)) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
+    let (mode, allowed_function_names) = match &req.tool_choice {
+        None | Some(ToolChoice::Auto) => ("AUTO", None),
+        Some(ToolChoice::None) => ("NONE", None),
+        Some(ToolChoice::Required) => ("ANY", None),
+        Some(ToolChoice::Tool(name)) => ("ANY", Some([name.as_str()])),
     };
     Some((
-        json!([{ "functionDeclarations": declarations }]),
-        json!({ "functionCallingConfig": calling }),
+        [req_out::Tools {
+            function_declarations,
+        }],
+        req_out::ToolConfig {
+            function_calling_config: req_out::Calling {
+                mode,
+                allowed_function_names,
+            },
+        },
     ))
 }
 
 // ------------------------------------------------------------------------------------------------
 // Answers
 // ------------------------------------------------------------------------------------------------
+
+/// The parts of Gemini answers and stream events Tollway reads, typed and lenient (a field of
+/// another type reads as absent, as `Value::as_str` and the like read it), borrowing strings from
+/// the body.
+mod wire {
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    use crate::json::lax;
+
+    /// A `GenerateContentResponse`, as a whole answer.
+    #[derive(Deserialize, Default)]
+    pub struct Answer<'a> {
+        #[serde(borrow, default)]
+        pub candidates: lax::Head<Candidate<'a>>,
+        #[serde(rename = "promptFeedback", borrow, default)]
+        pub prompt_feedback: lax::Obj<Feedback<'a>>,
+        #[serde(rename = "usageMetadata", default)]
+        pub usage_metadata: lax::Obj<UsageMetadata>,
+        #[serde(rename = "responseId", borrow, default)]
+        pub response_id: lax::Str<'a>,
+        #[serde(rename = "modelVersion", borrow, default)]
+        pub model_version: lax::Str<'a>,
+    }
+
+    /// A `GenerateContentResponse` as one event of a stream: the answer's fields, and an error
+    /// in its place. Usage there means something even when it is not an object: every event
+    /// that has the field reports usage.
+    #[derive(Deserialize, Default)]
+    pub struct Event<'a> {
+        #[serde(borrow, default)]
+        pub candidates: lax::Head<Candidate<'a>>,
+        #[serde(rename = "promptFeedback", borrow, default)]
+        pub prompt_feedback: lax::Obj<Feedback<'a>>,
+        #[serde(rename = "usageMetadata", default)]
+        pub usage_metadata: lax::Present<lax::Obj<UsageMetadata>>,
+        #[serde(rename = "responseId", borrow, default)]
+        pub response_id: lax::Str<'a>,
+        #[serde(rename = "modelVersion", borrow, default)]
+        pub model_version: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub error: lax::Present<lax::Obj<Error<'a>>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Candidate<'a> {
+        #[serde(borrow, default)]
+        pub content: lax::Obj<Content<'a>>,
+        #[serde(rename = "finishReason", borrow, default)]
+        pub finish_reason: lax::Str<'a>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Content<'a> {
+        #[serde(borrow, default)]
+        pub parts: lax::Seq<Part<'a>>,
+    }
+
+    /// One part of an answer: text (a thought when `thought` is true), or a function call, each
+    /// perhaps with a thought signature. A part that has `text` or `functionCall` must have it
+    /// right, so their presence is kept.
+    #[derive(Deserialize)]
+    pub struct Part<'a> {
+        #[serde(borrow, default)]
+        pub text: lax::Present<lax::Str<'a>>,
+        #[serde(default)]
+        pub thought: lax::Bool,
+        #[serde(rename = "thoughtSignature", borrow, default)]
+        pub thought_signature: lax::Str<'a>,
+        #[serde(rename = "functionCall", borrow, default)]
+        pub function_call: lax::Present<lax::Obj<FunctionCall<'a>>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct FunctionCall<'a> {
+        #[serde(borrow, default)]
+        pub name: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub id: lax::Str<'a>,
+        /// The arguments, free-form: written out again as compact JSON (`null` too).
+        #[serde(default)]
+        pub args: lax::Present<Value>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Feedback<'a> {
+        #[serde(rename = "blockReason", borrow, default)]
+        pub block_reason: lax::Str<'a>,
+        #[serde(rename = "blockReasonMessage", borrow, default)]
+        pub block_reason_message: lax::Str<'a>,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct UsageMetadata {
+        #[serde(rename = "promptTokenCount", default)]
+        pub prompt: lax::Count,
+        #[serde(rename = "toolUsePromptTokenCount", default)]
+        pub tool_use_prompt: lax::Count,
+        #[serde(rename = "cachedContentTokenCount", default)]
+        pub cached: lax::Count,
+        #[serde(rename = "candidatesTokenCount", default)]
+        pub candidates: lax::Count,
+        #[serde(rename = "thoughtsTokenCount", default)]
+        pub thoughts: lax::Count,
+    }
+
+    /// `{"error": {"code", "message", "status"}}`, as an error answer's body or a stream event.
+    #[derive(Deserialize)]
+    pub struct ErrorBody<'a> {
+        #[serde(borrow, default)]
+        pub error: lax::Obj<Error<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Error<'a> {
+        #[serde(default)]
+        pub code: lax::U64,
+        #[serde(borrow, default)]
+        pub message: lax::Str<'a>,
+        #[serde(borrow, default)]
+        pub status: lax::Str<'a>,
+    }
+
+    impl<'a> Candidate<'a> {
+        /// The candidate's parts (none when its content or parts are missing or not what they
+        /// should be).
+        pub fn parts(&self) -> &[Part<'a>] {
+            self.content.0.as_ref().map_or(&[], |c| &c.parts.0)
+        }
+    }
+}
 
 fn bad_answer(msg: impl Into<String>) -> ProviderError {
     ProviderError::new(ErrorKind::InvalidResponse, msg)
@@ -447,38 +785,38 @@ fn stop_reason(s: &str, called_tools: bool) -> StopReason {
     }
 }
 
-/// Gemini's `usageMetadata`, normalised: cached tokens out of the input, thinking into the
-/// output.
-fn usage(u: Option<&Value>) -> Usage {
-    let n = |k: &str| {
-        u.and_then(|u| u.get(k))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
+/// Gemini's `usageMetadata` (zeros without one), normalised: cached tokens out of the input,
+/// thinking into the output. Sums saturate: two counts near `u64::MAX` (nonsense, but an
+/// upstream's to send) must not overflow.
+fn usage(u: Option<&wire::UsageMetadata>) -> Usage {
+    let Some(u) = u else {
+        return Usage::default();
     };
-    let cached = n("cachedContentTokenCount");
-    let thoughts = n("thoughtsTokenCount");
+    let cached = u.cached.0;
+    let thoughts = u.thoughts.0;
     Usage {
-        input_tokens: (n("promptTokenCount") + n("toolUsePromptTokenCount")).saturating_sub(cached),
-        output_tokens: n("candidatesTokenCount") + thoughts,
+        input_tokens: u
+            .prompt
+            .0
+            .saturating_add(u.tool_use_prompt.0)
+            .saturating_sub(cached),
+        output_tokens: u.candidates.0.saturating_add(thoughts),
         cache_read_tokens: cached,
         cache_write_tokens: 0,
         reasoning_tokens: thoughts,
     }
 }
 
-/// A prompt Gemini refused to answer (`promptFeedback.blockReason` and no candidates).
-fn blocked(v: &Value) -> Option<ProviderError> {
-    let reason = v.pointer("/promptFeedback/blockReason")?.as_str()?;
-    let has_candidates = v
-        .get("candidates")
-        .and_then(Value::as_array)
-        .is_some_and(|c| !c.is_empty());
+/// A prompt Gemini refused to answer (`promptFeedback.blockReason`, and no candidates).
+fn blocked(feedback: &lax::Obj<wire::Feedback<'_>>, has_candidates: bool) -> Option<ProviderError> {
+    let feedback = feedback.0.as_ref()?;
+    let reason = feedback.block_reason.as_str()?;
     if has_candidates {
         return None;
     }
-    let detail = v
-        .pointer("/promptFeedback/blockReasonMessage")
-        .and_then(Value::as_str)
+    let detail = feedback
+        .block_reason_message
+        .as_str()
         .map(|m| format!(": {m}"))
         .unwrap_or_default();
     Some(ProviderError::new(
@@ -497,74 +835,108 @@ fn call_id(answer_id: &str, n: usize) -> String {
     format!("call_{tail}_{n}")
 }
 
-fn answer_id(v: &Value) -> String {
-    match v.get("responseId").and_then(Value::as_str) {
+fn answer_id(id: &lax::Str<'_>) -> String {
+    match id.as_str() {
         Some(id) if !id.is_empty() => id.to_string(),
         _ => "gemini-answer".to_string(),
+    }
+}
+
+/// A function call's arguments as text: the `args` object as compact JSON, `{}` without one.
+fn call_arguments(c: Option<&wire::FunctionCall<'_>>) -> String {
+    match c.and_then(|c| c.args.0.as_ref()) {
+        Some(args) => args.to_string(),
+        None => "{}".to_string(),
+    }
+}
+
+/// A function call's name (an error without one) and its id (made up when Gemini gives none).
+fn call_name_and_id<'c>(
+    c: Option<&'c wire::FunctionCall<'_>>,
+    answer_id: &str,
+    calls: usize,
+) -> Result<(&'c str, String), ProviderError> {
+    let name = c
+        .and_then(|c| c.name.as_str())
+        .ok_or_else(|| bad_answer("the provider's functionCall has no `name`"))?;
+    let id = match c.and_then(|c| c.id.as_str()) {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => call_id(answer_id, calls),
+    };
+    Ok((name, id))
+}
+
+/// A part's text, when it has some (an error when it is not a string).
+fn part_text<'p>(p: &'p wire::Part<'_>) -> Result<Option<&'p str>, ProviderError> {
+    match &p.text.0 {
+        None => Ok(None),
+        Some(t) => t
+            .as_str()
+            .map(Some)
+            .ok_or_else(|| bad_answer("the provider's text part is not a string")),
     }
 }
 
 /// Decodes a `GenerateContentResponse`. `model`: the model asked (when the answer names no
 /// `modelVersion`).
 pub fn decode_response(bytes: &[u8], model: &str) -> Result<ChatResponse, ProviderError> {
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| bad_answer(format!("the provider's answer is not valid JSON: {e}")))?;
-    if let Some(e) = blocked(&v) {
+    const WHAT: &str = "an answer";
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        // not UTF-8, so not JSON either: serde_json's Value names where (a typed reading would
+        // skip a bad byte in a field it does not read)
+        Err(_) => {
+            return Err(json::parse_upstream_as::<Value>(bytes, WHAT)
+                .err()
+                .unwrap_or_else(|| bad_answer("the provider's answer is not UTF-8")))
+        }
+    };
+    // any JSON value: one that is not an object has no candidates
+    let v = json::parse_upstream_str_as::<lax::Obj<wire::Answer<'_>>>(text, WHAT)?
+        .0
+        .unwrap_or_default();
+    if let Some(e) = blocked(&v.prompt_feedback, v.candidates.0.is_some()) {
         return Err(e);
     }
     let candidate = v
-        .pointer("/candidates/0")
+        .candidates
+        .0
         .ok_or_else(|| bad_answer("the provider's answer has no candidates"))?;
-    let id = answer_id(&v);
+    let candidate = candidate.0.as_ref();
+    let id = answer_id(&v.response_id);
     let mut content = Vec::new();
     let mut calls = 0;
-    if let Some(parts) = candidate
-        .pointer("/content/parts")
-        .and_then(Value::as_array)
-    {
-        for p in parts {
-            decode_part(p, &id, &mut calls, &mut content)?;
-        }
+    for p in candidate.map_or(&[][..], wire::Candidate::parts) {
+        decode_part(p, &id, &mut calls, &mut content)?;
     }
     let reason = candidate
-        .get("finishReason")
-        .and_then(Value::as_str)
+        .and_then(|c| c.finish_reason.as_str())
         .unwrap_or("STOP");
     Ok(ChatResponse {
-        model: v
-            .get("modelVersion")
-            .and_then(Value::as_str)
-            .unwrap_or(model)
-            .to_string(),
+        model: v.model_version.as_str().unwrap_or(model).to_string(),
         id,
         content,
         stop_reason: stop_reason(reason, calls > 0),
         stop_sequence: None,
-        usage: usage(v.get("usageMetadata")),
+        usage: usage(v.usage_metadata.0.as_ref()),
         created: crate::now_unix(),
     })
 }
 
 /// One answer part as canonical parts (a signed function call brings its signature first).
 fn decode_part(
-    p: &Value,
+    p: &wire::Part<'_>,
     answer_id: &str,
     calls: &mut usize,
     out: &mut Vec<Part>,
 ) -> Result<(), ProviderError> {
     let signature = p
-        .get("thoughtSignature")
-        .and_then(Value::as_str)
+        .thought_signature
+        .as_str()
         .map(|s| format!("{SIGNATURE_PREFIX}{s}"));
-    if let Some(c) = p.get("functionCall") {
-        let name = c
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad_answer("the provider's functionCall has no `name`"))?;
-        let id = match c.get("id").and_then(Value::as_str) {
-            Some(id) if !id.is_empty() => id.to_string(),
-            _ => call_id(answer_id, *calls),
-        };
+    if let Some(c) = &p.function_call.0 {
+        let c = c.0.as_ref();
+        let (name, id) = call_name_and_id(c, answer_id, *calls)?;
         *calls += 1;
         if let Some(sig) = signature {
             out.push(Part::Thinking {
@@ -575,19 +947,12 @@ fn decode_part(
         out.push(Part::ToolCall(ToolCall {
             id,
             name: name.to_string(),
-            arguments: c
-                .get("args")
-                .cloned()
-                .unwrap_or_else(|| json!({}))
-                .to_string(),
+            arguments: call_arguments(c),
         }));
         return Ok(());
     }
-    if let Some(t) = p.get("text") {
-        let text = t
-            .as_str()
-            .ok_or_else(|| bad_answer("the provider's text part is not a string"))?;
-        if p.get("thought").and_then(Value::as_bool) == Some(true) {
+    if let Some(text) = part_text(p)? {
+        if p.thought.0 == Some(true) {
             out.push(Part::Thinking {
                 text: text.to_string(),
                 signature,
@@ -604,20 +969,24 @@ fn decode_part(
 /// Classifies a Gemini error answer (`{"error": {"code", "message", "status"}}`, or a list of
 /// one such object).
 pub fn decode_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> ProviderError {
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let error = parsed.as_ref().and_then(|v| match v {
-        Value::Array(a) => a.first().and_then(|e| e.get("error")),
-        v => v.get("error"),
+    // not UTF-8: not JSON, and the message is the body's text
+    let text = std::str::from_utf8(body).ok();
+    let parse = |text| serde_json::from_str::<lax::Obj<wire::ErrorBody<'_>>>(text).ok();
+    let error_body = text.and_then(|text| match parse(text) {
+        Some(lax::Obj(Some(b))) => Some(b),
+        // not an object: perhaps the list `streamGenerateContent` without `alt=sse` answers
+        Some(lax::Obj(None)) => serde_json::from_str::<lax::Head<wire::ErrorBody<'_>>>(text)
+            .ok()
+            .and_then(|h| h.0)
+            .and_then(|first| first.0),
+        None => None,
     });
+    let error = error_body.as_ref().and_then(|b| b.error.0.as_ref());
     let message = error
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
+        .and_then(|e| e.message.as_str())
         .map(str::to_string)
         .unwrap_or_else(|| fallback_message(status, body));
-    let code = error
-        .and_then(|e| e.get("status"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let code = error.and_then(|e| e.status.as_str()).unwrap_or_default();
     classify(status, code, message, retry_after)
 }
 
@@ -716,68 +1085,53 @@ impl StreamDecoder {
         if self.finished || data.is_empty() {
             return Ok(());
         }
-        let v: Value = serde_json::from_str(data).map_err(|e| {
-            bad_answer(format!(
-                "the provider's stream event is not valid JSON: {e}"
-            ))
-        })?;
-        if let Some(e) = v.get("error") {
+        // any JSON value: one that is not an object holds nothing
+        let v = json::parse_upstream_str_as::<lax::Obj<wire::Event<'_>>>(data, "a stream event")?
+            .0
+            .unwrap_or_default();
+        if let Some(e) = &v.error.0 {
+            let e = e.0.as_ref();
             let message = e
-                .get("message")
-                .and_then(Value::as_str)
+                .and_then(|e| e.message.as_str())
                 .unwrap_or("the provider reported an error mid-stream")
                 .to_string();
             let status = e
-                .get("code")
-                .and_then(Value::as_u64)
+                .and_then(|e| e.code.0)
                 .and_then(|c| u16::try_from(c).ok())
                 .unwrap_or(500);
-            let code = e.get("status").and_then(Value::as_str).unwrap_or_default();
+            let code = e.and_then(|e| e.status.as_str()).unwrap_or_default();
             return Err(classify(status, code, message, None));
         }
-        if let Some(e) = blocked(&v) {
+        if let Some(e) = blocked(&v.prompt_feedback, v.candidates.0.is_some()) {
             return Err(e);
         }
+        let reported = v.usage_metadata.0.as_ref();
+        let metadata = reported.and_then(|u| u.0.as_ref());
         if !self.started {
             self.started = true;
-            self.id = answer_id(&v);
-            let model = v
-                .get("modelVersion")
-                .and_then(Value::as_str)
-                .unwrap_or(&self.model)
-                .to_string();
+            self.id = answer_id(&v.response_id);
+            let model = v.model_version.as_str().unwrap_or(&self.model).to_string();
             // the prompt's count, when the first event has it, goes into the start (an
             // Anthropic client reads it from `message_start`)
-            let prompt = v.get("usageMetadata").map_or_else(Usage::default, |u| {
-                let u = usage(Some(u));
-                Usage {
-                    output_tokens: 0,
-                    reasoning_tokens: 0,
-                    ..u
-                }
-            });
+            let prompt = Usage {
+                output_tokens: 0,
+                reasoning_tokens: 0,
+                ..usage(metadata)
+            };
             out.push(StreamEvent::Start {
                 id: self.id.clone(),
                 model,
                 usage: prompt,
             });
         }
-        let candidate = v.pointer("/candidates/0");
-        if let Some(parts) = candidate
-            .and_then(|c| c.pointer("/content/parts"))
-            .and_then(Value::as_array)
-        {
-            for p in parts {
-                self.part(p, out)?;
-            }
+        let candidate = v.candidates.0.as_ref().and_then(|c| c.0.as_ref());
+        for p in candidate.map_or(&[][..], wire::Candidate::parts) {
+            self.part(p, out)?;
         }
-        if let Some(u) = v.get("usageMetadata") {
-            out.push(StreamEvent::Usage(usage(Some(u))));
+        if reported.is_some() {
+            out.push(StreamEvent::Usage(usage(metadata)));
         }
-        if let Some(reason) = candidate
-            .and_then(|c| c.get("finishReason"))
-            .and_then(Value::as_str)
-        {
+        if let Some(reason) = candidate.and_then(|c| c.finish_reason.as_str()) {
             self.close(out);
             self.finished = true;
             out.push(StreamEvent::Finish {
@@ -788,13 +1142,15 @@ impl StreamDecoder {
         Ok(())
     }
 
-    fn part(&mut self, p: &Value, out: &mut Vec<StreamEvent>) -> Result<(), ProviderError> {
-        let signature = p.get("thoughtSignature").and_then(Value::as_str);
-        if let Some(c) = p.get("functionCall") {
-            let name = c
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad_answer("the provider's functionCall has no `name`"))?;
+    fn part(
+        &mut self,
+        p: &wire::Part<'_>,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), ProviderError> {
+        let signature = p.thought_signature.as_str();
+        if let Some(c) = &p.function_call.0 {
+            let c = c.0.as_ref();
+            let (name, id) = call_name_and_id(c, &self.id, self.calls)?;
             self.close(out);
             if let Some(sig) = signature {
                 let index = self.block(Open::Thinking, out);
@@ -804,10 +1160,6 @@ impl StreamDecoder {
                 });
                 self.close(out);
             }
-            let id = match c.get("id").and_then(Value::as_str) {
-                Some(id) if !id.is_empty() => id.to_string(),
-                _ => call_id(&self.id, self.calls),
-            };
             self.calls += 1;
             let index = self.next_index;
             self.next_index += 1;
@@ -816,19 +1168,15 @@ impl StreamDecoder {
                 id,
                 name: name.to_string(),
             });
-            let args = c.get("args").cloned().unwrap_or_else(|| json!({}));
             out.push(StreamEvent::ToolCallDelta {
                 index,
-                arguments: args.to_string(),
+                arguments: call_arguments(c),
             });
             out.push(StreamEvent::BlockStop { index });
             return Ok(());
         }
-        if let Some(t) = p.get("text") {
-            let text = t
-                .as_str()
-                .ok_or_else(|| bad_answer("the provider's text part is not a string"))?;
-            if p.get("thought").and_then(Value::as_bool) == Some(true) {
+        if let Some(text) = part_text(p)? {
+            if p.thought.0 == Some(true) {
                 let index = self.block(Open::Thinking, out);
                 if !text.is_empty() {
                     out.push(StreamEvent::ThinkingDelta {

@@ -621,6 +621,139 @@ pub mod lax {
             List::deserialize(d).map(|l| Seq(l.0.unwrap_or_default()))
         }
     }
+
+    /// The first element of a JSON array as an object of type `T` (`Obj(None)` for one that is
+    /// not an object; the other elements skipped), or `None` for an empty array or any other JSON
+    /// value: what `array[0]` finds, for Gemini's `candidates` (the gateway reads the first,
+    /// whatever it is, and a list that has one is not a refused prompt).
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Head<T>(pub Option<Obj<T>>);
+
+    impl<T> Default for Head<T> {
+        fn default() -> Self {
+            Head(None)
+        }
+    }
+
+    struct HeadVisitor<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for HeadVisitor<T> {
+        type Value = Option<Obj<T>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            let first = a.next_element::<Obj<T>>()?;
+            if first.is_some() {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+            }
+            Ok(first)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Head<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(HeadVisitor(std::marker::PhantomData))
+                .map(Head)
+        }
+    }
+
+    /// A boolean, or `None` for any other JSON value.
+    #[derive(Debug, Default, Clone, Copy, PartialEq)]
+    pub struct Bool(pub Option<bool>);
+
+    struct BoolVisitor;
+
+    impl<'de> Visitor<'de> for BoolVisitor {
+        type Value = Option<bool>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Bool {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(BoolVisitor).map(Bool)
+        }
+    }
+
+    /// A field that is there, whatever its value (`null` included, which `Option` would read as
+    /// absent), read by `T`; `None` when absent: for a field whose presence alone means
+    /// something (Gemini's `functionCall`: one without a `name` is an error, even `null`).
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Present<T>(pub Option<T>);
+
+    impl<T> Default for Present<T> {
+        fn default() -> Self {
+            Present(None)
+        }
+    }
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Present<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            T::deserialize(d).map(|t| Present(Some(t)))
+        }
+    }
 }
 
 /// Decodes an upstream's JSON answer into a typed, lenient view (see [`lax`]).
@@ -700,6 +833,56 @@ mod tests {
         }
         let d: Doc = parse_upstream_str_as("{}", "t").unwrap();
         assert_eq!(d.first.0, None);
+    }
+
+    /// `Head` is what `array[0]` finds; `Bool` a boolean or nothing; `Present` tells a field
+    /// that is `null` from one that is absent.
+    #[test]
+    fn head_bool_and_present_read_what_a_value_tree_would() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct X {
+            #[serde(default)]
+            a: lax::U64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            #[serde(default)]
+            head: lax::Head<X>,
+            #[serde(default)]
+            flag: lax::Bool,
+            #[serde(default)]
+            present: lax::Present<lax::Obj<X>>,
+        }
+        let x = |n| {
+            lax::Obj(Some(X {
+                a: lax::U64(Some(n)),
+            }))
+        };
+        for (text, head, flag) in [
+            (r#"[{"a": 1}, {"a": 2}]"#, Some(x(1)), None),
+            (r#"[7, {"a": 2}]"#, Some(lax::Obj(None)), None),
+            (r#"[null]"#, Some(lax::Obj(None)), None),
+            (r#"[]"#, None, None),
+            (r#"{"0": {"a": 1}}"#, None, None),
+            (r#"true"#, None, Some(true)),
+            (r#"false"#, None, Some(false)),
+            (r#""true""#, None, None),
+            (r#"1"#, None, None),
+            (r#"null"#, None, None),
+        ] {
+            let d: Doc = parse_upstream_str_as(
+                &format!(r#"{{"head": {text}, "flag": {text}, "present": {text}}}"#),
+                "t",
+            )
+            .unwrap();
+            assert_eq!(d.head.0, head, "{text}");
+            assert_eq!(d.flag.0, flag, "{text}");
+            assert!(d.present.0.is_some(), "{text}");
+        }
+        let d: Doc = parse_upstream_str_as("{}", "t").unwrap();
+        assert_eq!((d.head.0, d.flag.0, d.present.0), (None, None, None));
+        let d: Doc = parse_upstream_str_as(r#"{"present": null}"#, "t").unwrap();
+        assert_eq!(d.present.0, Some(lax::Obj(None)));
     }
 
     #[test]

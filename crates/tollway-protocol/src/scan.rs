@@ -493,7 +493,7 @@ pub(crate) fn with_escaped_first_key(text: &str) -> String {
 pub(crate) fn mutate_and_check(
     samples: &[&str],
     rounds: usize,
-    agrees: impl Fn(&str) -> bool,
+    mut agrees: impl FnMut(&str) -> bool,
 ) -> (usize, usize) {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move |n: usize| {

@@ -7,6 +7,9 @@ use tollway_core::{
 use super::*;
 use crate::sse::SseParser;
 
+mod equivalence;
+mod reference;
+
 const LABEL: &str = "gemini/gemini-2.5-flash";
 
 fn body_for(req: &ChatRequest, model: &str) -> Value {
@@ -615,4 +618,17 @@ fn streams_that_fail_say_why() {
     // not JSON
     let e = decode_stream(b"data: {oops\n\n", 4).unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidResponse);
+}
+
+#[test]
+fn huge_token_counts_saturate() {
+    let answer = json!({
+        "candidates": [{"content": {"parts": [{"text": "x"}]}, "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": u64::MAX, "toolUsePromptTokenCount": 5,
+                          "candidatesTokenCount": u64::MAX, "thoughtsTokenCount": u64::MAX}
+    });
+    let r = decode_response(answer.to_string().as_bytes(), "m").expect("decodes");
+    assert_eq!(r.usage.input_tokens, u64::MAX);
+    assert_eq!(r.usage.output_tokens, u64::MAX);
+    assert_eq!(r.usage.reasoning_tokens, u64::MAX);
 }
