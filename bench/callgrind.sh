@@ -21,6 +21,9 @@
 #                                       # same, so every measured one is a hit (none reaches the mock)
 #   CACHE=miss bench/callgrind.sh       # the cache on, every request told `Cache-Control: no-cache`
 #                                       # (keyed, answered upstream, kept): the cost of a miss
+#   TRACE=1 bench/callgrind.sh          # OpenTelemetry traces on, every request sampled, exported
+#                                       # every 200 ms to the mock (which answers 404: the export's
+#                                       # JSON and POST are counted, the collector's work is not)
 #   N=2000 TOLLWAY=/tmp/old-tollway bench/callgrind.sh
 #
 # The gateway runs with `--workers 1` and the SQLite ledger on; 200 requests warm it up, then the
@@ -78,6 +81,7 @@ teams:
 YAML
 [[ -n ${ALL:-} ]] || sed -i '/rpm:\|tpm:\|^teams:/d; s/, price: {[^}]*}//' "$DIR/gw.yaml"
 [[ -n ${CACHE:-} ]] && echo 'cache: { ttl_secs: 3600 }' >> "$DIR/gw.yaml"
+[[ -n ${TRACE:-} ]] && echo "telemetry: { otlp_endpoint: \"$MOCK\", export_interval_ms: 200 }" >> "$DIR/gw.yaml"
 # --trace-children: `tollway serve` restarts itself once (exec, same pid) with its allocator
 # settings (crates/tollway/src/malloc.rs); the profile is of the restarted process
 (cd "$DIR" && RUST_LOG=warn exec valgrind --tool=callgrind --trace-children=yes --callgrind-out-file=cg.out \
