@@ -1558,15 +1558,14 @@ impl JsonPoster {
         Ok(status)
     }
 
-    /// Posts `body` to `url` with `extra` headers besides the content type (a trace collector's
-    /// API key, say); the answer's status, or why there is none.
+    /// Posts `bytes` (JSON) to `url` with `extra` headers besides the content type (a trace
+    /// collector's API key, say); the answer's status, or why there is none.
     pub async fn post_with(
         &self,
         url: &str,
         extra: &HeaderMap,
-        body: &serde_json::Value,
+        bytes: Vec<u8>,
     ) -> Result<u16, String> {
-        let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
         let mut headers = self.headers.clone();
         for (k, v) in extra {
             headers.insert(k.clone(), v.clone());

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::{json, Value};
 
 /// Spans held for export at most; more are dropped (and counted).
 pub const MAX_QUEUE: usize = 8192;
@@ -225,18 +224,6 @@ pub enum Attr {
     Bool(bool),
 }
 
-impl Attr {
-    fn otlp(&self) -> Value {
-        match self {
-            Attr::Str(s) => json!({ "stringValue": s }),
-            // OTLP/JSON writes 64-bit integers as strings
-            Attr::Int(i) => json!({ "intValue": i.to_string() }),
-            Attr::F64(f) => json!({ "doubleValue": f }),
-            Attr::Bool(b) => json!({ "boolValue": b }),
-        }
-    }
-}
-
 /// Server: the client's request to the gateway; client: the gateway's request to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -259,46 +246,151 @@ pub struct Span {
     pub attrs: Vec<(&'static str, Attr)>,
 }
 
-impl Span {
-    fn otlp(&self) -> Value {
-        let mut v = json!({
-            "traceId": hex(&self.trace_id),
-            "spanId": hex(&self.span_id),
-            "name": self.name,
-            // SPAN_KIND_SERVER = 2, SPAN_KIND_CLIENT = 3
-            "kind": match self.kind { Kind::Server => 2, Kind::Client => 3 },
-            "startTimeUnixNano": self.start_ns.to_string(),
-            "endTimeUnixNano": self.end_ns.to_string(),
-            "attributes": self.attrs.iter()
-                .map(|(k, a)| json!({ "key": k, "value": a.otlp() }))
-                .collect::<Vec<_>>(),
-        });
-        if let Some(p) = &self.parent {
-            v["parentSpanId"] = json!(hex(p));
+/// `{"stringValue": ...}` and the like: OTLP/JSON's `AnyValue`.
+impl serde::Serialize for Attr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        match self {
+            Attr::Str(v) => m.serialize_entry("stringValue", v)?,
+            // OTLP/JSON writes 64-bit integers as strings
+            Attr::Int(v) => m.serialize_entry("intValue", &Decimal(*v))?,
+            Attr::F64(v) => m.serialize_entry("doubleValue", v)?,
+            Attr::Bool(v) => m.serialize_entry("boolValue", v)?,
         }
+        m.end()
+    }
+}
+
+/// A number written as a JSON string, without an intermediate `String`.
+struct Decimal<T>(T);
+
+impl<T: std::fmt::Display> serde::Serialize for Decimal<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// An id (16 or 8 bytes) written as lower-case hex into a JSON string.
+struct Hex<'a>(&'a [u8]);
+
+impl serde::Serialize for Hex<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 32];
+        let bytes = &self.0[..self.0.len().min(16)];
+        for (i, x) in bytes.iter().enumerate() {
+            buf[2 * i] = b"0123456789abcdef"[usize::from(x >> 4)];
+            buf[2 * i + 1] = b"0123456789abcdef"[usize::from(x & 15)];
+        }
+        s.serialize_str(std::str::from_utf8(&buf[..2 * bytes.len()]).unwrap_or_default())
+    }
+}
+
+#[derive(serde::Serialize)]
+struct KeyValue<'a, V: serde::Serialize> {
+    key: &'a str,
+    value: V,
+}
+
+/// An attribute list as OTLP/JSON writes it: `[{"key": ..., "value": {...}}, ...]`.
+struct Attrs<'a>(&'a [(&'static str, Attr)]);
+
+impl serde::Serialize for Attrs<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(key, value)| KeyValue { key, value }))
+    }
+}
+
+/// A span as OTLP/JSON writes it.
+impl serde::Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        #[derive(serde::Serialize)]
+        struct Status<'a> {
+            code: u8,
+            message: &'a str,
+        }
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("traceId", &Hex(&self.trace_id))?;
+        m.serialize_entry("spanId", &Hex(&self.span_id))?;
+        if let Some(p) = &self.parent {
+            m.serialize_entry("parentSpanId", &Hex(p))?;
+        }
+        m.serialize_entry("name", &self.name)?;
+        // SPAN_KIND_SERVER = 2, SPAN_KIND_CLIENT = 3
+        let kind: u8 = match self.kind {
+            Kind::Server => 2,
+            Kind::Client => 3,
+        };
+        m.serialize_entry("kind", &kind)?;
+        m.serialize_entry("startTimeUnixNano", &Decimal(self.start_ns))?;
+        m.serialize_entry("endTimeUnixNano", &Decimal(self.end_ns))?;
+        m.serialize_entry("attributes", &Attrs(&self.attrs))?;
         if let Some(e) = &self.error {
             // STATUS_CODE_ERROR = 2
-            v["status"] = json!({ "code": 2, "message": e });
+            m.serialize_entry(
+                "status",
+                &Status {
+                    code: 2,
+                    message: e,
+                },
+            )?;
         }
-        v
+        m.end()
     }
 }
 
 /// The OTLP/JSON body of an export: one resource (this gateway), one scope.
-pub fn export_body(service_name: &str, spans: &[Span]) -> Value {
-    json!({
-        "resourceSpans": [{
-            "resource": { "attributes": [
-                { "key": "service.name", "value": { "stringValue": service_name } },
-                { "key": "service.version", "value": { "stringValue": env!("CARGO_PKG_VERSION") } },
-                { "key": "telemetry.sdk.name", "value": { "stringValue": "tollway" } },
-            ] },
-            "scopeSpans": [{
-                "scope": { "name": "tollway", "version": env!("CARGO_PKG_VERSION") },
-                "spans": spans.iter().map(Span::otlp).collect::<Vec<_>>(),
+pub fn export_body(service_name: &str, spans: &[Span]) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Export<'a> {
+        #[serde(rename = "resourceSpans")]
+        resource_spans: [ResourceSpans<'a>; 1],
+    }
+    #[derive(serde::Serialize)]
+    struct ResourceSpans<'a> {
+        resource: Resource<'a>,
+        #[serde(rename = "scopeSpans")]
+        scope_spans: [ScopeSpans<'a>; 1],
+    }
+    #[derive(serde::Serialize)]
+    struct Resource<'a> {
+        attributes: Attrs<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct ScopeSpans<'a> {
+        scope: Scope,
+        spans: &'a [Span],
+    }
+    #[derive(serde::Serialize)]
+    struct Scope {
+        name: &'static str,
+        version: &'static str,
+    }
+    let resource = [
+        ("service.name", Attr::Str(service_name.to_string())),
+        (
+            "service.version",
+            Attr::Str(env!("CARGO_PKG_VERSION").to_string()),
+        ),
+        ("telemetry.sdk.name", Attr::Str("tollway".to_string())),
+    ];
+    let body = Export {
+        resource_spans: [ResourceSpans {
+            resource: Resource {
+                attributes: Attrs(&resource),
+            },
+            scope_spans: [ScopeSpans {
+                scope: Scope {
+                    name: "tollway",
+                    version: env!("CARGO_PKG_VERSION"),
+                },
+                spans,
             }],
         }],
-    })
+    };
+    // typed values written into a Vec: this cannot fail
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 /// The span buffer, shared by every lane; one per process, kept across reloads.
@@ -344,7 +436,7 @@ impl Tracer {
         }
         for batch in spans.chunks(MAX_BATCH) {
             let body = export_body(&cfg.service_name, batch);
-            match client.post_with(&cfg.endpoint, &headers, &body).await {
+            match client.post_with(&cfg.endpoint, &headers, body).await {
                 Ok(status) if (200..300).contains(&status) => {
                     self.exported
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -511,6 +603,7 @@ pub fn request_attrs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     #[test]
     fn traceparents_are_read_as_w3c_writes_them() {
@@ -608,7 +701,7 @@ mod tests {
                 ("tollway.cache_hit", Attr::Bool(false)),
             ],
         };
-        let body = export_body("gw", &[s]);
+        let body: Value = serde_json::from_slice(&export_body("gw", &[s])).expect("JSON");
         let rs = &body["resourceSpans"][0];
         assert_eq!(
             rs["resource"]["attributes"][0]["value"]["stringValue"],
