@@ -28,7 +28,7 @@ pub mod responses;
 mod scan;
 pub mod sse;
 
-pub use json::now_unix;
+pub use json::{now_unix, put_str};
 
 /// `s` as one URL path segment: everything outside the unreserved characters percent-encoded
 /// (a Bedrock model id's `:`, an ARN's `/`, a simulated model's `?`).

@@ -246,151 +246,119 @@ pub struct Span {
     pub attrs: Vec<(&'static str, Attr)>,
 }
 
-/// `{"stringValue": ...}` and the like: OTLP/JSON's `AnyValue`.
-impl serde::Serialize for Attr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(1))?;
-        match self {
-            Attr::Str(v) => m.serialize_entry("stringValue", v)?,
-            // OTLP/JSON writes 64-bit integers as strings
-            Attr::Int(v) => m.serialize_entry("intValue", &Decimal(*v))?,
-            Attr::F64(v) => m.serialize_entry("doubleValue", v)?,
-            Attr::Bool(v) => m.serialize_entry("boolValue", v)?,
-        }
-        m.end()
+/// Appends `bytes` as lower-case hex in a JSON string (trace and span ids).
+fn put_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'"');
+    for x in bytes {
+        out.push(b"0123456789abcdef"[usize::from(x >> 4)]);
+        out.push(b"0123456789abcdef"[usize::from(x & 15)]);
     }
+    out.push(b'"');
 }
 
-/// A number written as a JSON string, without an intermediate `String`.
-struct Decimal<T>(T);
-
-impl<T: std::fmt::Display> serde::Serialize for Decimal<T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
+/// Appends an integer as a JSON string, as OTLP/JSON writes 64-bit integers.
+fn put_int_str(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.push(b'"');
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    out.push(b'"');
 }
 
-/// An id (16 or 8 bytes) written as lower-case hex into a JSON string.
-struct Hex<'a>(&'a [u8]);
-
-impl serde::Serialize for Hex<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0u8; 32];
-        let bytes = &self.0[..self.0.len().min(16)];
-        for (i, x) in bytes.iter().enumerate() {
-            buf[2 * i] = b"0123456789abcdef"[usize::from(x >> 4)];
-            buf[2 * i + 1] = b"0123456789abcdef"[usize::from(x & 15)];
+/// Appends an attribute list: `[{"key": ..., "value": {"stringValue": ...}}, ...]` (OTLP/JSON's
+/// `KeyValue` and `AnyValue`).
+fn put_attrs(out: &mut Vec<u8>, attrs: &[(&'static str, Attr)]) {
+    out.push(b'[');
+    for (i, (key, value)) in attrs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        s.serialize_str(std::str::from_utf8(&buf[..2 * bytes.len()]).unwrap_or_default())
-    }
-}
-
-#[derive(serde::Serialize)]
-struct KeyValue<'a, V: serde::Serialize> {
-    key: &'a str,
-    value: V,
-}
-
-/// An attribute list as OTLP/JSON writes it: `[{"key": ..., "value": {...}}, ...]`.
-struct Attrs<'a>(&'a [(&'static str, Attr)]);
-
-impl serde::Serialize for Attrs<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|(key, value)| KeyValue { key, value }))
-    }
-}
-
-/// A span as OTLP/JSON writes it.
-impl serde::Serialize for Span {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        #[derive(serde::Serialize)]
-        struct Status<'a> {
-            code: u8,
-            message: &'a str,
+        out.extend_from_slice(b"{\"key\":");
+        tollway_protocol::put_str(out, key);
+        out.extend_from_slice(b",\"value\":{");
+        match value {
+            Attr::Str(s) => {
+                out.extend_from_slice(b"\"stringValue\":");
+                tollway_protocol::put_str(out, s);
+            }
+            Attr::Int(v) => {
+                out.extend_from_slice(b"\"intValue\":");
+                put_int_str(out, *v);
+            }
+            Attr::F64(v) => {
+                out.extend_from_slice(b"\"doubleValue\":");
+                // a non-finite number has no JSON form: null, as serde_json writes it
+                if serde_json::to_writer(&mut *out, v).is_err() {
+                    out.extend_from_slice(b"null");
+                }
+            }
+            Attr::Bool(v) => {
+                out.extend_from_slice(b"\"boolValue\":");
+                out.extend_from_slice(if *v { b"true" } else { b"false" });
+            }
         }
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("traceId", &Hex(&self.trace_id))?;
-        m.serialize_entry("spanId", &Hex(&self.span_id))?;
-        if let Some(p) = &self.parent {
-            m.serialize_entry("parentSpanId", &Hex(p))?;
-        }
-        m.serialize_entry("name", &self.name)?;
-        // SPAN_KIND_SERVER = 2, SPAN_KIND_CLIENT = 3
-        let kind: u8 = match self.kind {
-            Kind::Server => 2,
-            Kind::Client => 3,
-        };
-        m.serialize_entry("kind", &kind)?;
-        m.serialize_entry("startTimeUnixNano", &Decimal(self.start_ns))?;
-        m.serialize_entry("endTimeUnixNano", &Decimal(self.end_ns))?;
-        m.serialize_entry("attributes", &Attrs(&self.attrs))?;
-        if let Some(e) = &self.error {
-            // STATUS_CODE_ERROR = 2
-            m.serialize_entry(
-                "status",
-                &Status {
-                    code: 2,
-                    message: e,
-                },
-            )?;
-        }
-        m.end()
+        out.extend_from_slice(b"}}");
     }
+    out.push(b']');
 }
 
-/// The OTLP/JSON body of an export: one resource (this gateway), one scope.
+/// Appends a span as OTLP/JSON writes it.
+fn put_span(out: &mut Vec<u8>, s: &Span) {
+    out.extend_from_slice(b"{\"traceId\":");
+    put_hex(out, &s.trace_id);
+    out.extend_from_slice(b",\"spanId\":");
+    put_hex(out, &s.span_id);
+    if let Some(p) = &s.parent {
+        out.extend_from_slice(b",\"parentSpanId\":");
+        put_hex(out, p);
+    }
+    out.extend_from_slice(b",\"name\":");
+    tollway_protocol::put_str(out, &s.name);
+    // SPAN_KIND_SERVER = 2, SPAN_KIND_CLIENT = 3
+    out.extend_from_slice(match s.kind {
+        Kind::Server => b",\"kind\":2",
+        Kind::Client => b",\"kind\":3",
+    });
+    out.extend_from_slice(b",\"startTimeUnixNano\":");
+    put_int_str(out, s.start_ns);
+    out.extend_from_slice(b",\"endTimeUnixNano\":");
+    put_int_str(out, s.end_ns);
+    out.extend_from_slice(b",\"attributes\":");
+    put_attrs(out, &s.attrs);
+    if let Some(e) = &s.error {
+        // STATUS_CODE_ERROR = 2
+        out.extend_from_slice(b",\"status\":{\"code\":2,\"message\":");
+        tollway_protocol::put_str(out, e);
+        out.push(b'}');
+    }
+    out.push(b'}');
+}
+
+/// The OTLP/JSON body of an export: one resource (this gateway), one scope. Written by hand
+/// like the gateway's other hot JSON (`put_str` copies the usual string in one piece).
 pub fn export_body(service_name: &str, spans: &[Span]) -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    struct Export<'a> {
-        #[serde(rename = "resourceSpans")]
-        resource_spans: [ResourceSpans<'a>; 1],
+    let mut out = Vec::with_capacity(512 + 1536 * spans.len());
+    out.extend_from_slice(b"{\"resourceSpans\":[{\"resource\":{\"attributes\":");
+    put_attrs(
+        &mut out,
+        &[
+            ("service.name", Attr::Str(service_name.to_string())),
+            (
+                "service.version",
+                Attr::Str(env!("CARGO_PKG_VERSION").to_string()),
+            ),
+            ("telemetry.sdk.name", Attr::Str("tollway".to_string())),
+        ],
+    );
+    out.extend_from_slice(b"},\"scopeSpans\":[{\"scope\":{\"name\":\"tollway\",\"version\":");
+    tollway_protocol::put_str(&mut out, env!("CARGO_PKG_VERSION"));
+    out.extend_from_slice(b"},\"spans\":[");
+    for (i, s) in spans.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        put_span(&mut out, s);
     }
-    #[derive(serde::Serialize)]
-    struct ResourceSpans<'a> {
-        resource: Resource<'a>,
-        #[serde(rename = "scopeSpans")]
-        scope_spans: [ScopeSpans<'a>; 1],
-    }
-    #[derive(serde::Serialize)]
-    struct Resource<'a> {
-        attributes: Attrs<'a>,
-    }
-    #[derive(serde::Serialize)]
-    struct ScopeSpans<'a> {
-        scope: Scope,
-        spans: &'a [Span],
-    }
-    #[derive(serde::Serialize)]
-    struct Scope {
-        name: &'static str,
-        version: &'static str,
-    }
-    let resource = [
-        ("service.name", Attr::Str(service_name.to_string())),
-        (
-            "service.version",
-            Attr::Str(env!("CARGO_PKG_VERSION").to_string()),
-        ),
-        ("telemetry.sdk.name", Attr::Str("tollway".to_string())),
-    ];
-    let body = Export {
-        resource_spans: [ResourceSpans {
-            resource: Resource {
-                attributes: Attrs(&resource),
-            },
-            scope_spans: [ScopeSpans {
-                scope: Scope {
-                    name: "tollway",
-                    version: env!("CARGO_PKG_VERSION"),
-                },
-                spans,
-            }],
-        }],
-    };
-    // typed values written into a Vec: this cannot fail
-    serde_json::to_vec(&body).unwrap_or_default()
+    out.extend_from_slice(b"]}]}]}");
+    out
 }
 
 /// The span buffer, shared by every lane; one per process, kept across reloads.
@@ -720,6 +688,66 @@ mod tests {
         );
         assert_eq!(span["attributes"][2]["value"], json!({"doubleValue": 0.5}));
         assert_eq!(span["attributes"][3]["value"], json!({"boolValue": false}));
+    }
+
+    #[test]
+    fn exports_are_valid_json_whatever_the_strings_and_numbers() {
+        let span = |name: &str| Span {
+            trace_id: [0xab; 16],
+            span_id: [0x01; 8],
+            parent: None,
+            name: name.into(),
+            kind: Kind::Client,
+            start_ns: u64::MAX,
+            end_ns: 0,
+            error: Some("quote \" backslash \\ newline \n nul \u{0} é 🚀".into()),
+            attrs: vec![
+                ("s", Attr::Str("\u{1f}\t".into())),
+                ("nan", Attr::F64(f64::NAN)),
+                ("neg", Attr::Int(i64::MIN)),
+                ("b", Attr::Bool(true)),
+            ],
+        };
+        let bytes = export_body("svc \"x\"", &[span("chat \"m\""), span("second")]);
+        let v: Value = serde_json::from_slice(&bytes).expect("valid JSON");
+        assert_eq!(
+            v["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
+            "svc \"x\""
+        );
+        let spans = v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+            .as_array()
+            .expect("spans");
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0]["name"], "chat \"m\"");
+        assert_eq!(spans[0]["kind"], 3);
+        assert!(spans[0].get("parentSpanId").is_none());
+        assert_eq!(spans[0]["startTimeUnixNano"], u64::MAX.to_string());
+        assert_eq!(
+            spans[0]["status"]["message"],
+            "quote \" backslash \\ newline \n nul \u{0} é 🚀"
+        );
+        assert_eq!(
+            spans[0]["attributes"][0]["value"]["stringValue"],
+            "\u{1f}\t"
+        );
+        assert_eq!(
+            spans[0]["attributes"][1]["value"]["doubleValue"],
+            Value::Null
+        );
+        assert_eq!(
+            spans[0]["attributes"][2]["value"]["intValue"],
+            i64::MIN.to_string()
+        );
+        assert_eq!(spans[0]["attributes"][3]["value"]["boolValue"], true);
+        assert_eq!(
+            v["resourceSpans"][0]["scopeSpans"][0]["scope"]["name"],
+            "tollway"
+        );
+        let empty: Value = serde_json::from_slice(&export_body("s", &[])).expect("valid JSON");
+        assert_eq!(
+            empty["resourceSpans"][0]["scopeSpans"][0]["spans"],
+            json!([])
+        );
     }
 
     #[test]
