@@ -271,9 +271,11 @@ fn put_attrs(out: &mut Vec<u8>, attrs: &[(&'static str, Attr)]) {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(b"{\"key\":");
-        tollway_protocol::put_str(out, key);
-        out.extend_from_slice(b",\"value\":{");
+        // keys are the gateway's own names, none with a character JSON escapes
+        debug_assert!(key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'));
+        out.extend_from_slice(b"{\"key\":\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\",\"value\":{");
         match value {
             Attr::Str(s) => {
                 out.extend_from_slice(b"\"stringValue\":");
