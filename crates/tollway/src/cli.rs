@@ -478,7 +478,14 @@ async fn usage(
                 .map_err(anyhow::Error::msg)?;
             let mut cols: Vec<String> = q.group_by.clone();
             cols.extend(
-                ["requests", "input_tokens", "output_tokens", "cost_usd"].map(String::from),
+                [
+                    "requests",
+                    "cache_hits",
+                    "input_tokens",
+                    "output_tokens",
+                    "cost_usd",
+                ]
+                .map(String::from),
             );
             println!(
                 "{}",

@@ -258,6 +258,32 @@ fn keys_and_usage_commands() {
     let (code, out, err) = run(&["usage", "--group-by", "key,day", "--format", "csv"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("key,day,requests,"), "{out}");
+    assert!(
+        out.lines()
+            .next()
+            .is_some_and(|h| h.ends_with(",cache_hits")),
+        "{out}"
+    );
+    let (code, out, err) = run(&["usage", "--group-by", "model"]);
+    assert_eq!(code, Some(0), "{err}");
+    let head: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        head,
+        [
+            "model",
+            "requests",
+            "cache_hits",
+            "input_tokens",
+            "output_tokens",
+            "cost_usd"
+        ],
+        "{out}"
+    );
     let (code, _, err) = run(&["usage", "--group-by", "colour"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("colour"));
