@@ -644,6 +644,7 @@ impl CacheUse {
         rt: &Runtime,
         principal: &Principal,
         model: &str,
+        opts: &RouteOptions,
         headers: &HeaderMap,
         key: impl FnOnce(&str) -> crate::cache::Key,
     ) -> Result<Option<CacheUse>, ProviderError> {
@@ -657,7 +658,7 @@ impl CacheUse {
             return Ok(None);
         }
         let directives = crate::cache::Directives::of(headers).map_err(ProviderError::invalid)?;
-        let namespace = match (cfg.scope, principal.key()) {
+        let mut namespace = match (cfg.scope, principal.key()) {
             (crate::cache::Scope::Global, _) => "global".to_string(),
             (_, None) => "master".to_string(),
             (crate::cache::Scope::Team, Some(k)) if k.team.is_some() => {
@@ -665,6 +666,15 @@ impl CacheUse {
             }
             (_, Some(k)) => format!("key:{}", k.id),
         };
+        // Which deployments may answer is part of the request: an answer another provider or
+        // region gave does not serve a request (or a key) that rules it out.
+        let unrestricted = RouteOptions {
+            allow_fallbacks: true,
+            ..RouteOptions::default()
+        };
+        if *opts != unrestricted {
+            namespace.push_str(&format!("|{opts:?}"));
+        }
         Ok(Some(CacheUse {
             key: key(&namespace),
             directives,
@@ -1087,7 +1097,7 @@ async fn chat_inner(
             return fail(e, Some(outcome));
         }
     };
-    let cache_use = match CacheUse::of(state, &rt, &principal, &req.model, &headers, |ns| {
+    let cache_use = match CacheUse::of(state, &rt, &principal, &req.model, &opts, &headers, |ns| {
         crate::cache::key(&req, ns)
     }) {
         Ok(c) => c,
@@ -1989,15 +1999,16 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
             }
         }
         charge.request = Some(Arc::new(as_chat));
-        let cache_use = match CacheUse::of(&state, &rt, &principal, &req.model, &headers, |ns| {
-            crate::cache::embeddings_key(&req, ns)
-        }) {
-            Ok(c) => c,
-            Err(e) => {
-                charge.outcome(e.http_status(), &outcome);
-                return fail(e, Some(outcome));
-            }
-        };
+        let cache_use =
+            match CacheUse::of(&state, &rt, &principal, &req.model, &opts, &headers, |ns| {
+                crate::cache::embeddings_key(&req, ns)
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    charge.outcome(e.http_status(), &outcome);
+                    return fail(e, Some(outcome));
+                }
+            };
         if let Some(cu) = &cache_use {
             if let Some(entry) = cu.lookup(&state).await {
                 if let crate::cache::Answer::Embeddings(answer) = &entry.answer {

@@ -542,3 +542,28 @@ async fn embeddings_are_kept_too_whatever_encoding_the_client_asks() {
     assert_eq!(upstream_requests(&env).await, 3);
     ledger_settled(&env, 5).await;
 }
+
+#[tokio::test]
+async fn requests_that_rule_deployments_out_are_not_answered_from_others() {
+    let env = start_with(cached_config).await;
+    let plain = json!({"model": "flaky", "messages": [{"role": "user", "content": "where from?"}]});
+    let (status, h, _) = chat_as(&env, MASTER, plain.clone(), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-tollway-cache"), "miss");
+    assert_eq!(header(&h, "x-tollway-provider"), "ant");
+    // only `oai` may answer this one: the kept answer (from `ant`) does not serve it
+    let mut only = plain.clone();
+    only["provider"] = json!({"only": ["oai"]});
+    let (status, h, _) = chat_as(&env, MASTER, only.clone(), &[]).await;
+    assert!(status >= 500, "oai's deployment of `flaky` always fails");
+    assert_ne!(header(&h, "x-tollway-cache"), "hit");
+    // the same restriction twice is the same request
+    let mut order = plain.clone();
+    order["provider"] = json!({"order": ["ant"]});
+    let (_, h, _) = chat_as(&env, MASTER, order.clone(), &[]).await;
+    assert_eq!(header(&h, "x-tollway-cache"), "miss");
+    let (_, h, _) = chat_as(&env, MASTER, order.clone(), &[]).await;
+    assert_eq!(header(&h, "x-tollway-cache"), "hit");
+    let (_, h, _) = chat_as(&env, MASTER, plain.clone(), &[]).await;
+    assert_eq!(header(&h, "x-tollway-cache"), "hit");
+}
