@@ -1054,6 +1054,7 @@ async fn chat_inner(
         t.start_ns = t
             .start_ns
             .saturating_sub(started.elapsed().as_nanos() as u64);
+        outcome.headers.push(t.response_header());
         outcome.trace = Some(t.clone());
         charge.trace = Some((t, "chat", surface.route()));
     }
@@ -1088,7 +1089,7 @@ async fn chat_inner(
     .await
     {
         Ok(a) => {
-            outcome.headers = a.headers;
+            outcome.headers.extend(a.headers);
             a.plan
         }
         Err(e) => {
@@ -1977,6 +1978,7 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
         };
         let mut outcome = Outcome::default();
         if let Some(t) = state.trace(&rt, &headers) {
+            outcome.headers.push(t.response_header());
             outcome.trace = Some(t.clone());
             charge.trace = Some((t, "embeddings", "/v1/embeddings"));
         }
@@ -1992,7 +1994,7 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
         .await
         {
             // embeddings plan their own deployments
-            Ok(a) => outcome.headers = a.headers,
+            Ok(a) => outcome.headers.extend(a.headers),
             Err(e) => {
                 charge.outcome(e.http_status(), &outcome);
                 return fail(e, Some(outcome));

@@ -459,6 +459,17 @@ impl RequestTrace {
         }
     }
 
+    /// `traceresponse` (W3C Trace Context level 2): the trace and the request's own span, so a
+    /// client can find its request in the tracing backend.
+    pub fn response_header(&self) -> (HeaderName, HeaderValue) {
+        let tp = TraceParent {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            sampled: self.sampled,
+        };
+        (HeaderName::from_static("traceresponse"), tp.header())
+    }
+
     /// A new child span's id, and the `traceparent` that names it (for the upstream request).
     pub fn child(&self) -> ([u8; 8], HeaderValue) {
         let id = random_id();

@@ -136,6 +136,7 @@ async fn a_request_and_its_attempts_are_spans_of_the_callers_trace() {
         .expect("send");
     assert_eq!(r.status(), 200);
     let request_id = header(r.headers(), "x-tollway-request-id").to_string();
+    let traceresponse = header(r.headers(), "traceresponse").to_string();
     let spans = c
         .trace("4bf92f3577b34da6a3ce929d0e0e4736", "chat flaky")
         .await;
@@ -147,6 +148,14 @@ async fn a_request_and_its_attempts_are_spans_of_the_callers_trace() {
     assert_eq!(
         server["parentSpanId"], "00f067aa0ba902b7",
         "under the caller's span"
+    );
+    assert_eq!(
+        traceresponse,
+        format!(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+            server["spanId"].as_str().unwrap_or("")
+        ),
+        "the client is told its request's span"
     );
     assert!(server.get("status").is_none(), "{server}");
     for (k, v) in [
@@ -303,6 +312,13 @@ async fn without_telemetry_nothing_is_added_and_a_dead_collector_costs_only_span
     assert!(env.last_upstream().await["headers"]
         .get("traceparent")
         .is_none());
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert!(r.headers().get("traceresponse").is_none());
 
     let c = collector(503).await;
     let env = traced(&c, 1.0).await;
