@@ -398,7 +398,8 @@ impl Shared {
         }
     }
 
-    /// Keeps a cached answer for every instance, for `ttl_ms`.
+    /// Keeps a cached answer for every instance, for `ttl_ms`. A refused write (Redis full, say)
+    /// loses only that copy: it does not count as an outage of the shared limits and budgets.
     pub async fn cache_put(&self, key: &crate::cache::Key, bytes: Vec<u8>, ttl_ms: u64) {
         let mut conn = self.conn.clone();
         let r: Result<(), _> = redis::cmd("SET")
@@ -409,7 +410,11 @@ impl Shared {
             .query_async(&mut conn)
             .await;
         if let Err(e) = r {
-            self.outage(&e);
+            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                self.outage(&e);
+            } else {
+                tracing::debug!(error = %e, "Redis refused a cached answer");
+            }
         }
     }
 
