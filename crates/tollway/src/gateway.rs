@@ -65,14 +65,14 @@ impl AttemptSpan {
     /// Records the attempt under the request's span: its deployment, usage or error.
     fn end(
         span: Option<AttemptSpan>,
-        out: &Outcome,
+        trace: Option<&crate::telemetry::RequestTrace>,
         d: &Deployment,
         operation: &'static str,
         usage: Option<&tollway_core::Usage>,
         error: Option<&ProviderError>,
     ) {
         use crate::telemetry::Attr;
-        let (Some(s), Some(t)) = (span, out.trace.as_ref()) else {
+        let (Some(s), Some(t)) = (span, trace) else {
             return;
         };
         let mut attrs = vec![
@@ -101,6 +101,40 @@ impl AttemptSpan {
             &d.model,
             attrs,
             error.map(|e| e.message.clone()),
+        );
+    }
+}
+
+/// A streamed attempt's span, recorded when the stream ends or the client leaves: the
+/// upstream's whole answer, with its usage, or the error that broke it off.
+struct StreamSpan {
+    span: Option<AttemptSpan>,
+    trace: crate::telemetry::RequestTrace,
+    deployment: Arc<Deployment>,
+    usage: tollway_core::Usage,
+    error: Option<ProviderError>,
+}
+
+impl StreamSpan {
+    fn see(&mut self, item: &Result<tollway_core::StreamEvent, ProviderError>) {
+        match item {
+            Ok(tollway_core::StreamEvent::Start { usage, .. })
+            | Ok(tollway_core::StreamEvent::Usage(usage)) => self.usage.merge(usage),
+            Err(e) => self.error = Some(e.clone()),
+            Ok(_) => {}
+        }
+    }
+}
+
+impl Drop for StreamSpan {
+    fn drop(&mut self) {
+        AttemptSpan::end(
+            self.span.take(),
+            Some(&self.trace),
+            &self.deployment,
+            "chat",
+            Some(&self.usage),
+            self.error.as_ref(),
         );
     }
 }
@@ -434,7 +468,7 @@ pub async fn chat(
             result.as_ref().ok().map(|r| &r.usage),
             result.as_ref().err(),
         );
-        AttemptSpan::end(span, out, &d, "chat", usage, error);
+        AttemptSpan::end(span, out.trace.as_ref(), &d, "chat", usage, error);
         match result {
             Ok(resp) => {
                 d.health.success(started.elapsed());
@@ -501,10 +535,19 @@ pub async fn chat_stream(
             }
         };
         let first = AttemptSpan::run(&span, opened).await;
-        // a stream's attempt span ends at its first event: the request's span covers the rest
-        AttemptSpan::end(span, out, &d, "chat", None, first.as_ref().err());
         match first {
             Ok((first, stream)) => {
+                // the attempt's span covers the upstream's whole stream: recorded when it ends
+                let mut stream_span = match (span, &out.trace) {
+                    (Some(s), Some(t)) => Some(StreamSpan {
+                        span: Some(s),
+                        trace: t.clone(),
+                        deployment: d.clone(),
+                        usage: tollway_core::Usage::default(),
+                        error: None,
+                    }),
+                    _ => None,
+                };
                 // Nothing reached the client before this point; from here on, no failover.
                 d.health.success(started.elapsed());
                 let registry = rt.health().clone();
@@ -515,6 +558,9 @@ pub async fn chat_stream(
                     .chain(stream)
                     .map(move |item| {
                         let _held = &in_flight;
+                        if let Some(s) = &mut stream_span {
+                            s.see(&item);
+                        }
                         if let (Some(capped), Ok(tollway_core::StreamEvent::Usage(u))) =
                             (&capped, &item)
                         {
@@ -534,6 +580,7 @@ pub async fn chat_stream(
                 return Ok(Box::pin(rest));
             }
             Err(e) => {
+                AttemptSpan::end(span, out.trace.as_ref(), &d, "chat", None, Some(&e));
                 d.health.failure(&e, &d.policy, Instant::now());
                 if !e.is_retriable() {
                     let more = special_plan(rt, req, opts, &e, &special);
@@ -648,7 +695,7 @@ pub async fn embeddings(
             result.as_ref().ok().map(|r| &r.usage),
             result.as_ref().err(),
         );
-        AttemptSpan::end(span, out, &d, "embeddings", usage, error);
+        AttemptSpan::end(span, out.trace.as_ref(), &d, "embeddings", usage, error);
         match result {
             Ok(resp) => {
                 d.health.success(started.elapsed());

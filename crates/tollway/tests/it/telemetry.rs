@@ -285,6 +285,55 @@ async fn a_streams_span_ends_with_the_stream_and_new_traces_follow_the_ratio() {
         "covers the whole stream: {} ns",
         end - start
     );
+    // the attempt's span covers the upstream's whole stream too, with its usage
+    let trace_id = server["traceId"].as_str().unwrap_or("").to_string();
+    let spans = c.trace(&trace_id, "chat gpt-4.1").await;
+    let attempt = spans
+        .iter()
+        .find(|s| s["kind"] == 3)
+        .expect("the attempt's span");
+    assert_eq!(attempt["parentSpanId"], server["spanId"]);
+    assert_eq!(
+        attr(attempt, "gen_ai.usage.output_tokens"),
+        &json!({"intValue": "8"})
+    );
+    assert!(
+        nanos(attempt, "endTimeUnixNano") - nanos(attempt, "startTimeUnixNano") >= 35_000_000,
+        "{attempt}"
+    );
+    assert!(attempt.get("status").is_none(), "{attempt}");
+
+    // a stream the upstream breaks off: its attempt's span is an error
+    let r = env
+        .http
+        .post(format!("{}/v1/chat/completions", env.url))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "gpt", "stream": true,
+            "messages": [{"role": "user", "content": "cut [mock tokens=20 after=3 fault=error_event]"}]}))
+        .send()
+        .await
+        .expect("send");
+    let request_id = header(r.headers(), "x-tollway-request-id").to_string();
+    let _ = r.text().await;
+    let mut broken = None;
+    for _ in 0..200 {
+        broken = c
+            .spans()
+            .into_iter()
+            .find(|s| attr(s, "tollway.request_id")["stringValue"] == request_id.as_str());
+        if broken.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let broken = broken.expect("the broken stream's span");
+    let trace_id = broken["traceId"].as_str().unwrap_or("").to_string();
+    let spans = c.trace(&trace_id, "chat gpt-4.1").await;
+    let attempt = spans
+        .iter()
+        .find(|s| s["kind"] == 3)
+        .expect("the attempt's span");
+    assert_eq!(attempt["status"]["code"], 2, "{attempt}");
 
     // ratio 0: nothing recorded, the decision still sent upstream
     let c0 = collector(200).await;
