@@ -1486,9 +1486,10 @@ pub async fn ai_studio(
     let Some((model, method)) = model_and_method(uri.path()) else {
         return method_not_found();
     };
-    let stream = match method.as_str() {
-        "generateContent" => false,
-        "streamGenerateContent" => true,
+    let (stream, embed) = match method.as_str() {
+        "generateContent" => (false, false),
+        "streamGenerateContent" => (true, false),
+        "batchEmbedContents" => (false, true),
         _ => return method_not_found(),
     };
     let via = if headers
@@ -1506,7 +1507,9 @@ pub async fn ai_studio(
         None => json!({"scheme": "rejected", "error": "PERMISSION_DENIED"}),
     };
     let alt = crate::query_param(&uri, "alt");
-    let route = if stream {
+    let route = if embed {
+        Route::BatchEmbedContents
+    } else if stream {
         Route::StreamGenerateContent
     } else {
         Route::GenerateContent
@@ -1528,8 +1531,114 @@ pub async fn ai_studio(
         )
         .into_response();
     }
+    if embed {
+        return embed_respond(flight, seq, &body, &model, &Api::AiStudio).await;
+    }
     let sse = alt.as_deref() == Some("sse");
     respond(flight, seq, &body, &model, stream, sse, &Api::AiStudio).await
+}
+
+/// Embeddings: Google AI Studio's `batchEmbedContents` (`{"requests": [{"model", "content":
+/// {"parts": [{"text"}]}, "outputDimensionality"}]}` → `{"embeddings": [{"values"}]}`, no token
+/// count), or Vertex AI's `predict` for embedding models (`{"instances": [{"content"}],
+/// "parameters": {"outputDimensionality"}}` → `{"predictions": [{"embeddings": {"values",
+/// "statistics": {"token_count", "truncated"}}}], "metadata": {"billableCharacterCount"}}`).
+/// Vectors as OpenAI's route makes them (deterministic per text); 3,072 dimensions unless asked.
+pub(crate) async fn embed_respond(
+    flight: InFlight,
+    seq: u64,
+    body: &[u8],
+    model: &str,
+    api: &Api,
+) -> Response {
+    let req = match parse_body(body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let vertex = matches!(api, Api::Vertex { .. });
+    let (list, what) = if vertex {
+        (req.get("instances"), "instances")
+    } else {
+        (req.get("requests"), "requests")
+    };
+    let Some(items) = list.and_then(Value::as_array).filter(|a| !a.is_empty()) else {
+        return GoogleError::invalid(format!("* {what}: must be a non-empty list")).into_response();
+    };
+    let mut texts = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let text = if vertex {
+            item.get("content")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        } else {
+            item.pointer("/content/parts")
+                .and_then(Value::as_array)
+                .map(|parts| {
+                    parts
+                        .iter()
+                        .filter_map(|p| p.get("text").and_then(Value::as_str))
+                        .collect::<String>()
+                })
+        };
+        match text {
+            Some(t) if !t.is_empty() => texts.push(t),
+            _ => {
+                return GoogleError::invalid(format!(
+                    "* {what}[{i}]: the text to embed is missing or empty"
+                ))
+                .into_response()
+            }
+        }
+    }
+    let dims_at = |v: Option<&Value>| v.and_then(|d| d.get("outputDimensionality")).cloned();
+    let dims = match if vertex {
+        dims_at(req.get("parameters"))
+    } else {
+        dims_at(items.first())
+    } {
+        None | Some(Value::Null) => 3072,
+        Some(v) => match v.as_u64() {
+            Some(d) if (1..=3072).contains(&d) => d as usize,
+            _ => {
+                return GoogleError::invalid("* outputDimensionality: must be between 1 and 3072")
+                    .into_response()
+            }
+        },
+    };
+    let knobs = Knobs::from_request(model, texts.last().map(String::as_str));
+    match &knobs.fault {
+        Some(Fault::Status(code)) => {
+            return fault_error(*code, base_model(model), api, knobs.retry_after.clone())
+                .into_response()
+        }
+        Some(Fault::Hang) => gen::hang().await,
+        _ => {}
+    }
+    gen::answer_delay(&knobs, 0).await;
+    let vectors = texts
+        .iter()
+        .map(|t| crate::openai::embedding(t, dims))
+        .collect::<Vec<_>>();
+    let body = if vertex {
+        let chars: usize = texts.iter().map(|t| t.chars().count()).sum();
+        json!({
+            "predictions": texts.iter().zip(&vectors).map(|(t, v)| json!({
+                "embeddings": {
+                    "statistics": {"truncated": false, "token_count": gen::text_tokens(t)},
+                    "values": v,
+                }
+            })).collect::<Vec<_>>(),
+            "metadata": {"billableCharacterCount": chars},
+        })
+    } else {
+        json!({"embeddings": vectors.iter().map(|v| json!({"values": v})).collect::<Vec<_>>()})
+    };
+    drop(flight);
+    let mut resp = axum::Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("mock-{seq}")) {
+        resp.headers_mut().insert("x-goog-request-id", v);
+    }
+    resp
 }
 
 #[cfg(test)]

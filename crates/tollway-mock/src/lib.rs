@@ -345,10 +345,12 @@ pub(crate) enum Route {
     AzureV1Chat = 17,
     AzureV1Embeddings = 18,
     ConverseCountTokens = 19,
+    BatchEmbedContents = 20,
+    VertexPredict = 21,
 }
 
 impl Route {
-    const ALL: [Route; 20] = [
+    const ALL: [Route; 22] = [
         Route::Chat,
         Route::Embeddings,
         Route::Messages,
@@ -369,6 +371,8 @@ impl Route {
         Route::AzureV1Chat,
         Route::AzureV1Embeddings,
         Route::ConverseCountTokens,
+        Route::BatchEmbedContents,
+        Route::VertexPredict,
     ];
 
     fn path(self) -> &'static str {
@@ -403,6 +407,10 @@ impl Route {
             Route::AzureV1Chat => "/openai/v1/chat/completions",
             Route::AzureV1Embeddings => "/openai/v1/embeddings",
             Route::ConverseCountTokens => "/model/{modelId}/count-tokens",
+            Route::BatchEmbedContents => "/v1beta/models/{model}:batchEmbedContents",
+            Route::VertexPredict => {
+                "/v1/projects/{project}/locations/{location}/publishers/google/models/{model}:predict"
+            }
         }
     }
 }

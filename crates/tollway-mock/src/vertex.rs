@@ -40,6 +40,7 @@ pub async fn predict(
     let route = match (publisher.as_str(), method.as_str()) {
         ("google", "generateContent") => Route::VertexGenerateContent,
         ("google", "streamGenerateContent") => Route::VertexStreamGenerateContent,
+        ("google", "predict") => Route::VertexPredict,
         ("anthropic", "rawPredict") if base_model(&model) == "count-tokens" => {
             Route::VertexCountTokens
         }
@@ -73,6 +74,10 @@ pub async fn predict(
         return GoogleError::unauthenticated().into_response();
     }
     match route {
+        Route::VertexPredict => {
+            let api = Api::Vertex { project, location };
+            gemini::embed_respond(flight, seq, &body, &model, &api).await
+        }
         Route::VertexGenerateContent | Route::VertexStreamGenerateContent => {
             let stream = route == Route::VertexStreamGenerateContent;
             let sse = alt.as_deref() == Some("sse");

@@ -1213,5 +1213,134 @@ impl StreamDecoder {
     }
 }
 
+/// Google AI Studio's `batchEmbedContents` body: one request per input, each naming the model
+/// (`models/<id>`), with `outputDimensionality` when the client asked for `dimensions`.
+pub fn encode_embeddings_request(req: &tollway_core::EmbeddingsRequest, model: &str) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        requests: Vec<One<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct One<'a> {
+        model: &'a str,
+        content: Content<'a>,
+        #[serde(
+            rename = "outputDimensionality",
+            skip_serializing_if = "Option::is_none"
+        )]
+        dims: Option<u32>,
+    }
+    #[derive(serde::Serialize)]
+    struct Content<'a> {
+        parts: [Text<'a>; 1],
+    }
+    #[derive(serde::Serialize)]
+    struct Text<'a> {
+        text: &'a str,
+    }
+    let name = format!("models/{}", model.strip_prefix("models/").unwrap_or(model));
+    let body = Body {
+        requests: req
+            .input
+            .iter()
+            .map(|text| One {
+                model: &name,
+                content: Content {
+                    parts: [Text { text }],
+                },
+                dims: req.dimensions,
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Vertex AI's `predict` body for an embedding model: one instance per input.
+pub fn encode_vertex_embeddings_request(req: &tollway_core::EmbeddingsRequest) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        instances: Vec<Instance<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parameters: Option<Parameters>,
+    }
+    #[derive(serde::Serialize)]
+    struct Instance<'a> {
+        content: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Parameters {
+        #[serde(rename = "outputDimensionality")]
+        dims: u32,
+    }
+    let body = Body {
+        instances: req
+            .input
+            .iter()
+            .map(|content| Instance { content })
+            .collect(),
+        parameters: req.dimensions.map(|dims| Parameters { dims }),
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// A vector of numbers, or why it is not one.
+fn vector(v: Option<&Value>) -> Result<Vec<f32>, ProviderError> {
+    v.and_then(Value::as_array)
+        .ok_or_else(|| bad_answer("an embedding is not a list of numbers"))?
+        .iter()
+        .map(|x| x.as_f64().map(|f| f as f32))
+        .collect::<Option<_>>()
+        .ok_or_else(|| bad_answer("an embedding is not a list of numbers"))
+}
+
+/// The answer to [`encode_embeddings_request`] (`{"embeddings": [{"values": [...]}]}`) or, with
+/// `vertex`, to [`encode_vertex_embeddings_request`] (`{"predictions": [{"embeddings": {"values",
+/// "statistics": {"token_count"}}}]}`). Google AI Studio reports no token count: the usage is then
+/// zero, for the gateway to estimate. `inputs`: how many vectors the request asked for.
+pub fn decode_embeddings_response(
+    bytes: &[u8],
+    model: &str,
+    inputs: usize,
+    vertex: bool,
+) -> Result<tollway_core::EmbeddingsResponse, ProviderError> {
+    let v = json::parse_upstream(bytes, "an embeddings answer")?;
+    let mut data = Vec::new();
+    let mut tokens = 0u64;
+    if vertex {
+        let items = v
+            .get("predictions")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad_answer("the provider's embeddings answer has no predictions"))?;
+        for item in items {
+            let e = item.get("embeddings");
+            data.push(vector(e.and_then(|e| e.get("values")))?);
+            let count = e.and_then(|e| e.pointer("/statistics/token_count"));
+            tokens = tokens.saturating_add(count.and_then(Value::as_f64).map_or(0, |n| n as u64));
+        }
+    } else {
+        let items = v
+            .get("embeddings")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad_answer("the provider's embeddings answer has no embeddings"))?;
+        for item in items {
+            data.push(vector(item.get("values"))?);
+        }
+    }
+    if data.len() != inputs {
+        return Err(bad_answer(format!(
+            "the provider sent {} embeddings for {inputs} inputs",
+            data.len()
+        )));
+    }
+    Ok(tollway_core::EmbeddingsResponse {
+        model: model.to_string(),
+        data,
+        usage: Usage {
+            input_tokens: tokens,
+            ..Usage::default()
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests;

@@ -1141,6 +1141,23 @@ impl Provider for HttpProvider {
                     })?;
                     &deployment_url
                 }
+                (None, Format::Gemini { base }) => {
+                    let model = req.model.strip_prefix("models/").unwrap_or(&req.model);
+                    let url = format!("{base}/models/{}:batchEmbedContents", path_segment(model));
+                    deployment_url =
+                        Endpoint::parse(&url, &self.info.name).map_err(ProviderError::internal)?;
+                    &deployment_url
+                }
+                (None, Format::Vertex { base, .. }) if !self.format.vertex_claude(&req.model) => {
+                    let model = vertex_model(&req.model).1;
+                    let url = format!(
+                        "{base}/publishers/google/models/{}:predict",
+                        path_segment(model)
+                    );
+                    deployment_url =
+                        Endpoint::parse(&url, &self.info.name).map_err(ProviderError::internal)?;
+                    &deployment_url
+                }
                 (None, _) => {
                     return Err(ProviderError::unsupported(
                         "embeddings",
@@ -1148,10 +1165,25 @@ impl Provider for HttpProvider {
                     ))
                 }
             };
-            let body = openai::encode_embeddings_request(&req);
+            let (body, google) = match (&self.embeddings_url, &self.format) {
+                (None, Format::Gemini { .. }) => (
+                    gemini::encode_embeddings_request(&req, &req.model),
+                    Some(false),
+                ),
+                (None, Format::Vertex { .. }) => {
+                    (gemini::encode_vertex_embeddings_request(&req), Some(true))
+                }
+                _ => (openai::encode_embeddings_request(&req), None),
+            };
             let (resp, deadline) = self.send_to(url, body, &req.model, &[]).await?;
             let buf = self.read_body(resp, deadline, &req.model).await?;
-            openai::decode_embeddings_response(&buf).map_err(|mut e| {
+            match google {
+                Some(vertex) => {
+                    gemini::decode_embeddings_response(&buf, &req.model, req.input.len(), vertex)
+                }
+                None => openai::decode_embeddings_response(&buf),
+            }
+            .map_err(|mut e| {
                 e.message = format!("{} (from {})", e.message, self.label(&req.model));
                 e
             })

@@ -352,6 +352,8 @@ struct Charge {
     shared_reservation: Option<crate::shared::SharedReservation>,
     /// Answered from the response cache: recorded with no tokens and no cost.
     cached: bool,
+    /// `usage` was counted by the gateway, not reported by the provider.
+    estimated: bool,
     /// The request's trace (its span is recorded with the row): the operation (`chat`,
     /// `embeddings`) and the route.
     trace: Option<(crate::telemetry::RequestTrace, &'static str, &'static str)>,
@@ -396,6 +398,7 @@ impl Charge {
             shared: None,
             shared_reservation: None,
             cached: false,
+            estimated: false,
             trace: None,
         }
     }
@@ -407,6 +410,9 @@ impl Charge {
     /// The usage to bill: the provider's, or (when it reported none for an answer) a local count,
     /// flagged as estimated.
     fn billed_usage(&self) -> (Usage, bool) {
+        if self.estimated {
+            return (self.usage, true);
+        }
         if self.usage.total_tokens() > 0 || self.output.is_empty() {
             return (self.usage, false);
         }
@@ -2031,8 +2037,23 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
                 .push((crate::cache::H_CACHE, cu.directives.status()));
         }
         match gateway::embeddings(&rt, req, &opts, &mut outcome).await {
-            Ok(answer) => {
+            Ok(mut answer) => {
                 charge.usage = answer.usage;
+                if answer.usage.total_tokens() == 0 {
+                    // the provider reports no usage (Google AI Studio's embeddings): the inputs
+                    // are counted here, and the cost marked as estimated
+                    let inputs = charge.request.as_deref().map(|r| r.messages.as_slice());
+                    for m in inputs.unwrap_or_default() {
+                        for p in &m.content {
+                            if let tollway_core::Part::Text { text, .. } = p {
+                                charge.usage.input_tokens += crate::tokens::count(text);
+                            }
+                        }
+                    }
+                    charge.estimated = true;
+                    // the client gets the count too (OpenAI's shape always carries usage)
+                    answer.usage = charge.usage;
+                }
                 charge.outcome(200, &outcome);
                 if let (Some(cu), Some(d)) = (&cache_use, &outcome.deployment) {
                     if cu.directives.write {
@@ -2040,9 +2061,8 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
                         cu.keep(&state, kept, &d.provider_name, &d.label);
                     }
                 }
-                outcome
-                    .headers
-                    .push((H_COST, charge.cost_header(&answer.usage)));
+                let (billed, _) = charge.billed_usage();
+                outcome.headers.push((H_COST, charge.cost_header(&billed)));
                 let mut resp = Response::new(Body::from(openai::encode_embeddings_response(
                     &answer, base64,
                 )));

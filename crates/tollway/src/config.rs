@@ -385,6 +385,19 @@ struct RawPrices {
 }
 
 /// Default capabilities of a provider kind (a deployment may narrow or widen them).
+/// What a deployment of `model` on `p` can do by default: its kind's, and embeddings for Google's
+/// embedding models (`gemini-embedding-001`, `text-embedding-005`...), which answer nothing else.
+pub fn model_capabilities(p: &ProviderConfig, model: &str) -> Capabilities {
+    let caps = default_capabilities(p);
+    match p.wire() {
+        Wire::Gemini | Wire::Vertex if model.contains("embedding") => Capabilities {
+            embeddings: true,
+            ..caps
+        },
+        _ => caps,
+    }
+}
+
 pub fn default_capabilities(p: &ProviderConfig) -> Capabilities {
     match p.wire() {
         Wire::OpenAi => Capabilities::ALL,
@@ -689,7 +702,7 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
             if d.model.trim().is_empty() {
                 c.push(format!("{dpath}.model"), "the model id must not be empty");
             }
-            let mut caps = default_capabilities(p);
+            let mut caps = model_capabilities(p, &d.model);
             if let Some(o) = d.capabilities {
                 caps.tools = o.tools.unwrap_or(caps.tools);
                 caps.vision = o.vision.unwrap_or(caps.vision);

@@ -632,3 +632,84 @@ fn huge_token_counts_saturate() {
     assert_eq!(r.usage.output_tokens, u64::MAX);
     assert_eq!(r.usage.reasoning_tokens, u64::MAX);
 }
+
+#[test]
+fn embeddings_requests_are_written_as_each_api_takes_them() {
+    let req = tollway_core::EmbeddingsRequest {
+        model: "gemini-embedding-001".into(),
+        input: vec!["a \"quoted\" text".into(), "é".into()],
+        dimensions: Some(8),
+        user: Some("u-1".into()),
+    };
+    let body: Value = serde_json::from_slice(&encode_embeddings_request(
+        &req,
+        "models/gemini-embedding-001",
+    ))
+    .expect("JSON");
+    assert_eq!(
+        body,
+        json!({"requests": [
+            {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "a \"quoted\" text"}]}, "outputDimensionality": 8},
+            {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "é"}]}, "outputDimensionality": 8},
+        ]})
+    );
+    let body: Value =
+        serde_json::from_slice(&encode_vertex_embeddings_request(&req)).expect("JSON");
+    assert_eq!(
+        body,
+        json!({"instances": [{"content": "a \"quoted\" text"}, {"content": "é"}],
+               "parameters": {"outputDimensionality": 8}})
+    );
+    let plain = tollway_core::EmbeddingsRequest {
+        dimensions: None,
+        ..req
+    };
+    let body: Value =
+        serde_json::from_slice(&encode_vertex_embeddings_request(&plain)).expect("JSON");
+    assert!(body.get("parameters").is_none(), "{body}");
+}
+
+#[test]
+fn embeddings_answers_are_read_with_their_counts_or_refused_by_name() {
+    let r = decode_embeddings_response(
+        br#"{"embeddings": [{"values": [0.5, -1, 2e-3]}, {"values": []}]}"#,
+        "gemini-embedding-001",
+        2,
+        false,
+    )
+    .expect("an answer");
+    assert_eq!(r.data, vec![vec![0.5, -1.0, 0.002], vec![]]);
+    assert_eq!(r.usage.input_tokens, 0, "AI Studio sends no count");
+    assert_eq!(r.model, "gemini-embedding-001");
+    let r = decode_embeddings_response(
+        br#"{"predictions": [
+            {"embeddings": {"statistics": {"truncated": false, "token_count": 6}, "values": [1, 2]}},
+            {"embeddings": {"statistics": {"truncated": false, "token_count": 4.0}, "values": [3, 4]}}
+        ], "metadata": {"billableCharacterCount": 30}}"#,
+        "text-embedding-005",
+        2,
+        true,
+    )
+    .expect("an answer");
+    assert_eq!(r.data, vec![vec![1.0, 2.0], vec![3.0, 4.0]]);
+    assert_eq!(r.usage.input_tokens, 10);
+    for (body, vertex, want) in [
+        (
+            &b"{\"embeddings\": [{\"values\": [1]}]}"[..],
+            false,
+            "1 embeddings for 2 inputs",
+        ),
+        (
+            &b"{\"embeddings\": [{\"values\": [\"x\"]}, {\"values\": [1]}]}"[..],
+            false,
+            "not a list of numbers",
+        ),
+        (&b"{\"predictions\": 3}"[..], true, "no predictions"),
+        (&b"{\"embeddings\": "[..], false, "not valid JSON"),
+        (&b"{}"[..], false, "no embeddings"),
+    ] {
+        let e = decode_embeddings_response(body, "m", 2, vertex).expect_err("refused");
+        assert_eq!(e.kind, tollway_core::ErrorKind::InvalidResponse);
+        assert!(e.message.contains(want), "{}: {}", want, e.message);
+    }
+}

@@ -52,6 +52,9 @@ fn config(mock: &str) -> String {
   gem-throttled: {{ deployments: [{{ provider: gem, model: "gemini-2.5-flash?fault=429" }}] }}
   gem-blocked: {{ deployments: [{{ provider: gem, model: "gemini-2.5-flash?fault=content_policy" }}] }}
   gem-breaks: {{ deployments: [{{ provider: gem, model: "gemini-2.5-flash?fault=error_event&after=2&tokens=5" }}] }}
+  gem-embed: {{ deployments: [{{ provider: gem, model: gemini-embedding-001 }}] }}
+  vx-embed: {{ deployments: [{{ provider: vx, model: text-embedding-005 }}] }}
+  gem-embed-down: {{ deployments: [{{ provider: gem, model: "gemini-embedding-001?fault=503" }}] }}
 "#,
         base = config_text(mock).replacen("providers:\n", &providers, 1)
     )
@@ -445,4 +448,112 @@ async fn on_a_google_cloud_machine_the_token_comes_from_the_metadata_server() {
         .as_str()
         .unwrap_or("")
         .starts_with("Bearer ya29.mock-"));
+}
+
+#[tokio::test]
+async fn embeddings_reach_gemini_and_vertex_counted_and_priced() {
+    let env = start_with(config).await;
+    let post = |body: Value| {
+        env.http
+            .post(format!("{}/v1/embeddings", env.url))
+            .bearer_auth(MASTER)
+            .json(&body)
+            .send()
+    };
+    // Google AI Studio: batchEmbedContents, no token count in the answer
+    let r = post(
+        json!({"model": "gem-embed", "input": ["hello world", "second text"], "dimensions": 16}),
+    )
+    .await
+    .expect("send");
+    let (status, h) = (r.status().as_u16(), r.headers().clone());
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-tollway-model"), "gem/gemini-embedding-001");
+    let data = v["data"].as_array().expect("data");
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[1]["index"], 1);
+    assert_eq!(data[0]["embedding"].as_array().map(Vec::len), Some(16));
+    assert_ne!(data[0]["embedding"], data[1]["embedding"]);
+    let counted = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+    assert!(counted > 0, "counted by the gateway: {v}");
+    let cost: f64 = header(&h, "x-tollway-cost-usd").parse().unwrap_or(0.0);
+    assert!(cost > 0.0, "priced from the gemini table: {h:?}");
+    let up = env.last_upstream().await;
+    assert!(
+        up["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/models/gemini-embedding-001:batchEmbedContents")),
+        "{up}"
+    );
+    assert_eq!(up["headers"]["x-goog-api-key"], GEMINI_KEY);
+    assert_eq!(
+        up["body"],
+        json!({"requests": [
+            {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "hello world"}]}, "outputDimensionality": 16},
+            {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "second text"}]}, "outputDimensionality": 16},
+        ]})
+    );
+    // the ledger says the count was the gateway's
+    let id = header(&h, "x-tollway-request-id").to_string();
+    let store = env.state.accounts().store();
+    let mut row = None;
+    for _ in 0..100 {
+        row = store.ledger_row(&id).await.expect("db");
+        if row.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let row = row.expect("a ledger row");
+    assert!(
+        row.cost_estimated && row.input_tokens as u64 == counted,
+        "{row:?}"
+    );
+
+    // Vertex AI: predict, the token count from the answer's statistics
+    let r =
+        post(json!({"model": "vx-embed", "input": "one two three", "encoding_format": "base64"}))
+            .await
+            .expect("send");
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["data"][0]["embedding"].is_string(),
+        "base64 as asked: {v}"
+    );
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) > 0, "{v}");
+    let up = env.last_upstream().await;
+    assert!(
+        up["path"].as_str().is_some_and(|p| p.ends_with(
+            "/locations/us-central1/publishers/google/models/text-embedding-005:predict"
+        )),
+        "{up}"
+    );
+    assert_eq!(
+        up["body"],
+        json!({"instances": [{"content": "one two three"}]})
+    );
+    assert_eq!(up["auth"]["scheme"], "oauth2");
+
+    // a chat model is not an embedding model: refused by name, no upstream request
+    let before = env.upstream_log().await.len();
+    let r = post(json!({"model": "flash", "input": "x"}))
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value = r.json().await.expect("json");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("embeddings")),
+        "{v}"
+    );
+    assert_eq!(env.upstream_log().await.len(), before);
+    // Google's error, in OpenAI's shape
+    let r = post(json!({"model": "gem-embed-down", "input": "x"}))
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 503);
 }
