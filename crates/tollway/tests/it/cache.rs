@@ -498,17 +498,10 @@ async fn two_instances_share_answers_through_redis() {
 async fn embeddings_are_kept_too_whatever_encoding_the_client_asks() {
     let env = start_with(cached_config).await;
     let body = json!({"model": "gpt", "input": ["hello", "world"], "dimensions": 8});
-    let post = |body: Value| {
-        env.http
-            .post(format!("{}/v1/embeddings", env.url))
-            .bearer_auth(MASTER)
-            .json(&body)
-            .send()
-    };
-    let (status, h, first) = split(post(body.clone()).await.expect("send")).await;
+    let (status, h, first) = split(env.post("/v1/embeddings", body.clone()).await).await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(header(&h, "x-tollway-cache"), "miss");
-    let (status, h, again) = split(post(body.clone()).await.expect("send")).await;
+    let (status, h, again) = split(env.post("/v1/embeddings", body.clone()).await).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(header(&h, "x-tollway-cache"), "hit");
     assert_eq!(header(&h, "x-tollway-cost-usd"), "0.000000");
@@ -519,15 +512,17 @@ async fn embeddings_are_kept_too_whatever_encoding_the_client_asks() {
     assert_eq!(again["usage"], first["usage"]);
     let mut b64 = body.clone();
     b64["encoding_format"] = json!("base64");
-    let (status, h, v) = split(post(b64).await.expect("send")).await;
+    let (status, h, v) = split(env.post("/v1/embeddings", b64).await).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(header(&h, "x-tollway-cache"), "hit");
     assert!(v["data"][0]["embedding"].is_string(), "{v}");
     // other inputs, or the same inputs as a chat, are other requests
     let (_, h, _) = split(
-        post(json!({"model": "gpt", "input": ["hello"], "dimensions": 8}))
-            .await
-            .expect("send"),
+        env.post(
+            "/v1/embeddings",
+            json!({"model": "gpt", "input": ["hello"], "dimensions": 8}),
+        )
+        .await,
     )
     .await;
     assert_eq!(header(&h, "x-tollway-cache"), "miss");

@@ -453,19 +453,10 @@ async fn on_a_google_cloud_machine_the_token_comes_from_the_metadata_server() {
 #[tokio::test]
 async fn embeddings_reach_gemini_and_vertex_counted_and_priced() {
     let env = start_with(config).await;
-    let post = |body: Value| {
-        env.http
-            .post(format!("{}/v1/embeddings", env.url))
-            .bearer_auth(MASTER)
-            .json(&body)
-            .send()
-    };
     // Google AI Studio: batchEmbedContents, no token count in the answer
-    let r = post(
+    let r = env.post("/v1/embeddings", 
         json!({"model": "gem-embed", "input": ["hello world", "second text"], "dimensions": 16}),
-    )
-    .await
-    .expect("send");
+    ).await;
     let (status, h) = (r.status().as_u16(), r.headers().clone());
     let v: Value = r.json().await.expect("json");
     assert_eq!(status, 200, "{v}");
@@ -512,10 +503,12 @@ async fn embeddings_reach_gemini_and_vertex_counted_and_priced() {
     );
 
     // Vertex AI: predict, the token count from the answer's statistics
-    let r =
-        post(json!({"model": "vx-embed", "input": "one two three", "encoding_format": "base64"}))
-            .await
-            .expect("send");
+    let r = env
+        .post(
+            "/v1/embeddings",
+            json!({"model": "vx-embed", "input": "one two three", "encoding_format": "base64"}),
+        )
+        .await;
     let status = r.status().as_u16();
     let v: Value = r.json().await.expect("json");
     assert_eq!(status, 200, "{v}");
@@ -539,9 +532,9 @@ async fn embeddings_reach_gemini_and_vertex_counted_and_priced() {
 
     // a chat model is not an embedding model: refused by name, no upstream request
     let before = env.upstream_log().await.len();
-    let r = post(json!({"model": "flash", "input": "x"}))
-        .await
-        .expect("send");
+    let r = env
+        .post("/v1/embeddings", json!({"model": "flash", "input": "x"}))
+        .await;
     assert_eq!(r.status().as_u16(), 400);
     let v: Value = r.json().await.expect("json");
     assert!(
@@ -552,8 +545,11 @@ async fn embeddings_reach_gemini_and_vertex_counted_and_priced() {
     );
     assert_eq!(env.upstream_log().await.len(), before);
     // Google's error, in OpenAI's shape
-    let r = post(json!({"model": "gem-embed-down", "input": "x"}))
-        .await
-        .expect("send");
+    let r = env
+        .post(
+            "/v1/embeddings",
+            json!({"model": "gem-embed-down", "input": "x"}),
+        )
+        .await;
     assert_eq!(r.status().as_u16(), 503);
 }

@@ -70,6 +70,21 @@ impl Collector {
         out
     }
 
+    /// Waits for the span of the request `request_id` (its `tollway.request_id`).
+    async fn request_span(&self, request_id: &str) -> Value {
+        for _ in 0..200 {
+            let found = self
+                .spans()
+                .into_iter()
+                .find(|s| attr(s, "tollway.request_id")["stringValue"] == request_id);
+            if let Some(s) = found {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no span of request {request_id}: {:?}", self.spans());
+    }
+
     /// Waits until a span named `name` of the trace `trace_id` arrived; all of that trace's.
     async fn trace(&self, trace_id: &str, name: &str) -> Vec<Value> {
         for _ in 0..200 {
@@ -251,18 +266,7 @@ async fn a_streams_span_ends_with_the_stream_and_new_traces_follow_the_ratio() {
     let body = r.text().await.expect("body");
     assert!(body.contains("message_stop"), "{body}");
     // a new trace: find it by the request id
-    let mut server = None;
-    for _ in 0..200 {
-        server = c
-            .spans()
-            .into_iter()
-            .find(|s| attr(s, "tollway.request_id")["stringValue"] == request_id.as_str());
-        if server.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let server = server.expect("the stream's span");
+    let server = c.request_span(&request_id).await;
     assert!(
         server.get("parentSpanId").is_none(),
         "a new trace: {server}"
@@ -315,18 +319,7 @@ async fn a_streams_span_ends_with_the_stream_and_new_traces_follow_the_ratio() {
         .expect("send");
     let request_id = header(r.headers(), "x-tollway-request-id").to_string();
     let _ = r.text().await;
-    let mut broken = None;
-    for _ in 0..200 {
-        broken = c
-            .spans()
-            .into_iter()
-            .find(|s| attr(s, "tollway.request_id")["stringValue"] == request_id.as_str());
-        if broken.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let broken = broken.expect("the broken stream's span");
+    let broken = c.request_span(&request_id).await;
     let trace_id = broken["traceId"].as_str().unwrap_or("").to_string();
     let spans = c.trace(&trace_id, "chat gpt-4.1").await;
     let attempt = spans
