@@ -352,8 +352,9 @@ struct Charge {
     shared_reservation: Option<crate::shared::SharedReservation>,
     /// Answered from the response cache: recorded with no tokens and no cost.
     cached: bool,
-    /// `usage` was counted by the gateway, not reported by the provider.
-    estimated: bool,
+    /// An embeddings answer arrived: with no usage reported, its inputs are counted though it
+    /// has no output text.
+    embedded: bool,
     /// The request's trace (its span is recorded with the row): the operation (`chat`,
     /// `embeddings`) and the route.
     trace: Option<(crate::telemetry::RequestTrace, &'static str, &'static str)>,
@@ -398,7 +399,7 @@ impl Charge {
             shared: None,
             shared_reservation: None,
             cached: false,
-            estimated: false,
+            embedded: false,
             trace: None,
         }
     }
@@ -407,13 +408,10 @@ impl Charge {
         self.output.push(text);
     }
 
-    /// The usage to bill: the provider's, or (when it reported none for an answer) a local count,
-    /// flagged as estimated.
+    /// The usage to bill: the provider's, or (when it reported none for an answer: output text,
+    /// or embeddings) a local count, flagged as estimated.
     fn billed_usage(&self) -> (Usage, bool) {
-        if self.estimated {
-            return (self.usage, true);
-        }
-        if self.usage.total_tokens() > 0 || self.output.is_empty() {
+        if self.usage.total_tokens() > 0 || (self.output.is_empty() && !self.embedded) {
             return (self.usage, false);
         }
         let input = self.request.as_deref().map_or(0, crate::tokens::prompt);
@@ -2039,21 +2037,11 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
         match gateway::embeddings(&rt, req, &opts, &mut outcome).await {
             Ok(mut answer) => {
                 charge.usage = answer.usage;
-                if answer.usage.total_tokens() == 0 {
-                    // the provider reports no usage (Google AI Studio's embeddings): the inputs
-                    // are counted here, and the cost marked as estimated
-                    let inputs = charge.request.as_deref().map(|r| r.messages.as_slice());
-                    for m in inputs.unwrap_or_default() {
-                        for p in &m.content {
-                            if let tollway_core::Part::Text { text, .. } = p {
-                                charge.usage.input_tokens += crate::tokens::count(text);
-                            }
-                        }
-                    }
-                    charge.estimated = true;
-                    // the client gets the count too (OpenAI's shape always carries usage)
-                    answer.usage = charge.usage;
-                }
+                charge.embedded = true;
+                // the provider's usage or, when it reported none (Google AI Studio's), the
+                // gateway's count: the client gets it too (OpenAI's shape always carries usage)
+                let (billed, _) = charge.billed_usage();
+                answer.usage = billed;
                 charge.outcome(200, &outcome);
                 if let (Some(cu), Some(d)) = (&cache_use, &outcome.deployment) {
                     if cu.directives.write {
@@ -2061,7 +2049,6 @@ pub async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body:
                         cu.keep(&state, kept, &d.provider_name, &d.label);
                     }
                 }
-                let (billed, _) = charge.billed_usage();
                 outcome.headers.push((H_COST, charge.cost_header(&billed)));
                 let mut resp = Response::new(Body::from(openai::encode_embeddings_response(
                     &answer, base64,
