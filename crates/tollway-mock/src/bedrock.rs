@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use crate::gen::{self, Answer, Ask, Finish, Gate, Script, ToolDef};
 use crate::knobs::{base_model, Fault, Knobs};
 use crate::sigv4::{self, Caller};
-use crate::{Route, Shared};
+use crate::{InFlight, Route, Shared};
 
 /// The namespace Bedrock appends to `x-amzn-errortype`.
 const ERROR_NAMESPACE: &str = ":http://internal.amazon.com/coral/com.amazon.bedrock/";
@@ -192,6 +192,40 @@ fn auth_json(auth: &Result<Caller, sigv4::AuthError>) -> Value {
     }
 }
 
+/// Logs a request to a model's route with its model id and how its SigV4 signature checked
+/// out: its flight, sequence number and model id, or (a bad signature) Bedrock's 403.
+fn begin_signed(
+    s: &Arc<Shared>,
+    route: Route,
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(InFlight, u64, Result<String, ApiError>), Box<Response>> {
+    let auth = sigv4::verify("POST", uri, headers, body);
+    let model = model_id(uri);
+    let detail = json!({"model_id": model.as_ref().ok(), "auth": auth_json(&auth)});
+    let (flight, seq) = s.begin_with(
+        route,
+        version,
+        headers,
+        body,
+        Some((uri.path().to_string(), detail)),
+    );
+    match auth {
+        Ok(_) => Ok((flight, seq, model)),
+        Err(e) => Err(Box::new(
+            ApiError {
+                status: StatusCode::FORBIDDEN,
+                typ: e.typ,
+                message: e.message,
+                namespaced: false,
+            }
+            .into_response(seq),
+        )),
+    }
+}
+
 /// `POST /model/{modelId}/converse` (`STREAM = false`) and `.../converse-stream` (`true`).
 pub async fn converse<const STREAM: bool>(
     State(s): State<Arc<Shared>>,
@@ -206,28 +240,10 @@ pub async fn converse<const STREAM: bool>(
     } else {
         Route::Converse
     };
-    let auth = sigv4::verify("POST", &uri, &headers, &body);
-    let model = model_id(&uri);
-    let detail = json!({
-        "model_id": model.as_ref().ok(),
-        "auth": auth_json(&auth),
-    });
-    let (flight, seq) = s.begin_with(
-        route,
-        version,
-        &headers,
-        &body,
-        Some((uri.path().to_string(), detail)),
-    );
-    if let Err(e) = auth {
-        return ApiError {
-            status: StatusCode::FORBIDDEN,
-            typ: e.typ,
-            message: e.message,
-            namespaced: false,
-        }
-        .into_response(seq);
-    }
+    let (flight, seq, model) = match begin_signed(&s, route, version, &uri, &headers, &body) {
+        Ok(begun) => begun,
+        Err(refused) => return *refused,
+    };
     let (model, req) = match model.and_then(|m| parse_body(&body).map(|req| (m, req))) {
         Ok(v) => v,
         Err(e) => return e.into_response(seq),
@@ -297,25 +313,11 @@ pub async fn count_tokens(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let auth = sigv4::verify("POST", &uri, &headers, &body);
-    let model = model_id(&uri);
-    let detail = json!({"model_id": model.as_ref().ok(), "auth": auth_json(&auth)});
-    let (_flight, seq) = s.begin_with(
-        Route::ConverseCountTokens,
-        version,
-        &headers,
-        &body,
-        Some((uri.path().to_string(), detail)),
-    );
-    if let Err(e) = auth {
-        return ApiError {
-            status: StatusCode::FORBIDDEN,
-            typ: e.typ,
-            message: e.message,
-            namespaced: false,
-        }
-        .into_response(seq);
-    }
+    let route = Route::ConverseCountTokens;
+    let (_flight, seq, model) = match begin_signed(&s, route, version, &uri, &headers, &body) {
+        Ok(begun) => begun,
+        Err(refused) => return *refused,
+    };
     match count_input(model, &body) {
         Ok(n) => with_request_id(Json(json!({ "inputTokens": n })).into_response(), seq),
         Err(e) => e.into_response(seq),
