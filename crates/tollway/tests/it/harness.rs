@@ -250,6 +250,16 @@ pub async fn metrics(http: &reqwest::Client, url: &str) -> String {
         .expect("text")
 }
 
+/// Asks Anthropic's token count for `body` and checks that the gateway counted it itself: a
+/// count, and no upstream request.
+pub async fn counted_locally(env: &Env, body: Value) {
+    let before = env.upstream_log().await.len();
+    let (status, _, v) = env.anthropic_at("/v1/messages/count_tokens", body).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["input_tokens"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert_eq!(env.upstream_log().await.len(), before);
+}
+
 /// The errors of a config that must be invalid, one per line.
 pub fn config_errors(text: &str) -> String {
     let errs = config::parse(text, &ProcessEnv).expect_err("an invalid config");
