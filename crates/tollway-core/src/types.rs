@@ -444,7 +444,43 @@ pub struct EmbeddingsRequest {
     pub model: String,
     pub input: Vec<String>,
     pub dimensions: Option<u32>,
+    /// What the vectors are for, for models that embed a text differently by its use (Cohere's
+    /// `input_type`, Google's `taskType`); others ignore it.
+    pub input_type: Option<InputType>,
     pub user: Option<String>,
+}
+
+/// What an embedding is for, in Cohere's words (the `input_type` clients send).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InputType {
+    /// A document stored for search.
+    SearchDocument,
+    /// A query searched with.
+    SearchQuery,
+    Classification,
+    Clustering,
+}
+
+impl InputType {
+    pub const ALL: [InputType; 4] = [
+        InputType::SearchDocument,
+        InputType::SearchQuery,
+        InputType::Classification,
+        InputType::Clustering,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputType::SearchDocument => "search_document",
+            InputType::SearchQuery => "search_query",
+            InputType::Classification => "classification",
+            InputType::Clustering => "clustering",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

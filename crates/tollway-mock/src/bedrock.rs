@@ -376,6 +376,199 @@ fn count_input(model: Result<String, ApiError>, body: &[u8]) -> Result<u64, ApiE
     }
 }
 
+/// `POST /model/{modelId}/invoke` for Bedrock's embedding models, each in its vendor's body:
+/// Titan Text Embeddings G1 and V2 and Titan Multimodal Embeddings (one `inputText` a call;
+/// `{"embedding", "inputTextTokenCount"}`), Cohere Embed v3 and v4 (up to 96 `texts` and a
+/// required `input_type`; `{"embeddings": [[...]]}` or, with `embedding_types` (v4 always),
+/// `{"embeddings": {"float": [[...]]}}`). Other models' InvokeModel bodies are not simulated (a
+/// 400 says so). Vectors as OpenAI's route makes them; the input tokens also in
+/// `X-Amzn-Bedrock-Input-Token-Count`, as Bedrock sends them for every model.
+pub async fn invoke(
+    State(s): State<Arc<Shared>>,
+    version: Version,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let route = Route::InvokeModel;
+    let (_flight, seq, model) = match begin_signed(&s, route, version, &uri, &headers, &body) {
+        Ok(begun) => begun,
+        Err(refused) => return *refused,
+    };
+    match embed(model, &body).await {
+        Ok((answer, tokens)) => {
+            let mut r = Json(answer).into_response();
+            r.headers_mut().insert(
+                "x-amzn-bedrock-input-token-count",
+                HeaderValue::from(tokens),
+            );
+            with_request_id(r, seq)
+        }
+        Err(e) => e.into_response(seq),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Embedder {
+    TitanV1,
+    TitanV2,
+    TitanImage,
+    CohereV3,
+    CohereV4,
+}
+
+async fn embed(model: Result<String, ApiError>, body: &[u8]) -> Result<(Value, u64), ApiError> {
+    let model = model?;
+    let base = base_model(&model);
+    let id = ["us.", "eu.", "apac.", "global.", "jp.", "au.", "ca."]
+        .iter()
+        .find_map(|g| base.strip_prefix(g))
+        .unwrap_or(base);
+    let families = [
+        ("amazon.titan-embed-text-v1", Embedder::TitanV1),
+        ("amazon.titan-embed-text-v2:0", Embedder::TitanV2),
+        ("amazon.titan-embed-image-v1", Embedder::TitanImage),
+        ("cohere.embed-english-v3", Embedder::CohereV3),
+        ("cohere.embed-multilingual-v3", Embedder::CohereV3),
+        ("cohere.embed-v4:0", Embedder::CohereV4),
+    ];
+    let Some(e) = families.iter().find_map(|(m, e)| (id == *m).then_some(*e)) else {
+        return Err(invalid(format!(
+            "tollway-mock simulates InvokeModel for embedding models only, not `{id}`."
+        )));
+    };
+    let req = parse_body(body)?;
+    let (texts, dims, by_type) = match e {
+        Embedder::TitanV1 | Embedder::TitanV2 | Embedder::TitanImage => {
+            let allowed: &[&str] = match e {
+                Embedder::TitanV1 => &["inputText"],
+                Embedder::TitanV2 => &["inputText", "dimensions", "normalize", "embeddingTypes"],
+                _ => &["inputText", "inputImage", "embeddingConfig"],
+            };
+            let o = object(&req, "", allowed)?;
+            let text = match o.get("inputText") {
+                None | Some(Value::Null) => return Err(required("inputText")),
+                Some(Value::String(t)) if t.is_empty() => {
+                    return Err(invalid("Malformed input request: #/inputText: expected minLength: 1, actual: 0, please reformat your input and try again."))
+                }
+                Some(Value::String(t)) => t.clone(),
+                Some(_) => return Err(wrong_type("#/inputText", "a string")),
+            };
+            let (asked, sizes, default): (Option<&Value>, &[u64], usize) = match e {
+                Embedder::TitanV1 => (None, &[], 1536),
+                Embedder::TitanV2 => (o.get("dimensions"), &[256, 512, 1024], 1024),
+                _ => (
+                    o.get("embeddingConfig")
+                        .and_then(|c| c.get("outputEmbeddingLength")),
+                    &[256, 384, 1024],
+                    1024,
+                ),
+            };
+            let dims = match asked {
+                None => default,
+                Some(v) => match v.as_u64().filter(|d| sizes.contains(d)) {
+                    Some(d) => d as usize,
+                    None => return Err(invalid(format!("Malformed input request: #/dimensions: {v} is not a valid enum value, please reformat your input and try again."))),
+                },
+            };
+            (vec![text], dims, false)
+        }
+        Embedder::CohereV3 | Embedder::CohereV4 => {
+            let allowed: &[&str] = if e == Embedder::CohereV3 {
+                &[
+                    "texts",
+                    "images",
+                    "input_type",
+                    "truncate",
+                    "embedding_types",
+                ]
+            } else {
+                &[
+                    "texts",
+                    "images",
+                    "inputs",
+                    "input_type",
+                    "truncate",
+                    "embedding_types",
+                    "output_dimension",
+                    "max_tokens",
+                ]
+            };
+            let o = object(&req, "", allowed)?;
+            match o.get("input_type").and_then(Value::as_str) {
+                Some("search_document" | "search_query" | "classification" | "clustering") => {}
+                Some(other) => return Err(invalid(format!("Malformed input request: #/input_type: {other} is not a valid enum value, please reformat your input and try again."))),
+                None => return Err(invalid("Malformed input request: #: required key [input_type] not found, please reformat your input and try again.")),
+            }
+            let Some(items) = o.get("texts").and_then(Value::as_array) else {
+                return Err(wrong_type("#/texts", "an array of strings"));
+            };
+            if items.is_empty() || items.len() > 96 {
+                return Err(invalid(format!("Malformed input request: #/texts: expected between 1 and 96 items, actual: {}, please reformat your input and try again.", items.len())));
+            }
+            let mut texts = Vec::with_capacity(items.len());
+            for (i, t) in items.iter().enumerate() {
+                match t.as_str() {
+                    Some(t) if e == Embedder::CohereV3 && t.chars().count() > 2048 => {
+                        return Err(invalid(format!("Malformed input request: #/texts/{i}: expected maxLength: 2048, actual: {}, please reformat your input and try again.", t.chars().count())))
+                    }
+                    Some(t) => texts.push(t.to_string()),
+                    None => return Err(wrong_type(&format!("#/texts/{i}"), "a string")),
+                }
+            }
+            let dims = match o.get("output_dimension") {
+                None if e == Embedder::CohereV3 => 1024,
+                None => 1536,
+                Some(v) => match v.as_u64().filter(|d| [256, 512, 1024, 1536].contains(d)) {
+                    Some(d) => d as usize,
+                    None => return Err(invalid(format!("Malformed input request: #/output_dimension: {v} is not a valid enum value, please reformat your input and try again."))),
+                },
+            };
+            let by_type = match o.get("embedding_types") {
+                None => e == Embedder::CohereV4,
+                Some(t) if t == &json!(["float"]) => true,
+                Some(_) => {
+                    return Err(invalid(
+                        "tollway-mock simulates float embeddings only (`embedding_types: [\"float\"]`).",
+                    ))
+                }
+            };
+            (texts, dims, by_type)
+        }
+    };
+    let knobs = Knobs::from_request(&model, texts.last().map(String::as_str));
+    match &knobs.fault {
+        Some(Fault::Status(code)) => return Err(fault_error(*code)),
+        Some(Fault::Hang) => gen::hang().await,
+        _ => {}
+    }
+    gen::answer_delay(&knobs, 0).await;
+    let tokens: u64 = texts.iter().map(|t| gen::text_tokens(t)).sum();
+    let vectors: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|t| crate::openai::embedding(t, dims))
+        .collect();
+    let answer = match e {
+        Embedder::TitanV1 => json!({"embedding": vectors[0], "inputTextTokenCount": tokens}),
+        Embedder::TitanV2 => json!({"embedding": vectors[0], "inputTextTokenCount": tokens,
+                                    "embeddingsByType": {"float": vectors[0]}}),
+        Embedder::TitanImage => {
+            json!({"embedding": vectors[0], "inputTextTokenCount": tokens, "message": null})
+        }
+        Embedder::CohereV3 | Embedder::CohereV4 => {
+            let seq = texts.iter().map(|t| t.len() as u64).sum::<u64>();
+            let (embeddings, kind) = if by_type {
+                (json!({ "float": vectors }), "embeddings_by_type")
+            } else {
+                (json!(vectors), "embeddings_floats")
+            };
+            json!({"id": request_id(seq), "embeddings": embeddings, "response_type": kind,
+                   "texts": texts})
+        }
+    };
+    Ok((answer, tokens))
+}
+
 fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => Ok(v),

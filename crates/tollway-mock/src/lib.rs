@@ -20,6 +20,7 @@
 //! | `POST /model/{modelId}/converse` | Bedrock Converse: `{"output":{"message"}, "stopReason", "usage", "metrics"}`; the model id percent-decoded from the path (`a%3A0`, ARNs with `%2F`), never read from the body |
 //! | `POST /model/{modelId}/converse-stream` | Bedrock ConverseStream: `application/vnd.amazon.eventstream` messages (`messageStart`, `contentBlockStart` for tool calls, `contentBlockDelta`…, `contentBlockStop`, `messageStop`, `metadata`), each JSON padded with `"p"` |
 //! | `POST /model/{modelId}/count-tokens` | Bedrock CountTokens: `{"input": {"converse": {messages, system}}}` (counted as Converse counts them) or `{"input": {"invokeModel": {"body": "<an Anthropic Messages body>"}}}` (Claude models: counted as a message reports them) → `{"inputTokens": N}`; inference profiles refused, as the service does |
+//! | `POST /model/{modelId}/invoke` | Bedrock InvokeModel for embedding models, each in its vendor's body: Titan Text Embeddings G1/V2 and Titan Multimodal (`{inputText[, dimensions \| embeddingConfig]}` → `{"embedding", "inputTextTokenCount"}`), Cohere Embed v3/v4 (`{texts ≤ 96, input_type[, output_dimension, embedding_types]}` → `{"embeddings": [[…]] \| {"float": [[…]]}, "id", "response_type", "texts"}`); `X-Amzn-Bedrock-Input-Token-Count` on every answer; extraneous keys and sizes refused as Bedrock does |
 //! | `POST /v1beta/models/{model}:generateContent` | Gemini `GenerateContentResponse`: `{"candidates":[{"content":{"role":"model","parts"},"finishReason","index"}], "usageMetadata", "modelVersion", "responseId"}`; the model percent-decoded from the path, split from the method at the last `:` |
 //! | `POST /v1beta/models/{model}:streamGenerateContent` | with `?alt=sse`: `data: {chunk}\r\n\r\n` events (no `event:`, no `[DONE]`), one per token, function calls whole, a last chunk with `finishReason` and the whole `usageMetadata`; without: one JSON array of the same chunks |
 //! | `POST /token` | Google's OAuth 2.0 token endpoint for service accounts: a form-encoded JWT-bearer grant, checked for real ([`mock_gcp_service_account`]) → `{"access_token":"ya29.mock-…","expires_in":3599,"token_type":"Bearer"}`, else a 400 `{"error","error_description"}` |
@@ -278,6 +279,7 @@ pub fn app() -> Router {
             post(bedrock::converse::<true>),
         )
         .route("/model/{model_id}/count-tokens", post(bedrock::count_tokens))
+        .route("/model/{model_id}/invoke", post(bedrock::invoke))
         .route("/v1beta/models/{model}", post(gemini::ai_studio))
         .route("/token", post(gcp::token))
         .route(gcp::METADATA_TOKEN_PATH, get(gcp::metadata_token))
@@ -347,10 +349,11 @@ pub(crate) enum Route {
     ConverseCountTokens = 19,
     BatchEmbedContents = 20,
     VertexPredict = 21,
+    InvokeModel = 22,
 }
 
 impl Route {
-    const ALL: [Route; 22] = [
+    const ALL: [Route; 23] = [
         Route::Chat,
         Route::Embeddings,
         Route::Messages,
@@ -373,6 +376,7 @@ impl Route {
         Route::ConverseCountTokens,
         Route::BatchEmbedContents,
         Route::VertexPredict,
+        Route::InvokeModel,
     ];
 
     fn path(self) -> &'static str {
@@ -411,6 +415,7 @@ impl Route {
             Route::VertexPredict => {
                 "/v1/projects/{project}/locations/{location}/publishers/google/models/{model}:predict"
             }
+            Route::InvokeModel => "/model/{modelId}/invoke",
         }
     }
 }

@@ -15,6 +15,9 @@
 //! | tools, `tool_choice` | `toolConfig` (`auto`, `any`, `tool`; `none` sends no `toolChoice`, and no tools unless the conversation already holds tool blocks, which Bedrock requires `toolConfig` for) |
 //! | `response_format` `json_schema` | `outputConfig.textFormat` (`type: json_schema`, `structure.jsonSchema`: the schema as a string, its name and description) |
 //!
+//! Embeddings go through InvokeModel (`POST /model/{modelId}/invoke`) in each embedding
+//! model's own body: Amazon Titan's and Cohere Embed's ([`Embedder`]).
+//!
 //! A `json_schema` response format becomes `outputConfig.textFormat` (the schema as a JSON string);
 //! schema-less JSON mode has no Converse field and is refused with a 400 naming it. The answer
 //! carries no id: the `x-amzn-requestid` header is the answer's id.
@@ -120,6 +123,190 @@ pub fn decode_count_tokens_response(bytes: &[u8]) -> Result<u64, ProviderError> 
         .ok()
         .and_then(|v| v.get("inputTokens").and_then(Value::as_u64))
         .ok_or_else(|| bad_answer("the provider's token count has no `inputTokens`"))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Embeddings (InvokeModel)
+// ------------------------------------------------------------------------------------------------
+
+/// An embedding model Bedrock hosts, by the InvokeModel body it takes (each vendor's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Embedder {
+    /// Titan Text Embeddings G1 (`amazon.titan-embed-text-v1`): one text per call, 1,536
+    /// dimensions, no options.
+    TitanV1,
+    /// Titan Text Embeddings V2 (`amazon.titan-embed-text-v2:0`): one text per call,
+    /// `dimensions` 256, 512 or 1,024.
+    TitanV2,
+    /// Titan Multimodal Embeddings G1 (`amazon.titan-embed-image-v1`) given text: one text per
+    /// call, `embeddingConfig.outputEmbeddingLength` 256, 384 or 1,024.
+    TitanMultimodal,
+    /// Cohere Embed v3 (`cohere.embed-english-v3`, `cohere.embed-multilingual-v3`): up to 96
+    /// texts per call, 1,024 dimensions, an `input_type`.
+    CohereV3,
+    /// Cohere Embed v4 (`cohere.embed-v4:0`): up to 96 texts per call, `output_dimension` 256,
+    /// 512, 1,024 or 1,536, an `input_type`.
+    CohereV4,
+}
+
+impl Embedder {
+    /// The embedder a model id names: a foundation model's id, a cross-region profile's
+    /// (`us.cohere.embed-v4:0`) or a foundation model's ARN. `None`: no embedding model this
+    /// module writes for (a chat model, or an application profile's ARN, which names none).
+    pub fn of(model: &str) -> Option<Self> {
+        let id = model.rsplit('/').next().unwrap_or(model);
+        let id = count_model(id).unwrap_or(id);
+        let family = [
+            ("amazon.titan-embed-text-v1", Embedder::TitanV1),
+            ("amazon.titan-embed-text-v2", Embedder::TitanV2),
+            ("amazon.titan-embed-image-v1", Embedder::TitanMultimodal),
+            ("cohere.embed-english-v3", Embedder::CohereV3),
+            ("cohere.embed-multilingual-v3", Embedder::CohereV3),
+            ("cohere.embed-v4", Embedder::CohereV4),
+        ];
+        family
+            .into_iter()
+            .find_map(|(prefix, e)| id.starts_with(prefix).then_some(e))
+    }
+
+    /// How many texts one call takes.
+    pub fn batch(self) -> usize {
+        match self {
+            Embedder::TitanV1 | Embedder::TitanV2 | Embedder::TitanMultimodal => 1,
+            Embedder::CohereV3 | Embedder::CohereV4 => 96,
+        }
+    }
+
+    /// The sizes the model can return, the first its default.
+    fn sizes(self) -> &'static [u32] {
+        match self {
+            Embedder::TitanV1 => &[1536],
+            Embedder::TitanV2 => &[1024, 512, 256],
+            Embedder::TitanMultimodal => &[1024, 384, 256],
+            Embedder::CohereV3 => &[1024],
+            Embedder::CohereV4 => &[1536, 1024, 512, 256],
+        }
+    }
+}
+
+/// The path of a model's InvokeModel endpoint.
+pub fn invoke_path(model: &str) -> String {
+    format!("/model/{}/invoke", crate::path_segment(model))
+}
+
+/// InvokeModel bodies for an embeddings request to `e`, one per call ([`Embedder::batch`] texts
+/// each), in input order. A `dimensions` the model cannot return is refused here, by name,
+/// before any call. Cohere's models need an `input_type`: `search_document` unless the request
+/// says otherwise.
+pub fn encode_embeddings_requests<'l>(
+    e: Embedder,
+    req: &tollway_core::EmbeddingsRequest,
+    label: impl Into<Label<'l>>,
+) -> Result<Vec<Vec<u8>>, ProviderError> {
+    if let Some(d) = req.dimensions {
+        let sizes = e.sizes();
+        if !sizes.contains(&d) {
+            let mut sorted = sizes.to_vec();
+            sorted.sort_unstable();
+            let list: Vec<_> = sorted.iter().map(u32::to_string).collect();
+            return Err(ProviderError::invalid(format!(
+                "model {} returns {} dimensions, not {d}",
+                label.into(),
+                list.join(", ")
+            ))
+            .with_param("dimensions"));
+        }
+    }
+    // the model's default size is not sent: the older models take no size at all
+    let dims = req.dimensions.filter(|d| *d != e.sizes()[0]);
+    let input_type = req
+        .input_type
+        .unwrap_or(tollway_core::InputType::SearchDocument)
+        .as_str();
+    let write =
+        |v: Value| serde_json::to_vec(&v).map_err(|e| ProviderError::internal(e.to_string()));
+    req.input
+        .chunks(e.batch())
+        .map(|texts| match e {
+            Embedder::TitanV1 => write(json!({"inputText": texts[0]})),
+            Embedder::TitanV2 => {
+                let mut body = json!({"inputText": texts[0]});
+                if let Some(d) = dims {
+                    body["dimensions"] = json!(d);
+                }
+                write(body)
+            }
+            Embedder::TitanMultimodal => {
+                let mut body = json!({"inputText": texts[0]});
+                if let Some(d) = dims {
+                    body["embeddingConfig"] = json!({"outputEmbeddingLength": d});
+                }
+                write(body)
+            }
+            Embedder::CohereV3 | Embedder::CohereV4 => {
+                let mut body = json!({"texts": texts, "input_type": input_type});
+                if e == Embedder::CohereV4 {
+                    // v4's answer is by type whatever is asked; asking says which
+                    body["embedding_types"] = json!(["float"]);
+                }
+                if let Some(d) = dims {
+                    body["output_dimension"] = json!(d);
+                }
+                write(body)
+            }
+        })
+        .collect()
+}
+
+/// The answer to one call of [`encode_embeddings_requests`]: its vectors (as many as `texts`)
+/// and its input tokens: Titan's `inputTextTokenCount`, or for Cohere (whose answer on Bedrock
+/// carries none) the `X-Amzn-Bedrock-Input-Token-Count` header, `header_tokens`.
+pub fn decode_embeddings_response(
+    e: Embedder,
+    bytes: &[u8],
+    texts: usize,
+    header_tokens: Option<u64>,
+) -> Result<(Vec<Vec<f32>>, u64), ProviderError> {
+    #[derive(serde::Deserialize)]
+    struct Titan {
+        embedding: Vec<f32>,
+        #[serde(rename = "inputTextTokenCount")]
+        tokens: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Cohere {
+        embeddings: Vectors,
+    }
+    /// `embeddings_floats` (a list of vectors) or `embeddings_by_type` (`{"float": [...]}`).
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Vectors {
+        Floats(Vec<Vec<f32>>),
+        ByType { float: Vec<Vec<f32>> },
+    }
+    let (data, tokens) = match e {
+        Embedder::TitanV1 | Embedder::TitanV2 | Embedder::TitanMultimodal => {
+            let t: Titan = crate::json::parse_upstream_as(bytes, "an embeddings answer")?;
+            (vec![t.embedding], t.tokens.or(header_tokens))
+        }
+        Embedder::CohereV3 | Embedder::CohereV4 => {
+            let c: Cohere = crate::json::parse_upstream_as(bytes, "an embeddings answer")?;
+            let data = match c.embeddings {
+                Vectors::Floats(v) | Vectors::ByType { float: v } => v,
+            };
+            (data, header_tokens)
+        }
+    };
+    if data.len() != texts {
+        return Err(bad_answer(format!(
+            "the provider sent {} embeddings for {texts} inputs",
+            data.len()
+        )));
+    }
+    if data.iter().any(Vec::is_empty) {
+        return Err(bad_answer("the provider sent an empty embedding"));
+    }
+    Ok((data, tokens.unwrap_or(0)))
 }
 
 // ------------------------------------------------------------------------------------------------

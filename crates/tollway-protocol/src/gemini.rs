@@ -1215,6 +1215,17 @@ impl StreamDecoder {
 
 /// Google AI Studio's `batchEmbedContents` body: one request per input, each naming the model
 /// (`models/<id>`), with `outputDimensionality` when the client asked for `dimensions`.
+/// Google's `taskType` for what an embedding is for.
+fn task_type(t: tollway_core::InputType) -> &'static str {
+    use tollway_core::InputType::*;
+    match t {
+        SearchDocument => "RETRIEVAL_DOCUMENT",
+        SearchQuery => "RETRIEVAL_QUERY",
+        Classification => "CLASSIFICATION",
+        Clustering => "CLUSTERING",
+    }
+}
+
 pub fn encode_embeddings_request(req: &tollway_core::EmbeddingsRequest, model: &str) -> Vec<u8> {
     #[derive(serde::Serialize)]
     struct Body<'a> {
@@ -1224,6 +1235,8 @@ pub fn encode_embeddings_request(req: &tollway_core::EmbeddingsRequest, model: &
     struct One<'a> {
         model: &'a str,
         content: Content<'a>,
+        #[serde(rename = "taskType", skip_serializing_if = "Option::is_none")]
+        task: Option<&'static str>,
         #[serde(
             rename = "outputDimensionality",
             skip_serializing_if = "Option::is_none"
@@ -1248,6 +1261,7 @@ pub fn encode_embeddings_request(req: &tollway_core::EmbeddingsRequest, model: &
                 content: Content {
                     parts: [Text { text }],
                 },
+                task: req.input_type.map(task_type),
                 dims: req.dimensions,
             })
             .collect(),
@@ -1266,6 +1280,8 @@ pub fn encode_vertex_embeddings_request(req: &tollway_core::EmbeddingsRequest) -
     #[derive(serde::Serialize)]
     struct Instance<'a> {
         content: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        task_type: Option<&'static str>,
     }
     #[derive(serde::Serialize)]
     struct Parameters {
@@ -1276,7 +1292,10 @@ pub fn encode_vertex_embeddings_request(req: &tollway_core::EmbeddingsRequest) -
         instances: req
             .input
             .iter()
-            .map(|content| Instance { content })
+            .map(|content| Instance {
+                content,
+                task_type: req.input_type.map(task_type),
+            })
             .collect(),
         parameters: req.dimensions.map(|dims| Parameters { dims }),
     };

@@ -2047,6 +2047,20 @@ pub fn decode_embeddings_request(
         ))?,
     };
     let dimensions = o.u32("dimensions")?;
+    // Cohere's extension, which other gateways and SDK wrappers send too
+    let input_type = match o.str("input_type")? {
+        None => None,
+        Some(t) => Some(tollway_core::InputType::parse(&t).ok_or_else(|| {
+            let known: Vec<_> = tollway_core::InputType::ALL
+                .iter()
+                .map(|t| format!("`{}`", t.as_str()))
+                .collect();
+            invalid_value(
+                "input_type",
+                format!("expected one of {}, got `{t}`", known.join(", ")),
+            )
+        })?),
+    };
     let user = o.str("user")?;
     let base64 = match o.str("encoding_format")?.as_deref() {
         None | Some("float") => false,
@@ -2063,6 +2077,7 @@ pub fn decode_embeddings_request(
             model,
             input,
             dimensions,
+            input_type,
             user,
         },
         base64,

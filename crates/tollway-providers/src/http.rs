@@ -27,7 +27,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tollway_core::{
     BoxFuture, ChatRequest, ChatResponse, ErrorKind, EventStream, Label, Provider, ProviderError,
-    ProviderInfo, StreamEvent, Target, Waited,
+    ProviderInfo, StreamEvent, Target, Usage, Waited,
 };
 use tollway_protocol::eventstream::EventStreamParser;
 use tollway_protocol::sse::{SseEvent, SseParser};
@@ -44,6 +44,8 @@ use crate::{aws, oauth};
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 /// Largest error body kept for its message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Calls to a Bedrock embedding model in flight for one request (Titan embeds one text a call).
+const BEDROCK_EMBED_CALLS: usize = 8;
 
 /// A provider reached over HTTP in one of the supported wire formats.
 pub struct HttpProvider {
@@ -718,6 +720,60 @@ impl HttpProvider {
             })
     }
 
+    /// Embeddings from a Bedrock embedding model through InvokeModel: one call per
+    /// [`bedrock::Embedder::batch`] texts (Titan takes one text a call), at most
+    /// [`BEDROCK_EMBED_CALLS`] at once, the vectors in input order and their tokens summed.
+    async fn bedrock_embeddings(
+        &self,
+        req: tollway_core::EmbeddingsRequest,
+        base: &str,
+    ) -> Result<tollway_core::EmbeddingsResponse, ProviderError> {
+        use futures_util::TryStreamExt;
+        let model = req.model.as_str();
+        let embedder = bedrock::Embedder::of(model)
+            .ok_or_else(|| ProviderError::unsupported("embeddings", self.label(model)))?;
+        let bodies = bedrock::encode_embeddings_requests(embedder, &req, self.label(model))?;
+        let url = format!("{base}{}", bedrock::invoke_path(model));
+        let url = Endpoint::parse(&url, &self.info.name).map_err(ProviderError::internal)?;
+        let texts = req.input.chunks(embedder.batch()).map(<[String]>::len);
+        let calls = bodies.into_iter().zip(texts).map(|(body, texts)| {
+            let url = &url;
+            async move {
+                let (resp, deadline) = self.send_to(url, body, model, &[]).await?;
+                let counted = resp
+                    .headers()
+                    .get("x-amzn-bedrock-input-token-count")
+                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                let buf = self.read_body(resp, deadline, model).await?;
+                bedrock::decode_embeddings_response(embedder, &buf, texts, counted)
+            }
+        });
+        let parts: Vec<_> = futures_util::stream::iter(calls)
+            .buffered(BEDROCK_EMBED_CALLS)
+            .try_collect()
+            .await
+            .map_err(|mut e: ProviderError| {
+                if e.kind == ErrorKind::InvalidResponse {
+                    e.message = format!("{} (from {})", e.message, self.label(model));
+                }
+                e
+            })?;
+        let mut data = Vec::with_capacity(req.input.len());
+        let mut tokens = 0u64;
+        for (vectors, n) in parts {
+            data.extend(vectors);
+            tokens = tokens.saturating_add(n);
+        }
+        Ok(tollway_core::EmbeddingsResponse {
+            model: req.model,
+            data,
+            usage: Usage {
+                input_tokens: tokens,
+                ..Usage::default()
+            },
+        })
+    }
+
     /// `provider/model`, for error messages (written only when one is).
     fn label<'a>(&'a self, model: &'a str) -> Label<'a> {
         Label::new(&self.info.name, model)
@@ -1119,6 +1175,9 @@ impl Provider for HttpProvider {
         req: tollway_core::EmbeddingsRequest,
     ) -> BoxFuture<'_, Result<tollway_core::EmbeddingsResponse, ProviderError>> {
         Box::pin(async move {
+            if let Format::Bedrock { base, .. } = &self.format {
+                return self.bedrock_embeddings(req, base).await;
+            }
             let deployment_url;
             let url = match (&self.embeddings_url, &self.format) {
                 (Some(url), _) => url,

@@ -332,6 +332,7 @@ pub fn embeddings_key(req: &EmbeddingsRequest, namespace: &str) -> Key {
         model,
         input,
         dimensions,
+        input_type,
         user: _,
     } = req;
     let mut f = Feed(Sha256::new());
@@ -343,6 +344,7 @@ pub fn embeddings_key(req: &EmbeddingsRequest, namespace: &str) -> Key {
         f.str(i);
     }
     f.opt_u32(*dimensions);
+    f.opt_str(input_type.map(|t| t.as_str()));
     Key(f.0.finalize().into())
 }
 
@@ -1095,6 +1097,7 @@ mod tests {
             model: "emb".into(),
             input: input.iter().map(|s| s.to_string()).collect(),
             dimensions,
+            input_type: None,
             user: None,
         };
         let base = embeddings_key(&e(&["a", "b"], None), "n");
@@ -1107,6 +1110,13 @@ mod tests {
             embeddings_key(&e(&["b", "a"], None), "n"),
             embeddings_key(&e(&["a", "b"], Some(8)), "n"),
             embeddings_key(&e(&["a", "b"], None), "m"),
+            embeddings_key(
+                &EmbeddingsRequest {
+                    input_type: Some(tollway_core::InputType::SearchQuery),
+                    ..e(&["a", "b"], None)
+                },
+                "n",
+            ),
             key(&ChatRequest::simple("emb", "a\nb"), "n"),
         ] {
             assert_ne!(other, base);

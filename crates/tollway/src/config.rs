@@ -384,9 +384,9 @@ struct RawPrices {
     models: Vec<PriceEntry>,
 }
 
-/// Default capabilities of a provider kind (a deployment may narrow or widen them).
-/// What a deployment of `model` on `p` can do by default: its kind's, and embeddings for Google's
-/// embedding models (`gemini-embedding-001`, `text-embedding-005`...), which answer nothing else.
+/// What a deployment of `model` on `p` can do by default (a deployment may narrow or widen
+/// it): its kind's, and embeddings for Google's embedding models (`gemini-embedding-001`,
+/// `text-embedding-005`...) and Bedrock's (Titan, Cohere Embed), which answer nothing else.
 pub fn model_capabilities(p: &ProviderConfig, model: &str) -> Capabilities {
     let caps = default_capabilities(p);
     match p.wire() {
@@ -394,10 +394,15 @@ pub fn model_capabilities(p: &ProviderConfig, model: &str) -> Capabilities {
             embeddings: true,
             ..caps
         },
+        Wire::Bedrock if tollway_protocol::bedrock::Embedder::of(model).is_some() => Capabilities {
+            embeddings: true,
+            ..caps
+        },
         _ => caps,
     }
 }
 
+/// Default capabilities of a provider kind.
 pub fn default_capabilities(p: &ProviderConfig) -> Capabilities {
     match p.wire() {
         Wire::OpenAi => Capabilities::ALL,

@@ -647,3 +647,193 @@ fn token_counts_ask_for_the_foundation_model_in_the_right_shape() {
         ErrorKind::InvalidResponse
     );
 }
+
+fn embeddings_request(input: &[&str], dimensions: Option<u32>) -> tollway_core::EmbeddingsRequest {
+    tollway_core::EmbeddingsRequest {
+        model: "m".into(),
+        input: input.iter().map(|s| s.to_string()).collect(),
+        dimensions,
+        input_type: None,
+        user: Some("u-1".into()),
+    }
+}
+
+fn embeddings_bodies(e: Embedder, req: &tollway_core::EmbeddingsRequest) -> Vec<Value> {
+    encode_embeddings_requests(e, req, "aws/m")
+        .expect("encodes")
+        .iter()
+        .map(|b| serde_json::from_slice(b).expect("json"))
+        .collect()
+}
+
+#[test]
+fn embedding_models_are_known_by_their_ids_profiles_and_arns() {
+    use Embedder::*;
+    for (id, want) in [
+        ("amazon.titan-embed-text-v1", Some(TitanV1)),
+        ("amazon.titan-embed-text-v2:0", Some(TitanV2)),
+        ("amazon.titan-embed-image-v1", Some(TitanMultimodal)),
+        ("cohere.embed-english-v3", Some(CohereV3)),
+        ("cohere.embed-multilingual-v3", Some(CohereV3)),
+        ("cohere.embed-v4:0", Some(CohereV4)),
+        ("us.cohere.embed-v4:0", Some(CohereV4)),
+        (
+            "arn:aws:bedrock:us-east-1::foundation-model/amazon.titan-embed-text-v2:0",
+            Some(TitanV2),
+        ),
+        // an application profile's ARN names no model; chat models are not embedders
+        (
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123",
+            None,
+        ),
+        ("anthropic.claude-sonnet-4-5-20250929-v1:0", None),
+        ("amazon.nova-pro-v1:0", None),
+    ] {
+        assert_eq!(Embedder::of(id), want, "{id}");
+    }
+    assert_eq!(
+        invoke_path("amazon.titan-embed-text-v2:0"),
+        "/model/amazon.titan-embed-text-v2%3A0/invoke"
+    );
+}
+
+#[test]
+fn embeddings_requests_are_written_in_each_models_own_body() {
+    // Titan: one text a call; the default size is not sent
+    let req = embeddings_request(&["a \"quoted\" text", "é"], Some(512));
+    assert_eq!(
+        embeddings_bodies(Embedder::TitanV2, &req),
+        vec![
+            json!({"inputText": "a \"quoted\" text", "dimensions": 512}),
+            json!({"inputText": "é", "dimensions": 512}),
+        ]
+    );
+    let req = embeddings_request(&["x"], Some(1024));
+    assert_eq!(
+        embeddings_bodies(Embedder::TitanV2, &req),
+        vec![json!({"inputText": "x"})]
+    );
+    assert_eq!(
+        embeddings_bodies(Embedder::TitanV1, &embeddings_request(&["x"], None)),
+        vec![json!({"inputText": "x"})]
+    );
+    assert_eq!(
+        embeddings_bodies(
+            Embedder::TitanMultimodal,
+            &embeddings_request(&["x"], Some(384))
+        ),
+        vec![json!({"inputText": "x", "embeddingConfig": {"outputEmbeddingLength": 384}})]
+    );
+    // Cohere: 96 texts a call, `search_document` unless the request says what they are for
+    let many: Vec<String> = (0..200).map(|i| format!("t{i}")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let bodies = embeddings_bodies(Embedder::CohereV3, &embeddings_request(&refs, None));
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(bodies[0]["texts"].as_array().map(Vec::len), Some(96));
+    assert_eq!(
+        bodies[2]["texts"],
+        json!(["t192", "t193", "t194", "t195", "t196", "t197", "t198", "t199"])
+    );
+    assert_eq!(bodies[1]["texts"][0], "t96");
+    assert!(bodies
+        .iter()
+        .all(|b| b["input_type"] == "search_document" && b.get("embedding_types").is_none()));
+    let mut query = embeddings_request(&["q"], Some(256));
+    query.input_type = Some(tollway_core::InputType::SearchQuery);
+    assert_eq!(
+        embeddings_bodies(Embedder::CohereV4, &query),
+        vec![json!({"texts": ["q"], "input_type": "search_query",
+                    "embedding_types": ["float"], "output_dimension": 256})]
+    );
+}
+
+#[test]
+fn sizes_a_model_cannot_return_are_refused_by_name_before_any_call() {
+    for (e, dims, sizes) in [
+        (Embedder::TitanV1, 1024, "1536"),
+        (Embedder::TitanV2, 100, "256, 512, 1024"),
+        (Embedder::TitanMultimodal, 512, "256, 384, 1024"),
+        (Embedder::CohereV3, 512, "1024"),
+        (Embedder::CohereV4, 2048, "256, 512, 1024, 1536"),
+    ] {
+        let err = encode_embeddings_requests(e, &embeddings_request(&["x"], Some(dims)), "aws/m")
+            .expect_err("refused");
+        assert_eq!(err.kind, ErrorKind::InvalidRequest);
+        assert_eq!(err.param.as_deref(), Some("dimensions"));
+        assert_eq!(
+            err.message,
+            format!("model aws/m returns {sizes} dimensions, not {dims}"),
+            "{e:?}"
+        );
+    }
+    // a model's own size is accepted, and not sent to models that take none
+    let bodies = embeddings_bodies(Embedder::CohereV3, &embeddings_request(&["x"], Some(1024)));
+    assert!(bodies[0].get("output_dimension").is_none());
+}
+
+#[test]
+fn embeddings_answers_are_read_in_every_shape_with_their_counts() {
+    // Titan: the count in the body wins over the header
+    let (v, n) = decode_embeddings_response(
+        Embedder::TitanV2,
+        br#"{"embedding": [0.5, -1, 2e-3], "inputTextTokenCount": 7, "embeddingsByType": {"float": [0.5, -1, 2e-3]}}"#,
+        1,
+        Some(99),
+    )
+    .expect("an answer");
+    assert_eq!((v, n), (vec![vec![0.5, -1.0, 0.002]], 7));
+    // Cohere: floats, or by type; the count from the header, or none (the gateway counts)
+    let (v, n) = decode_embeddings_response(
+        Embedder::CohereV3,
+        br#"{"id": "x", "embeddings": [[1, 2], [3, 4]], "response_type": "embeddings_floats", "texts": ["a", "b"]}"#,
+        2,
+        Some(5),
+    )
+    .expect("an answer");
+    assert_eq!((v, n), (vec![vec![1.0, 2.0], vec![3.0, 4.0]], 5));
+    let (v, n) = decode_embeddings_response(
+        Embedder::CohereV4,
+        br#"{"id": "x", "embeddings": {"float": [[1.5]]}, "response_type": "embeddings_by_type"}"#,
+        1,
+        None,
+    )
+    .expect("an answer");
+    assert_eq!((v, n), (vec![vec![1.5]], 0));
+    // refused, by name
+    for (e, body, texts, want) in [
+        (
+            Embedder::CohereV3,
+            &br#"{"embeddings": [[1]]}"#[..],
+            2,
+            "1 embeddings for 2 inputs",
+        ),
+        (
+            Embedder::CohereV3,
+            br#"{"embeddings": [[]]}"#,
+            1,
+            "an empty embedding",
+        ),
+        (
+            Embedder::TitanV2,
+            br#"{"embedding": ["x"]}"#,
+            1,
+            "does not fit the expected format",
+        ),
+        (
+            Embedder::TitanV2,
+            br#"{"embedding": [1"#,
+            1,
+            "not valid JSON",
+        ),
+        (
+            Embedder::CohereV4,
+            br#"{"embeddings": {"int8": [[1]]}}"#,
+            1,
+            "does not fit",
+        ),
+    ] {
+        let err = decode_embeddings_response(e, body, texts, None).expect_err("refused");
+        assert_eq!(err.kind, ErrorKind::InvalidResponse, "{}", err.message);
+        assert!(err.message.contains(want), "{}", err.message);
+    }
+}

@@ -639,6 +639,7 @@ fn embeddings_requests_are_written_as_each_api_takes_them() {
         model: "gemini-embedding-001".into(),
         input: vec!["a \"quoted\" text".into(), "é".into()],
         dimensions: Some(8),
+        input_type: None,
         user: Some("u-1".into()),
     };
     let body: Value = serde_json::from_slice(&encode_embeddings_request(
@@ -662,11 +663,32 @@ fn embeddings_requests_are_written_as_each_api_takes_them() {
     );
     let plain = tollway_core::EmbeddingsRequest {
         dimensions: None,
-        ..req
+        ..req.clone()
     };
     let body: Value =
         serde_json::from_slice(&encode_vertex_embeddings_request(&plain)).expect("JSON");
     assert!(body.get("parameters").is_none(), "{body}");
+    // what the vectors are for: Google's task type, in each API's spelling
+    let query = tollway_core::EmbeddingsRequest {
+        input: vec!["q".into()],
+        dimensions: None,
+        input_type: Some(tollway_core::InputType::SearchQuery),
+        ..req
+    };
+    let body: Value =
+        serde_json::from_slice(&encode_embeddings_request(&query, "text-embedding-004"))
+            .expect("JSON");
+    assert_eq!(
+        body,
+        json!({"requests": [{"model": "models/text-embedding-004",
+                             "content": {"parts": [{"text": "q"}]}, "taskType": "RETRIEVAL_QUERY"}]})
+    );
+    let body: Value =
+        serde_json::from_slice(&encode_vertex_embeddings_request(&query)).expect("JSON");
+    assert_eq!(
+        body,
+        json!({"instances": [{"content": "q", "task_type": "RETRIEVAL_QUERY"}]})
+    );
 }
 
 #[test]

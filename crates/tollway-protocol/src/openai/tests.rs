@@ -720,6 +720,24 @@ fn embeddings_requests_and_answers() {
         .unwrap_err()
         .message
         .contains("`input`"));
+    // what the vectors are for (Cohere's `input_type`): kept, checked, never sent to OpenAI
+    assert_eq!(r.input_type, None);
+    let (q, _) =
+        decode_embeddings_request(br#"{"model": "e", "input": "q", "input_type": "search_query"}"#)
+            .unwrap();
+    assert_eq!(q.input_type, Some(tollway_core::InputType::SearchQuery));
+    let up: Value = serde_json::from_slice(&encode_embeddings_request(&q)).unwrap();
+    assert!(up.get("input_type").is_none(), "{up}");
+    let err = decode_embeddings_request(br#"{"model": "e", "input": "q", "input_type": "query"}"#)
+        .unwrap_err();
+    assert_eq!(err.param.as_deref(), Some("input_type"));
+    assert!(
+        err.message.contains(
+            "`search_document`, `search_query`, `classification`, `clustering`, got `query`"
+        ),
+        "{}",
+        err.message
+    );
     let up: Value = serde_json::from_slice(&encode_embeddings_request(&r)).unwrap();
     assert_eq!(up["encoding_format"], "float");
     let resp = decode_embeddings_response(

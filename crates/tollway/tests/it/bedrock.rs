@@ -6,7 +6,9 @@
 use serde_json::{json, Value};
 use tollway_mock::MOCK_AWS_SECRET;
 
-use crate::harness::{config_text, header, openai_stream_text, sse, start_with, MASTER};
+use crate::harness::{
+    config_text, header, ledger_row, openai_stream_text, split, sse, start_with, MASTER,
+};
 
 const SONNET: &str = "anthropic.claude-sonnet-4-5-20250929-v1:0";
 
@@ -23,6 +25,10 @@ fn config(mock: &str) -> String {
   aws-throttled: {{ deployments: [{{ provider: aws, model: "{SONNET}?fault=429" }}] }}
   aws-throttled-too: {{ deployments: [{{ provider: aws, model: "{SONNET}?fault=429&n=2" }}] }}
   aws-breaks: {{ deployments: [{{ provider: aws, model: "{SONNET}?fault=error_event&after=2&tokens=5" }}] }}
+  titan: {{ deployments: [{{ provider: aws, model: "amazon.titan-embed-text-v2:0" }}] }}
+  titan-down: {{ deployments: [{{ provider: aws, model: "amazon.titan-embed-text-v2:0?fault=503" }}] }}
+  cohere3: {{ deployments: [{{ provider: aws-apikey, model: cohere.embed-english-v3 }}] }}
+  cohere4: {{ deployments: [{{ provider: aws, model: "us.cohere.embed-v4:0" }}] }}
 "#,
         base = config_text(mock).replacen(
             "providers:\n",
@@ -438,4 +444,130 @@ async fn on_ec2_the_instance_roles_credentials_sign_and_are_fetched_once() {
             .count(),
         1
     );
+}
+
+#[tokio::test]
+async fn embeddings_reach_titan_and_cohere_signed_batched_counted_and_priced() {
+    let env = start_with(config).await;
+    let embed = |body: Value| async { split(env.post("/v1/embeddings", body).await).await };
+
+    // Titan V2: one signed InvokeModel call per input, the vectors in input order
+    // (long enough to cost a micro-dollar at $0.02 per million tokens)
+    let long = "hello world ".repeat(60);
+    let texts = [long.as_str(), "second text", "third"];
+    let (status, h, v) = embed(json!({"model": "titan", "input": texts, "dimensions": 256})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        header(&h, "x-tollway-model"),
+        "aws/amazon.titan-embed-text-v2:0"
+    );
+    let data = v["data"].as_array().expect("data");
+    assert_eq!(data.len(), 3);
+    assert!(data
+        .iter()
+        .enumerate()
+        .all(|(i, d)| d["index"] == i && d["embedding"].as_array().map(Vec::len) == Some(256)));
+    let log = env.upstream_log().await;
+    let calls = &log[log.len() - 3..];
+    let mut bodies: Vec<String> = calls
+        .iter()
+        .map(|c| c["body"]["inputText"].to_string())
+        .collect();
+    bodies.sort();
+    let mut want: Vec<String> = texts.iter().map(|t| json!(t).to_string()).collect();
+    want.sort();
+    assert_eq!(bodies, want);
+    for c in calls {
+        assert_eq!(c["path"], "/model/amazon.titan-embed-text-v2%3A0/invoke");
+        assert_eq!(c["body"]["dimensions"], 256);
+        assert_eq!(c["auth"]["scheme"], "sigv4", "{c}");
+    }
+    let (_, _, one) = embed(json!({"model": "titan", "input": "third", "dimensions": 256})).await;
+    assert_eq!(
+        one["data"][0]["embedding"], data[2]["embedding"],
+        "in input order"
+    );
+    // the tokens Titan counted, priced from the table
+    let tokens = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+    assert!(tokens >= 120, "{v}");
+    let cost: f64 = header(&h, "x-tollway-cost-usd").parse().unwrap_or(0.0);
+    assert!(cost > 0.0, "{h:?}");
+    let row = ledger_row(&env, header(&h, "x-tollway-request-id")).await;
+    assert!(
+        !row.cost_estimated && row.input_tokens as u64 == tokens,
+        "{row:?}"
+    );
+
+    // Cohere v3 by API key: 100 texts in calls of 96 and 4, what they are for passed on, the
+    // count from Bedrock's header
+    let many: Vec<String> = (0..100).map(|i| format!("document number {i}")).collect();
+    let (status, h, v) =
+        embed(json!({"model": "cohere3", "input": many, "input_type": "search_query"})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(100));
+    assert_eq!(
+        v["data"][99]["embedding"].as_array().map(Vec::len),
+        Some(1024)
+    );
+    let log = env.upstream_log().await;
+    let mut sizes: Vec<usize> = log[log.len() - 2..]
+        .iter()
+        .map(|c| {
+            assert_eq!(c["body"]["input_type"], "search_query");
+            assert_eq!(c["auth"]["scheme"], "bearer");
+            c["body"]["texts"].as_array().map_or(0, Vec::len)
+        })
+        .collect();
+    sizes.sort();
+    assert_eq!(sizes, [4, 96]);
+    assert!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) >= 100,
+        "{v}"
+    );
+    let row = ledger_row(&env, header(&h, "x-tollway-request-id")).await;
+    assert!(!row.cost_estimated && row.cost_micros.is_some(), "{row:?}");
+
+    // Cohere v4 through a cross-region profile, answered by type, sent on as base64
+    let (status, _, v) = embed(json!({"model": "cohere4", "input": "x", "dimensions": 512,
+                                      "encoding_format": "base64"}))
+    .await;
+    assert_eq!(status, 200, "{v}");
+    // 512 little-endian f32s: 2,048 bytes, 2,732 base64 characters
+    assert_eq!(
+        v["data"][0]["embedding"].as_str().map(str::len),
+        Some(2732),
+        "{v}"
+    );
+    let up = env.last_upstream().await;
+    assert_eq!(up["path"], "/model/us.cohere.embed-v4%3A0/invoke");
+    assert_eq!(
+        up["body"],
+        json!({"texts": ["x"], "input_type": "search_document",
+               "embedding_types": ["float"], "output_dimension": 512})
+    );
+
+    // refused by name before any call: a size the model cannot return, a chat model, an
+    // unknown input type
+    let before = env.upstream_log().await.len();
+    for (body, want) in [
+        (
+            json!({"model": "titan", "input": "x", "dimensions": 100}),
+            "model aws/amazon.titan-embed-text-v2:0 returns 256, 512, 1024 dimensions, not 100",
+        ),
+        (json!({"model": "sonnet-aws", "input": "x"}), "embeddings"),
+        (
+            json!({"model": "cohere3", "input": "x", "input_type": "search"}),
+            "input_type",
+        ),
+    ] {
+        let (status, _, v) = embed(body).await;
+        assert_eq!(status, 400, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        assert!(msg.contains(want), "{msg}");
+    }
+    assert_eq!(env.upstream_log().await.len(), before);
+    // Bedrock's error, in OpenAI's shape
+    let (status, _, v) = embed(json!({"model": "titan-down", "input": "x"})).await;
+    assert_eq!(status, 503, "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
 }

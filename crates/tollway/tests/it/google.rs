@@ -5,7 +5,9 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{config_text, header, openai_stream_text, sse, start_with, MASTER};
+use crate::harness::{
+    config_text, header, ledger_row, openai_stream_text, sse, start_with, MASTER,
+};
 
 const GEMINI_KEY: &str = "gemini-test-key-0001";
 
@@ -480,17 +482,7 @@ async fn embeddings_reach_gemini_and_vertex_counted_and_priced() {
         ]})
     );
     // the ledger says the count was the gateway's
-    let id = header(&h, "x-tollway-request-id").to_string();
-    let store = env.state.accounts().store();
-    let mut row = None;
-    for _ in 0..100 {
-        row = store.ledger_row(&id).await.expect("db");
-        if row.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let row = row.expect("a ledger row");
+    let row = ledger_row(&env, header(&h, "x-tollway-request-id")).await;
     assert!(
         row.cost_estimated && row.input_tokens as u64 == counted,
         "{row:?}"

@@ -260,6 +260,18 @@ pub async fn counted_locally(env: &Env, body: Value) {
     assert_eq!(env.upstream_log().await.len(), before);
 }
 
+/// The ledger row of request `id`, once the writer has written it (within 2 s).
+pub async fn ledger_row(env: &Env, id: &str) -> tollway_store::LedgerRow {
+    let store = env.state.accounts().store();
+    for _ in 0..100 {
+        if let Some(row) = store.ledger_row(id).await.expect("db") {
+            return row;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no ledger row for {id}");
+}
+
 /// The errors of a config that must be invalid, one per line.
 pub fn config_errors(text: &str) -> String {
     let errs = config::parse(text, &ProcessEnv).expect_err("an invalid config");
