@@ -71,6 +71,8 @@ models:
   gpt: {{ circuit_breaker: false, deployments: [{{ provider: oai, model: gpt-4.1 }}] }}
   claude: {{ circuit_breaker: false, deployments: [{{ provider: ant, model: claude-sonnet-4-5 }}] }}
   bedrock: {{ circuit_breaker: false, deployments: [{{ provider: aws, model: "anthropic.claude-sonnet-4-5-20250929-v1:0" }}] }}
+  titan-embed: {{ circuit_breaker: false, deployments: [{{ provider: aws, model: "amazon.titan-embed-text-v2:0" }}] }}
+  cohere-embed: {{ circuit_breaker: false, deployments: [{{ provider: aws, model: cohere.embed-english-v3 }}] }}
   gemini: {{ circuit_breaker: false, deployments: [{{ provider: gem, model: gemini-2.5-flash }}] }}
   vertex-gemini: {{ circuit_breaker: false, deployments: [{{ provider: vx, model: gemini-2.5-flash }}] }}
   vertex-claude: {{ circuit_breaker: false, deployments: [{{ provider: vx, model: "claude-sonnet-4-5@20250929" }}] }}

@@ -221,3 +221,36 @@ def test_a_json_schema_becomes_bedrocks_structured_output(oai, mock):
             response_format={"type": "json_object"},
         )
     assert "json_object" in str(ei.value) or "response_format" in str(ei.value)
+
+
+def _invoked(mock, n: int) -> list[dict]:
+    reqs = [r for r in mock.requests() if str(r.get("path", "")).endswith("/invoke")]
+    assert len(reqs) >= n, [r.get("path") for r in mock.requests()]
+    return reqs[-n:]
+
+
+def test_openai_sdk_embeds_with_titan_and_cohere_on_bedrock(oai, mock):
+    # Titan takes one text a call: two signed InvokeModel calls, the vectors in input order
+    r = oai.embeddings.create(model="titan-embed", input=["hello", "world"], dimensions=256)
+    assert [d.index for d in r.data] == [0, 1]
+    assert all(len(d.embedding) == 256 for d in r.data), "the SDK's base64 decoded"
+    assert r.usage.prompt_tokens > 0
+    calls = _invoked(mock, 2)
+    assert sorted(c["body"]["inputText"] for c in calls) == ["hello", "world"]
+    for c in calls:
+        assert c["path"] == "/model/amazon.titan-embed-text-v2%3A0/invoke"
+        assert c["body"]["dimensions"] == 256
+        _check_signed(c)
+    one = oai.embeddings.create(model="titan-embed", input="world", dimensions=256)
+    assert one.data[0].embedding == r.data[1].embedding
+
+    # Cohere: what the texts are for, sent as the SDK's extra body
+    r = oai.embeddings.create(model="cohere-embed", input=["a query"], extra_body={"input_type": "search_query"})
+    assert len(r.data[0].embedding) == 1024
+    assert _invoked(mock, 1)[0]["body"] == {"texts": ["a query"], "input_type": "search_query"}
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.embeddings.create(model="cohere-embed", input="x", extra_body={"input_type": "query"})
+    assert "input_type" in str(e.value)
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.embeddings.create(model="titan-embed", input="x", dimensions=100)
+    assert "256, 512, 1024" in str(e.value)

@@ -203,6 +203,13 @@ impl Accounts {
         self.shared_configured
             .then(|| self.shared.load().as_ref().is_some_and(|s| s.is_up()))
     }
+
+    /// How many times the shared state (Redis) has gone from answering to failing (`None`: not
+    /// configured).
+    pub fn shared_outages(&self) -> Option<u64> {
+        self.shared_configured
+            .then(|| self.shared.load().as_ref().map_or(0, |s| s.outages()))
+    }
 }
 
 /// A per-minute limit's state, as a sliding window over two fixed one-minute windows.

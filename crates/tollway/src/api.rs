@@ -1602,6 +1602,9 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     if let Some(up) = state.accounts().shared_up() {
         text.push_str("# HELP tollway_shared_state_up 1 when the shared state (Redis) answers; 0 while instances fall back to local limits and budgets.\n# TYPE tollway_shared_state_up gauge\n");
         text.push_str(&format!("tollway_shared_state_up {}\n", u8::from(up)));
+        let outages = state.accounts().shared_outages().unwrap_or(0);
+        text.push_str("# HELP tollway_shared_state_outages_total Times the shared state (Redis) went from answering to failing (each one logged once).\n# TYPE tollway_shared_state_outages_total counter\n");
+        text.push_str(&format!("tollway_shared_state_outages_total {outages}\n"));
     }
     if state.runtime().config.telemetry.is_some() {
         let t = state.tracer();

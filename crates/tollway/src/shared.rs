@@ -98,6 +98,8 @@ pub struct Shared {
     conn: ConnectionManager,
     prefix: String,
     up: AtomicBool,
+    /// Outages so far (times Redis went from answering to failing).
+    outages: std::sync::atomic::AtomicU64,
     /// During an outage, one request a second probes Redis; the rest use local state at once.
     last_probe_ms: std::sync::atomic::AtomicI64,
     /// Budget hashes this instance has seeded from the ledger (scope, period start).
@@ -142,6 +144,7 @@ impl Shared {
             conn,
             prefix: prefix.to_string(),
             up: AtomicBool::new(true),
+            outages: std::sync::atomic::AtomicU64::new(0),
             last_probe_ms: std::sync::atomic::AtomicI64::new(0),
             seeded: Mutex::new(HashSet::new()),
             limit_all: Script::new(LIMIT_ALL_LUA),
@@ -170,8 +173,14 @@ impl Shared {
                 .is_ok()
     }
 
+    /// Outages so far: each time Redis went from answering to failing.
+    pub fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Relaxed)
+    }
+
     fn outage(&self, e: &redis::RedisError) {
         if self.up.swap(false, Ordering::Relaxed) {
+            self.outages.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "shared state (Redis) unavailable: using this instance's local limits and budgets until it answers");
         }
     }

@@ -494,6 +494,105 @@ async fn two_instances_share_answers_through_redis() {
     );
 }
 
+/// A Redis user for one test, deleted when the test ends (even by a panic).
+struct AclUser {
+    url: String,
+    name: String,
+}
+
+impl Drop for AclUser {
+    fn drop(&mut self) {
+        if let Ok(mut conn) =
+            redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection())
+        {
+            let _: Result<i64, _> = redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(&self.name)
+                .query(&mut conn);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cache_write_redis_refuses_loses_only_that_copy() {
+    use crate::shared::{redis_url, shared_setup};
+    let (_mock, name, storage, _) = shared_setup().await;
+    // a Redis user that may read the cache's keys but not write them (as a full Redis refuses
+    // writes), and may use every key the shared limits, budgets and cooldowns use
+    let admin = redis_url();
+    let client = redis::Client::open(admin.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let password = tollway_store::generate_secret();
+    let _user = AclUser {
+        url: admin.clone(),
+        name: name.clone(),
+    };
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&name)
+        .arg("reset")
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg("+@all")
+        .arg(format!("~{name}:rl:*"))
+        .arg(format!("~{name}:budget:*"))
+        .arg(format!("~{name}:cooldown:*"))
+        .arg(format!("%R~{name}:cache:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("ACL SETUSER");
+    let url = admin.replacen("redis://", &format!("redis://{name}:{password}@"), 1);
+    let text = format!(
+        "{}shared_state: {{ url: \"{url}\", prefix: \"{name}:\" }}\ncache: {{ shared: true }}\n",
+        config_text(&_mock.url()),
+    );
+    let gw = gateway(&text, &storage, Some((url, format!("{name}:")))).await;
+    let http = reqwest::Client::new();
+    let ask = || async {
+        let r = http
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(MASTER)
+            .json(&json!({"model": "gpt", "messages": [{"role": "user", "content": "refused"}]}))
+            .send()
+            .await
+            .expect("send");
+        (
+            r.status().as_u16(),
+            header(r.headers(), "x-tollway-cache").to_string(),
+        )
+    };
+    assert_eq!(ask().await, (200, "miss".to_string()));
+    // wait for Redis to refuse the copy (its ACL log names the user and the key)
+    let mut refused = false;
+    for _ in 0..100 {
+        let log: Vec<redis::Value> = redis::cmd("ACL")
+            .arg("LOG")
+            .query_async(&mut conn)
+            .await
+            .expect("ACL LOG");
+        refused = format!("{log:?}").contains(&format!("{name}:cache:"));
+        if refused {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the cache write reached Redis and was refused");
+    // the instance still counts its limits and budgets in Redis, and answers from its own copy
+    let m = crate::harness::metrics(&http, &gw.url).await;
+    assert!(m.contains("tollway_shared_state_up 1"), "{m}");
+    assert!(m.contains("tollway_shared_state_outages_total 0"), "{m}");
+    assert_eq!(ask().await, (200, "hit".to_string()));
+    let kept: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{name}:cache:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert!(kept.is_empty(), "{kept:?}");
+}
+
 #[tokio::test]
 async fn embeddings_are_kept_too_whatever_encoding_the_client_asks() {
     let env = start_with(cached_config).await;
