@@ -51,6 +51,22 @@ else
   echo "reusing $VENV (requirements unchanged)"
 fi
 
+step "browser for the admin UI tests (Debian's chromium and chromium-driver)"
+if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+  echo "found $(command -v chromium) and $(command -v chromedriver)"
+else
+  SUDO=""
+  if [[ "$(id -u)" -ne 0 ]]; then SUDO="sudo -n"; fi
+  install_browser() {
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium chromium-driver
+  }
+  # stale package lists on a fresh machine: refresh them once and try again
+  install_browser || { $SUDO apt-get update -q && install_browser; } || {
+    echo "could not install chromium and chromium-driver (needs root or sudo, and Debian's archive)" >&2
+    exit 1
+  }
+fi
+
 step "conformance suite (official OpenAI and Anthropic SDKs against target/debug/tollway)"
 export TOLLWAY_BIN_DIR="${TOLLWAY_BIN_DIR:-$ROOT/target/debug}"
 "$VENV/bin/python" -m pytest tests/conformance -q -p no:cacheprovider

@@ -1672,12 +1672,17 @@ pub async fn not_found(method: Method, uri: Uri, headers: HeaderMap) -> Response
     } else {
         family_of_headers(&headers)
     };
+    not_found_in(
+        family,
+        format!("Unknown request URL: {method} {}", uri.path()),
+    )
+}
+
+/// A 404 in `family`'s error shape.
+pub fn not_found_in(family: ApiFamily, message: impl Into<String>) -> Response {
     ApiError {
         family,
-        err: ProviderError::new(
-            ErrorKind::NotFound,
-            format!("Unknown request URL: {method} {}", uri.path()),
-        ),
+        err: ProviderError::new(ErrorKind::NotFound, message),
         request_id: new_request_id(),
         outcome: None,
     }

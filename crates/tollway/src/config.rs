@@ -86,6 +86,8 @@ pub struct ServerConfig {
     pub direct_models: bool,
     /// Reload when the config file changes (besides SIGHUP and `POST /admin/reload`).
     pub watch_config: bool,
+    /// Serve the admin UI at `/ui` (its data comes from the admin API, master key only).
+    pub admin_ui: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +205,8 @@ struct RawServer {
     direct_models: Option<bool>,
     #[serde(default)]
     watch_config: Option<bool>,
+    #[serde(default)]
+    admin_ui: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -1046,6 +1050,7 @@ fn parse_server(v: Option<Value>, c: &mut Collector<'_>) -> Option<ServerConfig>
             retry_deadline_secs: None,
             direct_models: None,
             watch_config: None,
+            admin_ui: None,
         },
         Some(v) => c.parse::<RawServer>("server", v)?,
     };
@@ -1091,6 +1096,7 @@ fn parse_server(v: Option<Value>, c: &mut Collector<'_>) -> Option<ServerConfig>
         retry_deadline: Duration::from_secs(raw.retry_deadline_secs.unwrap_or(60)),
         direct_models: raw.direct_models.unwrap_or(false),
         watch_config: raw.watch_config.unwrap_or(true),
+        admin_ui: raw.admin_ui.unwrap_or(true),
     })
 }
 
@@ -1420,6 +1426,7 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
             retry_deadline: Duration::from_secs(60),
             direct_models: true,
             watch_config: false,
+            admin_ui: true,
         },
         storage_url: "sqlite://tollway.db".into(),
         ledger_flush: Duration::from_millis(500),

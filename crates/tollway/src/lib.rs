@@ -20,6 +20,7 @@ pub mod server;
 pub mod shared;
 pub mod telemetry;
 pub mod tokens;
+pub mod ui;
 
 pub use runtime::Runtime;
 pub use server::{app, serve, AppState};

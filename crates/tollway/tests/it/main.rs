@@ -17,3 +17,4 @@ mod shared;
 mod telemetry;
 mod tls;
 mod translate;
+mod ui;
