@@ -17,6 +17,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import Select
 
 from helpers import MASTER_KEY
 
@@ -173,6 +174,26 @@ def test_a_key_made_in_the_page_works_until_it_is_revoked_there(browser, gw):
     assert by["model"] == "gpt" and by["Requests"] == "1", by
     assert float(by["Cost (USD)"]) > 0, by
     assert "by month end" in b.find_element(By.ID, "forecast").text
+
+    # the request log, filtered to the key: the answered request and the refused one, newest first
+    b.find_element(By.CSS_SELECTOR, "#nav button[data-view=requests]").click()
+    form = wait_for("the request log's filters", lambda: visible(b, "#requests-form"))
+    form.find_element(By.NAME, "key").send_keys(key_id)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+    def logged() -> list[list[str]] | None:
+        rows = [[c.text for c in r.find_elements(By.CSS_SELECTOR, "td")]
+                for r in b.find_elements(By.CSS_SELECTOR, "#request-log tbody tr")]
+        return rows if len(rows) == 2 and all(len(r) == 12 and r[2] == key_id for r in rows) else None
+
+    rows = wait_for("the key's two requests", logged)
+    assert [(r[3], r[5]) for r in rows] == [("claude", "403"), ("gpt", "200")], rows
+    assert rows[1][4] == "oai/gpt-4.1" and float(rows[1][10]) > 0, rows[1]
+    Select(form.find_element(By.NAME, "status")).select_by_value("error")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_for("only the refused request", lambda: [
+        r.find_elements(By.CSS_SELECTOR, "td")[5].text
+        for r in b.find_elements(By.CSS_SELECTOR, "#request-log tbody tr")] == ["403"])
 
     # revoked in two clicks (the first asks again); the SDK is then refused
     b.find_element(By.CSS_SELECTOR, "#nav button[data-view=keys]").click()

@@ -218,38 +218,59 @@ impl Store {
 
     /// One ledger row by request id.
     pub async fn ledger_row(&self, request_id: &str) -> Result<Option<LedgerRow>> {
-        let row = sqlx::query(
-            "SELECT request_id, ts_ms, key_id, team, model, provider, deployment, api, status, \
-             stream, attempts, latency_ms, input_tokens, output_tokens, cache_read_tokens, \
-             cache_write_tokens, reasoning_tokens, cost_micros, cost_estimated, cache_hit \
-             FROM tollway_ledger WHERE request_id = $1",
-        )
-        .bind(request_id)
-        .fetch_optional(self.pool())
-        .await?;
-        let Some(r) = row else { return Ok(None) };
-        Ok(Some(LedgerRow {
-            request_id: r.try_get("request_id")?,
-            ts_ms: r.try_get("ts_ms")?,
-            key_id: r.try_get("key_id")?,
-            team: r.try_get("team")?,
-            model: r.try_get("model")?,
-            provider: r.try_get("provider")?,
-            deployment: r.try_get("deployment")?,
-            api: r.try_get("api")?,
-            status: r.try_get("status")?,
-            stream: r.try_get::<i64, _>("stream")? != 0,
-            attempts: r.try_get("attempts")?,
-            latency_ms: r.try_get("latency_ms")?,
-            input_tokens: r.try_get("input_tokens")?,
-            output_tokens: r.try_get("output_tokens")?,
-            cache_read_tokens: r.try_get("cache_read_tokens")?,
-            cache_write_tokens: r.try_get("cache_write_tokens")?,
-            reasoning_tokens: r.try_get("reasoning_tokens")?,
-            cost_micros: r.try_get("cost_micros")?,
-            cost_estimated: r.try_get::<i64, _>("cost_estimated")? != 0,
-            cache_hit: r.try_get::<i64, _>("cache_hit")? != 0,
-        }))
+        let sql = format!("SELECT {LEDGER_SELECT} FROM tollway_ledger WHERE request_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(request_id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(ledger_from).transpose()
+    }
+
+    /// A page of ledger rows, newest first: at most `q.limit`, older than `q.before`, matching
+    /// its filters. The key and team filters use the ledger's indexes on (key, time) and (team,
+    /// time); the rest, the one on time.
+    pub async fn ledger_page(&self, q: &LedgerQuery) -> Result<Vec<LedgerRow>> {
+        let mut sql = format!("SELECT {LEDGER_SELECT} FROM tollway_ledger WHERE 1 = 1");
+        let mut binds: Vec<BindValue> = Vec::new();
+        let mut filter = |sql: &mut String, clause: &str, v: BindValue| {
+            binds.push(v);
+            sql.push_str(&clause.replace('#', &format!("${}", binds.len())));
+        };
+        if let Some((ts, id)) = &q.before {
+            filter(&mut sql, " AND (ts_ms < #", BindValue::I(*ts));
+            filter(&mut sql, " OR (ts_ms = #", BindValue::I(*ts));
+            filter(&mut sql, " AND request_id < #))", BindValue::S(id.clone()));
+        }
+        if let Some(k) = &q.key_id {
+            filter(&mut sql, " AND key_id = #", BindValue::S(k.clone()));
+        }
+        if let Some(t) = &q.team {
+            filter(&mut sql, " AND team = #", BindValue::S(t.clone()));
+        }
+        if let Some(m) = &q.model {
+            filter(&mut sql, " AND model = #", BindValue::S(m.clone()));
+        }
+        if let Some((lo, hi)) = q.status {
+            filter(&mut sql, " AND status >= #", BindValue::I(lo));
+            filter(&mut sql, " AND status <= #", BindValue::I(hi));
+        }
+        sql.push_str(&format!(
+            " ORDER BY ts_ms DESC, request_id DESC LIMIT {}",
+            q.limit.clamp(1, LEDGER_PAGE_MAX)
+        ));
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = match b {
+                BindValue::I(i) => query.bind(i),
+                BindValue::S(s) => query.bind(s),
+            };
+        }
+        query
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(ledger_from)
+            .collect()
     }
 
     /// Stores a client's verdict on an answer (`good` or `bad`, with an optional comment), for
@@ -457,6 +478,54 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// The columns [`ledger_from`] reads, in `SELECT` order.
+const LEDGER_SELECT: &str = "request_id, ts_ms, key_id, team, model, provider, deployment, api, \
+    status, stream, attempts, latency_ms, input_tokens, output_tokens, cache_read_tokens, \
+    cache_write_tokens, reasoning_tokens, cost_micros, cost_estimated, cache_hit";
+
+/// The most rows one [`Store::ledger_page`] returns.
+pub const LEDGER_PAGE_MAX: u32 = 500;
+
+/// Which rows [`Store::ledger_page`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerQuery {
+    /// At most this many (1 to [`LEDGER_PAGE_MAX`]).
+    pub limit: u32,
+    /// Only rows older than this one (its time and request id): the previous page's last.
+    pub before: Option<(i64, String)>,
+    pub key_id: Option<String>,
+    pub team: Option<String>,
+    /// The public model name asked for.
+    pub model: Option<String>,
+    /// Statuses in this range, both ends included.
+    pub status: Option<(i64, i64)>,
+}
+
+fn ledger_from(r: &sqlx::any::AnyRow) -> Result<LedgerRow> {
+    Ok(LedgerRow {
+        request_id: r.try_get("request_id")?,
+        ts_ms: r.try_get("ts_ms")?,
+        key_id: r.try_get("key_id")?,
+        team: r.try_get("team")?,
+        model: r.try_get("model")?,
+        provider: r.try_get("provider")?,
+        deployment: r.try_get("deployment")?,
+        api: r.try_get("api")?,
+        status: r.try_get("status")?,
+        stream: r.try_get::<i64, _>("stream")? != 0,
+        attempts: r.try_get("attempts")?,
+        latency_ms: r.try_get("latency_ms")?,
+        input_tokens: r.try_get("input_tokens")?,
+        output_tokens: r.try_get("output_tokens")?,
+        cache_read_tokens: r.try_get("cache_read_tokens")?,
+        cache_write_tokens: r.try_get("cache_write_tokens")?,
+        reasoning_tokens: r.try_get("reasoning_tokens")?,
+        cost_micros: r.try_get("cost_micros")?,
+        cost_estimated: r.try_get::<i64, _>("cost_estimated")? != 0,
+        cache_hit: r.try_get::<i64, _>("cache_hit")? != 0,
+    })
 }
 
 enum BindValue {
@@ -1000,6 +1069,87 @@ mod tests {
     #[tokio::test]
     async fn failed_writes_are_retried_on_postgres() {
         failed_writes_are_retried(testing::postgres().await).await;
+    }
+
+    async fn pages(store: Store) {
+        // 7 rows over 3 instants (ties broken by request id), two keys, one failure
+        let mut rows: Vec<LedgerRow> = (0..7)
+            .map(|i| {
+                let key = if i % 2 == 0 { "ka" } else { "kb" };
+                row(
+                    &format!("r{i}"),
+                    key,
+                    "t",
+                    "gpt",
+                    1_000 + (i / 3) as i64,
+                    Some(1),
+                )
+            })
+            .collect();
+        rows[4].status = 502;
+        rows[5].model = "claude".into();
+        store.insert_ledger(&rows).await.unwrap();
+        let ids = |page: &[LedgerRow]| {
+            page.iter()
+                .map(|r| r.request_id.clone())
+                .collect::<Vec<_>>()
+        };
+        let q = |limit| LedgerQuery {
+            limit,
+            ..LedgerQuery::default()
+        };
+        // newest first, paged by the last row's (time, id), nothing skipped or repeated
+        let mut seen = Vec::new();
+        let mut page = store.ledger_page(&q(3)).await.unwrap();
+        while !page.is_empty() {
+            seen.extend(ids(&page));
+            let last = page.last().unwrap();
+            let next = LedgerQuery {
+                before: Some((last.ts_ms, last.request_id.clone())),
+                ..q(3)
+            };
+            page = store.ledger_page(&next).await.unwrap();
+        }
+        assert_eq!(seen, ["r6", "r5", "r4", "r3", "r2", "r1", "r0"]);
+        assert_eq!(store.ledger_page(&q(100)).await.unwrap()[2], rows[4]);
+        // filters
+        let only = |f: fn(&mut LedgerQuery)| {
+            let mut q = q(100);
+            f(&mut q);
+            q
+        };
+        let by_key = store
+            .ledger_page(&only(|q| q.key_id = Some("kb".into())))
+            .await
+            .unwrap();
+        assert_eq!(ids(&by_key), ["r5", "r3", "r1"]);
+        let failed = store
+            .ledger_page(&only(|q| q.status = Some((400, 599))))
+            .await
+            .unwrap();
+        assert_eq!(ids(&failed), ["r4"]);
+        let claude = store
+            .ledger_page(&only(|q| q.model = Some("claude".into())))
+            .await
+            .unwrap();
+        assert_eq!(ids(&claude), ["r5"]);
+        let none = store
+            .ledger_page(&only(|q| q.team = Some("other".into())))
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+        // a limit is kept within 1..=LEDGER_PAGE_MAX
+        assert_eq!(store.ledger_page(&q(0)).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn ledger_pages_on_sqlite() {
+        pages(testing::sqlite().await).await;
+    }
+
+    #[tokio::test]
+    async fn ledger_pages_on_postgres() {
+        pages(testing::postgres().await).await;
     }
 
     #[tokio::test]

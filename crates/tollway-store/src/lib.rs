@@ -18,8 +18,8 @@ pub use keys::{
     SECRET_PREFIX,
 };
 pub use ledger::{
-    civil_from_days, day_string, days_from_civil, parse_day, LedgerRow, LedgerTask, LedgerWriter,
-    UsageQuery, UsageRow, GROUP_BY,
+    civil_from_days, day_string, days_from_civil, parse_day, LedgerQuery, LedgerRow, LedgerTask,
+    LedgerWriter, UsageQuery, UsageRow, GROUP_BY, LEDGER_PAGE_MAX,
 };
 
 #[derive(Debug, thiserror::Error)]

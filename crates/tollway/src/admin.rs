@@ -6,7 +6,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tollway_core::ProviderError;
 use tollway_store::{
-    day_string, now_ms, parse_day, KeyRecord, NewKey, Store, UsageQuery, UsageRow, GROUP_BY,
+    day_string, now_ms, parse_day, KeyRecord, LedgerQuery, LedgerRow, NewKey, Store, UsageQuery,
+    UsageRow, GROUP_BY, LEDGER_PAGE_MAX,
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -258,6 +259,127 @@ pub async fn usage_json(store: &Store, q: &UsageQuery) -> Result<Value, String> 
         "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
         "total": total.first().map(row_json),
         "forecast": forecast(store, q).await?,
+    }))
+}
+
+/// A request log page's parameters: `limit` (default 50, at most 500), `before` (the previous
+/// page's `next`), `key`, `team`, `model`, `status` (`ok`, `error` or a status code).
+#[derive(Debug, Default, Deserialize)]
+pub struct RequestsParams {
+    #[serde(default)]
+    pub limit: Option<String>,
+    #[serde(default)]
+    pub before: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub team: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+impl RequestsParams {
+    pub fn query(&self) -> Result<LedgerQuery, String> {
+        let limit = match self.limit.as_deref() {
+            None | Some("") => 50,
+            Some(l) => match l.parse::<u32>() {
+                Ok(n) if (1..=LEDGER_PAGE_MAX).contains(&n) => n,
+                _ => {
+                    return Err(format!(
+                        "`limit` must be a whole number from 1 to {LEDGER_PAGE_MAX}, got `{l}`"
+                    ))
+                }
+            },
+        };
+        let before = match self.before.as_deref() {
+            None | Some("") => None,
+            Some(c) => Some(
+                c.split_once(':')
+                    .and_then(|(ts, id)| Some((ts.parse::<i64>().ok()?, id.to_string())))
+                    .filter(|(_, id)| !id.is_empty())
+                    .ok_or_else(|| {
+                        format!("`before` must be a page's `next` (like `1764547200000:req_...`), got `{c}`")
+                    })?,
+            ),
+        };
+        let status = match self.status.as_deref() {
+            None | Some("") => None,
+            Some("ok") => Some((0, 399)),
+            Some("error") => Some((400, 999)),
+            Some(code) => match code.parse::<i64>() {
+                Ok(c) if (100..=999).contains(&c) => Some((c, c)),
+                _ => {
+                    return Err(format!(
+                        "`status` must be `ok`, `error` or a status code, got `{code}`"
+                    ))
+                }
+            },
+        };
+        let some = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        Ok(LedgerQuery {
+            limit,
+            before,
+            key_id: some(&self.key),
+            team: some(&self.team),
+            model: some(&self.model),
+            status,
+        })
+    }
+}
+
+/// A time as ISO 8601 in UTC, to the millisecond (`2026-12-07T23:05:50.897Z`).
+pub fn iso_time(ms: i64) -> String {
+    let day = ms.div_euclid(DAY_MS);
+    let t = ms.rem_euclid(DAY_MS);
+    format!(
+        "{}T{:02}:{:02}:{:02}.{:03}Z",
+        day_string(day),
+        t / 3_600_000,
+        t / 60_000 % 60,
+        t / 1000 % 60,
+        t % 1000
+    )
+}
+
+/// One ledger row as the request log shows it.
+pub fn request_json(r: &LedgerRow) -> Value {
+    json!({
+        "request_id": r.request_id,
+        "time": iso_time(r.ts_ms),
+        "ts_ms": r.ts_ms,
+        "key_id": r.key_id,
+        "team": r.team,
+        "model": r.model,
+        "provider": r.provider,
+        "deployment": r.deployment,
+        "api": r.api,
+        "status": r.status,
+        "stream": r.stream,
+        "attempts": r.attempts,
+        "latency_ms": r.latency_ms,
+        "input_tokens": r.input_tokens,
+        "output_tokens": r.output_tokens,
+        "cache_read_tokens": r.cache_read_tokens,
+        "cache_write_tokens": r.cache_write_tokens,
+        "reasoning_tokens": r.reasoning_tokens,
+        "cost_usd": r.cost_micros.map(usd),
+        "cost_estimated": r.cost_estimated,
+        "cache_hit": r.cache_hit,
+    })
+}
+
+/// A page of the request log, newest first: `{"data": [...], "next": "..."}` (`next` is null on
+/// the last page; pass it as `before` for the next one).
+pub async fn requests_json(store: &Store, q: &LedgerQuery) -> Result<Value, String> {
+    let rows = store.ledger_page(q).await.map_err(|e| e.to_string())?;
+    let next = (rows.len() as u32 >= q.limit)
+        .then(|| rows.last().map(|r| format!("{}:{}", r.ts_ms, r.request_id)))
+        .flatten();
+    Ok(json!({
+        "data": rows.iter().map(request_json).collect::<Vec<_>>(),
+        "next": next,
     }))
 }
 

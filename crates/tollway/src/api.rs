@@ -1824,15 +1824,49 @@ pub async fn admin_key_action(
     }
 }
 
-/// `GET /admin/usage?group_by=key,model&since=2025-11-01&format=csv`.
-pub async fn admin_usage(
+/// `GET /admin/requests?limit=50&before=...&key=...&model=...&status=error`: the request log
+/// (the ledger), newest first, a page at a time.
+pub async fn admin_requests(
     State(state): State<AppState>,
-    axum::extract::Query(params): axum::extract::Query<crate::admin::UsageParams>,
+    params: Result<
+        axum::extract::Query<crate::admin::RequestsParams>,
+        axum::extract::rejection::QueryRejection,
+    >,
     headers: HeaderMap,
 ) -> Response {
     if let Err(e) = authenticate_admin(&state, &headers) {
         return admin_error(e);
     }
+    let params = match params {
+        Ok(axum::extract::Query(p)) => p,
+        Err(e) => return admin_error(ProviderError::invalid(format!("The query string: {e}"))),
+    };
+    let q = match params.query() {
+        Ok(q) => q,
+        Err(m) => return admin_error(ProviderError::invalid(m)),
+    };
+    match crate::admin::requests_json(state.accounts().store(), &q).await {
+        Ok(v) => json_response(StatusCode::OK, v),
+        Err(e) => admin_error(storage_error(e)),
+    }
+}
+
+/// `GET /admin/usage?group_by=key,model&since=2025-11-01&format=csv`.
+pub async fn admin_usage(
+    State(state): State<AppState>,
+    params: Result<
+        axum::extract::Query<crate::admin::UsageParams>,
+        axum::extract::rejection::QueryRejection,
+    >,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authenticate_admin(&state, &headers) {
+        return admin_error(e);
+    }
+    let params = match params {
+        Ok(axum::extract::Query(p)) => p,
+        Err(e) => return admin_error(ProviderError::invalid(format!("The query string: {e}"))),
+    };
     let q = match params.query() {
         Ok(q) => q,
         Err(m) => return admin_error(ProviderError::invalid(m)),

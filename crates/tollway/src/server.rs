@@ -460,6 +460,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/admin/keys/{id}/{action}", post(api::admin_key_action))
         .route("/admin/usage", get(api::admin_usage))
+        .route("/admin/requests", get(api::admin_requests))
         .route("/v1/feedback", post(api::feedback))
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))

@@ -4,7 +4,7 @@
 "use strict";
 
 const STORE = "tollway.masterKey";
-const VIEWS = ["overview", "keys", "usage"];
+const VIEWS = ["overview", "keys", "requests", "usage"];
 const REFRESH_MS = 5000;
 
 const $ = (sel) => document.querySelector(sel);
@@ -153,6 +153,8 @@ function show(view) {
     }, REFRESH_MS);
   } else if (view === "keys") {
     loadKeys();
+  } else if (view === "requests") {
+    loadRequests();
   } else {
     loadUsage();
   }
@@ -341,6 +343,56 @@ async function revokeKey(k) {
   loadKeys();
 }
 
+// requests: the ledger, newest first, a page at a time
+
+let requestsNext = null;
+
+/** Loads the first page of the request log (`more`: the next, older page). */
+async function loadRequests(ev, more) {
+  if (ev) ev.preventDefault();
+  const f = $("#requests-form");
+  const q = new URLSearchParams({ limit: "50" });
+  for (const n of ["key", "team", "model", "status"]) {
+    const v = f.elements[n].value.trim();
+    if (v) q.set(n, v);
+  }
+  if (more && requestsNext) q.set("before", requestsNext);
+  let data;
+  try {
+    data = await api("GET", `/admin/requests?${q}`);
+  } catch (e) {
+    return fail(e);
+  }
+  const body = $("#request-log tbody");
+  if (!more) body.replaceChildren();
+  for (const r of data.data || []) {
+    const tr = el("tr");
+    tr.dataset.requestId = r.request_id;
+    cell(tr, r.time.slice(0, 19).replace("T", " "));
+    cell(tr, r.request_id).classList.add("mono");
+    cell(tr, r.key_id || "master").classList.add("mono");
+    cell(tr, r.model);
+    cell(tr, r.deployment || "");
+    const st = cell(tr, "", "num");
+    st.appendChild(el("span", r.status, { class: `badge ${r.status < 400 ? "healthy" : "cooling_down"}` }));
+    cell(tr, number(r.attempts), "num");
+    cell(tr, number(r.latency_ms), "num");
+    cell(tr, number(r.input_tokens), "num");
+    cell(tr, number(r.output_tokens), "num");
+    cell(tr, r.cost_usd === null ? "unknown" : `${r.cost_usd}${r.cost_estimated ? " (est.)" : ""}`, "num");
+    const flags = [r.stream ? "stream" : "", r.cache_hit ? "cache hit" : "", r.api].filter(Boolean);
+    cell(tr, flags.join(", "), "hint");
+    body.appendChild(tr);
+  }
+  if (!body.children.length) {
+    const tr = el("tr");
+    cell(tr, "No requests match.").colSpan = 12;
+    body.appendChild(tr);
+  }
+  requestsNext = data.next;
+  $("#requests-more").hidden = !requestsNext;
+}
+
 // usage: spend by any grouping, the month-end forecast, spend per day
 
 function usageQuery() {
@@ -482,6 +534,8 @@ document.addEventListener("DOMContentLoaded", () => {
     $("#new-secret-value").textContent = "";
     $("#new-secret").hidden = true;
   });
+  $("#requests-form").addEventListener("submit", loadRequests);
+  $("#requests-more").addEventListener("click", () => loadRequests(null, true));
   $("#usage-form").addEventListener("submit", loadUsage);
   $("#usage-csv").addEventListener("click", downloadCsv);
   // a gateway without a master key needs none; otherwise the key this tab already holds

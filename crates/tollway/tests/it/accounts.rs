@@ -573,3 +573,127 @@ async fn answers_without_reported_usage_are_counted_locally_and_marked_estimated
             .cost_estimated
     );
 }
+
+async fn admin_get(env: &Env, path_and_query: &str, key: &str) -> (u16, Value) {
+    let r = env
+        .http
+        .get(format!("{}{path_and_query}", env.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("get");
+    let (status, _, v) = split(r).await;
+    (status, v)
+}
+
+#[tokio::test]
+async fn the_request_log_pages_newest_first_and_filters() {
+    let env = start().await;
+    let k = create_key(
+        &env,
+        json!({"name": "log", "team": "web", "models": ["gpt"]}),
+    )
+    .await;
+    let secret = k["key"].as_str().expect("secret");
+    let key_id = k["id"].as_str().expect("id");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, h, _) = call(&env, secret, "gpt").await;
+        assert_eq!(status, 200);
+        ids.push(header(&h, "x-tollway-request-id").to_string());
+    }
+    // a model the key may not use: refused, and logged
+    let (status, h, _) = call(&env, secret, "claude").await;
+    assert_eq!(status, 403);
+    ids.push(header(&h, "x-tollway-request-id").to_string());
+    // another caller's request
+    let (status, _, _) = call(&env, MASTER, "gpt").await;
+    assert_eq!(status, 200);
+    assert_eq!(ledger_rows(&env, 5).await, 5);
+
+    // the key's requests, two a page, newest first, nothing skipped or repeated
+    let mut seen = Vec::new();
+    let mut q = format!("/admin/requests?limit=2&key={key_id}");
+    loop {
+        let (status, v) = admin_get(&env, &q, MASTER).await;
+        assert_eq!(status, 200, "{v}");
+        let page = v["data"].as_array().expect("data");
+        assert!(page.len() <= 2);
+        seen.extend(
+            page.iter()
+                .map(|r| r["request_id"].as_str().unwrap_or("").to_string()),
+        );
+        match v["next"].as_str() {
+            Some(next) => q = format!("/admin/requests?limit=2&key={key_id}&before={next}"),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids);
+
+    // one row whole: what answered, how, and what it cost
+    let (_, v) = admin_get(
+        &env,
+        &format!("/admin/requests?key={key_id}&status=ok&limit=1"),
+        MASTER,
+    )
+    .await;
+    let row = &v["data"][0];
+    assert_eq!(row["request_id"], ids[1]);
+    assert_eq!(row["key_id"], key_id);
+    assert_eq!(row["team"], "web");
+    assert_eq!(row["model"], "gpt");
+    assert_eq!(row["deployment"], "oai/gpt-4.1");
+    assert_eq!(row["status"], 200);
+    assert_eq!(row["api"], "openai");
+    assert!(row["input_tokens"].as_i64().unwrap_or(0) > 0, "{row}");
+    assert!(
+        row["cost_usd"]
+            .as_str()
+            .is_some_and(|c| c.parse::<f64>().unwrap_or(0.0) > 0.0),
+        "{row}"
+    );
+    let time = row["time"].as_str().unwrap_or("");
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && time.starts_with("20"),
+        "{time}"
+    );
+
+    // filters: failures only, by model, by team
+    let (_, v) = admin_get(&env, "/admin/requests?status=error", MASTER).await;
+    let failed: Vec<_> = v["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|r| r["request_id"].clone())
+        .collect();
+    assert_eq!(failed, [json!(ids[0])]);
+    let (_, v) = admin_get(
+        &env,
+        "/admin/requests?status=403&model=claude&team=web",
+        MASTER,
+    )
+    .await;
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(1), "{v}");
+    assert!(v["next"].is_null());
+
+    // bad parameters are named; the log is the master key's
+    for (q, word) in [
+        ("limit=0", "`limit`"),
+        ("limit=lots", "`limit`"),
+        ("before=yesterday", "`before`"),
+        ("status=fine", "`status`"),
+        ("limit=1&limit=2", "query string"),
+    ] {
+        let (status, v) = admin_get(&env, &format!("/admin/requests?{q}"), MASTER).await;
+        assert_eq!(status, 400, "{q}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(word)),
+            "{q}: {v}"
+        );
+    }
+    let (status, _) = admin_get(&env, "/admin/requests", secret).await;
+    assert_eq!(status, 403);
+}
