@@ -89,6 +89,9 @@ pub struct KeyRecord {
     /// Per learned router (by name), knobs that replace the router's own for this key's requests
     /// (`{"auto": {"strong_share": 0.1}}`); the gateway validates them.
     pub routing: serde_json::Map<String, serde_json::Value>,
+    /// Declared in the config file (`keys:`), which manages it: the admin API and the command
+    /// line do not revoke or rotate it.
+    pub from_config: bool,
     #[serde(skip)]
     pub hash: String,
     /// `key:<id>`: how rate limits and budgets name this key, built once when the record is
@@ -161,27 +164,59 @@ fn record(row: &sqlx::any::AnyRow) -> Result<KeyRecord> {
         expires_ms: row.try_get("expires_ms")?,
         revoked_ms: row.try_get("revoked_ms")?,
         routing: serde_json::from_str(&row.try_get::<String, _>("routing")?).unwrap_or_default(),
+        from_config: row.try_get::<String, _>("source")? == "config",
     })
 }
 
 const COLUMNS: &str = "id, hash, prefix, name, team, models, providers, rpm, tpm, budget_micros, \
-                       budget_period, created_ms, expires_ms, revoked_ms, regions, routing";
+                       budget_period, created_ms, expires_ms, revoked_ms, regions, routing, source";
+
+/// A key declared in the config file: its settings, and its secret's hash and shown prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredKey {
+    pub key: NewKey,
+    /// Hex SHA-256 of the secret ([`hash_secret`]).
+    pub hash: String,
+    pub prefix: String,
+}
+
+/// What [`Store::sync_config_keys`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeySync {
+    pub created: usize,
+    pub updated: usize,
+    pub revoked: usize,
+}
+
+/// The id of the key the config file declares under `name`: the same for as long as the name
+/// stays, whatever its secret or settings, so that its spend and budget carry across changes.
+pub fn config_key_id(name: &str) -> String {
+    format!(
+        "key_cfg_{}",
+        &hash_secret(&format!("tollway-config-key:{name}"))[..16]
+    )
+}
+
+fn check_budget(k: &NewKey) -> Result<()> {
+    if let Some(p) = &k.budget_period {
+        if !PERIODS.contains(&p.as_str()) {
+            return Err(StoreError::Invalid(format!(
+                "budget period `{p}` must be one of daily, weekly, monthly, total"
+            )));
+        }
+    }
+    if k.budget_period.is_some() != k.budget_micros.is_some() {
+        return Err(StoreError::Invalid(
+            "a budget needs both an amount and a period".into(),
+        ));
+    }
+    Ok(())
+}
 
 impl Store {
     /// Creates a key; returns it with its secret, which is never stored and cannot be shown again.
     pub async fn create_key(&self, k: NewKey) -> Result<(KeyRecord, String)> {
-        if let Some(p) = &k.budget_period {
-            if !PERIODS.contains(&p.as_str()) {
-                return Err(StoreError::Invalid(format!(
-                    "budget period `{p}` must be one of daily, weekly, monthly, total"
-                )));
-            }
-        }
-        if k.budget_period.is_some() != k.budget_micros.is_some() {
-            return Err(StoreError::Invalid(
-                "a budget needs both an amount and a period".into(),
-            ));
-        }
+        check_budget(&k)?;
         let secret = generate_secret();
         let id = format!("key_{}", &hash_secret(&secret)[..16]);
         let rec = KeyRecord {
@@ -202,9 +237,10 @@ impl Store {
             expires_ms: k.expires_ms,
             revoked_ms: None,
             routing: k.routing,
+            from_config: false,
         };
         sqlx::query(&format!(
-            "INSERT INTO tollway_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+            "INSERT INTO tollway_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 'api')"
         ))
         .bind(&rec.id)
         .bind(&rec.hash)
@@ -245,8 +281,20 @@ impl Store {
         row.as_ref().map(record).transpose()
     }
 
+    /// Refuses to change a key the config file manages.
+    async fn not_from_config(&self, id: &str) -> Result<()> {
+        match self.get_key(id).await? {
+            Some(k) if k.from_config => Err(StoreError::Invalid(format!(
+                "key {id} is declared in the config file (`keys.{}`): change or remove it there",
+                k.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Revokes a key at once. `false` when there is no such (unrevoked) key.
     pub async fn revoke_key(&self, id: &str) -> Result<bool> {
+        self.not_from_config(id).await?;
         let r = sqlx::query(
             "UPDATE tollway_keys SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL",
         )
@@ -259,6 +307,7 @@ impl Store {
 
     /// Gives a key a new secret (same id, team, limits and budget); the old secret stops working.
     pub async fn rotate_key(&self, id: &str) -> Result<Option<(KeyRecord, String)>> {
+        self.not_from_config(id).await?;
         let secret = generate_secret();
         let hash = hash_secret(&secret);
         let prefix = format!("{}…", &secret[..SECRET_PREFIX.len() + 4]);
@@ -274,6 +323,124 @@ impl Store {
             return Ok(None);
         }
         Ok(self.get_key(id).await?.map(|k| (k, secret)))
+    }
+
+    /// Makes storage hold what the config file declares (`keys:`), in one transaction: each
+    /// declared key created, or updated in place (secret, settings; revived if it had been
+    /// revoked), under the id its name gives ([`config_key_id`]); and every key the file
+    /// declared before and declares no more, revoked. A declared secret that is another key's
+    /// is refused, naming both.
+    pub async fn sync_config_keys(&self, declared: &[DeclaredKey]) -> Result<KeySync> {
+        for d in declared {
+            check_budget(&d.key)?;
+        }
+        let mut tx = self.pool().begin().await?;
+        let mut out = KeySync::default();
+        let mut ids = Vec::with_capacity(declared.len());
+        for d in declared {
+            let id = config_key_id(&d.key.name);
+            let clash: Option<(String, String)> =
+                sqlx::query_as("SELECT id, name FROM tollway_keys WHERE hash = $1 AND id <> $2")
+                    .bind(&d.hash)
+                    .bind(&id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some((other, name)) = clash {
+                return Err(StoreError::Invalid(format!(
+                    "keys.{}: its secret is already the secret of key {other} (`{name}`)",
+                    d.key.name
+                )));
+            }
+            let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tollway_keys WHERE id = $1"))
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let old = row.as_ref().map(record).transpose()?;
+            let k = &d.key;
+            let routing = serde_json::Value::Object(k.routing.clone()).to_string();
+            match old {
+                None => {
+                    sqlx::query(&format!(
+                        "INSERT INTO tollway_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, $14, $15, 'config')"
+                    ))
+                    .bind(&id)
+                    .bind(&d.hash)
+                    .bind(&d.prefix)
+                    .bind(&k.name)
+                    .bind(k.team.clone())
+                    .bind(list_text(&k.models))
+                    .bind(list_text(&k.providers))
+                    .bind(to_i64(k.rpm))
+                    .bind(to_i64(k.tpm))
+                    .bind(k.budget_micros)
+                    .bind(k.budget_period.clone())
+                    .bind(now_ms())
+                    .bind(k.expires_ms)
+                    .bind(list_text(&k.regions))
+                    .bind(routing)
+                    .execute(&mut *tx)
+                    .await?;
+                    out.created += 1;
+                }
+                Some(old) => {
+                    let same = old.hash == d.hash
+                        && old.prefix == d.prefix
+                        && old.team == k.team
+                        && old.models == k.models
+                        && old.providers == k.providers
+                        && old.regions == k.regions
+                        && old.rpm == k.rpm
+                        && old.tpm == k.tpm
+                        && old.budget_micros == k.budget_micros
+                        && old.budget_period == k.budget_period
+                        && old.expires_ms == k.expires_ms
+                        && old.revoked_ms.is_none()
+                        && old.routing == k.routing
+                        && old.from_config;
+                    if !same {
+                        sqlx::query(
+                            "UPDATE tollway_keys SET hash = $1, prefix = $2, team = $3, models = $4, \
+                             providers = $5, rpm = $6, tpm = $7, budget_micros = $8, \
+                             budget_period = $9, expires_ms = $10, revoked_ms = NULL, regions = $11, \
+                             routing = $12, source = 'config' WHERE id = $13",
+                        )
+                        .bind(&d.hash)
+                        .bind(&d.prefix)
+                        .bind(k.team.clone())
+                        .bind(list_text(&k.models))
+                        .bind(list_text(&k.providers))
+                        .bind(to_i64(k.rpm))
+                        .bind(to_i64(k.tpm))
+                        .bind(k.budget_micros)
+                        .bind(k.budget_period.clone())
+                        .bind(k.expires_ms)
+                        .bind(list_text(&k.regions))
+                        .bind(routing)
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                        out.updated += 1;
+                    }
+                }
+            }
+            ids.push(id);
+        }
+        let live: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM tollway_keys WHERE source = 'config' AND revoked_ms IS NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let now = now_ms();
+        for id in live.iter().filter(|id| !ids.contains(id)) {
+            sqlx::query("UPDATE tollway_keys SET revoked_ms = $1 WHERE id = $2")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            out.revoked += 1;
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 }
 
@@ -346,6 +513,139 @@ mod tests {
             })
             .await;
         assert!(matches!(bad, Err(StoreError::Invalid(_))));
+    }
+
+    fn declared(name: &str, secret: &str, rpm: Option<u64>) -> DeclaredKey {
+        DeclaredKey {
+            key: NewKey {
+                name: name.into(),
+                team: Some("ops".into()),
+                rpm,
+                ..NewKey::default()
+            },
+            hash: hash_secret(secret),
+            prefix: format!("{}…", &secret[..8]),
+        }
+    }
+
+    async fn config_keys(store: Store) {
+        let a = declared("ci-bot", "sk-live-aaaaaaaaaaaaaaaaaaaaaaaa", Some(60));
+        let b = declared("batch", "sk-live-bbbbbbbbbbbbbbbbbbbbbbbb", None);
+        let sync = |keys: Vec<DeclaredKey>| {
+            let store = store.clone();
+            async move { store.sync_config_keys(&keys).await }
+        };
+        assert_eq!(
+            sync(vec![a.clone(), b.clone()]).await.unwrap(),
+            KeySync {
+                created: 2,
+                updated: 0,
+                revoked: 0
+            }
+        );
+        let got = store
+            .get_key(&config_key_id("ci-bot"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got.from_config && got.active(now_ms()));
+        assert_eq!((got.hash.as_str(), got.rpm), (a.hash.as_str(), Some(60)));
+        // the same file again changes nothing; a changed secret and limit update in place
+        assert_eq!(
+            sync(vec![a.clone(), b.clone()]).await.unwrap(),
+            KeySync::default()
+        );
+        let a2 = declared("ci-bot", "sk-live-cccccccccccccccccccccccc", Some(30));
+        assert_eq!(
+            sync(vec![a2.clone(), b.clone()]).await.unwrap(),
+            KeySync {
+                created: 0,
+                updated: 1,
+                revoked: 0
+            }
+        );
+        let got2 = store.get_key(&got.id).await.unwrap().unwrap();
+        assert_eq!(
+            (got2.hash.as_str(), got2.rpm, got2.created_ms),
+            (a2.hash.as_str(), Some(30), got.created_ms)
+        );
+        // the API and the command line leave it alone
+        for refused in [
+            store.revoke_key(&got.id).await.map(|_| ()),
+            store.rotate_key(&got.id).await.map(|_| ()),
+        ] {
+            let Err(StoreError::Invalid(m)) = refused else {
+                panic!("{refused:?}")
+            };
+            assert!(m.contains("keys.ci-bot"), "{m}");
+        }
+        // a key created through the API is not the file's: never revoked by a sync
+        let (api_key, api_secret) = store
+            .create_key(NewKey {
+                name: "api".into(),
+                ..NewKey::default()
+            })
+            .await
+            .unwrap();
+        // removed from the file: revoked; declared again: back, same id
+        assert_eq!(
+            sync(vec![a2.clone()]).await.unwrap(),
+            KeySync {
+                created: 0,
+                updated: 0,
+                revoked: 1
+            }
+        );
+        assert!(!store
+            .get_key(&config_key_id("batch"))
+            .await
+            .unwrap()
+            .unwrap()
+            .active(now_ms()));
+        assert!(store
+            .get_key(&api_key.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .active(now_ms()));
+        assert_eq!(
+            sync(vec![a2.clone(), b.clone()]).await.unwrap(),
+            KeySync {
+                created: 0,
+                updated: 1,
+                revoked: 0
+            }
+        );
+        assert!(store
+            .get_key(&config_key_id("batch"))
+            .await
+            .unwrap()
+            .unwrap()
+            .active(now_ms()));
+        // another key's secret is refused, naming both; nothing is changed
+        let mut stolen = declared("thief", "sk-live-xxxxxxxxxxxxxxxxxxxxxxxx", None);
+        stolen.hash = hash_secret(&api_secret);
+        let Err(StoreError::Invalid(m)) = sync(vec![a2.clone(), stolen]).await else {
+            panic!("a shared secret was accepted")
+        };
+        assert!(m.contains("keys.thief") && m.contains(&api_key.id), "{m}");
+        assert!(store
+            .get_key(&config_key_id("batch"))
+            .await
+            .unwrap()
+            .unwrap()
+            .active(now_ms()));
+        assert_eq!(store.list_keys().await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn config_keys_on_sqlite() {
+        config_keys(testing::sqlite().await).await;
+    }
+
+    #[tokio::test]
+    async fn config_keys_on_postgres() {
+        config_keys(testing::postgres().await).await;
     }
 
     #[tokio::test]

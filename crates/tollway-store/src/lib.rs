@@ -14,8 +14,8 @@ use sqlx::AnyPool;
 use sqlx::Executor;
 
 pub use keys::{
-    digest_from_hex, generate_secret, hash_secret, key_scope, secret_digest, KeyRecord, NewKey,
-    SECRET_PREFIX,
+    config_key_id, digest_from_hex, generate_secret, hash_secret, key_scope, secret_digest,
+    DeclaredKey, KeyRecord, KeySync, NewKey, SECRET_PREFIX,
 };
 pub use ledger::{
     civil_from_days, day_string, days_from_civil, parse_day, LedgerQuery, LedgerRow, LedgerTask,
@@ -128,6 +128,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE tollway_keys ADD COLUMN routing TEXT NOT NULL DEFAULT '{}'",
     // 6: answers served from the response cache (no provider asked, no cost)
     "ALTER TABLE tollway_ledger ADD COLUMN cache_hit BIGINT NOT NULL DEFAULT 0",
+    // 7: keys declared in the config file (`keys:`), which the file manages
+    "ALTER TABLE tollway_keys ADD COLUMN source TEXT NOT NULL DEFAULT 'api'",
 ];
 
 /// The settings of every SQLite connection: the pool's, and the ledger writer's own.

@@ -44,6 +44,9 @@ pub struct Accounts {
     /// the error can say "revoked").
     /// By the SHA-256 of the secret (its bytes: a lookup builds no hex text).
     keys: ArcSwap<HashMap<[u8; 32], Arc<KeyRecord>>>,
+    /// Some key's secret may not start with `sk-tw-` (one declared in the config file): then
+    /// every presented secret is looked up, not only those of the gateway's own form.
+    foreign_secrets: std::sync::atomic::AtomicBool,
     ledger: LedgerWriter,
     ledger_task: Mutex<Option<LedgerTask>>,
     limits: Limits,
@@ -77,6 +80,7 @@ impl Accounts {
         let a = Arc::new(Accounts {
             store,
             keys: ArcSwap::from_pointee(HashMap::default()),
+            foreign_secrets: std::sync::atomic::AtomicBool::new(false),
             ledger,
             ledger_task: Mutex::new(Some(task)),
             limits: Limits::default(),
@@ -127,8 +131,24 @@ impl Accounts {
                 }
             })
             .collect();
+        let foreign = map
+            .values()
+            .any(|k| k.from_config && !k.prefix.starts_with(tollway_store::SECRET_PREFIX));
+        self.foreign_secrets
+            .store(foreign, std::sync::atomic::Ordering::Relaxed);
         self.keys.store(Arc::new(map));
         Ok(())
+    }
+
+    /// Makes storage hold the keys the config file declares (created, updated, and revoked when
+    /// no longer declared), then reloads the key cache, so that they work at once.
+    pub async fn sync_config_keys(
+        &self,
+        declared: &[tollway_store::DeclaredKey],
+    ) -> Result<tollway_store::KeySync, tollway_store::StoreError> {
+        let done = self.store.sync_config_keys(declared).await?;
+        self.refresh().await?;
+        Ok(done)
     }
 
     /// Keeps the cache fresh until the process ends (other instances may change keys).
@@ -146,7 +166,11 @@ impl Accounts {
 
     /// Finds the virtual key for a presented secret (no database round trip).
     pub fn lookup(&self, secret: &str) -> Result<Option<Arc<KeyRecord>>, ProviderError> {
-        if !secret.starts_with(tollway_store::SECRET_PREFIX) {
+        if !secret.starts_with(tollway_store::SECRET_PREFIX)
+            && !self
+                .foreign_secrets
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return Ok(None);
         }
         let keys = self.keys.load();

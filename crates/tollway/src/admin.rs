@@ -126,6 +126,7 @@ pub fn key_json(k: &KeyRecord) -> Value {
         "budget_usd": k.budget_micros.map(usd), "budget_period": k.budget_period,
         "created_ms": k.created_ms, "expires_ms": k.expires_ms, "revoked_ms": k.revoked_ms,
         "routing": k.routing,
+        "source": if k.from_config { "config" } else { "api" },
         "status": if k.revoked_ms.is_some() { "revoked" } else if k.active(now_ms()) { "active" } else { "expired" },
     })
 }

@@ -1820,6 +1820,7 @@ pub async fn admin_key_action(
             ErrorKind::NotFound,
             format!("No active key `{id}`."),
         )),
+        Err(tollway_store::StoreError::Invalid(m)) => admin_error(ProviderError::invalid(m)),
         Err(e) => admin_error(storage_error(e)),
     }
 }

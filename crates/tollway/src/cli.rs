@@ -414,18 +414,19 @@ async fn keys(args: StorageArgs, action: KeysAction) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
-                    "{:<22} {:<14} {:<16} {:<12} {:<8} {:<8} BUDGET",
-                    "ID", "PREFIX", "NAME", "TEAM", "STATUS", "RPM"
+                    "{:<24} {:<16} {:<16} {:<12} {:<8} {:<7} {:<8} BUDGET",
+                    "ID", "PREFIX", "NAME", "TEAM", "STATUS", "SOURCE", "RPM"
                 );
                 for k in &keys {
                     let v = crate::admin::key_json(k);
                     println!(
-                        "{:<22} {:<14} {:<16} {:<12} {:<8} {:<8} {}",
+                        "{:<24} {:<16} {:<16} {:<12} {:<8} {:<7} {:<8} {}",
                         k.id,
                         k.prefix,
                         k.name,
                         k.team.as_deref().unwrap_or("-"),
                         v["status"].as_str().unwrap_or("-"),
+                        v["source"].as_str().unwrap_or("-"),
                         k.rpm.map_or("-".to_string(), |r| r.to_string()),
                         match (&k.budget_micros, &k.budget_period) {
                             (Some(b), Some(p)) => format!("${} {p}", crate::admin::usd(*b)),
@@ -672,6 +673,8 @@ async fn serve(
     tokio::spawn(server::export_traces(state.clone()));
     tokio::spawn(server::active_probes(state.clone()));
     if let Some(p) = path {
+        let rt = state.runtime();
+        state.sync_keys(&rt).await.map_err(anyhow::Error::msg)?;
         state.set_config_source(p.to_path_buf(), listen);
         server::reload_on_sighup(state.clone());
         if state.runtime().config.server.watch_config {

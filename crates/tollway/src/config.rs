@@ -52,6 +52,9 @@ pub struct Config {
     pub cache: Option<crate::cache::CacheConfig>,
     /// OpenTelemetry trace export (`None`: off).
     pub telemetry: Option<crate::telemetry::TraceConfig>,
+    /// Virtual keys declared in the file (`keys:`), made what storage holds at start and on
+    /// every reload ([`tollway_store::Store::sync_config_keys`]).
+    pub keys: Vec<tollway_store::DeclaredKey>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -343,7 +346,6 @@ const SECTIONS: &[&str] = &[
     "teams",
     "budgets",
 ];
-const NOT_YET: &[&str] = &["keys"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -355,6 +357,41 @@ struct RawBudget {
     #[serde(default)]
     hard: Option<bool>,
 }
+
+/// A key in the config file (`keys.NAME`): the secret, or its SHA-256, and what the admin API's
+/// `POST /admin/keys` takes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    #[serde(default)]
+    key: Option<Secret>,
+    #[serde(default)]
+    key_sha256: Option<String>,
+    #[serde(default)]
+    team: Option<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default)]
+    providers: Vec<String>,
+    #[serde(default)]
+    regions: Vec<String>,
+    #[serde(default)]
+    rpm: Option<u64>,
+    #[serde(default)]
+    tpm: Option<u64>,
+    #[serde(default)]
+    budget_usd: Option<Value>,
+    #[serde(default)]
+    budget_period: Option<String>,
+    /// The first day (UTC) the key no longer works: `2027-01-31`.
+    #[serde(default)]
+    expires: Option<String>,
+    #[serde(default)]
+    routing: BTreeMap<String, Value>,
+}
+
+/// The shortest secret a config file may declare.
+const MIN_SECRET_CHARS: usize = 24;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -536,13 +573,6 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                     "unknown section `{key}` (expected one of: {})",
                     SECTIONS.join(", ")
                 ),
-            );
-            continue;
-        }
-        if NOT_YET.contains(&key.as_str()) {
-            c.push(
-                key.clone(),
-                format!("`{key}` is not supported by this version of tollway yet"),
             );
             continue;
         }
@@ -1004,6 +1034,32 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
         routers.insert(name, Router::Rules(RulesRouter { rules, default }));
     }
 
+    let mut keys: Vec<tollway_store::DeclaredKey> = Vec::new();
+    for (name, v) in entries(sections.remove("keys"), "keys", &mut c) {
+        let base = format!("keys.{name}");
+        let Some(raw) = c.parse::<RawKey>(&base, v) else {
+            continue;
+        };
+        if let Some(k) = declared_key(
+            &name,
+            raw,
+            &base,
+            &model_names,
+            &routers,
+            &providers,
+            &mut c,
+        ) {
+            if let Some(other) = keys.iter().find(|o| o.hash == k.hash) {
+                c.push(
+                    base.clone(),
+                    format!("its secret is also `keys.{}`'s", other.key.name),
+                );
+                continue;
+            }
+            keys.push(k);
+        }
+    }
+
     if c.errors.is_empty() {
         if let Some(server) = server {
             if server.master_key.is_none() && !server.listen.ip().is_loopback() {
@@ -1031,12 +1087,155 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
                     alert_webhook,
                     cache,
                     telemetry,
+                    keys,
                 });
             }
         }
     }
     c.errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
     Err(c.errors)
+}
+
+/// A key the file declares, checked as the admin API checks a new key, and against the file's
+/// models, routers and providers; `None` (with the errors pushed) when it is not valid.
+fn declared_key(
+    name: &str,
+    raw: RawKey,
+    base: &str,
+    model_names: &[String],
+    routers: &BTreeMap<String, Router>,
+    providers: &BTreeMap<String, ProviderConfig>,
+    c: &mut Collector<'_>,
+) -> Option<tollway_store::DeclaredKey> {
+    let errors = c.errors.len();
+    let (hash, prefix) = match (&raw.key, &raw.key_sha256) {
+        (Some(secret), None) => {
+            let s = secret.expose();
+            if s.chars().count() < MIN_SECRET_CHARS || s.chars().any(char::is_whitespace) {
+                c.push(
+                    format!("{base}.key"),
+                    format!("a secret needs at least {MIN_SECRET_CHARS} characters and no spaces (`tollway keys create` makes good ones)"),
+                );
+                return None;
+            }
+            let shown: String = s.chars().take(s.chars().count().min(40) / 4).collect();
+            (tollway_store::hash_secret(s), format!("{shown}…"))
+        }
+        (None, Some(hex)) => match tollway_store::digest_from_hex(hex) {
+            Some(_) => (
+                hex.to_ascii_lowercase(),
+                format!("sha256:{}…", &hex[..8].to_ascii_lowercase()),
+            ),
+            None => {
+                c.push(
+                    format!("{base}.key_sha256"),
+                    "must be a SHA-256 in hex (64 digits)",
+                );
+                return None;
+            }
+        },
+        _ => {
+            c.push(base, "give the key's secret as `key` (from the environment: `${VAR}`) or its SHA-256 as `key_sha256`, one of the two");
+            return None;
+        }
+    };
+    for m in &raw.models {
+        if !model_names.contains(m) && !routers.contains_key(m) {
+            c.push(
+                format!("{base}.models"),
+                format!("`{m}` is not a model or router name"),
+            );
+        }
+    }
+    for p in &raw.providers {
+        if !providers.contains_key(p) {
+            c.push(
+                format!("{base}.providers"),
+                format!("`{p}` is not a provider"),
+            );
+        }
+    }
+    let mut routing = serde_json::Map::new();
+    for (router, knob) in &raw.routing {
+        let knob = match serde_json::to_value(knob) {
+            Ok(v) => v,
+            Err(e) => {
+                c.push(format!("{base}.routing.{router}"), e.to_string());
+                continue;
+            }
+        };
+        if let Err(e) = check_knob(routers, router, &knob) {
+            c.push(format!("{base}.routing.{router}"), e);
+        }
+        routing.insert(router.clone(), knob);
+    }
+    let expires_ms = match raw.expires.as_deref() {
+        None => None,
+        Some(d) => match tollway_store::parse_day(d) {
+            Some(day) => Some(day * 86_400_000),
+            None => {
+                c.push(
+                    format!("{base}.expires"),
+                    format!("`{d}` is not a date like 2027-01-31"),
+                );
+                None
+            }
+        },
+    };
+    let budget_usd = raw
+        .budget_usd
+        .as_ref()
+        .map(|v| serde_json::to_value(v).unwrap_or_default());
+    let new = crate::admin::CreateKey {
+        name: name.to_string(),
+        team: raw.team,
+        models: raw.models,
+        providers: raw.providers,
+        regions: raw.regions,
+        rpm: raw.rpm,
+        tpm: raw.tpm,
+        budget_usd,
+        budget_period: raw.budget_period,
+        expires_in_days: None,
+        routing,
+    }
+    .into_new_key();
+    let mut key = match new {
+        Ok(k) => k,
+        Err(e) => {
+            c.push(base, e);
+            return None;
+        }
+    };
+    if let Some(p) = &key.budget_period {
+        if !["daily", "weekly", "monthly", "total"].contains(&p.as_str()) {
+            c.push(
+                format!("{base}.budget_period"),
+                format!("`{p}` is not one of daily, weekly, monthly, total"),
+            );
+        }
+    }
+    key.expires_ms = expires_ms;
+    (c.errors.len() == errors).then_some(tollway_store::DeclaredKey { key, hash, prefix })
+}
+
+/// Checks a per-key knob for the learned router `router` (a virtual key's `routing`).
+pub fn check_knob(
+    routers: &BTreeMap<String, Router>,
+    router: &str,
+    knob: &serde_json::Value,
+) -> Result<(), String> {
+    let Some(r) = routers.get(router) else {
+        return Err(format!("there is no router `{router}`"));
+    };
+    let Router::Learned(l) = r else {
+        return Err(format!(
+            "`{router}` is a rules router; only learned routers take knobs"
+        ));
+    };
+    let k =
+        <crate::rules::Knob as serde::Deserialize>::deserialize(knob).map_err(|e| e.to_string())?;
+    l.resolve(&k).map(|_| ()).map_err(|e| e.message)
 }
 
 fn parse_server(v: Option<Value>, c: &mut Collector<'_>) -> Option<ServerConfig> {
@@ -1445,6 +1644,7 @@ pub fn from_env(env: &dyn EnvSource, listen: Option<SocketAddr>) -> Result<Confi
         alert_webhook: None,
         cache: None,
         telemetry: crate::telemetry::TraceConfig::from_env(&|k| env.get(k))?,
+        keys: Vec::new(),
     })
 }
 
@@ -1817,11 +2017,100 @@ models:
     }
 
     #[test]
-    fn unknown_and_unsupported_sections_are_errors() {
+    fn unknown_sections_are_errors() {
         let errs = parse("providerz: {}\nkeys: {}\n", &env(&[])).unwrap_err();
-        assert_eq!(errs.len(), 2);
+        assert_eq!(errs.len(), 1);
         assert!(errs[0].message.contains("unknown section `providerz`"));
-        assert!(errs[1].message.contains("not supported"));
+    }
+
+    #[test]
+    fn keys_in_the_file_are_checked_as_the_admin_api_checks_them() {
+        let base = "providers:\n  oai: { kind: openai-compatible, base_url: \"http://127.0.0.1:9/v1\" }\nmodels:\n  gpt: { deployments: [{ provider: oai, model: gpt-4.1 }] }\nrouters:\n  auto: { kind: learned, candidates: [gpt, gpt], strong_share: 0.5 }\nkeys:\n";
+        let e = env(&[("BOT_KEY", "sk-live-0123456789abcdefghijklmn")]);
+        let ok = format!("{base}  bot: {{ key: \"${{BOT_KEY}}\", team: ops, models: [gpt, auto], providers: [oai], rpm: 60, budget_usd: 25, expires: 2030-01-01, routing: {{ auto: {{ strong_share: 0.2 }} }} }}\n  hashed: {{ key_sha256: {} }}\n", "AB".repeat(32));
+        let c = match parse(&ok, &e) {
+            Ok(c) => c,
+            Err(errs) => panic!("{errs:?}"),
+        };
+        assert_eq!(c.keys.len(), 2);
+        let bot = c.keys.iter().find(|k| k.key.name == "bot").expect("bot");
+        assert_eq!(
+            bot.hash,
+            tollway_store::hash_secret("sk-live-0123456789abcdefghijklmn")
+        );
+        assert_eq!(bot.prefix, "sk-live-…");
+        assert_eq!(bot.key.budget_micros, Some(25_000_000));
+        assert_eq!(bot.key.budget_period.as_deref(), Some("monthly"));
+        assert_eq!(
+            bot.key.expires_ms,
+            tollway_store::parse_day("2030-01-01").map(|d| d * 86_400_000)
+        );
+        assert_eq!(bot.key.routing["auto"]["strong_share"], 0.2);
+        let hashed = c
+            .keys
+            .iter()
+            .find(|k| k.key.name == "hashed")
+            .expect("hashed");
+        assert_eq!(hashed.hash, "ab".repeat(32));
+        assert_eq!(hashed.prefix, "sha256:abababab…");
+        assert!(
+            !format!("{:?}", c.keys).contains("0123456789abcdefghijklmn"),
+            "the secret is not kept"
+        );
+
+        for (entry, want) in [
+            ("{ team: ops }", "`key` (from the environment"),
+            ("{ key: short-secret-123 }", "at least 24 characters"),
+            ("{ key: \"${BOT_KEY}\", key_sha256: abc }", "one of the two"),
+            ("{ key_sha256: nothex }", "64 digits"),
+            (
+                "{ key: \"${BOT_KEY}\", models: [gtp] }",
+                "`gtp` is not a model or router name",
+            ),
+            (
+                "{ key: \"${BOT_KEY}\", providers: [aws] }",
+                "`aws` is not a provider",
+            ),
+            (
+                "{ key: \"${BOT_KEY}\", budget_usd: lots }",
+                "not a dollar amount",
+            ),
+            (
+                "{ key: \"${BOT_KEY}\", budget_usd: 5, budget_period: hourly }",
+                "hourly",
+            ),
+            ("{ key: \"${BOT_KEY}\", expires: soon }", "not a date"),
+            (
+                "{ key: \"${BOT_KEY}\", routing: { auto: { strong_share: 7 } } }",
+                "keys.k.routing.auto",
+            ),
+            (
+                "{ key: \"${BOT_KEY}\", routing: { nope: { strong_share: 0.1 } } }",
+                "no router `nope`",
+            ),
+            ("{ key: \"${BOT_KEY}\", colour: red }", "colour"),
+        ] {
+            let errs = parse(&format!("{base}  k: {entry}\n"), &e).expect_err(entry);
+            let all = errs
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(all.contains(want), "{entry}: {all}");
+            assert!(
+                !all.contains("0123456789abcdefghijklmn"),
+                "{entry}: the secret in an error: {all}"
+            );
+        }
+        // one secret, two keys
+        let twice =
+            format!("{base}  a: {{ key: \"${{BOT_KEY}}\" }}\n  b: {{ key: \"${{BOT_KEY}}\" }}\n");
+        let errs = parse(&twice, &e).expect_err("a shared secret");
+        assert!(
+            errs.iter()
+                .any(|e| e.to_string().contains("also `keys.a`'s")),
+            "{errs:?}"
+        );
     }
 
     #[test]

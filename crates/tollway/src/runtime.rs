@@ -261,17 +261,7 @@ impl Runtime {
 
     /// Whether `knob` (a virtual key's override) fits the learned router `router`.
     pub fn check_knob(&self, router: &str, knob: &serde_json::Value) -> Result<(), String> {
-        let Some(r) = self.config.routers.get(router) else {
-            return Err(format!("there is no router `{router}`"));
-        };
-        let crate::rules::Router::Learned(l) = r else {
-            return Err(format!(
-                "`{router}` is a rules router; only learned routers take knobs"
-            ));
-        };
-        let k = <crate::rules::Knob as serde::Deserialize>::deserialize(knob)
-            .map_err(|e| e.to_string())?;
-        l.resolve(&k).map(|_| ()).map_err(|e| e.message)
+        crate::config::check_knob(&self.config.routers, router, knob)
     }
 
     /// The deployments of groups with active probes, and how often to probe each.

@@ -174,11 +174,32 @@ impl AppState {
         let runtime = Runtime::build_with(cfg, old.health().clone())
             .await
             .map_err(|e| vec![e])?;
+        // the file's keys before the swap: a sync that fails keeps the running config too
+        self.sync_keys(&runtime).await.map_err(|e| vec![e])?;
         let models = runtime.model_names().to_vec();
         self.inner.cache.configure(runtime.config.cache.as_ref());
         self.inner.runtime.store(Arc::new(runtime));
         tracing::info!(?models, "configuration reloaded");
         Ok(Reloaded { models })
+    }
+
+    /// Makes storage hold the keys `runtime`'s config file declares (`keys:`), and logs what
+    /// changed.
+    pub async fn sync_keys(&self, runtime: &Runtime) -> Result<(), String> {
+        let done = self
+            .accounts()
+            .sync_config_keys(&runtime.config.keys)
+            .await
+            .map_err(|e| format!("the config file's keys: {e}"))?;
+        if done != tollway_store::KeySync::default() {
+            tracing::info!(
+                created = done.created,
+                updated = done.updated,
+                revoked = done.revoked,
+                "virtual keys from the config file"
+            );
+        }
+        Ok(())
     }
 
     /// Reloads and logs the outcome (for signals and the file watcher).

@@ -243,7 +243,9 @@ async function loadKeys() {
     cell(tr, "").appendChild(el("span", k.status, { class: `badge ${k.status}` }));
     cell(tr, when(k.created_ms));
     const actions = cell(tr, "");
-    if (k.status === "active") {
+    if (k.source === "config") {
+      actions.appendChild(el("span", "config file", { class: "hint", title: `keys.${k.name}` }));
+    } else if (k.status === "active") {
       actions.append(
         actionButton("Rotate", "row-action", () => rotateKey(k)),
         " ",

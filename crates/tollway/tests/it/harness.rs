@@ -90,6 +90,10 @@ pub async fn start_on(
         .await
         .expect("accounts");
     let state = AppState::new(rt, accounts);
+    state
+        .sync_keys(&state.runtime())
+        .await
+        .expect("the config's keys");
     let done = tokio::spawn(tollway::serve(listener, state.clone(), async move {
         let _ = rx.await;
     }));
@@ -315,6 +319,10 @@ pub async fn gateway(text: &str, storage: &str, shared: Option<(String, String)>
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
     let state = AppState::new(rt, accounts);
+    state
+        .sync_keys(&state.runtime())
+        .await
+        .expect("the config's keys");
     tokio::spawn(tollway::serve(listener, state.clone(), async move {
         let _ = rx.await;
     }));

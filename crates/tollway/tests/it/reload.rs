@@ -210,3 +210,158 @@ async fn sighup_and_file_changes_reload_the_real_binary() {
     let _ = mock.kill();
     let _ = mock.wait();
 }
+
+#[tokio::test]
+async fn keys_declared_in_the_file_work_follow_reloads_and_are_the_files_to_change() {
+    const BOT: &str = "sk-live-4f9Qz7Lw2Xc8Vb1Nm6Kj3Hg5";
+    let keys = |entries: &str| format!("teams:\n  ops: {{ rpm: 100 }}\nkeys:\n{entries}");
+    let bot = format!("  bot: {{ key: \"{BOT}\", team: ops, models: [gpt], rpm: 3 }}\n");
+    let hashed = format!(
+        "  hashed: {{ key_sha256: {}, models: [claude] }}\n",
+        tollway_store::hash_secret("a-secret-kept-elsewhere-0001")
+    );
+    let env = crate::harness::start_with(|mock| {
+        format!("{}{}", config_text(mock), keys(&format!("{bot}{hashed}")))
+    })
+    .await;
+    let path = scratch("keys");
+    write(
+        &path,
+        &format!(
+            "{}{}",
+            config_text(&env.mock.url()),
+            keys(&format!("{bot}{hashed}"))
+        ),
+    );
+    env.state.set_config_source(path.clone(), None);
+    let chat = |key: &'static str, model: &'static str| {
+        let http = env.http.clone();
+        let url = env.url.clone();
+        async move {
+            let r = http
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .expect("send");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // a secret of the operator's own form works, within the key's models and limits
+    assert_eq!(chat(BOT, "gpt").await.0, 200);
+    let (status, v) = chat(BOT, "claude").await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(chat(BOT, "gpt").await.0, 200);
+    assert_eq!(chat(BOT, "gpt").await.0, 200);
+    let (status, v) = chat(BOT, "gpt").await;
+    assert_eq!(status, 429, "rpm 3: {v}");
+    // a key declared by its hash: the file holds no secret
+    assert_eq!(chat("a-secret-kept-elsewhere-0001", "claude").await.0, 200);
+
+    // listed as the file's; the admin API will not revoke or rotate it
+    let list: Value = env
+        .http
+        .get(format!("{}/admin/keys", env.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let listed = list["data"].as_array().expect("data");
+    let bot_row = listed
+        .iter()
+        .find(|k| k["name"] == "bot")
+        .expect("bot listed");
+    assert_eq!(bot_row["source"], "config");
+    assert_eq!(bot_row["team"], "ops");
+    assert_eq!(bot_row["id"], tollway_store::config_key_id("bot"));
+    assert!(!list.to_string().contains(BOT), "no secret in the list");
+    for action in ["revoke", "rotate"] {
+        let r = env
+            .http
+            .post(format!(
+                "{}/admin/keys/{}/{action}",
+                env.url,
+                bot_row["id"].as_str().unwrap_or("")
+            ))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .expect("action");
+        assert_eq!(r.status().as_u16(), 400, "{action}");
+        let v: Value = r.json().await.expect("json");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("keys.bot")),
+            "{v}"
+        );
+    }
+
+    // removed from the file: revoked on reload; the other key is untouched
+    write(
+        &path,
+        &format!("{}{}", config_text(&env.mock.url()), keys(&hashed)),
+    );
+    let (status, body) = reload(&env.http, &env.url).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, v) = chat(BOT, "gpt").await;
+    assert_eq!(status, 401, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("revoked")),
+        "{v}"
+    );
+    assert_eq!(chat("a-secret-kept-elsewhere-0001", "claude").await.0, 200);
+
+    // a file whose key takes another key's secret is rejected whole: the running config is kept
+    let (api_key, api_secret) = env
+        .state
+        .accounts()
+        .store()
+        .create_key(tollway_store::NewKey {
+            name: "api".into(),
+            ..tollway_store::NewKey::default()
+        })
+        .await
+        .expect("create");
+    let stolen = format!("  thief: {{ key: \"{api_secret}\" }}\n");
+    write(
+        &path,
+        &format!(
+            "{}{}",
+            config_text(&env.mock.url()),
+            keys(&format!("{hashed}{stolen}"))
+        ),
+    );
+    let (status, body) = reload(&env.http, &env.url).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains(&api_key.id), "{body}");
+    assert!(
+        !body.to_string().contains(&api_secret),
+        "the secret is never echoed: {body}"
+    );
+
+    // declared again: back, under the same id
+    write(
+        &path,
+        &format!(
+            "{}{}",
+            config_text(&env.mock.url()),
+            keys(&format!("{bot}{hashed}"))
+        ),
+    );
+    let (status, body) = reload(&env.http, &env.url).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, v) = chat(BOT, "gpt").await;
+    assert!(
+        status == 200 || status == 429,
+        "working again (maybe still limited): {status} {v}"
+    );
+}
