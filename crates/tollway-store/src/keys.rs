@@ -101,6 +101,37 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// A key that is not revoked, with `k`'s settings.
+    fn new(
+        id: String,
+        hash: String,
+        prefix: String,
+        k: NewKey,
+        created_ms: i64,
+        from_config: bool,
+    ) -> KeyRecord {
+        KeyRecord {
+            limit_scope: key_scope(&id),
+            id,
+            hash,
+            prefix,
+            name: k.name,
+            team: k.team,
+            models: k.models,
+            providers: k.providers,
+            regions: k.regions,
+            rpm: k.rpm,
+            tpm: k.tpm,
+            budget_micros: k.budget_micros,
+            budget_period: k.budget_period,
+            created_ms,
+            expires_ms: k.expires_ms,
+            revoked_ms: None,
+            routing: k.routing,
+            from_config,
+        }
+    }
+
     pub fn active(&self, now_ms: i64) -> bool {
         self.revoked_ms.is_none() && self.expires_ms.is_none_or(|e| now_ms < e)
     }
@@ -168,8 +199,14 @@ fn record(row: &sqlx::any::AnyRow) -> Result<KeyRecord> {
     })
 }
 
-const COLUMNS: &str = "id, hash, prefix, name, team, models, providers, rpm, tpm, budget_micros, \
-                       budget_period, created_ms, expires_ms, revoked_ms, regions, routing, source";
+/// The key table's columns, in the order [`record`] reads and [`insert`] binds them.
+macro_rules! key_columns {
+    () => {
+        "id, hash, prefix, name, team, models, providers, rpm, tpm, budget_micros, budget_period, \
+         created_ms, expires_ms, revoked_ms, regions, routing, source"
+    };
+}
+const COLUMNS: &str = key_columns!();
 
 /// A key declared in the config file: its settings, and its secret's hash and shown prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,39 +250,16 @@ fn check_budget(k: &NewKey) -> Result<()> {
     Ok(())
 }
 
-impl Store {
-    /// Creates a key; returns it with its secret, which is never stored and cannot be shown again.
-    pub async fn create_key(&self, k: NewKey) -> Result<(KeyRecord, String)> {
-        check_budget(&k)?;
-        let secret = generate_secret();
-        let id = format!("key_{}", &hash_secret(&secret)[..16]);
-        let rec = KeyRecord {
-            limit_scope: key_scope(&id),
-            id,
-            hash: hash_secret(&secret),
-            prefix: format!("{}…", &secret[..SECRET_PREFIX.len() + 4]),
-            name: k.name,
-            team: k.team,
-            models: k.models,
-            providers: k.providers,
-            regions: k.regions,
-            rpm: k.rpm,
-            tpm: k.tpm,
-            budget_micros: k.budget_micros,
-            budget_period: k.budget_period,
-            created_ms: now_ms(),
-            expires_ms: k.expires_ms,
-            revoked_ms: None,
-            routing: k.routing,
-            from_config: false,
-        };
-        sqlx::query(&format!(
-            "INSERT INTO tollway_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 'api')"
-        ))
-        .bind(&rec.id)
-        .bind(&rec.hash)
-        .bind(&rec.prefix)
-        .bind(&rec.name)
+/// `sql` (one of [`INSERT_KEY`], [`UPSERT_KEY`]) with `rec`'s values bound.
+fn bind_key(
+    sql: &'static str,
+    rec: &KeyRecord,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments<'static>> {
+    sqlx::query(sql)
+        .bind(rec.id.clone())
+        .bind(rec.hash.clone())
+        .bind(rec.prefix.clone())
+        .bind(rec.name.clone())
         .bind(rec.team.clone())
         .bind(list_text(&rec.models))
         .bind(list_text(&rec.providers))
@@ -258,8 +272,39 @@ impl Store {
         .bind(rec.revoked_ms)
         .bind(list_text(&rec.regions))
         .bind(serde_json::Value::Object(rec.routing.clone()).to_string())
-        .execute(self.pool())
-        .await?;
+        .bind(if rec.from_config { "config" } else { "api" })
+}
+
+macro_rules! insert_key {
+    () => {
+        concat!(
+            "INSERT INTO tollway_keys (",
+            key_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+        )
+    };
+}
+const INSERT_KEY: &str = insert_key!();
+/// A key the config file declares: inserted, or its row replaced but for when it was created.
+const UPSERT_KEY: &str = concat!(
+    insert_key!(),
+    " ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, prefix = excluded.prefix, \
+     name = excluded.name, team = excluded.team, models = excluded.models, \
+     providers = excluded.providers, rpm = excluded.rpm, tpm = excluded.tpm, \
+     budget_micros = excluded.budget_micros, budget_period = excluded.budget_period, \
+     expires_ms = excluded.expires_ms, revoked_ms = excluded.revoked_ms, \
+     regions = excluded.regions, routing = excluded.routing, source = excluded.source"
+);
+
+impl Store {
+    /// Creates a key; returns it with its secret, which is never stored and cannot be shown again.
+    pub async fn create_key(&self, k: NewKey) -> Result<(KeyRecord, String)> {
+        check_budget(&k)?;
+        let secret = generate_secret();
+        let id = format!("key_{}", &hash_secret(&secret)[..16]);
+        let prefix = format!("{}…", &secret[..SECRET_PREFIX.len() + 4]);
+        let rec = KeyRecord::new(id, hash_secret(&secret), prefix, k, now_ms(), false);
+        bind_key(INSERT_KEY, &rec).execute(self.pool()).await?;
         Ok((rec, secret))
     }
 
@@ -356,71 +401,14 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             let old = row.as_ref().map(record).transpose()?;
-            let k = &d.key;
-            let routing = serde_json::Value::Object(k.routing.clone()).to_string();
-            match old {
-                None => {
-                    sqlx::query(&format!(
-                        "INSERT INTO tollway_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, $14, $15, 'config')"
-                    ))
-                    .bind(&id)
-                    .bind(&d.hash)
-                    .bind(&d.prefix)
-                    .bind(&k.name)
-                    .bind(k.team.clone())
-                    .bind(list_text(&k.models))
-                    .bind(list_text(&k.providers))
-                    .bind(to_i64(k.rpm))
-                    .bind(to_i64(k.tpm))
-                    .bind(k.budget_micros)
-                    .bind(k.budget_period.clone())
-                    .bind(now_ms())
-                    .bind(k.expires_ms)
-                    .bind(list_text(&k.regions))
-                    .bind(routing)
-                    .execute(&mut *tx)
-                    .await?;
-                    out.created += 1;
-                }
-                Some(old) => {
-                    let same = old.hash == d.hash
-                        && old.prefix == d.prefix
-                        && old.team == k.team
-                        && old.models == k.models
-                        && old.providers == k.providers
-                        && old.regions == k.regions
-                        && old.rpm == k.rpm
-                        && old.tpm == k.tpm
-                        && old.budget_micros == k.budget_micros
-                        && old.budget_period == k.budget_period
-                        && old.expires_ms == k.expires_ms
-                        && old.revoked_ms.is_none()
-                        && old.routing == k.routing
-                        && old.from_config;
-                    if !same {
-                        sqlx::query(
-                            "UPDATE tollway_keys SET hash = $1, prefix = $2, team = $3, models = $4, \
-                             providers = $5, rpm = $6, tpm = $7, budget_micros = $8, \
-                             budget_period = $9, expires_ms = $10, revoked_ms = NULL, regions = $11, \
-                             routing = $12, source = 'config' WHERE id = $13",
-                        )
-                        .bind(&d.hash)
-                        .bind(&d.prefix)
-                        .bind(k.team.clone())
-                        .bind(list_text(&k.models))
-                        .bind(list_text(&k.providers))
-                        .bind(to_i64(k.rpm))
-                        .bind(to_i64(k.tpm))
-                        .bind(k.budget_micros)
-                        .bind(k.budget_period.clone())
-                        .bind(k.expires_ms)
-                        .bind(list_text(&k.regions))
-                        .bind(routing)
-                        .bind(&id)
-                        .execute(&mut *tx)
-                        .await?;
-                        out.updated += 1;
-                    }
+            let created_ms = old.as_ref().map_or_else(now_ms, |o| o.created_ms);
+            let (hash, prefix) = (d.hash.clone(), d.prefix.clone());
+            let rec = KeyRecord::new(id.clone(), hash, prefix, d.key.clone(), created_ms, true);
+            if old.as_ref() != Some(&rec) {
+                bind_key(UPSERT_KEY, &rec).execute(&mut *tx).await?;
+                match old {
+                    None => out.created += 1,
+                    Some(_) => out.updated += 1,
                 }
             }
             ids.push(id);

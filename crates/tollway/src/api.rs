@@ -1825,22 +1825,32 @@ pub async fn admin_key_action(
     }
 }
 
+/// An admin GET's query string, read by [`admin_params`].
+type AdminQuery<T> = Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>;
+
+/// An admin GET's parameters once the master key is checked (a query string that cannot be
+/// read is a 400 saying why).
+fn admin_params<T>(
+    state: &AppState,
+    headers: &HeaderMap,
+    params: AdminQuery<T>,
+) -> Result<T, ProviderError> {
+    authenticate_admin(state, headers)?;
+    params
+        .map(|axum::extract::Query(p)| p)
+        .map_err(|e| ProviderError::invalid(format!("The query string: {e}")))
+}
+
 /// `GET /admin/requests?limit=50&before=...&key=...&model=...&status=error`: the request log
 /// (the ledger), newest first, a page at a time.
 pub async fn admin_requests(
     State(state): State<AppState>,
-    params: Result<
-        axum::extract::Query<crate::admin::RequestsParams>,
-        axum::extract::rejection::QueryRejection,
-    >,
+    params: AdminQuery<crate::admin::RequestsParams>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = authenticate_admin(&state, &headers) {
-        return admin_error(e);
-    }
-    let params = match params {
-        Ok(axum::extract::Query(p)) => p,
-        Err(e) => return admin_error(ProviderError::invalid(format!("The query string: {e}"))),
+    let params = match admin_params(&state, &headers, params) {
+        Ok(p) => p,
+        Err(e) => return admin_error(e),
     };
     let q = match params.query() {
         Ok(q) => q,
@@ -1855,18 +1865,12 @@ pub async fn admin_requests(
 /// `GET /admin/usage?group_by=key,model&since=2025-11-01&format=csv`.
 pub async fn admin_usage(
     State(state): State<AppState>,
-    params: Result<
-        axum::extract::Query<crate::admin::UsageParams>,
-        axum::extract::rejection::QueryRejection,
-    >,
+    params: AdminQuery<crate::admin::UsageParams>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = authenticate_admin(&state, &headers) {
-        return admin_error(e);
-    }
-    let params = match params {
-        Ok(axum::extract::Query(p)) => p,
-        Err(e) => return admin_error(ProviderError::invalid(format!("The query string: {e}"))),
+    let params = match admin_params(&state, &headers, params) {
+        Ok(p) => p,
+        Err(e) => return admin_error(e),
     };
     let q = match params.query() {
         Ok(q) => q,
