@@ -642,9 +642,13 @@ mod wire {
     use serde_json::Value;
 
     use crate::json::lax;
+    use crate::scan::{
+        scan_bool, scan_count, scan_head, scan_list, scan_obj, scan_str, Scan, Seen,
+    };
 
     /// A `GenerateContentResponse`, as a whole answer.
     #[derive(Deserialize, Default)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Answer<'a> {
         #[serde(borrow, default)]
         pub candidates: lax::Head<Candidate<'a>>,
@@ -662,6 +666,7 @@ mod wire {
     /// in its place. Usage there means something even when it is not an object: every event
     /// that has the field reports usage.
     #[derive(Deserialize, Default)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Event<'a> {
         #[serde(borrow, default)]
         pub candidates: lax::Head<Candidate<'a>>,
@@ -678,6 +683,7 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Candidate<'a> {
         #[serde(borrow, default)]
         pub content: lax::Obj<Content<'a>>,
@@ -686,6 +692,7 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Content<'a> {
         #[serde(borrow, default)]
         pub parts: lax::Seq<Part<'a>>,
@@ -695,6 +702,7 @@ mod wire {
     /// perhaps with a thought signature. A part that has `text` or `functionCall` must have it
     /// right, so their presence is kept.
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Part<'a> {
         #[serde(borrow, default)]
         pub text: lax::Present<lax::Str<'a>>,
@@ -707,6 +715,7 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct FunctionCall<'a> {
         #[serde(borrow, default)]
         pub name: lax::Str<'a>,
@@ -718,6 +727,7 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Feedback<'a> {
         #[serde(rename = "blockReason", borrow, default)]
         pub block_reason: lax::Str<'a>,
@@ -726,6 +736,7 @@ mod wire {
     }
 
     #[derive(Deserialize, Default)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct UsageMetadata {
         #[serde(rename = "promptTokenCount", default)]
         pub prompt: lax::Count,
@@ -747,6 +758,7 @@ mod wire {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Debug, PartialEq))]
     pub struct Error<'a> {
         #[serde(default)]
         pub code: lax::U64,
@@ -761,6 +773,149 @@ mod wire {
         /// should be).
         pub fn parts(&self) -> &[Part<'a>] {
             self.content.0.as_ref().map_or(&[], |c| &c.parts.0)
+        }
+    }
+
+    // The usual shapes without serde (see `crate::scan`): each `scan` reads what serde reads
+    // into the same fields, or gives `None` and serde reads the text.
+
+    impl<'a> Answer<'a> {
+        /// The usual answer (text and thought parts, usage, a finish reason); `None` for anything
+        /// else (function calls...).
+        pub fn scan(text: &'a str) -> Option<Self> {
+            let e = scan_response(text, false)?;
+            Some(Answer {
+                candidates: e.candidates,
+                prompt_feedback: e.prompt_feedback,
+                usage_metadata: e.usage_metadata.0.unwrap_or_default(),
+                response_id: e.response_id,
+                model_version: e.model_version,
+            })
+        }
+    }
+
+    impl<'a> Event<'a> {
+        /// The usual stream event (text and thought parts, usage, a finish reason); `None` for
+        /// anything else (function calls, errors...).
+        pub fn scan(text: &'a str) -> Option<Self> {
+            scan_response(text, true)
+        }
+    }
+
+    /// A `GenerateContentResponse` as an event (`event`: with its `error` field, left to serde)
+    /// or as an answer (which has none, and skips one as serde does).
+    fn scan_response(text: &str, event: bool) -> Option<Event<'_>> {
+        let mut s = Scan::new(text);
+        let mut e = Event::default();
+        let mut seen = Seen::default();
+        s.object(|s, key| match key {
+            "candidates" => seen.read(0, &mut e.candidates, s, |s| scan_head(s, Candidate::scan)),
+            "usageMetadata" => seen.read(1, &mut e.usage_metadata, s, |s| {
+                scan_obj(s, UsageMetadata::scan).map(|u| lax::Present(Some(u)))
+            }),
+            "modelVersion" => seen.read(2, &mut e.model_version, s, scan_str),
+            "responseId" => seen.read(3, &mut e.response_id, s, scan_str),
+            "promptFeedback" => seen.read(4, &mut e.prompt_feedback, s, |s| {
+                scan_obj(s, Feedback::scan)
+            }),
+            "error" if event => None,
+            _ => s.skip(),
+        })?;
+        s.end()?;
+        Some(e)
+    }
+
+    impl<'a> Candidate<'a> {
+        fn scan(s: &mut Scan<'a>) -> Option<Self> {
+            let mut c = Candidate {
+                content: lax::Obj(None),
+                finish_reason: lax::Str(None),
+            };
+            let mut seen = Seen::default();
+            s.object(|s, key| match key {
+                "content" => seen.read(0, &mut c.content, s, |s| scan_obj(s, Content::scan)),
+                "finishReason" => seen.read(1, &mut c.finish_reason, s, scan_str),
+                _ => s.skip(),
+            })?;
+            Some(c)
+        }
+    }
+
+    impl<'a> Content<'a> {
+        fn scan(s: &mut Scan<'a>) -> Option<Self> {
+            let mut c = Content {
+                parts: lax::Seq(Vec::new()),
+            };
+            let mut seen = Seen::default();
+            s.object(|s, key| match key {
+                // `lax::Seq`: `null` is no parts; an element that is not an object, serde
+                "parts" => seen.read(0, &mut c.parts, s, |s| {
+                    scan_list(s, Part::scan).map(|l| lax::Seq(l.0.unwrap_or_default()))
+                }),
+                _ => s.skip(),
+            })?;
+            Some(c)
+        }
+    }
+
+    impl<'a> Part<'a> {
+        fn scan(s: &mut Scan<'a>) -> Option<Self> {
+            let mut p = Part {
+                text: lax::Present(None),
+                thought: lax::Bool(None),
+                thought_signature: lax::Str(None),
+                function_call: lax::Present(None),
+            };
+            let mut seen = Seen::default();
+            s.object(|s, key| match key {
+                "text" => seen.read(0, &mut p.text, s, |s| {
+                    scan_str(s).map(|t| lax::Present(Some(t)))
+                }),
+                "thought" => seen.read(1, &mut p.thought, s, scan_bool),
+                "thoughtSignature" => seen.read(2, &mut p.thought_signature, s, scan_str),
+                // a function call (free-form arguments): serde
+                "functionCall" => None,
+                _ => s.skip(),
+            })?;
+            Some(p)
+        }
+    }
+
+    impl UsageMetadata {
+        fn scan(s: &mut Scan<'_>) -> Option<Self> {
+            let mut u = UsageMetadata::default();
+            let mut seen = Seen::default();
+            s.object(|s, key| {
+                let (bit, field) = match key {
+                    "promptTokenCount" => (0, &mut u.prompt),
+                    "candidatesTokenCount" => (1, &mut u.candidates),
+                    "thoughtsTokenCount" => (2, &mut u.thoughts),
+                    "cachedContentTokenCount" => (3, &mut u.cached),
+                    "toolUsePromptTokenCount" => (4, &mut u.tool_use_prompt),
+                    _ => return s.skip(),
+                };
+                seen.read(bit, field, s, scan_count)
+            })?;
+            Some(u)
+        }
+    }
+
+    impl<'a> Feedback<'a> {
+        fn scan(s: &mut Scan<'a>) -> Option<Self> {
+            let mut f = Feedback {
+                block_reason: lax::Str(None),
+                block_reason_message: lax::Str(None),
+            };
+            let mut seen = Seen::default();
+            s.object(|s, key| {
+                let (bit, field) = match key {
+                    "blockReason" => (0, &mut f.block_reason),
+                    "blockReasonMessage" => (1, &mut f.block_reason_message),
+                    _ => return s.skip(),
+                };
+                seen.read(bit, field, s, scan_str)
+            })?;
+            Some(f)
         }
     }
 }
@@ -891,10 +1046,14 @@ pub fn decode_response(bytes: &[u8], model: &str) -> Result<ChatResponse, Provid
                 .unwrap_or_else(|| bad_answer("the provider's answer is not UTF-8")))
         }
     };
-    // any JSON value: one that is not an object has no candidates
-    let v = json::parse_upstream_str_as::<lax::Obj<wire::Answer<'_>>>(text, WHAT)?
-        .0
-        .unwrap_or_default();
+    // the usual shape without serde; anything else (and every error) through serde, where any
+    // JSON value is an answer: one that is not an object has no candidates
+    let v = match wire::Answer::scan(text) {
+        Some(v) => v,
+        None => json::parse_upstream_str_as::<lax::Obj<wire::Answer<'_>>>(text, WHAT)?
+            .0
+            .unwrap_or_default(),
+    };
     if let Some(e) = blocked(&v.prompt_feedback, v.candidates.0.is_some()) {
         return Err(e);
     }
@@ -1085,10 +1244,16 @@ impl StreamDecoder {
         if self.finished || data.is_empty() {
             return Ok(());
         }
-        // any JSON value: one that is not an object holds nothing
-        let v = json::parse_upstream_str_as::<lax::Obj<wire::Event<'_>>>(data, "a stream event")?
-            .0
-            .unwrap_or_default();
+        // the usual shape without serde; anything else (and every error) through serde, where
+        // any JSON value is an event: one that is not an object holds nothing
+        let v = match wire::Event::scan(data) {
+            Some(v) => v,
+            None => {
+                json::parse_upstream_str_as::<lax::Obj<wire::Event<'_>>>(data, "a stream event")?
+                    .0
+                    .unwrap_or_default()
+            }
+        };
         if let Some(e) = &v.error.0 {
             let e = e.0.as_ref();
             let message = e

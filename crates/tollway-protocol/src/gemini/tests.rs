@@ -735,3 +735,237 @@ fn embeddings_answers_are_read_with_their_counts_or_refused_by_name() {
         assert!(e.message.contains(want), "{}: {}", want, e.message);
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// The scanner (`crate::scan`) against serde
+// ------------------------------------------------------------------------------------------------
+
+/// Whether the scanner took a stream event; when it did, serde reads the same text into the same
+/// fields (and panics say so if not). What it leaves (function calls, errors, anything unusual)
+/// serde reads or refuses.
+fn event_scan_agrees(text: &str) -> bool {
+    crate::scan::agrees(
+        text,
+        wire::Event::scan(text),
+        json::parse_upstream_str_as::<lax::Obj<wire::Event<'_>>>(text, "a stream event"),
+        |fast, general| assert_eq!(Some(fast), general.0.as_ref(), "{text}"),
+    )
+}
+
+/// [`event_scan_agrees`] for a whole answer.
+fn answer_scan_agrees(text: &str) -> bool {
+    crate::scan::agrees(
+        text,
+        wire::Answer::scan(text),
+        json::parse_upstream_str_as::<lax::Obj<wire::Answer<'_>>>(text, "an answer"),
+        |fast, general| assert_eq!(Some(fast), general.0.as_ref(), "{text}"),
+    )
+}
+
+/// Stream events of the usual shapes: as the mock writes them, as Google AI Studio and Vertex AI
+/// write them (spaces after colons, safety ratings, `createTime`, the usage's details), and the
+/// edges of each field the scanner reads.
+const EVENTS: &[&str] = &[
+    // the mock: a text piece, the closing chunk, a thought, a signed piece
+    r#"{"candidates":[{"content":{"parts":[{"text":" ipsum"}],"role":"model"},"index":0}],"modelVersion":"bench-stream","responseId":"JkgGedxa9_3GIogUMQ2p4Q","usageMetadata":{"promptTokenCount":5,"promptTokensDetails":[{"modality":"TEXT","tokenCount":5}],"totalTokenCount":5}}"#,
+    r#"{"candidates":[{"content":{"parts":[{"text":""}],"role":"model"},"finishReason":"STOP","index":0}],"modelVersion":"bench-stream","responseId":"JkgGedxa9_3GIogUMQ2p4Q","usageMetadata":{"candidatesTokenCount":5,"promptTokenCount":5,"promptTokensDetails":[{"modality":"TEXT","tokenCount":5}],"totalTokenCount":10}}"#,
+    r#"{"candidates":[{"content":{"parts":[{"text":"Let me ","thought":true}],"role":"model"},"index":0}],"modelVersion":"gemini-2.5-flash","responseId":"mock-gemini-7","usageMetadata":{"promptTokenCount":12,"totalTokenCount":12}}"#,
+    r#"{"candidates":[{"content":{"parts":[{"text":"Paris","thoughtSignature":"bW9jaw=="}],"role":"model"},"index":0}],"responseId":"mock-gemini-7"}"#,
+    // Google AI Studio
+    r#"{"candidates": [{"content": {"parts": [{"text": "The sky is blue because"}],"role": "model"},"index": 0}],"usageMetadata": {"promptTokenCount": 8,"totalTokenCount": 8,"promptTokensDetails": [{"modality": "TEXT","tokenCount": 8}]},"modelVersion": "gemini-2.5-flash","responseId": "Yk9uaPLDCMrNz7IPwdWq-Ak"}"#,
+    r#"{"candidates": [{"content": {"parts": [{"text": " of Rayleigh scattering."}],"role": "model"},"finishReason": "STOP","index": 0}],"usageMetadata": {"promptTokenCount": 8,"candidatesTokenCount": 12,"totalTokenCount": 59,"promptTokensDetails": [{"modality": "TEXT","tokenCount": 8}],"thoughtsTokenCount": 39},"modelVersion": "gemini-2.5-flash","responseId": "Yk9uaPLDCMrNz7IPwdWq-Ak"}"#,
+    // Vertex AI
+    r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hi"}]},"safetyRatings":[{"category":"HARM_CATEGORY_HATE_SPEECH","probability":"NEGLIGIBLE","probabilityScore":0.05,"severity":"HARM_SEVERITY_NEGLIGIBLE","severityScore":1.2e-2}],"avgLogprobs":-0.31}],"usageMetadata":{"trafficType":"ON_DEMAND"},"modelVersion":"gemini-2.0-flash-001","createTime":"2026-01-01T00:00:00.123456Z","responseId":"abc"}"#,
+    r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"."}]},"finishReason":"STOP","citationMetadata":{"citations":[{"startIndex":1,"uri":"https://example.com/a"}]}}],"usageMetadata":{"promptTokenCount":100,"candidatesTokenCount":3,"totalTokenCount":103,"cachedContentTokenCount":60,"toolUsePromptTokenCount":4,"cacheTokensDetails":[{"modality":"TEXT","tokenCount":60}],"trafficType":"ON_DEMAND"}}"#,
+    // edges: escapes, raw UTF-8, whitespace, `null`s, empty lists, no candidates, several
+    r#" { "candidates" : [ { "content" : { "parts" : [ { "text" : "a\"b\\c\/d\b\f\n\r\t\u00e9\ud83d\ude00" , "thought" : false } ] } } ] } "#,
+    "{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"raw UTF-8: é 中 😀\"}]}}]}",
+    r#"{"candidates":null,"usageMetadata":null,"modelVersion":null,"responseId":null,"promptFeedback":null}"#,
+    r#"{"candidates":[{"content":null,"finishReason":null}]}"#,
+    r#"{"candidates":[{"content":{"parts":null,"role":null}}]}"#,
+    r#"{"candidates":[{"content":{"parts":[{"text":null,"thought":null,"thoughtSignature":null},{},{"text":"","thought":true,"thoughtSignature":"c2ln"}]}}]}"#,
+    r#"{"candidates":[],"usageMetadata":{}}"#,
+    r#"{"candidates":[{}]}"#,
+    r#"{}"#,
+    r#"{"candidates":[{"content":{"parts":[{"text":"a"}]},"index":0},{"content":{"parts":[{"functionCall":{"name":"f"}}]},"index":1},7,null]}"#,
+    r#"{"usageMetadata":{"promptTokenCount":0,"candidatesTokenCount":18446744073709551615,"thoughtsTokenCount":null}}"#,
+    r#"{"promptFeedback":{"blockReason":"SAFETY","blockReasonMessage":"no","safetyRatings":[{"category":"HARM_CATEGORY_DANGEROUS_CONTENT","probability":"HIGH","blocked":true}]},"usageMetadata":{"promptTokenCount":9,"totalTokenCount":9}}"#,
+    r#"{"candidates":[{"content":{"parts":[{"text":"x","inlineData":{"mimeType":"image/png","data":"iVBO"},"videoMetadata":{}}]}}],"x":[1,2.5e-3,true,false,{},[]]}"#,
+];
+
+/// Shapes the scanner leaves to serde (which reads or refuses them).
+const EVENTS_FOR_SERDE: &[&str] = &[
+    // a function call, an error (even `null`), a text that is not a string
+    r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{}}}]}}]}"#,
+    r#"{"error":{"code":429,"message":"Resource exhausted","status":"RESOURCE_EXHAUSTED"}}"#,
+    r#"{"error":null}"#,
+    r#"{"candidates":[{"content":{"parts":[{"text":1}]}}]}"#,
+    // values of other types where the scanner reads one
+    r#"{"candidates":[{"content":{"parts":[{"text":"a","thought":"true"}]}}]}"#,
+    r#"{"candidates":[{"content":{"parts":[{"text":"a","thought":1}]}}]}"#,
+    r#"{"candidates":[null]}"#,
+    r#"{"candidates":[1,{}]}"#,
+    r#"{"candidates":{"0":{}}}"#,
+    r#"{"candidates":[{"content":{"parts":[1,{"text":"a"}]}}]}"#,
+    r#"{"candidates":[{"content":{"parts":{}}}]}"#,
+    r#"{"candidates":[{"content":[]}]}"#,
+    r#"{"candidates":[{"finishReason":1}]}"#,
+    r#"{"usageMetadata":5}"#,
+    r#"{"usageMetadata":{"promptTokenCount":1.5}}"#,
+    r#"{"usageMetadata":{"promptTokenCount":-1}}"#,
+    r#"{"usageMetadata":{"promptTokenCount":"7"}}"#,
+    r#"{"usageMetadata":{"promptTokenCount":1e3}}"#,
+    r#"{"usageMetadata":{"promptTokenCount":18446744073709551616}}"#,
+    r#"{"responseId":7}"#,
+    r#"{"promptFeedback":{"blockReason":true}}"#,
+    // duplicates, at each level (serde refuses them)
+    r#"{"responseId":"a","responseId":"b"}"#,
+    r#"{"candidates":[],"candidates":[]}"#,
+    r#"{"candidates":[{"finishReason":"STOP","finishReason":"STOP"}]}"#,
+    r#"{"candidates":[{"content":{"parts":[],"parts":[]}}]}"#,
+    r#"{"candidates":[{"content":{"parts":[{"text":"a","text":"b"}]}}]}"#,
+    r#"{"candidates":[{"content":{"parts":[{"thought":true,"thought":true}]}}]}"#,
+    r#"{"usageMetadata":{"promptTokenCount":1,"promptTokenCount":2}}"#,
+    r#"{"promptFeedback":{"blockReason":"a","blockReason":"b"}}"#,
+    // escapes the scanner does not read, text serde refuses
+    r#"{"response\u0049d":"x"}"#,
+    r#"{"x":"\u0041"}"#,
+    r#"{"candidates":[{"content":{"parts":[{"text":"lone \ud83d"}]}}]}"#,
+    "{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"tab\there\"}]}}]}",
+    r#"{"candidates":[]} x"#,
+    r#"{"candidates":[],}"#,
+    r#"{"candidates":[{"content":{"parts":[{"text":"a"}]}}]"#,
+    r#"{"x":01}"#,
+    r#"{"candidates":[{"content":{"parts":[{"text":"a","thought":tru}]}}]}"#,
+    "[1]",
+    "null",
+    "\"s\"",
+    "",
+];
+
+#[test]
+fn the_event_scanner_reads_the_usual_events_as_serde_does() {
+    for t in EVENTS {
+        assert!(event_scan_agrees(t), "the scanner should take {t}");
+    }
+    for t in EVENTS_FOR_SERDE {
+        assert!(
+            !event_scan_agrees(t),
+            "the scanner should leave {t} to serde"
+        );
+    }
+    // an error is an event's field, not an answer's: skipped there, as serde skips it
+    assert!(answer_scan_agrees(EVENTS_FOR_SERDE[1]));
+    assert!(answer_scan_agrees(EVENTS_FOR_SERDE[2]));
+}
+
+/// The events above, mutated: whenever the scanner takes one, serde takes it too and reads the
+/// same.
+#[test]
+fn the_event_scanner_never_disagrees_with_serde_on_mutated_events() {
+    let (taken, total) = crate::scan::mutate_and_check(EVENTS, 20_000, event_scan_agrees);
+    eprintln!("events: the scanner took {taken} of {total} mutations");
+    // the mutations reach both outcomes
+    assert!(taken > 2_000 && total - taken > 2_000, "{taken} of {total}");
+    let (taken, total) = crate::scan::mutate_and_check(EVENTS_FOR_SERDE, 20_000, event_scan_agrees);
+    eprintln!("events left to serde: the scanner took {taken} of {total} mutations");
+    assert!(taken > 100, "{taken} of {total}");
+}
+
+/// Answers of the usual shapes: as the mock writes them, pretty-printed as Google writes them.
+const ANSWERS: &[&str] = &[
+    r#"{"candidates":[{"content":{"parts":[{"text":"Hello! This is a deterministic reply from the tollway mock upstream server."}],"role":"model"},"finishReason":"STOP","index":0}],"modelVersion":"bench-small","responseId":"6dplxSrI5t84UCnXaiCr3Z","usageMetadata":{"candidatesTokenCount":12,"promptTokenCount":5,"promptTokensDetails":[{"modality":"TEXT","tokenCount":5}],"totalTokenCount":17}}"#,
+    r#"{"candidates":[{"content":{"parts":[{"text":"Thinking it over.","thought":true},{"text":"Paris is the capital of France.","thoughtSignature":"bW9jaw=="}],"role":"model"},"index":0,"finishReason":"STOP"}],"modelVersion":"gemini-2.5-flash","responseId":"mock-gemini-0000000000000001","usageMetadata":{"promptTokenCount":12,"totalTokenCount":30,"promptTokensDetails":[{"modality":"TEXT","tokenCount":12}],"candidatesTokenCount":14,"thoughtsTokenCount":4,"cachedContentTokenCount":8,"cacheTokensDetails":[{"modality":"TEXT","tokenCount":8}],"trafficType":"ON_DEMAND"},"createTime":"2026-12-07T10:00:00.000000Z"}"#,
+    r#"{
+  "candidates": [
+    {
+      "content": {
+        "parts": [
+          {
+            "text": "Escapes: \u00e9 \ud83d\ude00 \"q\" \\ \/ \b\f\n\r\t"
+          }
+        ],
+        "role": "model"
+      },
+      "finishReason": "MAX_TOKENS",
+      "avgLogprobs": -0.5
+    }
+  ],
+  "usageMetadata": {
+    "promptTokenCount": 4,
+    "candidatesTokenCount": 9,
+    "totalTokenCount": 13,
+    "promptTokensDetails": [
+      {
+        "modality": "TEXT",
+        "tokenCount": 4
+      }
+    ]
+  },
+  "modelVersion": "gemini-2.5-pro",
+  "responseId": "r1"
+}"#,
+    r#"{"promptFeedback":{"blockReason":"SAFETY","blockReasonMessage":"unsafe"},"usageMetadata":{"promptTokenCount":5}}"#,
+    r#"{"candidates":[],"promptFeedback":{"blockReason":"BLOCKLIST"},"error":{"code":1}}"#,
+    r#"{}"#,
+];
+
+#[test]
+fn the_answer_scanner_reads_the_usual_answers_as_serde_does() {
+    for t in ANSWERS {
+        assert!(answer_scan_agrees(t), "the scanner should take {t}");
+    }
+    for t in [
+        include_str!("../../../../fuzz/seeds/upstream_answer/gemini_answer.json"),
+        r#"{"candidates":[{"content":{"parts":[{"text":"a"}]}}],"usageMetadata":[]}"#,
+        r#"{"usageMetadata":{"candidatesTokenCount":2,"candidatesTokenCount":2}}"#,
+    ] {
+        assert!(
+            !answer_scan_agrees(t),
+            "the scanner should leave {t} to serde"
+        );
+    }
+    let (taken, total) = crate::scan::mutate_and_check(ANSWERS, 20_000, answer_scan_agrees);
+    eprintln!("answers: the scanner took {taken} of {total} mutations");
+    assert!(taken > 2_000 && total - taken > 2_000, "{taken} of {total}");
+}
+
+/// Answers and streams decode the same whichever way they were read: as they are (the scanner)
+/// and with a first key spelled with an escape (serde).
+#[test]
+fn answers_and_streams_decode_the_same_through_the_scanner_and_serde() {
+    for t in ANSWERS {
+        let escaped = crate::scan::with_escaped_first_key(t);
+        assert!(wire::Answer::scan(&escaped).is_none(), "{escaped}");
+        let decode = |t: &str| {
+            decode_response(t.as_bytes(), "asked").map(|mut r| {
+                r.created = 0;
+                r
+            })
+        };
+        assert_eq!(decode(t), decode(&escaped), "{t}");
+    }
+    // each event first in a stream, and the mock's and Google's streams event by event
+    let mut streams: Vec<Vec<&str>> = EVENTS.iter().map(|e| vec![*e]).collect();
+    streams.push(EVENTS[..4].to_vec());
+    streams.push(EVENTS[4..6].to_vec());
+    streams.push(EVENTS[6..8].to_vec());
+    for stream in streams {
+        let mut fast = StreamDecoder::new("asked");
+        let mut general = StreamDecoder::new("asked");
+        for t in &stream {
+            let escaped = crate::scan::with_escaped_first_key(t);
+            assert!(wire::Event::scan(&escaped).is_none(), "{escaped}");
+            let feed = |d: &mut StreamDecoder, data: &str| {
+                let mut out = Vec::new();
+                let ev = SseEvent {
+                    event: None,
+                    data: data.to_string(),
+                };
+                d.feed_into(&ev, &mut out).map(|()| out)
+            };
+            assert_eq!(feed(&mut fast, t), feed(&mut general, &escaped), "{t}");
+        }
+        assert_eq!(fast.finish(), general.finish(), "{stream:?}");
+    }
+}
