@@ -514,6 +514,21 @@ impl Collector<'_> {
     }
 }
 
+/// A YAML parser's message without the values it quotes (`invalid type: integer `…` as
+/// u128`): the value may be a secret written unquoted, and an error is logged and printed.
+fn without_literals(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('`');
+        out.push_str(if i % 2 == 0 { "…" } else { part });
+    }
+    out
+}
+
 /// Reads and validates a config file; errors are prefixed with the file's path.
 pub fn load_file(path: &std::path::Path, env: &dyn EnvSource) -> Result<Config, Vec<String>> {
     let text = std::fs::read_to_string(path)
@@ -537,7 +552,7 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>
             return Err(vec![ConfigError {
                 path: String::new(),
                 line: e.location().map(|l| l.line()),
-                message: format!("not valid YAML: {e}"),
+                message: format!("not valid YAML: {}", without_literals(&e.to_string())),
             }])
         }
     };
@@ -2101,6 +2116,28 @@ models:
                 !all.contains("0123456789abcdefghijklmn"),
                 "{entry}: the secret in an error: {all}"
             );
+        }
+        // a secret written unquoted, which YAML reads as a number, is refused without being shown
+        for text in [
+            format!("{base}  k: {{ key: 98765432109876543210987 }}\n"),
+            format!("{base}  k: {{ key: 987654321098765432 }}\n"),
+            "providers:\n  x: { kind: openai, api_key: 1234567890123456789012 }\n".to_string(),
+            "providers:\n  x: { kind: openai, api_key: 123456789012345 }\n".to_string(),
+        ] {
+            let errs = parse(&text, &e).expect_err("a number is no secret");
+            let all = errs
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n");
+            for leaked in [
+                "98765432109876543210987",
+                "987654321098765432",
+                "1234567890123456789012",
+                "123456789012345",
+            ] {
+                assert!(!all.contains(leaked), "{text}: {all}");
+            }
         }
         // one secret, two keys
         let twice =
