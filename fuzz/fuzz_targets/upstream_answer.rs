@@ -1,5 +1,5 @@
-//! Any bytes as an upstream answer or error body (OpenAI, Anthropic, Bedrock, Gemini): decoding never
-//! panics, and a decoded answer encodes for both client APIs.
+//! Any bytes as an upstream answer, embeddings answer or error body (OpenAI, Anthropic, Bedrock,
+//! Gemini): decoding never panics, and a decoded answer encodes for both client APIs.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use tollway_protocol::{anthropic, bedrock, gemini, openai};
@@ -19,6 +19,20 @@ fuzz_target!(|data: &[u8]| {
         let _ = anthropic::encode_response(&r);
     }
     let _ = gemini::decode_error(status, data, None);
+    // embeddings answers, for as many inputs as the first byte says
+    let inputs = usize::from(data.first().copied().unwrap_or(1) % 4);
+    for e in [
+        bedrock::Embedder::TitanV1,
+        bedrock::Embedder::TitanV2,
+        bedrock::Embedder::TitanMultimodal,
+        bedrock::Embedder::CohereV3,
+        bedrock::Embedder::CohereV4,
+    ] {
+        let _ = bedrock::decode_embeddings_response(e, data, inputs, Some(7));
+    }
+    let _ = gemini::decode_embeddings_response(data, "fuzz/model", inputs, false);
+    let _ = gemini::decode_embeddings_response(data, "fuzz/model", inputs, true);
+    let _ = openai::decode_embeddings_response(data);
     if let Ok(r) = gemini::decode_response(data, "fuzz/model") {
         let _ = openai::encode_response(&r);
         let _ = anthropic::encode_response(&r);
