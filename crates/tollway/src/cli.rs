@@ -85,6 +85,29 @@ enum Command {
         #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
         format: String,
     },
+    /// The request log (the usage ledger), newest first, a page at a time.
+    Requests {
+        #[command(flatten)]
+        storage: StorageArgs,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        team: Option<String>,
+        /// The public model name asked for.
+        #[arg(long)]
+        model: Option<String>,
+        /// `ok`, `error` or a status code.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many (1 to 500).
+        #[arg(long, default_value = "50")]
+        limit: String,
+        /// The `next` a previous page printed: the page after it.
+        #[arg(long)]
+        before: Option<String>,
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -286,6 +309,27 @@ pub fn main() -> ExitCode {
             },
             format,
         )),
+        Command::Requests {
+            storage,
+            key,
+            team,
+            model,
+            status,
+            limit,
+            before,
+            format,
+        } => run_async(requests(
+            storage,
+            crate::admin::RequestsParams {
+                limit: Some(limit),
+                before,
+                key,
+                team,
+                model,
+                status,
+            },
+            format,
+        )),
         Command::Serve {
             config,
             listen,
@@ -449,6 +493,52 @@ async fn keys(args: StorageArgs, action: KeysAction) -> anyhow::Result<()> {
             }
             None => anyhow::bail!("no active key `{id}`"),
         },
+    }
+    Ok(())
+}
+
+async fn requests(
+    args: StorageArgs,
+    params: crate::admin::RequestsParams,
+    format: String,
+) -> anyhow::Result<()> {
+    let store = open_store(&args).await?;
+    let q = params.query().map_err(anyhow::Error::msg)?;
+    let v = crate::admin::requests_json(&store, &q)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if format == "json" {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{:<19}  {:<36}  {:<24}  {:<16}  {:<32}  {:>6}  {:>3}  {:>7}  {:>8}  {:>8}  COST_USD",
+        "TIME_UTC", "REQUEST_ID", "KEY", "MODEL", "DEPLOYMENT", "STATUS", "TRY", "MS", "IN", "OUT"
+    );
+    for r in v["data"].as_array().into_iter().flatten() {
+        let text = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let num = |k: &str| r[k].as_i64().map_or("-".into(), |n| n.to_string());
+        let time = text("time");
+        println!(
+            "{:<19}  {:<36}  {:<24}  {:<16}  {:<32}  {:>6}  {:>3}  {:>7}  {:>8}  {:>8}  {}",
+            time.get(..19).unwrap_or(&time).replace('T', " "),
+            text("request_id"),
+            r["key_id"].as_str().unwrap_or("master"),
+            text("model"),
+            r["deployment"]
+                .as_str()
+                .filter(|d| !d.is_empty())
+                .unwrap_or("-"),
+            num("status"),
+            num("attempts"),
+            num("latency_ms"),
+            num("input_tokens"),
+            num("output_tokens"),
+            r["cost_usd"].as_str().unwrap_or("unknown"),
+        );
+    }
+    if let Some(next) = v["next"].as_str() {
+        eprintln!("more: --before {next}");
     }
     Ok(())
 }

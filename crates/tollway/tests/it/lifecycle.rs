@@ -289,6 +289,86 @@ fn keys_and_usage_commands() {
     assert!(err.contains("colour"));
 }
 
+/// `tollway requests` over a ledger in a SQLite file: newest first, a page at a time with the
+/// `--before` it prints, filtered; bad arguments named.
+#[tokio::test]
+async fn the_requests_command_pages_the_ledger() {
+    let dir = std::env::temp_dir().join(format!("tollway-cli-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let db = format!("sqlite://{}", dir.join("log.db").display());
+    let store = tollway_store::Store::connect(&db).await.expect("store");
+    let rows: Vec<tollway_store::LedgerRow> = (0..5)
+        .map(|i| tollway_store::LedgerRow {
+            request_id: format!("req_{i:032}"),
+            ts_ms: 1_764_547_200_000 + i,
+            key_id: Some(if i % 2 == 0 { "key_even" } else { "key_odd" }.into()),
+            model: "gpt".into(),
+            provider: "oai".into(),
+            deployment: "oai/gpt-4.1".into(),
+            api: "openai".into(),
+            status: if i == 3 { 502 } else { 200 },
+            attempts: 1,
+            input_tokens: 10,
+            output_tokens: 5,
+            cost_micros: Some(7),
+            ..tollway_store::LedgerRow::default()
+        })
+        .collect();
+    store.insert_ledger(&rows).await.expect("insert");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tollway"))
+            .arg("requests")
+            .args(args)
+            .args(["--storage", &db])
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let ids = |out: &str| -> Vec<String> {
+        out.lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+            .collect()
+    };
+    let (code, out, err) = run(&["--limit", "2"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("TIME_UTC"), "{out}");
+    assert_eq!(
+        ids(&out),
+        [rows[4].request_id.clone(), rows[3].request_id.clone()]
+    );
+    assert!(
+        out.contains("2025-12-01 00:00:00")
+            && out.contains("oai/gpt-4.1")
+            && out.contains("0.000007"),
+        "{out}"
+    );
+    let next = err
+        .trim()
+        .strip_prefix("more: --before ")
+        .expect("a next page")
+        .to_string();
+    let (_, out, err) = run(&["--limit", "2", "--before", &next]);
+    assert_eq!(
+        ids(&out),
+        [rows[2].request_id.clone(), rows[1].request_id.clone()]
+    );
+    assert!(err.contains("more:"));
+    let (_, out, _) = run(&["--status", "error"]);
+    assert_eq!(ids(&out), [rows[3].request_id.clone()]);
+    let (_, out, _) = run(&["--key", "key_odd", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(2), "{v}");
+    assert!(v["next"].is_null());
+    let (code, _, err) = run(&["--limit", "9999"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("`limit`"), "{err}");
+}
+
 /// `tollway router eval` on the hand fixture with the shipped model: the summary, one score per
 /// prompt in `--dump-scores`, an SVG plot and a JSON report.
 #[test]
