@@ -37,6 +37,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 from helpers import (
+    FILE_KEY,
     GCP_CLIENT_EMAIL,
     GCP_KEY_PEM,
     MASTER_KEY,
@@ -85,6 +86,8 @@ models:
 cache: {{ mode: opt-in }}
 routers:
   auto: {{ kind: learned, candidates: [claude, gpt], strong_share: 0.5 }}
+keys:
+  file-key: {{ key: "{file_key}", team: conformance, models: [gpt] }}
 """
 
 
@@ -252,6 +255,7 @@ def write_config(tmpdir: Path, mock_url: str) -> Path:
             aws_secret=UPSTREAM_AWS_SECRET,
             gemini_key=UPSTREAM_GEMINI_KEY,
             azure_key=UPSTREAM_AZURE_KEY,
+            file_key=FILE_KEY,
             gcp_key_file=_gcp_key_file(tmpdir, mock_url),
         )
     )

@@ -22,8 +22,11 @@ GCP_CLIENT_EMAIL = "tollway-mock@tollway-test.iam.gserviceaccount.com"
 GCP_KEY_PEM = (Path(__file__).resolve().parents[2] / "crates/tollway-mock/src/gcp-test-key.pem").read_text()
 # a line from the middle of the private key: never in anything a client receives
 GCP_KEY_LINE = GCP_KEY_PEM.strip().splitlines()[5]
+# a virtual key declared in the config file (`keys:`)
+FILE_KEY = "sk-file-conformance-key-0001abcd"
 SECRETS = (
     MASTER_KEY,
+    FILE_KEY,
     UPSTREAM_OPENAI_KEY,
     UPSTREAM_ANTHROPIC_KEY,
     UPSTREAM_AWS_SECRET,

@@ -19,7 +19,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
-from helpers import MASTER_KEY
+from helpers import FILE_KEY, MASTER_KEY
 
 T = TypeVar("T")
 WAIT_S = 10.0
@@ -76,6 +76,9 @@ def status(b: WebDriver) -> str:
 
 def sign_in(b: WebDriver, gw: str, key: str) -> None:
     b.get(f"{gw}/ui")
+    # a tab that is still signed in (an earlier test) starts over
+    b.execute_script("sessionStorage.clear()")
+    b.refresh()
     field = wait_for("the sign-in form", lambda: visible(b, "#master-key"))
     field.clear()
     field.send_keys(key)
@@ -208,3 +211,33 @@ def test_a_key_made_in_the_page_works_until_it_is_revoked_there(browser, gw):
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "hi"}])
     client.close()
+
+
+def test_a_key_declared_in_the_config_file_works_and_is_the_files(browser, gw):
+    # the official SDK with the file's key, within the models the file gives it
+    client = openai.OpenAI(base_url=f"{gw}/v1", api_key=FILE_KEY, max_retries=0)
+    r = client.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "from the file's key"}])
+    assert r.choices[0].message.content
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}])
+    client.close()
+
+    # listed in the page as the file's: no rotate or revoke there
+    b = browser
+    sign_in(b, gw, MASTER_KEY)
+    wait_for("the overview", lambda: visible(b, "#overview"))
+    b.find_element(By.CSS_SELECTOR, "#nav button[data-view=keys]").click()
+
+    def file_row() -> WebElement | None:
+        for r in b.find_elements(By.CSS_SELECTOR, "#key-list tbody tr"):
+            cells = r.find_elements(By.CSS_SELECTOR, "td")
+            if cells and cells[0].text == "file-key":
+                return r
+        return None
+
+    row = wait_for("the file's key in the list", file_row)
+    cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "td")]
+    assert cells[1].startswith("key_cfg_") and cells[3] == "conformance" and cells[8] == "active", cells
+    assert cells[10] == "config file", cells
+    assert not row.find_elements(By.CSS_SELECTOR, "button")
+    assert FILE_KEY not in b.find_element(By.ID, "key-list").text
