@@ -566,6 +566,18 @@ async fn embeddings_reach_titan_and_cohere_signed_batched_counted_and_priced() {
         assert!(msg.contains(want), "{msg}");
     }
     assert_eq!(env.upstream_log().await.len(), before);
+    // what only Bedrock knows it refuses (a text over Cohere v3's 2,048 characters): its 400,
+    // its words, in OpenAI's shape, not retried
+    let (status, _, v) =
+        embed(json!({"model": "cohere3", "input": ["ok", "x".repeat(3000)]})).await;
+    assert_eq!(status, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("maxLength: 2048"), "{msg}");
+    assert_eq!(
+        env.upstream_log().await.len(),
+        before + 1,
+        "a client error is not retried"
+    );
     // Bedrock's error, in OpenAI's shape
     let (status, _, v) = embed(json!({"model": "titan-down", "input": "x"})).await;
     assert_eq!(status, 503, "{v}");
