@@ -417,6 +417,28 @@ impl Limits {
             tok.current += tokens;
         }
     }
+
+    /// As [`add_tokens`](Self::add_tokens), for a scope that may have no limit yet (a
+    /// deployment whose use a `lowest-usage` group compares): it is counted from now on.
+    pub fn count_tokens(&self, scope: &str, tokens: u64, now: Instant) {
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if !map.contains_key(scope) {
+            map.insert(scope.to_string(), (Window::new(now), Window::new(now)));
+        }
+        if let Some((_, tok)) = map.get_mut(scope) {
+            tok.roll(now);
+            tok.current = tok.current.saturating_add(tokens);
+        }
+    }
+
+    /// Tokens counted against `scope` over the last minute (sliding), as its limit sees them.
+    pub fn tokens_used(&self, scope: &str, now: Instant) -> u64 {
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        map.get_mut(scope).map_or(0, |(_, tok)| {
+            tok.roll(now);
+            tok.used(now)
+        })
+    }
 }
 
 fn limited(scope: &str, what: &str, limit: u64, wait: Duration) -> ProviderError {

@@ -472,8 +472,8 @@ pub async fn chat(
         match result {
             Ok(resp) => {
                 d.health.success(started.elapsed());
-                if d.tpm.is_some() {
-                    rt.health().capacity.add_tokens(
+                if d.count_tokens {
+                    rt.health().capacity.count_tokens(
                         &d.capacity_scope,
                         resp.usage.total_tokens(),
                         Instant::now(),
@@ -551,8 +551,8 @@ pub async fn chat_stream(
                 // Nothing reached the client before this point; from here on, no failover.
                 d.health.success(started.elapsed());
                 let registry = rt.health().clone();
-                // the deployment whose token capacity the stream's usage counts against
-                let capped = d.tpm.map(|_| d.clone());
+                // the deployment whose tokens per minute the stream's usage counts towards
+                let capped = d.count_tokens.then(|| d.clone());
                 let mut counted = 0u64;
                 let rest = futures_util::stream::once(async move { Ok(first) })
                     .chain(stream)
@@ -567,7 +567,7 @@ pub async fn chat_stream(
                             // usage reports are running totals: count what is new
                             let total = u.total_tokens();
                             if total > counted {
-                                registry.capacity.add_tokens(
+                                registry.capacity.count_tokens(
                                     &capped.capacity_scope,
                                     total - counted,
                                     Instant::now(),

@@ -27,11 +27,14 @@ pub enum Strategy {
     LowestLatency,
     /// Cheapest first, by the price table (input plus output price per token; unpriced last).
     LowestCost,
+    /// The least used this minute first: tokens sent through this gateway, as a share of the
+    /// deployment's `tpm` when it has one (ties at random).
+    LowestUsage,
 }
 
 impl Strategy {
     pub const NAMES: &'static str =
-        "failover, weighted, least-outstanding, lowest-latency, lowest-cost";
+        "failover, weighted, least-outstanding, lowest-latency, lowest-cost, lowest-usage";
 
     pub fn parse(s: &str) -> Option<Strategy> {
         Some(match s {
@@ -40,6 +43,7 @@ impl Strategy {
             "least-outstanding" => Strategy::LeastOutstanding,
             "lowest-latency" => Strategy::LowestLatency,
             "lowest-cost" => Strategy::LowestCost,
+            "lowest-usage" => Strategy::LowestUsage,
             _ => return None,
         })
     }
@@ -353,12 +357,12 @@ pub fn order(strategy: Strategy, items: &[(u32, &Health)], now: Instant) -> Vec<
     order_by(strategy, items, &[], now)
 }
 
-/// As [`order`], with each item's price key (lower is cheaper; `u64::MAX` unknown) for
-/// `lowest-cost`.
+/// As [`order`], with each item's key for `lowest-cost` (its price; `u64::MAX` unknown) or
+/// `lowest-usage` (its use this minute): lower first.
 pub fn order_by(
     strategy: Strategy,
     items: &[(u32, &Health)],
-    cost: &[u64],
+    keys: &[u64],
     now: Instant,
 ) -> Vec<usize> {
     let mut avail: Vec<usize> = (0..items.len())
@@ -398,7 +402,12 @@ pub fn order_by(
             }
         }
         Strategy::LowestCost => {
-            avail.sort_by_key(|&i| cost.get(i).copied().unwrap_or(u64::MAX));
+            avail.sort_by_key(|&i| keys.get(i).copied().unwrap_or(u64::MAX));
+        }
+        Strategy::LowestUsage => {
+            // equally used ones in random order, so that an idle group spreads its first requests
+            fastrand::shuffle(&mut avail);
+            avail.sort_by_key(|&i| keys.get(i).copied().unwrap_or(u64::MAX));
         }
         Strategy::LowestLatency => {
             // Untried deployments first (to learn them), then by average time to first token.
@@ -492,6 +501,25 @@ mod tests {
             assert_ne!(o[0], 0, "{o:?}");
             assert_eq!(o.len(), 3);
         }
+    }
+
+    #[test]
+    fn lowest_usage_puts_the_least_used_first_and_ties_at_random() {
+        let hs: Vec<Health> = (0..3).map(|i| Health::new(&i.to_string())).collect();
+        let items: Vec<(u32, &Health)> = hs.iter().map(|h| (1, h)).collect();
+        let now = Instant::now();
+        let mut firsts = [0usize; 3];
+        for _ in 0..200 {
+            let o = order_by(Strategy::LowestUsage, &items, &[500, 100, 100], now);
+            assert_eq!(o.len(), 3);
+            assert_eq!(o[2], 0, "the most used comes last: {o:?}");
+            firsts[o[0]] += 1;
+        }
+        assert!(
+            firsts[1] > 40 && firsts[2] > 40,
+            "ties are shared: {firsts:?}"
+        );
+        assert_eq!(Strategy::parse("lowest-usage"), Some(Strategy::LowestUsage));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Deployment {
     /// Capacity per minute (requests, tokens), enforced by this gateway.
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// Its tokens are counted per minute (it has a `tpm`, or its group is `lowest-usage`).
+    pub count_tokens: bool,
     /// `deployment:LABEL`, the scope of that capacity in the health registry, built once.
     pub capacity_scope: String,
     /// Shared with every runtime that has this deployment (survives reloads).
@@ -192,6 +194,7 @@ impl Runtime {
                     region: d.region.clone(),
                     rpm: d.rpm,
                     tpm: d.tpm,
+                    count_tokens: d.tpm.is_some() || mc.strategy == Strategy::LowestUsage,
                     price,
                     provider: p.clone(),
                     provider_name: d.provider.clone(),
@@ -383,15 +386,29 @@ impl Runtime {
                 .iter()
                 .map(|d| (d.weight, d.health.as_ref()))
                 .collect();
-            let costs: Vec<u64> = candidates
-                .iter()
-                .map(|d| {
-                    d.price
-                        .as_ref()
-                        .map_or(u64::MAX, |p| p.input.0.saturating_add(p.output.0))
-                })
-                .collect();
-            for i in routing::order_by(*strategy, &items, &costs, now) {
+            let keys: Vec<u64> = match strategy {
+                Strategy::LowestCost => candidates
+                    .iter()
+                    .map(|d| {
+                        d.price
+                            .as_ref()
+                            .map_or(u64::MAX, |p| p.input.0.saturating_add(p.output.0))
+                    })
+                    .collect(),
+                Strategy::LowestUsage => candidates
+                    .iter()
+                    .map(|d| {
+                        let used = self.health.capacity.tokens_used(&d.capacity_scope, now);
+                        // parts per million of its quota, or the tokens themselves
+                        d.tpm.filter(|t| *t > 0).map_or(used, |t| {
+                            u64::try_from(u128::from(used) * 1_000_000 / u128::from(t))
+                                .unwrap_or(u64::MAX)
+                        })
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for i in routing::order_by(*strategy, &items, &keys, now) {
                 let d = candidates[i];
                 if !tries.iter().any(|t| t.label == d.label) {
                     tries.push(d.clone());
@@ -478,6 +495,7 @@ impl Runtime {
             region: None,
             rpm: None,
             tpm: None,
+            count_tokens: false,
             price,
             provider: p.clone(),
             provider_name: provider.to_string(),

@@ -31,6 +31,16 @@ models:
     deployments:
       - {{ provider: a, model: "x1?fault=503" }}
       - {{ provider: b, model: "x2?fault=529" }}
+  even:
+    strategy: lowest-usage
+    deployments:
+      - {{ provider: a, model: even-1 }}
+      - {{ provider: c, model: even-2 }}
+  quota:
+    strategy: lowest-usage
+    deployments:
+      - {{ provider: a, model: small-quota, tpm: 100000 }}
+      - {{ provider: c, model: big-quota, tpm: 300000 }}
   spread:
     strategy: least-outstanding
     deployments:
@@ -358,6 +368,53 @@ async fn weighted_and_least_outstanding_spread_traffic() {
     for m in ["s1", "s2", "s3"] {
         assert!(ups.iter().any(|u| u == m), "{m} got nothing: {ups:?}");
     }
+}
+
+#[tokio::test]
+async fn lowest_usage_spreads_tokens_evenly_or_by_each_deployments_quota() {
+    let env = start_with(config).await;
+    // the same request each time (the same tokens): turn about
+    for _ in 0..10 {
+        assert_eq!(chat(&env, msg("even")).await.0, 200);
+    }
+    let ups = upstream_models(&env).await;
+    let count = |m: &str| ups.iter().filter(|u| *u == m).count();
+    assert_eq!((count("even-1"), count("even-2")), (5, 5), "{ups:?}");
+    // quotas of 100k and 300k tokens a minute: three to the larger for each to the smaller
+    reset(&env).await;
+    for _ in 0..8 {
+        assert_eq!(chat(&env, msg("quota")).await.0, 200);
+    }
+    let ups = upstream_models(&env).await;
+    let count = |m: &str| ups.iter().filter(|u| *u == m).count();
+    assert_eq!(
+        (count("small-quota"), count("big-quota")),
+        (2, 6),
+        "{ups:?}"
+    );
+    // streams count too: a streamed answer's usage moves the next request on
+    reset(&env).await;
+    let mut first = msg("even");
+    first["stream"] = json!(true);
+    first["stream_options"] = json!({"include_usage": true});
+    for _ in 0..2 {
+        let r = env
+            .http
+            .post(format!("{}/v1/chat/completions", env.url))
+            .bearer_auth(MASTER)
+            .json(&first)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status().as_u16(), 200);
+        let _ = r.text().await;
+    }
+    let ups = upstream_models(&env).await;
+    assert_eq!(ups.len(), 2);
+    assert_ne!(
+        ups[0], ups[1],
+        "the second stream went to the other deployment: {ups:?}"
+    );
 }
 
 #[tokio::test]
