@@ -99,6 +99,23 @@ def test_signing_in_needs_the_master_key_and_shows_deployment_health(browser, gw
     assert b.execute_script("return sessionStorage.getItem('tollway.masterKey')") == MASTER_KEY
     assert MASTER_KEY not in b.current_url
 
+    # the model groups with their deployments and prices, and the routers
+    b.find_element(By.CSS_SELECTOR, "#nav button[data-view=models]").click()
+
+    def gpt_row() -> list[str] | None:
+        for r in b.find_elements(By.CSS_SELECTOR, "#model-list tbody tr"):
+            cells = [c.text for c in r.find_elements(By.CSS_SELECTOR, "td")]
+            if cells and cells[0] == "gpt":
+                return cells
+        return None
+
+    cells = wait_for("the gpt group", gpt_row)
+    assert cells[1] == "failover" and cells[2] == "oai/gpt-4.1" and float(cells[3]) > 0, cells
+    routers = [[c.text for c in r.find_elements(By.CSS_SELECTOR, "td")]
+               for r in b.find_elements(By.CSS_SELECTOR, "#router-list tbody tr")]
+    assert ["auto", "learned", "claude, gpt"] in routers, routers
+    b.find_element(By.CSS_SELECTOR, "#nav button[data-view=overview]").click()
+
     # the config reloads from the page
     b.find_element(By.ID, "reload-config").click()
     wait_for("the reload", lambda: "The config was reloaded" in status(b))

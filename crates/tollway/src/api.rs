@@ -1513,6 +1513,15 @@ pub async fn admin_health(State(state): State<AppState>, headers: HeaderMap) -> 
     axum::Json(serde_json::json!({ "deployments": deployments })).into_response()
 }
 
+/// `GET /admin/models`: the model groups with their deployments (prices, capacity,
+/// capabilities) and the routers. Master key only.
+pub async fn admin_models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(err) = authenticate_admin(&state, &headers) {
+        return admin_error(err);
+    }
+    json_response(StatusCode::OK, state.runtime().describe())
+}
+
 /// `POST /admin/reload`: reads the config file again; an invalid one is rejected (400, with every
 /// error) and the running config kept. Master key only.
 pub async fn admin_reload(State(state): State<AppState>, headers: HeaderMap) -> Response {

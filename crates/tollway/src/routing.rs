@@ -36,6 +36,18 @@ impl Strategy {
     pub const NAMES: &'static str =
         "failover, weighted, least-outstanding, lowest-latency, lowest-cost, lowest-usage";
 
+    /// The config's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Failover => "failover",
+            Strategy::Weighted => "weighted",
+            Strategy::LeastOutstanding => "least-outstanding",
+            Strategy::LowestLatency => "lowest-latency",
+            Strategy::LowestCost => "lowest-cost",
+            Strategy::LowestUsage => "lowest-usage",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Strategy> {
         Some(match s {
             "failover" | "ordered" => Strategy::Failover,

@@ -104,7 +104,7 @@ pub struct Runtime {
     pub config: Config,
     providers: HashMap<String, (Arc<dyn Provider>, Capabilities)>,
     models: HashMap<String, Model>,
-    /// Public model names in config order, for `/v1/models`.
+    /// Public model names, sorted (the config's models are a map), for `/v1/models`.
     model_names: Vec<String>,
     /// The embedded simulator serving `kind: mock` providers; stopped when the runtime drops.
     _mock: Option<tollway_mock::MockServer>,
@@ -289,6 +289,66 @@ impl Runtime {
 
     pub fn master_key(&self) -> Option<&Secret> {
         self.config.server.master_key.as_ref()
+    }
+
+    /// The model groups (by name) and routers, as the admin API shows them: accounts by name,
+    /// never their credentials.
+    pub fn describe(&self) -> serde_json::Value {
+        use serde_json::json;
+        let models: Vec<serde_json::Value> = self
+            .model_names
+            .iter()
+            .filter_map(|name| {
+                let m = self.models.get(name)?;
+                let cfg = self.config.models.get(name);
+                let deployments: Vec<serde_json::Value> = m
+                    .deployments
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "deployment": d.label,
+                            "provider": d.provider_name,
+                            "model": d.model,
+                            "weight": d.weight,
+                            "region": d.region,
+                            "rpm": d.rpm,
+                            "tpm": d.tpm,
+                            "input_per_million": d.price.as_ref().map(|p| p.input.per_million()),
+                            "output_per_million": d.price.as_ref().map(|p| p.output.per_million()),
+                            "capabilities": {
+                                "tools": d.caps.tools, "vision": d.caps.vision,
+                                "json_schema": d.caps.json_schema, "embeddings": d.caps.embeddings,
+                            },
+                        })
+                    })
+                    .collect();
+                Some(json!({
+                    "name": name,
+                    "strategy": m.strategy.as_str(),
+                    "deployments": deployments,
+                    "fallbacks": m.fallbacks,
+                    "rpm": cfg.and_then(|c| c.rpm),
+                    "tpm": cfg.and_then(|c| c.tpm),
+                }))
+            })
+            .collect();
+        let routers: Vec<serde_json::Value> = self
+            .config
+            .routers
+            .iter()
+            .map(|(name, r)| match r {
+                crate::rules::Router::Learned(l) => {
+                    json!({"name": name, "kind": "learned", "candidates": l.candidates})
+                }
+                crate::rules::Router::Rules(r) => json!({
+                    "name": name,
+                    "kind": "rules",
+                    "rules": r.rules.iter().map(|x| json!({"name": x.name, "to": x.to})).collect::<Vec<_>>(),
+                    "default": r.default,
+                }),
+            })
+            .collect();
+        json!({ "models": models, "routers": routers })
     }
 
     pub fn model_names(&self) -> &[String] {

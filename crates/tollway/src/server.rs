@@ -470,6 +470,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/models", get(api::models))
         .route("/admin/health", get(api::admin_health))
+        .route("/admin/models", get(api::admin_models))
         .route("/admin/reload", post(api::admin_reload))
         .route(
             "/admin/cache",

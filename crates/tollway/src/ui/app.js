@@ -4,7 +4,7 @@
 "use strict";
 
 const STORE = "tollway.masterKey";
-const VIEWS = ["overview", "keys", "requests", "usage"];
+const VIEWS = ["overview", "models", "keys", "requests", "usage"];
 const REFRESH_MS = 5000;
 
 const $ = (sel) => document.querySelector(sel);
@@ -151,6 +151,8 @@ function show(view) {
     refreshTimer = setInterval(() => {
       if (!document.hidden) loadHealth();
     }, REFRESH_MS);
+  } else if (view === "models") {
+    loadModels();
   } else if (view === "keys") {
     loadKeys();
   } else if (view === "requests") {
@@ -215,6 +217,53 @@ async function clearCache() {
     say(`Cleared ${number(r.cleared)} kept answers${shared}.`);
   } catch (e) {
     fail(e);
+  }
+}
+
+// models: the groups, their deployments and prices, the routers
+
+async function loadModels() {
+  let data;
+  try {
+    data = await api("GET", "/admin/models");
+  } catch (e) {
+    return fail(e);
+  }
+  const body = $("#model-list tbody");
+  body.replaceChildren();
+  for (const m of data.models || []) {
+    m.deployments.forEach((d, i) => {
+      const tr = el("tr");
+      tr.dataset.model = m.name;
+      cell(tr, i === 0 ? m.name : "");
+      cell(tr, i === 0 ? m.strategy : "");
+      cell(tr, d.deployment);
+      cell(tr, d.input_per_million ?? "unpriced", "num");
+      cell(tr, d.output_per_million ?? "", "num");
+      cell(tr, number(d.rpm), "num");
+      cell(tr, number(d.tpm), "num");
+      cell(tr, number(d.weight), "num");
+      cell(tr, i === 0 ? (m.fallbacks || []).join(", ") : "");
+      body.appendChild(tr);
+    });
+  }
+  const routers = $("#router-list tbody");
+  routers.replaceChildren();
+  for (const r of data.routers || []) {
+    const tr = el("tr");
+    cell(tr, r.name);
+    cell(tr, r.kind);
+    const among =
+      r.kind === "learned"
+        ? r.candidates.join(", ")
+        : `${r.rules.map((x) => `${x.name} → ${x.to}`).join("; ")}; otherwise ${r.default}`;
+    cell(tr, among);
+    routers.appendChild(tr);
+  }
+  if (!routers.children.length) {
+    const tr = el("tr");
+    cell(tr, "No routers configured.").colSpan = 3;
+    routers.appendChild(tr);
   }
 }
 

@@ -371,6 +371,73 @@ async fn weighted_and_least_outstanding_spread_traffic() {
 }
 
 #[tokio::test]
+async fn the_admin_api_shows_the_groups_deployments_prices_and_routers() {
+    let env = start_with(config).await;
+    let r = env
+        .http
+        .get(format!("{}/admin/models", env.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.expect("json");
+    let models = v["models"].as_array().expect("models");
+    let names: Vec<&str> = models.iter().filter_map(|m| m["name"].as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "by name");
+    assert!(
+        names.contains(&"one-down") && names.contains(&"quota"),
+        "{names:?}"
+    );
+    let group = |name: &str| {
+        models
+            .iter()
+            .find(|m| m["name"] == name)
+            .expect(name)
+            .clone()
+    };
+    let cheapest = group("cheapest");
+    assert_eq!(cheapest["strategy"], "lowest-cost");
+    let deps = cheapest["deployments"].as_array().expect("deployments");
+    assert_eq!(deps[0]["deployment"], "c/unpriced-model");
+    assert!(
+        deps[0]["input_per_million"].is_null(),
+        "unpriced: {}",
+        deps[0]
+    );
+    assert_eq!(deps[2]["deployment"], "a/gpt-4.1-mini");
+    assert!(deps[2]["input_per_million"].is_string(), "{}", deps[2]);
+    assert_eq!(group("quota")["deployments"][1]["tpm"], 300_000);
+    assert_eq!(group("quota")["strategy"], "lowest-usage");
+    assert_eq!(group("weighted")["deployments"][0]["weight"], 9);
+    assert_eq!(group("spread")["fallbacks"], json!(["backup"]));
+    let router = &v["routers"][0];
+    assert_eq!(router["name"], "auto-rules");
+    assert_eq!(router["kind"], "rules");
+    assert_eq!(router["default"], "backup");
+    assert_eq!(
+        router["rules"][0],
+        json!({"name": "batch", "to": "weighted"})
+    );
+    // accounts by name only: no credential of any kind
+    for secret in ["ka", "kb", "kc"] {
+        assert!(
+            !v.to_string().contains(&format!("\"{secret}\"")),
+            "{secret} in {v}"
+        );
+    }
+    let r = env
+        .http
+        .get(format!("{}/admin/models", env.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 401);
+}
+
+#[tokio::test]
 async fn lowest_usage_spreads_tokens_evenly_or_by_each_deployments_quota() {
     let env = start_with(config).await;
     // the same request each time (the same tokens): turn about
