@@ -95,6 +95,13 @@ impl CreateKey {
             (Some(_), None) => Some("monthly".to_string()),
             (_, p) => p,
         };
+        if let Some(p) = budget_period.as_deref() {
+            if crate::budgets::Period::parse(p).is_none() {
+                return Err(format!(
+                    "budget_period `{p}` is not one of daily, weekly, monthly, total"
+                ));
+            }
+        }
         for (router, knob) in &self.routing {
             if let Err(e) = <crate::rules::Knob as serde::Deserialize>::deserialize(knob) {
                 return Err(format!("routing.{router}: {e}"));

@@ -1222,14 +1222,6 @@ fn declared_key(
             return None;
         }
     };
-    if let Some(p) = &key.budget_period {
-        if !["daily", "weekly", "monthly", "total"].contains(&p.as_str()) {
-            c.push(
-                format!("{base}.budget_period"),
-                format!("`{p}` is not one of daily, weekly, monthly, total"),
-            );
-        }
-    }
     key.expires_ms = expires_ms;
     (c.errors.len() == errors).then_some(tollway_store::DeclaredKey { key, hash, prefix })
 }
