@@ -64,6 +64,21 @@ pub fn unix_secs(t: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + h * 3600 + m * 60 + s).ok()
 }
 
+/// Milliseconds since 1970-01-01 → an RFC 3339 UTC time to the millisecond
+/// (`2026-12-07T19:00:00.250Z`), which [`unix_secs`] reads back.
+pub fn rfc3339_ms(ms: i64) -> String {
+    const DAY_MS: i64 = 86_400_000;
+    let t = ms.rem_euclid(DAY_MS);
+    format!(
+        "{}T{:02}:{:02}:{:02}.{:03}Z",
+        day_string(ms.div_euclid(DAY_MS)),
+        t / 3_600_000,
+        t / 60_000 % 60,
+        t / 1000 % 60,
+        t % 1000
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +91,14 @@ mod tests {
         assert_eq!(unix_secs("2025-02-31T00:00:00Z"), None);
         assert_eq!(unix_secs("2026-12-07T19:00:00+01:00"), None);
         assert_eq!(unix_secs("not a time"), None);
+    }
+
+    #[test]
+    fn rfc_3339_times_are_written_to_the_millisecond_and_read_back() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_709_210_096_789), "2024-02-29T12:34:56.789Z");
+        assert_eq!(rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+        let t = 1_796_670_000_250;
+        assert_eq!(unix_secs(&rfc3339_ms(t)), Some(1_796_670_000));
     }
 }

@@ -337,25 +337,11 @@ impl RequestsParams {
     }
 }
 
-/// A time as ISO 8601 in UTC, to the millisecond (`2026-12-07T23:05:50.897Z`).
-pub fn iso_time(ms: i64) -> String {
-    let day = ms.div_euclid(DAY_MS);
-    let t = ms.rem_euclid(DAY_MS);
-    format!(
-        "{}T{:02}:{:02}:{:02}.{:03}Z",
-        day_string(day),
-        t / 3_600_000,
-        t / 60_000 % 60,
-        t / 1000 % 60,
-        t % 1000
-    )
-}
-
 /// One ledger row as the request log shows it.
 pub fn request_json(r: &LedgerRow) -> Value {
     json!({
         "request_id": r.request_id,
-        "time": iso_time(r.ts_ms),
+        "time": tollway_core::days::rfc3339_ms(r.ts_ms),
         "ts_ms": r.ts_ms,
         "key_id": r.key_id,
         "team": r.team,
