@@ -411,18 +411,20 @@ impl Limits {
     }
 
     pub fn add_tokens(&self, scope: &str, tokens: u64, now: Instant) {
-        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, tok)) = map.get_mut(scope) {
-            tok.roll(now);
-            tok.current += tokens;
-        }
+        self.add(scope, tokens, now, false);
     }
 
     /// As [`add_tokens`](Self::add_tokens), for a scope that may have no limit yet (a
     /// deployment whose use a `lowest-usage` group compares): it is counted from now on.
     pub fn count_tokens(&self, scope: &str, tokens: u64, now: Instant) {
+        self.add(scope, tokens, now, true);
+    }
+
+    /// Adds `tokens` to `scope`'s current window; a scope not seen yet is started when `start`
+    /// (otherwise it has no limit, and nothing is counted).
+    fn add(&self, scope: &str, tokens: u64, now: Instant, start: bool) {
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if !map.contains_key(scope) {
+        if start && !map.contains_key(scope) {
             map.insert(scope.to_string(), (Window::new(now), Window::new(now)));
         }
         if let Some((_, tok)) = map.get_mut(scope) {
