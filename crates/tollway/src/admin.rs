@@ -157,8 +157,16 @@ pub struct UsageParams {
     pub format: Option<String>,
 }
 
-impl UsageParams {
-    pub fn query(&self) -> Result<UsageQuery, String> {
+/// An admin report's parameters (from a query string or the command line), read into the query
+/// the store runs; an `Err` names the parameter that is wrong.
+pub trait ReportParams {
+    type Query;
+    fn query(&self) -> Result<Self::Query, String>;
+}
+
+impl ReportParams for UsageParams {
+    type Query = UsageQuery;
+    fn query(&self) -> Result<UsageQuery, String> {
         let day = |s: &Option<String>, what: &str| -> Result<Option<i64>, String> {
             match s {
                 None => Ok(None),
@@ -288,8 +296,9 @@ pub struct RequestsParams {
     pub status: Option<String>,
 }
 
-impl RequestsParams {
-    pub fn query(&self) -> Result<LedgerQuery, String> {
+impl ReportParams for RequestsParams {
+    type Query = LedgerQuery;
+    fn query(&self) -> Result<LedgerQuery, String> {
         let limit = match self.limit.as_deref() {
             None | Some("") => 50,
             Some(l) => match l.parse::<u32>() {

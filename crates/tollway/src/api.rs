@@ -1837,17 +1837,18 @@ pub async fn admin_key_action(
 /// An admin GET's query string, read by [`admin_params`].
 type AdminQuery<T> = Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>;
 
-/// An admin GET's parameters once the master key is checked (a query string that cannot be
-/// read is a 400 saying why).
-fn admin_params<T>(
+/// An admin report's parameters and the query they make, once the master key is checked (a
+/// query string that cannot be read, or a wrong parameter, is a 400 saying why).
+fn admin_params<T: crate::admin::ReportParams>(
     state: &AppState,
     headers: &HeaderMap,
     params: AdminQuery<T>,
-) -> Result<T, ProviderError> {
+) -> Result<(T, T::Query), ProviderError> {
     authenticate_admin(state, headers)?;
-    params
-        .map(|axum::extract::Query(p)| p)
-        .map_err(|e| ProviderError::invalid(format!("The query string: {e}")))
+    let axum::extract::Query(p) =
+        params.map_err(|e| ProviderError::invalid(format!("The query string: {e}")))?;
+    let q = p.query().map_err(ProviderError::invalid)?;
+    Ok((p, q))
 }
 
 /// `GET /admin/requests?limit=50&before=...&key=...&model=...&status=error`: the request log
@@ -1857,13 +1858,9 @@ pub async fn admin_requests(
     params: AdminQuery<crate::admin::RequestsParams>,
     headers: HeaderMap,
 ) -> Response {
-    let params = match admin_params(&state, &headers, params) {
-        Ok(p) => p,
+    let (_, q) = match admin_params(&state, &headers, params) {
+        Ok(pq) => pq,
         Err(e) => return admin_error(e),
-    };
-    let q = match params.query() {
-        Ok(q) => q,
-        Err(m) => return admin_error(ProviderError::invalid(m)),
     };
     match crate::admin::requests_json(state.accounts().store(), &q).await {
         Ok(v) => json_response(StatusCode::OK, v),
@@ -1877,13 +1874,9 @@ pub async fn admin_usage(
     params: AdminQuery<crate::admin::UsageParams>,
     headers: HeaderMap,
 ) -> Response {
-    let params = match admin_params(&state, &headers, params) {
-        Ok(p) => p,
+    let (params, q) = match admin_params(&state, &headers, params) {
+        Ok(pq) => pq,
         Err(e) => return admin_error(e),
-    };
-    let q = match params.query() {
-        Ok(q) => q,
-        Err(m) => return admin_error(ProviderError::invalid(m)),
     };
     let store = state.accounts().store();
     if params.format.as_deref() == Some("csv") {

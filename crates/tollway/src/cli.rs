@@ -503,7 +503,7 @@ async fn requests(
     format: String,
 ) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
-    let q = params.query().map_err(anyhow::Error::msg)?;
+    let q = crate::admin::ReportParams::query(&params).map_err(anyhow::Error::msg)?;
     let v = crate::admin::requests_json(&store, &q)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -549,7 +549,7 @@ async fn usage(
     format: String,
 ) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
-    let q = params.query().map_err(anyhow::Error::msg)?;
+    let q = crate::admin::ReportParams::query(&params).map_err(anyhow::Error::msg)?;
     match format.as_str() {
         "csv" => print!(
             "{}",
