@@ -574,18 +574,6 @@ async fn answers_without_reported_usage_are_counted_locally_and_marked_estimated
     );
 }
 
-async fn admin_get(env: &Env, path_and_query: &str, key: &str) -> (u16, Value) {
-    let r = env
-        .http
-        .get(format!("{}{path_and_query}", env.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .expect("get");
-    let (status, _, v) = split(r).await;
-    (status, v)
-}
-
 #[tokio::test]
 async fn the_request_log_pages_newest_first_and_filters() {
     let env = start().await;
@@ -615,7 +603,7 @@ async fn the_request_log_pages_newest_first_and_filters() {
     let mut seen = Vec::new();
     let mut q = format!("/admin/requests?limit=2&key={key_id}");
     loop {
-        let (status, v) = admin_get(&env, &q, MASTER).await;
+        let (status, v) = env.admin_get(&q, Some(MASTER)).await;
         assert_eq!(status, 200, "{v}");
         let page = v["data"].as_array().expect("data");
         assert!(page.len() <= 2);
@@ -632,12 +620,12 @@ async fn the_request_log_pages_newest_first_and_filters() {
     assert_eq!(seen, ids);
 
     // one row whole: what answered, how, and what it cost
-    let (_, v) = admin_get(
-        &env,
-        &format!("/admin/requests?key={key_id}&status=ok&limit=1"),
-        MASTER,
-    )
-    .await;
+    let (_, v) = env
+        .admin_get(
+            &format!("/admin/requests?key={key_id}&status=ok&limit=1"),
+            Some(MASTER),
+        )
+        .await;
     let row = &v["data"][0];
     assert_eq!(row["request_id"], ids[1]);
     assert_eq!(row["key_id"], key_id);
@@ -660,7 +648,9 @@ async fn the_request_log_pages_newest_first_and_filters() {
     );
 
     // filters: failures only, by model, by team
-    let (_, v) = admin_get(&env, "/admin/requests?status=error", MASTER).await;
+    let (_, v) = env
+        .admin_get("/admin/requests?status=error", Some(MASTER))
+        .await;
     let failed: Vec<_> = v["data"]
         .as_array()
         .expect("data")
@@ -668,12 +658,12 @@ async fn the_request_log_pages_newest_first_and_filters() {
         .map(|r| r["request_id"].clone())
         .collect();
     assert_eq!(failed, [json!(ids[0])]);
-    let (_, v) = admin_get(
-        &env,
-        "/admin/requests?status=403&model=claude&team=web",
-        MASTER,
-    )
-    .await;
+    let (_, v) = env
+        .admin_get(
+            "/admin/requests?status=403&model=claude&team=web",
+            Some(MASTER),
+        )
+        .await;
     assert_eq!(v["data"].as_array().map(Vec::len), Some(1), "{v}");
     assert!(v["next"].is_null());
 
@@ -685,7 +675,9 @@ async fn the_request_log_pages_newest_first_and_filters() {
         ("status=fine", "`status`"),
         ("limit=1&limit=2", "query string"),
     ] {
-        let (status, v) = admin_get(&env, &format!("/admin/requests?{q}"), MASTER).await;
+        let (status, v) = env
+            .admin_get(&format!("/admin/requests?{q}"), Some(MASTER))
+            .await;
         assert_eq!(status, 400, "{q}: {v}");
         assert!(
             v["error"]["message"]
@@ -694,6 +686,6 @@ async fn the_request_log_pages_newest_first_and_filters() {
             "{q}: {v}"
         );
     }
-    let (status, _) = admin_get(&env, "/admin/requests", secret).await;
+    let (status, _) = env.admin_get("/admin/requests", Some(secret)).await;
     assert_eq!(status, 403);
 }

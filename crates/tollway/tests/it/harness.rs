@@ -170,6 +170,16 @@ impl Env {
     }
 
     /// The last request the mock received, parsed.
+    /// An admin GET (`key`: the bearer key, `None` for none): its status and JSON body.
+    pub async fn admin_get(&self, path_and_query: &str, key: Option<&str>) -> (u16, Value) {
+        let mut r = self.http.get(format!("{}{path_and_query}", self.url));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        let (status, _, v) = split(r.send().await.expect("get")).await;
+        (status, v)
+    }
+
     pub async fn last_upstream(&self) -> Value {
         self.upstream_log().await.pop().unwrap_or(Value::Null)
     }

@@ -200,6 +200,20 @@ async fn shutdown_drains_in_flight_streams_in_process() {
     assert!(!env.healthy().await, "the listener is closed");
 }
 
+/// `tollway ARGS --storage DB`: its exit code, stdout and stderr.
+fn storage_command(args: &[&str], db: &str) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollway"))
+        .args(args)
+        .args(["--storage", db])
+        .output()
+        .expect("run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 /// `tollway keys` and `tollway usage` against a SQLite file: create (secret printed once), list,
 /// rotate, revoke; a usage report in CSV.
 #[test]
@@ -207,18 +221,7 @@ fn keys_and_usage_commands() {
     let dir = std::env::temp_dir().join(format!("tollway-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let db = format!("sqlite://{}", dir.join("cli.db").display());
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_tollway"))
-            .args(args)
-            .args(["--storage", &db])
-            .output()
-            .expect("run");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let run = |args: &[&str]| storage_command(args, &db);
     let (code, out, err) = run(&[
         "keys",
         "create",
@@ -315,19 +318,7 @@ async fn the_requests_command_pages_the_ledger() {
         })
         .collect();
     store.insert_ledger(&rows).await.expect("insert");
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_tollway"))
-            .arg("requests")
-            .args(args)
-            .args(["--storage", &db])
-            .output()
-            .expect("run");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let run = |args: &[&str]| storage_command(&[&["requests"], args].concat(), &db);
     let ids = |out: &str| -> Vec<String> {
         out.lines()
             .skip(1)

@@ -214,25 +214,23 @@ async fn sighup_and_file_changes_reload_the_real_binary() {
 #[tokio::test]
 async fn keys_declared_in_the_file_work_follow_reloads_and_are_the_files_to_change() {
     const BOT: &str = "sk-live-4f9Qz7Lw2Xc8Vb1Nm6Kj3Hg5";
-    let keys = |entries: &str| format!("teams:\n  ops: {{ rpm: 100 }}\nkeys:\n{entries}");
+    // the config: the usual one, a team, and these `keys:` entries
+    let file = |mock: &str, entries: &[&str]| {
+        let entries = entries.concat();
+        format!(
+            "{}teams:\n  ops: {{ rpm: 100 }}\nkeys:\n{entries}",
+            config_text(mock)
+        )
+    };
     let bot = format!("  bot: {{ key: \"{BOT}\", team: ops, models: [gpt], rpm: 3 }}\n");
     let hashed = format!(
         "  hashed: {{ key_sha256: {}, models: [claude] }}\n",
         tollway_store::hash_secret("a-secret-kept-elsewhere-0001")
     );
-    let env = crate::harness::start_with(|mock| {
-        format!("{}{}", config_text(mock), keys(&format!("{bot}{hashed}")))
-    })
-    .await;
+    let env = crate::harness::start_with(|mock| file(mock, &[&bot, &hashed])).await;
     let path = scratch("keys");
-    write(
-        &path,
-        &format!(
-            "{}{}",
-            config_text(&env.mock.url()),
-            keys(&format!("{bot}{hashed}"))
-        ),
-    );
+    let rewrite = |entries: &[&str]| write(&path, &file(&env.mock.url(), entries));
+    rewrite(&[&bot, &hashed]);
     env.state.set_config_source(path.clone(), None);
     let chat = |key: &'static str, model: &'static str| {
         let http = env.http.clone();
@@ -262,16 +260,7 @@ async fn keys_declared_in_the_file_work_follow_reloads_and_are_the_files_to_chan
     assert_eq!(chat("a-secret-kept-elsewhere-0001", "claude").await.0, 200);
 
     // listed as the file's; the admin API will not revoke or rotate it
-    let list: Value = env
-        .http
-        .get(format!("{}/admin/keys", env.url))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let (_, list) = env.admin_get("/admin/keys", Some(MASTER)).await;
     let listed = list["data"].as_array().expect("data");
     let bot_row = listed
         .iter()
@@ -304,10 +293,7 @@ async fn keys_declared_in_the_file_work_follow_reloads_and_are_the_files_to_chan
     }
 
     // removed from the file: revoked on reload; the other key is untouched
-    write(
-        &path,
-        &format!("{}{}", config_text(&env.mock.url()), keys(&hashed)),
-    );
+    rewrite(&[&hashed]);
     let (status, body) = reload(&env.http, &env.url).await;
     assert_eq!(status, 200, "{body}");
     let (status, v) = chat(BOT, "gpt").await;
@@ -332,14 +318,7 @@ async fn keys_declared_in_the_file_work_follow_reloads_and_are_the_files_to_chan
         .await
         .expect("create");
     let stolen = format!("  thief: {{ key: \"{api_secret}\" }}\n");
-    write(
-        &path,
-        &format!(
-            "{}{}",
-            config_text(&env.mock.url()),
-            keys(&format!("{hashed}{stolen}"))
-        ),
-    );
+    rewrite(&[&hashed, &stolen]);
     let (status, body) = reload(&env.http, &env.url).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains(&api_key.id), "{body}");
@@ -349,14 +328,7 @@ async fn keys_declared_in_the_file_work_follow_reloads_and_are_the_files_to_chan
     );
 
     // declared again: back, under the same id
-    write(
-        &path,
-        &format!(
-            "{}{}",
-            config_text(&env.mock.url()),
-            keys(&format!("{bot}{hashed}"))
-        ),
-    );
+    rewrite(&[&bot, &hashed]);
     let (status, body) = reload(&env.http, &env.url).await;
     assert_eq!(status, 200, "{body}");
     let (status, v) = chat(BOT, "gpt").await;

@@ -373,15 +373,8 @@ async fn weighted_and_least_outstanding_spread_traffic() {
 #[tokio::test]
 async fn the_admin_api_shows_the_groups_deployments_prices_and_routers() {
     let env = start_with(config).await;
-    let r = env
-        .http
-        .get(format!("{}/admin/models", env.url))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(r.status().as_u16(), 200);
-    let v: Value = r.json().await.expect("json");
+    let (status, v) = env.admin_get("/admin/models", Some(MASTER)).await;
+    assert_eq!(status, 200, "{v}");
     let models = v["models"].as_array().expect("models");
     let names: Vec<&str> = models.iter().filter_map(|m| m["name"].as_str()).collect();
     let mut sorted = names.clone();
@@ -428,13 +421,7 @@ async fn the_admin_api_shows_the_groups_deployments_prices_and_routers() {
             "{secret} in {v}"
         );
     }
-    let r = env
-        .http
-        .get(format!("{}/admin/models", env.url))
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(env.admin_get("/admin/models", None).await.0, 401);
 }
 
 #[tokio::test]
