@@ -446,17 +446,19 @@ async fn lowest_usage_spreads_tokens_evenly_or_by_each_deployments_quota() {
         (2, 6),
         "{ups:?}"
     );
-    // streams count too: a streamed answer's usage moves the next request on
+    // streams count too: a streamed answer's usage moves the next request on, so each pair of
+    // streams goes to both deployments (were streams not counted, three pairs would all split by
+    // chance one time in eight)
     reset(&env).await;
-    let mut first = msg("even");
-    first["stream"] = json!(true);
-    first["stream_options"] = json!({"include_usage": true});
-    for _ in 0..2 {
+    let mut stream = msg("even");
+    stream["stream"] = json!(true);
+    stream["stream_options"] = json!({"include_usage": true});
+    for _ in 0..6 {
         let r = env
             .http
             .post(format!("{}/v1/chat/completions", env.url))
             .bearer_auth(MASTER)
-            .json(&first)
+            .json(&stream)
             .send()
             .await
             .expect("send");
@@ -464,11 +466,10 @@ async fn lowest_usage_spreads_tokens_evenly_or_by_each_deployments_quota() {
         let _ = r.text().await;
     }
     let ups = upstream_models(&env).await;
-    assert_eq!(ups.len(), 2);
-    assert_ne!(
-        ups[0], ups[1],
-        "the second stream went to the other deployment: {ups:?}"
-    );
+    assert_eq!(ups.len(), 6);
+    for pair in ups.chunks(2) {
+        assert_ne!(pair[0], pair[1], "each pair of streams split: {ups:?}");
+    }
 }
 
 #[tokio::test]

@@ -39,13 +39,8 @@ async fn the_admin_ui_is_served_self_contained_and_can_be_turned_off() {
         let body = r.text().await.expect("text");
         assert!(!body.contains(MASTER), "{path} holds no secret");
         // nothing from elsewhere: the only absolute URL is SVG's namespace name
-        let outside: Vec<_> = body
-            .match_indices("://")
-            .filter(|(i, _)| {
-                !body[..*i].ends_with("http") || !body[*i..].starts_with("://www.w3.org/2000/svg")
-            })
-            .collect();
-        assert!(outside.is_empty(), "{path} names another origin");
+        let without_svg = body.replace("http://www.w3.org/2000/svg", "");
+        assert!(!without_svg.contains("://"), "{path} names another origin");
     }
     // the page's data is the admin API's, behind the master key
     let r = http
