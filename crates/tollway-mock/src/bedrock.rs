@@ -327,10 +327,7 @@ pub async fn count_tokens(
 fn count_input(model: Result<String, ApiError>, body: &[u8]) -> Result<u64, ApiError> {
     let model = model?;
     // the service counts for foundation models only
-    let geo = [
-        "us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.",
-    ];
-    if model.contains(":inference-profile/") || geo.iter().any(|g| model.starts_with(g)) {
+    if model.contains(":inference-profile/") || GEOS.iter().any(|g| model.starts_with(g)) {
         return Err(invalid(
             "The provided model identifier is invalid. Count tokens takes a foundation model id.",
         ));
@@ -408,6 +405,11 @@ pub async fn invoke(
     }
 }
 
+/// Cross-region inference profiles' prefixes (`us.anthropic...`).
+const GEOS: [&str; 8] = [
+    "us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.",
+];
+
 #[derive(Clone, Copy, PartialEq)]
 enum Embedder {
     TitanV1,
@@ -417,10 +419,141 @@ enum Embedder {
     CohereV4,
 }
 
+/// What an embeddings body asks for.
+struct EmbedAsk {
+    texts: Vec<String>,
+    dims: usize,
+    /// Cohere's `embeddings_by_type` answer (`{"float": [...]}`) rather than a list.
+    by_type: bool,
+}
+
+/// Bedrock's words for a value outside a field's choices.
+fn not_an_option(path: &str, v: impl std::fmt::Display) -> ApiError {
+    invalid(format!(
+        "Malformed input request: {path}: {v} is not a valid enum value, please reformat your input and try again."
+    ))
+}
+
+/// A size field: its default when absent, else one of `sizes`.
+fn size(v: Option<&Value>, sizes: &[u64], default: usize, path: &str) -> Result<usize, ApiError> {
+    match v {
+        None => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .filter(|d| sizes.contains(d))
+            .map(|d| d as usize)
+            .ok_or_else(|| not_an_option(path, v)),
+    }
+}
+
+/// A Titan body: one `inputText`, and the model's own size field.
+fn titan_ask(e: Embedder, req: &Value) -> Result<EmbedAsk, ApiError> {
+    let allowed: &[&str] = match e {
+        Embedder::TitanV1 => &["inputText"],
+        Embedder::TitanV2 => &["inputText", "dimensions", "normalize", "embeddingTypes"],
+        _ => &["inputText", "inputImage", "embeddingConfig"],
+    };
+    let o = object(req, "", allowed)?;
+    let text = match o.get("inputText") {
+        None | Some(Value::Null) => return Err(required("inputText")),
+        Some(Value::String(t)) if t.is_empty() => {
+            return Err(invalid("Malformed input request: #/inputText: expected minLength: 1, actual: 0, please reformat your input and try again."))
+        }
+        Some(Value::String(t)) => t.clone(),
+        Some(_) => return Err(wrong_type("#/inputText", "a string")),
+    };
+    let dims = match e {
+        Embedder::TitanV1 => 1536,
+        Embedder::TitanV2 => size(o.get("dimensions"), &[256, 512, 1024], 1024, "#/dimensions")?,
+        _ => size(
+            o.get("embeddingConfig")
+                .and_then(|c| c.get("outputEmbeddingLength")),
+            &[256, 384, 1024],
+            1024,
+            "#/embeddingConfig/outputEmbeddingLength",
+        )?,
+    };
+    Ok(EmbedAsk {
+        texts: vec![text],
+        dims,
+        by_type: false,
+    })
+}
+
+/// A Cohere body: up to 96 `texts` (v3: of 2,048 characters at most), a required `input_type`,
+/// v4's `output_dimension`, float `embedding_types` only.
+fn cohere_ask(e: Embedder, req: &Value) -> Result<EmbedAsk, ApiError> {
+    let v3 = e == Embedder::CohereV3;
+    let allowed: &[&str] = if v3 {
+        &[
+            "texts",
+            "images",
+            "input_type",
+            "truncate",
+            "embedding_types",
+        ]
+    } else {
+        &[
+            "texts",
+            "images",
+            "inputs",
+            "input_type",
+            "truncate",
+            "embedding_types",
+            "output_dimension",
+            "max_tokens",
+        ]
+    };
+    let o = object(req, "", allowed)?;
+    match o.get("input_type").and_then(Value::as_str) {
+        Some("search_document" | "search_query" | "classification" | "clustering") => {}
+        Some(other) => return Err(not_an_option("#/input_type", other)),
+        None => return Err(invalid("Malformed input request: #: required key [input_type] not found, please reformat your input and try again.")),
+    }
+    let Some(items) = o.get("texts").and_then(Value::as_array) else {
+        return Err(wrong_type("#/texts", "an array of strings"));
+    };
+    if items.is_empty() || items.len() > 96 {
+        return Err(invalid(format!("Malformed input request: #/texts: expected between 1 and 96 items, actual: {}, please reformat your input and try again.", items.len())));
+    }
+    let texts = items
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match t.as_str() {
+            Some(t) if v3 && t.chars().count() > 2048 => Err(invalid(format!("Malformed input request: #/texts/{i}: expected maxLength: 2048, actual: {}, please reformat your input and try again.", t.chars().count()))),
+            Some(t) => Ok(t.to_string()),
+            None => Err(wrong_type(&format!("#/texts/{i}"), "a string")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let dims = if v3 {
+        1024
+    } else {
+        size(
+            o.get("output_dimension"),
+            &[256, 512, 1024, 1536],
+            1536,
+            "#/output_dimension",
+        )?
+    };
+    let by_type =
+        match o.get("embedding_types") {
+            None => !v3,
+            Some(t) if t == &json!(["float"]) => true,
+            Some(_) => return Err(invalid(
+                "tollway-mock simulates float embeddings only (`embedding_types: [\"float\"]`).",
+            )),
+        };
+    Ok(EmbedAsk {
+        texts,
+        dims,
+        by_type,
+    })
+}
+
 async fn embed(model: Result<String, ApiError>, body: &[u8]) -> Result<(Value, u64), ApiError> {
     let model = model?;
     let base = base_model(&model);
-    let id = ["us.", "eu.", "apac.", "global.", "jp.", "au.", "ca."]
+    let id = GEOS
         .iter()
         .find_map(|g| base.strip_prefix(g))
         .unwrap_or(base);
@@ -438,115 +571,22 @@ async fn embed(model: Result<String, ApiError>, body: &[u8]) -> Result<(Value, u
         )));
     };
     let req = parse_body(body)?;
-    let (texts, dims, by_type) = match e {
-        Embedder::TitanV1 | Embedder::TitanV2 | Embedder::TitanImage => {
-            let allowed: &[&str] = match e {
-                Embedder::TitanV1 => &["inputText"],
-                Embedder::TitanV2 => &["inputText", "dimensions", "normalize", "embeddingTypes"],
-                _ => &["inputText", "inputImage", "embeddingConfig"],
-            };
-            let o = object(&req, "", allowed)?;
-            let text = match o.get("inputText") {
-                None | Some(Value::Null) => return Err(required("inputText")),
-                Some(Value::String(t)) if t.is_empty() => {
-                    return Err(invalid("Malformed input request: #/inputText: expected minLength: 1, actual: 0, please reformat your input and try again."))
-                }
-                Some(Value::String(t)) => t.clone(),
-                Some(_) => return Err(wrong_type("#/inputText", "a string")),
-            };
-            let (asked, sizes, default): (Option<&Value>, &[u64], usize) = match e {
-                Embedder::TitanV1 => (None, &[], 1536),
-                Embedder::TitanV2 => (o.get("dimensions"), &[256, 512, 1024], 1024),
-                _ => (
-                    o.get("embeddingConfig")
-                        .and_then(|c| c.get("outputEmbeddingLength")),
-                    &[256, 384, 1024],
-                    1024,
-                ),
-            };
-            let dims = match asked {
-                None => default,
-                Some(v) => match v.as_u64().filter(|d| sizes.contains(d)) {
-                    Some(d) => d as usize,
-                    None => return Err(invalid(format!("Malformed input request: #/dimensions: {v} is not a valid enum value, please reformat your input and try again."))),
-                },
-            };
-            (vec![text], dims, false)
-        }
-        Embedder::CohereV3 | Embedder::CohereV4 => {
-            let allowed: &[&str] = if e == Embedder::CohereV3 {
-                &[
-                    "texts",
-                    "images",
-                    "input_type",
-                    "truncate",
-                    "embedding_types",
-                ]
-            } else {
-                &[
-                    "texts",
-                    "images",
-                    "inputs",
-                    "input_type",
-                    "truncate",
-                    "embedding_types",
-                    "output_dimension",
-                    "max_tokens",
-                ]
-            };
-            let o = object(&req, "", allowed)?;
-            match o.get("input_type").and_then(Value::as_str) {
-                Some("search_document" | "search_query" | "classification" | "clustering") => {}
-                Some(other) => return Err(invalid(format!("Malformed input request: #/input_type: {other} is not a valid enum value, please reformat your input and try again."))),
-                None => return Err(invalid("Malformed input request: #: required key [input_type] not found, please reformat your input and try again.")),
-            }
-            let Some(items) = o.get("texts").and_then(Value::as_array) else {
-                return Err(wrong_type("#/texts", "an array of strings"));
-            };
-            if items.is_empty() || items.len() > 96 {
-                return Err(invalid(format!("Malformed input request: #/texts: expected between 1 and 96 items, actual: {}, please reformat your input and try again.", items.len())));
-            }
-            let mut texts = Vec::with_capacity(items.len());
-            for (i, t) in items.iter().enumerate() {
-                match t.as_str() {
-                    Some(t) if e == Embedder::CohereV3 && t.chars().count() > 2048 => {
-                        return Err(invalid(format!("Malformed input request: #/texts/{i}: expected maxLength: 2048, actual: {}, please reformat your input and try again.", t.chars().count())))
-                    }
-                    Some(t) => texts.push(t.to_string()),
-                    None => return Err(wrong_type(&format!("#/texts/{i}"), "a string")),
-                }
-            }
-            let dims = match o.get("output_dimension") {
-                None if e == Embedder::CohereV3 => 1024,
-                None => 1536,
-                Some(v) => match v.as_u64().filter(|d| [256, 512, 1024, 1536].contains(d)) {
-                    Some(d) => d as usize,
-                    None => return Err(invalid(format!("Malformed input request: #/output_dimension: {v} is not a valid enum value, please reformat your input and try again."))),
-                },
-            };
-            let by_type = match o.get("embedding_types") {
-                None => e == Embedder::CohereV4,
-                Some(t) if t == &json!(["float"]) => true,
-                Some(_) => {
-                    return Err(invalid(
-                        "tollway-mock simulates float embeddings only (`embedding_types: [\"float\"]`).",
-                    ))
-                }
-            };
-            (texts, dims, by_type)
-        }
+    let ask = match e {
+        Embedder::CohereV3 | Embedder::CohereV4 => cohere_ask(e, &req)?,
+        _ => titan_ask(e, &req)?,
     };
-    let knobs = Knobs::from_request(&model, texts.last().map(String::as_str));
+    let knobs = Knobs::from_request(&model, ask.texts.last().map(String::as_str));
     match &knobs.fault {
         Some(Fault::Status(code)) => return Err(fault_error(*code)),
         Some(Fault::Hang) => gen::hang().await,
         _ => {}
     }
     gen::answer_delay(&knobs, 0).await;
+    let texts = ask.texts;
     let tokens: u64 = texts.iter().map(|t| gen::text_tokens(t)).sum();
     let vectors: Vec<Vec<f32>> = texts
         .iter()
-        .map(|t| crate::openai::embedding(t, dims))
+        .map(|t| crate::openai::embedding(t, ask.dims))
         .collect();
     let answer = match e {
         Embedder::TitanV1 => json!({"embedding": vectors[0], "inputTextTokenCount": tokens}),
@@ -557,7 +597,7 @@ async fn embed(model: Result<String, ApiError>, body: &[u8]) -> Result<(Value, u
         }
         Embedder::CohereV3 | Embedder::CohereV4 => {
             let seq = texts.iter().map(|t| t.len() as u64).sum::<u64>();
-            let (embeddings, kind) = if by_type {
+            let (embeddings, kind) = if ask.by_type {
                 (json!({ "float": vectors }), "embeddings_by_type")
             } else {
                 (json!(vectors), "embeddings_floats")
